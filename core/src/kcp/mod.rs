@@ -1,0 +1,1101 @@
+//! KCP ARQ, wire-compatible with kcp-go.
+//!
+//! [`Kcp`] is a sans-IO state machine: the caller owns the clock (`now`, in wrapping
+//! `u32` milliseconds) and the socket. The verbs, and when to call them:
+//!
+//! * [`Kcp::send`] queues application bytes; call [`Kcp::flush`] afterwards to put
+//!   them on the wire at once (kcp-go's behaviour with write-delay off).
+//! * [`Kcp::input`] takes one received datagram (the KCP part of it). It may flush
+//!   by itself (ACK clocking, fast retransmit), exactly as kcp-go does.
+//! * [`Kcp::poll_timeout`] says when to call [`Kcp::handle_timeout`] next, or `None`
+//!   when the connection is idle: an idle connection needs no timer at all.
+//! * [`Kcp::transmits`] holds the datagrams produced by the calls above; send them
+//!   and [`TransmitQueue::clear`] it.
+//! * [`Kcp::read`] (byte stream) or [`Kcp::recv`] (one message) hands received data
+//!   to the application.
+
+mod recv_window;
+pub mod segment;
+
+use std::collections::VecDeque;
+
+use crate::transmit::TransmitQueue;
+use recv_window::RecvWindow;
+pub use segment::{Command, Header, SegmentError, Segments, HEADER_LEN};
+
+/// Minimum RTO with nodelay (ms).
+pub const RTO_NODELAY_MIN: u32 = 30;
+/// Minimum RTO without nodelay (ms).
+pub const RTO_MIN: u32 = 100;
+/// Initial RTO (ms).
+pub const RTO_DEFAULT: u32 = 200;
+/// RTO cap (ms).
+pub const RTO_MAX: u32 = 60_000;
+/// Transmissions of one segment after which the link counts as dead.
+pub const DEAD_LINK: u32 = 20;
+/// Zero-window probe back-off cap (ms).
+pub const PROBE_LIMIT: u32 = 120_000;
+
+const THRESH_INIT: u32 = 2;
+const THRESH_MIN: u32 = 2;
+const ASK_SEND: u8 = 1;
+const ASK_TELL: u8 = 2;
+/// `fastack` value that bars further fast/early retransmission until the next RTO.
+const FASTACK_DONE: u32 = u32::MAX;
+
+/// Wrapping signed difference of two sequence numbers or timestamps.
+#[inline]
+pub fn diff(a: u32, b: u32) -> i32 {
+    a.wrapping_sub(b) as i32
+}
+
+/// Which kcp-go generation to behave like where the two differ on the wire (§1.15).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compat {
+    /// kcp-go v5.6.72 (what the latest kcptun links).
+    #[default]
+    Latest,
+    /// kcp-go v5.6.1 (Debian's kcptun 20210922): 7 s first probe, repeatable fast
+    /// retransmit, fewer input-triggered flushes, ACK-only flushes send only ACKs.
+    KcpGo561,
+}
+
+impl Compat {
+    fn probe_init(self) -> u32 {
+        match self {
+            Compat::Latest => 500,
+            Compat::KcpGo561 => 7000,
+        }
+    }
+}
+
+/// kcptun's `-mode` presets (§8.2): (nodelay, interval, resend, nc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Normal,
+    Fast,
+    Fast2,
+    Fast3,
+}
+
+impl Mode {
+    pub const ALL: [Mode; 4] = [Mode::Normal, Mode::Fast, Mode::Fast2, Mode::Fast3];
+
+    /// The preset for a kcptun mode name; other names mean "manual".
+    pub fn from_name(name: &str) -> Option<Mode> {
+        match name {
+            "normal" => Some(Mode::Normal),
+            "fast" => Some(Mode::Fast),
+            "fast2" => Some(Mode::Fast2),
+            "fast3" => Some(Mode::Fast3),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Normal => "normal",
+            Mode::Fast => "fast",
+            Mode::Fast2 => "fast2",
+            Mode::Fast3 => "fast3",
+        }
+    }
+
+    /// (nodelay, interval ms, fast resend, no congestion window).
+    pub fn params(self) -> (bool, u32, u32, bool) {
+        match self {
+            Mode::Normal => (false, 40, 2, true),
+            Mode::Fast => (false, 30, 2, true),
+            Mode::Fast2 => (true, 20, 2, true),
+            Mode::Fast3 => (true, 10, 2, true),
+        }
+    }
+
+    /// Writes the preset into `cfg`.
+    pub fn apply(self, cfg: &mut Config) {
+        let (nodelay, interval, resend, nc) = self.params();
+        cfg.nodelay = nodelay;
+        cfg.interval = interval;
+        cfg.fast_resend = resend;
+        cfg.no_cwnd = nc;
+    }
+}
+
+/// Connection parameters. [`Default`] gives kcp-go's defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// Largest KCP datagram, headers of lower layers excluded (kcp-go's KCP `mtu`).
+    pub mtu: usize,
+    /// Free bytes left in front of every outgoing datagram for lower-layer headers.
+    pub header_room: usize,
+    /// Free bytes left after every outgoing datagram (for an AEAD tag).
+    pub tail_room: usize,
+    /// Send window, in segments.
+    pub snd_wnd: u32,
+    /// Receive window, in segments.
+    pub rcv_wnd: u32,
+    /// Nodelay mode: 30 ms minimum RTO and gentler RTO back-off.
+    pub nodelay: bool,
+    /// Flush interval in ms, clamped to 10..=5000.
+    pub interval: u32,
+    /// Fast-retransmit threshold in ACKs; 0 disables fast retransmit.
+    pub fast_resend: u32,
+    /// Ignore the congestion window (kcptun's `nc = 1`).
+    pub no_cwnd: bool,
+    /// Stream mode: small sends merge into the last queued segment.
+    pub stream: bool,
+    /// Flush ACKs right after every input that produced some.
+    pub ack_nodelay: bool,
+    /// kcp-go generation to match.
+    pub compat: Compat,
+}
+
+impl Config {
+    /// Sizes KCP for a session MTU: the lower layers add `header_room` bytes in front
+    /// of every KCP datagram (FEC and crypto headers) and `tail_room` bytes after it
+    /// (an AEAD tag), and the whole must fit `session_mtu` (kcp-go §4.3).
+    pub fn fit_session_mtu(mut self, session_mtu: usize, header_room: usize, tail_room: usize) -> Config {
+        self.mtu = session_mtu.saturating_sub(header_room + tail_room);
+        self.header_room = header_room;
+        self.tail_room = tail_room;
+        self
+    }
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            mtu: 1400,
+            header_room: 0,
+            tail_room: 0,
+            snd_wnd: 32,
+            rcv_wnd: 32,
+            nodelay: false,
+            interval: 100,
+            fast_resend: 0,
+            no_cwnd: false,
+            stream: false,
+            ack_nodelay: false,
+            compat: Compat::Latest,
+        }
+    }
+}
+
+/// Errors of [`Kcp::send`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendError {
+    /// Nothing to send (kcp-go: -1).
+    Empty,
+    /// More than 255 fragments would be needed (kcp-go: -2).
+    TooLarge,
+}
+
+/// Errors of [`Kcp::recv`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecvError {
+    /// No complete message is available (kcp-go: -1).
+    WouldBlock,
+    /// The buffer is shorter than the next message (kcp-go: -2).
+    BufferTooSmall,
+}
+
+/// Errors of [`Kcp::set_mtu`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MtuError {
+    /// No room for a segment header and at least one payload byte.
+    TooSmall,
+    /// Data is queued or in flight, segmented for the current MTU.
+    Busy,
+}
+
+/// Per-connection counters, named after kcp-go's SNMP fields.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KcpStats {
+    /// Segments parsed from input (FEC-recovered datagrams included).
+    pub in_segs: u64,
+    /// Segment headers written (all commands, retransmissions included).
+    pub out_segs: u64,
+    /// Network PUSH segments that were duplicate, already delivered or out of window.
+    pub repeat_segs: u64,
+    /// fast + early + lost.
+    pub retrans_segs: u64,
+    pub fast_retrans_segs: u64,
+    pub early_retrans_segs: u64,
+    /// Timeout retransmissions.
+    pub lost_segs: u64,
+    /// Datagrams that [`Kcp::input`] rejected (kcp-go's `KCPInErrors`).
+    pub in_errors: u64,
+    /// Segments whose `una` claimed data we never sent; the field was ignored.
+    pub forged_una: u64,
+}
+
+/// See [`Kcp::state`]. Times in ms, windows and queues in segments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KcpState {
+    pub snd_una: u32,
+    pub snd_nxt: u32,
+    pub rcv_nxt: u32,
+    pub srtt: i32,
+    pub rttvar: i32,
+    pub rto: u32,
+    pub min_rto: u32,
+    pub cwnd: u32,
+    pub ssthresh: u32,
+    /// The peer's last advertised free window.
+    pub rmt_wnd: u32,
+    pub snd_wnd: u32,
+    pub rcv_wnd: u32,
+    pub snd_queue: usize,
+    pub snd_buf: usize,
+    pub rcv_queue: usize,
+    pub rcv_buf: usize,
+    /// Current zero-window probe delay; 0 while the peer's window is open.
+    pub probe_wait: u32,
+    pub dead: bool,
+}
+
+#[derive(Debug, Default)]
+struct Segment {
+    sn: u32,
+    frg: u8,
+    ts: u32,
+    xmit: u32,
+    rto: u32,
+    resendts: u32,
+    fastack: u32,
+    acked: bool,
+    data: Vec<u8>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FlushKind {
+    Full,
+    AckOnly,
+}
+
+/// One KCP connection. See the module docs for how to drive it.
+#[derive(Debug)]
+pub struct Kcp {
+    conv: u32,
+    cfg: Config,
+    mss: usize,
+    rx_minrto: u32,
+    dead: bool,
+
+    snd_una: u32,
+    snd_nxt: u32,
+    rcv_nxt: u32,
+    ssthresh: u32,
+    cwnd: u32,
+    incr: u32,
+    rmt_wnd: u32,
+    rx_srtt: i32,
+    rx_rttvar: i32,
+    rx_rto: u32,
+    probe: u8,
+    ts_probe: u32,
+    probe_wait: u32,
+
+    snd_queue: VecDeque<Segment>,
+    snd_buf: VecDeque<Segment>,
+    rcv_buf: RecvWindow<Segment>,
+    rcv_queue: VecDeque<Segment>,
+    acklist: Vec<(u32, u32)>,
+    /// A message handed to `read` that did not fit: its segments and the read offset.
+    partial: VecDeque<Segment>,
+    partial_offset: usize,
+    /// Payload buffers of retired segments, for reuse.
+    pool: Vec<Vec<u8>>,
+
+    transmits: TransmitQueue,
+    /// Most recent `now` seen by any call.
+    current: u32,
+    /// When the flush timer fires next (meaningful only while not idle).
+    ts_flush: u32,
+    timer_idle: bool,
+    stats: KcpStats,
+}
+
+impl Kcp {
+    /// A connection with conversation id `conv`.
+    pub fn new(conv: u32, mut cfg: Config) -> Kcp {
+        cfg.interval = cfg.interval.clamp(10, 5000);
+        cfg.snd_wnd = cfg.snd_wnd.max(1);
+        cfg.rcv_wnd = cfg.rcv_wnd.max(1);
+        let min_mtu = if cfg.compat == Compat::KcpGo561 { 50 } else { HEADER_LEN + 1 };
+        cfg.mtu = cfg.mtu.max(min_mtu);
+        let stride = cfg.header_room + cfg.mtu + cfg.tail_room;
+        Kcp {
+            conv,
+            mss: cfg.mtu - HEADER_LEN,
+            rx_minrto: if cfg.nodelay { RTO_NODELAY_MIN } else { RTO_MIN },
+            dead: false,
+            snd_una: 0,
+            snd_nxt: 0,
+            rcv_nxt: 0,
+            ssthresh: THRESH_INIT,
+            cwnd: 0,
+            incr: 0,
+            rmt_wnd: 32,
+            rx_srtt: 0,
+            rx_rttvar: 0,
+            rx_rto: RTO_DEFAULT,
+            probe: 0,
+            ts_probe: 0,
+            probe_wait: 0,
+            snd_queue: VecDeque::new(),
+            snd_buf: VecDeque::new(),
+            rcv_buf: RecvWindow::new(cfg.rcv_wnd as usize),
+            rcv_queue: VecDeque::new(),
+            acklist: Vec::new(),
+            partial: VecDeque::new(),
+            partial_offset: 0,
+            pool: Vec::new(),
+            transmits: TransmitQueue::new(stride),
+            current: 0,
+            ts_flush: 0,
+            timer_idle: true,
+            stats: KcpStats::default(),
+            cfg,
+        }
+    }
+
+    pub fn conv(&self) -> u32 {
+        self.conv
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Largest payload of one segment.
+    pub fn mss(&self) -> usize {
+        self.mss
+    }
+
+    pub fn stats(&self) -> &KcpStats {
+        &self.stats
+    }
+
+    /// kcp-go `NoDelay`: each argument is applied only if it is `Some`.
+    pub fn set_nodelay(&mut self, nodelay: Option<bool>, interval: Option<u32>, resend: Option<u32>, nc: Option<bool>) {
+        if let Some(nodelay) = nodelay {
+            self.cfg.nodelay = nodelay;
+            self.rx_minrto = if nodelay { RTO_NODELAY_MIN } else { RTO_MIN };
+        }
+        if let Some(interval) = interval {
+            self.cfg.interval = interval.clamp(10, 5000);
+        }
+        if let Some(resend) = resend {
+            self.cfg.fast_resend = resend;
+        }
+        if let Some(nc) = nc {
+            self.cfg.no_cwnd = nc;
+        }
+    }
+
+    /// kcp-go `WndSize`: a zero argument leaves that window unchanged.
+    pub fn set_window(&mut self, snd_wnd: u32, rcv_wnd: u32) {
+        if snd_wnd > 0 {
+            self.cfg.snd_wnd = snd_wnd;
+        }
+        if rcv_wnd > 0 {
+            self.cfg.rcv_wnd = rcv_wnd;
+            self.rcv_buf.ensure_capacity(rcv_wnd as usize);
+        }
+    }
+
+    /// kcp-go `SetMtu` at the KCP level: the largest KCP datagram.
+    pub fn set_mtu(&mut self, mtu: usize) -> Result<(), MtuError> {
+        let too_small = match self.cfg.compat {
+            Compat::Latest => mtu <= HEADER_LEN,
+            Compat::KcpGo561 => mtu < 50,
+        };
+        if too_small {
+            return Err(MtuError::TooSmall);
+        }
+        if self.wait_snd() > 0 {
+            return Err(MtuError::Busy);
+        }
+        self.cfg.mtu = mtu;
+        self.mss = mtu - HEADER_LEN;
+        self.transmits.set_stride(self.cfg.header_room + mtu + self.cfg.tail_room);
+        Ok(())
+    }
+
+    pub fn set_ack_nodelay(&mut self, on: bool) {
+        self.cfg.ack_nodelay = on;
+    }
+
+    pub fn set_stream(&mut self, on: bool) {
+        self.cfg.stream = on;
+    }
+
+    /// Segments queued or in flight (kcp-go `WaitSnd`); writers wait while this is
+    /// at least the send window.
+    pub fn wait_snd(&self) -> usize {
+        self.snd_buf.len() + self.snd_queue.len()
+    }
+
+    /// A snapshot of the ARQ state, for diagnostics and the control plane.
+    pub fn state(&self) -> KcpState {
+        KcpState {
+            snd_una: self.snd_una,
+            snd_nxt: self.snd_nxt,
+            rcv_nxt: self.rcv_nxt,
+            srtt: self.rx_srtt,
+            rttvar: self.rx_rttvar,
+            rto: self.rx_rto,
+            min_rto: self.rx_minrto,
+            cwnd: self.cwnd,
+            ssthresh: self.ssthresh,
+            rmt_wnd: self.rmt_wnd,
+            snd_wnd: self.cfg.snd_wnd,
+            rcv_wnd: self.cfg.rcv_wnd,
+            snd_queue: self.snd_queue.len(),
+            snd_buf: self.snd_buf.len(),
+            rcv_queue: self.rcv_queue.len(),
+            rcv_buf: self.rcv_buf.len(),
+            probe_wait: self.probe_wait,
+            dead: self.dead,
+        }
+    }
+
+    /// True once a segment was transmitted [`DEAD_LINK`] times. Like kcp-go, the
+    /// connection keeps retransmitting; liveness is the upper layer's business.
+    pub fn is_dead(&self) -> bool {
+        self.dead
+    }
+
+    /// Datagrams waiting to be sent. Each starts with `header_room` free bytes.
+    pub fn transmits(&mut self) -> &mut TransmitQueue {
+        &mut self.transmits
+    }
+
+    // ----------------------------------------------------------------- sending
+
+    fn new_segment(&mut self) -> Segment {
+        let mut data = self.pool.pop().unwrap_or_default();
+        data.clear();
+        Segment { data, ..Segment::default() }
+    }
+
+    fn retire(&mut self, seg: Segment) {
+        if seg.data.capacity() > 0 {
+            self.pool.push(seg.data);
+        }
+    }
+
+    /// Queues `data` for sending (kcp-go `Send`).
+    pub fn send(&mut self, mut data: &[u8]) -> Result<(), SendError> {
+        if data.is_empty() {
+            return Err(SendError::Empty);
+        }
+        let mss = self.mss;
+        if self.cfg.stream {
+            if let Some(last) = self.snd_queue.back_mut() {
+                if last.data.len() < mss {
+                    let n = (mss - last.data.len()).min(data.len());
+                    last.data.extend_from_slice(&data[..n]);
+                    data = &data[n..];
+                    if data.is_empty() {
+                        self.resume_timer();
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        let count = data.len().div_ceil(mss);
+        if count > 255 {
+            return Err(SendError::TooLarge);
+        }
+        for (i, chunk) in data.chunks(mss).enumerate() {
+            let mut seg = self.new_segment();
+            seg.data.extend_from_slice(chunk);
+            seg.frg = if self.cfg.stream { 0 } else { (count - 1 - i) as u8 };
+            self.snd_queue.push_back(seg);
+        }
+        self.resume_timer();
+        Ok(())
+    }
+
+    // --------------------------------------------------------------- receiving
+
+    /// Size of the next complete message, if any (kcp-go `PeekSize`).
+    pub fn peek_size(&self) -> Option<usize> {
+        let head = self.rcv_queue.front()?;
+        if head.frg == 0 {
+            return Some(head.data.len());
+        }
+        if self.rcv_queue.len() < usize::from(head.frg) + 1 {
+            return None;
+        }
+        let mut size = 0;
+        for seg in &self.rcv_queue {
+            size += seg.data.len();
+            if seg.frg == 0 {
+                break;
+            }
+        }
+        Some(size)
+    }
+
+    /// Moves the next message out of `rcv_queue` segment by segment, then refills the
+    /// queue from `rcv_buf` and asks for a window report if that reopened a full window.
+    fn take_message(&mut self, mut each: impl FnMut(&mut Self, Segment)) {
+        let was_full = self.rcv_queue.len() >= self.cfg.rcv_wnd as usize;
+        while let Some(seg) = self.rcv_queue.pop_front() {
+            let last = seg.frg == 0;
+            each(self, seg);
+            if last {
+                break;
+            }
+        }
+        self.move_ready();
+        if was_full && self.rcv_queue.len() < self.cfg.rcv_wnd as usize {
+            self.probe |= ASK_TELL;
+            self.resume_timer();
+        }
+    }
+
+    /// Receives one whole message into `buf` (kcp-go `Recv`).
+    pub fn recv(&mut self, buf: &mut [u8]) -> Result<usize, RecvError> {
+        let size = self.peek_size().ok_or(RecvError::WouldBlock)?;
+        if size > buf.len() {
+            return Err(RecvError::BufferTooSmall);
+        }
+        let mut n = 0;
+        self.take_message(|kcp, seg| {
+            buf[n..n + seg.data.len()].copy_from_slice(&seg.data);
+            n += seg.data.len();
+            kcp.retire(seg);
+        });
+        Ok(n)
+    }
+
+    /// Reads received bytes as a stream (kcp-go session `Read`): the rest of a message
+    /// that did not fit a previous call comes first. Returns 0 when nothing is ready.
+    pub fn read(&mut self, buf: &mut [u8]) -> usize {
+        if self.partial.is_empty() {
+            match self.peek_size() {
+                None => return 0,
+                Some(size) if size <= buf.len() => return self.recv(buf).unwrap_or(0),
+                Some(_) => {
+                    let mut partial = core::mem::take(&mut self.partial);
+                    self.take_message(|_, seg| partial.push_back(seg));
+                    self.partial = partial;
+                    self.partial_offset = 0;
+                }
+            }
+        }
+        let mut n = 0;
+        while n < buf.len() {
+            let Some(head) = self.partial.front() else { break };
+            let avail = &head.data[self.partial_offset..];
+            let take = avail.len().min(buf.len() - n);
+            buf[n..n + take].copy_from_slice(&avail[..take]);
+            n += take;
+            self.partial_offset += take;
+            if self.partial_offset == head.data.len() {
+                let seg = self.partial.pop_front().expect("head exists");
+                self.retire(seg);
+                self.partial_offset = 0;
+            }
+        }
+        n
+    }
+
+    /// Bytes ready for [`Kcp::read`] without waiting.
+    pub fn readable(&self) -> bool {
+        !self.partial.is_empty() || self.peek_size().is_some()
+    }
+
+    fn move_ready(&mut self) {
+        while self.rcv_queue.len() < self.cfg.rcv_wnd as usize {
+            match self.rcv_buf.take(self.rcv_nxt) {
+                Some(seg) => {
+                    self.rcv_queue.push_back(seg);
+                    self.rcv_nxt = self.rcv_nxt.wrapping_add(1);
+                }
+                None => break,
+            }
+        }
+    }
+
+    fn wnd_unused(&self) -> u16 {
+        let free = (self.cfg.rcv_wnd as usize).saturating_sub(self.rcv_queue.len());
+        free.min(usize::from(u16::MAX)) as u16
+    }
+
+    // ------------------------------------------------------------------- input
+
+    /// Processes one received datagram (the KCP part). `regular` is false for
+    /// datagrams rebuilt by FEC: those never update the RTT or the peer window.
+    ///
+    /// On error, segments before the bad one keep their effect and the datagram is
+    /// counted in [`KcpStats::in_errors`].
+    pub fn input(&mut self, now: u32, data: &[u8], regular: bool) -> Result<(), SegmentError> {
+        self.current = now;
+        let result = self.input_segments(data, regular);
+        if result.is_err() {
+            self.stats.in_errors += 1;
+        }
+        self.resume_timer();
+        result
+    }
+
+    fn input_segments(&mut self, data: &[u8], regular: bool) -> Result<(), SegmentError> {
+        let prev_una = self.snd_una;
+        if data.len() < HEADER_LEN {
+            return Err(SegmentError::TooShort);
+        }
+        let mut latest_ack: Option<(u32, u32)> = None;
+        let mut want_full_flush = false;
+        for item in Segments::new(data) {
+            let (h, payload) = item?;
+            if h.conv != self.conv {
+                return Err(SegmentError::ConvMismatch);
+            }
+            let cmd = h.command().ok_or(SegmentError::UnknownCommand)?;
+            if regular {
+                self.rmt_wnd = u32::from(h.wnd);
+            }
+            if self.parse_una(h.una) > 0 {
+                want_full_flush = true;
+            }
+            self.shrink_buf();
+            match cmd {
+                Command::Ack => {
+                    self.parse_ack(h.sn);
+                    if self.parse_fastack(h.sn, h.ts) && self.cfg.compat == Compat::Latest {
+                        want_full_flush = true;
+                    }
+                    latest_ack = Some((h.sn, h.ts));
+                }
+                Command::Push => {
+                    let fresh = self.parse_push(&h, payload);
+                    if regular && !fresh {
+                        self.stats.repeat_segs += 1;
+                    }
+                }
+                Command::WindowAsk => self.probe |= ASK_TELL,
+                Command::WindowTell => {}
+            }
+            self.stats.in_segs += 1;
+        }
+
+        if let Some((sn, ts)) = latest_ack {
+            // kcp-go samples every datagram's last ACK. An ACK for a sequence number we
+            // never sent, or an echo older than the RTO cap, can only be forged or
+            // corrupt; it must not poison the estimator.
+            let rtt = diff(self.current, ts);
+            if regular && rtt >= 0 && diff(sn, self.snd_nxt) < 0 && rtt as u32 <= RTO_MAX {
+                self.update_rtt(rtt);
+            }
+        }
+
+        if !self.cfg.no_cwnd && diff(self.snd_una, prev_una) > 0 && self.cwnd < self.rmt_wnd {
+            self.grow_cwnd();
+        }
+
+        let ack_clocking = self.cfg.compat == Compat::Latest
+            && self.acklist.len() >= self.cfg.mtu / HEADER_LEN;
+        if want_full_flush {
+            self.flush_kind(self.current, FlushKind::Full);
+        } else if ack_clocking || (self.cfg.ack_nodelay && !self.acklist.is_empty()) {
+            self.flush_kind(self.current, FlushKind::AckOnly);
+        }
+        Ok(())
+    }
+
+    /// Stores a PUSH; true if it was new data.
+    fn parse_push(&mut self, h: &Header, payload: &[u8]) -> bool {
+        if diff(h.sn, self.rcv_nxt.wrapping_add(self.cfg.rcv_wnd)) >= 0 {
+            return false;
+        }
+        self.acklist.push((h.sn, h.ts));
+        if diff(h.sn, self.rcv_nxt) < 0 || self.rcv_buf.contains(h.sn) {
+            return false;
+        }
+        let mut seg = self.new_segment();
+        seg.sn = h.sn;
+        seg.frg = h.frg;
+        seg.data.extend_from_slice(payload);
+        self.rcv_buf.insert(h.sn, seg);
+        self.move_ready();
+        true
+    }
+
+    fn parse_una(&mut self, una: u32) -> usize {
+        if diff(una, self.snd_nxt) > 0 {
+            self.stats.forged_una += 1;
+            return 0;
+        }
+        let mut dropped = 0;
+        while let Some(front) = self.snd_buf.front() {
+            if diff(front.sn, una) >= 0 {
+                break;
+            }
+            let seg = self.snd_buf.pop_front().expect("front exists");
+            self.retire(seg);
+            dropped += 1;
+        }
+        dropped
+    }
+
+    fn shrink_buf(&mut self) {
+        self.snd_una = self.snd_buf.front().map_or(self.snd_nxt, |s| s.sn);
+    }
+
+    /// snd_buf holds consecutive sequence numbers starting at `snd_una`.
+    fn snd_buf_index(&self, sn: u32) -> Option<usize> {
+        if diff(sn, self.snd_una) < 0 || diff(sn, self.snd_nxt) >= 0 {
+            return None;
+        }
+        Some(sn.wrapping_sub(self.snd_una) as usize)
+    }
+
+    fn parse_ack(&mut self, sn: u32) {
+        let Some(i) = self.snd_buf_index(sn) else { return };
+        let seg = &mut self.snd_buf[i];
+        if !seg.acked {
+            seg.acked = true;
+            let data = core::mem::take(&mut seg.data);
+            if data.capacity() > 0 {
+                self.pool.push(data);
+            }
+        }
+    }
+
+    /// Counts the ACK against every segment sent before the acknowledged one; true if
+    /// one of them reached the fast-retransmit threshold.
+    fn parse_fastack(&mut self, sn: u32, ts: u32) -> bool {
+        let Some(last) = self.snd_buf_index(sn) else { return false };
+        let guard = self.cfg.compat == Compat::Latest;
+        let threshold = self.cfg.fast_resend;
+        let mut reached = false;
+        for seg in self.snd_buf.iter_mut().take(last) {
+            if diff(seg.ts, ts) > 0 || (guard && seg.fastack == FASTACK_DONE) {
+                continue;
+            }
+            seg.fastack = seg.fastack.wrapping_add(1);
+            if seg.fastack >= threshold {
+                reached = true;
+            }
+        }
+        reached
+    }
+
+    fn update_rtt(&mut self, rtt: i32) {
+        if self.rx_srtt == 0 {
+            self.rx_srtt = rtt;
+            self.rx_rttvar = rtt >> 1;
+        } else {
+            let mut delta = rtt - self.rx_srtt;
+            self.rx_srtt += delta >> 3;
+            delta = delta.abs();
+            if rtt < self.rx_srtt - self.rx_rttvar {
+                self.rx_rttvar += (delta - self.rx_rttvar) >> 5;
+            } else {
+                self.rx_rttvar += (delta - self.rx_rttvar) >> 2;
+            }
+        }
+        let var = (self.rx_rttvar << 2) as u32;
+        let rto = (self.rx_srtt as u32).wrapping_add(self.cfg.interval.max(var));
+        self.rx_rto = rto.clamp(self.rx_minrto, RTO_MAX);
+    }
+
+    fn grow_cwnd(&mut self) {
+        let mss = self.mss as u32;
+        if self.cwnd < self.ssthresh {
+            self.cwnd += 1;
+            self.incr += mss;
+        } else {
+            self.incr = self.incr.max(mss);
+            self.incr += (mss * mss) / self.incr + mss / 16;
+            if (self.cwnd + 1) * mss <= self.incr {
+                self.cwnd = (self.incr + mss - 1) / mss.max(1);
+            }
+        }
+        if self.cwnd > self.rmt_wnd {
+            self.cwnd = self.rmt_wnd;
+            self.incr = self.rmt_wnd * mss;
+        }
+    }
+
+    // ------------------------------------------------------------------- flush
+
+    /// A FULL flush (kcp-go `flush(false)`): ACKs, probes, new segments and due
+    /// retransmissions go into [`Kcp::transmits`]. Returns the delay in ms until
+    /// the next flush is useful.
+    pub fn flush(&mut self, now: u32) -> u32 {
+        self.current = now;
+        self.resume_timer();
+        self.flush_kind(now, FlushKind::Full)
+    }
+
+    /// When [`Kcp::handle_timeout`] wants to run next, or `None` while the
+    /// connection has nothing to time (no data in flight or queued, no pending
+    /// ACK or window probe).
+    pub fn poll_timeout(&self) -> Option<u32> {
+        if self.is_idle() {
+            None
+        } else {
+            Some(self.ts_flush)
+        }
+    }
+
+    /// Runs the flush timer if it is due at `now` (kcp-go's per-session update).
+    pub fn handle_timeout(&mut self, now: u32) {
+        self.current = now;
+        if self.is_idle() {
+            self.timer_idle = true;
+            return;
+        }
+        self.resume_timer();
+        if diff(now, self.ts_flush) < 0 {
+            return;
+        }
+        let delay = self.flush_kind(now, FlushKind::Full);
+        self.ts_flush = now.wrapping_add(delay);
+    }
+
+    fn is_idle(&self) -> bool {
+        self.snd_buf.is_empty()
+            && self.snd_queue.is_empty()
+            && self.acklist.is_empty()
+            && self.probe == 0
+            && self.rmt_wnd != 0
+    }
+
+    /// Restarts the flush timer after an idle period, on kcp-go's interval grid: the
+    /// first tick falls where a free-running timer would have ticked.
+    fn resume_timer(&mut self) {
+        if !self.timer_idle || self.is_idle() {
+            return;
+        }
+        self.timer_idle = false;
+        let interval = self.cfg.interval;
+        let elapsed = self.current.wrapping_sub(self.ts_flush);
+        self.ts_flush = self.current.wrapping_add(interval - elapsed % interval);
+    }
+
+    fn flush_kind(&mut self, now: u32, kind: FlushKind) -> u32 {
+        let wnd = self.wnd_unused();
+        let mut out = Emitter::start(&mut self.transmits, self.cfg.header_room, self.cfg.mtu);
+        let mut tmpl = Header {
+            conv: self.conv,
+            cmd: Command::Ack as u8,
+            frg: 0,
+            wnd,
+            ts: 0,
+            sn: 0,
+            una: self.rcv_nxt,
+            len: 0,
+        };
+
+        // Phase 1: ACKs. Those below rcv_nxt are implied by una; the last is kept so
+        // that at least one ACK leaves.
+        let acks = self.acklist.len();
+        for (i, &(sn, ts)) in self.acklist.iter().enumerate() {
+            out.reserve(HEADER_LEN);
+            if diff(sn, self.rcv_nxt) >= 0 || i + 1 == acks {
+                tmpl.sn = sn;
+                tmpl.ts = ts;
+                out.write(&tmpl, &[]);
+                self.stats.out_segs += 1;
+            }
+        }
+        self.acklist.clear();
+
+        if kind == FlushKind::AckOnly && self.cfg.compat == Compat::KcpGo561 {
+            out.finish();
+            return self.cfg.interval;
+        }
+
+        // Phase 2: zero-window probing.
+        let probe_init = self.cfg.compat.probe_init();
+        if self.rmt_wnd == 0 {
+            if self.probe_wait == 0 {
+                self.probe_wait = probe_init;
+                self.ts_probe = now.wrapping_add(self.probe_wait);
+            } else if diff(now, self.ts_probe) >= 0 {
+                self.probe_wait = self.probe_wait.max(probe_init);
+                self.probe_wait += self.probe_wait / 2;
+                self.probe_wait = self.probe_wait.min(PROBE_LIMIT);
+                self.ts_probe = now.wrapping_add(self.probe_wait);
+                self.probe |= ASK_SEND;
+            }
+        } else {
+            self.ts_probe = 0;
+            self.probe_wait = 0;
+        }
+
+        // Phase 3: probe commands.
+        for (flag, cmd) in [(ASK_SEND, Command::WindowAsk), (ASK_TELL, Command::WindowTell)] {
+            if self.probe & flag != 0 {
+                tmpl.cmd = cmd as u8;
+                out.reserve(HEADER_LEN);
+                out.write(&tmpl, &[]);
+                self.stats.out_segs += 1;
+            }
+        }
+        self.probe = 0;
+
+        // Phase 4: slide the window.
+        let mut cwnd_eff = self.cfg.snd_wnd.min(self.rmt_wnd);
+        if !self.cfg.no_cwnd {
+            cwnd_eff = cwnd_eff.min(self.cwnd);
+        }
+        let mut new_segs = 0u32;
+        while diff(self.snd_nxt, self.snd_una.wrapping_add(cwnd_eff)) < 0 {
+            let Some(mut seg) = self.snd_queue.pop_front() else { break };
+            seg.sn = self.snd_nxt;
+            self.snd_nxt = self.snd_nxt.wrapping_add(1);
+            self.snd_buf.push_back(seg);
+            new_segs += 1;
+        }
+
+        if kind == FlushKind::AckOnly {
+            out.finish();
+            return self.cfg.interval;
+        }
+
+        // Phase 5: (re)transmission.
+        let resent = if self.cfg.fast_resend > 0 { self.cfg.fast_resend } else { u32::MAX };
+        let fastack_reset = match self.cfg.compat {
+            Compat::Latest => FASTACK_DONE,
+            Compat::KcpGo561 => 0,
+        };
+        let (mut lost, mut fast, mut early) = (0u64, 0u64, 0u64);
+        let mut next = self.cfg.interval;
+        tmpl.cmd = Command::Push as u8;
+        for seg in self.snd_buf.iter_mut() {
+            if seg.acked {
+                continue;
+            }
+            let mut send = false;
+            if seg.xmit == 0 {
+                send = true;
+                seg.rto = self.rx_rto;
+                seg.resendts = now.wrapping_add(seg.rto);
+            } else if seg.fastack >= resent && seg.fastack != FASTACK_DONE {
+                send = true;
+                seg.fastack = fastack_reset;
+                seg.rto = self.rx_rto;
+                seg.resendts = now.wrapping_add(seg.rto);
+                fast += 1;
+            } else if seg.fastack > 0 && seg.fastack != FASTACK_DONE && new_segs == 0 {
+                send = true;
+                seg.fastack = fastack_reset;
+                seg.rto = self.rx_rto;
+                seg.resendts = now.wrapping_add(seg.rto);
+                early += 1;
+            } else if diff(now, seg.resendts) >= 0 {
+                send = true;
+                seg.rto = if self.cfg.nodelay {
+                    seg.rto.wrapping_add(self.rx_rto / 2)
+                } else {
+                    seg.rto.wrapping_add(self.rx_rto)
+                };
+                seg.fastack = 0;
+                seg.resendts = now.wrapping_add(seg.rto);
+                lost += 1;
+            }
+            if send {
+                seg.xmit += 1;
+                seg.ts = now;
+                tmpl.frg = seg.frg;
+                tmpl.ts = now;
+                tmpl.sn = seg.sn;
+                tmpl.len = seg.data.len() as u32;
+                out.reserve(HEADER_LEN + seg.data.len());
+                out.write(&tmpl, &seg.data);
+                self.stats.out_segs += 1;
+                if seg.xmit >= DEAD_LINK {
+                    self.dead = true;
+                }
+            }
+            let until = diff(seg.resendts, now);
+            if until > 0 && (until as u32) < next {
+                next = until as u32;
+            }
+        }
+        out.finish();
+
+        // Phase 6: counters and congestion window.
+        self.stats.lost_segs += lost;
+        self.stats.fast_retrans_segs += fast;
+        self.stats.early_retrans_segs += early;
+        self.stats.retrans_segs += lost + fast + early;
+        if !self.cfg.no_cwnd {
+            let mss = self.mss as u32;
+            if fast + early > 0 {
+                let inflight = self.snd_nxt.wrapping_sub(self.snd_una);
+                self.ssthresh = (inflight / 2).max(THRESH_MIN);
+                self.cwnd = self.ssthresh.wrapping_add(resent);
+                self.incr = self.cwnd.wrapping_mul(mss);
+            }
+            if lost > 0 {
+                self.ssthresh = (cwnd_eff / 2).max(THRESH_MIN);
+                self.cwnd = 1;
+                self.incr = mss;
+            }
+            if self.cwnd < 1 {
+                self.cwnd = 1;
+                self.incr = mss;
+            }
+        }
+        next
+    }
+}
+
+/// Packs segments into datagrams of at most `mtu` bytes in a [`TransmitQueue`].
+struct Emitter<'a> {
+    queue: &'a mut TransmitQueue,
+    room: usize,
+    mtu: usize,
+    /// Bytes of KCP data in the datagram being built (slot = last in the queue).
+    fill: usize,
+    open: bool,
+}
+
+impl<'a> Emitter<'a> {
+    fn start(queue: &'a mut TransmitQueue, room: usize, mtu: usize) -> Emitter<'a> {
+        Emitter { queue, room, mtu, fill: 0, open: false }
+    }
+
+    /// Emits the current datagram first if `n` more bytes would overflow it.
+    fn reserve(&mut self, n: usize) {
+        if self.open && self.fill + n > self.mtu {
+            self.close();
+        }
+    }
+
+    fn write(&mut self, header: &Header, payload: &[u8]) {
+        if !self.open {
+            self.queue.push_slot();
+            self.open = true;
+            self.fill = 0;
+        }
+        let i = self.queue.len() - 1;
+        let at = self.room + self.fill;
+        let slot = self.queue.slot_mut(i);
+        header.encode(&mut slot[at..]);
+        slot[at + HEADER_LEN..at + HEADER_LEN + payload.len()].copy_from_slice(payload);
+        self.fill += HEADER_LEN + payload.len();
+    }
+
+    fn close(&mut self) {
+        let i = self.queue.len() - 1;
+        self.queue.set_len(i, self.room + self.fill);
+        self.open = false;
+        self.fill = 0;
+    }
+
+    fn finish(mut self) {
+        if self.open {
+            self.close();
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! kcpgate's protocol core: the kcptun stack as sans-IO state machines.
+//!
+//! Nothing here touches a socket, a thread or a clock. Time comes in as an argument
+//! (`u32` milliseconds, wrapping, like kcp-go's), received datagrams come in through
+//! method calls, and outgoing datagrams are collected in a reusable
+//! [`transmit::TransmitQueue`] for the caller to send. The same code runs in the
+//! native gateway and, compiled to WebAssembly, in the browser.
+
+#![forbid(unsafe_code)]
+
+pub mod kcp;
+pub mod transmit;

@@ -1,0 +1,395 @@
+//! A deterministic network simulator for two sans-IO endpoints.
+//!
+//! Each direction is a [`Link`] with seeded impairments: random loss, Gilbert–Elliott
+//! bursty loss, one-way delay with jitter, reordering, duplication and a bandwidth
+//! cap with a drop-tail queue. [`Sim`] steps a virtual clock (microseconds) straight
+//! to the next event (a delivery or an endpoint timer), so a multi-second transfer
+//! runs in milliseconds and the same seed always gives the same run.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+use rand::{Rng, SeedableRng};
+use rand_xoshiro::Xoshiro256PlusPlus;
+
+/// Gilbert–Elliott two-state loss: the link flips between a good and a bad state
+/// once per packet; each state has its own loss probability.
+#[derive(Debug, Clone, Copy)]
+pub struct GilbertElliott {
+    pub p_good_to_bad: f64,
+    pub p_bad_to_good: f64,
+    pub loss_good: f64,
+    pub loss_bad: f64,
+}
+
+impl GilbertElliott {
+    /// Long-run loss rate.
+    pub fn mean_loss(&self) -> f64 {
+        let bad = self.p_good_to_bad / (self.p_good_to_bad + self.p_bad_to_good);
+        bad * self.loss_bad + (1.0 - bad) * self.loss_good
+    }
+}
+
+/// Impairments of one direction.
+#[derive(Debug, Clone, Copy)]
+pub struct LinkConfig {
+    pub delay_us: u64,
+    /// Uniform extra delay in `0..=jitter_us` (can reorder on its own).
+    pub jitter_us: u64,
+    pub loss: f64,
+    pub bursty: Option<GilbertElliott>,
+    pub duplicate: f64,
+    /// Probability that a packet is held back by `reorder_extra_us`.
+    pub reorder: f64,
+    pub reorder_extra_us: u64,
+    /// Bits per second; `None` is unlimited.
+    pub bandwidth_bps: Option<u64>,
+    /// Bytes the bottleneck queue holds before it drops.
+    pub queue_bytes: u64,
+}
+
+impl LinkConfig {
+    pub fn ideal(delay_us: u64) -> LinkConfig {
+        LinkConfig {
+            delay_us,
+            jitter_us: 0,
+            loss: 0.0,
+            bursty: None,
+            duplicate: 0.0,
+            reorder: 0.0,
+            reorder_extra_us: 0,
+            bandwidth_bps: None,
+            queue_bytes: u64::MAX,
+        }
+    }
+}
+
+/// What a link did, so a test can report realised impairment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LinkStats {
+    pub offered: u64,
+    pub delivered: u64,
+    /// Random and bursty loss.
+    pub lost: u64,
+    /// Drops at the full bottleneck queue.
+    pub queue_drops: u64,
+    pub duplicated: u64,
+    pub reordered: u64,
+    pub bytes_delivered: u64,
+}
+
+impl LinkStats {
+    pub fn dropped(&self) -> u64 {
+        self.lost + self.queue_drops
+    }
+}
+
+struct InFlight {
+    at_us: u64,
+    seq: u64,
+    buf: usize,
+}
+
+impl PartialEq for InFlight {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at_us, self.seq) == (other.at_us, other.seq)
+    }
+}
+impl Eq for InFlight {}
+impl PartialOrd for InFlight {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for InFlight {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at_us, self.seq).cmp(&(other.at_us, other.seq))
+    }
+}
+
+/// One direction of the network.
+pub struct Link {
+    cfg: LinkConfig,
+    rng: Xoshiro256PlusPlus,
+    bad_state: bool,
+    busy_until_us: u64,
+    seq: u64,
+    heap: BinaryHeap<Reverse<InFlight>>,
+    buffers: Vec<Vec<u8>>,
+    free: Vec<usize>,
+    pub stats: LinkStats,
+}
+
+impl Link {
+    pub fn new(cfg: LinkConfig, seed: u64) -> Link {
+        Link {
+            cfg,
+            rng: Xoshiro256PlusPlus::seed_from_u64(seed),
+            bad_state: false,
+            busy_until_us: 0,
+            seq: 0,
+            heap: BinaryHeap::new(),
+            buffers: Vec::new(),
+            free: Vec::new(),
+            stats: LinkStats::default(),
+        }
+    }
+
+    fn chance(&mut self, p: f64) -> bool {
+        p > 0.0 && self.rng.gen::<f64>() < p
+    }
+
+    fn lost(&mut self) -> bool {
+        if let Some(ge) = self.cfg.bursty {
+            let flip = if self.bad_state { ge.p_bad_to_good } else { ge.p_good_to_bad };
+            if self.chance(flip) {
+                self.bad_state = !self.bad_state;
+            }
+            let p = if self.bad_state { ge.loss_bad } else { ge.loss_good };
+            if self.chance(p) {
+                return true;
+            }
+        }
+        let p = self.cfg.loss;
+        self.chance(p)
+    }
+
+    fn enqueue(&mut self, at_us: u64, datagram: &[u8]) {
+        let buf = match self.free.pop() {
+            Some(i) => i,
+            None => {
+                self.buffers.push(Vec::new());
+                self.buffers.len() - 1
+            }
+        };
+        self.buffers[buf].clear();
+        self.buffers[buf].extend_from_slice(datagram);
+        self.seq += 1;
+        self.heap.push(Reverse(InFlight { at_us, seq: self.seq, buf }));
+    }
+
+    /// Offers a datagram to the link at `now_us`.
+    pub fn send(&mut self, now_us: u64, datagram: &[u8]) {
+        self.stats.offered += 1;
+        if self.lost() {
+            self.stats.lost += 1;
+            return;
+        }
+        let mut depart = now_us;
+        if let Some(bps) = self.cfg.bandwidth_bps {
+            let start = self.busy_until_us.max(now_us);
+            let backlog_bytes = (start - now_us) * bps / 8 / 1_000_000;
+            if backlog_bytes + datagram.len() as u64 > self.cfg.queue_bytes {
+                self.stats.queue_drops += 1;
+                return;
+            }
+            self.busy_until_us = start + (datagram.len() as u64 * 8 * 1_000_000).div_ceil(bps);
+            depart = self.busy_until_us;
+        }
+        let jitter = if self.cfg.jitter_us > 0 { self.rng.gen_range(0..=self.cfg.jitter_us) } else { 0 };
+        let mut at = depart + self.cfg.delay_us + jitter;
+        if self.chance(self.cfg.reorder) {
+            self.stats.reordered += 1;
+            at += self.cfg.reorder_extra_us;
+        }
+        self.enqueue(at, datagram);
+        if self.chance(self.cfg.duplicate) {
+            self.stats.duplicated += 1;
+            let extra = self.rng.gen_range(0..=self.cfg.delay_us / 4);
+            self.enqueue(at + extra, datagram);
+        }
+    }
+
+    /// When the next datagram arrives.
+    pub fn next_arrival(&self) -> Option<u64> {
+        self.heap.peek().map(|Reverse(p)| p.at_us)
+    }
+
+    /// Hands every datagram due at `now_us` to `deliver`.
+    pub fn deliver_due(&mut self, now_us: u64, mut deliver: impl FnMut(&[u8])) {
+        while let Some(Reverse(p)) = self.heap.peek() {
+            if p.at_us > now_us {
+                break;
+            }
+            let Reverse(p) = self.heap.pop().expect("peeked");
+            self.stats.delivered += 1;
+            self.stats.bytes_delivered += self.buffers[p.buf].len() as u64;
+            deliver(&self.buffers[p.buf]);
+            self.free.push(p.buf);
+        }
+    }
+}
+
+/// A sans-IO connection as the simulator drives it.
+pub trait Endpoint {
+    fn handle_datagram(&mut self, now: u32, datagram: &[u8]);
+    fn handle_timeout(&mut self, now: u32);
+    fn poll_timeout(&self) -> Option<u32>;
+    /// Passes every queued outgoing datagram to `send`, then forgets them.
+    fn drain_transmits(&mut self, send: &mut dyn FnMut(&[u8]));
+    /// Whether a write would be accepted now (kcp-go's `Write` blocks otherwise).
+    fn can_write(&self) -> bool;
+    fn write(&mut self, now: u32, data: &[u8]);
+    fn read(&mut self, buf: &mut [u8]) -> usize;
+}
+
+/// Deterministic content for a transfer: byte `i` of stream `seed`.
+pub fn pattern_byte(seed: u64, i: u64) -> u8 {
+    let x = (i ^ seed.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    (x >> 56) as u8 ^ (i as u8)
+}
+
+/// Writes a deterministic byte stream and checks the one coming back.
+pub struct Transfer {
+    pub send_seed: u64,
+    pub send_total: u64,
+    pub sent: u64,
+    pub recv_seed: u64,
+    pub recv_total: u64,
+    pub received: u64,
+    /// Offset of the first wrong byte received, if any.
+    pub first_mismatch: Option<u64>,
+    pub chunk: usize,
+    scratch: Vec<u8>,
+}
+
+impl Transfer {
+    pub fn new(send_seed: u64, send_total: u64, recv_seed: u64, recv_total: u64) -> Transfer {
+        Transfer {
+            send_seed,
+            send_total,
+            sent: 0,
+            recv_seed,
+            recv_total,
+            received: 0,
+            first_mismatch: None,
+            chunk: 8192,
+            scratch: vec![0; 65536],
+        }
+    }
+
+    pub fn done(&self) -> bool {
+        self.sent == self.send_total && self.received >= self.recv_total
+    }
+
+    /// Writes while the endpoint accepts, reads and verifies whatever arrived.
+    pub fn pump(&mut self, now: u32, ep: &mut dyn Endpoint) {
+        while self.sent < self.send_total && ep.can_write() {
+            let n = (self.send_total - self.sent).min(self.chunk as u64) as usize;
+            for (k, b) in self.scratch[..n].iter_mut().enumerate() {
+                *b = pattern_byte(self.send_seed, self.sent + k as u64);
+            }
+            ep.write(now, &self.scratch[..n]);
+            self.sent += n as u64;
+        }
+        loop {
+            let n = ep.read(&mut self.scratch);
+            if n == 0 {
+                break;
+            }
+            for (k, &b) in self.scratch[..n].iter().enumerate() {
+                let at = self.received + k as u64;
+                if self.first_mismatch.is_none() && (at >= self.recv_total || b != pattern_byte(self.recv_seed, at)) {
+                    self.first_mismatch = Some(at);
+                }
+            }
+            self.received += n as u64;
+        }
+    }
+}
+
+/// Converts between the simulator's microsecond clock and the endpoints' wrapping
+/// millisecond clock, which starts at `epoch_ms` so tests can cross the u32 wrap.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub epoch_ms: u32,
+}
+
+impl Clock {
+    pub fn ms(&self, us: u64) -> u32 {
+        self.epoch_ms.wrapping_add((us / 1000) as u32)
+    }
+
+    /// Simulator time of an endpoint deadline, never earlier than `now_us`.
+    pub fn deadline_us(&self, now_us: u64, deadline_ms: u32) -> u64 {
+        let ahead = deadline_ms.wrapping_sub(self.ms(now_us)) as i32;
+        if ahead <= 0 {
+            now_us
+        } else {
+            (now_us / 1000 + ahead as u64) * 1000
+        }
+    }
+}
+
+/// Two endpoints, two links, one transfer each way.
+pub struct Sim<A: Endpoint, B: Endpoint> {
+    pub now_us: u64,
+    pub clock: Clock,
+    pub a: A,
+    pub b: B,
+    pub a_to_b: Link,
+    pub b_to_a: Link,
+    pub app_a: Transfer,
+    pub app_b: Transfer,
+    pub steps: u64,
+}
+
+/// Outcome of [`Sim::run`].
+#[derive(Debug, Clone, Copy)]
+pub struct RunResult {
+    pub finished: bool,
+    pub elapsed_ms: u64,
+    pub steps: u64,
+}
+
+impl<A: Endpoint, B: Endpoint> Sim<A, B> {
+    pub fn new(a: A, b: B, a_to_b: Link, b_to_a: Link, app_a: Transfer, app_b: Transfer, epoch_ms: u32) -> Self {
+        Sim { now_us: 0, clock: Clock { epoch_ms }, a, b, a_to_b, b_to_a, app_a, app_b, steps: 0 }
+    }
+
+    fn flush_outputs(&mut self) {
+        let now = self.now_us;
+        let link = &mut self.a_to_b;
+        self.a.drain_transmits(&mut |d| link.send(now, d));
+        let link = &mut self.b_to_a;
+        self.b.drain_transmits(&mut |d| link.send(now, d));
+    }
+
+    /// Runs until both transfers are complete or `limit_ms` of virtual time passed.
+    pub fn run(&mut self, limit_ms: u64) -> RunResult {
+        let limit_us = self.now_us + limit_ms * 1000;
+        let start_us = self.now_us;
+        let now = self.clock.ms(self.now_us);
+        self.app_a.pump(now, &mut self.a);
+        self.app_b.pump(now, &mut self.b);
+        self.flush_outputs();
+        loop {
+            if self.app_a.done() && self.app_b.done() {
+                return RunResult { finished: true, elapsed_ms: (self.now_us - start_us) / 1000, steps: self.steps };
+            }
+            let candidates = [
+                self.a_to_b.next_arrival(),
+                self.b_to_a.next_arrival(),
+                self.a.poll_timeout().map(|d| self.clock.deadline_us(self.now_us, d)),
+                self.b.poll_timeout().map(|d| self.clock.deadline_us(self.now_us, d)),
+            ];
+            let Some(next) = candidates.into_iter().flatten().min() else {
+                return RunResult { finished: false, elapsed_ms: (self.now_us - start_us) / 1000, steps: self.steps };
+            };
+            if next > limit_us {
+                return RunResult { finished: false, elapsed_ms: limit_ms, steps: self.steps };
+            }
+            self.now_us = next;
+            self.steps += 1;
+            let now = self.clock.ms(self.now_us);
+            let (a, b) = (&mut self.a, &mut self.b);
+            self.a_to_b.deliver_due(self.now_us, |d| b.handle_datagram(now, d));
+            self.b_to_a.deliver_due(self.now_us, |d| a.handle_datagram(now, d));
+            self.a.handle_timeout(now);
+            self.b.handle_timeout(now);
+            self.app_a.pump(now, &mut self.a);
+            self.app_b.pump(now, &mut self.b);
+            self.flush_outputs();
+        }
+    }
+}

@@ -1,0 +1,28 @@
+//! Golden vectors recorded from the Go implementation, at `../shared/vectors`
+//! relative to the repository root.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+pub fn dir() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    root.join("..").join("shared").join("vectors")
+}
+
+/// Parses one vector file; panics with the path when it is missing.
+pub fn load(name: &str) -> Value {
+    let path = dir().join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!("cannot read golden vectors at {}: {e} (the repository expects ../shared/vectors beside it)", path.display())
+    });
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", path.display()))
+}
+
+pub fn hex(v: &Value) -> Vec<u8> {
+    hex::decode(v.as_str().expect("hex field is a string")).expect("valid hex")
+}
+
+pub fn u64_of(v: &Value) -> u64 {
+    v.as_u64().expect("unsigned integer field")
+}
