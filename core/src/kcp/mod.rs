@@ -481,9 +481,24 @@ impl Kcp {
     }
 
     fn retire(&mut self, seg: Segment) {
-        if seg.data.capacity() > 0 {
-            self.pool.push(seg.data);
+        self.recycle(seg.data);
+    }
+
+    /// Keeps a payload buffer for reuse. The pool never needs more buffers than the
+    /// windows can hold at once (send window, plus receive queue and receive buffer);
+    /// its capacity is reserved whole on first use so it never grows mid-transfer.
+    fn recycle(&mut self, buf: Vec<u8>) {
+        if buf.capacity() == 0 {
+            return;
         }
+        let limit = (self.cfg.snd_wnd as usize).saturating_add(2 * self.cfg.rcv_wnd as usize);
+        if self.pool.len() >= limit {
+            return;
+        }
+        if self.pool.capacity() < limit {
+            self.pool.reserve_exact(limit - self.pool.len());
+        }
+        self.pool.push(buf);
     }
 
     /// Queues `data` for sending (kcp-go `Send`).
@@ -761,9 +776,7 @@ impl Kcp {
         if !seg.acked {
             seg.acked = true;
             let data = core::mem::take(&mut seg.data);
-            if data.capacity() > 0 {
-                self.pool.push(data);
-            }
+            self.recycle(data);
         }
     }
 

@@ -37,6 +37,8 @@ pub struct LinkConfig {
     /// Uniform extra delay in `0..=jitter_us` (can reorder on its own).
     pub jitter_us: u64,
     pub loss: f64,
+    /// Drop every n-th datagram (0 = off): loss without a random tail.
+    pub drop_every: u64,
     pub bursty: Option<GilbertElliott>,
     pub duplicate: f64,
     /// Probability that a packet is held back by `reorder_extra_us`.
@@ -54,6 +56,7 @@ impl LinkConfig {
             delay_us,
             jitter_us: 0,
             loss: 0.0,
+            drop_every: 0,
             bursty: None,
             duplicate: 0.0,
             reorder: 0.0,
@@ -135,11 +138,19 @@ impl Link {
         }
     }
 
+    /// Changes the impairments from now on (e.g. a blackout).
+    pub fn config_mut(&mut self) -> &mut LinkConfig {
+        &mut self.cfg
+    }
+
     fn chance(&mut self, p: f64) -> bool {
         p > 0.0 && self.rng.gen::<f64>() < p
     }
 
     fn lost(&mut self) -> bool {
+        if self.cfg.drop_every > 0 && self.stats.offered % self.cfg.drop_every == 0 {
+            return true;
+        }
         if let Some(ge) = self.cfg.bursty {
             let flip = if self.bad_state { ge.p_bad_to_good } else { ge.p_good_to_bad };
             if self.chance(flip) {
