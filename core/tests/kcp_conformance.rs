@@ -79,13 +79,19 @@ fn sender_with_inflight(cfg: Config, n: u32, now: u32) -> Kcp {
 
 #[test]
 fn conformance_01_header_is_24_bytes_little_endian() {
-    let h = Header { conv: 0x0403_0201, cmd: 81, frg: 5, wnd: 0x0706, ts: 0x0b0a_0908, sn: 0x0f0e_0d0c, una: 0x1312_1110, len: 3 };
+    let h = Header {
+        conv: 0x0403_0201,
+        cmd: 81,
+        frg: 5,
+        wnd: 0x0706,
+        ts: 0x0b0a_0908,
+        sn: 0x0f0e_0d0c,
+        una: 0x1312_1110,
+        len: 3,
+    };
     let mut b = [0u8; HEADER_LEN];
     h.encode(&mut b);
-    assert_eq!(
-        b,
-        [1, 2, 3, 4, 81, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 3, 0, 0, 0],
-    );
+    assert_eq!(b, [1, 2, 3, 4, 81, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 3, 0, 0, 0],);
     assert_eq!(Header::decode(&b), Some(h));
 
     let mut k = Kcp::new(CONV, cfg());
@@ -257,9 +263,9 @@ fn conformance_11_una_releases_send_buffer() {
 #[test]
 fn conformance_12_first_rtt_sample() {
     for (nodelay, interval, rtt, srtt, rttvar, rto) in [
-        (false, 100, 80, 80, 40, 240),   // 80 + max(100, 160)
-        (false, 100, 20, 20, 10, 120),   // 20 + max(100, 40)
-        (true, 10, 4, 4, 2, 30),         // 4 + max(10, 8) = 14, clamped to minrto 30
+        (false, 100, 80, 80, 40, 240),            // 80 + max(100, 160)
+        (false, 100, 20, 20, 10, 120),            // 20 + max(100, 40)
+        (true, 10, 4, 4, 2, 30),                  // 4 + max(10, 8) = 14, clamped to minrto 30
         (false, 100, 31000, 31000, 15500, 60000), // clamped to 60 s
     ] {
         let mut k = sender_with_inflight(Config { nodelay, interval, ..cfg() }, 1, 1000);
@@ -333,8 +339,7 @@ fn conformance_16_rto_deadlines_and_backoff() {
 }
 
 fn fast_setup(compat: Compat) -> Kcp {
-    let k = sender_with_inflight(Config { fast_resend: 2, compat, ..cfg() }, 4, 0);
-    k
+    sender_with_inflight(Config { fast_resend: 2, compat, ..cfg() }, 4, 0)
 }
 
 /// Fast-retransmits sn 0, then sends two new segments and acknowledges both; returns
@@ -583,4 +588,44 @@ fn conformance_28_mss_from_session_mtu_and_lower_headers() {
         }
         assert_eq!(q.get(0).len(), room + HEADER_LEN + mss, "a full segment fills it exactly");
     }
+}
+
+/// Not a checklist statement but the reason for `poll_timeout`: once everything is
+/// delivered and acknowledged, neither side needs a timer, and work that resumes
+/// falls back on the flush-interval grid.
+#[test]
+fn idle_connection_needs_no_timer() {
+    let mut a = Kcp::new(CONV, Config { interval: 40, ..cfg() });
+    let mut b = Kcp::new(CONV, Config { interval: 40, ..cfg() });
+    assert_eq!((a.poll_timeout(), b.poll_timeout()), (None, None), "a fresh connection sleeps");
+    a.send(b"ping").unwrap();
+    a.flush(1000);
+    assert_eq!(a.poll_timeout(), Some(1040), "in flight: next flush one interval later");
+    for d in drain(&mut a) {
+        b.input(1010, &d, true).unwrap();
+    }
+    assert_eq!(b.poll_timeout(), Some(1040), "an owed ACK wakes the timer on the interval grid");
+    b.handle_timeout(1040);
+    for d in drain(&mut b) {
+        a.input(1050, &d, true).unwrap();
+    }
+    assert_eq!(read_all(&mut b), b"ping");
+    a.handle_timeout(1080);
+    b.handle_timeout(1080);
+    assert_eq!((a.poll_timeout(), b.poll_timeout()), (None, None), "delivered and acknowledged: both sleep");
+    // Hours later, a new send is flushed by the caller; the timer resumes on the grid.
+    a.send(b"again").unwrap();
+    a.flush(1080 + 3_600_013);
+    assert_eq!(a.poll_timeout(), Some(1080 + 3_600_040));
+
+    // A send without a flush (write-delay) goes out at the next grid tick.
+    let late = 1080 + 3_600_000 + 7_000_005;
+    b.send(b"delayed").unwrap();
+    let due = b.poll_timeout().expect("queued data needs the timer");
+    assert!(kcpgate_core::kcp::diff(due, late) <= 0, "the stale deadline asks for a wake-up now");
+    b.handle_timeout(late);
+    assert!(drain(&mut b).is_empty(), "not before the tick");
+    assert_eq!(b.poll_timeout(), Some(late + 35), "next tick of the 40 ms grid");
+    b.handle_timeout(late + 35);
+    assert_eq!(cmds(&sent(&mut b)), vec![(PUSH, 0)]);
 }

@@ -269,7 +269,13 @@ impl Endpoint for Attacked {
 fn a_million_bad_datagrams_mid_transfer_are_dropped_and_counted() {
     let conv = 0x5eed;
     let total = 4u64 << 20;
-    let attacked = |inner, seed| Attacked { inner, rng: Xoshiro256PlusPlus::seed_from_u64(seed), per_datagram: 120, tally: Injected::default(), peak_rcv_buf: 0 };
+    let attacked = |inner, seed| Attacked {
+        inner,
+        rng: Xoshiro256PlusPlus::seed_from_u64(seed),
+        per_datagram: 120,
+        tally: Injected::default(),
+        peak_rcv_buf: 0,
+    };
     let client_cfg: Config = client_config(Mode::Fast2);
     let server_cfg: Config = server_config(Mode::Fast2);
     let mut sim = Sim::new(

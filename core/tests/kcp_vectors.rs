@@ -138,7 +138,13 @@ fn null_nofec_client_datagrams_yield_the_payload_and_the_same_acks() {
     // Our echo carries the payload back in order, as the real server's did.
     let echoed: Vec<u8> = ours
         .iter()
-        .flat_map(|p| Segments::new(p).map(|r| r.unwrap()).filter(|(h, _)| h.cmd == 81).flat_map(|(_, d)| d.to_vec()).collect::<Vec<_>>())
+        .flat_map(|p| {
+            Segments::new(p)
+                .map(|r| r.unwrap())
+                .filter(|(h, _)| h.cmd == 81)
+                .flat_map(|(_, d)| d.to_vec())
+                .collect::<Vec<_>>()
+        })
         .collect();
     assert_eq!(echoed, expected);
 }

@@ -26,7 +26,8 @@ fn link(loss: Loss) -> LinkConfig {
         Loss::Random(p) => cfg.loss = p,
         // Mean loss about 2.9 %, in bursts averaging 4 packets.
         Loss::Bursty => {
-            cfg.bursty = Some(GilbertElliott { p_good_to_bad: 0.01, p_bad_to_good: 0.25, loss_good: 0.0, loss_bad: 0.75 })
+            cfg.bursty =
+                Some(GilbertElliott { p_good_to_bad: 0.01, p_bad_to_good: 0.25, loss_good: 0.0, loss_bad: 0.75 })
         }
     }
     cfg

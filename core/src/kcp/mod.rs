@@ -514,7 +514,6 @@ impl Kcp {
                     last.data.extend_from_slice(&data[..n]);
                     data = &data[n..];
                     if data.is_empty() {
-                        self.resume_timer();
                         return Ok(());
                     }
                 }
@@ -530,7 +529,6 @@ impl Kcp {
             seg.frg = if self.cfg.stream { 0 } else { (count - 1 - i) as u8 };
             self.snd_queue.push_back(seg);
         }
-        self.resume_timer();
         Ok(())
     }
 
@@ -569,7 +567,6 @@ impl Kcp {
         self.move_ready();
         if was_full && self.rcv_queue.len() < self.cfg.rcv_wnd as usize {
             self.probe |= ASK_TELL;
-            self.resume_timer();
         }
     }
 
@@ -713,8 +710,7 @@ impl Kcp {
             self.grow_cwnd();
         }
 
-        let ack_clocking = self.cfg.compat == Compat::Latest
-            && self.acklist.len() >= self.cfg.mtu / HEADER_LEN;
+        let ack_clocking = self.cfg.compat == Compat::Latest && self.acklist.len() >= self.cfg.mtu / HEADER_LEN;
         if want_full_flush {
             self.flush_kind(self.current, FlushKind::Full);
         } else if ack_clocking || (self.cfg.ack_nodelay && !self.acklist.is_empty()) {
@@ -849,7 +845,10 @@ impl Kcp {
 
     /// When [`Kcp::handle_timeout`] wants to run next, or `None` while the
     /// connection has nothing to time (no data in flight or queued, no pending
-    /// ACK or window probe).
+    /// ACK or window probe). After work appeared through a call that has no clock
+    /// ([`Kcp::send`] without a flush, or a read that reopened a full window) the
+    /// deadline may lie in the past: `handle_timeout` then puts the timer back on
+    /// its interval grid and the work goes out at the next tick, as in kcp-go.
     pub fn poll_timeout(&self) -> Option<u32> {
         if self.is_idle() {
             None
@@ -896,16 +895,8 @@ impl Kcp {
     fn flush_kind(&mut self, now: u32, kind: FlushKind) -> u32 {
         let wnd = self.wnd_unused();
         let mut out = Emitter::start(&mut self.transmits, self.cfg.header_room, self.cfg.mtu);
-        let mut tmpl = Header {
-            conv: self.conv,
-            cmd: Command::Ack as u8,
-            frg: 0,
-            wnd,
-            ts: 0,
-            sn: 0,
-            una: self.rcv_nxt,
-            len: 0,
-        };
+        let mut tmpl =
+            Header { conv: self.conv, cmd: Command::Ack as u8, frg: 0, wnd, ts: 0, sn: 0, una: self.rcv_nxt, len: 0 };
 
         // Phase 1: ACKs. Those below rcv_nxt are implied by una; the last is kept so
         // that at least one ACK leaves.

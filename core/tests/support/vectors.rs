@@ -14,7 +14,10 @@ pub fn dir() -> PathBuf {
 pub fn load(name: &str) -> Value {
     let path = dir().join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!("cannot read golden vectors at {}: {e} (the repository expects ../shared/vectors beside it)", path.display())
+        panic!(
+            "cannot read golden vectors at {}: {e} (the repository expects ../shared/vectors beside it)",
+            path.display()
+        )
     });
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", path.display()))
 }
