@@ -8,5 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod crypto;
+pub mod fec;
 pub mod kcp;
 pub mod transmit;
