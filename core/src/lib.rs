@@ -11,4 +11,7 @@
 pub mod crypto;
 pub mod fec;
 pub mod kcp;
+pub mod listener;
+pub mod pipeline;
+pub mod snmp;
 pub mod transmit;

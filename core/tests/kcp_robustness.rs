@@ -82,7 +82,7 @@ impl Endpoint for Counted {
     fn can_write(&self) -> bool {
         self.0.can_write()
     }
-    fn write(&mut self, now: u32, data: &[u8]) {
+    fn write(&mut self, now: u32, data: &[u8]) -> usize {
         counted(|| self.0.write(now, data))
     }
     fn read(&mut self, buf: &mut [u8]) -> usize {
@@ -257,7 +257,7 @@ impl Endpoint for Attacked {
     fn can_write(&self) -> bool {
         self.inner.can_write()
     }
-    fn write(&mut self, now: u32, data: &[u8]) {
+    fn write(&mut self, now: u32, data: &[u8]) -> usize {
         self.inner.write(now, data)
     }
     fn read(&mut self, buf: &mut [u8]) -> usize {

@@ -240,7 +240,8 @@ pub trait Endpoint {
     fn drain_transmits(&mut self, send: &mut dyn FnMut(&[u8]));
     /// Whether a write would be accepted now (kcp-go's `Write` blocks otherwise).
     fn can_write(&self) -> bool;
-    fn write(&mut self, now: u32, data: &[u8]);
+    /// Writes up to `data.len()` bytes; returns how many were taken.
+    fn write(&mut self, now: u32, data: &[u8]) -> usize;
     fn read(&mut self, buf: &mut [u8]) -> usize;
 }
 
@@ -261,6 +262,13 @@ pub struct Transfer {
     /// Offset of the first wrong byte received, if any.
     pub first_mismatch: Option<u64>,
     pub chunk: usize,
+    /// Write at most this many bytes per simulated ms (0: as fast as the window allows).
+    pub pace_bytes_per_ms: u64,
+    start_ms: Option<u64>,
+    /// (stream offset after a write, sim ms of the write), for delivery delays.
+    pub writes: Vec<(u64, u64)>,
+    /// (bytes received so far, sim ms), after every read that returned data.
+    pub arrivals: Vec<(u64, u64)>,
     scratch: Vec<u8>,
 }
 
@@ -275,23 +283,81 @@ impl Transfer {
             received: 0,
             first_mismatch: None,
             chunk: 8192,
+            pace_bytes_per_ms: 0,
+            start_ms: None,
+            writes: Vec::new(),
+            arrivals: Vec::new(),
             scratch: vec![0; 65536],
         }
+    }
+
+    /// Paced writes of `chunk` bytes, `bytes_per_ms` on average.
+    pub fn paced(mut self, chunk: usize, bytes_per_ms: u64) -> Transfer {
+        self.chunk = chunk;
+        self.pace_bytes_per_ms = bytes_per_ms;
+        self
+    }
+
+    /// When a paced sender wants to write next (sim µs), if it is waiting on pacing.
+    pub fn next_write_us(&self, now_us: u64) -> Option<u64> {
+        if self.pace_bytes_per_ms == 0 || self.sent >= self.send_total {
+            return None;
+        }
+        // A write already due waits for the window, i.e. for the next event.
+        let start = self.start_ms.unwrap_or(now_us / 1000);
+        let due_ms = start + (self.sent + self.chunk as u64).div_ceil(self.pace_bytes_per_ms) - 1;
+        (due_ms * 1000 > now_us).then_some(due_ms * 1000)
+    }
+
+    /// Delay from each write to the arrival of its last byte, in sim ms, sorted.
+    pub fn delivery_delays(sender: &Transfer, receiver: &Transfer) -> Vec<u64> {
+        let mut delays = Vec::with_capacity(sender.writes.len());
+        let mut arrivals = receiver.arrivals.iter().peekable();
+        let mut last = None;
+        for &(end, at) in &sender.writes {
+            while let Some(&&(got, t)) = arrivals.peek() {
+                last = Some((got, t));
+                if got >= end {
+                    break;
+                }
+                arrivals.next();
+            }
+            if let Some((got, t)) = last {
+                if got >= end {
+                    delays.push(t - at);
+                }
+            }
+        }
+        delays.sort_unstable();
+        delays
     }
 
     pub fn done(&self) -> bool {
         self.sent == self.send_total && self.received >= self.recv_total
     }
 
-    /// Writes while the endpoint accepts, reads and verifies whatever arrived.
-    pub fn pump(&mut self, now: u32, ep: &mut dyn Endpoint) {
+    /// Writes while the endpoint accepts (and pacing allows), reads and verifies
+    /// whatever arrived. `now_us` is simulator time.
+    pub fn pump(&mut self, now: u32, now_us: u64, ep: &mut dyn Endpoint) {
+        let now_ms = now_us / 1000;
+        let start = *self.start_ms.get_or_insert(now_ms);
         while self.sent < self.send_total && ep.can_write() {
-            let n = (self.send_total - self.sent).min(self.chunk as u64) as usize;
+            let mut n = (self.send_total - self.sent).min(self.chunk as u64) as usize;
+            if self.pace_bytes_per_ms > 0 {
+                let allowed = (now_ms - start + 1) * self.pace_bytes_per_ms;
+                if self.sent + n as u64 > allowed {
+                    break;
+                }
+            }
             for (k, b) in self.scratch[..n].iter_mut().enumerate() {
                 *b = pattern_byte(self.send_seed, self.sent + k as u64);
             }
-            ep.write(now, &self.scratch[..n]);
+            n = ep.write(now, &self.scratch[..n]);
+            if n == 0 {
+                break;
+            }
             self.sent += n as u64;
+            self.writes.push((self.sent, now_ms));
         }
         loop {
             let n = ep.read(&mut self.scratch);
@@ -305,6 +371,7 @@ impl Transfer {
                 }
             }
             self.received += n as u64;
+            self.arrivals.push((self.received, now_ms));
         }
     }
 }
@@ -371,8 +438,8 @@ impl<A: Endpoint, B: Endpoint> Sim<A, B> {
         let limit_us = self.now_us + limit_ms * 1000;
         let start_us = self.now_us;
         let now = self.clock.ms(self.now_us);
-        self.app_a.pump(now, &mut self.a);
-        self.app_b.pump(now, &mut self.b);
+        self.app_a.pump(now, self.now_us, &mut self.a);
+        self.app_b.pump(now, self.now_us, &mut self.b);
         self.flush_outputs();
         loop {
             if self.app_a.done() && self.app_b.done() {
@@ -383,6 +450,8 @@ impl<A: Endpoint, B: Endpoint> Sim<A, B> {
                 self.b_to_a.next_arrival(),
                 self.a.poll_timeout().map(|d| self.clock.deadline_us(self.now_us, d)),
                 self.b.poll_timeout().map(|d| self.clock.deadline_us(self.now_us, d)),
+                self.app_a.next_write_us(self.now_us),
+                self.app_b.next_write_us(self.now_us),
             ];
             let Some(next) = candidates.into_iter().flatten().min() else {
                 return RunResult { finished: false, elapsed_ms: (self.now_us - start_us) / 1000, steps: self.steps };
@@ -398,8 +467,8 @@ impl<A: Endpoint, B: Endpoint> Sim<A, B> {
             self.b_to_a.deliver_due(self.now_us, |d| a.handle_datagram(now, d));
             self.a.handle_timeout(now);
             self.b.handle_timeout(now);
-            self.app_a.pump(now, &mut self.a);
-            self.app_b.pump(now, &mut self.b);
+            self.app_a.pump(now, self.now_us, &mut self.a);
+            self.app_b.pump(now, self.now_us, &mut self.b);
             self.flush_outputs();
         }
     }

@@ -1,0 +1,285 @@
+//! Which datagram belongs to which session (PROTOCOL.md §4.7), sans-IO.
+//!
+//! [`Listener`] is kcp-go's listener without the socket: one table from remote
+//! address to [`Connection`], the rule for which datagram may create a session, and
+//! the accept backlog. [`Dialer`] is the client side: one session that only listens
+//! to the address it dialled. Addresses are any hashable type (a `SocketAddr` in the
+//! gateway), so the rules can be driven and tested without sockets.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::Hash;
+use std::sync::Arc;
+
+use crate::crypto::{NonceSource, OpenError, PacketCrypto};
+use crate::fec;
+use crate::kcp::HEADER_LEN as KCP_HEADER_LEN;
+use crate::pipeline::{ConfigError, Connection, SessionConfig, MIN_PLAIN_LEN};
+use crate::snmp::Snmp;
+
+/// kcp-go's accept backlog.
+pub const ACCEPT_BACKLOG: usize = 128;
+
+/// Why the listener dropped a datagram before any session saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Drop {
+    /// Shorter than the crypto header.
+    TooShort,
+    /// CRC or AEAD check failed: wrong key, forged or corrupt (`InCsumErrors`).
+    Checksum,
+    /// Fewer than 12 bytes after the crypto header.
+    Runt,
+    /// From an unknown address and carrying no conversation id (e.g. parity only).
+    NoConv,
+    /// From a known address with another conversation id and `sn ≠ 0`.
+    ConvMismatch,
+    /// A new peer while 128 sessions wait to be accepted.
+    BacklogFull,
+}
+
+/// What [`Listener::handle_datagram`] did with a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Given to the session of that address.
+    Delivered,
+    /// A new session was created for the address and queued for accept.
+    Created,
+    /// The peer restarted (new conv, sn 0): its old session was closed and a new one
+    /// created in its place.
+    Replaced {
+        old_conv: u32,
+    },
+    Dropped(Drop),
+}
+
+/// Counters of datagrams the listener dropped before session lookup.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenerStats {
+    pub too_short: u64,
+    pub checksum: u64,
+    pub runt: u64,
+    pub no_conv: u64,
+    pub conv_mismatch: u64,
+    pub backlog_full: u64,
+    pub created: u64,
+    pub replaced: u64,
+}
+
+impl ListenerStats {
+    fn count(&mut self, drop: Drop) {
+        *match drop {
+            Drop::TooShort => &mut self.too_short,
+            Drop::Checksum => &mut self.checksum,
+            Drop::Runt => &mut self.runt,
+            Drop::NoConv => &mut self.no_conv,
+            Drop::ConvMismatch => &mut self.conv_mismatch,
+            Drop::BacklogFull => &mut self.backlog_full,
+        } += 1;
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.too_short + self.checksum + self.runt + self.no_conv + self.conv_mismatch + self.backlog_full
+    }
+}
+
+/// The conversation id and sequence number a plain datagram announces, if any.
+fn conv_of(plain: &[u8]) -> Option<(u32, u32)> {
+    let u32_at = |i: usize| plain.get(i..i + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+    match fec::packet_type(plain) {
+        Some(fec::TYPE_DATA) if plain.len() >= fec::DATA_HEADER_LEN + KCP_HEADER_LEN => {
+            Some((u32_at(fec::DATA_HEADER_LEN)?, u32_at(fec::DATA_HEADER_LEN + 12)?))
+        }
+        Some(fec::TYPE_OOB) => Some((u32_at(fec::DATA_HEADER_LEN)?, 0)),
+        Some(_) => None,
+        None if plain.len() >= KCP_HEADER_LEN => Some((u32_at(0)?, u32_at(12)?)),
+        None => None,
+    }
+}
+
+/// The server side's session table. See the module docs.
+pub struct Listener<A> {
+    crypto: Arc<PacketCrypto>,
+    config: SessionConfig,
+    sessions: HashMap<A, Connection>,
+    backlog: VecDeque<A>,
+    seeds: NonceSource,
+    closed: Vec<(A, Connection)>,
+    pub stats: ListenerStats,
+}
+
+impl<A: Clone + Eq + Hash> Listener<A> {
+    /// A listener whose sessions use `config` over `crypto`. `seed` seeds the CSPRNG
+    /// that seeds each session's nonces (take it from the OS).
+    pub fn new(config: SessionConfig, crypto: Arc<PacketCrypto>, seed: [u8; 32]) -> Result<Listener<A>, ConfigError> {
+        config.kcp_config(&crypto)?;
+        Ok(Listener {
+            crypto,
+            config,
+            sessions: HashMap::new(),
+            backlog: VecDeque::new(),
+            seeds: NonceSource::from_seed(seed),
+            closed: Vec::new(),
+            stats: ListenerStats::default(),
+        })
+    }
+
+    /// Settings for sessions created from now on.
+    pub fn config_mut(&mut self) -> &mut SessionConfig {
+        &mut self.config
+    }
+
+    /// Routes one datagram from `from`; it is decrypted in place.
+    pub fn handle_datagram(&mut self, now: u32, from: &A, datagram: &mut [u8]) -> Outcome {
+        let plain = match self.crypto.open(datagram) {
+            Ok(range) => &datagram[range],
+            Err(OpenError::TooShort) => return self.drop(Drop::TooShort),
+            Err(OpenError::Checksum) => return self.drop(Drop::Checksum),
+        };
+        if plain.len() < MIN_PLAIN_LEN {
+            return self.drop(Drop::Runt);
+        }
+        let announced = conv_of(plain);
+        let mut outcome = Outcome::Created;
+        if let Some(session) = self.sessions.get_mut(from) {
+            match announced {
+                Some((conv, _)) if conv != session.conv() => {
+                    if conv_of(plain).is_some_and(|(_, sn)| sn != 0) {
+                        return self.drop(Drop::ConvMismatch);
+                    }
+                    outcome = Outcome::Replaced { old_conv: session.conv() };
+                    let old = self.sessions.remove(from).expect("present");
+                    self.backlog.retain(|a| a != from);
+                    self.closed.push((from.clone(), old));
+                    self.stats.replaced += 1;
+                }
+                _ => {
+                    session.handle_plain(now, plain);
+                    return Outcome::Delivered;
+                }
+            }
+        }
+        let Some((conv, _)) = announced else { return self.drop(Drop::NoConv) };
+        if self.backlog.len() >= ACCEPT_BACKLOG {
+            return self.drop(Drop::BacklogFull);
+        }
+        let mut seed = [0u8; 32];
+        self.seeds.fill(&mut seed);
+        let mut session =
+            Connection::new(conv, &self.config, self.crypto.clone(), seed).expect("config validated in Listener::new");
+        session.handle_plain(now, plain);
+        self.sessions.insert(from.clone(), session);
+        self.backlog.push_back(from.clone());
+        self.stats.created += 1;
+        outcome
+    }
+
+    fn drop(&mut self, drop: Drop) -> Outcome {
+        self.stats.count(drop);
+        Outcome::Dropped(drop)
+    }
+
+    /// The next new session's address, oldest first (kcp-go `Accept`).
+    pub fn accept(&mut self) -> Option<A> {
+        self.backlog.pop_front()
+    }
+
+    /// Sessions waiting for [`Listener::accept`].
+    pub fn backlog_len(&self) -> usize {
+        self.backlog.len()
+    }
+
+    pub fn session(&self, addr: &A) -> Option<&Connection> {
+        self.sessions.get(addr)
+    }
+
+    pub fn session_mut(&mut self, addr: &A) -> Option<&mut Connection> {
+        self.sessions.get_mut(addr)
+    }
+
+    pub fn sessions_mut(&mut self) -> impl Iterator<Item = (&A, &mut Connection)> {
+        self.sessions.iter_mut()
+    }
+
+    pub fn len(&self) -> usize {
+        self.sessions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
+    /// Removes a session (the application closed it). Nothing is sent to the peer.
+    pub fn remove(&mut self, addr: &A) -> Option<Connection> {
+        self.backlog.retain(|a| a != addr);
+        self.sessions.remove(addr)
+    }
+
+    /// Sessions replaced by a restarted peer since the last call, for the caller to
+    /// tear down (their streams end).
+    pub fn take_closed(&mut self) -> Vec<(A, Connection)> {
+        core::mem::take(&mut self.closed)
+    }
+
+    /// Listener drops plus every session's counters, summed.
+    pub fn snmp(&self) -> Snmp {
+        let mut total = Snmp { in_csum_errors: self.stats.checksum, ..Snmp::default() };
+        for s in self.sessions.values() {
+            total.accumulate(&s.snmp());
+        }
+        total
+    }
+}
+
+/// A dialled session: it accepts datagrams only from the address it dialled.
+pub struct Dialer<A> {
+    remote: A,
+    pub connection: Connection,
+    /// Datagrams from other addresses (`InErrs`).
+    pub foreign: u64,
+}
+
+impl<A: Eq> Dialer<A> {
+    /// A session to `remote`. Its conversation id is random: the first four bytes of
+    /// a CSPRNG seeded with `seed` (take it from the OS), read little-endian.
+    pub fn new(
+        remote: A,
+        config: &SessionConfig,
+        crypto: Arc<PacketCrypto>,
+        seed: [u8; 32],
+    ) -> Result<Dialer<A>, ConfigError> {
+        let mut rng = NonceSource::from_seed(seed);
+        let mut conv = [0u8; 4];
+        rng.fill(&mut conv);
+        let mut nonce_seed = [0u8; 32];
+        rng.fill(&mut nonce_seed);
+        let connection = Connection::new(u32::from_le_bytes(conv), config, crypto, nonce_seed)?;
+        Ok(Dialer { remote, connection, foreign: 0 })
+    }
+
+    pub fn remote(&self) -> &A {
+        &self.remote
+    }
+
+    /// Takes a datagram received from `from`; others than the dialled address are
+    /// dropped and counted.
+    pub fn handle_datagram(&mut self, now: u32, from: &A, datagram: &mut [u8]) -> Result<(), DialerDrop> {
+        if *from != self.remote {
+            self.foreign += 1;
+            return Err(DialerDrop::WrongSource);
+        }
+        self.connection.handle_datagram(now, datagram).map_err(DialerDrop::Open)
+    }
+
+    /// The session's counters, `InErrs` included.
+    pub fn snmp(&self) -> Snmp {
+        let mut s = self.connection.snmp();
+        s.in_errs += self.foreign;
+        s
+    }
+}
+
+/// Why a dialled session dropped a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialerDrop {
+    WrongSource,
+    Open(OpenError),
+}

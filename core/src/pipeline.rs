@@ -1,0 +1,323 @@
+//! One KCP session with its lower layers: crypto, FEC and KCP composed into a sans-IO
+//! connection (kcp-go's `UDPSession` without the socket), PROTOCOL.md §4.
+//!
+//! Outgoing: KCP writes each datagram into its transmit arena with room in front;
+//! the connection writes the FEC header into that room, adds parity shards, and
+//! seals every datagram in place. Incoming: open (decrypt + check), demultiplex FEC
+//! from bare KCP, feed data shards to KCP at once and rebuilt ones after them.
+
+use std::sync::Arc;
+
+use crate::crypto::{NonceSource, OpenError, PacketCrypto};
+use crate::fec::{self, FecDecoder, FecEncoder, Shards};
+use crate::kcp::{self, Kcp, HEADER_LEN as KCP_HEADER_LEN};
+use crate::snmp::Snmp;
+use crate::transmit::TransmitQueue;
+
+/// kcp-go's hard cap on the session MTU.
+pub const MTU_LIMIT: usize = 1500;
+/// Shortest payload a session accepts after the crypto header (kcp-go latest).
+pub const MIN_PLAIN_LEN: usize = 12;
+
+/// Settings of one session, as kcptun derives them from its flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// Largest UDP payload, headers included (kcptun `-mtu`; capped at 1500).
+    pub mtu: usize,
+    /// KCP parameters; `mtu`, `header_room` and `tail_room` are derived from `mtu`
+    /// and the layers below.
+    pub kcp: kcp::Config,
+    /// FEC shard counts; `None` sends without FEC (received FEC is still decoded).
+    pub fec: Option<Shards>,
+    /// Leave written data for the next timer flush instead of flushing at once.
+    pub write_delay: bool,
+}
+
+impl Default for SessionConfig {
+    fn default() -> SessionConfig {
+        SessionConfig {
+            mtu: 1400,
+            kcp: kcp::Config { stream: true, ..kcp::Config::default() },
+            fec: None,
+            write_delay: false,
+        }
+    }
+}
+
+/// Why a session cannot be built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigError {
+    /// The MTU leaves no room for a KCP segment once the headers are taken off.
+    MtuTooSmall { mtu: usize, overhead: usize },
+}
+
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ConfigError::MtuTooSmall { mtu, overhead } => write!(
+                f,
+                "MTU {mtu} is too small: crypto and FEC headers take {overhead} bytes and a KCP segment needs more than {KCP_HEADER_LEN}"
+            ),
+        }
+    }
+}
+
+impl SessionConfig {
+    /// The KCP configuration for this session over `crypto`.
+    pub fn kcp_config(&self, crypto: &PacketCrypto) -> Result<kcp::Config, ConfigError> {
+        let room = crypto.header_len() + if self.fec.is_some() { fec::DATA_HEADER_LEN } else { 0 };
+        let tail = crypto.tail_len();
+        let mtu = self.mtu.min(MTU_LIMIT);
+        if mtu <= room + tail + KCP_HEADER_LEN {
+            return Err(ConfigError::MtuTooSmall { mtu, overhead: room + tail });
+        }
+        Ok(self.kcp.clone().fit_session_mtu(mtu, room, tail))
+    }
+}
+
+/// A KCP session over crypto and FEC. See the module docs.
+pub struct Connection {
+    kcp: Kcp,
+    crypto: Arc<PacketCrypto>,
+    encoder: Option<FecEncoder>,
+    decoder: Option<FecDecoder>,
+    nonces: NonceSource,
+    /// Parity shards made by the FEC encoder, sealed, ready to send after KCP's.
+    parity: TransmitQueue,
+    /// KCP datagrams already given their headers and sealed.
+    sealed: usize,
+    write_delay: bool,
+    counters: Snmp,
+}
+
+impl core::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Connection").field("conv", &self.kcp.conv()).field("crypto", &self.crypto).finish()
+    }
+}
+
+impl Connection {
+    /// A session with conversation `conv`. `nonce_seed` seeds the CSPRNG of this
+    /// session's packet nonces (take it from the OS).
+    pub fn new(
+        conv: u32,
+        cfg: &SessionConfig,
+        crypto: Arc<PacketCrypto>,
+        nonce_seed: [u8; 32],
+    ) -> Result<Connection, ConfigError> {
+        let kcp_cfg = cfg.kcp_config(&crypto)?;
+        let stride = kcp_cfg.header_room + kcp_cfg.mtu + kcp_cfg.tail_room;
+        Ok(Connection {
+            kcp: Kcp::new(conv, kcp_cfg),
+            encoder: cfg.fec.map(FecEncoder::new),
+            decoder: cfg.fec.map(FecDecoder::new),
+            crypto,
+            nonces: NonceSource::from_seed(nonce_seed),
+            parity: TransmitQueue::new(stride),
+            sealed: 0,
+            write_delay: cfg.write_delay,
+            counters: Snmp::default(),
+        })
+    }
+
+    pub fn conv(&self) -> u32 {
+        self.kcp.conv()
+    }
+
+    /// The KCP state machine, for inspection and run-time tuning.
+    pub fn kcp(&self) -> &Kcp {
+        &self.kcp
+    }
+
+    pub fn kcp_mut(&mut self) -> &mut Kcp {
+        &mut self.kcp
+    }
+
+    /// The FEC decoder, once the session has seen FEC (or was configured with it).
+    pub fn fec_decoder(&self) -> Option<&FecDecoder> {
+        self.decoder.as_ref()
+    }
+
+    /// Whether [`Connection::write`] would accept data (kcp-go's `Write` blocks while
+    /// `WaitSnd ≥ snd_wnd`).
+    pub fn writable(&self) -> bool {
+        self.kcp.wait_snd() < self.kcp.config().snd_wnd as usize
+    }
+
+    /// Queues application bytes, as many as the send window has room for (whole
+    /// segments), and flushes unless write-delay is on. Returns the bytes taken.
+    pub fn write(&mut self, now: u32, data: &[u8]) -> usize {
+        let free = (self.kcp.config().snd_wnd as usize).saturating_sub(self.kcp.wait_snd());
+        let mss = self.kcp.mss();
+        let take = data.len().min(free * mss);
+        for piece in data[..take].chunks(mss) {
+            self.kcp.send(piece).expect("non-empty piece of at most mss bytes");
+        }
+        if take > 0 {
+            self.counters.bytes_sent += take as u64;
+            if !self.write_delay {
+                self.kcp.flush(now);
+                self.seal_output(now);
+            }
+        }
+        take
+    }
+
+    /// Reads received bytes; 0 when none are ready.
+    pub fn read(&mut self, buf: &mut [u8]) -> usize {
+        let n = self.kcp.read(buf);
+        self.counters.bytes_received += n as u64;
+        n
+    }
+
+    pub fn readable(&self) -> bool {
+        self.kcp.readable()
+    }
+
+    /// Takes one datagram from the network: checks and decrypts it in place, then
+    /// processes it. A datagram that fails the check changes nothing.
+    pub fn handle_datagram(&mut self, now: u32, datagram: &mut [u8]) -> Result<(), OpenError> {
+        match self.crypto.open(datagram) {
+            Ok(range) => {
+                self.handle_plain(now, &datagram[range]);
+                Ok(())
+            }
+            Err(e) => {
+                if e == OpenError::Checksum {
+                    self.counters.in_csum_errors += 1;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Takes one datagram whose crypto layer was already removed (the listener opens
+    /// datagrams before it knows the session).
+    pub fn handle_plain(&mut self, now: u32, plain: &[u8]) {
+        self.counters.in_pkts += 1;
+        self.counters.in_bytes += plain.len() as u64;
+        if plain.len() < MIN_PLAIN_LEN {
+            self.counters.kcp_in_errors += 1;
+            return;
+        }
+        let Connection { kcp, decoder, counters, .. } = self;
+        match fec::packet_type(plain) {
+            Some(fec::TYPE_OOB) => counters.oob_packets += 1,
+            Some(kind) => {
+                if kind == fec::TYPE_DATA {
+                    let _ = kcp.input(now, &plain[fec::DATA_HEADER_LEN..], true);
+                }
+                // A peer may send FEC although this side has none configured: decode
+                // it anyway, starting from (1, 1) and letting the decoder re-tune.
+                let decoder = decoder.get_or_insert_with(|| FecDecoder::new(Shards::new(1, 1).expect("1/1 is valid")));
+                decoder.decode(plain, |rebuilt| {
+                    let _ = kcp.input(now, rebuilt, false);
+                });
+            }
+            None => {
+                let _ = kcp.input(now, plain, true);
+            }
+        }
+        self.seal_output(now);
+    }
+
+    /// When [`Connection::handle_timeout`] wants to run, or `None` while idle.
+    pub fn poll_timeout(&self) -> Option<u32> {
+        self.kcp.poll_timeout()
+    }
+
+    pub fn handle_timeout(&mut self, now: u32) {
+        self.kcp.handle_timeout(now);
+        self.seal_output(now);
+    }
+
+    /// A FULL flush now (kcp-go flushes once more on `Close`).
+    pub fn flush(&mut self, now: u32) {
+        self.kcp.flush(now);
+        self.seal_output(now);
+    }
+
+    /// Datagrams ready for the socket, in order: KCP output, then parity shards.
+    pub fn transmits(&mut self) -> impl Iterator<Item = &[u8]> + '_ {
+        let Connection { kcp, parity, .. } = self;
+        kcp.transmits().iter().chain(parity.iter())
+    }
+
+    pub fn has_transmits(&mut self) -> bool {
+        !self.kcp.transmits().is_empty() || !self.parity.is_empty()
+    }
+
+    /// Forgets the datagrams returned by [`Connection::transmits`] (after sending).
+    pub fn clear_transmits(&mut self) {
+        self.kcp.transmits().clear();
+        self.parity.clear();
+        self.sealed = 0;
+    }
+
+    /// Adds FEC headers and parity to KCP's new datagrams and seals them all.
+    fn seal_output(&mut self, now: u32) {
+        let Connection { kcp, crypto, encoder, nonces, parity, sealed, counters, .. } = self;
+        let room = crypto.header_len();
+        let tail = crypto.tail_len();
+        let mut nonce = [0u8; 16];
+        let nonce = &mut nonce[..crypto.nonce_len()];
+        let queue = kcp.transmits();
+        for i in *sealed..queue.len() {
+            let len = queue.get(i).len() + tail;
+            queue.set_len(i, len);
+            let datagram = queue.get_mut(i);
+            let parity_count = match encoder {
+                Some(enc) => enc.encode(now, &mut datagram[room..len - tail]),
+                None => 0,
+            };
+            nonces.fill(nonce);
+            crypto.seal(datagram, nonce);
+            counters.out_pkts += 1;
+            counters.out_bytes += len as u64;
+            if let Some(enc) = encoder.as_ref().filter(|_| parity_count > 0) {
+                for p in 0..parity_count {
+                    parity.push_slot();
+                    let at = parity.len() - 1;
+                    let n = room + enc.write_parity(p, &mut parity.slot_mut(at)[room..]) + tail;
+                    parity.set_len(at, n);
+                    nonces.fill(nonce);
+                    crypto.seal(parity.get_mut(at), nonce);
+                    counters.out_pkts += 1;
+                    counters.out_bytes += n as u64;
+                }
+            }
+        }
+        *sealed = queue.len();
+    }
+
+    /// This session's counters in kcp-go's SNMP terms (the process-wide ones —
+    /// opens, `curr_estab`, `max_conn` — stay 0 here).
+    pub fn snmp(&self) -> Snmp {
+        let k = self.kcp.stats();
+        let state = self.kcp.state();
+        let mut s = self.counters;
+        s.kcp_in_errors += k.in_errors;
+        s.in_segs = k.in_segs;
+        s.out_segs = k.out_segs;
+        s.retrans_segs = k.retrans_segs;
+        s.fast_retrans_segs = k.fast_retrans_segs;
+        s.early_retrans_segs = k.early_retrans_segs;
+        s.lost_segs = k.lost_segs;
+        s.repeat_segs = k.repeat_segs;
+        s.ring_buffer_snd_queue = state.snd_queue as u64;
+        s.ring_buffer_rcv_queue = state.rcv_queue as u64;
+        s.ring_buffer_snd_buffer = state.snd_buf as u64;
+        if let Some(d) = &self.decoder {
+            s.fec_full_shard_set = d.stats.full_shard_sets;
+            s.fec_recovered = d.stats.recovered;
+            s.fec_errs = d.stats.errors;
+            s.fec_parity_shards = d.stats.parity_shards;
+            s.fec_shard_set = d.groups_held() as u64;
+            s.fec_shard_min = d.newest_group().map_or(0, u64::from);
+        }
+        if let Some(e) = &self.encoder {
+            s.fec_errs += e.stats.errors;
+        }
+        s
+    }
+}
