@@ -124,6 +124,18 @@ impl FecEncoder {
         self.shards
     }
 
+    /// Starts numbering at `seqid` (taken modulo the wrap point) instead of 0, e.g.
+    /// to exercise the wrap.
+    pub fn with_next_seqid(mut self, seqid: u32) -> FecEncoder {
+        self.next = seqid % self.paws;
+        self
+    }
+
+    /// The seqid the next shard gets.
+    pub fn next_seqid(&self) -> u32 {
+        self.next
+    }
+
     /// Turns `shard` into a data shard: `shard` is the 8 header bytes this function
     /// writes, followed by the KCP datagram. Returns how many parity shards are now
     /// ready for [`FecEncoder::write_parity`] (0 unless this completed a group).
