@@ -30,6 +30,11 @@ pub enum Drop {
     Runt,
     /// From an unknown address and carrying no conversation id (e.g. parity only).
     NoConv,
+    /// A header no honest peer sends (an unknown KCP command, or a data shard whose
+    /// size field contradicts its length) in a datagram that would open or replace a
+    /// session. kcp-go would act on it; that is a cheap way to make a server hold
+    /// memory or drop a client, so it is refused.
+    Malformed,
     /// From a known address with another conversation id and `sn ≠ 0`.
     ConvMismatch,
     /// A new peer while 128 sessions wait to be accepted.
@@ -58,6 +63,7 @@ pub struct ListenerStats {
     pub checksum: u64,
     pub runt: u64,
     pub no_conv: u64,
+    pub malformed: u64,
     pub conv_mismatch: u64,
     pub backlog_full: u64,
     pub created: u64,
@@ -71,14 +77,35 @@ impl ListenerStats {
             Drop::Checksum => &mut self.checksum,
             Drop::Runt => &mut self.runt,
             Drop::NoConv => &mut self.no_conv,
+            Drop::Malformed => &mut self.malformed,
             Drop::ConvMismatch => &mut self.conv_mismatch,
             Drop::BacklogFull => &mut self.backlog_full,
         } += 1;
     }
 
     pub fn dropped(&self) -> u64 {
-        self.too_short + self.checksum + self.runt + self.no_conv + self.conv_mismatch + self.backlog_full
+        self.too_short
+            + self.checksum
+            + self.runt
+            + self.no_conv
+            + self.malformed
+            + self.conv_mismatch
+            + self.backlog_full
     }
+}
+
+/// Whether a datagram from an unknown address may open a session: its first KCP
+/// header has a known command and, for a data shard, the size field matches.
+fn may_open_session(plain: &[u8]) -> bool {
+    let (kcp, size_ok) = match fec::packet_type(plain) {
+        Some(fec::TYPE_DATA) => {
+            let size = usize::from(u16::from_le_bytes([plain[6], plain[7]]));
+            (&plain[fec::DATA_HEADER_LEN..], size == plain.len() - fec::HEADER_LEN)
+        }
+        Some(_) => return false,
+        None => (plain, true),
+    };
+    size_ok && kcp.get(4).is_some_and(|&cmd| crate::kcp::Command::from_wire(cmd).is_some())
 }
 
 /// The conversation id and sequence number a plain datagram announces, if any.
@@ -88,7 +115,7 @@ fn conv_of(plain: &[u8]) -> Option<(u32, u32)> {
         Some(fec::TYPE_DATA) if plain.len() >= fec::DATA_HEADER_LEN + KCP_HEADER_LEN => {
             Some((u32_at(fec::DATA_HEADER_LEN)?, u32_at(fec::DATA_HEADER_LEN + 12)?))
         }
-        Some(fec::TYPE_OOB) => Some((u32_at(fec::DATA_HEADER_LEN)?, 0)),
+        // OOB datagrams are dropped by sessions; they announce nothing here.
         Some(_) => None,
         None if plain.len() >= KCP_HEADER_LEN => Some((u32_at(0)?, u32_at(12)?)),
         None => None,
@@ -141,9 +168,12 @@ impl<A: Clone + Eq + Hash> Listener<A> {
         let mut outcome = Outcome::Created;
         if let Some(session) = self.sessions.get_mut(from) {
             match announced {
-                Some((conv, _)) if conv != session.conv() => {
-                    if conv_of(plain).is_some_and(|(_, sn)| sn != 0) {
+                Some((conv, sn)) if conv != session.conv() => {
+                    if sn != 0 {
                         return self.drop(Drop::ConvMismatch);
+                    }
+                    if !may_open_session(plain) {
+                        return self.drop(Drop::Malformed);
                     }
                     outcome = Outcome::Replaced { old_conv: session.conv() };
                     let old = self.sessions.remove(from).expect("present");
@@ -158,6 +188,9 @@ impl<A: Clone + Eq + Hash> Listener<A> {
             }
         }
         let Some((conv, _)) = announced else { return self.drop(Drop::NoConv) };
+        if !may_open_session(plain) {
+            return self.drop(Drop::Malformed);
+        }
         if self.backlog.len() >= ACCEPT_BACKLOG {
             return self.drop(Drop::BacklogFull);
         }
