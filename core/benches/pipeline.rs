@@ -103,7 +103,7 @@ fn fec(c: &mut Criterion) {
     group.finish();
 }
 
-fn session(method: Method, fec: Option<Shards>) -> SessionConfig {
+fn session(fec: Option<Shards>) -> SessionConfig {
     let mut k = kcp::Config { snd_wnd: 1024, rcv_wnd: 1024, stream: true, ..kcp::Config::default() };
     Mode::Fast3.apply(&mut k);
     SessionConfig { mtu: 1350, kcp: k, fec, write_delay: false }
@@ -155,7 +155,7 @@ fn pipeline(c: &mut Criterion) {
         ("null_nofec", Method::Null, None),
     ] {
         let crypto = Arc::new(PacketCrypto::from_passphrase(method, "bench"));
-        let cfg = session(method, fec);
+        let cfg = session(fec);
         group.bench_function(name, |bench| {
             bench.iter_batched(
                 || {
