@@ -101,11 +101,15 @@ pub fn crypto(method: Method, key: &str) -> Arc<PacketCrypto> {
 /// from the server's address, 2.
 pub struct DialerEndpoint {
     pub dialer: Dialer<u32>,
+    scratch: Vec<u8>,
 }
 
 impl DialerEndpoint {
     pub fn new(cfg: &SessionConfig, crypto: Arc<PacketCrypto>, seed: u8) -> DialerEndpoint {
-        DialerEndpoint { dialer: Dialer::new(2, cfg, crypto, [seed; 32]).expect("valid session config") }
+        DialerEndpoint {
+            dialer: Dialer::new(2, cfg, crypto, [seed; 32]).expect("valid session config"),
+            scratch: Vec::with_capacity(65536),
+        }
     }
 
     pub fn conn(&mut self) -> &mut Connection {
@@ -115,8 +119,9 @@ impl DialerEndpoint {
 
 impl Endpoint for DialerEndpoint {
     fn handle_datagram(&mut self, now: u32, datagram: &[u8]) {
-        let mut d = datagram.to_vec();
-        let _ = self.dialer.handle_datagram(now, &2, &mut d);
+        self.scratch.clear();
+        self.scratch.extend_from_slice(datagram);
+        let _ = self.dialer.handle_datagram(now, &2, &mut self.scratch);
     }
     fn handle_timeout(&mut self, now: u32) {
         self.conn().handle_timeout(now)
@@ -146,6 +151,7 @@ impl Endpoint for DialerEndpoint {
 pub struct ListenerEndpoint {
     pub listener: Listener<u32>,
     pub accepted: Option<u32>,
+    scratch: Vec<u8>,
 }
 
 impl ListenerEndpoint {
@@ -153,6 +159,7 @@ impl ListenerEndpoint {
         ListenerEndpoint {
             listener: Listener::new(cfg, crypto, [9; 32]).expect("valid session config"),
             accepted: None,
+            scratch: Vec::with_capacity(65536),
         }
     }
 
@@ -164,8 +171,9 @@ impl ListenerEndpoint {
 
 impl Endpoint for ListenerEndpoint {
     fn handle_datagram(&mut self, now: u32, datagram: &[u8]) {
-        let mut d = datagram.to_vec();
-        self.listener.handle_datagram(now, &1, &mut d);
+        self.scratch.clear();
+        self.scratch.extend_from_slice(datagram);
+        self.listener.handle_datagram(now, &1, &mut self.scratch);
         if self.accepted.is_none() {
             self.accepted = self.listener.accept();
         }
