@@ -13,5 +13,8 @@ pub mod fec;
 pub mod kcp;
 pub mod listener;
 pub mod pipeline;
+pub mod qpp;
+pub mod smux;
+pub mod snappy;
 pub mod snmp;
 pub mod transmit;
