@@ -17,4 +17,5 @@ pub mod qpp;
 pub mod smux;
 pub mod snappy;
 pub mod snmp;
+pub mod stack;
 pub mod transmit;

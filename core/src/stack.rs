@@ -1,0 +1,253 @@
+//! kcptun's stream layers over one KCP session: snappy framing (unless `-nocomp`),
+//! smux, and QPP on each stream's payload (with `-QPP`), as a sans-IO stack.
+//!
+//! The stack does not own its [`Connection`] (a listener does, on the server); it is
+//! handed the connection in [`StreamStack::pump`], which moves bytes both ways as far
+//! as the other side takes them: from KCP up into smux while smux's receive budget
+//! lasts, and smux frames down into KCP while KCP's send window has room. Memory is
+//! bounded on both paths.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::pipeline::Connection;
+use crate::qpp::{Qpp, QppPrng};
+use crate::smux::{self, Event, Read, Role, Session, SmuxError, StreamError};
+use crate::snappy::{FrameDecoder, FrameEncoder, SnappyError};
+
+/// Bytes taken from KCP per step: small enough that what one read decodes to stays
+/// bounded (a few 64 KiB snappy blocks).
+const READ_CHUNK: usize = 8192;
+
+/// QPP as a process shares it: the pads and the initial PRNG state of every stream.
+#[derive(Clone)]
+pub struct QppSetup {
+    pub pads: Arc<Qpp>,
+    pub initial: QppPrng,
+}
+
+impl core::fmt::Debug for QppSetup {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("QppSetup").field("pads", &self.pads.num_pads()).finish()
+    }
+}
+
+impl QppSetup {
+    /// From kcptun's raw `-key` and `-QPPCount`.
+    pub fn new(key: &[u8], num_pads: u16, generation: crate::qpp::PadGeneration) -> QppSetup {
+        QppSetup { pads: Arc::new(Qpp::new(key, num_pads, generation)), initial: QppPrng::new(key) }
+    }
+}
+
+/// The layers above KCP, as kcptun configures them.
+#[derive(Debug, Clone)]
+pub struct StackConfig {
+    /// snappy framing (kcptun's default; `-nocomp` turns it off).
+    pub compression: bool,
+    pub smux: smux::Config,
+    pub qpp: Option<QppSetup>,
+}
+
+/// Why the stream layers of a session failed; the session is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StackError {
+    Snappy(SnappyError),
+    Smux(SmuxError),
+}
+
+impl core::fmt::Display for StackError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            StackError::Snappy(e) => write!(f, "{e}"),
+            StackError::Smux(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// snappy + smux + QPP for one session. See the module docs.
+#[derive(Debug)]
+pub struct StreamStack {
+    mux: Session,
+    encoder: Option<FrameEncoder>,
+    decoder: Option<FrameDecoder>,
+    qpp: Option<QppSetup>,
+    /// Per stream: (PRNG for writing, PRNG for reading).
+    prngs: HashMap<u32, (QppPrng, QppPrng)>,
+    /// Decoded transport bytes smux has not taken yet.
+    inbox: Vec<u8>,
+    inbox_at: usize,
+    /// Encoded frames KCP has not taken yet.
+    outbox: Vec<u8>,
+    outbox_at: usize,
+    frame: Vec<u8>,
+    read_buf: Vec<u8>,
+    scratch: Vec<u8>,
+    error: Option<StackError>,
+}
+
+impl StreamStack {
+    pub fn new(role: Role, cfg: StackConfig, now: u32) -> StreamStack {
+        StreamStack {
+            mux: Session::new(role, cfg.smux, now),
+            encoder: cfg.compression.then(FrameEncoder::new),
+            decoder: cfg.compression.then(FrameDecoder::new),
+            qpp: cfg.qpp,
+            prngs: HashMap::new(),
+            inbox: Vec::new(),
+            inbox_at: 0,
+            outbox: Vec::new(),
+            outbox_at: 0,
+            frame: Vec::new(),
+            read_buf: vec![0; READ_CHUNK],
+            scratch: Vec::new(),
+            error: None,
+        }
+    }
+
+    /// The smux session, for inspection.
+    pub fn mux(&self) -> &Session {
+        &self.mux
+    }
+
+    /// Why the stack failed, if it did.
+    pub fn error(&self) -> Option<StackError> {
+        self.error
+    }
+
+    /// Moves bytes between `conn` and the stream layers, both ways, as far as each
+    /// side takes them. Call after anything happened: a datagram, a timer, a stream
+    /// read or write.
+    pub fn pump(&mut self, now: u32, conn: &mut Connection) -> Result<(), StackError> {
+        if let Some(e) = self.error {
+            return Err(e);
+        }
+        let result = self.pump_in(conn).and_then(|()| {
+            self.pump_out(now, conn);
+            Ok(())
+        });
+        if let Err(e) = result {
+            self.error = Some(e);
+            self.mux.close();
+        }
+        result
+    }
+
+    fn pump_in(&mut self, conn: &mut Connection) -> Result<(), StackError> {
+        loop {
+            if self.inbox_at < self.inbox.len() {
+                let n = self.mux.handle_input(&self.inbox[self.inbox_at..]).map_err(StackError::Smux)?;
+                self.inbox_at += n;
+                if self.inbox_at < self.inbox.len() {
+                    return Ok(()); // smux is full; KCP holds the rest back
+                }
+            }
+            self.inbox.clear();
+            self.inbox_at = 0;
+            let n = conn.read(&mut self.read_buf);
+            if n == 0 {
+                return Ok(());
+            }
+            match &mut self.decoder {
+                Some(d) => d.decode(&self.read_buf[..n], &mut self.inbox).map_err(StackError::Snappy)?,
+                None => self.inbox.extend_from_slice(&self.read_buf[..n]),
+            }
+        }
+    }
+
+    fn pump_out(&mut self, now: u32, conn: &mut Connection) {
+        loop {
+            if self.outbox_at < self.outbox.len() {
+                self.outbox_at += conn.write(now, &self.outbox[self.outbox_at..]);
+                if self.outbox_at < self.outbox.len() {
+                    return; // KCP's window is full
+                }
+            }
+            self.outbox.clear();
+            self.outbox_at = 0;
+            self.frame.clear();
+            if !self.mux.poll_transmit(&mut self.frame) {
+                return;
+            }
+            match &mut self.encoder {
+                Some(e) => e.encode(&self.frame, &mut self.outbox),
+                None => self.outbox.extend_from_slice(&self.frame),
+            }
+        }
+    }
+
+    /// When [`StreamStack::handle_timeout`] wants to run (smux keep-alive).
+    pub fn poll_timeout(&self) -> Option<u32> {
+        self.mux.poll_timeout()
+    }
+
+    /// Runs smux keep-alive; the caller pumps afterwards.
+    pub fn handle_timeout(&mut self, now: u32) -> Result<(), StackError> {
+        self.mux.handle_timeout(now);
+        match self.mux.error() {
+            Some(e) if self.error.is_none() => {
+                self.error = Some(StackError::Smux(e));
+                Err(StackError::Smux(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn add_prngs(&mut self, sid: u32) {
+        if let Some(q) = &self.qpp {
+            self.prngs.insert(sid, (q.initial.clone(), q.initial.clone()));
+        }
+    }
+
+    /// Opens a stream (client side).
+    pub fn open_stream(&mut self) -> Result<u32, SmuxError> {
+        let sid = self.mux.open_stream()?;
+        self.add_prngs(sid);
+        Ok(sid)
+    }
+
+    /// A stream the peer opened.
+    pub fn accept(&mut self) -> Option<u32> {
+        let sid = self.mux.accept()?;
+        self.add_prngs(sid);
+        Some(sid)
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.mux.poll_event()
+    }
+
+    /// Writes application bytes to a stream (QPP-encrypted if configured); returns
+    /// how many were taken.
+    pub fn stream_write(&mut self, sid: u32, data: &[u8]) -> Result<usize, StreamError> {
+        let Some(q) = &self.qpp else { return self.mux.stream_write(sid, data) };
+        let n = self.mux.stream_write_capacity(sid)?.min(data.len());
+        let (wprng, _) = self.prngs.get_mut(&sid).ok_or(StreamError::NoSuchStream)?;
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&data[..n]);
+        q.pads.encrypt(wprng, &mut self.scratch);
+        let written = self.mux.stream_write(sid, &self.scratch)?;
+        debug_assert_eq!(written, n);
+        Ok(written)
+    }
+
+    /// Reads application bytes from a stream (QPP-decrypted if configured).
+    pub fn stream_read(&mut self, sid: u32, buf: &mut [u8]) -> Result<Read, StreamError> {
+        let r = self.mux.stream_read(sid, buf)?;
+        if let (Read::Data(n), Some(q)) = (r, &self.qpp) {
+            let (_, rprng) = self.prngs.get_mut(&sid).ok_or(StreamError::NoSuchStream)?;
+            q.pads.decrypt(rprng, &mut buf[..n]);
+        }
+        Ok(r)
+    }
+
+    pub fn stream_close(&mut self, sid: u32) -> Result<(), StreamError> {
+        self.prngs.remove(&sid);
+        self.mux.stream_close(sid)
+    }
+
+    /// Half-close. kcptun closes QPP streams fully instead (QPP has no half-close);
+    /// the caller decides.
+    pub fn stream_close_write(&mut self, sid: u32) -> Result<(), StreamError> {
+        self.mux.stream_close_write(sid)
+    }
+}
