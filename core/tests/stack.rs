@@ -85,3 +85,264 @@ fn kcptun_capture_decodes_end_to_end_both_ways() {
     );
     assert!(c2s_eof && s2c_eof, "both FINs arrived");
 }
+
+// ---------------------------------------------------------------- many streams
+
+use kcpgate_core::listener::Dialer;
+use kcpgate_core::stack::StackError;
+use support::netsim::{pattern_byte, Endpoint, Link, LinkConfig, Sim, Transfer};
+
+const STREAM_BYTES: u64 = 1 << 20;
+
+struct StreamApp {
+    sid: u32,
+    send_seed: u64,
+    recv_seed: u64,
+    sent: u64,
+    received: u64,
+    write_closed: bool,
+    eof: bool,
+    mismatch: Option<u64>,
+}
+
+impl StreamApp {
+    fn new(sid: u32, sending_side: u64) -> StreamApp {
+        let seed = |side: u64| u64::from(sid) * 2 + side;
+        StreamApp {
+            sid,
+            send_seed: seed(sending_side),
+            recv_seed: seed(1 - sending_side),
+            sent: 0,
+            received: 0,
+            write_closed: false,
+            eof: false,
+            mismatch: None,
+        }
+    }
+
+    fn done(&self) -> bool {
+        self.write_closed && self.eof
+    }
+
+    /// Writes the stream's pattern as far as flow control allows, reads and checks.
+    fn step(&mut self, stack: &mut StreamStack, buf: &mut [u8]) {
+        while self.sent < STREAM_BYTES {
+            let room = stack.mux().stream_write_capacity(self.sid).unwrap_or(0);
+            let n = (STREAM_BYTES - self.sent).min(buf.len() as u64).min(room as u64) as usize;
+            if n == 0 {
+                break;
+            }
+            for (k, b) in buf[..n].iter_mut().enumerate() {
+                *b = pattern_byte(self.send_seed, self.sent + k as u64);
+            }
+            let w = stack.stream_write(self.sid, &buf[..n]).unwrap();
+            self.sent += w as u64;
+            if w < n {
+                break;
+            }
+        }
+        if self.sent == STREAM_BYTES && !self.write_closed {
+            stack.stream_close_write(self.sid).unwrap();
+            self.write_closed = true;
+        }
+        while !self.eof {
+            match stack.stream_read(self.sid, buf) {
+                Ok(Read::Data(n)) => {
+                    for (k, &b) in buf[..n].iter().enumerate() {
+                        let at = self.received + k as u64;
+                        if self.mismatch.is_none() && (at >= STREAM_BYTES || b != pattern_byte(self.recv_seed, at)) {
+                            self.mismatch = Some(at);
+                        }
+                    }
+                    self.received += n as u64;
+                }
+                Ok(Read::Eof) => self.eof = true,
+                Ok(Read::WouldBlock) | Err(_) => break,
+            }
+        }
+    }
+}
+
+/// One side of a kcptun tunnel with an application running many streams.
+struct Side {
+    dialer: Option<Dialer<u32>>,
+    listener: Option<Listener<u32>>,
+    stack: StreamStack,
+    apps: Vec<StreamApp>,
+    to_open: usize,
+    buf: Vec<u8>,
+    scratch: Vec<u8>,
+    error: Option<StackError>,
+}
+
+impl Side {
+    fn conn(&mut self) -> Option<&mut Connection> {
+        match (&mut self.dialer, &mut self.listener) {
+            (Some(d), _) => Some(&mut d.connection),
+            (_, Some(l)) => l.session_mut(&1),
+            _ => None,
+        }
+    }
+
+    fn step(&mut self, now: u32) {
+        while self.to_open > 0 {
+            let sid = self.stack.open_stream().unwrap();
+            self.apps.push(StreamApp::new(sid, 0));
+            self.to_open -= 1;
+        }
+        while let Some(sid) = self.stack.accept() {
+            self.apps.push(StreamApp::new(sid, 1));
+        }
+        // Drain events; every stream is stepped anyway.
+        while self.stack.poll_event().is_some() {}
+        for _ in 0..4 {
+            for app in &mut self.apps {
+                app.step(&mut self.stack, &mut self.buf);
+            }
+            let Some(conn) = (match (&mut self.dialer, &mut self.listener) {
+                (Some(d), _) => Some(&mut d.connection),
+                (_, Some(l)) => l.session_mut(&1),
+                _ => None,
+            }) else {
+                return;
+            };
+            if let Err(e) = self.stack.pump(now, conn) {
+                self.error = Some(e);
+                return;
+            }
+        }
+    }
+}
+
+impl Endpoint for Side {
+    fn handle_datagram(&mut self, now: u32, datagram: &[u8]) {
+        self.scratch.clear();
+        self.scratch.extend_from_slice(datagram);
+        if let Some(d) = &mut self.dialer {
+            let _ = d.handle_datagram(now, &2, &mut self.scratch);
+        } else if let Some(l) = &mut self.listener {
+            l.handle_datagram(now, &1, &mut self.scratch);
+            l.accept();
+        }
+        self.step(now);
+    }
+    fn handle_timeout(&mut self, now: u32) {
+        let _ = self.stack.handle_timeout(now);
+        if let Some(conn) = self.conn() {
+            if conn.poll_timeout().is_some_and(|t| kcpgate_core::kcp::diff(now, t) >= 0) {
+                conn.handle_timeout(now);
+            }
+        }
+        self.step(now);
+    }
+    fn poll_timeout(&self) -> Option<u32> {
+        let conn = match (&self.dialer, &self.listener) {
+            (Some(d), _) => Some(&d.connection),
+            (_, Some(l)) => l.session(&1),
+            _ => None,
+        };
+        if self.to_open > 0 {
+            return Some(0); // open the streams at once
+        }
+        [conn.and_then(Connection::poll_timeout), self.stack.poll_timeout()].into_iter().flatten().reduce(|a, b| {
+            if kcpgate_core::kcp::diff(a, b) <= 0 {
+                a
+            } else {
+                b
+            }
+        })
+    }
+    fn drain_transmits(&mut self, send: &mut dyn FnMut(&[u8])) {
+        if let Some(conn) = self.conn() {
+            for d in conn.transmits() {
+                send(d);
+            }
+            conn.clear_transmits();
+        }
+    }
+    fn can_write(&self) -> bool {
+        false
+    }
+    fn write(&mut self, _: u32, _: &[u8]) -> usize {
+        0
+    }
+    fn read(&mut self, _: &mut [u8]) -> usize {
+        0
+    }
+    fn done(&self) -> bool {
+        self.to_open == 0 && self.apps.len() == 64 && self.apps.iter().all(StreamApp::done)
+    }
+}
+
+fn many_streams(version: smux::Version, compression: bool) {
+    let c = crypto(Method::Aes256, "streams");
+    let fec = Some((10, 3));
+    let stack = |role| {
+        let v = if role == Role::Server { smux::Version::Detect } else { version };
+        StreamStack::new(role, kcptun_stack(compression, v), 0)
+    };
+    let side = |dialer, listener, role, to_open| Side {
+        dialer,
+        listener,
+        stack: stack(role),
+        apps: Vec::new(),
+        to_open,
+        buf: vec![0; 16384],
+        scratch: Vec::new(),
+        error: None,
+    };
+    let client = side(
+        Some(Dialer::new(2, &session_config(Mode::Fast3, 1024, 1024, fec), c.clone(), [3; 32]).unwrap()),
+        None,
+        Role::Client,
+        64,
+    );
+    let server = side(
+        None,
+        Some(Listener::new(session_config(Mode::Fast3, 1024, 1024, fec), c, [4; 32]).unwrap()),
+        Role::Server,
+        0,
+    );
+    let mut link = LinkConfig::ideal(20_000);
+    link.loss = 0.05;
+    let mut sim = Sim::new(
+        client,
+        server,
+        Link::new(link, 1),
+        Link::new(link, 2),
+        Transfer::new(0, 0, 0, 0),
+        Transfer::new(0, 0, 0, 0),
+        0,
+    );
+    let result = sim.run(900_000);
+    let what = format!("smux {version:?}, compression {compression}");
+    assert_eq!((sim.a.error, sim.b.error), (None, None), "{what}");
+    assert!(result.finished, "{what}: not finished after {} simulated ms", result.elapsed_ms);
+    for side in [&sim.a, &sim.b] {
+        assert_eq!(side.apps.len(), 64);
+        for app in &side.apps {
+            assert_eq!((app.received, app.mismatch), (STREAM_BYTES, None), "{what}: stream {}", app.sid);
+        }
+    }
+    println!("{what}: 64 streams × 1 MiB each way in {} simulated ms", result.elapsed_ms);
+}
+
+#[test]
+fn many_streams_v1_compressed() {
+    many_streams(smux::Version::V1, true);
+}
+
+#[test]
+fn many_streams_v1_plain() {
+    many_streams(smux::Version::V1, false);
+}
+
+#[test]
+fn many_streams_v2_compressed() {
+    many_streams(smux::Version::V2, true);
+}
+
+#[test]
+fn many_streams_v2_plain() {
+    many_streams(smux::Version::V2, false);
+}

@@ -243,6 +243,10 @@ pub trait Endpoint {
     /// Writes up to `data.len()` bytes; returns how many were taken.
     fn write(&mut self, now: u32, data: &[u8]) -> usize;
     fn read(&mut self, buf: &mut [u8]) -> usize;
+    /// Whether an endpoint that runs its own application has finished it.
+    fn done(&self) -> bool {
+        true
+    }
 }
 
 /// Deterministic content for a transfer: byte `i` of stream `seed`.
@@ -442,7 +446,7 @@ impl<A: Endpoint, B: Endpoint> Sim<A, B> {
         self.app_b.pump(now, self.now_us, &mut self.b);
         self.flush_outputs();
         loop {
-            if self.app_a.done() && self.app_b.done() {
+            if self.app_a.done() && self.app_b.done() && self.a.done() && self.b.done() {
                 return RunResult { finished: true, elapsed_ms: (self.now_us - start_us) / 1000, steps: self.steps };
             }
             let candidates = [
