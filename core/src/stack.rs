@@ -121,10 +121,7 @@ impl StreamStack {
         if let Some(e) = self.error {
             return Err(e);
         }
-        let result = self.pump_in(conn).and_then(|()| {
-            self.pump_out(now, conn);
-            Ok(())
-        });
+        let result = self.pump_in(conn).map(|()| self.pump_out(now, conn));
         if let Err(e) = result {
             self.error = Some(e);
             self.mux.close();
