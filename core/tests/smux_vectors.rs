@@ -5,7 +5,6 @@
 mod support;
 
 use kcpgate_core::smux::{Config, Read, Role, Session, Version};
-use serde_json::Value;
 use support::vectors::{hex, load, u64_of};
 
 fn drain(s: &mut Session, out: &mut Vec<u8>) {
