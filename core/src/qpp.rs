@@ -203,3 +203,82 @@ impl QppPrng {
         (pad, mask)
     }
 }
+
+/// kcptun's smallest recommended pad count.
+pub const MINIMUM_PADS: i64 = 7;
+
+/// Why a QPP setting is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QppConfigError {
+    /// `-QPPCount` must be positive when `-QPP` is on.
+    NoPads(i64),
+    /// The count is used as a u16; this one wraps to 0 pads.
+    WrapsToZero(i64),
+}
+
+impl core::fmt::Display for QppConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            QppConfigError::NoPads(n) => write!(f, "-QPPCount must be greater than 0 when -QPP is on (got {n})"),
+            QppConfigError::WrapsToZero(n) => {
+                write!(f, "-QPPCount {n} is taken modulo 65536 and would give 0 pads; pick a smaller prime such as 61")
+            }
+        }
+    }
+}
+
+/// Advice kcptun prints (in red) but starts anyway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QppWarning {
+    /// The key is shorter than the seed length a full-strength pad set needs.
+    ShortKey { len: usize, recommended: usize },
+    /// Fewer pads than recommended.
+    FewPads { count: i64, recommended: i64 },
+    /// An even count shares a factor with 8; a prime is recommended.
+    EvenPads(i64),
+}
+
+impl core::fmt::Display for QppWarning {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            QppWarning::ShortKey { len, recommended } => {
+                write!(f, "QPP key is {len} bytes; at least {recommended} are recommended")
+            }
+            QppWarning::FewPads { count, recommended } => {
+                write!(f, "QPPCount {count} is below the recommended minimum of {recommended}")
+            }
+            QppWarning::EvenPads(n) => write!(f, "QPPCount {n} is even; a prime number is recommended"),
+        }
+    }
+}
+
+/// kcptun's startup checks for `-QPP` (§7.7): a count ≤ 0 is refused; a short key,
+/// few pads or an even count only warn. Returns the count as the u16 QPP uses
+/// (larger values wrap, as in kcptun).
+pub fn check_parameters(
+    key: &[u8],
+    count: i64,
+    generation: PadGeneration,
+) -> Result<(u16, Vec<QppWarning>), QppConfigError> {
+    if count <= 0 {
+        return Err(QppConfigError::NoPads(count));
+    }
+    if count as u16 == 0 {
+        return Err(QppConfigError::WrapsToZero(count));
+    }
+    let mut warnings = Vec::new();
+    let min_seed = match generation {
+        PadGeneration::Current => 211,
+        PadGeneration::Legacy => 210,
+    };
+    if key.len() < min_seed {
+        warnings.push(QppWarning::ShortKey { len: key.len(), recommended: min_seed });
+    }
+    if count < MINIMUM_PADS {
+        warnings.push(QppWarning::FewPads { count, recommended: MINIMUM_PADS });
+    }
+    if count % 2 == 0 {
+        warnings.push(QppWarning::EvenPads(count));
+    }
+    Ok((count as u16, warnings))
+}

@@ -109,6 +109,13 @@ impl StreamStack {
         &self.mux
     }
 
+    /// Bytes the stack holds: decoded input smux has not taken, encoded output KCP
+    /// has not taken, and data buffered in streams for the application.
+    pub fn buffered_bytes(&self) -> usize {
+        let in_streams = (self.mux.config().max_receive_buffer as i64 - self.mux.receive_budget()).max(0) as usize;
+        (self.inbox.len() - self.inbox_at) + (self.outbox.len() - self.outbox_at) + in_streams
+    }
+
     /// Why the stack failed, if it did.
     pub fn error(&self) -> Option<StackError> {
         self.error
