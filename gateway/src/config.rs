@@ -1,0 +1,518 @@
+//! kcptun's command line and JSON configuration (PROTOCOL.md §8.1–§8.2), resolved
+//! into one [`Settings`] value.
+//!
+//! kcptun command lines work unchanged: urfave/cli accepts `-name value`,
+//! `--name value` and `-name=value`, so single-dash long flags are rewritten to the
+//! double-dash form clap expects before parsing (only for names kcpgate knows).
+//! Then, as in kcptun: flags (with their defaults) first, the `-c` JSON file over
+//! them for the keys it has, and the `-mode` preset last.
+
+use std::path::PathBuf;
+
+use clap::parser::ValueSource;
+use clap::{Arg, ArgAction, ArgMatches, Command};
+use kcpgate_core::crypto::Method;
+use kcpgate_core::kcp::Mode;
+use kcpgate_core::qpp::{self, PadGeneration};
+use kcpgate_core::smux;
+
+/// Which side of the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Server,
+    Client,
+}
+
+/// Everything a kcptun server or client is configured with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub role: Role,
+    /// Server: `-listen`; client: `-localaddr`.
+    pub listen: String,
+    /// Server: `-target`; client: `-remoteaddr`.
+    pub target: String,
+    pub key: String,
+    pub crypt: String,
+    pub mode: String,
+    pub qpp: bool,
+    pub qpp_count: i64,
+    pub mtu: i64,
+    pub ratelimit: i64,
+    pub sndwnd: i64,
+    pub rcvwnd: i64,
+    pub datashard: i64,
+    pub parityshard: i64,
+    pub dscp: i64,
+    pub nocomp: bool,
+    pub acknodelay: bool,
+    pub nodelay: i64,
+    pub interval: i64,
+    pub resend: i64,
+    pub nc: i64,
+    pub sockbuf: i64,
+    pub smuxver: i64,
+    /// Whether `-smuxver` was given (flag or JSON); a server without it detects the
+    /// client's version.
+    pub smuxver_explicit: bool,
+    pub smuxbuf: i64,
+    pub framesize: i64,
+    pub streambuf: i64,
+    pub keepalive: i64,
+    pub closewait: i64,
+    pub snmplog: String,
+    pub snmpperiod: i64,
+    pub log: String,
+    pub quiet: bool,
+    pub tcp: bool,
+    pub pprof: bool,
+    pub conn: i64,
+    pub autoexpire: i64,
+    pub scavengettl: i64,
+    pub config_file: Option<PathBuf>,
+}
+
+/// Why the configuration was refused; the message says what to change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
+    Err(ConfigError(msg.into()))
+}
+
+/// A flag: clap id (= JSON key where kcptun has one), aliases, help, default.
+struct Flag {
+    name: &'static str,
+    aliases: &'static [&'static str],
+    short: Option<char>,
+    json: Option<&'static str>,
+    help: &'static str,
+    kind: Kind,
+    hidden: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Text(&'static str),
+    /// Default differs by role: (server, client).
+    Int(i64, i64),
+    Bool,
+}
+
+const fn flag(name: &'static str, json: Option<&'static str>, kind: Kind, help: &'static str) -> Flag {
+    Flag { name, aliases: &[], short: None, json, help, kind, hidden: false }
+}
+
+const DEFAULT_KEY: &str = "it's a secrect";
+
+/// The flags both roles share, in kcptun's order.
+const SHARED: &[Flag] = &[
+    flag("key", Some("key"), Kind::Text(DEFAULT_KEY), "Pre-shared secret between client and server (env KCPTUN_KEY)"),
+    flag("crypt", Some("crypt"), Kind::Text("aes"), "Packet encryption: aes, aes-128, aes-192, aes-128-gcm, sm4, twofish, blowfish, cast5, 3des, tea, xtea, salsa20, xor, none, null; unknown names mean aes"),
+    flag("mode", Some("mode"), Kind::Text("fast"), "KCP profile: normal, fast, fast2, fast3, or manual (then -nodelay, -interval, -resend, -nc apply)"),
+    flag("QPP", Some("qpp"), Kind::Bool, "Quantum Permutation Pads on every stream's payload (both ends must agree)"),
+    flag("QPPCount", Some("qpp-count"), Kind::Int(61, 61), "Number of QPP pads; a prime is recommended"),
+    flag("mtu", Some("mtu"), Kind::Int(1350, 1350), "Largest UDP payload, headers included (at most 1500)"),
+    flag("ratelimit", Some("ratelimit"), Kind::Int(0, 0), "Outgoing bytes per second per KCP session; 0 is unlimited"),
+    flag("sndwnd", Some("sndwnd"), Kind::Int(1024, 128), "KCP send window in segments"),
+    flag("rcvwnd", Some("rcvwnd"), Kind::Int(1024, 512), "KCP receive window in segments"),
+    Flag { aliases: &["ds"], ..flag("datashard", Some("datashard"), Kind::Int(10, 10), "FEC data shards (0 with -parityshard 0 turns FEC off)") },
+    Flag { aliases: &["ps"], ..flag("parityshard", Some("parityshard"), Kind::Int(3, 3), "FEC parity shards") },
+    flag("dscp", Some("dscp"), Kind::Int(0, 0), "DSCP value for outgoing UDP packets (6 bits)"),
+    flag("nocomp", Some("nocomp"), Kind::Bool, "Turn off snappy compression (both ends must agree)"),
+    Flag { hidden: true, ..flag("acknodelay", Some("acknodelay"), Kind::Bool, "Send ACKs at once") },
+    Flag { hidden: true, ..flag("nodelay", Some("nodelay"), Kind::Int(0, 0), "Manual mode: nodelay") },
+    Flag { hidden: true, ..flag("interval", Some("interval"), Kind::Int(50, 50), "Manual mode: flush interval (ms)") },
+    Flag { hidden: true, ..flag("resend", Some("resend"), Kind::Int(0, 0), "Manual mode: fast resend threshold") },
+    Flag { hidden: true, ..flag("nc", Some("nc"), Kind::Int(0, 0), "Manual mode: 1 turns congestion control off") },
+    flag("sockbuf", Some("sockbuf"), Kind::Int(4_194_304, 4_194_304), "UDP socket send and receive buffer, bytes"),
+    flag("smuxver", Some("smuxver"), Kind::Int(2, 2), "smux version, 1 or 2. Debian's kcptun 20210922 defaults to 1, current kcptun to 2. A server given no -smuxver serves both"),
+    flag("smuxbuf", Some("smuxbuf"), Kind::Int(4_194_304, 4_194_304), "smux session receive buffer, bytes"),
+    flag("framesize", Some("framesize"), Kind::Int(8192, 8192), "smux largest frame, bytes"),
+    flag("streambuf", Some("streambuf"), Kind::Int(2_097_152, 2_097_152), "smux v2 per-stream window, bytes"),
+    flag("keepalive", Some("keepalive"), Kind::Int(10, 10), "Seconds between smux keep-alives (at most 30)"),
+    flag("closewait", Some("closewait"), Kind::Int(30, 0), "Seconds to wait after one direction of a tunnelled connection ends before closing"),
+    flag("snmplog", Some("snmplog"), Kind::Text(""), "Write SNMP counters as CSV to this file; the file name takes Go time layout, e.g. ./snmp-20060102.log"),
+    flag("snmpperiod", Some("snmpperiod"), Kind::Int(60, 60), "Seconds between SNMP CSV rows"),
+    flag("log", Some("log"), Kind::Text(""), "Append the log to this file instead of stderr"),
+    flag("quiet", Some("quiet"), Kind::Bool, "Do not log each stream's open and close"),
+    flag("tcp", Some("tcp"), Kind::Bool, "kcptun's fake-TCP transport (not supported by kcpgate)"),
+    flag("pprof", Some("pprof"), Kind::Bool, "Go profiler endpoint (not applicable to kcpgate; ignored with a warning)"),
+];
+
+const SERVER: &[Flag] = &[
+    Flag {
+        short: Some('l'),
+        ..flag(
+            "listen",
+            Some("listen"),
+            Kind::Text(":29900"),
+            "UDP address to listen on: host:port or host:minport-maxport",
+        )
+    },
+    Flag {
+        short: Some('t'),
+        ..flag(
+            "target",
+            Some("target"),
+            Kind::Text("127.0.0.1:12948"),
+            "Backend to dial for every stream: host:port, or a unix socket path",
+        )
+    },
+];
+
+const CLIENT: &[Flag] = &[
+    Flag {
+        short: Some('l'),
+        ..flag(
+            "localaddr",
+            Some("localaddr"),
+            Kind::Text(":12948"),
+            "Local TCP address to accept on (or a unix socket path)",
+        )
+    },
+    Flag {
+        short: Some('r'),
+        ..flag(
+            "remoteaddr",
+            Some("remoteaddr"),
+            Kind::Text("vps:29900"),
+            "kcptun server: host:port or host:minport-maxport",
+        )
+    },
+    flag("conn", Some("conn"), Kind::Int(1, 1), "Number of KCP sessions to spread connections over"),
+    flag(
+        "autoexpire",
+        Some("autoexpire"),
+        Kind::Int(0, 0),
+        "Seconds after which a session takes no new connections; 0 is never",
+    ),
+    flag(
+        "scavengettl",
+        Some("scavengettl"),
+        Kind::Int(600, 600),
+        "Seconds an expired session may live on before it is closed",
+    ),
+];
+
+fn role_flags(role: Role) -> impl Iterator<Item = &'static Flag> {
+    let own = match role {
+        Role::Server => SERVER,
+        Role::Client => CLIENT,
+    };
+    own.iter().chain(SHARED.iter())
+}
+
+fn arg(f: &Flag, role: Role) -> Arg {
+    let mut a = Arg::new(f.name).long(f.name).help(f.help).hide(f.hidden);
+    if let Some(s) = f.short {
+        a = a.short(s);
+    }
+    for alias in f.aliases {
+        a = a.visible_alias(*alias);
+    }
+    match f.kind {
+        Kind::Bool => a.action(ArgAction::SetTrue),
+        Kind::Text(d) => {
+            let a = a.value_name("VALUE").default_value(d);
+            if f.name == "key" {
+                a.env("KCPTUN_KEY").hide_env_values(true).hide_default_value(true)
+            } else {
+                a
+            }
+        }
+        Kind::Int(server, client) => {
+            let d = if role == Role::Server { server } else { client };
+            a.value_name("N")
+                .value_parser(clap::value_parser!(i64))
+                .allow_negative_numbers(true)
+                .default_value(d.to_string())
+        }
+    }
+}
+
+/// The clap command for one role.
+pub fn command(role: Role) -> Command {
+    let (name, about) = match role {
+        Role::Server => {
+            ("server", "Accept KCP sessions from kcptun (or kcpgate) clients and dial a backend for every stream")
+        }
+        Role::Client => {
+            ("client", "Accept local TCP connections and carry each as a stream to a kcptun (or kcpgate) server")
+        }
+    };
+    let mut cmd = Command::new(name).about(about).arg(
+        Arg::new("c")
+            .short('c')
+            .value_name("FILE")
+            .value_parser(clap::value_parser!(PathBuf))
+            .help("JSON configuration file (kcptun's format); its keys override the flags"),
+    );
+    for f in role_flags(role) {
+        cmd = cmd.arg(arg(f, role));
+    }
+    cmd
+}
+
+/// Rewrites urfave/cli-style single-dash long flags (`-key`, `-crypt=aes`, `-ds`) to
+/// clap's `--key`; everything else passes unchanged.
+pub fn normalize_args(role: Role, args: impl IntoIterator<Item = String>) -> Vec<String> {
+    let known = |name: &str| role_flags(role).any(|f| f.name == name || f.aliases.contains(&name));
+    args.into_iter()
+        .map(|a| {
+            let body = a.strip_prefix('-').filter(|b| !b.starts_with('-'));
+            match body {
+                Some(b) if b.len() > 1 && known(b.split('=').next().unwrap_or(b)) => format!("-{a}"),
+                _ => a,
+            }
+        })
+        .collect()
+}
+
+impl Settings {
+    /// Parses a command line of `role` (without the program and subcommand names).
+    pub fn parse(role: Role, args: impl IntoIterator<Item = String>) -> Result<Settings, clap::Error> {
+        let argv = std::iter::once(format!("kcpgate {}", if role == Role::Server { "server" } else { "client" }))
+            .chain(normalize_args(role, args));
+        let m = command(role).try_get_matches_from(argv)?;
+        Ok(Settings::from_matches(role, &m))
+    }
+
+    fn from_matches(role: Role, m: &ArgMatches) -> Settings {
+        let text = |n: &str| m.get_one::<String>(n).cloned().unwrap_or_default();
+        let int = |n: &str| m.get_one::<i64>(n).copied().unwrap_or_default();
+        let flag = |n: &str| m.get_flag(n);
+        let (listen, target) = match role {
+            Role::Server => (text("listen"), text("target")),
+            Role::Client => (text("localaddr"), text("remoteaddr")),
+        };
+        let client_int = |n: &str, d: i64| if role == Role::Client { int(n) } else { d };
+        Settings {
+            role,
+            listen,
+            target,
+            key: text("key"),
+            crypt: text("crypt"),
+            mode: text("mode"),
+            qpp: flag("QPP"),
+            qpp_count: int("QPPCount"),
+            mtu: int("mtu"),
+            ratelimit: int("ratelimit"),
+            sndwnd: int("sndwnd"),
+            rcvwnd: int("rcvwnd"),
+            datashard: int("datashard"),
+            parityshard: int("parityshard"),
+            dscp: int("dscp"),
+            nocomp: flag("nocomp"),
+            acknodelay: flag("acknodelay"),
+            nodelay: int("nodelay"),
+            interval: int("interval"),
+            resend: int("resend"),
+            nc: int("nc"),
+            sockbuf: int("sockbuf"),
+            smuxver: int("smuxver"),
+            smuxver_explicit: m.value_source("smuxver") == Some(ValueSource::CommandLine),
+            smuxbuf: int("smuxbuf"),
+            framesize: int("framesize"),
+            streambuf: int("streambuf"),
+            keepalive: int("keepalive"),
+            closewait: int("closewait"),
+            snmplog: text("snmplog"),
+            snmpperiod: int("snmpperiod"),
+            log: text("log"),
+            quiet: flag("quiet"),
+            tcp: flag("tcp"),
+            pprof: flag("pprof"),
+            conn: client_int("conn", 1),
+            autoexpire: client_int("autoexpire", 0),
+            scavengettl: client_int("scavengettl", 600),
+            config_file: m.get_one::<PathBuf>("c").cloned(),
+        }
+    }
+
+    /// Applies a kcptun JSON configuration over the flags: only keys present change
+    /// anything, keys match case-insensitively, unknown keys are ignored, and a value
+    /// of the wrong type is an error (as Go's decoder does).
+    pub fn apply_json(&mut self, text: &str) -> Result<(), ConfigError> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| ConfigError(format!("config file is not valid JSON: {e}")))?;
+        let obj = value.as_object().ok_or_else(|| ConfigError("config file must hold a JSON object".into()))?;
+        for (key, v) in obj {
+            let Some(f) = role_flags(self.role).find(|f| f.json.is_some_and(|j| j.eq_ignore_ascii_case(key))) else {
+                continue;
+            };
+            let name = f.name;
+            let mismatch = |want: &str| ConfigError(format!("config file: \"{key}\" must be {want}, found {v}"));
+            match f.kind {
+                Kind::Bool => {
+                    let b = v.as_bool().ok_or_else(|| mismatch("true or false"))?;
+                    *self.bool_mut(name) = b;
+                }
+                Kind::Text(_) => {
+                    let s = v.as_str().ok_or_else(|| mismatch("a string"))?;
+                    *self.text_mut(name) = s.to_string();
+                }
+                Kind::Int(..) => {
+                    let n = v.as_i64().ok_or_else(|| mismatch("an integer"))?;
+                    *self.int_mut(name) = n;
+                    if name == "smuxver" {
+                        self.smuxver_explicit = true;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn text_mut(&mut self, name: &str) -> &mut String {
+        match name {
+            "listen" | "localaddr" => &mut self.listen,
+            "target" | "remoteaddr" => &mut self.target,
+            "key" => &mut self.key,
+            "crypt" => &mut self.crypt,
+            "mode" => &mut self.mode,
+            "snmplog" => &mut self.snmplog,
+            "log" => &mut self.log,
+            other => unreachable!("no text setting {other}"),
+        }
+    }
+
+    fn bool_mut(&mut self, name: &str) -> &mut bool {
+        match name {
+            "QPP" => &mut self.qpp,
+            "nocomp" => &mut self.nocomp,
+            "acknodelay" => &mut self.acknodelay,
+            "quiet" => &mut self.quiet,
+            "tcp" => &mut self.tcp,
+            "pprof" => &mut self.pprof,
+            other => unreachable!("no boolean setting {other}"),
+        }
+    }
+
+    fn int_mut(&mut self, name: &str) -> &mut i64 {
+        match name {
+            "QPPCount" => &mut self.qpp_count,
+            "mtu" => &mut self.mtu,
+            "ratelimit" => &mut self.ratelimit,
+            "sndwnd" => &mut self.sndwnd,
+            "rcvwnd" => &mut self.rcvwnd,
+            "datashard" => &mut self.datashard,
+            "parityshard" => &mut self.parityshard,
+            "dscp" => &mut self.dscp,
+            "nodelay" => &mut self.nodelay,
+            "interval" => &mut self.interval,
+            "resend" => &mut self.resend,
+            "nc" => &mut self.nc,
+            "sockbuf" => &mut self.sockbuf,
+            "smuxver" => &mut self.smuxver,
+            "smuxbuf" => &mut self.smuxbuf,
+            "framesize" => &mut self.framesize,
+            "streambuf" => &mut self.streambuf,
+            "keepalive" => &mut self.keepalive,
+            "closewait" => &mut self.closewait,
+            "snmpperiod" => &mut self.snmpperiod,
+            "conn" => &mut self.conn,
+            "autoexpire" => &mut self.autoexpire,
+            "scavengettl" => &mut self.scavengettl,
+            other => unreachable!("no integer setting {other}"),
+        }
+    }
+
+    /// (nodelay, interval, resend, nc) after the mode preset, which kcptun applies
+    /// after the JSON file: explicit values count only in manual mode.
+    pub fn kcp_params(&self) -> (bool, u32, u32, bool) {
+        match Mode::from_name(&self.mode) {
+            Some(m) => m.params(),
+            None => (
+                self.nodelay != 0,
+                self.interval.clamp(0, u32::MAX.into()) as u32,
+                self.resend.max(0) as u32,
+                self.nc != 0,
+            ),
+        }
+    }
+
+    /// The cipher; unknown names mean aes, as in kcptun.
+    pub fn method(&self) -> Method {
+        Method::from_name_or_aes(&self.crypt)
+    }
+
+    /// The smux settings; a server without an explicit `-smuxver` detects it.
+    pub fn smux_config(&self) -> smux::Config {
+        let version = match (self.role, self.smuxver_explicit, self.smuxver) {
+            (Role::Server, false, _) => smux::Version::Detect,
+            (_, _, 1) => smux::Version::V1,
+            _ => smux::Version::V2,
+        };
+        smux::Config {
+            version,
+            keepalive_interval_ms: (self.keepalive.max(0) as u32).saturating_mul(1000),
+            keepalive_timeout_ms: 30_000,
+            max_frame_size: self.framesize.max(0) as usize,
+            max_receive_buffer: self.smuxbuf.max(0) as usize,
+            max_stream_buffer: self.streambuf.max(0) as usize,
+        }
+    }
+
+    /// kcptun's startup checks, with messages that say what to change. Returns
+    /// warnings for settings kcptun also only warns about.
+    pub fn validate(&mut self) -> Result<Vec<String>, ConfigError> {
+        let mut warnings = Vec::new();
+        if self.tcp {
+            return err("-tcp (kcptun's fake-TCP transport) is not supported by kcpgate; drop the flag on both ends and use UDP");
+        }
+        if self.pprof {
+            warnings.push("-pprof is a Go profiler option and has no effect in kcpgate".to_string());
+        }
+        if self.role == Role::Client && self.conn <= 0 {
+            return err(format!("-conn must be at least 1 (got {})", self.conn));
+        }
+        if !(1..=2).contains(&self.smuxver) {
+            return err(format!("-smuxver must be 1 or 2 (got {})", self.smuxver));
+        }
+        if self.ratelimit < 0 {
+            self.ratelimit = 0;
+        }
+        if !(0..=63).contains(&self.dscp) {
+            return err(format!("-dscp must be between 0 and 63 (got {})", self.dscp));
+        }
+        if self.mtu <= 0 || self.mtu > 1500 {
+            return err(format!("-mtu must be between 1 and 1500 (got {})", self.mtu));
+        }
+        for (name, v) in [("-sndwnd", self.sndwnd), ("-rcvwnd", self.rcvwnd)] {
+            if !(1..=65535).contains(&v) {
+                return err(format!("{name} must be between 1 and 65535 segments (got {v})"));
+            }
+        }
+        let shards = (self.datashard, self.parityshard);
+        if shards.0 < 0 || shards.1 < 0 || shards.0 + shards.1 > 255 {
+            return err(format!(
+                "-datashard/-parityshard must be ≥ 0 and add up to at most 255 (got {}/{})",
+                shards.0, shards.1
+            ));
+        }
+        if self.keepalive <= 0 {
+            return err(format!("-keepalive must be at least 1 second (got {})", self.keepalive));
+        }
+        self.smux_config().validate().map_err(|e| ConfigError(format!("smux settings: {e}")))?;
+        if self.qpp {
+            let (_, w) = qpp::check_parameters(self.key.as_bytes(), self.qpp_count, PadGeneration::Current)
+                .map_err(|e| ConfigError(e.to_string()))?;
+            warnings.extend(w.iter().map(ToString::to_string));
+        }
+        if Method::from_name(&self.crypt).is_none() {
+            warnings.push(format!("unknown -crypt {:?}: using aes, as kcptun does", self.crypt));
+        }
+        if self.role == Role::Client && self.autoexpire != 0 && self.scavengettl > self.autoexpire {
+            warnings.push("-scavengettl is longer than -autoexpire: expired sessions will linger".to_string());
+        }
+        Ok(warnings)
+    }
+}

@@ -1,0 +1,4 @@
+//! kcpgate, the native gateway: a drop-in, wire-compatible kcptun server and client
+//! built on the sans-IO core.
+
+pub mod config;

@@ -1,0 +1,119 @@
+//! kcptun's command line and JSON configuration (PROTOCOL.md §8.1–§8.2).
+
+use kcpgate::config::{Role, Settings};
+use kcpgate_core::smux::Version;
+
+fn args(line: &str) -> Vec<String> {
+    line.split_whitespace().map(str::to_string).collect()
+}
+
+fn parse(role: Role, line: &str) -> Settings {
+    Settings::parse(role, args(line)).unwrap_or_else(|e| panic!("{line}: {e}"))
+}
+
+#[test]
+fn kcptun_command_lines_parse_unchanged() {
+    // The exact argv of the recorded kcptun processes, single- and double-dash forms.
+    let s = parse(Role::Server, "-l 127.0.0.1:52546 -t 127.0.0.1:41099 --key test-key-123 --crypt aes --mode fast3 --datashard 10 --parityshard 3");
+    assert_eq!(
+        (s.listen.as_str(), s.target.as_str(), s.key.as_str()),
+        ("127.0.0.1:52546", "127.0.0.1:41099", "test-key-123")
+    );
+    let s = parse(
+        Role::Client,
+        "-l :1 -r h:2 -key k -crypt=salsa20 -mode fast2 -ds 5 -ps=2 -nocomp -QPP -QPPCount 7 -conn 4 -smuxver 1",
+    );
+    assert_eq!((s.listen.as_str(), s.target.as_str(), s.key.as_str(), s.crypt.as_str()), (":1", "h:2", "k", "salsa20"));
+    assert_eq!(
+        (s.datashard, s.parityshard, s.nocomp, s.qpp, s.qpp_count, s.conn, s.smuxver),
+        (5, 2, true, true, 7, 4, 1)
+    );
+    assert!(Settings::parse(Role::Server, args("-bogus 1")).is_err(), "unknown flags are errors");
+    assert!(Settings::parse(Role::Server, args("-conn 3")).is_err(), "client-only flags are not server flags");
+}
+
+#[test]
+fn conformance_76_mode_presets() {
+    for (mode, params) in [
+        ("normal", (false, 40, 2, true)),
+        ("fast", (false, 30, 2, true)),
+        ("fast2", (true, 20, 2, true)),
+        ("fast3", (true, 10, 2, true)),
+    ] {
+        let s = parse(Role::Server, &format!("-mode {mode} -nodelay 1 -interval 99 -resend 7 -nc 0"));
+        assert_eq!(s.kcp_params(), params, "{mode} ignores the manual values");
+    }
+    let s = parse(Role::Server, "-mode manual -nodelay 1 -interval 99 -resend 7 -nc 0");
+    assert_eq!(s.kcp_params(), (true, 99, 7, false));
+    let s = parse(Role::Server, "-mode whatever -nodelay 0 -interval 15 -resend 1 -nc 1");
+    assert_eq!(s.kcp_params(), (false, 15, 1, true), "unknown modes are manual");
+}
+
+#[test]
+fn conformance_77_json_overrides_present_keys_then_the_mode_preset() {
+    let mut s = parse(Role::Client, "-key flag-key -mtu 1200 -mode manual -interval 25");
+    s.apply_json(r#"{"KEY": "json-key", "SndWnd": 64, "mode": "fast3", "interval": 99, "unknown": [1, 2]}"#).unwrap();
+    assert_eq!(s.key, "json-key", "keys match case-insensitively");
+    assert_eq!(s.sndwnd, 64);
+    assert_eq!(s.mtu, 1200, "absent keys leave the flags alone");
+    assert_eq!(s.kcp_params(), (true, 10, 2, true), "the preset wins over interval from flags and JSON");
+    let e = s.apply_json(r#"{"mtu": "big"}"#).unwrap_err();
+    assert!(e.to_string().contains("\"mtu\" must be an integer"), "{e}");
+    assert!(s.apply_json("[1]").is_err());
+    assert!(s.apply_json("{oops").unwrap_err().to_string().contains("not valid JSON"));
+    let mut s = parse(Role::Server, "");
+    s.apply_json(r#"{"smuxver": 1, "qpp-count": 13, "qpp": true}"#).unwrap();
+    assert_eq!((s.smux_config().version, s.qpp, s.qpp_count), (Version::V1, true, 13));
+}
+
+#[test]
+fn conformance_78_defaults() {
+    let c = parse(Role::Client, "");
+    assert_eq!((c.listen.as_str(), c.target.as_str()), (":12948", "vps:29900"));
+    assert_eq!((c.sndwnd, c.rcvwnd, c.closewait, c.conn, c.autoexpire, c.scavengettl), (128, 512, 0, 1, 0, 600));
+    let s = parse(Role::Server, "");
+    assert_eq!((s.listen.as_str(), s.target.as_str()), (":29900", "127.0.0.1:12948"));
+    assert_eq!((s.sndwnd, s.rcvwnd, s.closewait), (1024, 1024, 30));
+    for x in [&c, &s] {
+        assert_eq!(
+            (x.mtu, x.datashard, x.parityshard, x.crypt.as_str(), x.mode.as_str(), x.smuxver),
+            (1350, 10, 3, "aes", "fast", 2)
+        );
+        assert_eq!(
+            (x.framesize, x.smuxbuf, x.streambuf, x.sockbuf, x.keepalive, x.qpp_count, x.snmpperiod),
+            (8192, 4_194_304, 2_097_152, 4_194_304, 10, 61, 60)
+        );
+        assert!(x.key == "it's a secrect" || std::env::var("KCPTUN_KEY").is_ok());
+    }
+}
+
+#[test]
+fn server_detects_smux_version_unless_pinned() {
+    assert_eq!(parse(Role::Server, "").smux_config().version, Version::Detect);
+    assert_eq!(parse(Role::Server, "-smuxver 2").smux_config().version, Version::V2);
+    assert_eq!(parse(Role::Server, "-smuxver 1").smux_config().version, Version::V1);
+    assert_eq!(parse(Role::Client, "").smux_config().version, Version::V2);
+}
+
+#[test]
+fn startup_checks_refuse_with_a_reason() {
+    for (role, line, needle) in [
+        (Role::Client, "-tcp", "-tcp"),
+        (Role::Client, "-conn 0", "-conn"),
+        (Role::Server, "-smuxver 3", "-smuxver"),
+        (Role::Server, "-keepalive 31", "keep-alive"),
+        (Role::Server, "-streambuf 9000000", "stream buffer"),
+        (Role::Server, "-framesize 70000", "frame size"),
+        (Role::Server, "-QPP -QPPCount 0", "QPPCount"),
+        (Role::Server, "-mtu 2000", "-mtu"),
+        (Role::Server, "-ds 200 -ps 100", "-datashard"),
+    ] {
+        let e = parse(role, line).validate().unwrap_err();
+        assert!(e.to_string().contains(needle), "{line}: {e}");
+    }
+    let mut s = parse(Role::Server, "-crypt rot13 -ratelimit -5 -QPP -QPPCount 8");
+    let w = s.validate().unwrap();
+    assert_eq!(s.ratelimit, 0, "negative rate limits mean off");
+    assert!(w.iter().any(|w| w.contains("rot13")), "{w:?}");
+    assert!(w.iter().any(|w| w.contains("even")), "{w:?}");
+}
