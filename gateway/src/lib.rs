@@ -1,4 +1,8 @@
 //! kcpgate, the native gateway: a drop-in, wire-compatible kcptun server and client
 //! built on the sans-IO core.
 
+pub mod client;
 pub mod config;
+pub mod runtime;
+pub mod server;
+pub mod tunnel;

@@ -55,6 +55,37 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    eprintln!("kcpgate: the {role:?} data path is not available in this build yet; configuration is valid");
-    ExitCode::FAILURE
+    init_logging(&settings.log);
+    let plan = std::sync::Arc::new(kcpgate::runtime::Plan::new(settings));
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = runtime.block_on(async {
+        match role {
+            Role::Server => kcpgate::server::run(plan).await,
+            Role::Client => kcpgate::client::run(plan).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kcpgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr, or appended to `-log`'s file; RUST_LOG filters (default info).
+fn init_logging(file: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if file.is_empty() {
+        builder.with_writer(std::io::stderr).init();
+    } else {
+        match std::fs::OpenOptions::new().create(true).append(true).open(file) {
+            Ok(f) => builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).init(),
+            Err(e) => {
+                builder.with_writer(std::io::stderr).init();
+                tracing::warn!("cannot open log file {file}: {e}; logging to stderr");
+            }
+        }
+    }
 }

@@ -1,0 +1,157 @@
+//! `kcpgate client`: accepts local TCP connections and carries each as a smux
+//! stream over one of `-conn` KCP sessions to the server (PROTOCOL.md §8.4).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kcpgate_core::listener::Dialer;
+use kcpgate_core::smux::Role;
+use kcpgate_core::stack::StreamStack;
+use tokio::net::{lookup_host, TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::runtime::{random_seed, split_port_range, Plan};
+use crate::tunnel::{now_ms, run_stream, FromStream, Tunnel};
+
+/// A session slot: where to hand new connections, and when it stops taking them.
+struct Slot {
+    to_session: mpsc::Sender<TcpStream>,
+    expires: Option<Instant>,
+}
+
+/// Runs the client until the process ends.
+pub async fn run(plan: Arc<Plan>) -> std::io::Result<()> {
+    let local = &plan.settings.listen;
+    let listener = TcpListener::bind(if local.starts_with(':') { format!("[::]{local}") } else { local.clone() })
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on TCP {local}: {e}")))?;
+    info!("listening on TCP {}, forwarding to {}", listener.local_addr()?, plan.settings.target);
+    let conns = plan.settings.conn.max(1) as usize;
+    let mut slots: Vec<Option<Slot>> = (0..conns).map(|_| None).collect();
+    let mut rr: u16 = 0;
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                warn!("accept failed: {e}");
+                continue;
+            }
+        };
+        let idx = usize::from(rr) % conns;
+        rr = rr.wrapping_add(1);
+        let stale = match &slots[idx] {
+            None => true,
+            Some(s) => s.to_session.is_closed() || s.expires.is_some_and(|t| Instant::now() >= t),
+        };
+        if stale {
+            // Created synchronously, as kcptun does: retry until the server resolves.
+            loop {
+                match start_session(plan.clone()).await {
+                    Ok(tx) => {
+                        let ttl = plan.settings.autoexpire;
+                        let expires = (ttl > 0).then(|| Instant::now() + Duration::from_secs(ttl as u64));
+                        slots[idx] = Some(Slot { to_session: tx, expires });
+                        break;
+                    }
+                    Err(e) => {
+                        warn!("cannot start a session to {}: {e}; retrying in 1 s", plan.settings.target);
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+        let slot = slots[idx].as_ref().expect("filled above");
+        if slot.to_session.send(tcp).await.is_err() {
+            warn!(%peer, "the session ended before the connection could be opened");
+        }
+    }
+}
+
+/// Resolves the server (a random port of its range), binds a socket and starts the
+/// session task; returns where to send it new connections.
+async fn start_session(plan: Arc<Plan>) -> std::io::Result<mpsc::Sender<TcpStream>> {
+    let (host, ports) = split_port_range(&plan.settings.target)?;
+    let seed = random_seed();
+    let span = u64::from(*ports.end() - *ports.start()) + 1;
+    let port = *ports.start() + (u64::from_le_bytes(seed[..8].try_into().expect("8 bytes")) % span) as u16;
+    let remote = lookup_host((host, port))
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host} has no address")))?;
+    let bind: SocketAddr = if remote.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }.expect("literal");
+    let socket = UdpSocket::bind(bind).await?;
+    socket.connect(remote).await?;
+    let dialer = Dialer::new(remote, &plan.session, plan.crypto.clone(), random_seed())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
+    info!(%remote, conv = dialer.connection.conv(), "session started");
+    let (tx, rx) = mpsc::channel(128);
+    tokio::spawn(session(socket, remote, dialer, plan, rx));
+    Ok(tx)
+}
+
+async fn session(
+    socket: UdpSocket,
+    remote: SocketAddr,
+    mut dialer: Dialer<SocketAddr>,
+    plan: Arc<Plan>,
+    mut new_conns: mpsc::Receiver<TcpStream>,
+) {
+    let start = Instant::now();
+    let mut tunnel = Tunnel::new(StreamStack::new(Role::Client, plan.stack.clone(), now_ms(start)));
+    let (tx, mut rx) = mpsc::channel::<((), u32, FromStream)>(4096);
+    let mut buf = vec![0u8; 65536];
+    let mut accepting = true;
+    loop {
+        let now = now_ms(start);
+        let wait = tunnel
+            .deadline(&dialer.connection, now)
+            .map_or(3_600_000, |d| kcpgate_core::kcp::diff(d, now).max(0) as u64);
+        tokio::select! {
+            r = socket.recv(&mut buf) => {
+                match r {
+                    Ok(n) => { let _ = dialer.handle_datagram(now_ms(start), &remote, &mut buf[..n]); }
+                    Err(e) => debug!(%remote, "receive failed: {e}"),
+                }
+            }
+            c = new_conns.recv(), if accepting => match c {
+                Some(tcp) => match tunnel.stack.open_stream() {
+                    Ok(sid) => {
+                        let stream = tunnel.add_stream(sid);
+                        if !plan.settings.quiet {
+                            info!(%remote, sid, "stream opened");
+                        }
+                        tokio::spawn(run_stream(tcp, (), stream, tx.clone()));
+                    }
+                    Err(e) => warn!(%remote, "cannot open a stream: {e}"),
+                },
+                None => accepting = false,
+            },
+            Some(((), sid, msg)) = rx.recv() => tunnel.on_message(sid, msg),
+            () = tokio::time::sleep(Duration::from_millis(wait)) => {
+                let now = now_ms(start);
+                let conn = &mut dialer.connection;
+                if conn.poll_timeout().is_some_and(|d| kcpgate_core::kcp::diff(now, d) >= 0) {
+                    conn.handle_timeout(now);
+                }
+                let _ = tunnel.stack.handle_timeout(now);
+            }
+        }
+        let result = tunnel.service(now_ms(start), &mut dialer.connection);
+        for d in dialer.connection.transmits() {
+            if let Err(e) = socket.send(d).await {
+                debug!(%remote, "send failed: {e}");
+            }
+        }
+        dialer.connection.clear_transmits();
+        if let Err(e) = result {
+            warn!(%remote, "session closed: {e}");
+            return;
+        }
+        if !accepting && tunnel.stream_count() == 0 {
+            info!(%remote, "session retired");
+            return;
+        }
+    }
+}

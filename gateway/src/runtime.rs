@@ -1,0 +1,98 @@
+//! What a running kcpgate needs, resolved once from [`Settings`].
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+
+use kcpgate_core::crypto::PacketCrypto;
+use kcpgate_core::fec::Shards;
+use kcpgate_core::kcp;
+use kcpgate_core::pipeline::SessionConfig;
+use kcpgate_core::qpp::PadGeneration;
+use kcpgate_core::stack::{QppSetup, StackConfig};
+
+use crate::config::Settings;
+
+/// 32 bytes from the OS, to seed the core's CSPRNGs (conv ids, nonces).
+pub fn random_seed() -> [u8; 32] {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).expect("the OS random source works");
+    seed
+}
+
+/// Settings turned into the core's configuration.
+pub struct Plan {
+    pub settings: Settings,
+    pub crypto: Arc<PacketCrypto>,
+    pub session: SessionConfig,
+    pub stack: StackConfig,
+}
+
+impl Plan {
+    pub fn new(settings: Settings) -> Plan {
+        let (nodelay, interval, fast_resend, no_cwnd) = settings.kcp_params();
+        let kcp = kcp::Config {
+            snd_wnd: settings.sndwnd as u32,
+            rcv_wnd: settings.rcvwnd as u32,
+            nodelay,
+            interval,
+            fast_resend,
+            no_cwnd,
+            stream: true,
+            ack_nodelay: settings.acknodelay,
+            ..kcp::Config::default()
+        };
+        let session = SessionConfig {
+            mtu: settings.mtu as usize,
+            kcp,
+            fec: Shards::new(settings.datashard as usize, settings.parityshard as usize),
+            write_delay: false,
+        };
+        let qpp = settings
+            .qpp
+            .then(|| QppSetup::new(settings.key.as_bytes(), settings.qpp_count as u16, PadGeneration::Current));
+        let stack = StackConfig { compression: !settings.nocomp, smux: settings.smux_config(), qpp };
+        Plan {
+            crypto: Arc::new(PacketCrypto::from_passphrase(settings.method(), &settings.key)),
+            session,
+            stack,
+            settings,
+        }
+    }
+
+    /// Every address of `-listen`, with `host:N-M` expanded to each port and an empty
+    /// host meaning every interface (IPv6 and IPv4).
+    pub fn listen_addrs(&self) -> std::io::Result<Vec<SocketAddr>> {
+        let (host, ports) = split_port_range(&self.settings.listen)?;
+        let host = if host.is_empty() { "::" } else { host };
+        let mut out = Vec::new();
+        for port in ports {
+            let bracketed =
+                if host.contains(':') && !host.starts_with('[') { format!("[{host}]") } else { host.to_string() };
+            out.extend(format!("{bracketed}:{port}").to_socket_addrs()?);
+        }
+        Ok(out)
+    }
+}
+
+/// Splits `host:port` or `host:min-max` at the last colon (kcptun's rule).
+pub fn split_port_range(addr: &str) -> std::io::Result<(&str, std::ops::RangeInclusive<u16>)> {
+    let bad = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("address {addr:?} is not host:port or host:min-max"),
+        )
+    };
+    let (host, ports) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let (lo, hi) = match ports.split_once('-') {
+        Some((a, b)) => (a.parse::<u16>().map_err(|_| bad())?, b.parse::<u16>().map_err(|_| bad())?),
+        None => {
+            let p = ports.parse::<u16>().map_err(|_| bad())?;
+            (p, p)
+        }
+    };
+    if lo == 0 || lo > hi {
+        return Err(bad());
+    }
+    Ok((host, lo..=hi))
+}

@@ -1,0 +1,145 @@
+//! `kcpgate server`: accepts KCP sessions on UDP and dials the target for every
+//! stream (kcptun server behaviour, PROTOCOL.md §8.5).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kcpgate_core::listener::{Listener, Outcome};
+use kcpgate_core::smux::Role;
+use kcpgate_core::stack::StreamStack;
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::runtime::{random_seed, Plan};
+use crate::tunnel::{now_ms, run_stream, FromStream, NewStream, Tunnel};
+
+/// Runs the server on every port of `-listen` until the process ends.
+pub async fn run(plan: Arc<Plan>) -> std::io::Result<()> {
+    let mut tasks = Vec::new();
+    for addr in plan.listen_addrs()? {
+        let socket = UdpSocket::bind(addr)
+            .await
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on UDP {addr}: {e}")))?;
+        info!("listening on UDP {}", socket.local_addr()?);
+        tasks.push(tokio::spawn(serve_socket(socket, plan.clone())));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+async fn serve_socket(socket: UdpSocket, plan: Arc<Plan>) {
+    let start = Instant::now();
+    let mut listener: Listener<SocketAddr> =
+        Listener::new(plan.session.clone(), plan.crypto.clone(), random_seed()).expect("validated at startup");
+    let mut tunnels: HashMap<SocketAddr, Tunnel> = HashMap::new();
+    let (tx, mut rx) = mpsc::channel::<(SocketAddr, u32, FromStream)>(4096);
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let now = now_ms(start);
+        let deadline = tunnels
+            .iter()
+            .filter_map(|(addr, t)| listener.session(addr).and_then(|c| t.deadline(c, now)))
+            .map(|d| kcpgate_core::kcp::diff(d, now).max(0) as u64)
+            .min();
+        let sleep = tokio::time::sleep(Duration::from_millis(deadline.unwrap_or(3_600_000)));
+        let mut touched: Vec<SocketAddr> = Vec::new();
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                let Ok((n, from)) = r else { continue };
+                let now = now_ms(start);
+                match listener.handle_datagram(now, &from, &mut buf[..n]) {
+                    Outcome::Created | Outcome::Replaced { .. } => {
+                        while listener.accept().is_some() {}
+                        for (addr, _) in listener.take_closed() {
+                            tunnels.remove(&addr);
+                        }
+                        info!(remote = %from, "session opened");
+                        tunnels.insert(from, Tunnel::new(StreamStack::new(Role::Server, plan.stack.clone(), now)));
+                        touched.push(from);
+                    }
+                    Outcome::Delivered => touched.push(from),
+                    Outcome::Dropped(reason) => debug!(remote = %from, ?reason, "datagram dropped"),
+                }
+            }
+            Some((addr, sid, msg)) = rx.recv() => {
+                if let Some(t) = tunnels.get_mut(&addr) {
+                    t.on_message(sid, msg);
+                    touched.push(addr);
+                }
+            }
+            () = sleep => {
+                let now = now_ms(start);
+                for (addr, t) in &mut tunnels {
+                    let Some(conn) = listener.session_mut(addr) else { continue };
+                    if conn.poll_timeout().is_some_and(|d| kcpgate_core::kcp::diff(now, d) >= 0) {
+                        conn.handle_timeout(now);
+                    }
+                    let _ = t.stack.handle_timeout(now);
+                    touched.push(*addr);
+                }
+            }
+        }
+        let now = now_ms(start);
+        for addr in touched {
+            service(&socket, &mut listener, &mut tunnels, addr, now, &plan, &tx).await;
+        }
+    }
+}
+
+/// Lets one session move its data, starts tasks for new streams, sends its datagrams,
+/// and ends it if its stream layers failed.
+async fn service(
+    socket: &UdpSocket,
+    listener: &mut Listener<SocketAddr>,
+    tunnels: &mut HashMap<SocketAddr, Tunnel>,
+    addr: SocketAddr,
+    now: u32,
+    plan: &Arc<Plan>,
+    tx: &mpsc::Sender<(SocketAddr, u32, FromStream)>,
+) {
+    let (Some(conn), Some(tunnel)) = (listener.session_mut(&addr), tunnels.get_mut(&addr)) else { return };
+    let result = tunnel.service(now, conn);
+    for d in conn.transmits() {
+        if let Err(e) = socket.send_to(d, addr).await {
+            debug!(remote = %addr, "send failed: {e}");
+        }
+    }
+    conn.clear_transmits();
+    match result {
+        Ok(new) => {
+            for stream in new {
+                tokio::spawn(dial(plan.clone(), addr, stream, tx.clone()));
+            }
+        }
+        Err(e) => {
+            warn!(remote = %addr, "session closed: {e}");
+            tunnels.remove(&addr);
+            listener.remove(&addr);
+        }
+    }
+}
+
+/// One stream: dial the target, then bridge it.
+async fn dial(plan: Arc<Plan>, addr: SocketAddr, stream: NewStream, tx: mpsc::Sender<(SocketAddr, u32, FromStream)>) {
+    let sid = stream.sid;
+    match TcpStream::connect(&plan.settings.target).await {
+        Ok(tcp) => {
+            if !plan.settings.quiet {
+                info!(remote = %addr, sid, target = %plan.settings.target, "stream opened");
+            }
+            run_stream(tcp, addr, stream, tx).await;
+            if !plan.settings.quiet {
+                info!(remote = %addr, sid, "stream closed");
+            }
+        }
+        Err(e) => {
+            warn!(remote = %addr, sid, target = %plan.settings.target, "cannot reach the target: {e}");
+            let _ = tx.send((addr, sid, FromStream::Closed)).await;
+        }
+    }
+}
