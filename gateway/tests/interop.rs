@@ -1,0 +1,160 @@
+//! kcpgate against real peers: Debian's kcptun (`apt-get install -y kcptun`) and
+//! itself. Each case runs a TCP echo backend, a server and a client as processes,
+//! and pushes 8 concurrent connections of 4 MB through the tunnel, each with its own
+//! data, checking every byte that comes back.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const CONNECTIONS: usize = 8;
+const BYTES: usize = 4_000_000;
+
+/// Kills its processes when the test ends, however it ends.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts `program` (its first word is the executable, the rest leading arguments).
+fn spawn(program: &str, args: &[String]) -> Child {
+    let mut words = program.split_whitespace();
+    let exe = words.next().expect("a program");
+    Command::new(exe)
+        .args(words)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e} (Debian's kcptun: apt-get install -y kcptun)"))
+}
+
+fn kcpgate() -> String {
+    env!("CARGO_BIN_EXE_kcpgate").to_string()
+}
+
+fn free_udp_port(host: &str) -> u16 {
+    UdpSocket::bind((host, 0)).unwrap().local_addr().unwrap().port()
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A TCP echo backend on a thread; returns its port.
+fn echo_backend() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            thread::spawn(move || {
+                let mut r = c.try_clone().unwrap();
+                let mut w = c;
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n @ 1..) = r.read(&mut buf) {
+                    if w.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = w.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+fn data_for(conn: usize) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (conn as u64 + 1);
+    (0..BYTES)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// 8 concurrent connections through the client's port; each echo must match.
+fn push_through(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "the client never listened on {port}");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let workers: Vec<_> = (0..CONNECTIONS)
+        .map(|i| {
+            thread::spawn(move || {
+                let data = data_for(i);
+                let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+                c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                let mut w = c.try_clone().unwrap();
+                let sent = data.clone();
+                let writer = thread::spawn(move || w.write_all(&sent));
+                // Read the whole echo before closing: kcptun 20210922 tears a stream
+                // down as soon as either direction ends.
+                let mut got = vec![0u8; BYTES];
+                let mut r = c;
+                r.read_exact(&mut got).unwrap_or_else(|e| panic!("connection {i}: {e}"));
+                writer.join().unwrap().unwrap();
+                assert!(got == data, "connection {i}: echoed bytes differ");
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+}
+
+fn args(s: &str) -> Vec<String> {
+    s.split_whitespace().map(str::to_string).collect()
+}
+
+fn case(server: &str, server_args: &str, client: &str, client_args: &str, host: &str) {
+    let backend = echo_backend();
+    let udp = free_udp_port(host);
+    let local = free_tcp_port();
+    let bracketed = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+    let _procs = Procs(vec![
+        spawn(server, &args(&format!("-l {bracketed}:{udp} -t 127.0.0.1:{backend} {server_args}"))),
+        spawn(client, &args(&format!("-l 127.0.0.1:{local} -r {bracketed}:{udp} {client_args}"))),
+    ]);
+    push_through(local);
+}
+
+fn kcptun(side: &str) -> String {
+    let name = format!("kcptun-{side}");
+    assert!(
+        Command::new(&name).arg("-v").output().is_ok(),
+        "{name} is not installed; the test command installs it (apt-get install -y kcptun)"
+    );
+    name
+}
+
+#[test]
+fn kcptun_client_to_kcpgate_server() {
+    // Debian's defaults: smux v1, FEC 10/3, compression; our server detects v1.
+    let flags = "-key interop -crypt aes -mode fast3";
+    case(&format!("{} server", kcpgate()), flags, &kcptun("client"), flags, "127.0.0.1");
+}
+
+#[test]
+fn kcpgate_client_to_kcptun_server() {
+    let flags = "-key interop -crypt aes -mode fast3";
+    case(&kcptun("server"), flags, &format!("{} client", kcpgate()), &format!("{flags} -smuxver 1"), "127.0.0.1");
+}
+
+#[test]
+fn kcpgate_both_ends_gcm_qpp_ipv6() {
+    let flags = "-key interop -crypt aes-128-gcm -mode fast2 -QPP -nocomp -conn 2";
+    let server_flags = flags.replace(" -conn 2", "");
+    case(&format!("{} server", kcpgate()), &server_flags, &format!("{} client", kcpgate()), flags, "::1");
+}
