@@ -11,6 +11,7 @@
 //! [`PacketCrypto::tail_len`] free bytes after it.
 
 mod tea;
+mod twofish;
 
 use core::ops::Range;
 
@@ -24,6 +25,7 @@ use rand_chacha::ChaCha12Rng;
 use sha1::Sha1;
 
 pub use tea::{Tea16, XteaBe};
+pub use twofish::Twofish256;
 
 /// The fixed CFB initial vector of kcp-go; 8-byte-block ciphers use its first half.
 pub const CFB_IV: [u8; 16] =
@@ -175,7 +177,7 @@ enum Cipher {
     Aes192(Aes192),
     Aes256(Aes256),
     Sm4(sm4::Sm4),
-    Twofish(twofish::Twofish),
+    Twofish(Box<Twofish256>),
     Blowfish(blowfish::Blowfish),
     Cast5(cast5::Cast5),
     TripleDes(des::TdesEde3),
@@ -196,7 +198,10 @@ macro_rules! with_block_cipher {
             Cipher::Aes192($c) => $body,
             Cipher::Aes256($c) => $body,
             Cipher::Sm4($c) => $body,
-            Cipher::Twofish($c) => $body,
+            Cipher::Twofish(boxed) => {
+                let $c = &**boxed;
+                $body
+            }
             Cipher::Blowfish($c) => $body,
             Cipher::Cast5($c) => $body,
             Cipher::TripleDes($c) => $body,
@@ -255,7 +260,7 @@ impl PacketCrypto {
             Method::Aes192 => Cipher::Aes192(Aes192::new_from_slice(&key[..24]).expect("24 bytes")),
             Method::Aes128Gcm => Cipher::Gcm(Box::new(Aes128Gcm::new(k16.into()))),
             Method::Sm4 => Cipher::Sm4(sm4::Sm4::new(k16.into())),
-            Method::Twofish => Cipher::Twofish(twofish::Twofish::new_from_slice(key).expect("32-byte key")),
+            Method::Twofish => Cipher::Twofish(Box::new(Twofish256::new(key))),
             Method::Blowfish => Cipher::Blowfish(blowfish::Blowfish::new_from_slice(key).expect("32-byte key")),
             Method::Cast5 => Cipher::Cast5(cast5::Cast5::new_from_slice(k16).expect("16-byte key")),
             Method::TripleDes => Cipher::TripleDes(des::TdesEde3::new_from_slice(&key[..24]).expect("24 bytes")),
