@@ -158,3 +158,65 @@ fn kcpgate_both_ends_gcm_qpp_ipv6() {
     let server_flags = flags.replace(" -conn 2", "");
     case(&format!("{} server", kcpgate()), &server_flags, &format!("{} client", kcpgate()), flags, "::1");
 }
+
+/// Both directions of one configuration against Debian's kcptun: kcptun client →
+/// kcpgate server, and kcpgate client → kcptun server.
+fn both_directions(flags: &str) {
+    case(&format!("{} server", kcpgate()), flags, &kcptun("client"), flags, "127.0.0.1");
+    case(&kcptun("server"), flags, &format!("{} client", kcpgate()), flags, "127.0.0.1");
+}
+
+/// Every cipher of Debian's kcptun 20210922, with FEC 10/3 and compression on.
+macro_rules! cipher_matrix {
+    ($($name:ident: $crypt:literal;)*) => {$(
+        #[test]
+        fn $name() {
+            both_directions(concat!("-key matrix -mode fast3 -smuxver 1 -ds 10 -ps 3 -crypt ", $crypt));
+        }
+    )*};
+}
+
+cipher_matrix! {
+    cipher_aes: "aes";
+    cipher_aes_128: "aes-128";
+    cipher_aes_192: "aes-192";
+    cipher_salsa20: "salsa20";
+    cipher_blowfish: "blowfish";
+    cipher_twofish: "twofish";
+    cipher_cast5: "cast5";
+    cipher_3des: "3des";
+    cipher_tea: "tea";
+    cipher_xtea: "xtea";
+    cipher_xor: "xor";
+    cipher_sm4: "sm4";
+    cipher_none: "none";
+}
+
+/// With aes: FEC {10/3, 0/0} × compression {on, off} × smux {1, 2} × mode {fast, fast3}.
+macro_rules! aes_matrix {
+    ($($name:ident: $flags:literal;)*) => {$(
+        #[test]
+        fn $name() {
+            both_directions(concat!("-key matrix -crypt aes ", $flags));
+        }
+    )*};
+}
+
+aes_matrix! {
+    aes_fec_comp_v1_fast: "-ds 10 -ps 3 -smuxver 1 -mode fast";
+    aes_fec_comp_v1_fast3: "-ds 10 -ps 3 -smuxver 1 -mode fast3";
+    aes_fec_comp_v2_fast: "-ds 10 -ps 3 -smuxver 2 -mode fast";
+    aes_fec_comp_v2_fast3: "-ds 10 -ps 3 -smuxver 2 -mode fast3";
+    aes_fec_nocomp_v1_fast: "-ds 10 -ps 3 -nocomp -smuxver 1 -mode fast";
+    aes_fec_nocomp_v1_fast3: "-ds 10 -ps 3 -nocomp -smuxver 1 -mode fast3";
+    aes_fec_nocomp_v2_fast: "-ds 10 -ps 3 -nocomp -smuxver 2 -mode fast";
+    aes_fec_nocomp_v2_fast3: "-ds 10 -ps 3 -nocomp -smuxver 2 -mode fast3";
+    aes_nofec_comp_v1_fast: "-ds 0 -ps 0 -smuxver 1 -mode fast";
+    aes_nofec_comp_v1_fast3: "-ds 0 -ps 0 -smuxver 1 -mode fast3";
+    aes_nofec_comp_v2_fast: "-ds 0 -ps 0 -smuxver 2 -mode fast";
+    aes_nofec_comp_v2_fast3: "-ds 0 -ps 0 -smuxver 2 -mode fast3";
+    aes_nofec_nocomp_v1_fast: "-ds 0 -ps 0 -nocomp -smuxver 1 -mode fast";
+    aes_nofec_nocomp_v1_fast3: "-ds 0 -ps 0 -nocomp -smuxver 1 -mode fast3";
+    aes_nofec_nocomp_v2_fast: "-ds 0 -ps 0 -nocomp -smuxver 2 -mode fast";
+    aes_nofec_nocomp_v2_fast3: "-ds 0 -ps 0 -nocomp -smuxver 2 -mode fast3";
+}
