@@ -117,3 +117,21 @@ fn startup_checks_refuse_with_a_reason() {
     assert!(w.iter().any(|w| w.contains("rot13")), "{w:?}");
     assert!(w.iter().any(|w| w.contains("even")), "{w:?}");
 }
+
+#[test]
+fn port_ranges_expand_and_bad_ones_are_refused() {
+    use kcpgate::runtime::split_port_range;
+    let (host, ports) = split_port_range("example.com:3000-3003").unwrap();
+    assert_eq!((host, ports.collect::<Vec<_>>()), ("example.com", vec![3000, 3001, 3002, 3003]));
+    let (host, ports) = split_port_range("[::1]:29900").unwrap();
+    assert_eq!((host, ports.collect::<Vec<_>>()), ("::1", vec![29900]));
+    assert_eq!(split_port_range(":29900").unwrap().0, "");
+    for bad in ["nohost", "h:0", "h:5-4", "h:x", "h:1-70000"] {
+        assert!(split_port_range(bad).is_err(), "{bad}");
+    }
+    let mut s = parse(Role::Server, "-l 127.0.0.1:4000-4002");
+    s.validate().unwrap();
+    let plan = kcpgate::runtime::Plan::new(s);
+    let addrs: Vec<String> = plan.listen_addrs().unwrap().iter().map(ToString::to_string).collect();
+    assert_eq!(addrs, ["127.0.0.1:4000", "127.0.0.1:4001", "127.0.0.1:4002"]);
+}

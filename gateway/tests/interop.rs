@@ -220,3 +220,52 @@ aes_matrix! {
     aes_nofec_nocomp_v2_fast: "-ds 0 -ps 0 -nocomp -smuxver 2 -mode fast";
     aes_nofec_nocomp_v2_fast3: "-ds 0 -ps 0 -nocomp -smuxver 2 -mode fast3";
 }
+
+/// Four consecutive free UDP ports on 127.0.0.1.
+fn free_udp_range() -> u16 {
+    (0..200)
+        .map(|i| 20_000 + ((std::process::id() as u16).wrapping_mul(7).wrapping_add(i * 97)) % 40_000)
+        .find(|&base| (base..base + 4).all(|p| UdpSocket::bind(("127.0.0.1", p)).is_ok()))
+        .expect("a free range of 4 UDP ports")
+}
+
+#[test]
+fn conformance_82_port_ranges() {
+    let backend = echo_backend();
+    let base = free_udp_range();
+    let local = free_tcp_port();
+    let range = format!("127.0.0.1:{base}-{}", base + 3);
+    let flags = "-key ranges -crypt aes -mode fast3";
+    let _procs = Procs(vec![
+        spawn(&format!("{} server", kcpgate()), &args(&format!("-l {range} -t 127.0.0.1:{backend} {flags}"))),
+        // Four sessions, each on a random port of the range: all must reach the server.
+        spawn(&format!("{} client", kcpgate()), &args(&format!("-l 127.0.0.1:{local} -r {range} -conn 4 {flags}"))),
+    ]);
+    push_through(local);
+}
+
+#[test]
+fn conformance_81_a_refused_target_closes_the_stream_promptly() {
+    let closed = free_tcp_port(); // nothing listens here
+    let udp = free_udp_port("127.0.0.1");
+    let local = free_tcp_port();
+    let flags = "-key refused -crypt aes -mode fast3";
+    let _procs = Procs(vec![
+        spawn(&format!("{} server", kcpgate()), &args(&format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{closed} {flags}"))),
+        spawn(&format!("{} client", kcpgate()), &args(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags}"))),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut c = loop {
+        if let Ok(c) = TcpStream::connect(("127.0.0.1", local)) {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "the client never listened");
+        thread::sleep(Duration::from_millis(50));
+    };
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = c.read(&mut buf).expect("EOF, not a timeout");
+    assert_eq!(n, 0, "the stream ends");
+    assert!(started.elapsed() < Duration::from_secs(3), "promptly: {:?}", started.elapsed());
+}
