@@ -9,7 +9,7 @@ use kcpgate_core::listener::Dialer;
 use kcpgate_core::smux::Role;
 use kcpgate_core::stack::StreamStack;
 use tokio::net::{lookup_host, TcpListener, TcpStream, UdpSocket};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::runtime::{random_seed, split_port_range, Plan};
@@ -21,8 +21,9 @@ struct Slot {
     expires: Option<Instant>,
 }
 
-/// Runs the client until the process ends.
-pub async fn run(plan: Arc<Plan>) -> std::io::Result<()> {
+/// Runs the client. Once `drain` turns true it accepts no new connections and
+/// returns when every session's streams are done.
+pub async fn run(plan: Arc<Plan>, mut drain: watch::Receiver<bool>) -> std::io::Result<()> {
     let local = &plan.settings.listen;
     let listener = TcpListener::bind(if local.starts_with(':') { format!("[::]{local}") } else { local.clone() })
         .await
@@ -31,8 +32,23 @@ pub async fn run(plan: Arc<Plan>) -> std::io::Result<()> {
     let conns = plan.settings.conn.max(1) as usize;
     let mut slots: Vec<Option<Slot>> = (0..conns).map(|_| None).collect();
     let mut rr: u16 = 0;
+    let mut sessions = Vec::new();
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = drain.changed() => {
+                if *drain.borrow() {
+                    // Dropping the slots tells every session to retire once its streams end.
+                    drop(slots);
+                    for s in sessions {
+                        let _ = s.await;
+                    }
+                    return Ok(());
+                }
+                continue;
+            }
+        };
+        let (tcp, peer) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 warn!("accept failed: {e}");
@@ -49,7 +65,9 @@ pub async fn run(plan: Arc<Plan>) -> std::io::Result<()> {
             // Created synchronously, as kcptun does: retry until the server resolves.
             loop {
                 match start_session(plan.clone()).await {
-                    Ok(tx) => {
+                    Ok((tx, task)) => {
+                        sessions.retain(|t: &tokio::task::JoinHandle<()>| !t.is_finished());
+                        sessions.push(task);
                         let ttl = plan.settings.autoexpire;
                         let expires = (ttl > 0).then(|| Instant::now() + Duration::from_secs(ttl as u64));
                         slots[idx] = Some(Slot { to_session: tx, expires });
@@ -71,7 +89,7 @@ pub async fn run(plan: Arc<Plan>) -> std::io::Result<()> {
 
 /// Resolves the server (a random port of its range), binds a socket and starts the
 /// session task; returns where to send it new connections.
-async fn start_session(plan: Arc<Plan>) -> std::io::Result<mpsc::Sender<TcpStream>> {
+async fn start_session(plan: Arc<Plan>) -> std::io::Result<(mpsc::Sender<TcpStream>, tokio::task::JoinHandle<()>)> {
     let (host, ports) = split_port_range(&plan.settings.target)?;
     let seed = random_seed();
     let span = u64::from(*ports.end() - *ports.start()) + 1;
@@ -87,8 +105,8 @@ async fn start_session(plan: Arc<Plan>) -> std::io::Result<mpsc::Sender<TcpStrea
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     info!(%remote, conv = dialer.connection.conv(), "session started");
     let (tx, rx) = mpsc::channel(128);
-    tokio::spawn(session(socket, remote, dialer, plan, rx));
-    Ok(tx)
+    let task = tokio::spawn(session(socket, remote, dialer, plan, rx));
+    Ok((tx, task))
 }
 
 async fn session(

@@ -65,6 +65,8 @@ pub struct Settings {
     pub quiet: bool,
     pub tcp: bool,
     pub pprof: bool,
+    /// Seconds open streams may run on after SIGTERM/SIGINT.
+    pub drain_timeout: i64,
     pub conn: i64,
     pub autoexpire: i64,
     pub scavengettl: i64,
@@ -145,6 +147,7 @@ const SHARED: &[Flag] = &[
     flag("quiet", Some("quiet"), Kind::Bool, "Do not log each stream's open and close"),
     flag("tcp", Some("tcp"), Kind::Bool, "kcptun's fake-TCP transport (not supported by kcpgate)"),
     flag("pprof", Some("pprof"), Kind::Bool, "Go profiler endpoint (not applicable to kcpgate; ignored with a warning)"),
+    flag("drain-timeout", None, Kind::Int(30, 30), "On SIGTERM or SIGINT, seconds to let open streams finish before exiting (kcpgate only)"),
 ];
 
 const SERVER: &[Flag] = &[
@@ -330,6 +333,7 @@ impl Settings {
             quiet: flag("quiet"),
             tcp: flag("tcp"),
             pprof: flag("pprof"),
+            drain_timeout: int("drain-timeout"),
             conn: client_int("conn", 1),
             autoexpire: client_int("autoexpire", 0),
             scavengettl: client_int("scavengettl", 600),
@@ -418,6 +422,7 @@ impl Settings {
             "keepalive" => &mut self.keepalive,
             "closewait" => &mut self.closewait,
             "snmpperiod" => &mut self.snmpperiod,
+            "drain-timeout" => &mut self.drain_timeout,
             "conn" => &mut self.conn,
             "autoexpire" => &mut self.autoexpire,
             "scavengettl" => &mut self.scavengettl,

@@ -58,10 +58,28 @@ fn main() -> ExitCode {
     init_logging(&settings.log);
     let plan = std::sync::Arc::new(kcpgate::runtime::Plan::new(settings));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    let result = runtime.block_on(async {
-        match role {
-            Role::Server => kcpgate::server::run(plan).await,
-            Role::Client => kcpgate::client::run(plan).await,
+    let drain_timeout = std::time::Duration::from_secs(plan.settings.drain_timeout.max(0) as u64);
+    let result = runtime.block_on(async move {
+        let (drain_tx, drain) = tokio::sync::watch::channel(false);
+        let work = async {
+            match role {
+                Role::Server => kcpgate::server::run(plan, drain).await,
+                Role::Client => kcpgate::client::run(plan, drain).await,
+            }
+        };
+        tokio::pin!(work);
+        tokio::select! {
+            r = &mut work => return r,
+            () = shutdown_signal() => {}
+        }
+        tracing::info!("shutting down: no new sessions, waiting up to {drain_timeout:?} for open streams");
+        let _ = drain_tx.send(true);
+        match tokio::time::timeout(drain_timeout, work).await {
+            Ok(r) => r,
+            Err(_) => {
+                tracing::warn!("drain timeout reached; closing the remaining streams");
+                Ok(())
+            }
         }
     });
     match result {
@@ -70,6 +88,15 @@ fn main() -> ExitCode {
             eprintln!("kcpgate: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

@@ -10,21 +10,22 @@ use kcpgate_core::listener::{Listener, Outcome};
 use kcpgate_core::smux::Role;
 use kcpgate_core::stack::StreamStack;
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::runtime::{random_seed, Plan};
 use crate::tunnel::{now_ms, run_stream, FromStream, NewStream, Tunnel};
 
-/// Runs the server on every port of `-listen` until the process ends.
-pub async fn run(plan: Arc<Plan>) -> std::io::Result<()> {
+/// Runs the server on every port of `-listen`. Once `drain` turns true it takes no
+/// new sessions and returns when no stream is left.
+pub async fn run(plan: Arc<Plan>, drain: watch::Receiver<bool>) -> std::io::Result<()> {
     let mut tasks = Vec::new();
     for addr in plan.listen_addrs()? {
         let socket = UdpSocket::bind(addr)
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on UDP {addr}: {e}")))?;
         info!("listening on UDP {}", socket.local_addr()?);
-        tasks.push(tokio::spawn(serve_socket(socket, plan.clone())));
+        tasks.push(tokio::spawn(serve_socket(socket, plan.clone(), drain.clone())));
     }
     for t in tasks {
         let _ = t.await;
@@ -32,14 +33,18 @@ pub async fn run(plan: Arc<Plan>) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn serve_socket(socket: UdpSocket, plan: Arc<Plan>) {
+async fn serve_socket(socket: UdpSocket, plan: Arc<Plan>, mut drain: watch::Receiver<bool>) {
     let start = Instant::now();
     let mut listener: Listener<SocketAddr> =
         Listener::new(plan.session.clone(), plan.crypto.clone(), random_seed()).expect("validated at startup");
     let mut tunnels: HashMap<SocketAddr, Tunnel> = HashMap::new();
     let (tx, mut rx) = mpsc::channel::<(SocketAddr, u32, FromStream)>(4096);
     let mut buf = vec![0u8; 65536];
+    let mut draining = *drain.borrow();
     loop {
+        if draining && tunnels.values().all(|t| t.stream_count() == 0) {
+            return;
+        }
         let now = now_ms(start);
         let deadline = tunnels
             .iter()
@@ -49,8 +54,12 @@ async fn serve_socket(socket: UdpSocket, plan: Arc<Plan>) {
         let sleep = tokio::time::sleep(Duration::from_millis(deadline.unwrap_or(3_600_000)));
         let mut touched: Vec<SocketAddr> = Vec::new();
         tokio::select! {
+            _ = drain.changed(), if !draining => draining = *drain.borrow(),
             r = socket.recv_from(&mut buf) => {
                 let Ok((n, from)) = r else { continue };
+                if draining && listener.session(&from).is_none() {
+                    continue; // no new sessions while draining
+                }
                 let now = now_ms(start);
                 match listener.handle_datagram(now, &from, &mut buf[..n]) {
                     Outcome::Created | Outcome::Replaced { .. } => {

@@ -269,3 +269,29 @@ fn conformance_81_a_refused_target_closes_the_stream_promptly() {
     assert_eq!(n, 0, "the stream ends");
     assert!(started.elapsed() < Duration::from_secs(3), "promptly: {:?}", started.elapsed());
 }
+
+#[test]
+fn sigterm_drains_open_streams_then_exits_0() {
+    let backend = echo_backend();
+    let udp = free_udp_port("127.0.0.1");
+    let local = free_tcp_port();
+    let flags = "-key drain -crypt aes -mode fast3";
+    let mut procs = Procs(vec![
+        spawn(&format!("{} server", kcpgate()), &args(&format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags}"))),
+        spawn(&format!("{} client", kcpgate()), &args(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags}"))),
+    ]);
+    let server_pid = procs.0[0].id().to_string();
+    let transfer = thread::spawn(move || push_through(local));
+    thread::sleep(Duration::from_millis(300));
+    assert!(Command::new("kill").args(["-TERM", &server_pid]).status().unwrap().success());
+    transfer.join().expect("the open streams finished byte-exact after SIGTERM");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = procs.0[0].try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the server did not exit after draining");
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+}
