@@ -121,7 +121,20 @@ async fn session(
     let (tx, mut rx) = mpsc::channel::<((), u32, FromStream)>(4096);
     let mut buf = vec![0u8; 65536];
     let mut accepting = true;
+    let slot = plan.snmp.register();
+    let publish = |dialer: &Dialer<SocketAddr>, open: bool| {
+        let mut s = dialer.snmp();
+        s.active_opens = 1;
+        s.curr_estab = u64::from(open);
+        s.max_conn = 1;
+        plan.snmp.publish(slot, s);
+    };
+    let mut last_publish = Instant::now();
     loop {
+        if last_publish.elapsed() >= Duration::from_millis(100) {
+            last_publish = Instant::now();
+            publish(&dialer, true);
+        }
         let now = now_ms(start);
         let wait = tunnel
             .deadline(&dialer.connection, now)
@@ -165,10 +178,12 @@ async fn session(
         dialer.connection.clear_transmits();
         if let Err(e) = result {
             warn!(%remote, "session closed: {e}");
+            publish(&dialer, false);
             return;
         }
         if !accepting && tunnel.stream_count() == 0 {
             info!(%remote, "session retired");
+            publish(&dialer, false);
             return;
         }
     }

@@ -61,6 +61,11 @@ fn main() -> ExitCode {
     let drain_timeout = std::time::Duration::from_secs(plan.settings.drain_timeout.max(0) as u64);
     let result = runtime.block_on(async move {
         let (drain_tx, drain) = tokio::sync::watch::channel(false);
+        tokio::spawn(kcpgate::snmp::dump_on_sigusr1(plan.snmp.clone()));
+        if !plan.settings.snmplog.is_empty() && plan.settings.snmpperiod > 0 {
+            let (path, period) = (plan.settings.snmplog.clone(), plan.settings.snmpperiod as u64);
+            tokio::spawn(kcpgate::snmp::csv_logger(plan.snmp.clone(), path, period));
+        }
         let work = async {
             match role {
                 Role::Server => kcpgate::server::run(plan, drain).await,

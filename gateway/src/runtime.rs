@@ -22,6 +22,8 @@ pub fn random_seed() -> [u8; 32] {
 /// Settings turned into the core's configuration.
 pub struct Plan {
     pub settings: Settings,
+    /// Every task's SNMP counters.
+    pub snmp: Arc<crate::snmp::Registry>,
     pub crypto: Arc<PacketCrypto>,
     pub session: SessionConfig,
     pub stack: StackConfig,
@@ -56,6 +58,7 @@ impl Plan {
             session,
             stack,
             settings,
+            snmp: Arc::default(),
         }
     }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use kcpgate_core::listener::{Listener, Outcome};
 use kcpgate_core::smux::Role;
+use kcpgate_core::snmp::Snmp;
 use kcpgate_core::stack::StreamStack;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
@@ -41,7 +42,21 @@ async fn serve_socket(socket: UdpSocket, plan: Arc<Plan>, mut drain: watch::Rece
     let (tx, mut rx) = mpsc::channel::<(SocketAddr, u32, FromStream)>(4096);
     let mut buf = vec![0u8; 65536];
     let mut draining = *drain.borrow();
+    let slot = plan.snmp.register();
+    // Counters of sessions already gone, and the socket's own figures.
+    let mut retired = Snmp::default();
+    let mut last_publish = Instant::now();
     loop {
+        if last_publish.elapsed() >= Duration::from_millis(100) {
+            last_publish = Instant::now();
+            let mut totals = listener.snmp();
+            totals.accumulate(&retired);
+            totals.passive_opens = listener.stats.created;
+            totals.curr_estab = listener.len() as u64;
+            retired.max_conn = retired.max_conn.max(totals.curr_estab);
+            totals.max_conn = retired.max_conn;
+            plan.snmp.publish(slot, totals);
+        }
         if draining && tunnels.values().all(|t| t.stream_count() == 0) {
             return;
         }
@@ -64,8 +79,9 @@ async fn serve_socket(socket: UdpSocket, plan: Arc<Plan>, mut drain: watch::Rece
                 match listener.handle_datagram(now, &from, &mut buf[..n]) {
                     Outcome::Created | Outcome::Replaced { .. } => {
                         while listener.accept().is_some() {}
-                        for (addr, _) in listener.take_closed() {
+                        for (addr, old) in listener.take_closed() {
                             tunnels.remove(&addr);
+                            retired.accumulate(&old.snmp());
                         }
                         info!(remote = %from, "session opened");
                         tunnels.insert(from, Tunnel::new(StreamStack::new(Role::Server, plan.stack.clone(), now)));
@@ -95,17 +111,19 @@ async fn serve_socket(socket: UdpSocket, plan: Arc<Plan>, mut drain: watch::Rece
         }
         let now = now_ms(start);
         for addr in touched {
-            service(&socket, &mut listener, &mut tunnels, addr, now, &plan, &tx).await;
+            service(&socket, &mut listener, &mut tunnels, &mut retired, addr, now, &plan, &tx).await;
         }
     }
 }
 
 /// Lets one session move its data, starts tasks for new streams, sends its datagrams,
 /// and ends it if its stream layers failed.
+#[allow(clippy::too_many_arguments)]
 async fn service(
     socket: &UdpSocket,
     listener: &mut Listener<SocketAddr>,
     tunnels: &mut HashMap<SocketAddr, Tunnel>,
+    retired: &mut Snmp,
     addr: SocketAddr,
     now: u32,
     plan: &Arc<Plan>,
@@ -128,7 +146,9 @@ async fn service(
         Err(e) => {
             warn!(remote = %addr, "session closed: {e}");
             tunnels.remove(&addr);
-            listener.remove(&addr);
+            if let Some(old) = listener.remove(&addr) {
+                retired.accumulate(&old.snmp());
+            }
         }
     }
 }
