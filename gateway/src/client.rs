@@ -100,6 +100,9 @@ async fn start_session(plan: Arc<Plan>) -> std::io::Result<(mpsc::Sender<TcpStre
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host} has no address")))?;
     let bind: SocketAddr = if remote.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }.expect("literal");
     let socket = UdpSocket::bind(bind).await?;
+    for w in crate::runtime::tune_udp(&socket, plan.settings.sockbuf.max(0) as usize, plan.settings.dscp as u32) {
+        warn!("{w}");
+    }
     socket.connect(remote).await?;
     let dialer = Dialer::new(remote, &plan.session, plan.crypto.clone(), random_seed())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;

@@ -99,3 +99,27 @@ pub fn split_port_range(addr: &str) -> std::io::Result<(&str, std::ops::RangeInc
     }
     Ok((host, lo..=hi))
 }
+
+/// Applies `-sockbuf` (send and receive buffer, bytes) and `-dscp` (IPv4 TOS = d << 2,
+/// IPv6 traffic class = d; either succeeding is enough) to a UDP socket. Failures are
+/// returned as warnings: kcptun only logs them too.
+pub fn tune_udp(socket: &tokio::net::UdpSocket, sockbuf: usize, dscp: u32) -> Vec<String> {
+    let s = socket2::SockRef::from(socket);
+    let mut warnings = Vec::new();
+    if sockbuf > 0 {
+        if let Err(e) = s.set_recv_buffer_size(sockbuf) {
+            warnings.push(format!("cannot set the UDP receive buffer to {sockbuf}: {e}"));
+        }
+        if let Err(e) = s.set_send_buffer_size(sockbuf) {
+            warnings.push(format!("cannot set the UDP send buffer to {sockbuf}: {e}"));
+        }
+    }
+    if dscp > 0 {
+        let v4 = s.set_tos_v4(dscp << 2);
+        let v6 = s.set_tclass_v6(dscp);
+        if let (Err(e), Err(_)) = (v4, v6) {
+            warnings.push(format!("cannot set DSCP {dscp}: {e}"));
+        }
+    }
+    warnings
+}

@@ -25,6 +25,9 @@ pub async fn run(plan: Arc<Plan>, drain: watch::Receiver<bool>) -> std::io::Resu
         let socket = UdpSocket::bind(addr)
             .await
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on UDP {addr}: {e}")))?;
+        for w in crate::runtime::tune_udp(&socket, plan.settings.sockbuf.max(0) as usize, plan.settings.dscp as u32) {
+            warn!("{w}");
+        }
         info!("listening on UDP {}", socket.local_addr()?);
         tasks.push(tokio::spawn(serve_socket(socket, plan.clone(), drain.clone())));
     }
