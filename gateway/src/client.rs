@@ -25,7 +25,7 @@ struct Slot {
 /// returns when every session's streams are done.
 pub async fn run(plan: Arc<Plan>, mut drain: watch::Receiver<bool>) -> std::io::Result<()> {
     let local = &plan.settings.listen;
-    let listener = TcpListener::bind(if local.starts_with(':') { format!("[::]{local}") } else { local.clone() })
+    let listener = listen_tcp(local)
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on TCP {local}: {e}")))?;
     info!("listening on TCP {}, forwarding to {}", listener.local_addr()?, plan.settings.target);
@@ -87,6 +87,24 @@ pub async fn run(plan: Arc<Plan>, mut drain: watch::Receiver<bool>) -> std::io::
     }
 }
 
+/// The system's listen backlog limit, which Go (and so kcptun) listens with.
+fn somaxconn() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(4096)
+}
+
+/// Binds the local TCP listener (an empty host means every interface).
+async fn listen_tcp(local: &str) -> std::io::Result<TcpListener> {
+    let spec = if local.starts_with(':') { format!("[::]{local}") } else { local.to_string() };
+    let addr = lookup_host(spec.as_str())
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{local} has no address")))?;
+    let socket = if addr.is_ipv6() { tokio::net::TcpSocket::new_v6()? } else { tokio::net::TcpSocket::new_v4()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(somaxconn())
+}
+
 /// Resolves the server (a random port of its range), binds a socket and starts the
 /// session task; returns where to send it new connections.
 async fn start_session(plan: Arc<Plan>) -> std::io::Result<(mpsc::Sender<TcpStream>, tokio::task::JoinHandle<()>)> {
@@ -107,7 +125,8 @@ async fn start_session(plan: Arc<Plan>) -> std::io::Result<(mpsc::Sender<TcpStre
     let dialer = Dialer::new(remote, &plan.session, plan.crypto.clone(), random_seed())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     info!(%remote, conv = dialer.connection.conv(), "session started");
-    let (tx, rx) = mpsc::channel(128);
+    // Room for a whole listen queue, so accepting never waits on a busy session.
+    let (tx, rx) = mpsc::channel(somaxconn() as usize);
     let task = tokio::spawn(session(socket, remote, dialer, plan, rx));
     Ok((tx, task))
 }

@@ -295,3 +295,65 @@ fn sigterm_drains_open_streams_then_exits_0() {
     };
     assert!(status.success(), "exit status {status}");
 }
+
+#[test]
+fn a_thousand_streams_over_one_session_lose_no_byte() {
+    const STREAMS: usize = 1000;
+    const EACH: usize = 32 * 1024;
+    let backend = echo_backend();
+    let udp = free_udp_port("127.0.0.1");
+    let local = free_tcp_port();
+    let flags = "-key thousand -crypt aes -mode fast3 -conn 1";
+    let _procs = Procs(vec![
+        spawn(
+            &format!("{} server", kcpgate()),
+            &args(&format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {}", flags.replace(" -conn 1", ""))),
+        ),
+        spawn(
+            &format!("{} client", kcpgate()),
+            &args(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags} -quiet")),
+        ),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", local)).is_err() {
+        assert!(Instant::now() < deadline, "the client never listened");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let bad = rt.block_on(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tasks: Vec<_> = (0..STREAMS)
+            .map(|i| {
+                tokio::spawn(async move {
+                    let data: Vec<u8> = (0..EACH)
+                        .map(|k| (k as u32).wrapping_mul(2_654_435_761).wrapping_add(i as u32 * 7919) as u8 ^ (i as u8))
+                        .collect();
+                    let c = tokio::net::TcpStream::connect(("127.0.0.1", local)).await.unwrap();
+                    let (mut r, mut w) = c.into_split();
+                    let sent = data.clone();
+                    let writer = tokio::spawn(async move { w.write_all(&sent).await.map(|()| w) });
+                    let mut got = vec![0u8; EACH];
+                    let read = tokio::time::timeout(Duration::from_secs(120), r.read_exact(&mut got)).await;
+                    let _w = writer.await.unwrap().unwrap();
+                    match read {
+                        Ok(Ok(_)) if got == data => None,
+                        Ok(Ok(_)) => Some(format!(
+                            "stream {i}: different bytes at {:?}",
+                            got.iter().zip(&data).position(|(a, b)| a != b)
+                        )),
+                        Ok(Err(e)) => Some(format!("stream {i}: {e}")),
+                        Err(_) => Some(format!("stream {i}: timed out")),
+                    }
+                })
+            })
+            .collect();
+        let mut bad = Vec::new();
+        for t in tasks {
+            if let Some(e) = t.await.unwrap() {
+                bad.push(e);
+            }
+        }
+        bad
+    });
+    assert!(bad.is_empty(), "{} of {STREAMS} streams failed: {bad:?}", bad.len());
+}
