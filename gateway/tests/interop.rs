@@ -357,3 +357,71 @@ fn a_thousand_streams_over_one_session_lose_no_byte() {
     });
     assert!(bad.is_empty(), "{} of {STREAMS} streams failed: {bad:?}", bad.len());
 }
+
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    kb * 1024
+}
+
+/// A backend that reads 1 KB per second while the client pushes 100 MB: back-pressure
+/// must reach the pushing application, and the gateway must hold only what its
+/// windows and buffers allow.
+#[test]
+fn a_slow_backend_keeps_gateway_memory_bounded() {
+    let slow = TcpListener::bind("127.0.0.1:0").unwrap();
+    let backend = slow.local_addr().unwrap().port();
+    thread::spawn(move || {
+        for mut c in slow.incoming().flatten() {
+            thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while let Ok(1..) = c.read(&mut buf) {
+                    thread::sleep(Duration::from_secs(1));
+                }
+            });
+        }
+    });
+    let udp = free_udp_port("127.0.0.1");
+    let local = free_tcp_port();
+    let flags = "-key slow -crypt aes -mode fast3";
+    let procs = Procs(vec![
+        spawn(&format!("{} server", kcpgate()), &args(&format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags}"))),
+        spawn(&format!("{} client", kcpgate()), &args(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags}"))),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut c = loop {
+        if let Ok(c) = TcpStream::connect(("127.0.0.1", local)) {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "the client never listened");
+        thread::sleep(Duration::from_millis(50));
+    };
+    let (server, client) = (procs.0[0].id(), procs.0[1].id());
+    let (server_base, client_base) = (rss_bytes(server), rss_bytes(client));
+    c.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
+    let chunk = vec![0x33u8; 64 * 1024];
+    let mut pushed = 0u64;
+    let started = Instant::now();
+    let mut peak = (0, 0);
+    while pushed < 100_000_000 && started.elapsed() < Duration::from_secs(12) {
+        match c.write(&chunk) {
+            Ok(n) => pushed += n as u64,
+            Err(_) => thread::sleep(Duration::from_millis(50)), // blocked: back-pressure
+        }
+        peak = (peak.0.max(rss_bytes(server)), peak.1.max(rss_bytes(client)));
+    }
+    // KCP windows (1024 and 512 segments of ~1.3 KB), the 4 MiB smux budget, four
+    // 16 KiB chunks per stream each way, socket buffers: well under 24 MB over the
+    // process's own baseline at each end.
+    let bound = 24 << 20;
+    println!(
+        "pushed {} MB in {:?}; RSS growth: server {} KiB, client {} KiB",
+        pushed / 1_000_000,
+        started.elapsed(),
+        (peak.0 - server_base) / 1024,
+        (peak.1 - client_base) / 1024
+    );
+    assert!(pushed < 100_000_000, "back-pressure reached the application ({pushed} bytes accepted)");
+    assert!(peak.0 - server_base < bound, "server grew by {} bytes", peak.0 - server_base);
+    assert!(peak.1 - client_base < bound, "client grew by {} bytes", peak.1 - client_base);
+}
