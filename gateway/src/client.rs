@@ -157,7 +157,26 @@ async fn session(
             last_publish = Instant::now();
             publish(&dialer, true);
         }
+        // Timers first, whatever woke the loop: steady input must not starve them.
         let now = now_ms(start);
+        if tunnel.deadline(&dialer.connection, now).is_some_and(|d| kcpgate_core::kcp::diff(now, d) >= 0) {
+            let conn = &mut dialer.connection;
+            if conn.poll_timeout().is_some_and(|d| kcpgate_core::kcp::diff(now, d) >= 0) {
+                conn.handle_timeout(now);
+            }
+            let _ = tunnel.stack.handle_timeout(now);
+            if let Err(e) = tunnel.service(now, &mut dialer.connection) {
+                warn!(%remote, "session closed: {e}");
+                publish(&dialer, false);
+                return;
+            }
+            for d in dialer.connection.transmits() {
+                if let Err(e) = socket.send(d).await {
+                    debug!(%remote, "send failed: {e}");
+                }
+            }
+            dialer.connection.clear_transmits();
+        }
         let wait = tunnel
             .deadline(&dialer.connection, now)
             .map_or(3_600_000, |d| kcpgate_core::kcp::diff(d, now).max(0) as u64);
@@ -182,14 +201,7 @@ async fn session(
                 None => accepting = false,
             },
             Some(((), sid, msg)) = rx.recv() => tunnel.on_message(sid, msg),
-            () = tokio::time::sleep(Duration::from_millis(wait)) => {
-                let now = now_ms(start);
-                let conn = &mut dialer.connection;
-                if conn.poll_timeout().is_some_and(|d| kcpgate_core::kcp::diff(now, d) >= 0) {
-                    conn.handle_timeout(now);
-                }
-                let _ = tunnel.stack.handle_timeout(now);
-            }
+            () = tokio::time::sleep(Duration::from_millis(wait)) => {} // timers run at the top
         }
         let result = tunnel.service(now_ms(start), &mut dialer.connection);
         for d in dialer.connection.transmits() {

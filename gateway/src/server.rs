@@ -63,12 +63,28 @@ async fn serve_socket(socket: UdpSocket, plan: Arc<Plan>, mut drain: watch::Rece
         if draining && tunnels.values().all(|t| t.stream_count() == 0) {
             return;
         }
+        // Timers first, whatever woke the loop: a busy socket must not starve them.
         let now = now_ms(start);
-        let deadline = tunnels
-            .iter()
-            .filter_map(|(addr, t)| listener.session(addr).and_then(|c| t.deadline(c, now)))
-            .map(|d| kcpgate_core::kcp::diff(d, now).max(0) as u64)
-            .min();
+        let mut touched: Vec<SocketAddr> = Vec::new();
+        let mut next: Option<u64> = None;
+        for (addr, t) in &mut tunnels {
+            let Some(conn) = listener.session_mut(addr) else { continue };
+            let Some(due) = t.deadline(conn, now) else { continue };
+            if kcpgate_core::kcp::diff(now, due) >= 0 {
+                if conn.poll_timeout().is_some_and(|d| kcpgate_core::kcp::diff(now, d) >= 0) {
+                    conn.handle_timeout(now);
+                }
+                let _ = t.stack.handle_timeout(now);
+                touched.push(*addr);
+            } else {
+                let wait = kcpgate_core::kcp::diff(due, now) as u64;
+                next = Some(next.map_or(wait, |n| n.min(wait)));
+            }
+        }
+        for addr in touched.drain(..) {
+            service(&socket, &mut listener, &mut tunnels, &mut retired, addr, now, &plan, &tx).await;
+        }
+        let deadline = if tunnels.values().any(Tunnel::waiting) { Some(next.unwrap_or(5).min(5)) } else { next };
         let sleep = tokio::time::sleep(Duration::from_millis(deadline.unwrap_or(3_600_000)));
         let mut touched: Vec<SocketAddr> = Vec::new();
         tokio::select! {
@@ -100,17 +116,7 @@ async fn serve_socket(socket: UdpSocket, plan: Arc<Plan>, mut drain: watch::Rece
                     touched.push(addr);
                 }
             }
-            () = sleep => {
-                let now = now_ms(start);
-                for (addr, t) in &mut tunnels {
-                    let Some(conn) = listener.session_mut(addr) else { continue };
-                    if conn.poll_timeout().is_some_and(|d| kcpgate_core::kcp::diff(now, d) >= 0) {
-                        conn.handle_timeout(now);
-                    }
-                    let _ = t.stack.handle_timeout(now);
-                    touched.push(*addr);
-                }
-            }
+            () = sleep => {} // the timers run at the top of the loop
         }
         let now = now_ms(start);
         for addr in touched {

@@ -360,7 +360,8 @@ fn a_thousand_streams_over_one_session_lose_no_byte() {
 
 fn rss_bytes(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kb: u64 = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    let kb: u64 =
+        status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
     kb * 1024
 }
 
@@ -424,4 +425,49 @@ fn a_slow_backend_keeps_gateway_memory_bounded() {
     assert!(pushed < 100_000_000, "back-pressure reached the application ({pushed} bytes accepted)");
     assert!(peak.0 - server_base < bound, "server grew by {} bytes", peak.0 - server_base);
     assert!(peak.1 - client_base < bound, "client grew by {} bytes", peak.1 - client_base);
+}
+
+/// One small echo through `port`, with a short timeout; true if it came back intact.
+fn try_echo(port: u16) -> bool {
+    let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(3)));
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 253) as u8).collect();
+    if c.write_all(&data).is_err() {
+        return false;
+    }
+    let mut got = vec![0u8; data.len()];
+    c.read_exact(&mut got).is_ok() && got == data
+}
+
+#[test]
+fn a_killed_and_restarted_server_is_reached_again_within_the_keepalive_timeout() {
+    let backend = echo_backend();
+    let udp = free_udp_port("127.0.0.1");
+    let local = free_tcp_port();
+    let flags = "-key restart -crypt aes -mode fast3";
+    let server_args = args(&format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags}"));
+    let server = format!("{} server", kcpgate());
+    let mut procs = Procs(vec![
+        spawn(&server, &server_args),
+        spawn(&format!("{} client", kcpgate()), &args(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags}"))),
+    ]);
+    push_through(local);
+    // Kill the server mid-transfer.
+    let busy = thread::spawn(move || {
+        let _ = try_echo(local);
+    });
+    thread::sleep(Duration::from_millis(100));
+    procs.0[0].kill().unwrap();
+    procs.0[0].wait().unwrap();
+    let _ = busy.join();
+    let killed = Instant::now();
+    procs.0[0] = spawn(&server, &server_args);
+    // The client's smux session notices the silence after the 30 s keep-alive
+    // timeout, checked every 10 s interval; the next connection opens a fresh session.
+    let limit = Duration::from_secs(30 + 10 + 5);
+    while !try_echo(local) {
+        assert!(killed.elapsed() < limit, "no new connection got through {limit:?} after the restart");
+        thread::sleep(Duration::from_millis(500));
+    }
+    println!("served again {:?} after the kill", killed.elapsed());
 }
