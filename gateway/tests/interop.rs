@@ -83,13 +83,21 @@ fn data_for(conn: usize) -> Vec<u8> {
         .collect()
 }
 
-/// 8 concurrent connections through the client's port; each echo must match.
-fn push_through(port: u16) {
+/// Connects to the client's local port once it listens (up to 10 s).
+fn connect_when_listening(port: u16) -> TcpStream {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    loop {
+        if let Ok(c) = TcpStream::connect(("127.0.0.1", port)) {
+            return c;
+        }
         assert!(Instant::now() < deadline, "the client never listened on {port}");
         thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// 8 concurrent connections through the client's port; each echo must match.
+fn push_through(port: u16) {
+    drop(connect_when_listening(port));
     let workers: Vec<_> = (0..CONNECTIONS)
         .map(|i| {
             thread::spawn(move || {
@@ -254,14 +262,7 @@ fn conformance_81_a_refused_target_closes_the_stream_promptly() {
         spawn(&format!("{} server", kcpgate()), &args(&format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{closed} {flags}"))),
         spawn(&format!("{} client", kcpgate()), &args(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags}"))),
     ]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut c = loop {
-        if let Ok(c) = TcpStream::connect(("127.0.0.1", local)) {
-            break c;
-        }
-        assert!(Instant::now() < deadline, "the client never listened");
-        thread::sleep(Duration::from_millis(50));
-    };
+    let mut c = connect_when_listening(local);
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let started = Instant::now();
     let mut buf = [0u8; 16];
@@ -314,11 +315,7 @@ fn a_thousand_streams_over_one_session_lose_no_byte() {
             &args(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags} -quiet")),
         ),
     ]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", local)).is_err() {
-        assert!(Instant::now() < deadline, "the client never listened");
-        thread::sleep(Duration::from_millis(50));
-    }
+    drop(connect_when_listening(local));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let bad = rt.block_on(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -389,14 +386,7 @@ fn a_slow_backend_keeps_gateway_memory_bounded() {
         spawn(&format!("{} server", kcpgate()), &args(&format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags}"))),
         spawn(&format!("{} client", kcpgate()), &args(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags}"))),
     ]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut c = loop {
-        if let Ok(c) = TcpStream::connect(("127.0.0.1", local)) {
-            break c;
-        }
-        assert!(Instant::now() < deadline, "the client never listened");
-        thread::sleep(Duration::from_millis(50));
-    };
+    let mut c = connect_when_listening(local);
     let (server, client) = (procs.0[0].id(), procs.0[1].id());
     let (server_base, client_base) = (rss_bytes(server), rss_bytes(client));
     c.set_write_timeout(Some(Duration::from_millis(200))).unwrap();
