@@ -139,6 +139,11 @@ async fn session(
     mut new_conns: mpsc::Receiver<TcpStream>,
 ) {
     let start = Instant::now();
+    // With -autoexpire, a session takes no new connections after `autoexpire` seconds
+    // (the accept loop's slot expires) and is closed, streams and all, once
+    // `scavengettl` more seconds have passed (kcptun's scavenger).
+    let expire = plan.settings.autoexpire;
+    let force_close = (expire > 0).then(|| Duration::from_secs((expire + plan.settings.scavengettl.max(0)) as u64));
     let mut tunnel = Tunnel::new(StreamStack::new(Role::Client, plan.stack.clone(), now_ms(start)));
     let (tx, mut rx) = mpsc::channel::<((), u32, FromStream)>(4096);
     let mut buf = vec![0u8; 65536];
@@ -177,6 +182,12 @@ async fn session(
             }
             dialer.connection.clear_transmits();
         }
+        if force_close.is_some_and(|ttl| start.elapsed() >= ttl) {
+            info!(%remote, streams = tunnel.stream_count(), "session expired and closed");
+            publish(&dialer, false);
+            return;
+        }
+        let until_close = force_close.map(|ttl| ttl.saturating_sub(start.elapsed()).as_millis() as u64);
         let wait = tunnel
             .deadline(&dialer.connection, now)
             .map_or(3_600_000, |d| kcpgate_core::kcp::diff(d, now).max(0) as u64);
@@ -201,7 +212,7 @@ async fn session(
                 None => accepting = false,
             },
             Some(((), sid, msg)) = rx.recv() => tunnel.on_message(sid, msg),
-            () = tokio::time::sleep(Duration::from_millis(wait)) => {} // timers run at the top
+            () = tokio::time::sleep(Duration::from_millis(until_close.map_or(wait, |c| c.min(wait)))) => {} // timers run at the top
         }
         let result = tunnel.service(now_ms(start), &mut dialer.connection);
         for d in dialer.connection.transmits() {

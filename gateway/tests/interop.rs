@@ -461,3 +461,45 @@ fn a_killed_and_restarted_server_is_reached_again_within_the_keepalive_timeout()
     }
     println!("served again {:?} after the kill", killed.elapsed());
 }
+
+/// One echo on an open connection; true if it came back intact.
+fn echo_on(c: &mut TcpStream, tag: u8) -> bool {
+    let data = [tag; 1000];
+    if c.write_all(&data).is_err() {
+        return false;
+    }
+    let mut got = [0u8; 1000];
+    c.read_exact(&mut got).is_ok() && got == data
+}
+
+#[test]
+fn conformance_80_autoexpire_and_scavenger() {
+    let backend = echo_backend();
+    let udp = free_udp_port("127.0.0.1");
+    let local = free_tcp_port();
+    let flags = "-key expire -crypt aes -mode fast3";
+    let _procs = Procs(vec![
+        spawn(&format!("{} server", kcpgate()), &args(&format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags}"))),
+        spawn(
+            &format!("{} client", kcpgate()),
+            &args(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags} -conn 1 -autoexpire 2 -scavengettl 2")),
+        ),
+    ]);
+    let mut first = connect_when_listening(local);
+    let started = Instant::now();
+    first.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert!(echo_on(&mut first, 1), "the first session works");
+    thread::sleep(Duration::from_millis(2500));
+    // The first session expired for new connections: this one gets a fresh session.
+    let mut second = TcpStream::connect(("127.0.0.1", local)).unwrap();
+    second.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(echo_on(&mut second, 2), "the new session works");
+    assert!(echo_on(&mut first, 3), "the expired session still serves its open stream");
+    // At autoexpire + scavengettl (4 s) the first session is closed, its stream too.
+    let mut buf = [0u8; 16];
+    let end = first.read(&mut buf);
+    let at = started.elapsed();
+    assert!(matches!(end, Ok(0) | Err(_)), "the first stream ended ({end:?})");
+    assert!(at >= Duration::from_millis(3500) && at < Duration::from_secs(7), "closed at {at:?}");
+    assert!(echo_on(&mut second, 4), "the second session lives on");
+}
