@@ -162,25 +162,12 @@ async fn session(
             last_publish = Instant::now();
             publish(&dialer, true);
         }
-        // Timers first, whatever woke the loop: steady input must not starve them.
+        // Timers first, whatever woke the loop: steady input must not starve them. When
+        // they ran, the session is serviced at once instead of waiting for an event.
         let now = now_ms(start);
-        if tunnel.deadline(&dialer.connection, now).is_some_and(|d| kcpgate_core::kcp::diff(now, d) >= 0) {
-            let conn = &mut dialer.connection;
-            if conn.poll_timeout().is_some_and(|d| kcpgate_core::kcp::diff(now, d) >= 0) {
-                conn.handle_timeout(now);
-            }
-            let _ = tunnel.stack.handle_timeout(now);
-            if let Err(e) = tunnel.service(now, &mut dialer.connection) {
-                warn!(%remote, "session closed: {e}");
-                publish(&dialer, false);
-                return;
-            }
-            for d in dialer.connection.transmits() {
-                if let Err(e) = socket.send(d).await {
-                    debug!(%remote, "send failed: {e}");
-                }
-            }
-            dialer.connection.clear_transmits();
+        let timers_due = tunnel.deadline(&dialer.connection, now).is_some_and(|d| kcpgate_core::kcp::diff(now, d) >= 0);
+        if timers_due {
+            tunnel.run_timers(now, &mut dialer.connection);
         }
         if force_close.is_some_and(|ttl| start.elapsed() >= ttl) {
             info!(%remote, streams = tunnel.stream_count(), "session expired and closed");
@@ -191,28 +178,30 @@ async fn session(
         let wait = tunnel
             .deadline(&dialer.connection, now)
             .map_or(3_600_000, |d| kcpgate_core::kcp::diff(d, now).max(0) as u64);
-        tokio::select! {
-            r = socket.recv(&mut buf) => {
-                match r {
-                    Ok(n) => { let _ = dialer.handle_datagram(now_ms(start), &remote, &mut buf[..n]); }
-                    Err(e) => debug!(%remote, "receive failed: {e}"),
-                }
-            }
-            c = new_conns.recv(), if accepting => match c {
-                Some(tcp) => match tunnel.stack.open_stream() {
-                    Ok(sid) => {
-                        let stream = tunnel.add_stream(sid);
-                        if !plan.settings.quiet {
-                            info!(%remote, sid, "stream opened");
-                        }
-                        tokio::spawn(run_stream(tcp, (), stream, tx.clone()));
+        if !timers_due {
+            tokio::select! {
+                r = socket.recv(&mut buf) => {
+                    match r {
+                        Ok(n) => { let _ = dialer.handle_datagram(now_ms(start), &remote, &mut buf[..n]); }
+                        Err(e) => debug!(%remote, "receive failed: {e}"),
                     }
-                    Err(e) => warn!(%remote, "cannot open a stream: {e}"),
+                }
+                c = new_conns.recv(), if accepting => match c {
+                    Some(tcp) => match tunnel.stack.open_stream() {
+                        Ok(sid) => {
+                            let stream = tunnel.add_stream(sid);
+                            if !plan.settings.quiet {
+                                info!(%remote, sid, "stream opened");
+                            }
+                            tokio::spawn(run_stream(tcp, (), stream, tx.clone()));
+                        }
+                        Err(e) => warn!(%remote, "cannot open a stream: {e}"),
+                    },
+                    None => accepting = false,
                 },
-                None => accepting = false,
-            },
-            Some(((), sid, msg)) = rx.recv() => tunnel.on_message(sid, msg),
-            () = tokio::time::sleep(Duration::from_millis(until_close.map_or(wait, |c| c.min(wait)))) => {} // timers run at the top
+                Some(((), sid, msg)) = rx.recv() => tunnel.on_message(sid, msg),
+                () = tokio::time::sleep(Duration::from_millis(until_close.map_or(wait, |c| c.min(wait)))) => {} // timers run at the top
+            }
         }
         let result = tunnel.service(now_ms(start), &mut dialer.connection);
         for d in dialer.connection.transmits() {

@@ -71,10 +71,7 @@ async fn serve_socket(socket: UdpSocket, plan: Arc<Plan>, mut drain: watch::Rece
             let Some(conn) = listener.session_mut(addr) else { continue };
             let Some(due) = t.deadline(conn, now) else { continue };
             if kcpgate_core::kcp::diff(now, due) >= 0 {
-                if conn.poll_timeout().is_some_and(|d| kcpgate_core::kcp::diff(now, d) >= 0) {
-                    conn.handle_timeout(now);
-                }
-                let _ = t.stack.handle_timeout(now);
+                t.run_timers(now, conn);
                 touched.push(*addr);
             } else {
                 let wait = kcpgate_core::kcp::diff(due, now) as u64;
@@ -84,8 +81,8 @@ async fn serve_socket(socket: UdpSocket, plan: Arc<Plan>, mut drain: watch::Rece
         for addr in touched.drain(..) {
             service(&socket, &mut listener, &mut tunnels, &mut retired, addr, now, &plan, &tx).await;
         }
-        let deadline = if tunnels.values().any(Tunnel::waiting) { Some(next.unwrap_or(5).min(5)) } else { next };
-        let sleep = tokio::time::sleep(Duration::from_millis(deadline.unwrap_or(3_600_000)));
+        // `next` already covers streams waiting for room towards TCP (Tunnel::deadline).
+        let sleep = tokio::time::sleep(Duration::from_millis(next.unwrap_or(3_600_000)));
         let mut touched: Vec<SocketAddr> = Vec::new();
         tokio::select! {
             _ = drain.changed(), if !draining => draining = *drain.borrow(),

@@ -114,7 +114,7 @@ impl Tunnel {
     }
 
     /// Whether some stream waits for room in its TCP channel (the caller retries soon).
-    pub fn waiting(&self) -> bool {
+    fn waiting(&self) -> bool {
         self.links.values().any(|l| l.waiting_for_tcp.is_some())
     }
 
@@ -193,6 +193,15 @@ impl Tunnel {
             self.links.remove(&sid);
             let _ = self.stack.stream_close(sid);
         }
+    }
+
+    /// Runs the connection's timer if it is due, and smux's keep-alive; the caller
+    /// services the session afterwards.
+    pub fn run_timers(&mut self, now: u32, conn: &mut Connection) {
+        if conn.poll_timeout().is_some_and(|d| kcpgate_core::kcp::diff(now, d) >= 0) {
+            conn.handle_timeout(now);
+        }
+        let _ = self.stack.handle_timeout(now);
     }
 
     /// When this session needs attention next: its own timers, and soon if a stream
