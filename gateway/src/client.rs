@@ -7,13 +7,12 @@ use std::time::{Duration, Instant};
 
 use kcpgate_core::listener::Dialer;
 use kcpgate_core::smux::Role;
-use kcpgate_core::stack::StreamStack;
 use tokio::net::{lookup_host, TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::runtime::{random_seed, split_port_range, Plan};
-use crate::tunnel::{now_ms, run_stream, FromStream, Tunnel};
+use crate::tunnel::{now_ms, run_stream, FromStream};
 
 /// A session slot: where to hand new connections, and when it stops taking them.
 struct Slot {
@@ -144,7 +143,7 @@ async fn session(
     // `scavengettl` more seconds have passed (kcptun's scavenger).
     let expire = plan.settings.autoexpire;
     let force_close = (expire > 0).then(|| Duration::from_secs((expire + plan.settings.scavengettl.max(0)) as u64));
-    let mut tunnel = Tunnel::new(StreamStack::new(Role::Client, plan.stack.clone(), now_ms(start)));
+    let mut tunnel = plan.tunnel(Role::Client, now_ms(start));
     let (tx, mut rx) = mpsc::channel::<((), u32, FromStream)>(4096);
     let mut buf = vec![0u8; 65536];
     let mut accepting = true;

@@ -61,7 +61,7 @@ fn main() -> ExitCode {
     let drain_timeout = std::time::Duration::from_secs(plan.settings.drain_timeout.max(0) as u64);
     let result = runtime.block_on(async move {
         let (drain_tx, drain) = tokio::sync::watch::channel(false);
-        tokio::spawn(kcpgate::snmp::dump_on_sigusr1(plan.snmp.clone()));
+        tokio::spawn(kcpgate::snmp::dump_on_sigusr1(plan.snmp.clone(), plan.streams.clone()));
         if !plan.settings.snmplog.is_empty() && plan.settings.snmpperiod > 0 {
             let (path, period) = (plan.settings.snmplog.clone(), plan.settings.snmpperiod as u64);
             tokio::spawn(kcpgate::snmp::csv_logger(plan.snmp.clone(), path, period));

@@ -24,6 +24,7 @@ pub struct Plan {
     pub settings: Settings,
     /// Every task's SNMP counters.
     pub snmp: Arc<crate::snmp::Registry>,
+    pub streams: Arc<crate::tunnel::StreamCounters>,
     pub crypto: Arc<PacketCrypto>,
     pub session: SessionConfig,
     pub stack: StackConfig,
@@ -59,7 +60,18 @@ impl Plan {
             stack,
             settings,
             snmp: Arc::default(),
+            streams: Arc::default(),
         }
+    }
+
+    /// A tunnel for a new session.
+    pub fn tunnel(&self, role: kcpgate_core::smux::Role, now: u32) -> crate::tunnel::Tunnel {
+        let close_wait_ms = (self.settings.closewait.clamp(0, 86_400) * 1000) as u32;
+        crate::tunnel::Tunnel::new(
+            kcpgate_core::stack::StreamStack::new(role, self.stack.clone(), now),
+            close_wait_ms,
+            self.streams.clone(),
+        )
     }
 
     /// Every address of `-listen`, with `host:N-M` expanded to each port and an empty

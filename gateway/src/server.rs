@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use kcpgate_core::listener::{Listener, Outcome};
 use kcpgate_core::smux::Role;
 use kcpgate_core::snmp::Snmp;
-use kcpgate_core::stack::StreamStack;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -100,7 +99,7 @@ async fn serve_socket(socket: UdpSocket, plan: Arc<Plan>, mut drain: watch::Rece
                             retired.accumulate(&old.snmp());
                         }
                         info!(remote = %from, "session opened");
-                        tunnels.insert(from, Tunnel::new(StreamStack::new(Role::Server, plan.stack.clone(), now)));
+                        tunnels.insert(from, plan.tunnel(Role::Server, now));
                         touched.push(from);
                     }
                     Outcome::Delivered => touched.push(from),
@@ -174,6 +173,7 @@ async fn dial(plan: Arc<Plan>, addr: SocketAddr, stream: NewStream, tx: mpsc::Se
         }
         Err(e) => {
             warn!(remote = %addr, sid, target = %plan.settings.target, "cannot reach the target: {e}");
+            plan.streams.dial_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let _ = tx.send((addr, sid, FromStream::Closed)).await;
         }
     }

@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kcpgate_core::snmp::Snmp;
+
+use crate::tunnel::StreamCounters;
 use tracing::{info, warn};
 
 /// Every task's counters. A task owns one slot and overwrites it with its running
@@ -139,10 +141,12 @@ pub async fn csv_logger(registry: Arc<Registry>, path: String, period: u64) {
     }
 }
 
-/// Logs `KCP SNMP:&{…}` on every SIGUSR1.
-pub async fn dump_on_sigusr1(registry: Arc<Registry>) {
+/// Logs `KCP SNMP:&{…}` on every SIGUSR1, as kcptun does, then kcpgate's stream
+/// counters on a line of their own.
+pub async fn dump_on_sigusr1(registry: Arc<Registry>, streams: Arc<StreamCounters>) {
     let Ok(mut usr1) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) else { return };
     while usr1.recv().await.is_some() {
         info!("KCP SNMP:{}", registry.snapshot());
+        info!("{streams}");
     }
 }

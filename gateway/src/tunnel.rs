@@ -6,17 +6,24 @@
 //! few chunks and smux keeps the rest inside its receive budget; from TCP, a stream
 //! task reads only while it holds credit, which the session returns as smux takes
 //! the bytes.
+//!
+//! When one direction of a connection ends, the end it was flowing to is
+//! half-closed at once (FIN), so nothing in flight is lost; with `-closewait N`,
+//! a connection still half-open N seconds later is closed fully. A connection that
+//! fails (reset, refused) closes its stream at once and is counted.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use kcpgate_core::kcp::diff;
 use kcpgate_core::pipeline::Connection;
 use kcpgate_core::smux::{Event, Read};
 use kcpgate_core::stack::{StackError, StreamStack};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 
 /// Bytes read from TCP (or smux) per step.
 pub const CHUNK: usize = 16 * 1024;
@@ -35,8 +42,35 @@ pub enum FromStream {
     Data(Vec<u8>),
     /// TCP sent FIN.
     Eof,
-    /// The TCP side is gone (dial failed, reset, or both directions done).
+    /// Reading or writing TCP failed (reset, broken pipe): the stream closes at once.
+    Failed,
+    /// The stream task ended: nothing more can be delivered to TCP.
     Closed,
+}
+
+/// Process-wide stream counters (kcptun's SNMP has none of these).
+#[derive(Debug, Default)]
+pub struct StreamCounters {
+    pub opened: AtomicU64,
+    pub closed: AtomicU64,
+    /// Server: dials of the target that failed.
+    pub dial_failures: AtomicU64,
+    /// TCP connections that failed mid-stream (reset, broken pipe).
+    pub tcp_failures: AtomicU64,
+}
+
+impl std::fmt::Display for StreamCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        write!(
+            f,
+            "streams opened {}, closed {}, target dial failures {}, TCP failures {}",
+            get(&self.opened),
+            get(&self.closed),
+            get(&self.dial_failures),
+            get(&self.tcp_failures)
+        )
+    }
 }
 
 struct Link {
@@ -44,14 +78,21 @@ struct Link {
     /// Bytes read from smux that the TCP channel had no room for.
     waiting_for_tcp: Option<Vec<u8>>,
     credit: Arc<Semaphore>,
+    /// Tells the stream task to drop its TCP connection at once.
+    stop: Arc<Notify>,
     /// Bytes from TCP smux has not taken yet, and how much of the front is taken.
     from_tcp: VecDeque<Vec<u8>>,
     from_tcp_at: usize,
     tcp_eof: bool,
     /// The stream task ended: nothing more can be delivered to TCP.
     tcp_gone: bool,
+    /// The TCP connection failed: close without waiting.
+    failed: bool,
     stream_eof: bool,
     fin_sent: bool,
+    /// When a half-open connection is closed fully (`-closewait` after the first
+    /// direction ended).
+    close_by: Option<u32>,
 }
 
 /// A new stream the caller must start a task for.
@@ -59,17 +100,21 @@ pub struct NewStream {
     pub sid: u32,
     pub to_tcp: mpsc::Receiver<Vec<u8>>,
     pub credit: Arc<Semaphore>,
+    pub stop: Arc<Notify>,
 }
 
 /// The streams of one session.
 pub struct Tunnel {
     pub stack: StreamStack,
     links: HashMap<u32, Link>,
+    close_wait_ms: u32,
+    counters: Arc<StreamCounters>,
 }
 
 impl Tunnel {
-    pub fn new(stack: StreamStack) -> Tunnel {
-        Tunnel { stack, links: HashMap::new() }
+    /// `close_wait_ms`: how long a connection may stay half-open; 0 is unlimited.
+    pub fn new(stack: StreamStack, close_wait_ms: u32, counters: Arc<StreamCounters>) -> Tunnel {
+        Tunnel { stack, links: HashMap::new(), close_wait_ms, counters }
     }
 
     pub fn stream_count(&self) -> usize {
@@ -80,21 +125,26 @@ impl Tunnel {
     pub fn add_stream(&mut self, sid: u32) -> NewStream {
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
         let credit = Arc::new(Semaphore::new(CHUNKS_IN_FLIGHT * CHUNK));
+        let stop = Arc::new(Notify::new());
         self.links.insert(
             sid,
             Link {
                 to_tcp: Some(tx),
                 waiting_for_tcp: None,
                 credit: credit.clone(),
+                stop: stop.clone(),
                 from_tcp: VecDeque::new(),
                 from_tcp_at: 0,
                 tcp_eof: false,
                 tcp_gone: false,
+                failed: false,
                 stream_eof: false,
                 fin_sent: false,
+                close_by: None,
             },
         );
-        NewStream { sid, to_tcp: rx, credit }
+        self.counters.opened.fetch_add(1, Ordering::Relaxed);
+        NewStream { sid, to_tcp: rx, credit, stop }
     }
 
     /// A message from stream `sid`'s task.
@@ -103,6 +153,13 @@ impl Tunnel {
         match msg {
             FromStream::Data(d) => link.from_tcp.push_back(d),
             FromStream::Eof => link.tcp_eof = true,
+            FromStream::Failed => {
+                if !link.failed {
+                    self.counters.tcp_failures.fetch_add(1, Ordering::Relaxed);
+                }
+                link.failed = true;
+                link.tcp_eof = true;
+            }
             // Bytes already read from TCP still go out; then the stream closes.
             FromStream::Closed => {
                 link.tcp_gone = true;
@@ -113,9 +170,25 @@ impl Tunnel {
         }
     }
 
-    /// Whether some stream waits for room in its TCP channel (the caller retries soon).
-    fn waiting(&self) -> bool {
-        self.links.values().any(|l| l.waiting_for_tcp.is_some())
+    /// Counts a stream whose target could not be dialled (its `Closed` follows).
+    pub fn dial_failed(&self) {
+        self.counters.dial_failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The earliest moment a stream needs the session's attention by itself: soon if
+    /// it waits for room towards TCP, or when its `-closewait` runs out.
+    fn stream_deadline(&self, now: u32) -> Option<u32> {
+        let mut due: Option<u32> = None;
+        let mut earliest = |t: u32| due = Some(due.map_or(t, |d| if diff(t, d) < 0 { t } else { d }));
+        for l in self.links.values() {
+            if l.waiting_for_tcp.is_some() {
+                earliest(now.wrapping_add(5));
+            }
+            if let Some(t) = l.close_by {
+                earliest(t);
+            }
+        }
+        due
     }
 
     /// Moves data between the connection, smux and the stream tasks as far as it
@@ -131,13 +204,14 @@ impl Tunnel {
         }
         let sids: Vec<u32> = self.links.keys().copied().collect();
         for sid in sids {
-            self.service_stream(sid);
+            self.service_stream(sid, now);
         }
         self.stack.pump(now, conn)?;
         Ok(new)
     }
 
-    fn service_stream(&mut self, sid: u32) {
+    fn service_stream(&mut self, sid: u32, now: u32) {
+        let close_wait = self.close_wait_ms;
         let Some(link) = self.links.get_mut(&sid) else { return };
         // smux → TCP.
         loop {
@@ -151,7 +225,7 @@ impl Tunnel {
                     Some(Ok(())) => {}
                 }
             }
-            if link.stream_eof || link.tcp_gone {
+            if link.stream_eof || link.tcp_gone || link.failed {
                 break;
             }
             let mut buf = vec![0u8; CHUNK];
@@ -185,12 +259,30 @@ impl Tunnel {
                 link.from_tcp_at = 0;
             }
         }
+        let timed_out = link.close_by.is_some_and(|t| diff(now, t) >= 0);
+        if link.failed || timed_out {
+            // Nothing more moves on a broken or timed-out connection: drop what is
+            // queued and close both ends.
+            link.from_tcp.clear();
+            link.from_tcp_at = 0;
+            link.waiting_for_tcp = None;
+            link.to_tcp = None;
+            link.tcp_eof = true;
+            link.failed = true;
+            link.stop.notify_one();
+        }
         if link.tcp_eof && link.from_tcp.is_empty() && !link.fin_sent {
             link.fin_sent = true;
             let _ = self.stack.stream_close_write(sid);
         }
-        if link.fin_sent && (link.stream_eof || link.tcp_gone) && link.waiting_for_tcp.is_none() {
+        if close_wait > 0 && link.close_by.is_none() && (link.fin_sent || link.stream_eof) {
+            link.close_by = Some(now.wrapping_add(close_wait));
+        }
+        if link.fin_sent && (link.stream_eof || link.tcp_gone || link.failed) && link.waiting_for_tcp.is_none() {
+            // A stream task still waiting for credit learns the stream is gone.
+            link.credit.close();
             self.links.remove(&sid);
+            self.counters.closed.fetch_add(1, Ordering::Relaxed);
             let _ = self.stack.stream_close(sid);
         }
     }
@@ -198,7 +290,7 @@ impl Tunnel {
     /// Runs the connection's timer if it is due, and smux's keep-alive; the caller
     /// services the session afterwards.
     pub fn run_timers(&mut self, now: u32, conn: &mut Connection) {
-        if conn.poll_timeout().is_some_and(|d| kcpgate_core::kcp::diff(now, d) >= 0) {
+        if conn.poll_timeout().is_some_and(|d| diff(now, d) >= 0) {
             conn.handle_timeout(now);
         }
         let _ = self.stack.handle_timeout(now);
@@ -207,14 +299,10 @@ impl Tunnel {
     /// When this session needs attention next: its own timers, and soon if a stream
     /// waits for room towards TCP.
     pub fn deadline(&self, conn: &Connection, now: u32) -> Option<u32> {
-        let wait = self.waiting().then_some(now.wrapping_add(5));
-        [conn.poll_timeout(), self.stack.poll_timeout(), wait].into_iter().flatten().reduce(|a, b| {
-            if kcpgate_core::kcp::diff(a, b) <= 0 {
-                a
-            } else {
-                b
-            }
-        })
+        [conn.poll_timeout(), self.stack.poll_timeout(), self.stream_deadline(now)]
+            .into_iter()
+            .flatten()
+            .reduce(|a, b| if diff(a, b) <= 0 { a } else { b })
     }
 }
 
@@ -225,7 +313,7 @@ pub async fn run_stream<K: Clone + Send + 'static>(
     stream: NewStream,
     to_session: mpsc::Sender<(K, u32, FromStream)>,
 ) {
-    let NewStream { sid, mut to_tcp, credit } = stream;
+    let NewStream { sid, mut to_tcp, credit, stop } = stream;
     let _ = tcp.set_nodelay(true);
     let (mut rd, mut wr) = tcp.into_split();
     let up = {
@@ -235,10 +323,12 @@ pub async fn run_stream<K: Clone + Send + 'static>(
                 let Ok(permit) = credit.acquire_many(CHUNK as u32).await else { return };
                 permit.forget();
                 let mut buf = vec![0u8; CHUNK];
-                let n = rd.read(&mut buf).await.unwrap_or(0);
+                let read = rd.read(&mut buf).await;
+                let n = *read.as_ref().unwrap_or(&0);
                 credit.add_permits(CHUNK - n);
                 if n == 0 {
-                    let _ = to_session.send((key, sid, FromStream::Eof)).await;
+                    let end = if read.is_ok() { FromStream::Eof } else { FromStream::Failed };
+                    let _ = to_session.send((key, sid, end)).await;
                     return;
                 }
                 buf.truncate(n);
@@ -248,14 +338,21 @@ pub async fn run_stream<K: Clone + Send + 'static>(
             }
         }
     };
-    let down = async move {
-        while let Some(data) = to_tcp.recv().await {
-            if wr.write_all(&data).await.is_err() {
-                return;
+    let down = {
+        let (key, to_session) = (key.clone(), to_session.clone());
+        async move {
+            while let Some(data) = to_tcp.recv().await {
+                if wr.write_all(&data).await.is_err() {
+                    let _ = to_session.send((key, sid, FromStream::Failed)).await;
+                    return;
+                }
             }
+            let _ = wr.shutdown().await;
         }
-        let _ = wr.shutdown().await;
     };
-    tokio::join!(up, down);
+    tokio::select! {
+        _ = async { tokio::join!(up, down) } => {}
+        () = stop.notified() => {} // dropping the connection closes it
+    }
     let _ = to_session.send((key, sid, FromStream::Closed)).await;
 }

@@ -252,23 +252,116 @@ fn conformance_82_port_ranges() {
     push_through(local);
 }
 
+/// Asks a kcpgate process (started with `-log log`) for its counters (SIGUSR1) and
+/// returns its stream-counter line.
+fn stream_counters(pid: u32, log: &std::path::Path) -> String {
+    assert!(Command::new("kill").args(["-USR1", &pid.to_string()]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if let Some(line) = text.lines().rev().find(|l| l.contains("streams opened")) {
+            return line.to_string();
+        }
+        assert!(Instant::now() < deadline, "no stream counters in {}: {text}", log.display());
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn temp_log(name: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("kcpgate-{name}-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    path
+}
+
 #[test]
-fn conformance_81_a_refused_target_closes_the_stream_promptly() {
-    let closed = free_tcp_port(); // nothing listens here
+fn conformance_81_one_dial_per_stream_and_refused_or_resetting_targets_end_it_promptly() {
+    // The target serves two streams (one echo each), resets the third (SO_LINGER 0)
+    // and then stops listening, so the fourth stream's dial is refused.
+    let target = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target_port = target.local_addr().unwrap().port();
+    let served = thread::spawn(move || {
+        for i in 0..3 {
+            let (mut c, _) = target.accept().unwrap();
+            let mut buf = [0u8; 5];
+            c.read_exact(&mut buf).unwrap();
+            if i < 2 {
+                c.write_all(&buf).unwrap();
+            } else {
+                socket2::SockRef::from(&c).set_linger(Some(Duration::ZERO)).unwrap();
+            }
+        }
+        // Each connection above is dropped; the listener is dropped here.
+    });
     let udp = free_udp_port("127.0.0.1");
     let local = free_tcp_port();
-    let flags = "-key refused -crypt aes -mode fast3";
+    let log = temp_log("reset");
+    let flags = "-key reset -crypt aes -mode fast3"; // the server's -closewait stays 30
+    let procs = Procs(vec![
+        spawn(
+            &format!("{} server", kcpgate()),
+            &args(&format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{target_port} {flags} -log {}", log.display())),
+        ),
+        spawn(&format!("{} client", kcpgate()), &args(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags}"))),
+    ]);
+    // Returns what came back before the stream ended, checking it ended promptly.
+    let exchange = |mut c: TcpStream| {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let started = Instant::now();
+        let _ = c.write_all(b"hello");
+        let mut got = Vec::new();
+        let _ = c.read_to_end(&mut got);
+        assert!(started.elapsed() < Duration::from_secs(3), "promptly, despite -closewait 30: {:?}", started.elapsed());
+        got
+    };
+    let connect = || TcpStream::connect(("127.0.0.1", local)).unwrap();
+    assert_eq!(exchange(connect_when_listening(local)), b"hello");
+    assert_eq!(exchange(connect()), b"hello");
+    assert_eq!(exchange(connect()), b"", "reset");
+    served.join().expect("exactly one target connection per stream");
+    assert_eq!(exchange(connect()), b"", "refused");
+    let line = stream_counters(procs.0[0].id(), &log);
+    assert!(line.contains("streams opened 4, closed 4, target dial failures 1, TCP failures 1"), "{line}");
+}
+
+#[test]
+fn closewait_closes_a_half_open_connection_after_the_wait() {
+    // The backend answers, half-closes, and then only listens.
+    let target = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target_port = target.local_addr().unwrap().port();
+    let backend = thread::spawn(move || {
+        let (mut c, _) = target.accept().unwrap();
+        c.write_all(b"welcome").unwrap();
+        c.shutdown(std::net::Shutdown::Write).unwrap();
+        let accepted = Instant::now();
+        let mut got = Vec::new();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let end = c.read_to_end(&mut got);
+        (got, end.is_ok(), accepted.elapsed())
+    });
+    let udp = free_udp_port("127.0.0.1");
+    let local = free_tcp_port();
+    let flags = "-key closewait -crypt aes -mode fast3";
     let _procs = Procs(vec![
-        spawn(&format!("{} server", kcpgate()), &args(&format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{closed} {flags}"))),
+        spawn(
+            &format!("{} server", kcpgate()),
+            &args(&format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{target_port} {flags} -closewait 2")),
+        ),
         spawn(&format!("{} client", kcpgate()), &args(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags}"))),
     ]);
     let mut c = connect_when_listening(local);
-    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
     let started = Instant::now();
-    let mut buf = [0u8; 16];
-    let n = c.read(&mut buf).expect("EOF, not a timeout");
-    assert_eq!(n, 0, "the stream ends");
-    assert!(started.elapsed() < Duration::from_secs(3), "promptly: {:?}", started.elapsed());
+    c.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"welcome");
+    assert!(started.elapsed() < Duration::from_secs(1), "the FIN travels at once: {:?}", started.elapsed());
+    // Half-open: the other direction still carries data until -closewait runs out.
+    thread::sleep(Duration::from_millis(500));
+    c.write_all(b"still here").unwrap();
+    let (got, clean, at) = backend.join().unwrap();
+    assert_eq!(got, b"still here");
+    assert!(clean, "the backend saw the connection end, not its read timeout");
+    assert!(at >= Duration::from_millis(1800) && at < Duration::from_secs(4), "closed {at:?} after the backend's FIN");
 }
 
 #[test]
