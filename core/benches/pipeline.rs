@@ -106,7 +106,7 @@ fn fec(c: &mut Criterion) {
 fn session(fec: Option<Shards>) -> SessionConfig {
     let mut k = kcp::Config { snd_wnd: 1024, rcv_wnd: 1024, stream: true, ..kcp::Config::default() };
     Mode::Fast3.apply(&mut k);
-    SessionConfig { mtu: 1350, kcp: k, fec, write_delay: false }
+    SessionConfig { mtu: 1350, kcp: k, fec, write_delay: false, rate_limit: 0 }
 }
 
 /// Moves `total` bytes from `a` to `b` with instant, lossless delivery.

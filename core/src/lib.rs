@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod fec;
 pub mod kcp;
 pub mod listener;
+pub mod pacer;
 pub mod pipeline;
 pub mod qpp;
 pub mod smux;

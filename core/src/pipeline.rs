@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crate::crypto::{NonceSource, OpenError, PacketCrypto};
 use crate::fec::{self, FecDecoder, FecEncoder, Shards};
 use crate::kcp::{self, Kcp, HEADER_LEN as KCP_HEADER_LEN};
+use crate::pacer::TokenBucket;
 use crate::snmp::Snmp;
 use crate::transmit::TransmitQueue;
 
@@ -31,6 +32,9 @@ pub struct SessionConfig {
     pub fec: Option<Shards>,
     /// Leave written data for the next timer flush instead of flushing at once.
     pub write_delay: bool,
+    /// Outgoing bytes per second, every header and parity shard included; 0 is
+    /// unlimited (kcptun `-ratelimit`).
+    pub rate_limit: u32,
 }
 
 impl Default for SessionConfig {
@@ -40,6 +44,7 @@ impl Default for SessionConfig {
             kcp: kcp::Config { stream: true, ..kcp::Config::default() },
             fec: None,
             write_delay: false,
+            rate_limit: 0,
         }
     }
 }
@@ -87,6 +92,9 @@ pub struct Connection {
     /// KCP datagrams already given their headers and sealed.
     sealed: usize,
     write_delay: bool,
+    /// The rate limit's bucket; KCP gets a send budget from it before every call
+    /// that may flush, and what was sent is charged to it afterwards.
+    pacer: Option<TokenBucket>,
     counters: Snmp,
 }
 
@@ -116,6 +124,7 @@ impl Connection {
             parity: TransmitQueue::new(stride),
             sealed: 0,
             write_delay: cfg.write_delay,
+            pacer: (cfg.rate_limit > 0).then(|| TokenBucket::new(cfg.rate_limit)),
             counters: Snmp::default(),
         })
     }
@@ -156,6 +165,7 @@ impl Connection {
         if take > 0 {
             self.counters.bytes_sent += take as u64;
             if !self.write_delay {
+                self.arm_send_budget(now);
                 self.kcp.flush(now);
                 self.seal_output(now);
             }
@@ -200,6 +210,7 @@ impl Connection {
             self.counters.kcp_in_errors += 1;
             return;
         }
+        self.arm_send_budget(now);
         let Connection { kcp, decoder, counters, .. } = self;
         match fec::packet_type(plain) {
             Some(fec::TYPE_OOB) => counters.oob_packets += 1,
@@ -227,14 +238,36 @@ impl Connection {
     }
 
     pub fn handle_timeout(&mut self, now: u32) {
+        self.arm_send_budget(now);
         self.kcp.handle_timeout(now);
         self.seal_output(now);
     }
 
     /// A FULL flush now (kcp-go flushes once more on `Close`).
     pub fn flush(&mut self, now: u32) {
+        self.arm_send_budget(now);
         self.kcp.flush(now);
         self.seal_output(now);
+    }
+
+    /// Changes the rate limit (bytes per second, 0 = unlimited), starting with a
+    /// full burst.
+    pub fn set_rate_limit(&mut self, bytes_per_second: u32) {
+        self.pacer = (bytes_per_second > 0).then(|| TokenBucket::new(bytes_per_second));
+        if self.pacer.is_none() {
+            self.kcp.set_send_budget(None);
+        }
+    }
+
+    /// Gives KCP as many bytes of segments as the bucket's tokens pay for once the
+    /// FEC, crypto and parity overhead is added.
+    fn arm_send_budget(&mut self, now: u32) {
+        let Some(pacer) = &mut self.pacer else { return };
+        let tokens = pacer.available(now);
+        let cfg = self.kcp.config();
+        let (kcp_mtu, wire_mtu) = (cfg.mtu, cfg.header_room + cfg.mtu + cfg.tail_room);
+        let (data, total) = self.encoder.as_ref().map_or((1, 1), |e| (e.shards().data, e.shards().total()));
+        self.kcp.set_send_budget(Some(tokens * kcp_mtu * data / (wire_mtu * total)));
     }
 
     /// Datagrams ready for the socket, in order: KCP output, then parity shards.
@@ -262,6 +295,7 @@ impl Connection {
         let mut nonce = [0u8; 16];
         let nonce = &mut nonce[..crypto.nonce_len()];
         let queue = kcp.transmits();
+        let bytes_before = counters.out_bytes;
         for i in *sealed..queue.len() {
             let len = queue.get(i).len() + tail;
             queue.set_len(i, len);
@@ -288,6 +322,9 @@ impl Connection {
             }
         }
         *sealed = queue.len();
+        if let Some(pacer) = &mut self.pacer {
+            pacer.charge((self.counters.out_bytes - bytes_before) as usize);
+        }
     }
 
     /// This session's counters in kcp-go's SNMP terms (the process-wide ones —

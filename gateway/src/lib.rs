@@ -7,3 +7,4 @@ pub mod runtime;
 pub mod server;
 pub mod snmp;
 pub mod tunnel;
+pub mod udp;

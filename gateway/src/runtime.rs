@@ -49,6 +49,7 @@ impl Plan {
             kcp,
             fec: Shards::new(settings.datashard as usize, settings.parityshard as usize),
             write_delay: false,
+            rate_limit: settings.ratelimit.clamp(0, i64::from(u32::MAX)) as u32,
         };
         let qpp = settings
             .qpp

@@ -15,20 +15,29 @@ use tracing::{debug, info, warn};
 
 use crate::runtime::{random_seed, Plan};
 use crate::tunnel::{now_ms, run_stream, FromStream, NewStream, Tunnel};
+use crate::udp::BatchSocket;
 
 /// Runs the server on every port of `-listen`. Once `drain` turns true it takes no
 /// new sessions and returns when no stream is left.
+///
+/// Each port gets one socket per core (`SO_REUSEPORT`), each served by its own task
+/// with its own sessions: the kernel hashes every peer to one socket, so a session
+/// always lands on the same task and sessions spread over the cores.
 pub async fn run(plan: Arc<Plan>, drain: watch::Receiver<bool>) -> std::io::Result<()> {
     let mut tasks = Vec::new();
+    let per_port = std::thread::available_parallelism().map_or(1, |n| n.get());
     for addr in plan.listen_addrs()? {
-        let socket = UdpSocket::bind(addr)
-            .await
+        let sockets = bind_shared(addr, per_port)
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on UDP {addr}: {e}")))?;
-        for w in crate::runtime::tune_udp(&socket, plan.settings.sockbuf.max(0) as usize, plan.settings.dscp as u32) {
-            warn!("{w}");
+        info!("listening on UDP {} ({} sockets)", sockets[0].local_addr()?, sockets.len());
+        for socket in sockets {
+            for w in crate::runtime::tune_udp(&socket, plan.settings.sockbuf.max(0) as usize, plan.settings.dscp as u32)
+            {
+                warn!("{w}");
+            }
+            let socket = BatchSocket::new(socket)?;
+            tasks.push(tokio::spawn(serve_socket(socket, plan.clone(), drain.clone())));
         }
-        info!("listening on UDP {}", socket.local_addr()?);
-        tasks.push(tokio::spawn(serve_socket(socket, plan.clone(), drain.clone())));
     }
     for t in tasks {
         let _ = t.await;
@@ -36,13 +45,32 @@ pub async fn run(plan: Arc<Plan>, drain: watch::Receiver<bool>) -> std::io::Resu
     Ok(())
 }
 
-async fn serve_socket(socket: UdpSocket, plan: Arc<Plan>, mut drain: watch::Receiver<bool>) {
+/// `count` UDP sockets bound to `addr` with `SO_REUSEPORT`. The port must be free:
+/// a plain bind is tried first, so a second kcpgate on the same port fails instead
+/// of silently sharing its traffic.
+fn bind_shared(addr: SocketAddr, count: usize) -> std::io::Result<Vec<UdpSocket>> {
+    drop(std::net::UdpSocket::bind(addr)?);
+    (0..count.max(1))
+        .map(|_| {
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::DGRAM,
+                Some(socket2::Protocol::UDP),
+            )?;
+            socket.set_reuse_port(true)?;
+            socket.set_nonblocking(true)?;
+            socket.bind(&addr.into())?;
+            UdpSocket::from_std(socket.into())
+        })
+        .collect()
+}
+
+async fn serve_socket(mut socket: BatchSocket, plan: Arc<Plan>, mut drain: watch::Receiver<bool>) {
     let start = Instant::now();
     let mut listener: Listener<SocketAddr> =
         Listener::new(plan.session.clone(), plan.crypto.clone(), random_seed()).expect("validated at startup");
     let mut tunnels: HashMap<SocketAddr, Tunnel> = HashMap::new();
     let (tx, mut rx) = mpsc::channel::<(SocketAddr, u32, FromStream)>(4096);
-    let mut buf = vec![0u8; 65536];
     let mut draining = *drain.borrow();
     let slot = plan.snmp.register();
     // Counters of sessions already gone, and the socket's own figures.
@@ -78,34 +106,18 @@ async fn serve_socket(socket: UdpSocket, plan: Arc<Plan>, mut drain: watch::Rece
             }
         }
         for addr in touched.drain(..) {
-            service(&socket, &mut listener, &mut tunnels, &mut retired, addr, now, &plan, &tx).await;
+            service(&mut socket, &mut listener, &mut tunnels, &mut retired, addr, now, &plan, &tx).await;
         }
         // `next` already covers streams waiting for room towards TCP (Tunnel::deadline).
         let sleep = tokio::time::sleep(Duration::from_millis(next.unwrap_or(3_600_000)));
         let mut touched: Vec<SocketAddr> = Vec::new();
+        let mut received = 0;
         tokio::select! {
             _ = drain.changed(), if !draining => draining = *drain.borrow(),
-            r = socket.recv_from(&mut buf) => {
-                let Ok((n, from)) = r else { continue };
-                if draining && listener.session(&from).is_none() {
-                    continue; // no new sessions while draining
-                }
-                let now = now_ms(start);
-                match listener.handle_datagram(now, &from, &mut buf[..n]) {
-                    Outcome::Created | Outcome::Replaced { .. } => {
-                        while listener.accept().is_some() {}
-                        for (addr, old) in listener.take_closed() {
-                            tunnels.remove(&addr);
-                            retired.accumulate(&old.snmp());
-                        }
-                        info!(remote = %from, "session opened");
-                        tunnels.insert(from, plan.tunnel(Role::Server, now));
-                        touched.push(from);
-                    }
-                    Outcome::Delivered => touched.push(from),
-                    Outcome::Dropped(reason) => debug!(remote = %from, ?reason, "datagram dropped"),
-                }
-            }
+            r = socket.recv() => match r {
+                Ok(n) => received = n,
+                Err(e) => debug!("receive failed: {e}"),
+            },
             Some((addr, sid, msg)) = rx.recv() => {
                 if let Some(t) = tunnels.get_mut(&addr) {
                     t.on_message(sid, msg);
@@ -115,8 +127,30 @@ async fn serve_socket(socket: UdpSocket, plan: Arc<Plan>, mut drain: watch::Rece
             () = sleep => {} // the timers run at the top of the loop
         }
         let now = now_ms(start);
+        for (from, datagram) in socket.datagrams(received) {
+            if draining && listener.session(&from).is_none() {
+                continue; // no new sessions while draining
+            }
+            match listener.handle_datagram(now, &from, datagram) {
+                Outcome::Created | Outcome::Replaced { .. } => {
+                    while listener.accept().is_some() {}
+                    for (addr, old) in listener.take_closed() {
+                        tunnels.remove(&addr);
+                        retired.accumulate(&old.snmp());
+                    }
+                    info!(remote = %from, "session opened");
+                    tunnels.insert(from, plan.tunnel(Role::Server, now));
+                    touched.push(from);
+                }
+                Outcome::Delivered => touched.push(from),
+                Outcome::Dropped(reason) => debug!(remote = %from, ?reason, "datagram dropped"),
+            }
+        }
+        // A batch brings several datagrams per session: service each session once.
+        touched.sort_unstable();
+        touched.dedup();
         for addr in touched {
-            service(&socket, &mut listener, &mut tunnels, &mut retired, addr, now, &plan, &tx).await;
+            service(&mut socket, &mut listener, &mut tunnels, &mut retired, addr, now, &plan, &tx).await;
         }
     }
 }
@@ -125,7 +159,7 @@ async fn serve_socket(socket: UdpSocket, plan: Arc<Plan>, mut drain: watch::Rece
 /// and ends it if its stream layers failed.
 #[allow(clippy::too_many_arguments)]
 async fn service(
-    socket: &UdpSocket,
+    socket: &mut BatchSocket,
     listener: &mut Listener<SocketAddr>,
     tunnels: &mut HashMap<SocketAddr, Tunnel>,
     retired: &mut Snmp,
@@ -136,10 +170,8 @@ async fn service(
 ) {
     let (Some(conn), Some(tunnel)) = (listener.session_mut(&addr), tunnels.get_mut(&addr)) else { return };
     let result = tunnel.service(now, conn);
-    for d in conn.transmits() {
-        if let Err(e) = socket.send_to(d, addr).await {
-            debug!(remote = %addr, "send failed: {e}");
-        }
+    if let Err(e) = socket.send_all(addr, conn.transmits()).await {
+        debug!(remote = %addr, "send failed: {e}");
     }
     conn.clear_transmits();
     match result {

@@ -596,3 +596,208 @@ fn conformance_80_autoexpire_and_scavenger() {
     assert!(at >= Duration::from_millis(3500) && at < Duration::from_secs(7), "closed at {at:?}");
     assert!(echo_on(&mut second, 4), "the second session lives on");
 }
+
+/// Waits until `log` has a line containing `needle` (up to 10 s) and returns the log.
+fn wait_for_log(log: &std::path::Path, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "no {needle:?} in {}: {text}", log.display());
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The value of `key=` in a log line.
+fn log_field<'a>(line: &'a str, key: &str) -> &'a str {
+    let start = line.find(&format!("{key}=")).unwrap_or_else(|| panic!("no {key} in {line}")) + key.len() + 1;
+    line[start..].split_whitespace().next().unwrap()
+}
+
+#[test]
+fn conformance_79_connections_round_robin_over_lazily_created_sessions() {
+    let backend = echo_backend();
+    let udp = free_udp_port("127.0.0.1");
+    let local = free_tcp_port();
+    let (server_log, client_log) = (temp_log("rr-server"), temp_log("rr-client"));
+    let flags = "-key rr -crypt aes -mode fast3";
+    let _procs = Procs(vec![
+        spawn(
+            &format!("{} server", kcpgate()),
+            &args(&format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags} -log {}", server_log.display())),
+        ),
+        spawn(
+            &format!("{} client", kcpgate()),
+            &args(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags} -conn 3 -log {}", client_log.display())),
+        ),
+    ]);
+    wait_for_log(&client_log, "listening on TCP");
+    thread::sleep(Duration::from_millis(300));
+    let early = std::fs::read_to_string(&server_log).unwrap_or_default();
+    assert!(!early.contains("session opened"), "no session before the first connection: {early}");
+    let mut open = Vec::new();
+    for i in 0..6u8 {
+        let mut c = TcpStream::connect(("127.0.0.1", local)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert!(echo_on(&mut c, i), "connection {i}");
+        open.push(c);
+    }
+    let text = wait_for_log(&server_log, "stream opened");
+    let streams: Vec<(&str, &str)> = text
+        .lines()
+        .filter(|l| l.contains("stream opened"))
+        .map(|l| (log_field(l, "remote"), log_field(l, "sid")))
+        .collect();
+    assert_eq!(streams.len(), 6, "{text}");
+    let (a, b, c) = (streams[0].0, streams[1].0, streams[2].0);
+    assert!(a != b && b != c && a != c, "three sessions, one per slot: {streams:?}");
+    let expected = [(a, "3"), (b, "3"), (c, "3"), (a, "5"), (b, "5"), (c, "5")];
+    assert_eq!(streams, expected, "connections go round-robin over the slots");
+}
+
+/// A UDP relay between a client and `server`, recording when and what the client
+/// sent. Returns the relay's port and the record.
+#[allow(clippy::type_complexity)]
+fn recording_relay(server: u16) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<(Instant, Vec<u8>)>>>) {
+    let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = front.local_addr().unwrap().port();
+    let back = UdpSocket::bind("127.0.0.1:0").unwrap();
+    back.connect(("127.0.0.1", server)).unwrap();
+    let record = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let client = std::sync::Arc::new(std::sync::Mutex::new(None));
+    {
+        let (front, back, record, client) =
+            (front.try_clone().unwrap(), back.try_clone().unwrap(), record.clone(), client.clone());
+        thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while let Ok((n, from)) = front.recv_from(&mut buf) {
+                *client.lock().unwrap() = Some(from);
+                record.lock().unwrap().push((Instant::now(), buf[..n].to_vec()));
+                let _ = back.send(&buf[..n]);
+            }
+        });
+    }
+    thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = back.recv(&mut buf) {
+            if let Some(to) = *client.lock().unwrap() {
+                let _ = front.send_to(&buf[..n], to);
+            }
+        }
+    });
+    (port, record)
+}
+
+#[test]
+fn conformance_53_closing_a_session_sends_no_special_datagram() {
+    let backend = echo_backend();
+    let udp = free_udp_port("127.0.0.1");
+    let local = free_tcp_port();
+    let (relay, record) = recording_relay(udp);
+    // `none` leaves the KCP segments readable behind its 20-byte header.
+    let flags = "-key close -crypt none -mode fast3 -nocomp -ds 0 -ps 0";
+    let mut procs = Procs(vec![
+        spawn(&format!("{} server", kcpgate()), &args(&format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags}"))),
+        spawn(&format!("{} client", kcpgate()), &args(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{relay} {flags}"))),
+    ]);
+    let mut c = connect_when_listening(local);
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(echo_on(&mut c, 7));
+    drop(c);
+    thread::sleep(Duration::from_secs(1)); // the stream's FINs are exchanged and acknowledged
+    let closing = Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &procs.0[1].id().to_string()]).status().unwrap().success());
+    let status = procs.0[1].wait().unwrap();
+    assert!(status.success(), "the client drained and exited: {status}");
+    thread::sleep(Duration::from_millis(300));
+    let record = record.lock().unwrap();
+    let after: Vec<_> = record.iter().filter(|(t, _)| *t >= closing).collect();
+    assert!(after.is_empty(), "{} datagrams as the session closed", after.len());
+    // Everything the client ever sent is plain KCP: ACK, PUSH or window probes.
+    let conv = u32::from_le_bytes(record[0].1[20..24].try_into().unwrap());
+    for (_, d) in record.iter() {
+        let mut at = 20;
+        while at < d.len() {
+            let seg = &d[at..];
+            assert!(seg.len() >= 24, "a whole segment header");
+            assert_eq!(u32::from_le_bytes(seg[..4].try_into().unwrap()), conv);
+            assert!((81..=84).contains(&seg[4]), "cmd {} is one of KCP's four", seg[4]);
+            at += 24 + u32::from_le_bytes(seg[20..24].try_into().unwrap()) as usize;
+        }
+        assert_eq!(at, d.len(), "segments fill the datagram exactly");
+    }
+}
+
+#[test]
+fn conformance_55_ratelimit_paces_a_session() {
+    let backend = echo_backend();
+    let udp = free_udp_port("127.0.0.1");
+    let local = free_tcp_port();
+    let flags = "-key rate -crypt aes -mode fast3 -nocomp";
+    let rate = 300_000.0;
+    let _procs = Procs(vec![
+        spawn(&format!("{} server", kcpgate()), &args(&format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags}"))),
+        spawn(
+            &format!("{} client", kcpgate()),
+            &args(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags} -ratelimit {rate}")),
+        ),
+    ]);
+    let mut c = connect_when_listening(local);
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let data = data_for(0)[..1_500_000].to_vec();
+    let started = Instant::now();
+    let mut w = c.try_clone().unwrap();
+    let sent = data.clone();
+    let writer = thread::spawn(move || w.write_all(&sent));
+    let mut got = vec![0u8; data.len()];
+    c.read_exact(&mut got).unwrap();
+    writer.join().unwrap().unwrap();
+    let took = started.elapsed().as_secs_f64();
+    assert!(got == data, "echoed bytes differ");
+    // Upstream, FEC 10/3 and headers put ≥ 1.33 bytes on the wire per byte of data;
+    // the burst lets the first 96000 bytes go at once.
+    let floor = (data.len() as f64 * 1.33 - 96_000.0) / rate;
+    assert!(took >= floor, "{took:.2} s for what the limit lets through in {floor:.2} s at best");
+    assert!(took < floor * 2.0, "{took:.2} s: the limit is undercut (floor {floor:.2} s)");
+    println!("1.5 MB up at -ratelimit {rate}: {took:.2} s (floor {floor:.2} s)");
+}
+
+/// This machine's address on its default route, if it has one (no packet is sent).
+fn outward_ipv4() -> Option<String> {
+    let s = UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("10.255.255.255:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then(|| ip.to_string())
+}
+
+#[test]
+fn a_server_on_wildcard_addresses_answers_every_peer_at_its_own_address() {
+    let backend = echo_backend();
+    let flags = "-key wildcard -crypt aes -mode fast3";
+    let mut v4_peers = vec!["127.0.0.1".to_string()];
+    v4_peers.extend(outward_ipv4());
+    // (listen host, peers that dial it)
+    let cases = [
+        ("0.0.0.0", v4_peers.clone()),
+        ("", [v4_peers.clone(), vec!["[::1]".to_string()]].concat()), // every interface, IPv6 and IPv4
+        ("[::]", vec!["[::1]".to_string()]),
+    ];
+    for (host, peers) in cases {
+        let udp = free_udp_port("127.0.0.1");
+        let mut procs = Procs(vec![spawn(
+            &format!("{} server", kcpgate()),
+            &args(&format!("-l {host}:{udp} -t 127.0.0.1:{backend} {flags}")),
+        )]);
+        for peer in &peers {
+            let local = free_tcp_port();
+            procs.0.push(spawn(
+                &format!("{} client", kcpgate()),
+                &args(&format!("-l 127.0.0.1:{local} -r {peer}:{udp} {flags}")),
+            ));
+            drop(connect_when_listening(local));
+            assert!(try_echo(local), "server on {host:?}:{udp}, client from {peer}");
+        }
+    }
+}

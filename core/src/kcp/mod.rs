@@ -281,6 +281,10 @@ pub struct Kcp {
     mss: usize,
     rx_minrto: u32,
     dead: bool,
+    /// Bytes of data segments the flushes may still emit (`None`: no limit). A rate
+    /// limiter above sets it; segments it holds back keep their state and go out at
+    /// a later flush, so their timers start when they are really sent.
+    send_budget: Option<usize>,
 
     snd_una: u32,
     snd_nxt: u32,
@@ -330,6 +334,7 @@ impl Kcp {
             mss: cfg.mtu - HEADER_LEN,
             rx_minrto: if cfg.nodelay { RTO_NODELAY_MIN } else { RTO_MIN },
             dead: false,
+            send_budget: None,
             snd_una: 0,
             snd_nxt: 0,
             rcv_nxt: 0,
@@ -465,6 +470,18 @@ impl Kcp {
     /// connection keeps retransmitting; liveness is the upper layer's business.
     pub fn is_dead(&self) -> bool {
         self.dead
+    }
+
+    /// Limits the bytes (headers included) of PUSH segments that flushes emit from
+    /// now on, until set again; `None` lifts the limit. ACKs and window probes are
+    /// not limited. Each flush takes what it emits from the budget.
+    pub fn set_send_budget(&mut self, bytes: Option<usize>) {
+        self.send_budget = bytes;
+    }
+
+    /// What is left of the send budget.
+    pub fn send_budget(&self) -> Option<usize> {
+        self.send_budget
     }
 
     /// Datagrams waiting to be sent. Each starts with `header_room` free bytes.
@@ -978,6 +995,14 @@ impl Kcp {
             if seg.acked {
                 continue;
             }
+            let size = HEADER_LEN + seg.data.len();
+            let maybe_due =
+                seg.xmit == 0 || (seg.fastack > 0 && seg.fastack != FASTACK_DONE) || diff(now, seg.resendts) >= 0;
+            if maybe_due && self.send_budget.is_some_and(|b| b < size) {
+                // Out of budget: this and later segments wait with their state
+                // untouched, for the next flush.
+                break;
+            }
             let mut send = false;
             if seg.xmit == 0 {
                 send = true;
@@ -1013,9 +1038,12 @@ impl Kcp {
                 tmpl.ts = now;
                 tmpl.sn = seg.sn;
                 tmpl.len = seg.data.len() as u32;
-                out.reserve(HEADER_LEN + seg.data.len());
+                out.reserve(size);
                 out.write(&tmpl, &seg.data);
                 self.stats.out_segs += 1;
+                if let Some(b) = &mut self.send_budget {
+                    *b -= size;
+                }
                 if seg.xmit >= DEAD_LINK {
                     self.dead = true;
                 }

@@ -90,6 +90,7 @@ pub fn session_config(mode: Mode, snd_wnd: u32, rcv_wnd: u32, fec: Option<(usize
         kcp: kcptun_config(mode, snd_wnd, rcv_wnd),
         fec: fec.and_then(|(d, p)| Shards::new(d, p)),
         write_delay: false,
+        rate_limit: 0,
     }
 }
 
