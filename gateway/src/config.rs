@@ -140,7 +140,7 @@ const SHARED: &[Flag] = &[
     flag("framesize", Some("framesize"), Kind::Int(8192, 8192), "smux largest frame, bytes"),
     flag("streambuf", Some("streambuf"), Kind::Int(2_097_152, 2_097_152), "smux v2 per-stream window, bytes"),
     flag("keepalive", Some("keepalive"), Kind::Int(10, 10), "Seconds between smux keep-alives (at most 30)"),
-    flag("closewait", Some("closewait"), Kind::Int(30, 0), "Seconds to wait after one direction of a tunnelled connection ends before closing"),
+    flag("closewait", Some("closewait"), Kind::Int(30, 0), "Seconds a connection may stay half-open once one direction has ended; then both ends are closed. 0 keeps it open until the other direction ends too"),
     flag("snmplog", Some("snmplog"), Kind::Text(""), "Write SNMP counters as CSV to this file; the file name takes Go time layout, e.g. ./snmp-20060102.log"),
     flag("snmpperiod", Some("snmpperiod"), Kind::Int(60, 60), "Seconds between SNMP CSV rows"),
     flag("log", Some("log"), Kind::Text(""), "Append the log to this file instead of stderr"),

@@ -167,11 +167,28 @@ fn kcpgate_both_ends_gcm_qpp_ipv6() {
     case(&format!("{} server", kcpgate()), &server_flags, &format!("{} client", kcpgate()), flags, "::1");
 }
 
-/// Both directions of one configuration against Debian's kcptun: kcptun client →
-/// kcpgate server, and kcpgate client → kcptun server.
-fn both_directions(flags: &str) {
+/// One configuration in every pairing: kcptun client → kcpgate server, kcpgate
+/// client → kcptun server (Debian's kcptun), and kcpgate at both ends.
+fn every_pairing(flags: &str) {
     case(&format!("{} server", kcpgate()), flags, &kcptun("client"), flags, "127.0.0.1");
     case(&kcptun("server"), flags, &format!("{} client", kcpgate()), flags, "127.0.0.1");
+    kcpgate_pair(flags);
+}
+
+fn kcpgate_pair(flags: &str) {
+    case(&format!("{} server", kcpgate()), flags, &format!("{} client", kcpgate()), flags, "127.0.0.1");
+}
+
+/// What Debian's kcptun lacks, kcpgate at both ends: aes-128-gcm and QPP, with FEC
+/// and compression.
+#[test]
+fn kcpgate_pair_aes_128_gcm() {
+    kcpgate_pair("-key pair -crypt aes-128-gcm -ds 10 -ps 3 -mode fast3");
+}
+
+#[test]
+fn kcpgate_pair_qpp() {
+    kcpgate_pair("-key pair -crypt aes -QPP -ds 10 -ps 3 -mode fast3 -smuxver 1");
 }
 
 /// Every cipher of Debian's kcptun 20210922, with FEC 10/3 and compression on.
@@ -179,7 +196,7 @@ macro_rules! cipher_matrix {
     ($($name:ident: $crypt:literal;)*) => {$(
         #[test]
         fn $name() {
-            both_directions(concat!("-key matrix -mode fast3 -smuxver 1 -ds 10 -ps 3 -crypt ", $crypt));
+            every_pairing(concat!("-key matrix -mode fast3 -smuxver 1 -ds 10 -ps 3 -crypt ", $crypt));
         }
     )*};
 }
@@ -205,7 +222,7 @@ macro_rules! aes_matrix {
     ($($name:ident: $flags:literal;)*) => {$(
         #[test]
         fn $name() {
-            both_directions(concat!("-key matrix -crypt aes ", $flags));
+            every_pairing(concat!("-key matrix -crypt aes ", $flags));
         }
     )*};
 }
