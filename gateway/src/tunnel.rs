@@ -30,6 +30,26 @@ pub const CHUNK: usize = 16 * 1024;
 /// Chunks a stream may have in flight in each direction.
 const CHUNKS_IN_FLIGHT: usize = 4;
 
+/// Chunk buffers of one stream. They travel to the other task and come back here
+/// once emptied, so a stream in steady state allocates nothing per chunk.
+#[derive(Clone, Default)]
+pub struct ChunkPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl ChunkPool {
+    /// A buffer with room for a chunk, its contents unspecified.
+    fn take(&self) -> Vec<u8> {
+        self.0.lock().expect("pool lock").pop().unwrap_or_else(|| Vec::with_capacity(CHUNK))
+    }
+
+    fn give(&self, buf: Vec<u8>) {
+        let mut pool = self.0.lock().expect("pool lock");
+        // Both directions' chunks in flight, and one in hand on each side.
+        if pool.len() < 2 * CHUNKS_IN_FLIGHT + 2 {
+            pool.push(buf);
+        }
+    }
+}
+
 /// Milliseconds since `start`, wrapping, as the core counts time.
 pub fn now_ms(start: Instant) -> u32 {
     start.elapsed().as_millis() as u32
@@ -78,6 +98,7 @@ struct Link {
     /// Bytes read from smux that the TCP channel had no room for.
     waiting_for_tcp: Option<Vec<u8>>,
     credit: Arc<Semaphore>,
+    pool: ChunkPool,
     /// Tells the stream task to drop its TCP connection at once.
     stop: Arc<Notify>,
     /// Bytes from TCP smux has not taken yet, and how much of the front is taken.
@@ -101,6 +122,7 @@ pub struct NewStream {
     pub to_tcp: mpsc::Receiver<Vec<u8>>,
     pub credit: Arc<Semaphore>,
     pub stop: Arc<Notify>,
+    pub pool: ChunkPool,
 }
 
 /// The streams of one session.
@@ -126,6 +148,7 @@ impl Tunnel {
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
         let credit = Arc::new(Semaphore::new(CHUNKS_IN_FLIGHT * CHUNK));
         let stop = Arc::new(Notify::new());
+        let pool = ChunkPool::default();
         self.links.insert(
             sid,
             Link {
@@ -133,6 +156,7 @@ impl Tunnel {
                 waiting_for_tcp: None,
                 credit: credit.clone(),
                 stop: stop.clone(),
+                pool: pool.clone(),
                 from_tcp: VecDeque::new(),
                 from_tcp_at: 0,
                 tcp_eof: false,
@@ -144,7 +168,7 @@ impl Tunnel {
             },
         );
         self.counters.opened.fetch_add(1, Ordering::Relaxed);
-        NewStream { sid, to_tcp: rx, credit, stop }
+        NewStream { sid, to_tcp: rx, credit, stop, pool }
     }
 
     /// A message from stream `sid`'s task.
@@ -228,12 +252,17 @@ impl Tunnel {
             if link.stream_eof || link.tcp_gone || link.failed {
                 break;
             }
-            let mut buf = vec![0u8; CHUNK];
-            match self.stack.stream_read(sid, &mut buf) {
-                Ok(Read::Data(n)) => {
-                    buf.truncate(n);
-                    link.waiting_for_tcp = Some(buf);
-                }
+            let mut buf = link.pool.take();
+            buf.resize(CHUNK, 0);
+            let read = self.stack.stream_read(sid, &mut buf);
+            if let Ok(Read::Data(n)) = read {
+                buf.truncate(n);
+                link.waiting_for_tcp = Some(buf);
+            } else {
+                link.pool.give(buf);
+            }
+            match read {
+                Ok(Read::Data(_)) => {}
                 Ok(Read::Eof) => {
                     link.stream_eof = true;
                     link.to_tcp = None; // the stream task shuts TCP's write side
@@ -255,7 +284,7 @@ impl Tunnel {
             link.credit.add_permits(n);
             link.from_tcp_at += n;
             if link.from_tcp_at == front.len() {
-                link.from_tcp.pop_front();
+                link.pool.give(link.from_tcp.pop_front().expect("the front"));
                 link.from_tcp_at = 0;
             }
         }
@@ -313,17 +342,18 @@ pub async fn run_stream<K: Clone + Send + 'static>(
     stream: NewStream,
     to_session: mpsc::Sender<(K, u32, FromStream)>,
 ) {
-    let NewStream { sid, mut to_tcp, credit, stop } = stream;
+    let NewStream { sid, mut to_tcp, credit, stop, pool } = stream;
     let _ = tcp.set_nodelay(true);
     let (mut rd, mut wr) = tcp.into_split();
     let up = {
-        let (key, to_session) = (key.clone(), to_session.clone());
+        let (key, to_session, pool) = (key.clone(), to_session.clone(), pool.clone());
         async move {
             loop {
                 let Ok(permit) = credit.acquire_many(CHUNK as u32).await else { return };
                 permit.forget();
-                let mut buf = vec![0u8; CHUNK];
-                let read = rd.read(&mut buf).await;
+                let mut buf = pool.take();
+                buf.clear();
+                let read = (&mut rd).take(CHUNK as u64).read_buf(&mut buf).await;
                 let n = *read.as_ref().unwrap_or(&0);
                 credit.add_permits(CHUNK - n);
                 if n == 0 {
@@ -331,7 +361,6 @@ pub async fn run_stream<K: Clone + Send + 'static>(
                     let _ = to_session.send((key, sid, end)).await;
                     return;
                 }
-                buf.truncate(n);
                 if to_session.send((key.clone(), sid, FromStream::Data(buf))).await.is_err() {
                     return;
                 }
@@ -346,6 +375,7 @@ pub async fn run_stream<K: Clone + Send + 'static>(
                     let _ = to_session.send((key, sid, FromStream::Failed)).await;
                     return;
                 }
+                pool.give(data);
             }
             let _ = wr.shutdown().await;
         }
