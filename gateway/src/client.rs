@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use crate::runtime::{random_seed, split_port_range, Plan};
 use crate::tunnel::{now_ms, run_stream, FromStream};
+use crate::udp::BatchSocket;
 
 /// A session slot: where to hand new connections, and when it stops taking them.
 struct Slot {
@@ -126,12 +127,16 @@ async fn start_session(plan: Arc<Plan>) -> std::io::Result<(mpsc::Sender<TcpStre
     info!(%remote, conv = dialer.connection.conv(), "session started");
     // Room for a whole listen queue, so accepting never waits on a busy session.
     let (tx, rx) = mpsc::channel(somaxconn() as usize);
+    let socket = BatchSocket::new(socket, SESSION_RECV_SLOTS);
     let task = tokio::spawn(session(socket, remote, dialer, plan, rx));
     Ok((tx, task))
 }
 
+/// Receive buffers of a session's own socket, which only its server sends to.
+const SESSION_RECV_SLOTS: usize = 16;
+
 async fn session(
-    socket: UdpSocket,
+    mut socket: BatchSocket,
     remote: SocketAddr,
     mut dialer: Dialer<SocketAddr>,
     plan: Arc<Plan>,
@@ -145,7 +150,6 @@ async fn session(
     let force_close = (expire > 0).then(|| Duration::from_secs((expire + plan.settings.scavengettl.max(0)) as u64));
     let mut tunnel = plan.tunnel(Role::Client, now_ms(start));
     let (tx, mut rx) = mpsc::channel::<((), u32, FromStream)>(4096);
-    let mut buf = vec![0u8; 65536];
     let mut accepting = true;
     let slot = plan.snmp.register();
     let publish = |dialer: &Dialer<SocketAddr>, open: bool| {
@@ -177,14 +181,13 @@ async fn session(
         let wait = tunnel
             .deadline(&dialer.connection, now)
             .map_or(3_600_000, |d| kcpgate_core::kcp::diff(d, now).max(0) as u64);
+        let mut received = false;
         if !timers_due {
             tokio::select! {
-                r = socket.recv(&mut buf) => {
-                    match r {
-                        Ok(n) => { let _ = dialer.handle_datagram(now_ms(start), &remote, &mut buf[..n]); }
-                        Err(e) => debug!(%remote, "receive failed: {e}"),
-                    }
-                }
+                r = socket.recv() => match r {
+                    Ok(()) => received = true,
+                    Err(e) => debug!(%remote, "receive failed: {e}"),
+                },
                 c = new_conns.recv(), if accepting => match c {
                     Some(tcp) => match tunnel.stack.open_stream() {
                         Ok(sid) => {
@@ -202,11 +205,13 @@ async fn session(
                 () = tokio::time::sleep(Duration::from_millis(until_close.map_or(wait, |c| c.min(wait)))) => {} // timers run at the top
             }
         }
-        let result = tunnel.service(now_ms(start), &mut dialer.connection);
-        for d in dialer.connection.transmits() {
-            if let Err(e) = socket.send(d).await {
-                debug!(%remote, "send failed: {e}");
-            }
+        let now = now_ms(start);
+        for (from, datagram) in socket.datagrams().filter(|_| received) {
+            let _ = dialer.handle_datagram(now, &from, datagram);
+        }
+        let result = tunnel.service(now, &mut dialer.connection);
+        if let Err(e) = socket.send_all(remote, dialer.connection.transmits()).await {
+            debug!(%remote, "send failed: {e}");
         }
         dialer.connection.clear_transmits();
         if let Err(e) = result {

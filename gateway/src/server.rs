@@ -35,7 +35,7 @@ pub async fn run(plan: Arc<Plan>, drain: watch::Receiver<bool>) -> std::io::Resu
             {
                 warn!("{w}");
             }
-            let socket = BatchSocket::new(socket)?;
+            let socket = BatchSocket::new(socket, crate::udp::MAX_BATCH);
             tasks.push(tokio::spawn(serve_socket(socket, plan.clone(), drain.clone())));
         }
     }
@@ -111,11 +111,11 @@ async fn serve_socket(mut socket: BatchSocket, plan: Arc<Plan>, mut drain: watch
         // `next` already covers streams waiting for room towards TCP (Tunnel::deadline).
         let sleep = tokio::time::sleep(Duration::from_millis(next.unwrap_or(3_600_000)));
         let mut touched: Vec<SocketAddr> = Vec::new();
-        let mut received = 0;
+        let mut received = false;
         tokio::select! {
             _ = drain.changed(), if !draining => draining = *drain.borrow(),
             r = socket.recv() => match r {
-                Ok(n) => received = n,
+                Ok(()) => received = true,
                 Err(e) => debug!("receive failed: {e}"),
             },
             Some((addr, sid, msg)) = rx.recv() => {
@@ -127,7 +127,7 @@ async fn serve_socket(mut socket: BatchSocket, plan: Arc<Plan>, mut drain: watch
             () = sleep => {} // the timers run at the top of the loop
         }
         let now = now_ms(start);
-        for (from, datagram) in socket.datagrams(received) {
+        for (from, datagram) in socket.datagrams().filter(|_| received) {
             if draining && listener.session(&from).is_none() {
                 continue; // no new sessions while draining
             }

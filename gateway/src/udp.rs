@@ -1,74 +1,114 @@
-//! Batched UDP I/O for the server's listening sockets, through `quinn-udp`: many
-//! datagrams per system call in (recvmmsg, and GRO where the kernel offers it) and
-//! out (GSO: a run of equal-sized datagrams to one peer in one call).
+//! Batched UDP I/O: many datagrams per system call in (`recvmmsg`) and out (GSO: a
+//! run of equal-sized datagrams to one peer in one `sendmsg`). Nothing here changes
+//! a datagram or the socket's options (DSCP, fragmentation): the wire stays what
+//! kcp-go sends.
+//!
+//! No GRO on receive: nix's `recvmmsg` does not reset the headers' control-message
+//! length between calls, so the GRO segment size would be lost after the first
+//! batch; one datagram per buffer needs no segment size.
 
-use std::io::IoSliceMut;
+use std::io::{IoSlice, IoSliceMut};
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 
-use quinn_udp::{RecvMeta, Transmit, UdpSocketState, BATCH_SIZE};
+use nix::errno::Errno;
+use nix::sys::socket::{recvmmsg, sendmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 /// Largest datagram kcpgate receives (kcp-go's limit is 1500; room for more).
 const MAX_DATAGRAM: usize = 2048;
+/// Most receive buffers per `recvmmsg`.
+pub const MAX_BATCH: usize = 32;
+/// Most datagrams per GSO send (the kernel's limit is 64), and most bytes.
+const GSO_SEGMENTS: usize = 64;
+const GSO_BYTES: usize = 65_000;
+
+/// `recvmmsg` headers. They hold raw pointers into buffers they own, which nix does
+/// not mark `Send`; moving them between threads is sound, and they are only used
+/// through `&mut`.
+struct Headers(MultiHeaders<SockaddrStorage>);
+
+// SAFETY: see `Headers`: the pointers refer to heap buffers owned by the value.
+#[allow(unsafe_code)]
+unsafe impl Send for Headers {}
+
+impl Headers {
+    /// The headers, borrowed through the `Send` wrapper (a closure that named the
+    /// field would capture the field, which is not `Send`).
+    fn get(&mut self) -> &mut MultiHeaders<SockaddrStorage> {
+        &mut self.0
+    }
+}
 
 /// A UDP socket with receive buffers for one batch and a staging buffer for GSO.
 pub struct BatchSocket {
     socket: UdpSocket,
-    state: UdpSocketState,
-    /// `BATCH_SIZE` receive slots of `slot` bytes each.
+    headers: Headers,
+    /// `slots` receive buffers of `slot` bytes each.
     rx: Vec<u8>,
+    slots: usize,
     slot: usize,
-    meta: Vec<RecvMeta>,
+    /// Sender and length of each datagram the last receive got.
+    received: Vec<(SocketAddr, usize)>,
     /// Datagrams of one GSO send, back to back.
     tx: Vec<u8>,
+    /// Cleared when the kernel refuses GSO; then each datagram goes alone.
+    gso: bool,
 }
 
 impl BatchSocket {
-    pub fn new(socket: UdpSocket) -> std::io::Result<BatchSocket> {
-        let state = UdpSocketState::new((&socket).into())?;
-        let slot = MAX_DATAGRAM * state.gro_segments().max(1);
-        Ok(BatchSocket {
-            rx: vec![0; slot * BATCH_SIZE],
+    /// `slots` (at most [`MAX_BATCH`]) receive buffers: a listening socket wants
+    /// many, a client session's own socket a few.
+    pub fn new(socket: UdpSocket, slots: usize) -> BatchSocket {
+        let slot = MAX_DATAGRAM;
+        let slots = slots.clamp(1, MAX_BATCH);
+        BatchSocket {
+            headers: Headers(MultiHeaders::preallocate(slots, None)),
+            rx: vec![0; slot * slots],
+            slots,
             slot,
-            meta: vec![RecvMeta::default(); BATCH_SIZE],
-            tx: Vec::new(),
-            state,
+            received: Vec::with_capacity(slots),
+            tx: Vec::with_capacity(GSO_BYTES),
+            gso: true,
             socket,
-        })
+        }
     }
 
     pub fn socket(&self) -> &UdpSocket {
         &self.socket
     }
 
-    /// Waits for a batch of datagrams; returns how many buffers it filled (see
-    /// [`BatchSocket::datagrams`]).
-    pub async fn recv(&mut self) -> std::io::Result<usize> {
-        let BatchSocket { socket, state, rx, slot, meta, .. } = self;
-        loop {
-            socket.readable().await?;
-            let mut chunks = rx.chunks_mut(*slot);
-            let mut bufs: [IoSliceMut<'_>; BATCH_SIZE] =
-                std::array::from_fn(|_| IoSliceMut::new(chunks.next().expect("BATCH_SIZE slots")));
-            match socket.try_io(Interest::READABLE, || state.recv((&*socket).into(), &mut bufs, meta)) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
-            }
-        }
+    /// Waits for a batch of datagrams (see [`BatchSocket::datagrams`]).
+    pub async fn recv(&mut self) -> std::io::Result<()> {
+        let BatchSocket { socket, headers, rx, slot, slots, received, .. } = self;
+        received.clear();
+        socket
+            .async_io(Interest::READABLE, || {
+                let mut chunks = rx.chunks_mut(*slot).take(*slots);
+                let mut bufs: [[IoSliceMut<'_>; 1]; MAX_BATCH] =
+                    std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
+                let results = recvmmsg(
+                    socket.as_raw_fd(),
+                    headers.get(),
+                    bufs[..*slots].iter_mut(),
+                    MsgFlags::MSG_DONTWAIT,
+                    None,
+                )?;
+                for msg in results {
+                    // A datagram longer than a buffer arrives cut: its check fails
+                    // and it is counted there.
+                    let Some(from) = msg.address.as_ref().and_then(socket_addr) else { continue };
+                    received.push((from, msg.bytes.min(*slot)));
+                }
+                Ok(())
+            })
+            .await
     }
 
-    /// The datagrams of the last [`BatchSocket::recv`] that filled `count` buffers,
-    /// with their senders. With GRO one buffer holds several datagrams of `stride`
-    /// bytes (the last may be shorter).
-    pub fn datagrams(&mut self, count: usize) -> impl Iterator<Item = (SocketAddr, &mut [u8])> + '_ {
-        let slot = self.slot;
-        self.rx
-            .chunks_mut(slot)
-            .zip(self.meta.iter())
-            .take(count)
-            .flat_map(|(buf, m)| buf[..m.len].chunks_mut(m.stride.max(1)).map(move |d| (m.addr, d)))
+    /// The datagrams of the last [`BatchSocket::recv`], with their senders.
+    pub fn datagrams(&mut self) -> impl Iterator<Item = (SocketAddr, &mut [u8])> + '_ {
+        self.rx.chunks_mut(self.slot).zip(self.received.iter()).map(|(buf, &(from, len))| (from, &mut buf[..len]))
     }
 
     /// Sends `datagrams` to `to`, runs of equal size in one GSO call each.
@@ -77,14 +117,14 @@ impl BatchSocket {
         to: SocketAddr,
         datagrams: impl Iterator<Item = &'a [u8]>,
     ) -> std::io::Result<()> {
-        let max_segments = self.state.max_gso_segments().max(1);
         let mut segment = 0;
         let mut count = 0;
         self.tx.clear();
         for d in datagrams {
             // A run continues while datagrams have the run's size; a shorter one
-            // may end it.
-            if count > 0 && (d.len() > segment || count == max_segments || self.tx.len() + d.len() > 65_000) {
+            // ends it.
+            let full = count == GSO_SEGMENTS || self.tx.len() + d.len() > GSO_BYTES;
+            if count > 0 && (d.len() > segment || full || !self.gso) {
                 self.flush(to, segment).await?;
                 count = 0;
             }
@@ -105,16 +145,39 @@ impl BatchSocket {
     }
 
     async fn flush(&mut self, to: SocketAddr, segment: usize) -> std::io::Result<()> {
-        let BatchSocket { socket, state, tx, .. } = self;
-        let transmit = Transmit {
-            destination: to,
-            ecn: None,
-            contents: tx,
-            segment_size: (tx.len() > segment).then_some(segment),
-            src_ip: None,
+        let addr = SockaddrStorage::from(to);
+        let result = if self.tx.len() > segment {
+            let size = segment as u16;
+            let sent = self
+                .socket
+                .async_io(Interest::WRITABLE, || {
+                    let cmsg = [ControlMessage::UdpGsoSegments(&size)];
+                    sendmsg(self.socket.as_raw_fd(), &[IoSlice::new(&self.tx)], &cmsg, MsgFlags::empty(), Some(&addr))
+                        .map_err(std::io::Error::from)
+                })
+                .await;
+            match sent {
+                // No GSO here (old kernel, or a device that cannot): one by one.
+                Err(e) if [Errno::EIO, Errno::EINVAL].map(|n| Some(n as i32)).contains(&e.raw_os_error()) => {
+                    self.gso = false;
+                    for d in self.tx.chunks(segment) {
+                        self.socket.send_to(d, to).await?;
+                    }
+                    Ok(())
+                }
+                other => other.map(drop),
+            }
+        } else {
+            self.socket.send_to(&self.tx, to).await.map(drop)
         };
-        let sent = socket.async_io(Interest::WRITABLE, || state.send((&*socket).into(), &transmit)).await;
-        tx.clear();
-        sent
+        self.tx.clear();
+        result
     }
+}
+
+fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = s.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    s.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
 }

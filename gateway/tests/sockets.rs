@@ -18,3 +18,109 @@ async fn conformance_54_dscp_sets_tos_and_traffic_class() {
     assert!(tune_udp(&v6, 0, 46).is_empty());
     assert_eq!(socket2::SockRef::from(&v6).tclass_v6().unwrap(), 46, "IPv6: traffic class = DSCP");
 }
+
+use std::io::IoSliceMut;
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage};
+
+/// Kills its processes when the test ends, however it ends.
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn kcpgate(args: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_kcpgate"))
+        .args(args.split_whitespace())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Receives one datagram; returns it, its sender and the TOS / traffic class it
+/// arrived with.
+fn recv_with_tos(s: &UdpSocket) -> (Vec<u8>, std::net::SocketAddr, u8) {
+    let mut buf = [0u8; 2048];
+    let mut cmsg = nix::cmsg_space!(i32);
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let msg = recvmsg::<SockaddrStorage>(s.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::empty()).unwrap();
+    let tos = msg
+        .cmsgs()
+        .unwrap()
+        .find_map(|c| match c {
+            ControlMessageOwned::Ipv4Tos(t) => Some(t),
+            ControlMessageOwned::Ipv6TClass(t) => Some(t as u8),
+            _ => None,
+        })
+        .expect("the TOS arrives with the datagram");
+    let from = msg.address.unwrap();
+    let from = match (from.as_sockaddr_in(), from.as_sockaddr_in6()) {
+        (Some(v4), _) => std::net::SocketAddr::V4((*v4).into()),
+        (_, Some(v6)) => std::net::SocketAddr::V6((*v6).into()),
+        _ => unreachable!("an IP sender"),
+    };
+    let n = msg.bytes;
+    (buf[..n].to_vec(), from, tos)
+}
+
+fn udp_reporting_tos(host: &str) -> UdpSocket {
+    let s = UdpSocket::bind((host, 0)).unwrap();
+    if host.contains(':') {
+        setsockopt(&s, sockopt::Ipv6RecvTClass, &true).unwrap();
+    } else {
+        setsockopt(&s, sockopt::IpRecvTos, &true).unwrap();
+    }
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Both roles put `-dscp` on every datagram they send, IPv4 and IPv6: the client
+/// (the first datagram of a session) and the server (its reply, through a relay
+/// that notes the TOS). Batched sends must not override the socket's marking.
+#[test]
+fn dscp_marks_the_datagrams_on_the_wire() {
+    let backend = TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = backend.local_addr().unwrap().port();
+    for (host, bracketed, expected) in [("127.0.0.1", "127.0.0.1", 46u8 << 2), ("::1", "[::1]", 46)] {
+        // The server, marked; the client, unmarked, reaches it through the relay.
+        let server_port = UdpSocket::bind((host, 0)).unwrap().local_addr().unwrap().port();
+        let relay = udp_reporting_tos(host);
+        let relay_port = relay.local_addr().unwrap().port();
+        let local = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let flags = "-key dscp -crypt aes -mode fast3";
+        let _procs = Procs(vec![
+            kcpgate(&format!("server -l {bracketed}:{server_port} -t 127.0.0.1:{target} {flags} -dscp 46")),
+            kcpgate(&format!("client -l 127.0.0.1:{local} -r {bracketed}:{relay_port} {flags} -dscp 46")),
+        ]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let _tcp = loop {
+            if let Ok(c) = TcpStream::connect(("127.0.0.1", local)) {
+                break c;
+            }
+            assert!(std::time::Instant::now() < deadline, "the client never listened");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let (first, _, tos) = recv_with_tos(&relay);
+        assert_eq!(tos, expected, "{host}: the client's datagram carries the DSCP");
+        relay.send_to(&first, (host, server_port)).unwrap();
+        // The client may send more before the server's answer arrives.
+        let tos = loop {
+            let (_, from, tos) = recv_with_tos(&relay);
+            if from.port() == server_port {
+                break tos;
+            }
+        };
+        assert_eq!(tos, expected, "{host}: the server's datagram carries the DSCP");
+    }
+}
