@@ -93,22 +93,27 @@ async fn serve_socket(mut socket: BatchSocket, plan: Arc<Plan>, mut drain: watch
         // Timers first, whatever woke the loop: a busy socket must not starve them.
         let now = now_ms(start);
         let mut touched: Vec<SocketAddr> = Vec::new();
-        let mut next: Option<u64> = None;
         for (addr, t) in &mut tunnels {
             let Some(conn) = listener.session_mut(addr) else { continue };
-            let Some(due) = t.deadline(conn, now) else { continue };
-            if kcpgate_core::kcp::diff(now, due) >= 0 {
+            if t.deadline(conn, now).is_some_and(|due| kcpgate_core::kcp::diff(now, due) >= 0) {
                 t.run_timers(now, conn);
                 touched.push(*addr);
-            } else {
-                let wait = kcpgate_core::kcp::diff(due, now) as u64;
-                next = Some(next.map_or(wait, |n| n.min(wait)));
             }
         }
         for addr in touched.drain(..) {
             service(&mut socket, &mut listener, &mut tunnels, &mut retired, addr, now, &plan, &tx).await;
         }
-        // `next` already covers streams waiting for room towards TCP (Tunnel::deadline).
+        // Sleep until the earliest deadline, taken after the timers above ran: each
+        // one that ran has set its next. (Deadlines cover streams waiting for room
+        // towards TCP too.)
+        let mut next: Option<u64> = None;
+        for (addr, t) in &tunnels {
+            let Some(conn) = listener.session(addr) else { continue };
+            if let Some(due) = t.deadline(conn, now) {
+                let wait = kcpgate_core::kcp::diff(due, now).max(0) as u64;
+                next = Some(next.map_or(wait, |n| n.min(wait)));
+            }
+        }
         let sleep = tokio::time::sleep(Duration::from_millis(next.unwrap_or(3_600_000)));
         let mut touched: Vec<SocketAddr> = Vec::new();
         let mut received = false;

@@ -678,6 +678,19 @@ fn conformance_79_connections_round_robin_over_lazily_created_sessions() {
 /// sent. Returns the relay's port and the record.
 #[allow(clippy::type_complexity)]
 fn recording_relay(server: u16) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<(Instant, Vec<u8>)>>>) {
+    relay(server, usize::MAX, usize::MAX, Duration::ZERO)
+}
+
+/// A relay like [`recording_relay`] that drops every `drop_up`-th datagram towards
+/// the server and every `drop_down`-th towards the client, and holds each datagram
+/// for `delay` (one at a time: for light traffic only).
+#[allow(clippy::type_complexity)]
+fn relay(
+    server: u16,
+    drop_up: usize,
+    drop_down: usize,
+    delay: Duration,
+) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<(Instant, Vec<u8>)>>>) {
     let front = UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = front.local_addr().unwrap().port();
     let back = UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -689,17 +702,25 @@ fn recording_relay(server: u16) -> (u16, std::sync::Arc<std::sync::Mutex<Vec<(In
             (front.try_clone().unwrap(), back.try_clone().unwrap(), record.clone(), client.clone());
         thread::spawn(move || {
             let mut buf = [0u8; 2048];
+            let mut count = 0;
             while let Ok((n, from)) = front.recv_from(&mut buf) {
                 *client.lock().unwrap() = Some(from);
                 record.lock().unwrap().push((Instant::now(), buf[..n].to_vec()));
-                let _ = back.send(&buf[..n]);
+                count += 1;
+                if count % drop_up != 0 {
+                    thread::sleep(delay);
+                    let _ = back.send(&buf[..n]);
+                }
             }
         });
     }
     thread::spawn(move || {
         let mut buf = [0u8; 2048];
+        let mut count = 0;
         while let Ok(n) = back.recv(&mut buf) {
-            if let Some(to) = *client.lock().unwrap() {
+            count += 1;
+            if let Some(to) = (*client.lock().unwrap()).filter(|_| count % drop_down != 0) {
+                thread::sleep(delay);
                 let _ = front.send_to(&buf[..n], to);
             }
         }
@@ -817,4 +838,31 @@ fn a_server_on_wildcard_addresses_answers_every_peer_at_its_own_address() {
             assert!(try_echo(local), "server on {host:?}:{udp}, client from {peer}");
         }
     }
+}
+
+#[test]
+fn a_lost_datagram_is_resent_by_its_timer_on_a_quiet_session() {
+    // Ping-pong leaves the session idle between messages: when the server's answer
+    // is lost after its ACK got through, only the server's retransmission timer can
+    // repair it (the next keep-alive is 10 s away). Every third datagram towards
+    // the client is lost; in each direction, so both sides' timers are tested.
+    let backend = echo_backend();
+    let udp = free_udp_port("127.0.0.1");
+    let local = free_tcp_port();
+    let (lossy, _) = relay(udp, 5, 3, Duration::from_millis(20));
+    let flags = "-key quiet -crypt aes -mode fast3 -ds 0 -ps 0";
+    let _procs = Procs(vec![
+        spawn(&format!("{} server", kcpgate()), &args(&format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags}"))),
+        spawn(&format!("{} client", kcpgate()), &args(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{lossy} {flags}"))),
+    ]);
+    let mut c = connect_when_listening(local);
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut slowest = Duration::ZERO;
+    for i in 0..60u8 {
+        let started = Instant::now();
+        assert!(echo_on(&mut c, i), "message {i}");
+        slowest = slowest.max(started.elapsed());
+    }
+    assert!(slowest < Duration::from_secs(2), "a round trip took {slowest:?}");
+    println!("slowest of 60 round trips, every 5th datagram up and 3rd down lost: {slowest:?}");
 }
