@@ -1,0 +1,306 @@
+//! The benchmark harness: runs kcpgate and Debian's kcptun with identical flags,
+//! alternating (A B A B …) so drift hits both, and writes a markdown table and a CSV.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::impair::Spec;
+use crate::traffic;
+
+/// One implementation under test: how to start its server and its client.
+#[derive(Debug, Clone)]
+pub struct Implementation {
+    pub name: &'static str,
+    pub server: Vec<String>,
+    pub client: Vec<String>,
+}
+
+impl Implementation {
+    pub fn kcpgate(binary: &Path) -> Implementation {
+        let b = binary.display().to_string();
+        Implementation { name: "kcpgate", server: vec![b.clone(), "server".into()], client: vec![b, "client".into()] }
+    }
+
+    pub fn kcptun() -> Implementation {
+        Implementation { name: "kcptun", server: vec!["kcptun-server".into()], client: vec!["kcptun-client".into()] }
+    }
+}
+
+/// A server and a client of one implementation, the client listening on `local`.
+struct Tunnel {
+    server: Child,
+    client: Child,
+    local: SocketAddr,
+    _relay: Option<thread::JoinHandle<()>>,
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        for c in [&mut self.server, &mut self.client] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn free_port_udp() -> u16 {
+    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free UDP port")
+}
+
+fn free_port_tcp() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free TCP port")
+}
+
+fn spawn(cmd: &[String], args: &str) -> Child {
+    Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .args(args.split_whitespace())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e} (Debian's kcptun: apt-get install -y kcptun)", cmd[0]))
+}
+
+impl Tunnel {
+    /// Starts a tunnel to `backend`; with `impair`, the client reaches the server
+    /// through an impairment relay (up, down).
+    fn start(imp: &Implementation, flags: &str, backend: SocketAddr, impair: Option<(Spec, Spec)>) -> Tunnel {
+        let udp = free_port_udp();
+        let local = free_port_tcp();
+        let server = spawn(&imp.server, &format!("-l 127.0.0.1:{udp} -t {backend} {flags}"));
+        let (dial, relay) = match impair {
+            Some((up, down)) => {
+                let relay_port = free_port_udp();
+                let listen: SocketAddr = ([127, 0, 0, 1], relay_port).into();
+                let target: SocketAddr = ([127, 0, 0, 1], udp).into();
+                let handle = thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+                    let stats = Arc::default();
+                    let _ = rt.block_on(crate::relay::run(listen, target, up, down, 1, stats));
+                });
+                (relay_port, Some(handle))
+            }
+            None => (udp, None),
+        };
+        let client = spawn(&imp.client, &format!("-l 127.0.0.1:{local} -r 127.0.0.1:{dial} {flags}"));
+        let local: SocketAddr = ([127, 0, 0, 1], local).into();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !listening(local.port()) {
+            assert!(Instant::now() < deadline, "{} client never listened on {local}", imp.name);
+            thread::sleep(Duration::from_millis(20));
+        }
+        Tunnel { server, client, local, _relay: relay }
+    }
+
+    /// CPU seconds the server and client have used.
+    fn cpu(&self) -> f64 {
+        [self.server.id(), self.client.id()].into_iter().map(cpu_seconds).sum()
+    }
+}
+
+/// User + system CPU seconds of a process (from /proc).
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().collect();
+    let ticks: f64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
+    ticks / 100.0 // USER_HZ is 100 on Linux
+}
+
+/// One measured value.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub scenario: String,
+    pub implementation: &'static str,
+    pub run: usize,
+    pub metric: &'static str,
+    pub value: f64,
+}
+
+/// How big the suite is.
+#[derive(Debug, Clone, Copy)]
+pub struct Size {
+    pub runs: usize,
+    pub bulk_bytes: u64,
+    pub pings: usize,
+}
+
+impl Size {
+    pub const DEFAULT: Size = Size { runs: 3, bulk_bytes: 200_000_000, pings: 300 };
+    pub const SMOKE: Size = Size { runs: 1, bulk_bytes: 4_000_000, pings: 20 };
+}
+
+/// kcptun flags of the CPU-bound bulk scenario.
+pub const CPU_BOUND: &str = "-key bench -crypt aes -ds 10 -ps 3 -mode fast3 -nocomp -sndwnd 1024 -rcvwnd 1024";
+
+/// Moves `bytes` through a tunnel; returns MB/s and CPU seconds per GB.
+fn bulk(imp: &Implementation, flags: &str, bytes: u64) -> Result<(f64, f64), String> {
+    let sink = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let backend = sink.local_addr().map_err(|e| e.to_string())?;
+    let tunnel = Tunnel::start(imp, flags, backend, None);
+    let receiver = thread::spawn(move || traffic::bulk_sink(sink, bytes, 42, Duration::from_secs(60)));
+    let cpu_before = tunnel.cpu();
+    let started = Instant::now();
+    traffic::bulk_source(tunnel.local, bytes, 42).map_err(|e| format!("bulk source: {e}"))?;
+    let got = receiver.join().map_err(|_| "sink panicked")?.map_err(|e| format!("sink: {e}"))?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let cpu = tunnel.cpu() - cpu_before;
+    if !got.intact {
+        return Err(format!("{}: {} of {bytes} bytes arrived, or some changed", imp.name, got.bytes));
+    }
+    Ok((bytes as f64 / elapsed / 1e6, cpu / (bytes as f64 / 1e9)))
+}
+
+/// Round trips of 64-byte messages through a tunnel behind the relay.
+fn latency(imp: &Implementation, flags: &str, loss: f64, pings: usize) -> Result<Vec<Duration>, String> {
+    let backend = traffic::echo_backend().map_err(|e| e.to_string())?;
+    let spec: Spec = format!("loss={loss},delay=20ms").parse()?;
+    let tunnel = Tunnel::start(imp, flags, backend, Some((spec.clone(), spec)));
+    // A first exchange opens the session, outside the measurement.
+    traffic::ping_pong(tunnel.local, 1, 64, Duration::from_secs(30)).map_err(|e| format!("warm-up: {e}"))?;
+    traffic::ping_pong(tunnel.local, pings, 64, Duration::from_secs(30)).map_err(|e| format!("ping-pong: {e}"))
+}
+
+/// Runs the suite, calling `progress` with a line per step; returns every sample.
+pub fn run_suite(impls: &[Implementation], size: Size, mut progress: impl FnMut(&str)) -> Result<Vec<Sample>, String> {
+    let mut samples = Vec::new();
+    let mut add = |scenario: &str, imp: &Implementation, run: usize, metric: &'static str, value: f64| {
+        samples.push(Sample { scenario: scenario.to_string(), implementation: imp.name, run, metric, value });
+    };
+    let bulk_scenarios = [("bulk, CPU-bound settings", CPU_BOUND), ("bulk, kcptun defaults", "-key bench")];
+    for run in 0..size.runs {
+        for (scenario, flags) in bulk_scenarios {
+            for imp in impls {
+                let (mbps, cpu_per_gb) = bulk(imp, flags, size.bulk_bytes)?;
+                progress(&format!(
+                    "run {}/{}: {scenario}: {} {mbps:.1} MB/s, {cpu_per_gb:.1} CPU s/GB",
+                    run + 1,
+                    size.runs,
+                    imp.name
+                ));
+                add(scenario, imp, run, "throughput MB/s", mbps);
+                add(scenario, imp, run, "CPU s per GB", cpu_per_gb);
+            }
+        }
+        for fec in ["-ds 10 -ps 3", "-ds 0 -ps 0"] {
+            for loss in [0.0, 0.01, 0.05, 0.10] {
+                let scenario = format!(
+                    "ping-pong, {}% loss, 20 ms, FEC {}",
+                    loss * 100.0,
+                    if fec.contains("10") { "10/3" } else { "off" }
+                );
+                let flags = format!("-key bench -crypt aes -mode fast3 -nocomp {fec}");
+                for imp in impls {
+                    let times = latency(imp, &flags, loss, size.pings)?;
+                    let ms = |p: f64| traffic::percentile(&times, p).as_secs_f64() * 1000.0;
+                    progress(&format!(
+                        "run {}/{}: {scenario}: {} p50 {:.1} ms, p99 {:.1} ms",
+                        run + 1,
+                        size.runs,
+                        imp.name,
+                        ms(50.0),
+                        ms(99.0)
+                    ));
+                    add(&scenario, imp, run, "p50 ms", ms(50.0));
+                    add(&scenario, imp, run, "p99 ms", ms(99.0));
+                }
+            }
+        }
+    }
+    Ok(samples)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The samples as CSV: scenario, implementation, run, metric, value.
+pub fn csv(samples: &[Sample]) -> String {
+    let mut out = String::from("scenario,implementation,run,metric,value\n");
+    for s in samples {
+        out.push_str(&format!(
+            "\"{}\",{},{},\"{}\",{:.4}\n",
+            s.scenario,
+            s.implementation,
+            s.run + 1,
+            s.metric,
+            s.value
+        ));
+    }
+    out
+}
+
+/// A markdown table: per scenario and metric, each implementation's median with
+/// min–max, and the ratio kcpgate / kcptun of the medians.
+pub fn markdown(samples: &[Sample]) -> String {
+    let mut groups: BTreeMap<(usize, String, &str), BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
+    let mut order: Vec<String> = Vec::new();
+    for s in samples {
+        if !order.contains(&s.scenario) {
+            order.push(s.scenario.clone());
+        }
+        let at = order.iter().position(|o| *o == s.scenario).expect("pushed");
+        groups
+            .entry((at, s.scenario.clone(), s.metric))
+            .or_default()
+            .entry(s.implementation)
+            .or_default()
+            .push(s.value);
+    }
+    let mut out = String::from(
+        "| scenario | metric | kcpgate median (min–max) | kcptun median (min–max) | kcpgate / kcptun |\n|---|---|---|---|---|\n",
+    );
+    for ((_, scenario, metric), by_impl) in groups {
+        let cell = |name: &str| {
+            by_impl.get(name).map_or(("–".to_string(), None), |v| {
+                let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+                let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let m = median(v.clone());
+                (format!("{m:.1} ({lo:.1}–{hi:.1})"), Some(m))
+            })
+        };
+        let (a, am) = cell("kcpgate");
+        let (b, bm) = cell("kcptun");
+        let ratio = match (am, bm) {
+            (Some(x), Some(y)) if y > 0.0 => format!("{:.2}", x / y),
+            _ => "–".into(),
+        };
+        out.push_str(&format!("| {scenario} | {metric} | {a} | {b} | {ratio} |\n"));
+    }
+    out
+}
+
+/// Writes `results.csv` and `results.md` into `dir`.
+pub fn write_results(dir: &Path, samples: &[Sample]) -> std::io::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let files = [(dir.join("results.csv"), csv(samples)), (dir.join("results.md"), markdown(samples))];
+    let mut written = Vec::new();
+    for (path, text) in files {
+        std::fs::File::create(&path)?.write_all(text.as_bytes())?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// Whether some socket listens on TCP `port` (read from /proc, so that checking
+/// neither connects nor binds).
+pub fn listening(port: u16) -> bool {
+    let needle = format!(":{port:04X} ");
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|f| {
+        std::fs::read_to_string(f).unwrap_or_default().lines().skip(1).any(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            cols.len() > 3 && format!("{} ", cols[1]).ends_with(&needle) && cols[3] == "0A"
+        })
+    })
+}

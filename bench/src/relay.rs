@@ -1,0 +1,154 @@
+//! The UDP impairment relay: clients send to `listen`, the relay forwards to
+//! `target` from one socket per client (so the target sees each client as its own
+//! peer) and sends the answers back, each direction through its own [`Impairer`].
+
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+
+use crate::impair::{Counters, Impairer, Spec};
+
+/// A datagram waiting for its departure time.
+struct Pending {
+    at: Duration,
+    seq: u64,
+    data: Vec<u8>,
+    socket: Arc<UdpSocket>,
+    to: SocketAddr,
+}
+
+impl PartialEq for Pending {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Pending {}
+impl PartialOrd for Pending {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Pending {
+    // Earliest first from a max-heap.
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (o.at, o.seq).cmp(&(self.at, self.seq))
+    }
+}
+
+/// Both directions' counters, shared with whoever reports them.
+#[derive(Default)]
+pub struct Stats {
+    pub up: Mutex<Counters>,
+    pub down: Mutex<Counters>,
+}
+
+/// One direction: impairs datagrams and sends them when due.
+struct Direction {
+    impairer: Impairer,
+    start: Instant,
+    queue: mpsc::UnboundedSender<Pending>,
+    seq: u64,
+    scratch: Vec<(Duration, Vec<u8>)>,
+}
+
+impl Direction {
+    fn new(spec: Spec, seed: u64, start: Instant) -> Direction {
+        let (queue, rx) = mpsc::unbounded_channel();
+        tokio::spawn(deliver(rx, start));
+        Direction { impairer: Impairer::new(spec, seed), start, queue, seq: 0, scratch: Vec::new() }
+    }
+
+    fn push(&mut self, data: &[u8], socket: &Arc<UdpSocket>, to: SocketAddr) {
+        self.impairer.process(self.start.elapsed(), data, &mut self.scratch);
+        for (at, data) in self.scratch.drain(..) {
+            self.seq += 1;
+            let _ = self.queue.send(Pending { at, seq: self.seq, data, socket: socket.clone(), to });
+        }
+    }
+}
+
+async fn deliver(mut rx: mpsc::UnboundedReceiver<Pending>, start: Instant) {
+    let mut heap = BinaryHeap::new();
+    loop {
+        let next = heap.peek().map(|p: &Pending| start + p.at);
+        tokio::select! {
+            p = rx.recv() => match p {
+                Some(p) => heap.push(p),
+                None => return,
+            },
+            () = async { tokio::time::sleep_until(next.expect("guarded").into()).await }, if next.is_some() => {
+                let now = start.elapsed();
+                while heap.peek().is_some_and(|p| p.at <= now) {
+                    let p = heap.pop().expect("peeked");
+                    let _ = p.socket.send_to(&p.data, p.to).await;
+                }
+            }
+        }
+    }
+}
+
+/// Runs the relay until the process ends.
+pub async fn run(
+    listen: SocketAddr,
+    target: SocketAddr,
+    up: Spec,
+    down: Spec,
+    seed: u64,
+    stats: Arc<Stats>,
+) -> std::io::Result<()> {
+    let front = Arc::new(UdpSocket::bind(listen).await?);
+    let start = Instant::now();
+    let up_dir = Arc::new(Mutex::new(Direction::new(up, seed, start)));
+    let down_spec = down;
+    let mut backs: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    let mut buf = vec![0u8; 65536];
+    let mut clients = 0u64;
+    loop {
+        let (n, from) = front.recv_from(&mut buf).await?;
+        let back = match backs.get(&from) {
+            Some(b) => b.clone(),
+            None => {
+                let bind: SocketAddr = if target.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal");
+                let back = Arc::new(UdpSocket::bind(bind).await?);
+                clients += 1;
+                let down_dir =
+                    Direction::new(down_spec.clone(), seed ^ clients.wrapping_mul(0x9E37_79B9_7F4A_7C15), start);
+                tokio::spawn(answers(back.clone(), front.clone(), from, down_dir, stats.clone()));
+                backs.insert(from, back.clone());
+                back
+            }
+        };
+        let mut dir = up_dir.lock().expect("relay lock");
+        dir.push(&buf[..n], &back, target);
+        *stats.up.lock().expect("stats lock") = dir.impairer.counters;
+    }
+}
+
+/// Carries one client's answers back through the down direction.
+async fn answers(
+    back: Arc<UdpSocket>,
+    front: Arc<UdpSocket>,
+    client: SocketAddr,
+    mut dir: Direction,
+    stats: Arc<Stats>,
+) {
+    let mut buf = vec![0u8; 65536];
+    let mut last = Counters::default();
+    while let Ok((n, _)) = back.recv_from(&mut buf).await {
+        dir.push(&buf[..n], &front, client);
+        let now = dir.impairer.counters;
+        let mut total = stats.down.lock().expect("stats lock");
+        total.received += now.received - last.received;
+        total.lost_random += now.lost_random - last.lost_random;
+        total.lost_burst += now.lost_burst - last.lost_burst;
+        total.duplicated += now.duplicated - last.duplicated;
+        total.corrupted += now.corrupted - last.corrupted;
+        total.reordered += now.reordered - last.reordered;
+        total.sent += now.sent - last.sent;
+        last = now;
+    }
+}
