@@ -70,7 +70,14 @@ fn spawn(cmd: &[String], args: &str) -> Child {
 impl Tunnel {
     /// Starts a tunnel to `backend`; with `impair`, the client reaches the server
     /// through an impairment relay (up, down).
-    fn start(imp: &Implementation, flags: &str, backend: SocketAddr, impair: Option<(Spec, Spec)>) -> Tunnel {
+    /// `client_flags` go to the client only.
+    fn start(
+        imp: &Implementation,
+        flags: &str,
+        client_flags: &str,
+        backend: SocketAddr,
+        impair: Option<(Spec, Spec)>,
+    ) -> Tunnel {
         let udp = free_port_udp();
         let local = free_port_tcp();
         let server = spawn(&imp.server, &format!("-l 127.0.0.1:{udp} -t {backend} {flags}"));
@@ -88,7 +95,7 @@ impl Tunnel {
             }
             None => (udp, None),
         };
-        let client = spawn(&imp.client, &format!("-l 127.0.0.1:{local} -r 127.0.0.1:{dial} {flags}"));
+        let client = spawn(&imp.client, &format!("-l 127.0.0.1:{local} -r 127.0.0.1:{dial} {flags} {client_flags}"));
         let local: SocketAddr = ([127, 0, 0, 1], local).into();
         let deadline = Instant::now() + Duration::from_secs(10);
         while !listening(local.port()) {
@@ -132,11 +139,28 @@ pub struct Size {
     /// makes kcptun slow.
     pub default_bulk_bytes: u64,
     pub pings: usize,
+    /// Session counts to hold, and how long to watch them idle.
+    pub sessions: &'static [usize],
+    pub idle: Duration,
 }
 
 impl Size {
-    pub const DEFAULT: Size = Size { runs: 3, bulk_bytes: 200_000_000, default_bulk_bytes: 50_000_000, pings: 200 };
-    pub const SMOKE: Size = Size { runs: 1, bulk_bytes: 4_000_000, default_bulk_bytes: 2_000_000, pings: 20 };
+    pub const DEFAULT: Size = Size {
+        runs: 3,
+        bulk_bytes: 200_000_000,
+        default_bulk_bytes: 50_000_000,
+        pings: 200,
+        sessions: &[1000, 5000],
+        idle: Duration::from_secs(10),
+    };
+    pub const SMOKE: Size = Size {
+        runs: 1,
+        bulk_bytes: 4_000_000,
+        default_bulk_bytes: 2_000_000,
+        pings: 20,
+        sessions: &[100],
+        idle: Duration::from_secs(2),
+    };
 }
 
 /// kcptun flags of the CPU-bound bulk scenario.
@@ -146,7 +170,7 @@ pub const CPU_BOUND: &str = "-key bench -crypt aes -ds 10 -ps 3 -mode fast3 -noc
 fn bulk(imp: &Implementation, flags: &str, bytes: u64) -> Result<(f64, f64), String> {
     let sink = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     let backend = sink.local_addr().map_err(|e| e.to_string())?;
-    let tunnel = Tunnel::start(imp, flags, backend, None);
+    let tunnel = Tunnel::start(imp, flags, "", backend, None);
     let receiver = thread::spawn(move || traffic::bulk_sink(sink, bytes, 42, Duration::from_secs(60)));
     let cpu_before = tunnel.cpu();
     let started = Instant::now();
@@ -164,10 +188,88 @@ fn bulk(imp: &Implementation, flags: &str, bytes: u64) -> Result<(f64, f64), Str
 fn latency(imp: &Implementation, flags: &str, loss: f64, pings: usize) -> Result<Vec<Duration>, String> {
     let backend = traffic::echo_backend().map_err(|e| e.to_string())?;
     let spec: Spec = format!("loss={loss},delay=20ms").parse()?;
-    let tunnel = Tunnel::start(imp, flags, backend, Some((spec.clone(), spec)));
+    let tunnel = Tunnel::start(imp, flags, "", backend, Some((spec.clone(), spec)));
     // A first exchange opens the session, outside the measurement.
     traffic::ping_pong(tunnel.local, 1, 64, Duration::from_secs(30)).map_err(|e| format!("warm-up: {e}"))?;
     traffic::ping_pong(tunnel.local, pings, 64, Duration::from_secs(30)).map_err(|e| format!("ping-pong: {e}"))
+}
+
+/// Resident memory of a process.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// What holding many idle sessions costs the server.
+struct Held {
+    rss_per_session: f64,
+    idle_cpu_percent: f64,
+}
+
+/// Opens `n` connections through a client with `-conn n`, so each gets a KCP session
+/// of its own with one stream, checks each with an echo, then measures the server
+/// while they sit idle for `idle`.
+fn hold_sessions(imp: &Implementation, n: usize, idle: Duration) -> Result<Held, String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+        let backend_addr = backend.local_addr().map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = backend.accept().await {
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while let Ok(k @ 1..) = c.read(&mut buf).await {
+                        if c.write_all(&buf[..k]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let tunnel = Tunnel::start(imp, "-key bench -crypt aes -mode fast3", &format!("-conn {n}"), backend_addr, None);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let rss_before = rss_bytes(tunnel.server.id());
+        let local = tunnel.local;
+        let mut held = Vec::with_capacity(n);
+        // In waves, so the client's accept queue never overflows.
+        for wave in (0..n).collect::<Vec<_>>().chunks(200) {
+            let opened: Vec<_> = wave
+                .iter()
+                .map(|&i| {
+                    tokio::spawn(async move {
+                        let mut c = tokio::net::TcpStream::connect(local).await?;
+                        c.write_all(&[i as u8]).await?;
+                        let mut b = [0u8; 1];
+                        tokio::time::timeout(Duration::from_secs(30), c.read_exact(&mut b)).await??;
+                        std::io::Result::Ok(c)
+                    })
+                })
+                .collect();
+            for c in opened {
+                let c = c.await.map_err(|e| e.to_string())?;
+                held.push(c.map_err(|e| format!("{}: session {} of {n}: {e}", imp.name, held.len() + 1))?);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let rss = rss_bytes(tunnel.server.id());
+        let cpu_before = cpu_seconds(tunnel.server.id());
+        tokio::time::sleep(idle).await;
+        let cpu = cpu_seconds(tunnel.server.id()) - cpu_before;
+        drop(held);
+        Ok(Held {
+            rss_per_session: rss.saturating_sub(rss_before) as f64 / n as f64,
+            idle_cpu_percent: cpu / idle.as_secs_f64() * 100.0,
+        })
+    })
 }
 
 /// Runs the suite, calling `progress` with a line per step; returns every sample.
@@ -192,6 +294,22 @@ pub fn run_suite(impls: &[Implementation], size: Size, mut progress: impl FnMut(
                 ));
                 add(scenario, imp, run, "throughput MB/s", mbps);
                 add(scenario, imp, run, "CPU s per GB", cpu_per_gb);
+            }
+        }
+        for &n in size.sessions {
+            let scenario = format!("{n} idle sessions");
+            for imp in impls {
+                let held = hold_sessions(imp, n, size.idle)?;
+                progress(&format!(
+                    "run {}/{}: {scenario}: {} {:.1} KB per session, server idle CPU {:.1} %",
+                    run + 1,
+                    size.runs,
+                    imp.name,
+                    held.rss_per_session / 1024.0,
+                    held.idle_cpu_percent
+                ));
+                add(&scenario, imp, run, "server RSS KB per session", held.rss_per_session / 1024.0);
+                add(&scenario, imp, run, "server idle CPU % of a core", held.idle_cpu_percent);
             }
         }
         for fec in ["-ds 10 -ps 3", "-ds 0 -ps 0"] {
