@@ -252,15 +252,23 @@ impl Tunnel {
             if link.stream_eof || link.tcp_gone || link.failed {
                 break;
             }
-            let mut buf = link.pool.take();
-            buf.resize(CHUNK, 0);
-            let read = self.stack.stream_read(sid, &mut buf);
-            if let Ok(Read::Data(n)) = read {
-                buf.truncate(n);
-                link.waiting_for_tcp = Some(buf);
+            // Only as much buffer as there are bytes: an idle stream touches none
+            // (the one-byte read still reports the end of the stream or an error).
+            let ready = self.stack.mux().stream_readable(sid).min(CHUNK);
+            let read = if ready == 0 {
+                self.stack.stream_read(sid, &mut [0u8; 1])
             } else {
-                link.pool.give(buf);
-            }
+                let mut buf = link.pool.take();
+                buf.resize(ready, 0);
+                let read = self.stack.stream_read(sid, &mut buf);
+                if let Ok(Read::Data(n)) = read {
+                    buf.truncate(n);
+                    link.waiting_for_tcp = Some(buf);
+                } else {
+                    link.pool.give(buf);
+                }
+                read
+            };
             match read {
                 Ok(Read::Data(_)) => {}
                 Ok(Read::Eof) => {

@@ -3,26 +3,18 @@
 //! and pushes 8 concurrent connections of 4 MB through the tunnel, each with its own
 //! data, checking every byte that comes back.
 
+mod support;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use support::Procs;
+
 const CONNECTIONS: usize = 8;
 const BYTES: usize = 4_000_000;
-
-/// Kills its processes when the test ends, however it ends.
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// Starts `program` (its first word is the executable, the rest leading arguments).
 fn spawn(program: &str, args: &[String]) -> Child {

@@ -1,6 +1,16 @@
 //! Socket options kcptun sets on its UDP sockets (§4.5, §8.8).
 
+mod support;
+
+use std::io::IoSliceMut;
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
 use kcpgate::runtime::tune_udp;
+use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage};
+use support::Procs;
 
 #[tokio::test]
 async fn conformance_54_dscp_sets_tos_and_traffic_class() {
@@ -17,26 +27,6 @@ async fn conformance_54_dscp_sets_tos_and_traffic_class() {
     let v6 = tokio::net::UdpSocket::bind("[::1]:0").await.unwrap();
     assert!(tune_udp(&v6, 0, 46).is_empty());
     assert_eq!(socket2::SockRef::from(&v6).tclass_v6().unwrap(), 46, "IPv6: traffic class = DSCP");
-}
-
-use std::io::IoSliceMut;
-use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
-
-use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage};
-
-/// Kills its processes when the test ends, however it ends.
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 fn kcpgate(args: &str) -> Child {
