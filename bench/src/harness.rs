@@ -340,7 +340,7 @@ pub fn run_suite(impls: &[Implementation], size: Size, mut progress: impl FnMut(
     Ok(samples)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let n = v.len();
     if n % 2 == 1 {

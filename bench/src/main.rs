@@ -2,6 +2,7 @@
 
 mod harness;
 mod impair;
+mod plots;
 mod relay;
 mod traffic;
 
@@ -83,7 +84,11 @@ fn main() -> std::process::ExitCode {
                     return std::process::ExitCode::FAILURE;
                 }
             };
-            match harness::write_results(&out, &samples) {
+            let written = harness::write_results(&out, &samples).map_err(|e| e.to_string()).and_then(|mut files| {
+                files.extend(plots::write(&out, &samples).map_err(|e| e.to_string())?);
+                Ok(files)
+            });
+            match written {
                 Ok(files) => {
                     print!("{}", harness::markdown(&samples));
                     for f in files {
