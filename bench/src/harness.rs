@@ -273,7 +273,13 @@ fn hold_sessions(imp: &Implementation, n: usize, idle: Duration) -> Result<Held,
 }
 
 /// Runs the suite, calling `progress` with a line per step; returns every sample.
-pub fn run_suite(impls: &[Implementation], size: Size, mut progress: impl FnMut(&str)) -> Result<Vec<Sample>, String> {
+/// Only scenarios whose name contains `only` run (all when it is empty).
+pub fn run_suite(
+    impls: &[Implementation],
+    size: Size,
+    only: &str,
+    mut progress: impl FnMut(&str),
+) -> Result<Vec<Sample>, String> {
     let mut samples = Vec::new();
     let mut add = |scenario: &str, imp: &Implementation, run: usize, metric: &'static str, value: f64| {
         samples.push(Sample { scenario: scenario.to_string(), implementation: imp.name, run, metric, value });
@@ -283,7 +289,7 @@ pub fn run_suite(impls: &[Implementation], size: Size, mut progress: impl FnMut(
         ("bulk, kcptun defaults", "-key bench", size.default_bulk_bytes),
     ];
     for run in 0..size.runs {
-        for (scenario, flags, bytes) in bulk_scenarios {
+        for (scenario, flags, bytes) in bulk_scenarios.into_iter().filter(|s| s.0.contains(only)) {
             for imp in impls {
                 let (mbps, cpu_per_gb) = bulk(imp, flags, bytes)?;
                 progress(&format!(
@@ -298,6 +304,9 @@ pub fn run_suite(impls: &[Implementation], size: Size, mut progress: impl FnMut(
         }
         for &n in size.sessions {
             let scenario = format!("{n} idle sessions");
+            if !scenario.contains(only) {
+                continue;
+            }
             for imp in impls {
                 let held = hold_sessions(imp, n, size.idle)?;
                 progress(&format!(
@@ -319,6 +328,9 @@ pub fn run_suite(impls: &[Implementation], size: Size, mut progress: impl FnMut(
                     loss * 100.0,
                     if fec.contains("10") { "10/3" } else { "off" }
                 );
+                if !scenario.contains(only) {
+                    continue;
+                }
                 let flags = format!("-key bench -crypt aes -mode fast3 -nocomp {fec}");
                 for imp in impls {
                     let times = latency(imp, &flags, loss, size.pings)?;

@@ -37,6 +37,9 @@ enum Cmd {
         /// Where the results go.
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
+        /// Only the scenarios whose name contains this, e.g. "bulk" or "ping-pong".
+        #[arg(long, default_value = "")]
+        only: String,
     },
     /// A UDP relay that impairs traffic: clients send to --listen, the relay forwards
     /// to --target and carries answers back. Prints what it did every second.
@@ -61,7 +64,7 @@ enum Cmd {
 
 fn main() -> std::process::ExitCode {
     match Cli::parse().command {
-        Cmd::Run { smoke, runs, kcpgate, out } => {
+        Cmd::Run { smoke, runs, kcpgate, out, only } => {
             if !kcpgate.exists() {
                 eprintln!(
                     "kcpgate-bench: {} not found; build it first: cargo build --release -p kcpgate",
@@ -75,7 +78,7 @@ fn main() -> std::process::ExitCode {
             }
             let impls = [harness::Implementation::kcpgate(&kcpgate), harness::Implementation::kcptun()];
             let started = std::time::Instant::now();
-            let samples = match harness::run_suite(&impls, size, |line| {
+            let samples = match harness::run_suite(&impls, size, &only, |line| {
                 eprintln!("[{:>4.0} s] {line}", started.elapsed().as_secs_f64())
             }) {
                 Ok(s) => s,
