@@ -118,9 +118,7 @@ async fn start_session(plan: Arc<Plan>) -> std::io::Result<(mpsc::Sender<TcpStre
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, format!("{host} has no address")))?;
     let bind: SocketAddr = if remote.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }.expect("literal");
     let socket = UdpSocket::bind(bind).await?;
-    for w in crate::runtime::tune_udp(&socket, plan.settings.sockbuf.max(0) as usize, plan.settings.dscp as u32) {
-        warn!("{w}");
-    }
+    plan.tune_udp(&socket);
     socket.connect(remote).await?;
     let dialer = Dialer::new(remote, &plan.session, plan.crypto.clone(), random_seed())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
@@ -178,9 +176,7 @@ async fn session(
             return;
         }
         let until_close = force_close.map(|ttl| ttl.saturating_sub(start.elapsed()).as_millis() as u64);
-        let wait = tunnel
-            .deadline(&dialer.connection, now)
-            .map_or(3_600_000, |d| kcpgate_core::kcp::diff(d, now).max(0) as u64);
+        let wait = tunnel.wait_ms(&dialer.connection, now).unwrap_or(3_600_000);
         let mut received = false;
         if !timers_due {
             tokio::select! {

@@ -65,6 +65,13 @@ impl Plan {
         }
     }
 
+    /// Applies `-sockbuf` and `-dscp` to a UDP socket, logging what failed.
+    pub fn tune_udp(&self, socket: &tokio::net::UdpSocket) {
+        for w in tune_udp(socket, self.settings.sockbuf.max(0) as usize, self.settings.dscp as u32) {
+            tracing::warn!("{w}");
+        }
+    }
+
     /// A tunnel for a new session.
     pub fn tunnel(&self, role: kcpgate_core::smux::Role, now: u32) -> crate::tunnel::Tunnel {
         let close_wait_ms = (self.settings.closewait.clamp(0, 86_400) * 1000) as u32;

@@ -31,10 +31,7 @@ pub async fn run(plan: Arc<Plan>, drain: watch::Receiver<bool>) -> std::io::Resu
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on UDP {addr}: {e}")))?;
         info!("listening on UDP {} ({} sockets)", sockets[0].local_addr()?, sockets.len());
         for socket in sockets {
-            for w in crate::runtime::tune_udp(&socket, plan.settings.sockbuf.max(0) as usize, plan.settings.dscp as u32)
-            {
-                warn!("{w}");
-            }
+            plan.tune_udp(&socket);
             let socket = BatchSocket::new(socket, crate::udp::MAX_BATCH);
             tasks.push(tokio::spawn(serve_socket(socket, plan.clone(), drain.clone())));
         }
@@ -91,27 +88,30 @@ async fn serve_socket(mut socket: BatchSocket, plan: Arc<Plan>, mut drain: watch
             return;
         }
         // Timers first, whatever woke the loop: a busy socket must not starve them.
+        // The loop then sleeps until the earliest deadline; a session whose timers
+        // ran counts with the deadline they set, taken after it was serviced.
         let now = now_ms(start);
         let mut touched: Vec<SocketAddr> = Vec::new();
+        let mut next: Option<u64> = None;
+        let mut earliest = |wait: Option<u64>| {
+            if let Some(w) = wait {
+                next = Some(next.map_or(w, |n| n.min(w)));
+            }
+        };
         for (addr, t) in &mut tunnels {
             let Some(conn) = listener.session_mut(addr) else { continue };
-            if t.deadline(conn, now).is_some_and(|due| kcpgate_core::kcp::diff(now, due) >= 0) {
-                t.run_timers(now, conn);
-                touched.push(*addr);
+            match t.wait_ms(conn, now) {
+                Some(0) => {
+                    t.run_timers(now, conn);
+                    touched.push(*addr);
+                }
+                wait => earliest(wait),
             }
         }
         for addr in touched.drain(..) {
             service(&mut socket, &mut listener, &mut tunnels, &mut retired, addr, now, &plan, &tx).await;
-        }
-        // Sleep until the earliest deadline, taken after the timers above ran: each
-        // one that ran has set its next. (Deadlines cover streams waiting for room
-        // towards TCP too.)
-        let mut next: Option<u64> = None;
-        for (addr, t) in &tunnels {
-            let Some(conn) = listener.session(addr) else { continue };
-            if let Some(due) = t.deadline(conn, now) {
-                let wait = kcpgate_core::kcp::diff(due, now).max(0) as u64;
-                next = Some(next.map_or(wait, |n| n.min(wait)));
+            if let (Some(t), Some(conn)) = (tunnels.get(&addr), listener.session(&addr)) {
+                earliest(t.wait_ms(conn, now));
             }
         }
         let sleep = tokio::time::sleep(Duration::from_millis(next.unwrap_or(3_600_000)));

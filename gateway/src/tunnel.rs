@@ -194,27 +194,6 @@ impl Tunnel {
         }
     }
 
-    /// Counts a stream whose target could not be dialled (its `Closed` follows).
-    pub fn dial_failed(&self) {
-        self.counters.dial_failures.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The earliest moment a stream needs the session's attention by itself: soon if
-    /// it waits for room towards TCP, or when its `-closewait` runs out.
-    fn stream_deadline(&self, now: u32) -> Option<u32> {
-        let mut due: Option<u32> = None;
-        let mut earliest = |t: u32| due = Some(due.map_or(t, |d| if diff(t, d) < 0 { t } else { d }));
-        for l in self.links.values() {
-            if l.waiting_for_tcp.is_some() {
-                earliest(now.wrapping_add(5));
-            }
-            if let Some(t) = l.close_by {
-                earliest(t);
-            }
-        }
-        due
-    }
-
     /// Moves data between the connection, smux and the stream tasks as far as it
     /// goes. Returns streams the peer opened (for the caller to start tasks for).
     pub fn service(&mut self, now: u32, conn: &mut Connection) -> Result<Vec<NewStream>, StackError> {
@@ -333,13 +312,23 @@ impl Tunnel {
         let _ = self.stack.handle_timeout(now);
     }
 
-    /// When this session needs attention next: its own timers, and soon if a stream
-    /// waits for room towards TCP.
+    /// When this session needs attention next: its own timers, soon if a stream
+    /// waits for room towards TCP, and when a stream's `-closewait` runs out.
     pub fn deadline(&self, conn: &Connection, now: u32) -> Option<u32> {
-        [conn.poll_timeout(), self.stack.poll_timeout(), self.stream_deadline(now)]
-            .into_iter()
-            .flatten()
-            .reduce(|a, b| if diff(a, b) <= 0 { a } else { b })
+        let streams =
+            self.links.values().flat_map(|l| [l.waiting_for_tcp.as_ref().map(|_| now.wrapping_add(5)), l.close_by]);
+        [conn.poll_timeout(), self.stack.poll_timeout()].into_iter().chain(streams).flatten().reduce(|a, b| {
+            if diff(a, b) <= 0 {
+                a
+            } else {
+                b
+            }
+        })
+    }
+
+    /// Milliseconds until [`Tunnel::deadline`] (0 when it has passed).
+    pub fn wait_ms(&self, conn: &Connection, now: u32) -> Option<u64> {
+        self.deadline(conn, now).map(|due| diff(due, now).max(0) as u64)
     }
 }
 

@@ -75,10 +75,6 @@ impl BatchSocket {
         }
     }
 
-    pub fn socket(&self) -> &UdpSocket {
-        &self.socket
-    }
-
     /// Waits for a batch of datagrams (see [`BatchSocket::datagrams`]).
     pub async fn recv(&mut self) -> std::io::Result<()> {
         let BatchSocket { socket, headers, rx, slot, slots, received, .. } = self;
