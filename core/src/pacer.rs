@@ -30,10 +30,6 @@ impl TokenBucket {
         TokenBucket { rate: i64::from(rate), tokens: Self::capacity(), updated: None }
     }
 
-    pub fn rate(&self) -> u32 {
-        self.rate as u32
-    }
-
     fn capacity() -> i64 {
         i64::from(BURST) * 1000
     }

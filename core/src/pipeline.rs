@@ -250,15 +250,6 @@ impl Connection {
         self.seal_output(now);
     }
 
-    /// Changes the rate limit (bytes per second, 0 = unlimited), starting with a
-    /// full burst.
-    pub fn set_rate_limit(&mut self, bytes_per_second: u32) {
-        self.pacer = (bytes_per_second > 0).then(|| TokenBucket::new(bytes_per_second));
-        if self.pacer.is_none() {
-            self.kcp.set_send_budget(None);
-        }
-    }
-
     /// Gives KCP as many bytes of segments as the bucket's tokens pay for once the
     /// FEC, crypto and parity overhead is added.
     fn arm_send_budget(&mut self, now: u32) {

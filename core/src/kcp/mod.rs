@@ -479,11 +479,6 @@ impl Kcp {
         self.send_budget = bytes;
     }
 
-    /// What is left of the send budget.
-    pub fn send_budget(&self) -> Option<usize> {
-        self.send_budget
-    }
-
     /// Datagrams waiting to be sent. Each starts with `header_room` free bytes.
     pub fn transmits(&mut self) -> &mut TransmitQueue {
         &mut self.transmits
