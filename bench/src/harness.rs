@@ -37,7 +37,8 @@ struct Tunnel {
     server: Child,
     client: Child,
     local: SocketAddr,
-    _relay: Option<thread::JoinHandle<()>>,
+    /// Dropping it stops the relay, if there is one, and frees its sockets.
+    _stop_relay: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Drop for Tunnel {
@@ -86,12 +87,17 @@ impl Tunnel {
                 let relay_port = free_port_udp();
                 let listen: SocketAddr = ([127, 0, 0, 1], relay_port).into();
                 let target: SocketAddr = ([127, 0, 0, 1], udp).into();
-                let handle = thread::spawn(move || {
+                let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                thread::spawn(move || {
                     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-                    let stats = Arc::default();
-                    let _ = rt.block_on(crate::relay::run(listen, target, up, down, 1, stats));
+                    rt.block_on(async {
+                        tokio::select! {
+                            _ = crate::relay::run(listen, target, up, down, 1, Arc::default()) => {}
+                            _ = stopped => {}
+                        }
+                    });
                 });
-                (relay_port, Some(handle))
+                (relay_port, Some(stop))
             }
             None => (udp, None),
         };
@@ -102,7 +108,7 @@ impl Tunnel {
             assert!(Instant::now() < deadline, "{} client never listened on {local}", imp.name);
             thread::sleep(Duration::from_millis(20));
         }
-        Tunnel { server, client, local, _relay: relay }
+        Tunnel { server, client, local, _stop_relay: relay }
     }
 
     /// CPU seconds the server and client have used.

@@ -95,6 +95,18 @@ pub struct Counters {
     pub sent: u64,
 }
 
+impl std::ops::AddAssign for Counters {
+    fn add_assign(&mut self, o: Counters) {
+        self.received += o.received;
+        self.lost_random += o.lost_random;
+        self.lost_burst += o.lost_burst;
+        self.duplicated += o.duplicated;
+        self.corrupted += o.corrupted;
+        self.reordered += o.reordered;
+        self.sent += o.sent;
+    }
+}
+
 impl Counters {
     /// The loss the receiver saw, as a fraction of what came in.
     pub fn loss(&self) -> f64 {

@@ -62,12 +62,15 @@ impl Direction {
         Direction { impairer: Impairer::new(spec, seed), start, queue, seq: 0, scratch: Vec::new() }
     }
 
-    fn push(&mut self, data: &[u8], socket: &Arc<UdpSocket>, to: SocketAddr) {
+    /// Impairs one datagram, queues what is left of it for `to`, and adds what
+    /// happened to `totals`.
+    fn push(&mut self, data: &[u8], socket: &Arc<UdpSocket>, to: SocketAddr, totals: &Mutex<Counters>) {
         self.impairer.process(self.start.elapsed(), data, &mut self.scratch);
         for (at, data) in self.scratch.drain(..) {
             self.seq += 1;
             let _ = self.queue.send(Pending { at, seq: self.seq, data, socket: socket.clone(), to });
         }
+        *totals.lock().expect("stats lock") += std::mem::take(&mut self.impairer.counters);
     }
 }
 
@@ -91,7 +94,7 @@ async fn deliver(mut rx: mpsc::UnboundedReceiver<Pending>, start: Instant) {
     }
 }
 
-/// Runs the relay until the process ends.
+/// Runs the relay until it fails or its future is dropped.
 pub async fn run(
     listen: SocketAddr,
     target: SocketAddr,
@@ -102,8 +105,7 @@ pub async fn run(
 ) -> std::io::Result<()> {
     let front = Arc::new(UdpSocket::bind(listen).await?);
     let start = Instant::now();
-    let up_dir = Arc::new(Mutex::new(Direction::new(up, seed, start)));
-    let down_spec = down;
+    let mut up_dir = Direction::new(up, seed, start);
     let mut backs: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
     let mut buf = vec![0u8; 65536];
     let mut clients = 0u64;
@@ -115,16 +117,13 @@ pub async fn run(
                 let bind: SocketAddr = if target.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal");
                 let back = Arc::new(UdpSocket::bind(bind).await?);
                 clients += 1;
-                let down_dir =
-                    Direction::new(down_spec.clone(), seed ^ clients.wrapping_mul(0x9E37_79B9_7F4A_7C15), start);
+                let down_dir = Direction::new(down.clone(), seed ^ clients.wrapping_mul(0x9E37_79B9_7F4A_7C15), start);
                 tokio::spawn(answers(back.clone(), front.clone(), from, down_dir, stats.clone()));
                 backs.insert(from, back.clone());
                 back
             }
         };
-        let mut dir = up_dir.lock().expect("relay lock");
-        dir.push(&buf[..n], &back, target);
-        *stats.up.lock().expect("stats lock") = dir.impairer.counters;
+        up_dir.push(&buf[..n], &back, target, &stats.up);
     }
 }
 
@@ -137,18 +136,7 @@ async fn answers(
     stats: Arc<Stats>,
 ) {
     let mut buf = vec![0u8; 65536];
-    let mut last = Counters::default();
     while let Ok((n, _)) = back.recv_from(&mut buf).await {
-        dir.push(&buf[..n], &front, client);
-        let now = dir.impairer.counters;
-        let mut total = stats.down.lock().expect("stats lock");
-        total.received += now.received - last.received;
-        total.lost_random += now.lost_random - last.lost_random;
-        total.lost_burst += now.lost_burst - last.lost_burst;
-        total.duplicated += now.duplicated - last.duplicated;
-        total.corrupted += now.corrupted - last.corrupted;
-        total.reordered += now.reordered - last.reordered;
-        total.sent += now.sent - last.sent;
-        last = now;
+        dir.push(&buf[..n], &front, client, &stats.down);
     }
 }
