@@ -33,6 +33,11 @@ fn kcpgate() -> String {
     env!("CARGO_BIN_EXE_kcpgate").to_string()
 }
 
+/// Starts `kcpgate ROLE` with `arguments` (split at whitespace).
+fn kcpgate_run(role: &str, arguments: &str) -> Child {
+    spawn(&format!("{} {role}", kcpgate()), &args(arguments))
+}
+
 fn free_udp_port(host: &str) -> u16 {
     UdpSocket::bind((host, 0)).unwrap().local_addr().unwrap().port()
 }
@@ -183,17 +188,19 @@ fn kcpgate_pair_qpp() {
     kcpgate_pair("-key pair -crypt aes -QPP -ds 10 -ps 3 -mode fast3 -smuxver 1");
 }
 
-/// Every cipher of Debian's kcptun 20210922, with FEC 10/3 and compression on.
-macro_rules! cipher_matrix {
-    ($($name:ident: $crypt:literal;)*) => {$(
+/// One test per configuration: the common flags, then each test's own.
+macro_rules! matrix {
+    ($common:literal; $($name:ident: $flags:literal;)*) => {$(
         #[test]
         fn $name() {
-            every_pairing(concat!("-key matrix -mode fast3 -smuxver 1 -ds 10 -ps 3 -crypt ", $crypt));
+            every_pairing(concat!("-key matrix ", $common, " ", $flags));
         }
     )*};
 }
 
-cipher_matrix! {
+// Every cipher of Debian's kcptun 20210922, with FEC 10/3 and compression on.
+matrix! {
+    "-mode fast3 -smuxver 1 -ds 10 -ps 3 -crypt";
     cipher_aes: "aes";
     cipher_aes_128: "aes-128";
     cipher_aes_192: "aes-192";
@@ -209,17 +216,9 @@ cipher_matrix! {
     cipher_none: "none";
 }
 
-/// With aes: FEC {10/3, 0/0} × compression {on, off} × smux {1, 2} × mode {fast, fast3}.
-macro_rules! aes_matrix {
-    ($($name:ident: $flags:literal;)*) => {$(
-        #[test]
-        fn $name() {
-            every_pairing(concat!("-key matrix -crypt aes ", $flags));
-        }
-    )*};
-}
-
-aes_matrix! {
+// With aes: FEC {10/3, 0/0} × compression {on, off} × smux {1, 2} × mode {fast, fast3}.
+matrix! {
+    "-crypt aes";
     aes_fec_comp_v1_fast: "-ds 10 -ps 3 -smuxver 1 -mode fast";
     aes_fec_comp_v1_fast3: "-ds 10 -ps 3 -smuxver 1 -mode fast3";
     aes_fec_comp_v2_fast: "-ds 10 -ps 3 -smuxver 2 -mode fast";
@@ -254,9 +253,9 @@ fn conformance_82_port_ranges() {
     let range = format!("127.0.0.1:{base}-{}", base + 3);
     let flags = "-key ranges -crypt aes -mode fast3";
     let _procs = Procs(vec![
-        spawn(&format!("{} server", kcpgate()), &args(&format!("-l {range} -t 127.0.0.1:{backend} {flags}"))),
+        kcpgate_run("server", &format!("-l {range} -t 127.0.0.1:{backend} {flags}")),
         // Four sessions, each on a random port of the range: all must reach the server.
-        spawn(&format!("{} client", kcpgate()), &args(&format!("-l 127.0.0.1:{local} -r {range} -conn 4 {flags}"))),
+        kcpgate_run("client", &format!("-l 127.0.0.1:{local} -r {range} -conn 4 {flags}")),
     ]);
     push_through(local);
 }
@@ -306,11 +305,8 @@ fn conformance_81_one_dial_per_stream_and_refused_or_resetting_targets_end_it_pr
     let log = temp_log("reset");
     let flags = "-key reset -crypt aes -mode fast3"; // the server's -closewait stays 30
     let procs = Procs(vec![
-        spawn(
-            &format!("{} server", kcpgate()),
-            &args(&format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{target_port} {flags} -log {}", log.display())),
-        ),
-        spawn(&format!("{} client", kcpgate()), &args(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags}"))),
+        kcpgate_run("server", &format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{target_port} {flags} -log {}", log.display())),
+        kcpgate_run("client", &format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags}")),
     ]);
     // Returns what came back before the stream ended, checking it ended promptly.
     let exchange = |mut c: TcpStream| {
@@ -351,11 +347,8 @@ fn closewait_closes_a_half_open_connection_after_the_wait() {
     let local = free_tcp_port();
     let flags = "-key closewait -crypt aes -mode fast3";
     let _procs = Procs(vec![
-        spawn(
-            &format!("{} server", kcpgate()),
-            &args(&format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{target_port} {flags} -closewait 2")),
-        ),
-        spawn(&format!("{} client", kcpgate()), &args(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags}"))),
+        kcpgate_run("server", &format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{target_port} {flags} -closewait 2")),
+        kcpgate_run("client", &format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags}")),
     ]);
     let mut c = connect_when_listening(local);
     c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -380,8 +373,8 @@ fn sigterm_drains_open_streams_then_exits_0() {
     let local = free_tcp_port();
     let flags = "-key drain -crypt aes -mode fast3";
     let mut procs = Procs(vec![
-        spawn(&format!("{} server", kcpgate()), &args(&format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags}"))),
-        spawn(&format!("{} client", kcpgate()), &args(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags}"))),
+        kcpgate_run("server", &format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags}")),
+        kcpgate_run("client", &format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags}")),
     ]);
     let server_pid = procs.0[0].id().to_string();
     let transfer = thread::spawn(move || push_through(local));
@@ -408,14 +401,8 @@ fn a_thousand_streams_over_one_session_lose_no_byte() {
     let local = free_tcp_port();
     let flags = "-key thousand -crypt aes -mode fast3 -conn 1";
     let _procs = Procs(vec![
-        spawn(
-            &format!("{} server", kcpgate()),
-            &args(&format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {}", flags.replace(" -conn 1", ""))),
-        ),
-        spawn(
-            &format!("{} client", kcpgate()),
-            &args(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags} -quiet")),
-        ),
+        kcpgate_run("server", &format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {}", flags.replace(" -conn 1", ""))),
+        kcpgate_run("client", &format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags} -quiet")),
     ]);
     drop(connect_when_listening(local));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -485,8 +472,8 @@ fn a_slow_backend_keeps_gateway_memory_bounded() {
     let local = free_tcp_port();
     let flags = "-key slow -crypt aes -mode fast3";
     let procs = Procs(vec![
-        spawn(&format!("{} server", kcpgate()), &args(&format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags}"))),
-        spawn(&format!("{} client", kcpgate()), &args(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags}"))),
+        kcpgate_run("server", &format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags}")),
+        kcpgate_run("client", &format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags}")),
     ]);
     let mut c = connect_when_listening(local);
     let (server, client) = (procs.0[0].id(), procs.0[1].id());
@@ -541,7 +528,7 @@ fn a_killed_and_restarted_server_is_reached_again_within_the_keepalive_timeout()
     let server = format!("{} server", kcpgate());
     let mut procs = Procs(vec![
         spawn(&server, &server_args),
-        spawn(&format!("{} client", kcpgate()), &args(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags}"))),
+        kcpgate_run("client", &format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags}")),
     ]);
     push_through(local);
     // Kill the server mid-transfer.
@@ -581,10 +568,10 @@ fn conformance_80_autoexpire_and_scavenger() {
     let local = free_tcp_port();
     let flags = "-key expire -crypt aes -mode fast3";
     let _procs = Procs(vec![
-        spawn(&format!("{} server", kcpgate()), &args(&format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags}"))),
-        spawn(
-            &format!("{} client", kcpgate()),
-            &args(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags} -conn 1 -autoexpire 2 -scavengettl 2")),
+        kcpgate_run("server", &format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags}")),
+        kcpgate_run(
+            "client",
+            &format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags} -conn 1 -autoexpire 2 -scavengettl 2"),
         ),
     ]);
     let mut first = connect_when_listening(local);
@@ -633,13 +620,13 @@ fn conformance_79_connections_round_robin_over_lazily_created_sessions() {
     let (server_log, client_log) = (temp_log("rr-server"), temp_log("rr-client"));
     let flags = "-key rr -crypt aes -mode fast3";
     let _procs = Procs(vec![
-        spawn(
-            &format!("{} server", kcpgate()),
-            &args(&format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags} -log {}", server_log.display())),
+        kcpgate_run(
+            "server",
+            &format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags} -log {}", server_log.display()),
         ),
-        spawn(
-            &format!("{} client", kcpgate()),
-            &args(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags} -conn 3 -log {}", client_log.display())),
+        kcpgate_run(
+            "client",
+            &format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags} -conn 3 -log {}", client_log.display()),
         ),
     ]);
     wait_for_log(&client_log, "listening on TCP");
@@ -729,8 +716,8 @@ fn conformance_53_closing_a_session_sends_no_special_datagram() {
     // `none` leaves the KCP segments readable behind its 20-byte header.
     let flags = "-key close -crypt none -mode fast3 -nocomp -ds 0 -ps 0";
     let mut procs = Procs(vec![
-        spawn(&format!("{} server", kcpgate()), &args(&format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags}"))),
-        spawn(&format!("{} client", kcpgate()), &args(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{relay} {flags}"))),
+        kcpgate_run("server", &format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags}")),
+        kcpgate_run("client", &format!("-l 127.0.0.1:{local} -r 127.0.0.1:{relay} {flags}")),
     ]);
     let mut c = connect_when_listening(local);
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -768,11 +755,8 @@ fn conformance_55_ratelimit_paces_a_session() {
     let flags = "-key rate -crypt aes -mode fast3 -nocomp";
     let rate = 300_000.0;
     let _procs = Procs(vec![
-        spawn(&format!("{} server", kcpgate()), &args(&format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags}"))),
-        spawn(
-            &format!("{} client", kcpgate()),
-            &args(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags} -ratelimit {rate}")),
-        ),
+        kcpgate_run("server", &format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags}")),
+        kcpgate_run("client", &format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags} -ratelimit {rate}")),
     ]);
     let mut c = connect_when_listening(local);
     c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -816,16 +800,10 @@ fn a_server_on_wildcard_addresses_answers_every_peer_at_its_own_address() {
     ];
     for (host, peers) in cases {
         let udp = free_udp_port("127.0.0.1");
-        let mut procs = Procs(vec![spawn(
-            &format!("{} server", kcpgate()),
-            &args(&format!("-l {host}:{udp} -t 127.0.0.1:{backend} {flags}")),
-        )]);
+        let mut procs = Procs(vec![kcpgate_run("server", &format!("-l {host}:{udp} -t 127.0.0.1:{backend} {flags}"))]);
         for peer in &peers {
             let local = free_tcp_port();
-            procs.0.push(spawn(
-                &format!("{} client", kcpgate()),
-                &args(&format!("-l 127.0.0.1:{local} -r {peer}:{udp} {flags}")),
-            ));
+            procs.0.push(kcpgate_run("client", &format!("-l 127.0.0.1:{local} -r {peer}:{udp} {flags}")));
             drop(connect_when_listening(local));
             assert!(try_echo(local), "server on {host:?}:{udp}, client from {peer}");
         }
@@ -844,8 +822,8 @@ fn a_lost_datagram_is_resent_by_its_timer_on_a_quiet_session() {
     let (lossy, _) = relay(udp, 5, 3, Duration::from_millis(20));
     let flags = "-key quiet -crypt aes -mode fast3 -ds 0 -ps 0";
     let _procs = Procs(vec![
-        spawn(&format!("{} server", kcpgate()), &args(&format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags}"))),
-        spawn(&format!("{} client", kcpgate()), &args(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{lossy} {flags}"))),
+        kcpgate_run("server", &format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags}")),
+        kcpgate_run("client", &format!("-l 127.0.0.1:{local} -r 127.0.0.1:{lossy} {flags}")),
     ]);
     let mut c = connect_when_listening(local);
     c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
