@@ -166,7 +166,7 @@ async fn session(
         // Timers first, whatever woke the loop: steady input must not starve them. When
         // they ran, the session is serviced at once instead of waiting for an event.
         let now = now_ms(start);
-        let timers_due = tunnel.deadline(&dialer.connection, now).is_some_and(|d| kcpgate_core::kcp::diff(now, d) >= 0);
+        let timers_due = tunnel.deadline(&dialer.connection).is_some_and(|d| kcpgate_core::kcp::diff(now, d) >= 0);
         if timers_due {
             tunnel.run_timers(now, &mut dialer.connection);
         }

@@ -13,7 +13,7 @@
 //! fails (reset, refused) closes its stream at once and is counted.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -66,6 +66,8 @@ pub enum FromStream {
     Failed,
     /// The stream task ended: nothing more can be delivered to TCP.
     Closed,
+    /// The channel towards TCP, which was full, has room again.
+    Room,
 }
 
 /// Process-wide stream counters (kcptun's SNMP has none of these).
@@ -97,6 +99,9 @@ struct Link {
     to_tcp: Option<mpsc::Sender<Vec<u8>>>,
     /// Bytes read from smux that the TCP channel had no room for.
     waiting_for_tcp: Option<Vec<u8>>,
+    /// Set while `waiting_for_tcp` waits: the stream task sends [`FromStream::Room`]
+    /// when it takes the next chunk, so the session wakes instead of polling.
+    blocked: Arc<AtomicBool>,
     credit: Arc<Semaphore>,
     pool: ChunkPool,
     /// Tells the stream task to drop its TCP connection at once.
@@ -123,6 +128,7 @@ pub struct NewStream {
     pub credit: Arc<Semaphore>,
     pub stop: Arc<Notify>,
     pub pool: ChunkPool,
+    pub blocked: Arc<AtomicBool>,
 }
 
 /// The streams of one session.
@@ -149,11 +155,13 @@ impl Tunnel {
         let credit = Arc::new(Semaphore::new(CHUNKS_IN_FLIGHT * CHUNK));
         let stop = Arc::new(Notify::new());
         let pool = ChunkPool::default();
+        let blocked = Arc::new(AtomicBool::new(false));
         self.links.insert(
             sid,
             Link {
                 to_tcp: Some(tx),
                 waiting_for_tcp: None,
+                blocked: blocked.clone(),
                 credit: credit.clone(),
                 stop: stop.clone(),
                 pool: pool.clone(),
@@ -168,7 +176,7 @@ impl Tunnel {
             },
         );
         self.counters.opened.fetch_add(1, Ordering::Relaxed);
-        NewStream { sid, to_tcp: rx, credit, stop, pool }
+        NewStream { sid, to_tcp: rx, credit, stop, pool, blocked }
     }
 
     /// A message from stream `sid`'s task.
@@ -191,6 +199,7 @@ impl Tunnel {
                 link.to_tcp = None;
                 link.waiting_for_tcp = None;
             }
+            FromStream::Room => {} // the caller services the session
         }
     }
 
@@ -219,13 +228,22 @@ impl Tunnel {
         // smux → TCP.
         loop {
             if let Some(data) = link.waiting_for_tcp.take() {
-                match link.to_tcp.as_ref().map(|t| t.try_send(data)) {
-                    Some(Err(mpsc::error::TrySendError::Full(d))) => {
-                        link.waiting_for_tcp = Some(d);
-                        break;
+                if let Some(to_tcp) = &link.to_tcp {
+                    match to_tcp.try_send(data) {
+                        Err(mpsc::error::TrySendError::Full(data)) => {
+                            // Ask for a wake-up, then try again: a chunk taken before
+                            // the flag was set made room this attempt sees.
+                            link.blocked.store(true, Ordering::SeqCst);
+                            match to_tcp.try_send(data) {
+                                Err(mpsc::error::TrySendError::Full(data)) => {
+                                    link.waiting_for_tcp = Some(data);
+                                    break;
+                                }
+                                Err(mpsc::error::TrySendError::Closed(_)) | Ok(()) => {}
+                            }
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) | Ok(()) => {}
                     }
-                    Some(Err(mpsc::error::TrySendError::Closed(_))) | None => {}
-                    Some(Ok(())) => {}
                 }
             }
             if link.stream_eof || link.tcp_gone || link.failed {
@@ -312,11 +330,11 @@ impl Tunnel {
         let _ = self.stack.handle_timeout(now);
     }
 
-    /// When this session needs attention next: its own timers, soon if a stream
-    /// waits for room towards TCP, and when a stream's `-closewait` runs out.
-    pub fn deadline(&self, conn: &Connection, now: u32) -> Option<u32> {
-        let streams =
-            self.links.values().flat_map(|l| [l.waiting_for_tcp.as_ref().map(|_| now.wrapping_add(5)), l.close_by]);
+    /// When this session needs attention next: its own timers and when a stream's
+    /// `-closewait` runs out. (A stream waiting for room towards TCP is woken by
+    /// [`FromStream::Room`].)
+    pub fn deadline(&self, conn: &Connection) -> Option<u32> {
+        let streams = self.links.values().map(|l| l.close_by);
         [conn.poll_timeout(), self.stack.poll_timeout()].into_iter().chain(streams).flatten().reduce(|a, b| {
             if diff(a, b) <= 0 {
                 a
@@ -328,7 +346,7 @@ impl Tunnel {
 
     /// Milliseconds until [`Tunnel::deadline`] (0 when it has passed).
     pub fn wait_ms(&self, conn: &Connection, now: u32) -> Option<u64> {
-        self.deadline(conn, now).map(|due| diff(due, now).max(0) as u64)
+        self.deadline(conn).map(|due| diff(due, now).max(0) as u64)
     }
 }
 
@@ -339,7 +357,7 @@ pub async fn run_stream<K: Clone + Send + 'static>(
     stream: NewStream,
     to_session: mpsc::Sender<(K, u32, FromStream)>,
 ) {
-    let NewStream { sid, mut to_tcp, credit, stop, pool } = stream;
+    let NewStream { sid, mut to_tcp, credit, stop, pool, blocked } = stream;
     let _ = tcp.set_nodelay(true);
     let (mut rd, mut wr) = tcp.into_split();
     let up = {
@@ -368,6 +386,11 @@ pub async fn run_stream<K: Clone + Send + 'static>(
         let (key, to_session) = (key.clone(), to_session.clone());
         async move {
             while let Some(data) = to_tcp.recv().await {
+                if blocked.swap(false, Ordering::SeqCst)
+                    && to_session.send((key.clone(), sid, FromStream::Room)).await.is_err()
+                {
+                    return;
+                }
                 if wr.write_all(&data).await.is_err() {
                     let _ = to_session.send((key, sid, FromStream::Failed)).await;
                     return;
@@ -382,4 +405,109 @@ pub async fn run_stream<K: Clone + Send + 'static>(
         () = stop.notified() => {} // dropping the connection closes it
     }
     let _ = to_session.send((key, sid, FromStream::Closed)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Role as Side, Settings};
+    use crate::runtime::Plan;
+    use kcpgate_core::smux::Role;
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+
+    struct End {
+        conn: Connection,
+        tunnel: Tunnel,
+    }
+
+    impl End {
+        fn new(plan: &Plan, role: Role, seed: u8) -> End {
+            let conn = Connection::new(7, &plan.session, plan.crypto.clone(), [seed; 32]).expect("valid config");
+            End { conn, tunnel: plan.tunnel(role, 0) }
+        }
+
+        /// Runs due timers, services the streams and hands every datagram to `peer`.
+        fn step(&mut self, now: u32, peer: &mut End) -> Vec<NewStream> {
+            if self.tunnel.deadline(&self.conn).is_some_and(|d| diff(now, d) >= 0) {
+                self.tunnel.run_timers(now, &mut self.conn);
+            }
+            let new = self.tunnel.service(now, &mut self.conn).expect("the stack works");
+            for datagram in self.conn.transmits() {
+                peer.conn.handle_datagram(now, &mut datagram.to_vec()).expect("a datagram of the peer");
+            }
+            self.conn.clear_transmits();
+            new
+        }
+    }
+
+    /// A backend that starts reading late fills the stream's channel towards TCP.
+    /// The session is then not polled: the stream task wakes it when it takes a
+    /// chunk, and every byte arrives in order.
+    #[tokio::test]
+    async fn a_stream_blocked_towards_tcp_wakes_its_session_when_tcp_takes_a_chunk() {
+        let args = ["-key", "k", "-crypt", "aes", "-mode", "fast3", "-nocomp", "-sndwnd", "1024", "-rcvwnd", "1024"];
+        let plan = Plan::new(Settings::parse(Side::Server, args.map(String::from)).expect("valid flags"));
+        let (mut client, mut server) = (End::new(&plan, Role::Client, 1), End::new(&plan, Role::Server, 2));
+        let payload: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
+        let sid = client.tunnel.stack.open_stream().expect("a stream");
+        let _client_side = client.tunnel.add_stream(sid);
+        for chunk in payload.chunks(CHUNK) {
+            client.tunnel.on_message(sid, FromStream::Data(chunk.to_vec()));
+        }
+
+        // Small kernel buffers, so that what the backend does not read stays with us.
+        let backend = tokio::net::TcpSocket::new_v4().expect("socket");
+        backend.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+        backend.bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+        let backend = backend.listen(1).expect("listen");
+        let backend_addr = backend.local_addr().expect("address");
+        let (to_session, mut from_streams) = mpsc::channel::<((), u32, FromStream)>(64);
+        let mut received: Option<tokio::task::JoinHandle<Vec<u8>>> = None;
+        let mut now = 0u32;
+        let mut wake_ups = 0;
+        loop {
+            now += 10;
+            client.step(now, &mut server);
+            for stream in server.step(now, &mut client) {
+                let tcp = tokio::net::TcpSocket::new_v4().expect("socket");
+                tcp.set_send_buffer_size(4096).expect("SO_SNDBUF");
+                let tcp = tcp.connect(backend_addr).await.expect("connect");
+                let (mut accepted, _) = backend.accept().await.expect("accept");
+                let expected = payload.len();
+                received = Some(tokio::spawn(async move {
+                    // Late: the stream's channel and smux's buffer fill meanwhile.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let mut got = Vec::with_capacity(expected);
+                    while got.len() < expected {
+                        let mut buf = vec![0u8; 4096];
+                        let n = accepted.read(&mut buf).await.expect("read");
+                        assert!(n > 0, "the backend connection ended early");
+                        got.extend_from_slice(&buf[..n]);
+                    }
+                    got
+                }));
+                tokio::spawn(run_stream(tcp, (), stream, to_session.clone()));
+            }
+            let blocked = server.tunnel.links.values().any(|l| l.waiting_for_tcp.is_some());
+            if blocked {
+                // Nothing else would service the session in time: only the stream
+                // task's message can.
+                let woken = tokio::time::timeout(Duration::from_secs(5), from_streams.recv()).await;
+                let Ok(Some(((), sid, msg))) = woken else {
+                    panic!("a stream blocked towards TCP never woke its session")
+                };
+                assert!(matches!(msg, FromStream::Room), "unexpected {msg:?}");
+                server.tunnel.on_message(sid, msg);
+                wake_ups += 1;
+            }
+            if received.as_ref().is_some_and(|r| r.is_finished()) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        let got = received.expect("the server accepted the stream").await.expect("the backend reader");
+        assert!(got == payload, "the backend received other bytes than the client sent");
+        assert!(wake_ups > 0, "the stream never blocked: the test proves nothing");
+    }
 }
