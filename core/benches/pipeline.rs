@@ -49,7 +49,7 @@ fn fec(c: &mut Criterion) {
     let mut group = c.benchmark_group("fec_10_3");
     group.throughput(Throughput::Bytes(data_bytes));
 
-    let mut enc = FecEncoder::new(shards);
+    let mut enc = FecEncoder::new(shards.clone());
     let mut shard = vec![0u8; PACKET];
     let mut parity = vec![0u8; PACKET];
     let mut now = 0u32;
@@ -68,7 +68,7 @@ fn fec(c: &mut Criterion) {
 
     // Every group loses three data shards and is rebuilt from seven data + three parity.
     let mut packets = Vec::new();
-    let mut enc = FecEncoder::new(shards);
+    let mut enc = FecEncoder::new(shards.clone());
     for (i, d) in group_data.iter().enumerate() {
         let mut s = vec![0u8; DATA_HEADER_LEN + d.len()];
         s[DATA_HEADER_LEN..].copy_from_slice(d);

@@ -6,6 +6,7 @@
 //! data shard's bytes from the size field on, zero-padded to the group's longest.
 
 use reed_solomon_erasure::galois_8::ReedSolomon;
+use std::sync::Arc;
 
 pub const TYPE_DATA: u16 = 0x00F1;
 pub const TYPE_PARITY: u16 = 0x00F2;
@@ -38,25 +39,42 @@ pub fn packet_type(packet: &[u8]) -> Option<u16> {
     matches!(t, TYPE_DATA | TYPE_PARITY | TYPE_OOB).then_some(t)
 }
 
-/// A `(data, parity)` shard configuration that kcp-go accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A `(data, parity)` shard configuration that kcp-go accepts, with its
+/// Reed-Solomon codec. Clones share the codec (its tables are several KiB), so a
+/// configuration cloned into every session costs one codec in all.
+#[derive(Clone)]
 pub struct Shards {
     pub data: usize,
     pub parity: usize,
+    codec: Arc<ReedSolomon>,
+}
+
+impl PartialEq for Shards {
+    fn eq(&self, other: &Shards) -> bool {
+        (self.data, self.parity) == (other.data, other.parity)
+    }
+}
+
+impl Eq for Shards {}
+
+impl core::fmt::Debug for Shards {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Shards({}/{})", self.data, self.parity)
+    }
 }
 
 impl Shards {
     /// `None` when FEC is off (either count 0) or the group would exceed 256 shards.
     pub fn new(data: usize, parity: usize) -> Option<Shards> {
-        (data > 0 && parity > 0 && data + parity <= 256).then_some(Shards { data, parity })
+        if data == 0 || parity == 0 || data + parity > 256 {
+            return None;
+        }
+        let codec = Arc::new(ReedSolomon::new(data, parity).ok()?);
+        Some(Shards { data, parity, codec })
     }
 
-    pub fn total(self) -> usize {
+    pub fn total(&self) -> usize {
         self.data + self.parity
-    }
-
-    fn codec(self) -> ReedSolomon {
-        ReedSolomon::new(self.data, self.parity).expect("shard counts validated by Shards::new")
     }
 }
 
@@ -77,12 +95,30 @@ pub struct FecStats {
     pub retunes: u64,
 }
 
+/// Shard buffers are allocated on first use in two sizes: small for the short
+/// datagrams of a quiet session (keep-alives, ACKs, game messages), whole once a
+/// longer one comes. A buffer is thus allocated at most twice and never grows
+/// afterwards, and an idle session holds only small ones.
+const SMALL_UNIT: usize = 256;
+
+fn reserve_unit(buf: &mut Vec<u8>, len: usize) {
+    if buf.capacity() < len {
+        let size = if len <= SMALL_UNIT { SMALL_UNIT } else { MAX_UNIT };
+        buf.reserve_exact(size - buf.len());
+    }
+}
+
+fn fill(buf: &mut Vec<u8>, bytes: &[u8]) {
+    buf.clear();
+    reserve_unit(buf, bytes.len());
+    buf.extend_from_slice(bytes);
+}
+
 // ------------------------------------------------------------------- encoder
 
 /// Adds FEC headers to outgoing KCP datagrams and makes the parity shards.
 pub struct FecEncoder {
     shards: Shards,
-    codec: ReedSolomon,
     paws: u32,
     next: u32,
     /// Data units of the group being built (size field + datagram), padded at encode.
@@ -105,9 +141,8 @@ impl core::fmt::Debug for FecEncoder {
 impl FecEncoder {
     pub fn new(shards: Shards) -> FecEncoder {
         FecEncoder {
-            shards,
-            codec: shards.codec(),
             paws: paws(shards.data, shards.parity),
+            shards,
             next: 0,
             units: Vec::new(),
             parity: Vec::new(),
@@ -120,8 +155,8 @@ impl FecEncoder {
         }
     }
 
-    pub fn shards(&self) -> Shards {
-        self.shards
+    pub fn shards(&self) -> &Shards {
+        &self.shards
     }
 
     /// Starts numbering at `seqid` (taken modulo the wrap point) instead of 0, e.g.
@@ -148,12 +183,11 @@ impl FecEncoder {
         self.advance(1);
 
         if self.units.is_empty() {
-            self.units = (0..self.shards.data).map(|_| Vec::with_capacity(MAX_UNIT)).collect();
-            self.parity = (0..self.shards.parity).map(|_| Vec::with_capacity(MAX_UNIT)).collect();
+            self.units = (0..self.shards.data).map(|_| Vec::new()).collect();
+            self.parity = (0..self.shards.parity).map(|_| Vec::new()).collect();
         }
         let unit = &shard[HEADER_LEN..];
-        self.units[self.filled].clear();
-        self.units[self.filled].extend_from_slice(unit);
+        fill(&mut self.units[self.filled], unit);
         self.longest = self.longest.max(unit.len());
         self.filled += 1;
         let gap = now_ms.wrapping_sub(self.last_data_ms);
@@ -173,13 +207,15 @@ impl FecEncoder {
             return 0;
         }
         for u in &mut self.units[..filled] {
+            reserve_unit(u, longest);
             u.resize(longest, 0);
         }
         for p in &mut self.parity {
             p.clear();
+            reserve_unit(p, longest);
             p.resize(longest, 0);
         }
-        if self.codec.encode_sep(&self.units, &mut self.parity).is_err() {
+        if self.shards.codec.encode_sep(&self.units, &mut self.parity).is_err() {
             self.stats.errors += 1;
             return 0;
         }
@@ -224,7 +260,6 @@ struct Group {
 /// Collects FEC shards per group and rebuilds lost data shards.
 pub struct FecDecoder {
     shards: Shards,
-    codec: ReedSolomon,
     paws: u32,
     groups: Vec<Group>,
     newest: Option<u32>,
@@ -246,9 +281,8 @@ impl core::fmt::Debug for FecDecoder {
 impl FecDecoder {
     pub fn new(shards: Shards) -> FecDecoder {
         FecDecoder {
-            shards,
-            codec: shards.codec(),
             paws: paws(shards.data, shards.parity),
+            shards,
             groups: Vec::new(),
             newest: None,
             samples: Vec::new(),
@@ -259,8 +293,8 @@ impl FecDecoder {
         }
     }
 
-    pub fn shards(&self) -> Shards {
-        self.shards
+    pub fn shards(&self) -> &Shards {
+        &self.shards
     }
 
     /// Groups currently collecting shards (`FECShardSet`).
@@ -336,8 +370,7 @@ impl FecDecoder {
         if kind == TYPE_PARITY {
             self.stats.parity_shards += 1;
         }
-        group.bodies[index].clear();
-        group.bodies[index].extend_from_slice(&packet[HEADER_LEN..]);
+        fill(&mut group.bodies[index], &packet[HEADER_LEN..]);
         group.present[index] = true;
         group.count += 1;
         if group.count < self.shards.data {
@@ -358,6 +391,7 @@ impl FecDecoder {
         let longest = group.bodies.iter().zip(&group.present).filter(|(_, p)| **p).map(|(b, _)| b.len()).max();
         let longest = longest.unwrap_or(0);
         for body in &mut group.bodies {
+            reserve_unit(body, longest);
             body.resize(longest, 0);
         }
         self.missing.clear();
@@ -367,7 +401,7 @@ impl FecDecoder {
             for ((slot, body), present) in slices.iter_mut().zip(group.bodies.iter_mut()).zip(&group.present) {
                 *slot = (body.as_mut_slice(), *present);
             }
-            self.codec.reconstruct_data(&mut slices[..total])
+            self.shards.codec.reconstruct_data(&mut slices[..total])
         };
         group.present.iter_mut().for_each(|p| *p = false);
         if result.is_err() {
@@ -400,7 +434,7 @@ impl FecDecoder {
             None => {
                 self.groups.push(Group {
                     id,
-                    bodies: (0..total).map(|_| Vec::with_capacity(MAX_UNIT)).collect(),
+                    bodies: (0..total).map(|_| Vec::new()).collect(),
                     present: vec![false; total],
                     count: 0,
                     live: false,

@@ -117,8 +117,8 @@ impl Connection {
         let stride = kcp_cfg.header_room + kcp_cfg.mtu + kcp_cfg.tail_room;
         Ok(Connection {
             kcp: Kcp::new(conv, kcp_cfg),
-            encoder: cfg.fec.map(FecEncoder::new),
-            decoder: cfg.fec.map(FecDecoder::new),
+            encoder: cfg.fec.clone().map(FecEncoder::new),
+            decoder: cfg.fec.clone().map(FecDecoder::new),
             crypto,
             nonces: NonceSource::from_seed(nonce_seed),
             parity: TransmitQueue::new(stride),
@@ -176,6 +176,14 @@ impl Connection {
     /// Reads received bytes; 0 when none are ready.
     pub fn read(&mut self, buf: &mut [u8]) -> usize {
         let n = self.kcp.read(buf);
+        self.counters.bytes_received += n as u64;
+        n
+    }
+
+    /// Reads up to `limit` received bytes without copying them into a buffer: see
+    /// [`Kcp::read_with`]. Returns the byte count; 0 when none are ready.
+    pub fn read_with(&mut self, limit: usize, each: impl FnMut(&[u8])) -> usize {
+        let n = self.kcp.read_with(limit, each);
         self.counters.bytes_received += n as u64;
         n
     }

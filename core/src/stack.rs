@@ -80,7 +80,6 @@ pub struct StreamStack {
     outbox: Vec<u8>,
     outbox_at: usize,
     frame: Vec<u8>,
-    read_buf: Vec<u8>,
     scratch: Vec<u8>,
     error: Option<StackError>,
 }
@@ -98,7 +97,6 @@ impl StreamStack {
             outbox: Vec::new(),
             outbox_at: 0,
             frame: Vec::new(),
-            read_buf: vec![0; READ_CHUNK],
             scratch: Vec::new(),
             error: None,
         }
@@ -147,13 +145,16 @@ impl StreamStack {
             }
             self.inbox.clear();
             self.inbox_at = 0;
-            let n = conn.read(&mut self.read_buf);
+            let (decoder, inbox) = (&mut self.decoder, &mut self.inbox);
+            let mut decoded = Ok(());
+            let n = conn.read_with(READ_CHUNK, |bytes| match decoder {
+                Some(d) if decoded.is_ok() => decoded = d.decode(bytes, inbox),
+                Some(_) => {}
+                None => inbox.extend_from_slice(bytes),
+            });
+            decoded.map_err(StackError::Snappy)?;
             if n == 0 {
                 return Ok(());
-            }
-            match &mut self.decoder {
-                Some(d) => d.decode(&self.read_buf[..n], &mut self.inbox).map_err(StackError::Snappy)?,
-                None => self.inbox.extend_from_slice(&self.read_buf[..n]),
             }
         }
     }

@@ -199,9 +199,10 @@ fn pipeline_steady_state_allocates_nothing() {
 }
 
 /// FEC recovery on top: the Reed–Solomon crate inverts a decode matrix the first
-/// time it meets an erasure pattern and caches it, so the only allocations left are
-/// patterns not seen before — far fewer than recoveries, and bounded by the number
-/// of patterns a group can have.
+/// time it meets an erasure pattern and caches it, and a shard buffer is allocated
+/// the first time its slot is used (and once more for the first long datagram); so the only allocations left are
+/// patterns and slots not seen before — far fewer than recoveries, and bounded by
+/// the number of patterns a group can have and the slots the decoder keeps.
 #[test]
 fn fec_recovery_allocates_only_for_new_erasure_patterns() {
     let (allocations, recovered) = pipeline_steady_state(Some((10, 3)));

@@ -21,7 +21,7 @@ use kcpgate_core::kcp::diff;
 use kcpgate_core::pipeline::Connection;
 use kcpgate_core::smux::{Event, Read};
 use kcpgate_core::stack::{StackError, StreamStack};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
@@ -36,9 +36,10 @@ const CHUNKS_IN_FLIGHT: usize = 4;
 pub struct ChunkPool(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
 
 impl ChunkPool {
-    /// A buffer with room for a chunk, its contents unspecified.
+    /// A used buffer, or a new empty one; its contents are unspecified. Buffers are
+    /// sized by what they carried, so a quiet stream's pool holds little.
     fn take(&self) -> Vec<u8> {
-        self.0.lock().expect("pool lock").pop().unwrap_or_else(|| Vec::with_capacity(CHUNK))
+        self.0.lock().expect("pool lock").pop().unwrap_or_default()
     }
 
     fn give(&self, buf: Vec<u8>) {
@@ -350,6 +351,39 @@ impl Tunnel {
     }
 }
 
+/// Reads what TCP has, up to a chunk, into a buffer from `pool`: straight into it
+/// when it is chunk-sized (a busy stream's buffers are), else through the stack and
+/// into a buffer just large enough.
+fn read_chunk(rd: &tokio::net::tcp::OwnedReadHalf, pool: &ChunkPool) -> std::io::Result<Vec<u8>> {
+    let mut buf = pool.take();
+    buf.clear();
+    if buf.capacity() >= CHUNK {
+        buf.resize(CHUNK, 0);
+        match rd.try_read(&mut buf) {
+            Ok(n) => {
+                buf.truncate(n);
+                Ok(buf)
+            }
+            Err(e) => {
+                pool.give(buf);
+                Err(e)
+            }
+        }
+    } else {
+        let mut stack = [0u8; CHUNK];
+        match rd.try_read(&mut stack) {
+            Ok(n) => {
+                buf.extend_from_slice(&stack[..n]);
+                Ok(buf)
+            }
+            Err(e) => {
+                pool.give(buf);
+                Err(e)
+            }
+        }
+    }
+}
+
 /// Bridges one TCP connection and one stream until both directions end.
 pub async fn run_stream<K: Clone + Send + 'static>(
     tcp: TcpStream,
@@ -359,23 +393,31 @@ pub async fn run_stream<K: Clone + Send + 'static>(
 ) {
     let NewStream { sid, mut to_tcp, credit, stop, pool, blocked } = stream;
     let _ = tcp.set_nodelay(true);
-    let (mut rd, mut wr) = tcp.into_split();
+    let (rd, mut wr) = tcp.into_split();
     let up = {
         let (key, to_session, pool) = (key.clone(), to_session.clone(), pool.clone());
         async move {
             loop {
                 let Ok(permit) = credit.acquire_many(CHUNK as u32).await else { return };
                 permit.forget();
-                let mut buf = pool.take();
-                buf.clear();
-                let read = (&mut rd).take(CHUNK as u64).read_buf(&mut buf).await;
-                let n = *read.as_ref().unwrap_or(&0);
-                credit.add_permits(CHUNK - n);
-                if n == 0 {
-                    let end = if read.is_ok() { FromStream::Eof } else { FromStream::Failed };
+                // No buffer is held while waiting: an idle connection costs none.
+                let read = loop {
+                    if let Err(e) = rd.readable().await {
+                        break Err(e);
+                    }
+                    match read_chunk(&rd, &pool) {
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        other => break other,
+                    }
+                };
+                let failed = read.is_err();
+                let buf = read.ok().filter(|b| !b.is_empty());
+                credit.add_permits(CHUNK - buf.as_ref().map_or(0, Vec::len));
+                let Some(buf) = buf else {
+                    let end = if failed { FromStream::Failed } else { FromStream::Eof };
                     let _ = to_session.send((key, sid, end)).await;
                     return;
-                }
+                };
                 if to_session.send((key.clone(), sid, FromStream::Data(buf))).await.is_err() {
                     return;
                 }

@@ -350,7 +350,7 @@ impl Kcp {
             probe_wait: 0,
             snd_queue: VecDeque::new(),
             snd_buf: VecDeque::new(),
-            rcv_buf: RecvWindow::new(cfg.rcv_wnd as usize),
+            rcv_buf: RecvWindow::new(),
             rcv_queue: VecDeque::new(),
             acklist: Vec::new(),
             partial: VecDeque::new(),
@@ -406,7 +406,6 @@ impl Kcp {
         }
         if rcv_wnd > 0 {
             self.cfg.rcv_wnd = rcv_wnd;
-            self.rcv_buf.ensure_capacity(rcv_wnd as usize);
         }
     }
 
@@ -497,9 +496,11 @@ impl Kcp {
     }
 
     /// Keeps a payload buffer for reuse. The pool never needs more buffers than the
-    /// windows can hold at once (send window, plus receive queue and receive buffer);
-    /// its capacity is reserved whole on first use so it never grows mid-transfer.
+    /// windows can hold at once (send window, plus receive queue and receive buffer).
+    /// A quiet connection keeps a small pool; once traffic outgrows it, its whole
+    /// capacity is reserved in one step, so it never grows again mid-transfer.
     fn recycle(&mut self, buf: Vec<u8>) {
+        const SMALL_POOL: usize = 32;
         if buf.capacity() == 0 {
             return;
         }
@@ -507,8 +508,9 @@ impl Kcp {
         if self.pool.len() >= limit {
             return;
         }
-        if self.pool.capacity() < limit {
-            self.pool.reserve_exact(limit - self.pool.len());
+        if self.pool.len() == self.pool.capacity() {
+            let want = if self.pool.len() < SMALL_POOL { SMALL_POOL.min(limit) } else { limit };
+            self.pool.reserve_exact(want - self.pool.len());
         }
         self.pool.push(buf);
     }
@@ -600,10 +602,27 @@ impl Kcp {
     /// Reads received bytes as a stream (kcp-go session `Read`): the rest of a message
     /// that did not fit a previous call comes first. Returns 0 when nothing is ready.
     pub fn read(&mut self, buf: &mut [u8]) -> usize {
+        let mut n = 0;
+        self.read_with(buf.len(), |bytes| {
+            buf[n..n + bytes.len()].copy_from_slice(bytes);
+            n += bytes.len();
+        });
+        n
+    }
+
+    /// [`Kcp::read`] without a buffer to copy into: hands up to `limit` bytes to
+    /// `each` where they lie, a slice per segment. Returns how many it handed over.
+    pub fn read_with(&mut self, limit: usize, mut each: impl FnMut(&[u8])) -> usize {
         if self.partial.is_empty() {
             match self.peek_size() {
                 None => return 0,
-                Some(size) if size <= buf.len() => return self.recv(buf).unwrap_or(0),
+                Some(size) if size <= limit => {
+                    self.take_message(|kcp, seg| {
+                        each(&seg.data);
+                        kcp.retire(seg);
+                    });
+                    return size;
+                }
                 Some(_) => {
                     let mut partial = core::mem::take(&mut self.partial);
                     self.take_message(|_, seg| partial.push_back(seg));
@@ -613,11 +632,11 @@ impl Kcp {
             }
         }
         let mut n = 0;
-        while n < buf.len() {
+        while n < limit {
             let Some(head) = self.partial.front() else { break };
             let avail = &head.data[self.partial_offset..];
-            let take = avail.len().min(buf.len() - n);
-            buf[n..n + take].copy_from_slice(&avail[..take]);
+            let take = avail.len().min(limit - n);
+            each(&avail[..take]);
             n += take;
             self.partial_offset += take;
             if self.partial_offset == head.data.len() {
@@ -744,7 +763,7 @@ impl Kcp {
         seg.sn = h.sn;
         seg.frg = h.frg;
         seg.data.extend_from_slice(payload);
-        self.rcv_buf.insert(h.sn, seg);
+        self.rcv_buf.insert(self.rcv_nxt, h.sn, seg);
         self.move_ready();
         true
     }
