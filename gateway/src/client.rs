@@ -150,18 +150,19 @@ async fn session(
     let (tx, mut rx) = mpsc::channel::<((), u32, FromStream)>(4096);
     let mut accepting = true;
     let slot = plan.snmp.register();
-    let publish = |dialer: &Dialer<SocketAddr>, open: bool| {
+    let mut asked = plan.snmp.asked();
+    let totals = |dialer: &Dialer<SocketAddr>| {
         let mut s = dialer.snmp();
         s.active_opens = 1;
-        s.curr_estab = u64::from(open);
+        s.curr_estab = 1;
         s.max_conn = 1;
-        plan.snmp.publish(slot, s);
+        s
     };
-    let mut last_publish = Instant::now();
     loop {
-        if last_publish.elapsed() >= Duration::from_millis(100) {
-            last_publish = Instant::now();
-            publish(&dialer, true);
+        // A reader asked for the counters (a busy loop may not reach the select).
+        if asked.has_changed().unwrap_or(false) {
+            asked.borrow_and_update();
+            plan.snmp.publish(slot, totals(&dialer));
         }
         // Timers first, whatever woke the loop: steady input must not starve them. When
         // they ran, the session is serviced at once instead of waiting for an event.
@@ -172,7 +173,7 @@ async fn session(
         }
         if force_close.is_some_and(|ttl| start.elapsed() >= ttl) {
             info!(%remote, streams = tunnel.stream_count(), "session expired and closed");
-            publish(&dialer, false);
+            plan.snmp.retire(slot, totals(&dialer));
             return;
         }
         let until_close = force_close.map(|ttl| ttl.saturating_sub(start.elapsed()).as_millis() as u64);
@@ -198,6 +199,7 @@ async fn session(
                     None => accepting = false,
                 },
                 Some(((), sid, msg)) = rx.recv() => tunnel.on_message(sid, msg),
+                _ = asked.changed() => plan.snmp.publish(slot, totals(&dialer)),
                 () = tokio::time::sleep(Duration::from_millis(until_close.map_or(wait, |c| c.min(wait)))) => {} // timers run at the top
             }
         }
@@ -212,12 +214,12 @@ async fn session(
         dialer.connection.clear_transmits();
         if let Err(e) = result {
             warn!(%remote, "session closed: {e}");
-            publish(&dialer, false);
+            plan.snmp.retire(slot, totals(&dialer));
             return;
         }
         if !accepting && tunnel.stream_count() == 0 {
             info!(%remote, "session retired");
-            publish(&dialer, false);
+            plan.snmp.retire(slot, totals(&dialer));
             return;
         }
     }

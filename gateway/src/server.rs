@@ -1,7 +1,8 @@
 //! `kcpgate server`: accepts KCP sessions on UDP and dials the target for every
 //! stream (kcptun server behaviour, PROTOCOL.md §8.5).
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::runtime::{random_seed, Plan};
-use crate::tunnel::{now_ms, run_stream, FromStream, NewStream, Tunnel};
+use crate::tunnel::{run_stream, FromStream, NewStream, Tunnel};
 use crate::udp::BatchSocket;
 
 /// Runs the server on every port of `-listen`. Once `drain` turns true it takes no
@@ -67,58 +68,54 @@ async fn serve_socket(mut socket: BatchSocket, plan: Arc<Plan>, mut drain: watch
     let mut listener: Listener<SocketAddr> =
         Listener::new(plan.session.clone(), plan.crypto.clone(), random_seed()).expect("validated at startup");
     let mut tunnels: HashMap<SocketAddr, Tunnel> = HashMap::new();
+    let mut schedule = Schedule::default();
     let (tx, mut rx) = mpsc::channel::<(SocketAddr, u32, FromStream)>(4096);
     let mut draining = *drain.borrow();
     let slot = plan.snmp.register();
     // Counters of sessions already gone, and the socket's own figures.
     let mut retired = Snmp::default();
-    let mut last_publish = Instant::now();
+    let mut asked = plan.snmp.asked();
+    let totals = |listener: &Listener<SocketAddr>, retired: &Snmp| {
+        let mut totals = listener.snmp();
+        totals.accumulate(retired);
+        totals.passive_opens = listener.stats.created;
+        totals.curr_estab = listener.len() as u64;
+        totals.max_conn = retired.max_conn;
+        totals
+    };
     loop {
-        if last_publish.elapsed() >= Duration::from_millis(100) {
-            last_publish = Instant::now();
-            let mut totals = listener.snmp();
-            totals.accumulate(&retired);
-            totals.passive_opens = listener.stats.created;
-            totals.curr_estab = listener.len() as u64;
-            retired.max_conn = retired.max_conn.max(totals.curr_estab);
-            totals.max_conn = retired.max_conn;
-            plan.snmp.publish(slot, totals);
+        // A reader asked for the counters (a busy loop may not reach the select).
+        if asked.has_changed().unwrap_or(false) {
+            asked.borrow_and_update();
+            plan.snmp.publish(slot, totals(&listener, &retired));
         }
         if draining && tunnels.values().all(|t| t.stream_count() == 0) {
+            plan.snmp.retire(slot, totals(&listener, &retired));
             return;
         }
         // Timers first, whatever woke the loop: a busy socket must not starve them.
-        // The loop then sleeps until the earliest deadline; a session whose timers
-        // ran counts with the deadline they set, taken after it was serviced.
-        let now = now_ms(start);
-        let mut touched: Vec<SocketAddr> = Vec::new();
-        let mut next: Option<u64> = None;
-        let mut earliest = |wait: Option<u64>| {
-            if let Some(w) = wait {
-                next = Some(next.map_or(w, |n| n.min(w)));
-            }
-        };
-        for (addr, t) in &mut tunnels {
-            let Some(conn) = listener.session_mut(addr) else { continue };
-            match t.wait_ms(conn, now) {
-                Some(0) => {
-                    t.run_timers(now, conn);
-                    touched.push(*addr);
-                }
-                wait => earliest(wait),
+        // Only sessions whose deadline has come are touched; the loop then sleeps
+        // until the earliest deadline left.
+        let now_abs = start.elapsed().as_millis() as u64;
+        let now = now_abs as u32;
+        let mut due: Vec<SocketAddr> = Vec::new();
+        while let Some(addr) = schedule.pop_due(now_abs) {
+            if let (Some(t), Some(conn)) = (tunnels.get_mut(&addr), listener.session_mut(&addr)) {
+                t.run_timers(now, conn);
+                due.push(addr);
             }
         }
-        for addr in touched.drain(..) {
-            service(&mut socket, &mut listener, &mut tunnels, &mut retired, addr, now, &plan, &tx).await;
-            if let (Some(t), Some(conn)) = (tunnels.get(&addr), listener.session(&addr)) {
-                earliest(t.wait_ms(conn, now));
-            }
+        for addr in due {
+            service(&mut socket, &mut listener, &mut tunnels, &mut schedule, &mut retired, addr, now_abs, &plan, &tx)
+                .await;
         }
+        let next = schedule.next().map(|at| at.saturating_sub(now_abs));
         let sleep = tokio::time::sleep(Duration::from_millis(next.unwrap_or(3_600_000)));
         let mut touched: Vec<SocketAddr> = Vec::new();
         let mut received = false;
         tokio::select! {
             _ = drain.changed(), if !draining => draining = *drain.borrow(),
+            _ = asked.changed() => plan.snmp.publish(slot, totals(&listener, &retired)),
             r = socket.recv() => match r {
                 Ok(()) => received = true,
                 Err(e) => debug!("receive failed: {e}"),
@@ -131,7 +128,8 @@ async fn serve_socket(mut socket: BatchSocket, plan: Arc<Plan>, mut drain: watch
             }
             () = sleep => {} // the timers run at the top of the loop
         }
-        let now = now_ms(start);
+        let now_abs = start.elapsed().as_millis() as u64;
+        let now = now_abs as u32;
         for (from, datagram) in socket.datagrams().filter(|_| received) {
             if draining && listener.session(&from).is_none() {
                 continue; // no new sessions while draining
@@ -141,8 +139,10 @@ async fn serve_socket(mut socket: BatchSocket, plan: Arc<Plan>, mut drain: watch
                     while listener.accept().is_some() {}
                     for (addr, old) in listener.take_closed() {
                         tunnels.remove(&addr);
+                        schedule.set(addr, None);
                         retired.accumulate(&old.snmp());
                     }
+                    retired.max_conn = retired.max_conn.max(listener.len() as u64);
                     info!(remote = %from, "session opened");
                     tunnels.insert(from, plan.tunnel(Role::Server, now));
                     touched.push(from);
@@ -155,30 +155,89 @@ async fn serve_socket(mut socket: BatchSocket, plan: Arc<Plan>, mut drain: watch
         touched.sort_unstable();
         touched.dedup();
         for addr in touched {
-            service(&mut socket, &mut listener, &mut tunnels, &mut retired, addr, now, &plan, &tx).await;
+            service(&mut socket, &mut listener, &mut tunnels, &mut schedule, &mut retired, addr, now_abs, &plan, &tx)
+                .await;
         }
     }
 }
 
+/// When each session of a socket needs its timers run, in ms since the socket's
+/// task started: a min-heap of deadlines. A new deadline for a session is pushed as
+/// a new entry; the old one is recognised as stale when it surfaces. A wake-up thus
+/// costs O(log n) per due session instead of a look at every session, so idle
+/// sessions cost nothing between their own deadlines.
+#[derive(Default)]
+struct Schedule {
+    heap: BinaryHeap<Reverse<(u64, SocketAddr)>>,
+    current: HashMap<SocketAddr, u64>,
+}
+
+impl Schedule {
+    fn set(&mut self, addr: SocketAddr, at: Option<u64>) {
+        match at {
+            Some(at) => {
+                if self.current.insert(addr, at) != Some(at) {
+                    self.heap.push(Reverse((at, addr)));
+                }
+            }
+            None => {
+                self.current.remove(&addr);
+            }
+        }
+    }
+
+    /// Takes a session whose deadline is `now` or earlier.
+    fn pop_due(&mut self, now: u64) -> Option<SocketAddr> {
+        while let Some(&Reverse((at, addr))) = self.heap.peek() {
+            if at > now {
+                return None;
+            }
+            self.heap.pop();
+            if self.current.get(&addr) == Some(&at) {
+                self.current.remove(&addr);
+                return Some(addr);
+            }
+        }
+        None
+    }
+
+    /// The earliest deadline.
+    fn next(&mut self) -> Option<u64> {
+        while let Some(&Reverse((at, addr))) = self.heap.peek() {
+            if self.current.get(&addr) == Some(&at) {
+                return Some(at);
+            }
+            self.heap.pop();
+        }
+        None
+    }
+}
+
 /// Lets one session move its data, starts tasks for new streams, sends its datagrams,
-/// and ends it if its stream layers failed.
+/// schedules its next deadline, and ends it if its stream layers failed.
 #[allow(clippy::too_many_arguments)]
 async fn service(
     socket: &mut BatchSocket,
     listener: &mut Listener<SocketAddr>,
     tunnels: &mut HashMap<SocketAddr, Tunnel>,
+    schedule: &mut Schedule,
     retired: &mut Snmp,
     addr: SocketAddr,
-    now: u32,
+    now_abs: u64,
     plan: &Arc<Plan>,
     tx: &mpsc::Sender<(SocketAddr, u32, FromStream)>,
 ) {
-    let (Some(conn), Some(tunnel)) = (listener.session_mut(&addr), tunnels.get_mut(&addr)) else { return };
+    let now = now_abs as u32;
+    let (Some(conn), Some(tunnel)) = (listener.session_mut(&addr), tunnels.get_mut(&addr)) else {
+        schedule.set(addr, None);
+        return;
+    };
     let result = tunnel.service(now, conn);
     if let Err(e) = socket.send_all(addr, conn.transmits()).await {
         debug!(remote = %addr, "send failed: {e}");
     }
     conn.clear_transmits();
+    schedule.set(addr, tunnel.wait_ms(conn, now).map(|wait| now_abs + wait));
     match result {
         Ok(new) => {
             for stream in new {
@@ -188,6 +247,7 @@ async fn service(
         Err(e) => {
             warn!(remote = %addr, "session closed: {e}");
             tunnels.remove(&addr);
+            schedule.set(addr, None);
             if let Some(old) = listener.remove(&addr) {
                 retired.accumulate(&old.snmp());
             }
@@ -213,5 +273,34 @@ async fn dial(plan: Arc<Plan>, addr: SocketAddr, stream: NewStream, tx: mpsc::Se
             plan.streams.dial_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let _ = tx.send((addr, sid, FromStream::Closed)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn the_schedule_yields_due_sessions_in_order_and_only_their_latest_deadline() {
+        let mut s = Schedule::default();
+        s.set(addr(1), Some(30));
+        s.set(addr(2), Some(10));
+        s.set(addr(3), Some(20));
+        s.set(addr(2), Some(50)); // moved later: the entry at 10 is stale
+        s.set(addr(3), None); // nothing to time any more
+        assert_eq!(s.next(), Some(30));
+        assert_eq!(s.pop_due(29), None);
+        assert_eq!(s.pop_due(49), Some(addr(1)));
+        assert_eq!(s.pop_due(49), None);
+        s.set(addr(1), Some(40)); // rescheduled after it ran
+        assert_eq!(s.pop_due(100), Some(addr(1)));
+        assert_eq!(s.pop_due(100), Some(addr(2)));
+        assert_eq!(s.pop_due(100), None);
+        assert_eq!(s.next(), None);
+        assert!(s.heap.is_empty(), "stale entries are dropped as they surface");
     }
 }
