@@ -37,6 +37,8 @@ struct Tunnel {
     server: Child,
     client: Child,
     local: SocketAddr,
+    /// Where the server listens (the relay, if there is one, is in front of it).
+    server_udp: SocketAddr,
     /// Dropping it stops the relay, if there is one, and frees its sockets.
     _stop_relay: Option<tokio::sync::oneshot::Sender<()>>,
 }
@@ -44,6 +46,18 @@ struct Tunnel {
 impl Drop for Tunnel {
     fn drop(&mut self) {
         for c in [&mut self.server, &mut self.client] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Extra clients of a tunnel, stopped when dropped.
+struct MoreClients(Vec<(Child, SocketAddr)>);
+
+impl Drop for MoreClients {
+    fn drop(&mut self) {
+        for (c, _) in &mut self.0 {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -108,7 +122,21 @@ impl Tunnel {
             assert!(Instant::now() < deadline, "{} client never listened on {local}", imp.name);
             thread::sleep(Duration::from_millis(20));
         }
-        Tunnel { server, client, local, _stop_relay: relay }
+        let server_udp = ([127, 0, 0, 1], udp).into();
+        Tunnel { server, client, local, server_udp, _stop_relay: relay }
+    }
+
+    /// Starts one more client of the same server, for `-conn conn` sessions.
+    fn another_client(&self, imp: &Implementation, flags: &str, conn: usize) -> (Child, SocketAddr) {
+        let local = free_port_tcp();
+        let client = spawn(&imp.client, &format!("-l 127.0.0.1:{local} -r {} {flags} -conn {conn}", self.server_udp));
+        let local: SocketAddr = ([127, 0, 0, 1], local).into();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !listening(local.port()) {
+            assert!(Instant::now() < deadline, "{} client never listened on {local}", imp.name);
+            thread::sleep(Duration::from_millis(20));
+        }
+        (client, local)
     }
 
     /// CPU seconds the server and client have used.
@@ -145,8 +173,12 @@ pub struct Size {
     /// makes kcptun slow.
     pub default_bulk_bytes: u64,
     pub pings: usize,
-    /// Session counts to hold, and how long to watch them idle.
+    /// Session counts to hold, each with an idle stream, and how long to watch them
+    /// idle.
     pub sessions: &'static [usize],
+    /// Session counts to hold after their streams closed: more than one process
+    /// may hold connections here (the fd limit), so sessions alone are kept.
+    pub bare_sessions: &'static [usize],
     pub idle: Duration,
 }
 
@@ -154,10 +186,11 @@ impl Size {
     pub const DEFAULT: Size = Size {
         runs: 3,
         bulk_bytes: 200_000_000,
-        default_bulk_bytes: 50_000_000,
-        pings: 200,
+        default_bulk_bytes: 30_000_000,
+        pings: 150,
         sessions: &[1000, 5000],
-        idle: Duration::from_secs(10),
+        bare_sessions: &[20_000],
+        idle: Duration::from_secs(6),
     };
     pub const SMOKE: Size = Size {
         runs: 1,
@@ -165,6 +198,7 @@ impl Size {
         default_bulk_bytes: 2_000_000,
         pings: 20,
         sessions: &[100],
+        bare_sessions: &[300],
         idle: Duration::from_secs(2),
     };
 }
@@ -216,10 +250,16 @@ struct Held {
     idle_cpu_percent: f64,
 }
 
+/// Client processes for bare sessions: each holds one UDP socket per session, and a
+/// process here may hold at most 20,000 files.
+const BARE_SESSIONS_PER_CLIENT: usize = 7000;
+
 /// Opens `n` connections through a client with `-conn n`, so each gets a KCP session
 /// of its own with one stream, checks each with an echo, then measures the server
-/// while they sit idle for `idle`.
-fn hold_sessions(imp: &Implementation, n: usize, idle: Duration) -> Result<Held, String> {
+/// while they sit idle for `idle`. With `keep_streams` false, each connection is
+/// closed after its echo (its session stays, with no stream), and the sessions are
+/// spread over as many clients as the fd limit needs.
+fn hold_sessions(imp: &Implementation, n: usize, idle: Duration, keep_streams: bool) -> Result<Held, String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -241,36 +281,46 @@ fn hold_sessions(imp: &Implementation, n: usize, idle: Duration) -> Result<Held,
                 });
             }
         });
-        let tunnel = Tunnel::start(imp, "-key bench -crypt aes -mode fast3", &format!("-conn {n}"), backend_addr, None);
+        let clients = if keep_streams { 1 } else { n.div_ceil(BARE_SESSIONS_PER_CLIENT) };
+        let flags = "-key bench -crypt aes -mode fast3";
+        let tunnel = Tunnel::start(imp, flags, &format!("-conn {}", n.div_ceil(clients)), backend_addr, None);
+        let more = MoreClients((1..clients).map(|_| tunnel.another_client(imp, flags, n.div_ceil(clients))).collect());
         tokio::time::sleep(Duration::from_millis(300)).await;
         let rss_before = rss_bytes(tunnel.server.id());
-        let local = tunnel.local;
         let mut held = Vec::with_capacity(n);
-        // In waves, so the client's accept queue never overflows.
+        // In waves, so the clients' accept queues never overflow.
         for wave in (0..n).collect::<Vec<_>>().chunks(200) {
             let opened: Vec<_> = wave
                 .iter()
                 .map(|&i| {
+                    let local = match i % clients {
+                        0 => tunnel.local,
+                        k => more.0[k - 1].1,
+                    };
                     tokio::spawn(async move {
                         let mut c = tokio::net::TcpStream::connect(local).await?;
                         c.write_all(&[i as u8]).await?;
                         let mut b = [0u8; 1];
-                        tokio::time::timeout(Duration::from_secs(30), c.read_exact(&mut b)).await??;
+                        tokio::time::timeout(Duration::from_secs(60), c.read_exact(&mut b)).await??;
                         std::io::Result::Ok(c)
                     })
                 })
                 .collect();
             for c in opened {
                 let c = c.await.map_err(|e| e.to_string())?;
-                held.push(c.map_err(|e| format!("{}: session {} of {n}: {e}", imp.name, held.len() + 1))?);
+                let c = c.map_err(|e| format!("{}: session {} of {n}: {e}", imp.name, held.len() + 1))?;
+                if keep_streams {
+                    held.push(c);
+                }
             }
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        tokio::time::sleep(Duration::from_secs(if keep_streams { 2 } else { 5 })).await;
         let rss = rss_bytes(tunnel.server.id());
         let cpu_before = cpu_seconds(tunnel.server.id());
         tokio::time::sleep(idle).await;
         let cpu = cpu_seconds(tunnel.server.id()) - cpu_before;
         drop(held);
+        drop(more);
         Ok(Held {
             rss_per_session: rss.saturating_sub(rss_before) as f64 / n as f64,
             idle_cpu_percent: cpu / idle.as_secs_f64() * 100.0,
@@ -308,13 +358,15 @@ pub fn run_suite(
                 add(scenario, imp, run, "CPU s per GB", cpu_per_gb);
             }
         }
-        for &n in size.sessions {
-            let scenario = format!("{n} idle sessions");
+        let held_scenarios = size.sessions.iter().map(|&n| (n, true)).chain(size.bare_sessions.iter().map(|&n| (n, false)));
+        for (n, keep_streams) in held_scenarios {
+            let scenario =
+                if keep_streams { format!("{n} idle sessions") } else { format!("{n} idle sessions, streams closed") };
             if !scenario.contains(only) {
                 continue;
             }
             for imp in impls {
-                let held = hold_sessions(imp, n, size.idle)?;
+                let held = hold_sessions(imp, n, size.idle, keep_streams)?;
                 progress(&format!(
                     "run {}/{}: {scenario}: {} {:.1} KB per session, server idle CPU {:.1} %",
                     run + 1,

@@ -92,7 +92,9 @@ pub fn write(dir: &Path, samples: &[Sample]) -> Result<Vec<PathBuf>, Error> {
                 .map(|&(imp, color)| {
                     let points = scenarios(samples, "")
                         .iter()
-                        .filter(|s| s.ends_with("idle sessions"))
+                        .filter(|s| s.contains("idle sessions"))
+                        // Memory only where every session has its stream.
+                        .filter(|s| metric.contains("CPU") || s.ends_with("idle sessions"))
                         .filter_map(|s| Some((s.split(' ').next()?.parse().ok()?, value(samples, s, metric, imp)?)))
                         .collect();
                     (imp.to_string(), color, false, points)

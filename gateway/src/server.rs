@@ -69,6 +69,8 @@ async fn serve_socket(mut socket: BatchSocket, plan: Arc<Plan>, mut drain: watch
         Listener::new(plan.session.clone(), plan.crypto.clone(), random_seed()).expect("validated at startup");
     let mut tunnels: HashMap<SocketAddr, Tunnel> = HashMap::new();
     let mut schedule = Schedule::default();
+    // Sessions to service this turn (kept to reuse their memory).
+    let (mut due, mut touched): (Vec<SocketAddr>, Vec<SocketAddr>) = (Vec::new(), Vec::new());
     let (tx, mut rx) = mpsc::channel::<(SocketAddr, u32, FromStream)>(4096);
     let mut draining = *drain.borrow();
     let slot = plan.snmp.register();
@@ -98,20 +100,20 @@ async fn serve_socket(mut socket: BatchSocket, plan: Arc<Plan>, mut drain: watch
         // until the earliest deadline left.
         let now_abs = start.elapsed().as_millis() as u64;
         let now = now_abs as u32;
-        let mut due: Vec<SocketAddr> = Vec::new();
+        due.clear();
         while let Some(addr) = schedule.pop_due(now_abs) {
             if let (Some(t), Some(conn)) = (tunnels.get_mut(&addr), listener.session_mut(&addr)) {
                 t.run_timers(now, conn);
                 due.push(addr);
             }
         }
-        for addr in due {
+        for &addr in &due {
             service(&mut socket, &mut listener, &mut tunnels, &mut schedule, &mut retired, addr, now_abs, &plan, &tx)
                 .await;
         }
         let next = schedule.next().map(|at| at.saturating_sub(now_abs));
         let sleep = tokio::time::sleep(Duration::from_millis(next.unwrap_or(3_600_000)));
-        let mut touched: Vec<SocketAddr> = Vec::new();
+        touched.clear();
         let mut received = false;
         tokio::select! {
             _ = drain.changed(), if !draining => draining = *drain.borrow(),
@@ -154,7 +156,7 @@ async fn serve_socket(mut socket: BatchSocket, plan: Arc<Plan>, mut drain: watch
         // A batch brings several datagrams per session: service each session once.
         touched.sort_unstable();
         touched.dedup();
-        for addr in touched {
+        for &addr in &touched {
             service(&mut socket, &mut listener, &mut tunnels, &mut schedule, &mut retired, addr, now_abs, &plan, &tx)
                 .await;
         }
