@@ -190,7 +190,9 @@ impl Size {
         pings: 150,
         sessions: &[1000, 5000],
         bare_sessions: &[20_000],
-        idle: Duration::from_secs(6),
+        // A whole keep-alive period (10 s): sessions opened together send their
+        // keep-alives together, so a shorter window could miss them all.
+        idle: Duration::from_secs(10),
     };
     pub const SMOKE: Size = Size {
         runs: 1,
@@ -314,7 +316,7 @@ fn hold_sessions(imp: &Implementation, n: usize, idle: Duration, keep_streams: b
                 }
             }
         }
-        tokio::time::sleep(Duration::from_secs(if keep_streams { 2 } else { 5 })).await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
         let rss = rss_bytes(tunnel.server.id());
         let cpu_before = cpu_seconds(tunnel.server.id());
         tokio::time::sleep(idle).await;
