@@ -360,7 +360,8 @@ pub fn run_suite(
                 add(scenario, imp, run, "CPU s per GB", cpu_per_gb);
             }
         }
-        let held_scenarios = size.sessions.iter().map(|&n| (n, true)).chain(size.bare_sessions.iter().map(|&n| (n, false)));
+        let held_scenarios =
+            size.sessions.iter().map(|&n| (n, true)).chain(size.bare_sessions.iter().map(|&n| (n, false)));
         for (n, keep_streams) in held_scenarios {
             let scenario =
                 if keep_streams { format!("{n} idle sessions") } else { format!("{n} idle sessions, streams closed") };
