@@ -52,6 +52,20 @@ impl Drop for Tunnel {
     }
 }
 
+/// Starts a client of `imp` with `args` on a free local port and waits until it
+/// listens there.
+fn start_client(imp: &Implementation, args: &str) -> (Child, SocketAddr) {
+    let port = free_port_tcp();
+    let client = spawn(&imp.client, &format!("-l 127.0.0.1:{port} {args}"));
+    let local: SocketAddr = ([127, 0, 0, 1], port).into();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !listening(port) {
+        assert!(Instant::now() < deadline, "{} client never listened on {local}", imp.name);
+        thread::sleep(Duration::from_millis(20));
+    }
+    (client, local)
+}
+
 /// Extra clients of a tunnel, stopped when dropped.
 struct MoreClients(Vec<(Child, SocketAddr)>);
 
@@ -94,7 +108,6 @@ impl Tunnel {
         impair: Option<(Spec, Spec)>,
     ) -> Tunnel {
         let udp = free_port_udp();
-        let local = free_port_tcp();
         let server = spawn(&imp.server, &format!("-l 127.0.0.1:{udp} -t {backend} {flags}"));
         let (dial, relay) = match impair {
             Some((up, down)) => {
@@ -115,28 +128,14 @@ impl Tunnel {
             }
             None => (udp, None),
         };
-        let client = spawn(&imp.client, &format!("-l 127.0.0.1:{local} -r 127.0.0.1:{dial} {flags} {client_flags}"));
-        let local: SocketAddr = ([127, 0, 0, 1], local).into();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !listening(local.port()) {
-            assert!(Instant::now() < deadline, "{} client never listened on {local}", imp.name);
-            thread::sleep(Duration::from_millis(20));
-        }
+        let (client, local) = start_client(imp, &format!("-r 127.0.0.1:{dial} {flags} {client_flags}"));
         let server_udp = ([127, 0, 0, 1], udp).into();
         Tunnel { server, client, local, server_udp, _stop_relay: relay }
     }
 
     /// Starts one more client of the same server, for `-conn conn` sessions.
     fn another_client(&self, imp: &Implementation, flags: &str, conn: usize) -> (Child, SocketAddr) {
-        let local = free_port_tcp();
-        let client = spawn(&imp.client, &format!("-l 127.0.0.1:{local} -r {} {flags} -conn {conn}", self.server_udp));
-        let local: SocketAddr = ([127, 0, 0, 1], local).into();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !listening(local.port()) {
-            assert!(Instant::now() < deadline, "{} client never listened on {local}", imp.name);
-            thread::sleep(Duration::from_millis(20));
-        }
-        (client, local)
+        start_client(imp, &format!("-r {} {flags} -conn {conn}", self.server_udp))
     }
 
     /// CPU seconds the server and client have used.

@@ -357,29 +357,18 @@ impl Tunnel {
 fn read_chunk(rd: &tokio::net::tcp::OwnedReadHalf, pool: &ChunkPool) -> std::io::Result<Vec<u8>> {
     let mut buf = pool.take();
     buf.clear();
-    if buf.capacity() >= CHUNK {
+    let read = if buf.capacity() >= CHUNK {
         buf.resize(CHUNK, 0);
-        match rd.try_read(&mut buf) {
-            Ok(n) => {
-                buf.truncate(n);
-                Ok(buf)
-            }
-            Err(e) => {
-                pool.give(buf);
-                Err(e)
-            }
-        }
+        rd.try_read(&mut buf).map(|n| buf.truncate(n))
     } else {
         let mut stack = [0u8; CHUNK];
-        match rd.try_read(&mut stack) {
-            Ok(n) => {
-                buf.extend_from_slice(&stack[..n]);
-                Ok(buf)
-            }
-            Err(e) => {
-                pool.give(buf);
-                Err(e)
-            }
+        rd.try_read(&mut stack).map(|n| buf.extend_from_slice(&stack[..n]))
+    };
+    match read {
+        Ok(()) => Ok(buf),
+        Err(e) => {
+            pool.give(buf);
+            Err(e)
         }
     }
 }
