@@ -257,6 +257,17 @@ struct Group {
     live: bool,
 }
 
+impl Group {
+    /// Hands the group's shard buffers to `spare`; the group holds none afterwards.
+    fn release(&mut self, spare: &mut Vec<Vec<u8>>) {
+        for body in &mut self.bodies {
+            if body.capacity() > 0 {
+                spare.push(core::mem::take(body));
+            }
+        }
+    }
+}
+
 /// Collects FEC shards per group and rebuilds lost data shards.
 pub struct FecDecoder {
     shards: Shards,
@@ -269,6 +280,10 @@ pub struct FecDecoder {
     needs_tuning: bool,
     /// Data indices being rebuilt (reused between recoveries).
     missing: Vec<usize>,
+    /// Shard buffers of finished or expired groups, for the next shards. A session
+    /// thus holds buffers only for the shards it is waiting on, not for every
+    /// (group, index) it has ever seen.
+    spare: Vec<Vec<u8>>,
     pub stats: FecStats,
 }
 
@@ -289,6 +304,7 @@ impl FecDecoder {
             sample_at: 0,
             needs_tuning: false,
             missing: Vec::new(),
+            spare: Vec::new(),
             stats: FecStats::default(),
         }
     }
@@ -370,7 +386,11 @@ impl FecDecoder {
         if kind == TYPE_PARITY {
             self.stats.parity_shards += 1;
         }
-        fill(&mut group.bodies[index], &packet[HEADER_LEN..]);
+        let body = &mut group.bodies[index];
+        if body.capacity() == 0 {
+            *body = self.spare.pop().unwrap_or_default();
+        }
+        fill(body, &packet[HEADER_LEN..]);
         group.present[index] = true;
         group.count += 1;
         if group.count < self.shards.data {
@@ -384,6 +404,7 @@ impl FecDecoder {
         let missing = group.present[..data].iter().filter(|p| !**p).count();
         if missing == 0 {
             group.present.iter_mut().for_each(|p| *p = false);
+            group.release(&mut self.spare);
             self.stats.full_shard_sets += 1;
             return;
         }
@@ -391,6 +412,9 @@ impl FecDecoder {
         let longest = group.bodies.iter().zip(&group.present).filter(|(_, p)| **p).map(|(b, _)| b.len()).max();
         let longest = longest.unwrap_or(0);
         for body in &mut group.bodies {
+            if body.capacity() == 0 {
+                *body = self.spare.pop().unwrap_or_default();
+            }
             reserve_unit(body, longest);
             body.resize(longest, 0);
         }
@@ -406,22 +430,23 @@ impl FecDecoder {
         group.present.iter_mut().for_each(|p| *p = false);
         if result.is_err() {
             self.stats.errors += 1;
-            return;
-        }
-        for &i in &self.missing {
-            let unit = &self.groups[slot].bodies[i];
-            if unit.len() < 2 {
-                self.stats.errors += 1;
-                continue;
+        } else {
+            for &i in &self.missing {
+                let unit = &self.groups[slot].bodies[i];
+                if unit.len() < 2 {
+                    self.stats.errors += 1;
+                    continue;
+                }
+                let size = usize::from(u16::from_le_bytes([unit[0], unit[1]]));
+                if size < 2 || size > unit.len() {
+                    self.stats.errors += 1;
+                    continue;
+                }
+                self.stats.recovered += 1;
+                recovered(&unit[2..size]);
             }
-            let size = usize::from(u16::from_le_bytes([unit[0], unit[1]]));
-            if size < 2 || size > unit.len() {
-                self.stats.errors += 1;
-                continue;
-            }
-            self.stats.recovered += 1;
-            recovered(&unit[2..size]);
         }
+        self.groups[slot].release(&mut self.spare);
     }
 
     fn group_slot(&mut self, id: u32) -> usize {
@@ -456,12 +481,15 @@ impl FecDecoder {
         for i in 0..self.groups.len() {
             if self.groups[i].live && self.group_diff(newest, self.groups[i].id) > i64::from(KEEP_GROUPS) {
                 self.groups[i].live = false;
+                self.groups[i].release(&mut self.spare);
             }
         }
     }
 
     fn sample(&mut self, kind: u16, seqid: u32) {
         if self.samples.len() < TUNE_SAMPLES {
+            // Exactly the ring's size: growth by doubling would hold twice that.
+            self.samples.reserve_exact(TUNE_SAMPLES - self.samples.len());
             self.samples.push((kind, seqid));
         } else {
             self.samples[self.sample_at] = (kind, seqid);

@@ -8,7 +8,7 @@
 //! Streams are addressed by id; [`Session::poll_event`] says which became readable
 //! or writable, [`Session::accept`] which the peer opened.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 use crate::kcp::diff;
 
@@ -192,10 +192,15 @@ struct Stream {
     writable_flagged: bool,
 }
 
+/// Frames waiting to be sent for one sid. It lives as long as its stream (and
+/// until a closed stream's last frame is out), so a busy stream reuses its queues
+/// instead of allocating them again each time they run empty.
 #[derive(Debug, Default)]
 struct SidQueue {
     control: VecDeque<Vec<u8>>,
     data: VecDeque<Vec<u8>>,
+    /// In `ready`.
+    scheduled: bool,
 }
 
 #[derive(Debug)]
@@ -217,8 +222,9 @@ pub struct Session {
     budget: i64,
     accept_queue: VecDeque<u32>,
     events: VecDeque<Event>,
-    queues: BTreeMap<u32, SidQueue>,
-    rr_next: u32,
+    queues: HashMap<u32, SidQueue>,
+    /// Sids with frames waiting, in turn order: one frame each per turn.
+    ready: VecDeque<u32>,
     frame_pool: Vec<Vec<u8>>,
     frame_seen: bool,
     /// When a check last found that frames had arrived (or the session started).
@@ -252,8 +258,8 @@ impl Session {
             rx: Rx::Header { buf: [0; HEADER_LEN], have: 0 },
             accept_queue: VecDeque::new(),
             events: VecDeque::new(),
-            queues: BTreeMap::new(),
-            rr_next: 0,
+            queues: HashMap::new(),
+            ready: VecDeque::new(),
             frame_pool: Vec::new(),
             frame_seen: false,
             dead: None,
@@ -283,6 +289,7 @@ impl Session {
         self.dead.get_or_insert(SmuxError::Closed);
         self.streams.clear();
         self.queues.clear();
+        self.ready.clear();
     }
 
     /// Open streams.
@@ -471,6 +478,25 @@ impl Session {
         } else {
             q.control.push_back(f);
         }
+        if !q.scheduled {
+            q.scheduled = true;
+            self.ready.push_back(sid);
+        }
+    }
+
+    /// Forgets a stream, and its send queue once nothing is left in it.
+    fn remove_stream(&mut self, sid: u32) -> Option<Stream> {
+        let stream = self.streams.remove(&sid);
+        self.drop_idle_queue(sid);
+        stream
+    }
+
+    /// Drops the send queue of a sid that has no stream and nothing to send. The
+    /// session's own sid 0 (keep-alives) keeps its queue.
+    fn drop_idle_queue(&mut self, sid: u32) {
+        if sid != 0 && !self.streams.contains_key(&sid) && self.queues.get(&sid).is_some_and(|q| !q.scheduled) {
+            self.queues.remove(&sid);
+        }
     }
 
     /// Opens a stream (sends SYN; data may follow at once).
@@ -538,7 +564,7 @@ impl Session {
         if n == 0 {
             if s.fin_received && s.buf.is_empty() {
                 if s.write_closed {
-                    self.streams.remove(&sid);
+                    self.remove_stream(sid);
                 }
                 return Ok(Read::Eof);
             }
@@ -572,7 +598,7 @@ impl Session {
     /// Closes a stream: one FIN after its queued data; unread data is discarded and
     /// the stream forgotten (later frames for it are ignored).
     pub fn stream_close(&mut self, sid: u32) -> Result<(), StreamError> {
-        let s = self.streams.remove(&sid).ok_or(StreamError::NoSuchStream)?;
+        let s = self.remove_stream(sid).ok_or(StreamError::NoSuchStream)?;
         self.budget += s.buf.len() as i64;
         if !s.write_closed && self.dead.is_none() {
             self.queue_frame(CMD_FIN, sid, &[]);
@@ -590,7 +616,7 @@ impl Session {
         s.write_closed = true;
         let done = s.fin_received && s.buf.is_empty();
         if done {
-            self.streams.remove(&sid);
+            self.remove_stream(sid);
         }
         if self.dead.is_none() {
             self.queue_frame(CMD_FIN, sid, &[]);
@@ -601,16 +627,15 @@ impl Session {
     /// Appends the next frame to send to `out`; false when there is none. Streams
     /// take turns; within a stream SYN and UPD go before data and FIN.
     pub fn poll_transmit(&mut self, out: &mut Vec<u8>) -> bool {
-        let sid = match self.queues.range(self.rr_next..).next().or_else(|| self.queues.iter().next()) {
-            Some((&sid, _)) => sid,
-            None => return false,
-        };
-        let q = self.queues.get_mut(&sid).expect("just found");
-        let frame = q.control.pop_front().or_else(|| q.data.pop_front()).expect("queues are never empty");
+        let Some(sid) = self.ready.pop_front() else { return false };
+        let q = self.queues.get_mut(&sid).expect("a ready sid has a queue");
+        let frame = q.control.pop_front().or_else(|| q.data.pop_front()).expect("a ready queue has a frame");
         if q.control.is_empty() && q.data.is_empty() {
-            self.queues.remove(&sid);
+            q.scheduled = false;
+            self.drop_idle_queue(sid);
+        } else {
+            self.ready.push_back(sid);
         }
-        self.rr_next = sid.wrapping_add(1);
         if frame[1] == CMD_PSH {
             let payload = frame.len() - HEADER_LEN;
             let limit = self.send_queue_limit();
@@ -628,7 +653,7 @@ impl Session {
 
     /// Whether frames are waiting for [`Session::poll_transmit`].
     pub fn has_transmit(&self) -> bool {
-        !self.queues.is_empty()
+        !self.ready.is_empty()
     }
 
     /// When [`Session::handle_timeout`] wants to run (keep-alive), if ever.

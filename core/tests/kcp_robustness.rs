@@ -3,96 +3,19 @@
 
 mod support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use kcpgate_core::crypto::Method;
+use kcpgate_core::fec::{FecDecoder, FecEncoder, Shards, DATA_HEADER_LEN};
 use kcpgate_core::kcp::{Config, Header, Kcp, Mode, SegmentError, HEADER_LEN};
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
+use support::counting::{counted, Counted, Counting, ALLOCATIONS, LIVE, PEAK};
 use support::netsim::{Endpoint, Link, LinkConfig, Sim, Transfer};
 use support::{client_config, crypto, server_config, session_config, DialerEndpoint, KcpEndpoint, ListenerEndpoint};
 
-struct Counting;
-
-thread_local! {
-    static COUNTING: Cell<bool> = const { Cell::new(false) };
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-    static LIVE: Cell<i64> = const { Cell::new(0) };
-    static PEAK: Cell<i64> = const { Cell::new(0) };
-}
-
-fn note(delta: i64, is_alloc: bool) {
-    let _ = LIVE.try_with(|live| {
-        let now = live.get() + delta;
-        live.set(now);
-        let _ = PEAK.try_with(|p| p.set(p.get().max(now)));
-    });
-    if is_alloc && COUNTING.try_with(Cell::get).unwrap_or(false) {
-        let _ = ALLOCATIONS.try_with(|a| a.set(a.get() + 1));
-    }
-}
-
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size() as i64, true);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        note(-(layout.size() as i64), false);
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size as i64 - layout.size() as i64, true);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
 #[global_allocator]
 static GLOBAL: Counting = Counting;
-
-/// Counts allocations made inside the wrapped endpoint's calls only, so the
-/// simulator's own bookkeeping does not count.
-struct Counted<E>(E);
-
-fn counted<T>(f: impl FnOnce() -> T) -> T {
-    COUNTING.with(|c| c.set(true));
-    let r = f();
-    COUNTING.with(|c| c.set(false));
-    r
-}
-
-impl<E: Endpoint> Endpoint for Counted<E> {
-    fn handle_datagram(&mut self, now: u32, d: &[u8]) {
-        counted(|| self.0.handle_datagram(now, d))
-    }
-    fn handle_timeout(&mut self, now: u32) {
-        counted(|| self.0.handle_timeout(now))
-    }
-    fn poll_timeout(&self) -> Option<u32> {
-        counted(|| self.0.poll_timeout())
-    }
-    fn drain_transmits(&mut self, send: &mut dyn FnMut(&[u8])) {
-        // The sink is the simulator's: count only the endpoint's own work.
-        COUNTING.with(|c| c.set(true));
-        self.0.drain_transmits(&mut |d| {
-            COUNTING.with(|c| c.set(false));
-            send(d);
-            COUNTING.with(|c| c.set(true));
-        });
-        COUNTING.with(|c| c.set(false));
-    }
-    fn can_write(&self) -> bool {
-        self.0.can_write()
-    }
-    fn write(&mut self, now: u32, data: &[u8]) -> usize {
-        counted(|| self.0.write(now, data))
-    }
-    fn read(&mut self, buf: &mut [u8]) -> usize {
-        counted(|| self.0.read(buf))
-    }
-}
 
 fn lossy_link() -> LinkConfig {
     let mut l = LinkConfig::ideal(20_000);
@@ -208,6 +131,60 @@ fn fec_recovery_allocates_only_for_new_erasure_patterns() {
     let (allocations, recovered) = pipeline_steady_state(Some((10, 3)));
     assert!(recovered > 100, "the measured phase exercised FEC recovery");
     assert!(allocations * 10 <= recovered, "{allocations} allocations for {recovered} recoveries");
+}
+
+/// A quiet session (keep-alives, small game messages) receives a few shards per
+/// group, and the parity of a finished group may come after it. The decoder must
+/// hold buffers only for the shards it is waiting on (about two groups' worth), not
+/// one for every (group slot, index) it has used: after 200 groups it holds no more
+/// than two groups of small buffers plus its sample ring and tables, and the last
+/// 100 groups allocate nothing.
+#[test]
+fn a_quiet_fec_stream_reuses_its_shard_buffers() {
+    const SMALL_BUFFER: i64 = 256;
+    let shards = Shards::new(10, 3).unwrap();
+    let mut enc = FecEncoder::new(shards.clone());
+    let mut dec = FecDecoder::new(shards);
+    let mut now = 0u32;
+    // Bytes the decoder kept: the net of what its calls allocated and freed.
+    let mut held = 0i64;
+    let mut group = |enc: &mut FecEncoder, dec: &mut FecDecoder, now: &mut u32| {
+        let mut delivered = 0;
+        for i in 0..10u8 {
+            *now += 1;
+            let mut shard = vec![0u8; DATA_HEADER_LEN + 40];
+            shard[DATA_HEADER_LEN..].fill(i);
+            let parity = enc.encode(*now, &mut shard);
+            let mut parities: Vec<Vec<u8>> = (0..parity).map(|_| vec![0u8; enc.parity_len()]).collect();
+            for (k, p) in parities.iter_mut().enumerate() {
+                let n = enc.write_parity(k, p);
+                p.truncate(n);
+            }
+            let live = LIVE.with(Cell::get);
+            counted(|| {
+                dec.decode(&shard[..], |_| delivered += 1);
+                for p in &parities {
+                    dec.decode(p, |_| delivered += 1);
+                }
+            });
+            held += LIVE.with(Cell::get) - live;
+        }
+        assert_eq!(delivered, 0, "nothing was lost, so nothing is rebuilt");
+    };
+    for _ in 0..100 {
+        group(&mut enc, &mut dec, &mut now);
+    }
+    let before = ALLOCATIONS.with(Cell::get);
+    for _ in 0..100 {
+        group(&mut enc, &mut dec, &mut now);
+    }
+    let allocations = ALLOCATIONS.with(Cell::get) - before;
+    println!("decoder holds {held} bytes after 200 quiet groups; {allocations} allocations in the last 100");
+    assert_eq!(allocations, 0);
+    let sample_ring = 258 * 8;
+    let tables = 2048;
+    assert!(held <= 2 * 13 * SMALL_BUFFER + sample_ring + tables, "decoder holds {held} bytes");
+    assert!(dec.stats.full_shard_sets >= 200);
 }
 
 #[derive(Default, Debug)]

@@ -1,6 +1,7 @@
 //! Shared helpers of the core's integration tests.
 #![allow(dead_code)]
 
+pub mod counting;
 pub mod netsim;
 pub mod vectors;
 
