@@ -95,15 +95,15 @@ pub struct FecStats {
     pub retunes: u64,
 }
 
-/// Shard buffers are allocated on first use in two sizes: small for the short
-/// datagrams of a quiet session (keep-alives, ACKs, game messages), whole once a
-/// longer one comes. A buffer is thus allocated at most twice and never grows
-/// afterwards, and an idle session holds only small ones.
-const SMALL_UNIT: usize = 256;
+/// Shard buffers are allocated on first use in three sizes: one for keep-alives and
+/// ACKs, one for short messages (game traffic), and the whole unit once a longer
+/// datagram comes. A buffer is thus allocated at most three times and never grows
+/// afterwards, and a quiet session holds only small ones.
+const UNIT_SIZES: [usize; 3] = [64, 256, MAX_UNIT];
 
 fn reserve_unit(buf: &mut Vec<u8>, len: usize) {
     if buf.capacity() < len {
-        let size = if len <= SMALL_UNIT { SMALL_UNIT } else { MAX_UNIT };
+        let size = UNIT_SIZES.into_iter().find(|&s| s >= len).unwrap_or(MAX_UNIT);
         buf.reserve_exact(size - buf.len());
     }
 }

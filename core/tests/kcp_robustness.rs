@@ -141,7 +141,7 @@ fn fec_recovery_allocates_only_for_new_erasure_patterns() {
 /// 100 groups allocate nothing.
 #[test]
 fn a_quiet_fec_stream_reuses_its_shard_buffers() {
-    const SMALL_BUFFER: i64 = 256;
+    const SMALL_BUFFER: i64 = 64;
     let shards = Shards::new(10, 3).unwrap();
     let mut enc = FecEncoder::new(shards.clone());
     let mut dec = FecDecoder::new(shards);
