@@ -126,7 +126,10 @@ impl StreamStack {
         if let Some(e) = self.error {
             return Err(e);
         }
-        let result = self.pump_in(conn).map(|()| self.pump_out(now, conn));
+        let result = self.pump_in(conn).map(|()| {
+            self.mux.answer_keepalive(now);
+            self.pump_out(now, conn)
+        });
         if let Err(e) = result {
             self.error = Some(e);
             self.mux.close();

@@ -98,6 +98,31 @@ fn conformance_60_keepalive_nops_and_timeout() {
     assert!(s.is_alive(), "budget exhausted: no timeout");
 }
 
+/// A peer's keep-alive is answered with ours when ours is due within half an
+/// interval, so both leave in step; otherwise ours keeps its own time.
+#[test]
+fn conformance_60_keepalive_answered_in_step() {
+    let mut s = Session::new(Role::Server, cfg(Version::V2), 0);
+    s.handle_input(&frame(2, CMD_NOP, 0, &[])).unwrap();
+    s.answer_keepalive(4_000);
+    assert!(frames(&mut s).is_empty(), "ours is due at 10 s: more than half an interval away");
+    s.answer_keepalive(6_000);
+    assert!(frames(&mut s).is_empty(), "answered only once per peer keep-alive");
+    s.handle_input(&frame(2, CMD_NOP, 0, &[])).unwrap();
+    s.answer_keepalive(6_000);
+    assert_eq!(frames(&mut s), vec![(2, CMD_NOP, 0, 0, vec![])], "ours was due within 5 s: sent now");
+    assert_eq!(s.poll_timeout(), Some(10_000), "the timeout check keeps its time");
+    s.handle_timeout(10_000);
+    assert!(frames(&mut s).is_empty(), "ours moved to 16 s");
+    s.handle_timeout(16_000);
+    assert_eq!(frames(&mut s).len(), 1);
+    // Without keep-alive there is nothing to answer with.
+    let mut off = Session::new(Role::Server, Config { keepalive_interval_ms: 0, ..cfg(Version::V2) }, 0);
+    off.handle_input(&frame(2, CMD_NOP, 0, &[])).unwrap();
+    off.answer_keepalive(9_000);
+    assert!(frames(&mut off).is_empty());
+}
+
 #[test]
 fn conformance_61_window_updates() {
     let c = Config { max_stream_buffer: 1000, max_receive_buffer: 100_000, ..cfg(Version::V2) };
