@@ -170,8 +170,35 @@ async fn serve_socket(mut socket: BatchSocket, plan: Arc<Plan>, mut drain: watch
 /// sessions cost nothing between their own deadlines.
 #[derive(Default)]
 struct Schedule {
-    heap: BinaryHeap<Reverse<(u64, SocketAddr)>>,
+    heap: BinaryHeap<Reverse<Due>>,
     current: HashMap<SocketAddr, u64>,
+}
+
+/// A heap entry, ordered by its deadline alone: many sessions share a millisecond,
+/// and comparing their addresses as well would only cost time.
+struct Due {
+    at: u64,
+    addr: SocketAddr,
+}
+
+impl PartialEq for Due {
+    fn eq(&self, other: &Due) -> bool {
+        self.at == other.at
+    }
+}
+
+impl Eq for Due {}
+
+impl PartialOrd for Due {
+    fn partial_cmp(&self, other: &Due) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Due {
+    fn cmp(&self, other: &Due) -> std::cmp::Ordering {
+        self.at.cmp(&other.at)
+    }
 }
 
 impl Schedule {
@@ -179,7 +206,7 @@ impl Schedule {
         match at {
             Some(at) => {
                 if self.current.insert(addr, at) != Some(at) {
-                    self.heap.push(Reverse((at, addr)));
+                    self.heap.push(Reverse(Due { at, addr }));
                 }
             }
             None => {
@@ -190,7 +217,7 @@ impl Schedule {
 
     /// Takes a session whose deadline is `now` or earlier.
     fn pop_due(&mut self, now: u64) -> Option<SocketAddr> {
-        while let Some(&Reverse((at, addr))) = self.heap.peek() {
+        while let Some(&Reverse(Due { at, addr })) = self.heap.peek() {
             if at > now {
                 return None;
             }
@@ -205,7 +232,7 @@ impl Schedule {
 
     /// The earliest deadline.
     fn next(&mut self) -> Option<u64> {
-        while let Some(&Reverse((at, addr))) = self.heap.peek() {
+        while let Some(&Reverse(Due { at, addr })) = self.heap.peek() {
             if self.current.get(&addr) == Some(&at) {
                 return Some(at);
             }

@@ -138,12 +138,14 @@ pub struct Tunnel {
     links: HashMap<u32, Link>,
     close_wait_ms: u32,
     counters: Arc<StreamCounters>,
+    /// The sids of one `service` pass (kept to reuse its memory).
+    sids: Vec<u32>,
 }
 
 impl Tunnel {
     /// `close_wait_ms`: how long a connection may stay half-open; 0 is unlimited.
     pub fn new(stack: StreamStack, close_wait_ms: u32, counters: Arc<StreamCounters>) -> Tunnel {
-        Tunnel { stack, links: HashMap::new(), close_wait_ms, counters }
+        Tunnel { stack, links: HashMap::new(), close_wait_ms, counters, sids: Vec::new() }
     }
 
     pub fn stream_count(&self) -> usize {
@@ -215,10 +217,13 @@ impl Tunnel {
         while let Some(e) = self.stack.poll_event() {
             let (Event::Readable(_) | Event::Writable(_)) = e;
         }
-        let sids: Vec<u32> = self.links.keys().copied().collect();
-        for sid in sids {
+        let mut sids = std::mem::take(&mut self.sids);
+        sids.clear();
+        sids.extend(self.links.keys().copied());
+        for &sid in &sids {
             self.service_stream(sid, now);
         }
+        self.sids = sids;
         self.stack.pump(now, conn)?;
         Ok(new)
     }
