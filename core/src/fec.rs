@@ -257,6 +257,13 @@ struct Group {
     live: bool,
 }
 
+/// Gives a body that holds no buffer one from `spare`, if there is one.
+fn take_spare(body: &mut Vec<u8>, spare: &mut Vec<Vec<u8>>) {
+    if body.capacity() == 0 {
+        *body = spare.pop().unwrap_or_default();
+    }
+}
+
 impl Group {
     /// Hands the group's shard buffers to `spare`; the group holds none afterwards.
     fn release(&mut self, spare: &mut Vec<Vec<u8>>) {
@@ -387,9 +394,7 @@ impl FecDecoder {
             self.stats.parity_shards += 1;
         }
         let body = &mut group.bodies[index];
-        if body.capacity() == 0 {
-            *body = self.spare.pop().unwrap_or_default();
-        }
+        take_spare(body, &mut self.spare);
         fill(body, &packet[HEADER_LEN..]);
         group.present[index] = true;
         group.count += 1;
@@ -412,9 +417,7 @@ impl FecDecoder {
         let longest = group.bodies.iter().zip(&group.present).filter(|(_, p)| **p).map(|(b, _)| b.len()).max();
         let longest = longest.unwrap_or(0);
         for body in &mut group.bodies {
-            if body.capacity() == 0 {
-                *body = self.spare.pop().unwrap_or_default();
-            }
+            take_spare(body, &mut self.spare);
             reserve_unit(body, longest);
             body.resize(longest, 0);
         }

@@ -250,13 +250,10 @@ impl Endpoint for Side {
         if self.to_open > 0 {
             return Some(0); // open the streams at once
         }
-        [conn.and_then(Connection::poll_timeout), self.stack.poll_timeout()].into_iter().flatten().reduce(|a, b| {
-            if kcpgate_core::kcp::diff(a, b) <= 0 {
-                a
-            } else {
-                b
-            }
-        })
+        [conn.and_then(Connection::poll_timeout), self.stack.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .reduce(kcpgate_core::kcp::earliest)
     }
     fn drain_transmits(&mut self, send: &mut dyn FnMut(&[u8])) {
         if let Some(conn) = self.conn() {

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::runtime::{random_seed, Plan};
-use crate::tunnel::{run_stream, FromStream, NewStream, Tunnel};
+use crate::tunnel::{elapsed_ms, run_stream, FromStream, NewStream, Tunnel};
 use crate::udp::BatchSocket;
 
 /// Runs the server on every port of `-listen`. Once `drain` turns true it takes no
@@ -98,7 +98,7 @@ async fn serve_socket(mut socket: BatchSocket, plan: Arc<Plan>, mut drain: watch
         // Timers first, whatever woke the loop: a busy socket must not starve them.
         // Only sessions whose deadline has come are touched; the loop then sleeps
         // until the earliest deadline left.
-        let now_abs = start.elapsed().as_millis() as u64;
+        let now_abs = elapsed_ms(start);
         let now = now_abs as u32;
         due.clear();
         while let Some(addr) = schedule.pop_due(now_abs) {
@@ -130,7 +130,7 @@ async fn serve_socket(mut socket: BatchSocket, plan: Arc<Plan>, mut drain: watch
             }
             () = sleep => {} // the timers run at the top of the loop
         }
-        let now_abs = start.elapsed().as_millis() as u64;
+        let now_abs = elapsed_ms(start);
         let now = now_abs as u32;
         for (from, datagram) in socket.datagrams().filter(|_| received) {
             if draining && listener.session(&from).is_none() {

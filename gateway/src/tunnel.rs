@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use kcpgate_core::kcp::diff;
+use kcpgate_core::kcp::{diff, earliest};
 use kcpgate_core::pipeline::Connection;
 use kcpgate_core::smux::{Event, Read};
 use kcpgate_core::stack::{StackError, StreamStack};
@@ -51,9 +51,14 @@ impl ChunkPool {
     }
 }
 
+/// Milliseconds since `start`.
+pub fn elapsed_ms(start: Instant) -> u64 {
+    start.elapsed().as_millis() as u64
+}
+
 /// Milliseconds since `start`, wrapping, as the core counts time.
 pub fn now_ms(start: Instant) -> u32 {
-    start.elapsed().as_millis() as u32
+    elapsed_ms(start) as u32
 }
 
 /// What a stream task tells its session.
@@ -235,20 +240,19 @@ impl Tunnel {
         loop {
             if let Some(data) = link.waiting_for_tcp.take() {
                 if let Some(to_tcp) = &link.to_tcp {
-                    match to_tcp.try_send(data) {
+                    let sent = match to_tcp.try_send(data) {
                         Err(mpsc::error::TrySendError::Full(data)) => {
                             // Ask for a wake-up, then try again: a chunk taken before
                             // the flag was set made room this attempt sees.
                             link.blocked.store(true, Ordering::SeqCst);
-                            match to_tcp.try_send(data) {
-                                Err(mpsc::error::TrySendError::Full(data)) => {
-                                    link.waiting_for_tcp = Some(data);
-                                    break;
-                                }
-                                Err(mpsc::error::TrySendError::Closed(_)) | Ok(()) => {}
-                            }
+                            to_tcp.try_send(data)
                         }
-                        Err(mpsc::error::TrySendError::Closed(_)) | Ok(()) => {}
+                        sent => sent,
+                    };
+                    // A closed channel drops the chunk: the stream task has ended.
+                    if let Err(mpsc::error::TrySendError::Full(data)) = sent {
+                        link.waiting_for_tcp = Some(data);
+                        break;
                     }
                 }
             }
@@ -341,13 +345,7 @@ impl Tunnel {
     /// [`FromStream::Room`].)
     pub fn deadline(&self, conn: &Connection) -> Option<u32> {
         let streams = self.links.values().map(|l| l.close_by);
-        [conn.poll_timeout(), self.stack.poll_timeout()].into_iter().chain(streams).flatten().reduce(|a, b| {
-            if diff(a, b) <= 0 {
-                a
-            } else {
-                b
-            }
-        })
+        [conn.poll_timeout(), self.stack.poll_timeout()].into_iter().chain(streams).flatten().reduce(earliest)
     }
 
     /// Milliseconds until [`Tunnel::deadline`] (0 when it has passed).

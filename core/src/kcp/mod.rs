@@ -49,6 +49,16 @@ pub fn diff(a: u32, b: u32) -> i32 {
     a.wrapping_sub(b) as i32
 }
 
+/// The earlier of two wrapping timestamps.
+#[inline]
+pub fn earliest(a: u32, b: u32) -> u32 {
+    if diff(a, b) <= 0 {
+        a
+    } else {
+        b
+    }
+}
+
 /// Which kcp-go generation to behave like where the two differ on the wire (§1.15).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compat {
