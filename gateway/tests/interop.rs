@@ -48,7 +48,7 @@ fn free_tcp_port() -> u16 {
 
 /// A TCP echo backend on a thread; returns its port.
 fn echo_backend() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let l = listen_deep();
     let port = l.local_addr().unwrap().port();
     thread::spawn(move || {
         for c in l.incoming().flatten() {
@@ -66,6 +66,17 @@ fn echo_backend() -> u16 {
         }
     });
     port
+}
+
+/// A loopback listener with the system's largest backlog. std's 128 overflows when
+/// a thousand streams dial at once on a loaded machine, and the kernel then resets
+/// some of those connections: a fault of the test's backend, not of the gateway.
+fn listen_deep() -> TcpListener {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    socket.listen(4096).unwrap();
+    socket.into()
 }
 
 fn data_for(conn: usize) -> Vec<u8> {
