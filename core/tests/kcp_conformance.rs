@@ -306,6 +306,28 @@ fn conformance_14_one_rtt_sample_per_datagram_from_its_last_ack() {
     assert_eq!((k.state().srtt, k.state().rto), (0, 200), "FEC-recovered datagrams give no sample");
 }
 
+/// kcpgate's one departure from §1.7: an ACK repeated for a segment already
+/// acknowledged (FEC recovering the first transmission of a segment whose
+/// retransmission got through) echoes a stale send time and is not a sample.
+#[test]
+fn an_ack_of_a_segment_already_acknowledged_gives_no_rtt_sample() {
+    let mut k = sender_with_inflight(cfg(), 3, 0);
+    k.input(1000, &ack(0, 1000 - 40, 1), true).unwrap();
+    assert_eq!((k.state().srtt, k.state().rto), (40, 140), "the first ACK of sn 0 is a sample");
+    // sn 0 again, below una now: its echo is 300 ms old.
+    k.input(1260, &ack(0, 1260 - 300, 1), true).unwrap();
+    assert_eq!((k.state().srtt, k.state().rto), (40, 140), "a repeated ACK below una");
+    // sn 2 acknowledged out of order, then again while sn 1 still holds una back.
+    k.input(1300, &ack(2, 1300 - 40, 1), true).unwrap();
+    let before = (k.state().srtt, k.state().rttvar, k.state().rto);
+    k.input(1600, &ack(2, 1300 - 40, 1), true).unwrap();
+    assert_eq!((k.state().srtt, k.state().rttvar, k.state().rto), before, "a repeated selective ACK");
+    // In one datagram, a stale ACK after a fresh one does not replace the fresh sample.
+    k.input(1650, &[ack(1, 1650 - 44, 1), ack(0, 100, 3)].concat(), true).unwrap();
+    assert_eq!(k.state().snd_una, 3);
+    assert!(k.state().rto < 150, "sampled from sn 1's 44 ms, not sn 0's stale echo: {:?}", k.state());
+}
+
 #[test]
 fn conformance_15_min_rto_and_interval_clamp() {
     assert_eq!(Kcp::new(CONV, Config { nodelay: true, ..cfg() }).state().min_rto, 30);

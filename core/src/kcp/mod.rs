@@ -702,7 +702,7 @@ impl Kcp {
         if data.len() < HEADER_LEN {
             return Err(SegmentError::TooShort);
         }
-        let mut latest_ack: Option<(u32, u32)> = None;
+        let mut latest_ack_ts: Option<u32> = None;
         let mut want_full_flush = false;
         for item in Segments::new(data) {
             let (h, payload) = item?;
@@ -719,11 +719,21 @@ impl Kcp {
             self.shrink_buf();
             match cmd {
                 Command::Ack => {
+                    // Only an ACK of a segment still unacknowledged when the datagram
+                    // came in measures a round trip. kcp-go samples every ACK, and a
+                    // segment that FEC recovers after its retransmission was acknowledged
+                    // is acknowledged again with its first send time: one such sample
+                    // lifted the RTO from 52 to 379 ms on a 43 ms path.
+                    let in_flight = diff(h.sn, prev_una) >= 0
+                        && diff(h.sn, self.snd_nxt) < 0
+                        && self.snd_buf_index(h.sn).is_none_or(|i| !self.snd_buf[i].acked);
                     self.parse_ack(h.sn);
                     if self.parse_fastack(h.sn, h.ts) && self.cfg.compat == Compat::Latest {
                         want_full_flush = true;
                     }
-                    latest_ack = Some((h.sn, h.ts));
+                    if in_flight {
+                        latest_ack_ts = Some(h.ts);
+                    }
                 }
                 Command::Push => {
                     let fresh = self.parse_push(&h, payload);
@@ -737,12 +747,12 @@ impl Kcp {
             self.stats.in_segs += 1;
         }
 
-        if let Some((sn, ts)) = latest_ack {
-            // kcp-go samples every datagram's last ACK. An ACK for a sequence number we
-            // never sent, or an echo older than the RTO cap, can only be forged or
-            // corrupt; it must not poison the estimator.
+        if let Some(ts) = latest_ack_ts {
+            // One sample per datagram, from its last ACK of a segment in flight. An echo
+            // older than the RTO cap can only be forged or corrupt; it must not poison
+            // the estimator.
             let rtt = diff(self.current, ts);
-            if regular && rtt >= 0 && diff(sn, self.snd_nxt) < 0 && rtt as u32 <= RTO_MAX {
+            if regular && rtt >= 0 && rtt as u32 <= RTO_MAX {
                 self.update_rtt(rtt);
             }
         }
