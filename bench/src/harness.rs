@@ -98,19 +98,19 @@ fn spawn(cmd: &[String], args: &str) -> Child {
 
 impl Tunnel {
     /// Starts a tunnel to `backend`; with `impair`, the client reaches the server
-    /// through an impairment relay (up, down).
+    /// through an impairment relay (up, down, seed).
     /// `client_flags` go to the client only.
     fn start(
         imp: &Implementation,
         flags: &str,
         client_flags: &str,
         backend: SocketAddr,
-        impair: Option<(Spec, Spec)>,
+        impair: Option<(Spec, Spec, u64)>,
     ) -> Tunnel {
         let udp = free_port_udp();
         let server = spawn(&imp.server, &format!("-l 127.0.0.1:{udp} -t {backend} {flags}"));
         let (dial, relay) = match impair {
-            Some((up, down)) => {
+            Some((up, down, seed)) => {
                 let relay_port = free_port_udp();
                 let listen: SocketAddr = ([127, 0, 0, 1], relay_port).into();
                 let target: SocketAddr = ([127, 0, 0, 1], udp).into();
@@ -119,7 +119,7 @@ impl Tunnel {
                     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
                     rt.block_on(async {
                         tokio::select! {
-                            _ = crate::relay::run(listen, target, up, down, 1, Arc::default()) => {}
+                            _ = crate::relay::run(listen, target, up, down, seed, Arc::default()) => {}
                             _ = stopped => {}
                         }
                     });
@@ -225,11 +225,12 @@ fn bulk(imp: &Implementation, flags: &str, bytes: u64) -> Result<(f64, f64), Str
     Ok((bytes as f64 / elapsed / 1e6, cpu / (bytes as f64 / 1e9)))
 }
 
-/// Round trips of 64-byte messages through a tunnel behind the relay.
-fn latency(imp: &Implementation, flags: &str, loss: f64, pings: usize) -> Result<Vec<Duration>, String> {
+/// Round trips of 64-byte messages through a tunnel behind the relay, which drops
+/// datagrams as `seed` decides.
+fn latency(imp: &Implementation, flags: &str, loss: f64, pings: usize, seed: u64) -> Result<Vec<Duration>, String> {
     let backend = traffic::echo_backend().map_err(|e| e.to_string())?;
     let spec: Spec = format!("loss={loss},delay=20ms").parse()?;
-    let tunnel = Tunnel::start(imp, flags, "", backend, Some((spec.clone(), spec)));
+    let tunnel = Tunnel::start(imp, flags, "", backend, Some((spec.clone(), spec, seed)));
     // A first exchange opens the session, outside the measurement.
     traffic::ping_pong(tunnel.local, 1, 64, Duration::from_secs(30)).map_err(|e| format!("warm-up: {e}"))?;
     traffic::ping_pong(tunnel.local, pings, 64, Duration::from_secs(30)).map_err(|e| format!("ping-pong: {e}"))
@@ -394,7 +395,8 @@ pub fn run_suite(
                 }
                 let flags = format!("-key bench -crypt aes -mode fast3 -nocomp {fec}");
                 for imp in impls {
-                    let times = latency(imp, &flags, loss, size.pings)?;
+                    // Each run draws other losses; both implementations in a run the same.
+                    let times = latency(imp, &flags, loss, size.pings, run as u64 + 1)?;
                     let ms = |p: f64| traffic::percentile(&times, p).as_secs_f64() * 1000.0;
                     progress(&format!(
                         "run {}/{}: {scenario}: {} p50 {:.1} ms, p99 {:.1} ms",
