@@ -6,7 +6,9 @@
 //! to the address it dialled. Addresses are any hashable type (a `SocketAddr` in the
 //! gateway), so the rules can be driven and tested without sockets.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt};
 use std::hash::Hash;
 use std::sync::Arc;
 

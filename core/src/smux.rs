@@ -8,7 +8,9 @@
 //! Streams are addressed by id; [`Session::poll_event`] says which became readable
 //! or writable, [`Session::accept`] which the peer opened.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt};
 
 use crate::kcp::diff;
 

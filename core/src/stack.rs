@@ -7,7 +7,7 @@
 //! lasts, and smux frames down into KCP while KCP's send window has room. Memory is
 //! bounded on both paths.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
 
 use crate::pipeline::Connection;

@@ -12,7 +12,9 @@
 //! a connection still half-open N seconds later is closed fully. A connection that
 //! fails (reset, refused) closes its stream at once and is counted.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
