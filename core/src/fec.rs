@@ -19,6 +19,12 @@ pub const DATA_HEADER_LEN: usize = 8;
 /// Parity is skipped for a group whose last data shard came this long (ms) after
 /// the one before it (kcp-go's `maxFECEncodeLatency`).
 pub const MAX_ENCODE_LATENCY_MS: u32 = 500;
+/// kcpgate also skips parity for a group that took this long (ms) from its first
+/// data shard to its last: fewer than two shards a second, keep-alives and ACKs of
+/// an idle session, where KCP's own retransmission comes long before a group
+/// completes. kcp-go looks at the last gap only, so an idle session that sends a
+/// keep-alive and an ACK a moment apart makes parity for every other group.
+pub const MAX_GROUP_AGE_MS: u32 = 5000;
 /// Largest shard body handled (an Ethernet-size datagram).
 pub const MAX_UNIT: usize = 1500;
 /// How many groups behind the newest a decoder keeps.
@@ -127,6 +133,8 @@ pub struct FecEncoder {
     filled: usize,
     longest: usize,
     last_data_ms: u32,
+    /// When the group being built got its first data shard.
+    group_start_ms: u32,
     parity_ready: bool,
     parity_first_seqid: u32,
     pub stats: FecStats,
@@ -149,6 +157,7 @@ impl FecEncoder {
             filled: 0,
             longest: 0,
             last_data_ms: 0,
+            group_start_ms: 0,
             parity_ready: false,
             parity_first_seqid: 0,
             stats: FecStats::default(),
@@ -186,6 +195,9 @@ impl FecEncoder {
             self.units = (0..self.shards.data).map(|_| Vec::new()).collect();
             self.parity = (0..self.shards.parity).map(|_| Vec::new()).collect();
         }
+        if self.filled == 0 {
+            self.group_start_ms = now_ms;
+        }
         let unit = &shard[HEADER_LEN..];
         fill(&mut self.units[self.filled], unit);
         self.longest = self.longest.max(unit.len());
@@ -203,7 +215,7 @@ impl FecEncoder {
         let (filled, longest) = (self.filled, self.longest);
         self.filled = 0;
         self.longest = 0;
-        if gap >= MAX_ENCODE_LATENCY_MS {
+        if gap >= MAX_ENCODE_LATENCY_MS || now_ms.wrapping_sub(self.group_start_ms) >= MAX_GROUP_AGE_MS {
             return 0;
         }
         for u in &mut self.units[..filled] {

@@ -211,6 +211,22 @@ fn conformance_34_slow_group_gets_no_parity_but_consumes_seqids() {
     assert_eq!(parity.len(), 2, "499 ms is quick enough");
 }
 
+/// kcpgate's addition to §2.5: a group that took 5 s or more from its first data
+/// shard to its last gets no parity either, however short its last gap.
+#[test]
+fn a_group_slower_than_five_seconds_gets_no_parity_but_consumes_seqids() {
+    let mut enc = FecEncoder::new(shards(3, 2));
+    encode(&mut enc, 0, &kcp_datagram(1, 0, 50));
+    encode(&mut enc, fec::MAX_GROUP_AGE_MS - 1, &kcp_datagram(1, 1, 50));
+    let (_, parity) = encode(&mut enc, fec::MAX_GROUP_AGE_MS, &kcp_datagram(1, 2, 50));
+    assert!(parity.is_empty(), "a keep-alive and its ACK 1 ms apart close a group that began 5 s ago");
+    let (next, _) = encode(&mut enc, 10_000, &kcp_datagram(1, 3, 50));
+    assert_eq!(seqid(&next), 5, "seqids 3 and 4 are skipped");
+    encode(&mut enc, 10_000 + 4_800, &kcp_datagram(1, 4, 50));
+    let (_, parity) = encode(&mut enc, 10_000 + fec::MAX_GROUP_AGE_MS - 1, &kcp_datagram(1, 5, 50));
+    assert_eq!(parity.len(), 2, "4,999 ms from the group's first shard, 199 ms from the one before");
+}
+
 #[test]
 fn conformance_35_receiver_without_fec_decodes_and_retunes() {
     let key = "fec";
