@@ -248,7 +248,7 @@ impl Session {
         };
         Session {
             budget: cfg.max_receive_buffer as i64,
-            next_ping: now.wrapping_add(cfg.keepalive_interval_ms),
+            next_ping: now.wrapping_add(ping_interval(role, cfg.keepalive_interval_ms)),
             pinged: false,
             next_check: now.wrapping_add(cfg.keepalive_interval_ms),
             last_heard: now,
@@ -686,7 +686,7 @@ impl Session {
             if self.version.is_some() {
                 self.queue_frame(CMD_NOP, 0, &[]);
             }
-            self.next_ping = now.wrapping_add(self.cfg.keepalive_interval_ms);
+            self.next_ping = now.wrapping_add(ping_interval(self.role, self.cfg.keepalive_interval_ms));
         }
         if diff(now, self.next_check) >= 0 {
             if self.frame_seen || self.budget <= 0 {
@@ -702,9 +702,12 @@ impl Session {
 
     /// Answers the peer's keep-alive with ours when ours is due within half an
     /// interval anyway. Ours then leaves with the ACK for the peer's, in one
-    /// datagram: two ends that keep alive in step (they start together) cost three
-    /// datagrams per interval instead of four. Ours only ever goes earlier, so the
-    /// peer hears from us at least as often as before.
+    /// datagram: three datagrams per interval instead of four. Ours only ever goes
+    /// earlier, so the peer hears from us at least as often as before.
+    ///
+    /// Having just heard the peer, this is also the liveness check, so the session's
+    /// next timer is a single one, a whole interval away: a server whose clients keep
+    /// alive never wakes for an idle session at all (see [`ping_interval`]).
     pub fn answer_keepalive(&mut self, now: u32) {
         let pinged = std::mem::take(&mut self.pinged);
         let interval = self.cfg.keepalive_interval_ms;
@@ -713,12 +716,27 @@ impl Session {
         }
         if i64::from(diff(self.next_ping, now)) <= i64::from(interval / 2) {
             self.queue_frame(CMD_NOP, 0, &[]);
-            self.next_ping = now.wrapping_add(interval);
+            self.next_ping = now.wrapping_add(ping_interval(self.role, interval));
+            self.last_heard = now;
+            self.frame_seen = false;
+            self.next_check = self.next_ping;
         }
     }
 
     /// The role this session plays.
     pub fn role(&self) -> Role {
         self.role
+    }
+}
+
+/// How long after our last keep-alive the next one is due. A server waits an eighth
+/// of an interval longer than its client, so the client's keep-alive comes first
+/// and the server answers it in step (one datagram from the server per interval,
+/// not two); a server whose client fell silent still sends every 1.125 intervals,
+/// well inside the peer's 30 s timeout.
+fn ping_interval(role: Role, interval_ms: u32) -> u32 {
+    match role {
+        Role::Server => interval_ms.saturating_add(interval_ms / 8),
+        Role::Client => interval_ms,
     }
 }

@@ -99,23 +99,29 @@ fn conformance_60_keepalive_nops_and_timeout() {
 }
 
 /// A peer's keep-alive is answered with ours when ours is due within half an
-/// interval, so both leave in step; otherwise ours keeps its own time.
+/// interval, so both leave in step; otherwise ours keeps its own time. A server's own
+/// keep-alive comes 1.125 intervals after its last, so its client's comes first.
 #[test]
 fn conformance_60_keepalive_answered_in_step() {
     let mut s = Session::new(Role::Server, cfg(Version::V2), 0);
+    assert_eq!(s.poll_timeout(), Some(10_000), "the liveness check");
+    s.handle_timeout(10_000);
+    assert!(frames(&mut s).is_empty(), "a server's own keep-alive is due at 11.25 s");
     s.handle_input(&frame(2, CMD_NOP, 0, &[])).unwrap();
-    s.answer_keepalive(4_000);
-    assert!(frames(&mut s).is_empty(), "ours is due at 10 s: more than half an interval away");
     s.answer_keepalive(6_000);
+    assert!(frames(&mut s).is_empty(), "ours is due in 5.25 s: more than half an interval away");
+    s.answer_keepalive(7_000);
     assert!(frames(&mut s).is_empty(), "answered only once per peer keep-alive");
     s.handle_input(&frame(2, CMD_NOP, 0, &[])).unwrap();
-    s.answer_keepalive(6_000);
+    s.answer_keepalive(7_000);
     assert_eq!(frames(&mut s), vec![(2, CMD_NOP, 0, 0, vec![])], "ours was due within 5 s: sent now");
-    assert_eq!(s.poll_timeout(), Some(10_000), "the timeout check keeps its time");
-    s.handle_timeout(10_000);
-    assert!(frames(&mut s).is_empty(), "ours moved to 16 s");
-    s.handle_timeout(16_000);
-    assert_eq!(frames(&mut s).len(), 1);
+    assert_eq!(s.poll_timeout(), Some(18_250), "one timer: the liveness check moved with ours");
+    s.handle_timeout(18_250);
+    assert_eq!(frames(&mut s).len(), 1, "the client fell silent: ours goes on its own");
+    s.handle_timeout(28_250);
+    assert!(s.is_alive(), "21.25 s of silence");
+    s.handle_timeout(38_250);
+    assert_eq!(s.error(), Some(SmuxError::KeepAliveTimeout), "31.25 s of silence");
     // Without keep-alive there is nothing to answer with.
     let mut off = Session::new(Role::Server, Config { keepalive_interval_ms: 0, ..cfg(Version::V2) }, 0);
     off.handle_input(&frame(2, CMD_NOP, 0, &[])).unwrap();
