@@ -7,10 +7,10 @@
 //! gateway), so the rules can be driven and tested without sockets.
 
 use std::collections::VecDeque;
-
-use foldhash::{HashMap, HashMapExt};
 use std::hash::Hash;
 use std::sync::Arc;
+
+use foldhash::{HashMap, HashMapExt};
 
 use crate::crypto::{NonceSource, OpenError, PacketCrypto};
 use crate::fec;

@@ -7,8 +7,9 @@
 //! lasts, and smux frames down into KCP while KCP's send window has room. Memory is
 //! bounded on both paths.
 
-use foldhash::{HashMap, HashMapExt};
 use std::sync::Arc;
+
+use foldhash::{HashMap, HashMapExt};
 
 use crate::pipeline::Connection;
 use crate::qpp::{Qpp, QppPrng};

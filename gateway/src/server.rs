@@ -3,12 +3,11 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-
-use foldhash::{HashMap, HashMapExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use foldhash::{HashMap, HashMapExt};
 use kcpgate_core::listener::{Listener, Outcome};
 use kcpgate_core::smux::Role;
 use kcpgate_core::snmp::Snmp;

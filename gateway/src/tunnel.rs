@@ -13,12 +13,11 @@
 //! fails (reset, refused) closes its stream at once and is counted.
 
 use std::collections::VecDeque;
-
-use foldhash::{HashMap, HashMapExt};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use foldhash::{HashMap, HashMapExt};
 use kcpgate_core::kcp::{diff, earliest};
 use kcpgate_core::pipeline::Connection;
 use kcpgate_core::smux::{Event, Read};
