@@ -21,6 +21,10 @@ use crate::snmp::Snmp;
 /// kcp-go's accept backlog.
 pub const ACCEPT_BACKLOG: usize = 128;
 
+/// Closed sessions remembered at most (see [`Listener::close`]); past it, a closed
+/// session's peer may open a stale session again, as with kcp-go.
+const MAX_REFUSED: usize = 65_536;
+
 /// Why the listener dropped a datagram before any session saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Drop {
@@ -41,6 +45,10 @@ pub enum Drop {
     ConvMismatch,
     /// A new peer while 128 sessions wait to be accepted.
     BacklogFull,
+    /// From a session the application closed ([`Listener::close`]), still carrying
+    /// its old conversation id: the peer has not noticed yet, and its datagrams must
+    /// not bring the session back.
+    Closed,
 }
 
 /// What [`Listener::handle_datagram`] did with a datagram.
@@ -68,6 +76,7 @@ pub struct ListenerStats {
     pub malformed: u64,
     pub conv_mismatch: u64,
     pub backlog_full: u64,
+    pub closed: u64,
     pub created: u64,
     pub replaced: u64,
 }
@@ -82,6 +91,7 @@ impl ListenerStats {
             Drop::Malformed => &mut self.malformed,
             Drop::ConvMismatch => &mut self.conv_mismatch,
             Drop::BacklogFull => &mut self.backlog_full,
+            Drop::Closed => &mut self.closed,
         } += 1;
     }
 
@@ -93,6 +103,7 @@ impl ListenerStats {
             + self.malformed
             + self.conv_mismatch
             + self.backlog_full
+            + self.closed
     }
 }
 
@@ -132,6 +143,8 @@ pub struct Listener<A> {
     backlog: VecDeque<A>,
     seeds: NonceSource,
     closed: Vec<(A, Connection)>,
+    /// Sessions closed by the application: address → (conversation, refused until).
+    refused: HashMap<A, (u32, u32)>,
     pub stats: ListenerStats,
 }
 
@@ -147,6 +160,7 @@ impl<A: Clone + Eq + Hash> Listener<A> {
             backlog: VecDeque::new(),
             seeds: NonceSource::from_seed(seed),
             closed: Vec::new(),
+            refused: HashMap::new(),
             stats: ListenerStats::default(),
         })
     }
@@ -190,6 +204,12 @@ impl<A: Clone + Eq + Hash> Listener<A> {
             }
         }
         let Some((conv, _)) = announced else { return self.drop(Drop::NoConv) };
+        if let Some(&(closed_conv, until)) = self.refused.get(from) {
+            if conv == closed_conv && crate::kcp::diff(now, until) < 0 {
+                return self.drop(Drop::Closed);
+            }
+            self.refused.remove(from);
+        }
         if !may_open_session(plain) {
             return self.drop(Drop::Malformed);
         }
@@ -246,6 +266,21 @@ impl<A: Clone + Eq + Hash> Listener<A> {
     pub fn remove(&mut self, addr: &A) -> Option<Connection> {
         self.backlog.retain(|a| a != addr);
         self.sessions.remove(addr)
+    }
+
+    /// Closes a session on the application's behalf (an operator's kick). For
+    /// `hold_ms` its peer's datagrams with the old conversation id are dropped
+    /// ([`Drop::Closed`]) instead of opening a session that would only hold stale
+    /// state; a new conversation from the same address is welcome at once.
+    pub fn close(&mut self, addr: &A, now: u32, hold_ms: u32) -> Option<Connection> {
+        let session = self.remove(addr)?;
+        if self.refused.len() >= MAX_REFUSED {
+            self.refused.retain(|_, &mut (_, until)| crate::kcp::diff(now, until) < 0);
+        }
+        if self.refused.len() < MAX_REFUSED {
+            self.refused.insert(addr.clone(), (session.conv(), now.wrapping_add(hold_ms)));
+        }
+        Some(session)
     }
 
     /// Sessions replaced by a restarted peer since the last call, for the caller to

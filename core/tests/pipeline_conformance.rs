@@ -562,6 +562,28 @@ fn conformance_52_accept_backlog_holds_128() {
     assert_eq!(l.handle_datagram(0, &999, &mut kcp_datagram(999, 0, 30)), Outcome::Created);
 }
 
+/// A session the application closes stays closed to its peer's old conversation
+/// for the hold time, and a new conversation from the same address opens at once.
+#[test]
+fn a_closed_session_refuses_its_old_conversation_for_the_hold_time() {
+    let mut l: Listener<u32> =
+        Listener::new(session_config(Mode::Fast, 32, 32, None), crypto(Method::Null, ""), [0; 32]).unwrap();
+    assert_eq!(l.handle_datagram(0, &1, &mut kcp_datagram(100, 0, 30)), Outcome::Created);
+    assert_eq!(l.handle_datagram(0, &2, &mut kcp_datagram(300, 0, 30)), Outcome::Created);
+    assert_eq!(l.close(&1, 1_000, 60_000).map(|c| c.conv()), Some(100));
+    assert_eq!(l.close(&1, 1_000, 60_000).map(|c| c.conv()), None, "already closed");
+    assert_eq!(l.accept(), Some(2), "a closed session leaves the backlog");
+    assert_eq!(l.handle_datagram(2_000, &1, &mut kcp_datagram(100, 7, 30)), Outcome::Dropped(Drop::Closed));
+    assert_eq!(l.stats.closed, 1);
+    assert_eq!(l.handle_datagram(2_000, &2, &mut kcp_datagram(300, 1, 30)), Outcome::Delivered, "others unaffected");
+    assert_eq!(l.handle_datagram(60_999, &1, &mut kcp_datagram(100, 8, 30)), Outcome::Dropped(Drop::Closed));
+    assert_eq!(l.handle_datagram(61_000, &1, &mut kcp_datagram(100, 9, 30)), Outcome::Created, "the hold ran out");
+
+    l.close(&1, 70_000, 60_000);
+    assert_eq!(l.handle_datagram(70_001, &1, &mut kcp_datagram(101, 0, 30)), Outcome::Created, "a new conversation");
+    assert_eq!(l.handle_datagram(70_002, &1, &mut kcp_datagram(100, 0, 30)), Outcome::Replaced { old_conv: 101 });
+}
+
 /// Pushes data from `a` to `b` over an instant link for `ms` milliseconds, stepping
 /// 1 ms at a time, and returns the bytes `a` put on the wire by each millisecond's
 /// end, and the bytes `b` received.
