@@ -11,7 +11,8 @@ use tokio::net::{lookup_host, TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use crate::runtime::{random_seed, split_port_range, Plan};
+use crate::control::{Event, Query, SessionInfo};
+use crate::runtime::{random_seed, split_port_range, Plan, Tuning};
 use crate::tunnel::{now_ms, run_stream, FromStream};
 use crate::udp::BatchSocket;
 
@@ -29,6 +30,7 @@ pub async fn run(plan: Arc<Plan>, mut drain: watch::Receiver<bool>) -> std::io::
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on TCP {local}: {e}")))?;
     info!("listening on TCP {}, forwarding to {}", listener.local_addr()?, plan.settings.target);
+    plan.registry.set_serving();
     let conns = plan.settings.conn.max(1) as usize;
     let mut slots: Vec<Option<Slot>> = (0..conns).map(|_| None).collect();
     let mut rr: u16 = 0;
@@ -120,13 +122,14 @@ async fn start_session(plan: Arc<Plan>) -> std::io::Result<(mpsc::Sender<TcpStre
     let socket = UdpSocket::bind(bind).await?;
     plan.tune_udp(&socket);
     socket.connect(remote).await?;
-    let dialer = Dialer::new(remote, &plan.session, plan.crypto.clone(), random_seed())
+    let tuning = plan.tuning();
+    let dialer = Dialer::new(remote, &tuning.session, plan.crypto.clone(), random_seed())
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
     info!(%remote, conv = dialer.connection.conv(), "session started");
     // Room for a whole listen queue, so accepting never waits on a busy session.
     let (tx, rx) = mpsc::channel(somaxconn() as usize);
     let socket = BatchSocket::new(socket, SESSION_RECV_SLOTS);
-    let task = tokio::spawn(session(socket, remote, dialer, plan, rx));
+    let task = tokio::spawn(session(socket, remote, dialer, plan, tuning, rx));
     Ok((tx, task))
 }
 
@@ -138,19 +141,23 @@ async fn session(
     remote: SocketAddr,
     mut dialer: Dialer<SocketAddr>,
     plan: Arc<Plan>,
+    tuning: Arc<Tuning>,
     mut new_conns: mpsc::Receiver<TcpStream>,
 ) {
     let start = Instant::now();
+    let local = socket.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     // With -autoexpire, a session takes no new connections after `autoexpire` seconds
     // (the accept loop's slot expires) and is closed, streams and all, once
     // `scavengettl` more seconds have passed (kcptun's scavenger).
     let expire = plan.settings.autoexpire;
     let force_close = (expire > 0).then(|| Duration::from_secs((expire + plan.settings.scavengettl.max(0)) as u64));
-    let mut tunnel = plan.tunnel(Role::Client, now_ms(start));
+    let mut tunnel = plan.tunnel(Role::Client, 0, &tuning);
+    drop(tuning);
+    let (id, conv) = (tunnel.meta.id, dialer.connection.conv());
+    plan.registry.opened(Event::SessionOpened { id, conv, remote });
     let (tx, mut rx) = mpsc::channel::<((), u32, FromStream)>(4096);
     let mut accepting = true;
-    let slot = plan.snmp.register();
-    let mut asked = plan.snmp.asked();
+    let mut inbox = plan.registry.register();
     let totals = |dialer: &Dialer<SocketAddr>| {
         let mut s = dialer.snmp();
         s.active_opens = 1;
@@ -158,28 +165,31 @@ async fn session(
         s.max_conn = 1;
         s
     };
+    let end = |reason: String, dialer: &Dialer<SocketAddr>, inbox| {
+        plan.registry.retire(inbox, totals(dialer));
+        plan.registry.closed(Event::SessionClosed { id, conv, remote, reason });
+    };
+    let mut kicked: Option<String> = None;
     loop {
-        // A reader asked for the counters (a busy loop may not reach the select).
-        if asked.has_changed().unwrap_or(false) {
-            asked.borrow_and_update();
-            plan.snmp.publish(slot, totals(&dialer));
-        }
-        // Timers first, whatever woke the loop: steady input must not starve them. When
-        // they ran, the session is serviced at once instead of waiting for an event.
+        // Queries first (a busy loop may not reach the select).
+        let mut queries: Vec<Query> = std::iter::from_fn(|| inbox.try_recv()).collect();
         let now = now_ms(start);
         let timers_due = tunnel.deadline(&dialer.connection).is_some_and(|d| kcpgate_core::kcp::diff(now, d) >= 0);
+        // Timers first, whatever woke the loop: steady input must not starve them. When
+        // they ran, the session is serviced at once instead of waiting for an event.
         if timers_due {
             tunnel.run_timers(now, &mut dialer.connection);
         }
         if force_close.is_some_and(|ttl| start.elapsed() >= ttl) {
             info!(%remote, streams = tunnel.stream_count(), "session expired and closed");
-            plan.snmp.retire(slot, totals(&dialer));
+            tunnel.stop_streams();
+            end("expired (-autoexpire, -scavengettl)".into(), &dialer, inbox);
             return;
         }
         let until_close = force_close.map(|ttl| ttl.saturating_sub(start.elapsed()).as_millis() as u64);
         let wait = tunnel.wait_ms(&dialer.connection, now).unwrap_or(3_600_000);
         let mut received = false;
-        if !timers_due {
+        if !timers_due && queries.is_empty() {
             tokio::select! {
                 r = socket.recv() => match r {
                     Ok(()) => received = true,
@@ -188,7 +198,7 @@ async fn session(
                 c = new_conns.recv(), if accepting => match c {
                     Some(tcp) => match tunnel.stack.open_stream() {
                         Ok(sid) => {
-                            let stream = tunnel.add_stream(sid);
+                            let stream = tunnel.add_stream(sid, now, tcp.peer_addr().ok());
                             if !plan.settings.quiet {
                                 info!(%remote, sid, "stream opened");
                             }
@@ -199,27 +209,59 @@ async fn session(
                     None => accepting = false,
                 },
                 Some(((), sid, msg)) = rx.recv() => tunnel.on_message(sid, msg),
-                _ = asked.changed() => plan.snmp.publish(slot, totals(&dialer)),
+                Some(query) = inbox.recv() => queries.push(query),
                 () = tokio::time::sleep(Duration::from_millis(until_close.map_or(wait, |c| c.min(wait)))) => {} // timers run at the top
             }
         }
         let now = now_ms(start);
+        for query in queries {
+            match query {
+                Query::Counters(reply) => {
+                    let _ = reply.send(totals(&dialer));
+                }
+                Query::Sessions(reply) => {
+                    let cx = plan.view_context(local);
+                    let view = SessionInfo::new(&cx, remote, &dialer.connection, &tunnel, now.into());
+                    let _ = reply.send(vec![view]);
+                }
+                Query::Kick { id: wanted, reason, done } => {
+                    if wanted == id && kicked.is_none() {
+                        info!(%remote, id, %reason, "session kicked");
+                        tunnel.close_all(now, &mut dialer.connection);
+                        dialer.connection.flush(now);
+                        kicked = Some(reason);
+                    }
+                    let _ = done.send(wanted == id);
+                }
+                Query::Retune(done) => {
+                    let _ = done.send(()); // new sessions read the tunables as they start
+                }
+            }
+        }
+        if received {
+            tunnel.meta.heard_ms = now.into();
+        }
         for (from, datagram) in socket.datagrams().filter(|_| received) {
             let _ = dialer.handle_datagram(now, &from, datagram);
         }
-        let result = tunnel.service(now, &mut dialer.connection);
+        let result = if kicked.is_some() { Ok(Vec::new()) } else { tunnel.service(now, &mut dialer.connection) };
         if let Err(e) = socket.send_all(remote, dialer.connection.transmits()).await {
             debug!(%remote, "send failed: {e}");
         }
         dialer.connection.clear_transmits();
+        if let Some(reason) = kicked {
+            end(format!("kicked: {reason}"), &dialer, inbox);
+            return;
+        }
         if let Err(e) = result {
             warn!(%remote, "session closed: {e}");
-            plan.snmp.retire(slot, totals(&dialer));
+            tunnel.stop_streams();
+            end(e.to_string(), &dialer, inbox);
             return;
         }
         if !accepting && tunnel.stream_count() == 0 {
             info!(%remote, "session retired");
-            plan.snmp.retire(slot, totals(&dialer));
+            end("retired: no streams left and no new connections".into(), &dialer, inbox);
             return;
         }
     }

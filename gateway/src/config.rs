@@ -70,6 +70,14 @@ pub struct Settings {
     pub conn: i64,
     pub autoexpire: i64,
     pub scavengettl: i64,
+    /// The admin HTTP listener's address, or `off`.
+    pub admin: String,
+    /// Whether `-admin` was given; a default address that is taken only warns.
+    pub admin_explicit: bool,
+    /// Bearer token for the admin API; empty for none (loopback only).
+    pub admin_token: String,
+    /// Server: sessions open at most at once; 0 is unlimited.
+    pub max_sessions: i64,
     pub config_file: Option<PathBuf>,
 }
 
@@ -148,7 +156,10 @@ const SHARED: &[Flag] = &[
     flag("tcp", Some("tcp"), Kind::Bool, "kcptun's fake-TCP transport (not supported by kcpgate)"),
     flag("pprof", Some("pprof"), Kind::Bool, "Go profiler endpoint (not applicable to kcpgate; ignored with a warning)"),
     flag("drain-timeout", None, Kind::Int(30, 30), "On SIGTERM or SIGINT, seconds to let open streams finish before exiting (kcpgate only)"),
+    flag("admin-token", None, Kind::Text(""), "Bearer token the admin API requires on every /api route (env KCPGATE_ADMIN_TOKEN); required when -admin is not a loopback address (kcpgate only)"),
 ];
+
+const ADMIN_HELP: &str = "Admin HTTP API, metrics and health (/api/v1, /metrics, /livez, /readyz): address to listen on, or off (kcpgate only)";
 
 const SERVER: &[Flag] = &[
     Flag {
@@ -169,6 +180,8 @@ const SERVER: &[Flag] = &[
             "Backend to dial for every stream: host:port, or a unix socket path",
         )
     },
+    flag("admin", None, Kind::Text("127.0.0.1:8080"), ADMIN_HELP),
+    flag("max-sessions", None, Kind::Int(0, 0), "Sessions open at most at once; datagrams that would open more are dropped and counted. 0 is unlimited (kcpgate only)"),
 ];
 
 const CLIENT: &[Flag] = &[
@@ -203,6 +216,7 @@ const CLIENT: &[Flag] = &[
         Kind::Int(600, 600),
         "Seconds an expired session may live on before it is closed",
     ),
+    flag("admin", None, Kind::Text("off"), ADMIN_HELP),
 ];
 
 fn role_flags(role: Role) -> impl Iterator<Item = &'static Flag> {
@@ -225,10 +239,10 @@ fn arg(f: &Flag, role: Role) -> Arg {
         Kind::Bool => a.action(ArgAction::SetTrue),
         Kind::Text(d) => {
             let a = a.value_name("VALUE").default_value(d);
-            if f.name == "key" {
-                a.env("KCPTUN_KEY").hide_env_values(true).hide_default_value(true)
-            } else {
-                a
+            match f.name {
+                "key" => a.env("KCPTUN_KEY").hide_env_values(true).hide_default_value(true),
+                "admin-token" => a.env("KCPGATE_ADMIN_TOKEN").hide_env_values(true).hide_default_value(true),
+                _ => a,
             }
         }
         Kind::Int(server, client) => {
@@ -337,6 +351,10 @@ impl Settings {
             conn: client_int("conn", 1),
             autoexpire: client_int("autoexpire", 0),
             scavengettl: client_int("scavengettl", 600),
+            admin: text("admin"),
+            admin_explicit: m.value_source("admin") == Some(ValueSource::CommandLine),
+            admin_token: text("admin-token"),
+            max_sessions: if role == Role::Server { int("max-sessions") } else { 0 },
             config_file: m.get_one::<PathBuf>("c").cloned(),
         }
     }
@@ -384,6 +402,8 @@ impl Settings {
             "mode" => &mut self.mode,
             "snmplog" => &mut self.snmplog,
             "log" => &mut self.log,
+            "admin" => &mut self.admin,
+            "admin-token" => &mut self.admin_token,
             other => unreachable!("no text setting {other}"),
         }
     }
@@ -426,6 +446,7 @@ impl Settings {
             "conn" => &mut self.conn,
             "autoexpire" => &mut self.autoexpire,
             "scavengettl" => &mut self.scavengettl,
+            "max-sessions" => &mut self.max_sessions,
             other => unreachable!("no integer setting {other}"),
         }
     }
@@ -464,6 +485,27 @@ impl Settings {
             max_receive_buffer: self.smuxbuf.max(0) as usize,
             max_stream_buffer: self.streambuf.max(0) as usize,
         }
+    }
+
+    /// The admin listener's address; `None` when it is off. Refuses an address other
+    /// hosts can reach unless a token guards the API.
+    pub fn admin_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        if self.admin.eq_ignore_ascii_case("off") || self.admin.is_empty() {
+            return Ok(None);
+        }
+        let addr: std::net::SocketAddr = self.admin.parse().map_err(|_| {
+            ConfigError(format!(
+                "-admin must be an IP address and port such as 127.0.0.1:8080 or [::1]:8080, or off (got {:?})",
+                self.admin
+            ))
+        })?;
+        if !addr.ip().is_loopback() && self.admin_token.is_empty() {
+            return err(format!(
+                "-admin {addr} can be reached from other hosts, so the API needs a token: set -admin-token or \
+                 KCPGATE_ADMIN_TOKEN, or listen on 127.0.0.1"
+            ));
+        }
+        Ok(Some(addr))
     }
 
     /// kcptun's startup checks, with messages that say what to change. Returns
@@ -515,6 +557,10 @@ impl Settings {
         if Method::from_name(&self.crypt).is_none() {
             warnings.push(format!("unknown -crypt {:?}: using aes, as kcptun does", self.crypt));
         }
+        if self.max_sessions < 0 {
+            return err(format!("-max-sessions must be 0 (unlimited) or more (got {})", self.max_sessions));
+        }
+        self.admin_addr()?;
         if self.role == Role::Client && self.autoexpire != 0 && self.scavengettl > self.autoexpire {
             warnings.push("-scavengettl is longer than -autoexpire: expired sessions will linger".to_string());
         }

@@ -1,8 +1,10 @@
 //! kcpgate, the native gateway: a drop-in, wire-compatible kcptun server and client
 //! built on the sans-IO core.
 
+pub mod admin;
 pub mod client;
 pub mod config;
+pub mod control;
 pub mod runtime;
 pub mod server;
 pub mod snmp;

@@ -17,6 +17,7 @@ fn cli() -> Command {
         .arg_required_else_help(true)
         .subcommand(command(Role::Server))
         .subcommand(command(Role::Client))
+        .subcommand(Command::new("openapi").about("Print the admin API's OpenAPI 3.1 document (JSON)"))
 }
 
 fn main() -> ExitCode {
@@ -24,6 +25,10 @@ fn main() -> ExitCode {
     let role = match args.next().as_deref() {
         Some("server") => Role::Server,
         Some("client") => Role::Client,
+        Some("openapi") if args.len() == 0 => {
+            print!("{}", kcpgate::admin::openapi_json());
+            return ExitCode::SUCCESS;
+        }
         other => {
             // Help, version, or a mistake: let clap say it.
             let argv = ["kcpgate".to_string()].into_iter().chain(other.map(str::to_string));
@@ -61,10 +66,26 @@ fn main() -> ExitCode {
     let drain_timeout = std::time::Duration::from_secs(plan.settings.drain_timeout.max(0) as u64);
     let result = runtime.block_on(async move {
         let (drain_tx, drain) = tokio::sync::watch::channel(false);
-        tokio::spawn(kcpgate::snmp::dump_on_sigusr1(plan.snmp.clone(), plan.streams.clone()));
+        tokio::spawn(kcpgate::snmp::dump_on_sigusr1(plan.registry.clone(), plan.streams.clone()));
         if !plan.settings.snmplog.is_empty() && plan.settings.snmpperiod > 0 {
             let (path, period) = (plan.settings.snmplog.clone(), plan.settings.snmpperiod as u64);
-            tokio::spawn(kcpgate::snmp::csv_logger(plan.snmp.clone(), path, period));
+            tokio::spawn(kcpgate::snmp::csv_logger(plan.registry.clone(), path, period));
+        }
+        if let Some(addr) = plan.settings.admin_addr().map_err(|e| std::io::Error::other(e.0))? {
+            match kcpgate::admin::bind(addr).await {
+                Ok(listener) => {
+                    let guarded = if plan.settings.admin_token.is_empty() { "no token" } else { "token required" };
+                    tracing::info!(
+                        "admin API on http://{} ({guarded}); OpenAPI at /openapi.json",
+                        listener.local_addr()?
+                    );
+                    tokio::spawn(kcpgate::admin::serve(listener, plan.clone(), drain.clone()));
+                }
+                // The default address may be taken by another program: run without the
+                // API rather than refuse a command line that works with kcptun.
+                Err(e) if !plan.settings.admin_explicit => tracing::warn!("{e}; running without it"),
+                Err(e) => return Err(e),
+            }
         }
         let work = async {
             match role {

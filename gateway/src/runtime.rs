@@ -1,16 +1,17 @@
 //! What a running kcpgate needs, resolved once from [`Settings`].
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use kcpgate_core::crypto::PacketCrypto;
 use kcpgate_core::fec::Shards;
-use kcpgate_core::kcp;
+use kcpgate_core::kcp::{self, Mode};
 use kcpgate_core::pipeline::SessionConfig;
 use kcpgate_core::qpp::PadGeneration;
 use kcpgate_core::stack::{QppSetup, StackConfig};
 
 use crate::config::Settings;
+use crate::control::{FecShards, Registry, SessionMeta, Tunables, TunablesPatch, ViewContext};
 
 /// 32 bytes from the OS, to seed the core's CSPRNGs (conv ids, nonces).
 pub fn random_seed() -> [u8; 32] {
@@ -21,48 +22,105 @@ pub fn random_seed() -> [u8; 32] {
 
 /// Settings turned into the core's configuration.
 pub struct Plan {
+    /// The settings kcpgate started with (the tunables' current values are in
+    /// [`Plan::tuning`]).
     pub settings: Settings,
-    /// Every task's SNMP counters.
-    pub snmp: Arc<crate::snmp::Registry>,
+    /// Every task's inbox, session ids and events.
+    pub registry: Arc<Registry>,
     pub streams: Arc<crate::tunnel::StreamCounters>,
     pub crypto: Arc<PacketCrypto>,
-    pub session: SessionConfig,
     pub stack: StackConfig,
+    tuning: RwLock<Arc<Tuning>>,
+}
+
+/// The tunables and the session configuration they make.
+pub struct Tuning {
+    pub tunables: Tunables,
+    pub session: SessionConfig,
+}
+
+/// The tunables as the settings give them.
+fn tunables_of(settings: &Settings) -> Tunables {
+    let mode = if Mode::from_name(&settings.mode).is_some() { settings.mode.clone() } else { "manual".to_string() };
+    let small = |v: i64| v.clamp(0, i64::from(u32::MAX)) as u32;
+    Tunables {
+        mode,
+        nodelay: u32::from(settings.nodelay != 0),
+        interval: small(settings.interval),
+        resend: small(settings.resend),
+        nc: u32::from(settings.nc != 0),
+        sndwnd: small(settings.sndwnd),
+        rcvwnd: small(settings.rcvwnd),
+        ratelimit: settings.ratelimit.max(0) as u64,
+        max_sessions: settings.max_sessions.max(0) as u64,
+    }
+}
+
+/// The session configuration `settings` give.
+fn session_config(settings: &Settings) -> SessionConfig {
+    let (nodelay, interval, fast_resend, no_cwnd) = settings.kcp_params();
+    let kcp = kcp::Config {
+        snd_wnd: settings.sndwnd as u32,
+        rcv_wnd: settings.rcvwnd as u32,
+        nodelay,
+        interval,
+        fast_resend,
+        no_cwnd,
+        stream: true,
+        ack_nodelay: settings.acknodelay,
+        ..kcp::Config::default()
+    };
+    SessionConfig {
+        mtu: settings.mtu as usize,
+        kcp,
+        fec: Shards::new(settings.datashard as usize, settings.parityshard as usize),
+        write_delay: false,
+        rate_limit: settings.ratelimit.clamp(0, i64::from(u32::MAX)) as u32,
+    }
 }
 
 impl Plan {
     pub fn new(settings: Settings) -> Plan {
-        let (nodelay, interval, fast_resend, no_cwnd) = settings.kcp_params();
-        let kcp = kcp::Config {
-            snd_wnd: settings.sndwnd as u32,
-            rcv_wnd: settings.rcvwnd as u32,
-            nodelay,
-            interval,
-            fast_resend,
-            no_cwnd,
-            stream: true,
-            ack_nodelay: settings.acknodelay,
-            ..kcp::Config::default()
-        };
-        let session = SessionConfig {
-            mtu: settings.mtu as usize,
-            kcp,
-            fec: Shards::new(settings.datashard as usize, settings.parityshard as usize),
-            write_delay: false,
-            rate_limit: settings.ratelimit.clamp(0, i64::from(u32::MAX)) as u32,
-        };
         let qpp = settings
             .qpp
             .then(|| QppSetup::new(settings.key.as_bytes(), settings.qpp_count as u16, PadGeneration::Current));
         let stack = StackConfig { compression: !settings.nocomp, smux: settings.smux_config(), qpp };
+        let tuning = Tuning { tunables: tunables_of(&settings), session: session_config(&settings) };
         Plan {
             crypto: Arc::new(PacketCrypto::from_passphrase(settings.method(), &settings.key)),
-            session,
             stack,
             settings,
-            snmp: Arc::default(),
+            registry: Arc::default(),
             streams: Arc::default(),
+            tuning: RwLock::new(Arc::new(tuning)),
         }
+    }
+
+    /// The current tunables and the configuration of sessions opened now.
+    pub fn tuning(&self) -> Arc<Tuning> {
+        self.tuning.read().expect("tuning lock").clone()
+    }
+
+    /// Applies a change to the tunables for sessions opened from now on; the
+    /// caller then has the tasks pick it up ([`Registry::retune`]). On error
+    /// nothing changed and each entry says which field is wrong and why.
+    pub fn retune(&self, patch: &TunablesPatch) -> Result<Tunables, Vec<(&'static str, String)>> {
+        let mut current = self.tuning.write().expect("tuning lock");
+        let tunables = current.tunables.patched(patch)?;
+        let mut settings = self.settings.clone();
+        settings.mode.clone_from(&tunables.mode);
+        settings.nodelay = i64::from(tunables.nodelay);
+        settings.interval = i64::from(tunables.interval);
+        settings.resend = i64::from(tunables.resend);
+        settings.nc = i64::from(tunables.nc);
+        settings.sndwnd = i64::from(tunables.sndwnd);
+        settings.rcvwnd = i64::from(tunables.rcvwnd);
+        settings.ratelimit = tunables.ratelimit as i64;
+        settings.max_sessions = tunables.max_sessions as i64;
+        let session = session_config(&settings);
+        session.kcp_config(&self.crypto).map_err(|e| vec![("mode", e.to_string())])?;
+        *current = Arc::new(Tuning { tunables: tunables.clone(), session });
+        Ok(tunables)
     }
 
     /// Applies `-sockbuf` and `-dscp` to a UDP socket, logging what failed.
@@ -72,14 +130,29 @@ impl Plan {
         }
     }
 
-    /// A tunnel for a new session.
-    pub fn tunnel(&self, role: kcpgate_core::smux::Role, now: u32) -> crate::tunnel::Tunnel {
+    /// A tunnel for a new session opened at `now_ms` (the owning task's clock), with
+    /// the tunables of `tuning`.
+    pub fn tunnel(&self, role: kcpgate_core::smux::Role, now_ms: u64, tuning: &Tuning) -> crate::tunnel::Tunnel {
         let close_wait_ms = (self.settings.closewait.clamp(0, 86_400) * 1000) as u32;
+        let meta = SessionMeta {
+            id: self.registry.session_id(),
+            opened_ms: now_ms,
+            heard_ms: now_ms,
+            mode: tuning.tunables.mode.clone(),
+        };
         crate::tunnel::Tunnel::new(
-            kcpgate_core::stack::StreamStack::new(role, self.stack.clone(), now),
+            kcpgate_core::stack::StreamStack::new(role, self.stack.clone(), now_ms as u32),
             close_wait_ms,
             self.streams.clone(),
+            meta,
         )
+    }
+
+    /// What the session views of a task on `local` share.
+    pub fn view_context(&self, local: SocketAddr) -> ViewContext<'_> {
+        let (data, parity) = (self.settings.datashard, self.settings.parityshard);
+        let fec = (data > 0 && parity > 0).then_some(FecShards { data: data as u32, parity: parity as u32 });
+        ViewContext { local, crypt: &self.settings.crypt, fec }
     }
 
     /// Every address of `-listen`, with `host:N-M` expanded to each port and an empty

@@ -9,12 +9,14 @@ use std::time::{Duration, Instant};
 
 use foldhash::{HashMap, HashMapExt};
 use kcpgate_core::listener::{Listener, Outcome};
+use kcpgate_core::pipeline::Connection;
 use kcpgate_core::smux::Role;
 use kcpgate_core::snmp::Snmp;
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use crate::control::{Event, Query, SessionInfo};
 use crate::runtime::{random_seed, Plan};
 use crate::tunnel::{elapsed_ms, run_stream, FromStream, NewStream, Tunnel};
 use crate::udp::BatchSocket;
@@ -38,6 +40,7 @@ pub async fn run(plan: Arc<Plan>, drain: watch::Receiver<bool>) -> std::io::Resu
             tasks.push(tokio::spawn(serve_socket(socket, plan.clone(), drain.clone())));
         }
     }
+    plan.registry.set_serving();
     for t in tasks {
         let _ = t.await;
     }
@@ -64,102 +67,242 @@ fn bind_shared(addr: SocketAddr, count: usize) -> std::io::Result<Vec<UdpSocket>
         .collect()
 }
 
-async fn serve_socket(mut socket: BatchSocket, plan: Arc<Plan>, mut drain: watch::Receiver<bool>) {
-    let start = Instant::now();
-    let mut listener: Listener<SocketAddr> =
-        Listener::new(plan.session.clone(), plan.crypto.clone(), random_seed()).expect("validated at startup");
-    let mut tunnels: HashMap<SocketAddr, Tunnel> = HashMap::new();
-    let mut schedule = Schedule::default();
+/// One socket's sessions and everything that drives them.
+struct SocketTask {
+    socket: BatchSocket,
+    local: SocketAddr,
+    plan: Arc<Plan>,
+    start: Instant,
+    listener: Listener<SocketAddr>,
+    tunnels: HashMap<SocketAddr, Tunnel>,
+    schedule: Schedule,
+    /// Counters of sessions already gone.
+    retired: Snmp,
+    /// Where stream tasks send their messages.
+    tx: mpsc::Sender<(SocketAddr, u32, FromStream)>,
+}
+
+/// How long a kicked session's peer is refused with its old conversation: longer
+/// than smux's keep-alive timeout, so the peer notices the session is gone first.
+const KICK_HOLD_MS: u32 = 60_000;
+
+async fn serve_socket(socket: BatchSocket, plan: Arc<Plan>, mut drain: watch::Receiver<bool>) {
+    let local = socket.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let listener =
+        Listener::new(plan.tuning().session.clone(), plan.crypto.clone(), random_seed()).expect("validated at startup");
+    let (tx, mut rx) = mpsc::channel::<(SocketAddr, u32, FromStream)>(4096);
+    let mut task = SocketTask {
+        socket,
+        local,
+        start: Instant::now(),
+        listener,
+        tunnels: HashMap::new(),
+        schedule: Schedule::default(),
+        retired: Snmp::default(),
+        tx,
+        plan: plan.clone(),
+    };
     // Sessions to service this turn (kept to reuse their memory).
     let (mut due, mut touched): (Vec<SocketAddr>, Vec<SocketAddr>) = (Vec::new(), Vec::new());
-    let (tx, mut rx) = mpsc::channel::<(SocketAddr, u32, FromStream)>(4096);
     let mut draining = *drain.borrow();
-    let slot = plan.snmp.register();
-    // Counters of sessions already gone, and the socket's own figures.
-    let mut retired = Snmp::default();
-    let mut asked = plan.snmp.asked();
-    let totals = |listener: &Listener<SocketAddr>, retired: &Snmp| {
-        let mut totals = listener.snmp();
-        totals.accumulate(retired);
-        totals.passive_opens = listener.stats.created;
-        totals.curr_estab = listener.len() as u64;
-        totals.max_conn = retired.max_conn;
-        totals
-    };
+    let mut inbox = plan.registry.register();
     loop {
-        // A reader asked for the counters (a busy loop may not reach the select).
-        if asked.has_changed().unwrap_or(false) {
-            asked.borrow_and_update();
-            plan.snmp.publish(slot, totals(&listener, &retired));
+        // Queries first (a busy loop may not reach the select).
+        while let Some(query) = inbox.try_recv() {
+            task.answer(query).await;
         }
-        if draining && tunnels.values().all(|t| t.stream_count() == 0) {
-            plan.snmp.retire(slot, totals(&listener, &retired));
+        if draining && task.tunnels.values().all(|t| t.stream_count() == 0) {
+            plan.registry.retire(inbox, task.totals());
             return;
         }
         // Timers first, whatever woke the loop: a busy socket must not starve them.
         // Only sessions whose deadline has come are touched; the loop then sleeps
         // until the earliest deadline left.
-        let now_abs = elapsed_ms(start);
+        let now_abs = elapsed_ms(task.start);
         let now = now_abs as u32;
         due.clear();
-        while let Some(addr) = schedule.pop_due(now_abs) {
-            if let (Some(t), Some(conn)) = (tunnels.get_mut(&addr), listener.session_mut(&addr)) {
+        while let Some(addr) = task.schedule.pop_due(now_abs) {
+            if let (Some(t), Some(conn)) = (task.tunnels.get_mut(&addr), task.listener.session_mut(&addr)) {
                 t.run_timers(now, conn);
                 due.push(addr);
             }
         }
         for &addr in &due {
-            service(&mut socket, &mut listener, &mut tunnels, &mut schedule, &mut retired, addr, now_abs, &plan, &tx)
-                .await;
+            task.service(addr, now_abs, false).await;
         }
-        let next = schedule.next().map(|at| at.saturating_sub(now_abs));
+        let next = task.schedule.next().map(|at| at.saturating_sub(now_abs));
         let sleep = tokio::time::sleep(Duration::from_millis(next.unwrap_or(3_600_000)));
         touched.clear();
         let mut received = false;
         tokio::select! {
             _ = drain.changed(), if !draining => draining = *drain.borrow(),
-            _ = asked.changed() => plan.snmp.publish(slot, totals(&listener, &retired)),
-            r = socket.recv() => match r {
+            Some(query) = inbox.recv() => task.answer(query).await,
+            r = task.socket.recv() => match r {
                 Ok(()) => received = true,
                 Err(e) => debug!("receive failed: {e}"),
             },
             Some((addr, sid, msg)) = rx.recv() => {
-                if let Some(t) = tunnels.get_mut(&addr) {
+                if let Some(t) = task.tunnels.get_mut(&addr) {
                     t.on_message(sid, msg);
                     touched.push(addr);
                 }
             }
             () = sleep => {} // the timers run at the top of the loop
         }
-        let now_abs = elapsed_ms(start);
+        let now_abs = elapsed_ms(task.start);
+        if received {
+            task.receive(now_abs, draining, &mut touched);
+        }
+        // A batch brings several datagrams per session: service each session once.
+        touched.sort_unstable();
+        touched.dedup();
+        for &addr in &touched {
+            task.service(addr, now_abs, received).await;
+        }
+    }
+}
+
+impl SocketTask {
+    /// Hands the received batch to the listener; notes which sessions got data.
+    fn receive(&mut self, now_abs: u64, draining: bool, touched: &mut Vec<SocketAddr>) {
         let now = now_abs as u32;
-        for (from, datagram) in socket.datagrams().filter(|_| received) {
-            if draining && listener.session(&from).is_none() {
-                continue; // no new sessions while draining
+        let limit = self.plan.tuning().tunables.max_sessions;
+        for (from, datagram) in self.socket.datagrams() {
+            let full = limit > 0 && self.plan.registry.open_sessions() >= limit;
+            if (draining || full) && self.listener.session(&from).is_none() {
+                if full && !draining {
+                    self.plan.registry.count_refused_datagram();
+                }
+                continue; // no new sessions while draining or at the limit
             }
-            match listener.handle_datagram(now, &from, datagram) {
+            match self.listener.handle_datagram(now, &from, datagram) {
                 Outcome::Created | Outcome::Replaced { .. } => {
-                    while listener.accept().is_some() {}
-                    for (addr, old) in listener.take_closed() {
-                        tunnels.remove(&addr);
-                        schedule.set(addr, None);
-                        retired.accumulate(&old.snmp());
+                    while self.listener.accept().is_some() {}
+                    for (addr, old) in self.listener.take_closed() {
+                        self.retired.accumulate(&old.snmp());
+                        if let Some(mut t) = self.tunnels.remove(&addr) {
+                            t.stop_streams();
+                            self.schedule.set(addr, None);
+                            let reason = "replaced: the peer started a new session".into();
+                            self.plan.registry.closed(Event::SessionClosed {
+                                id: t.meta.id,
+                                conv: old.conv(),
+                                remote: addr,
+                                reason,
+                            });
+                        }
                     }
-                    retired.max_conn = retired.max_conn.max(listener.len() as u64);
-                    info!(remote = %from, "session opened");
-                    tunnels.insert(from, plan.tunnel(Role::Server, now));
+                    self.retired.max_conn = self.retired.max_conn.max(self.listener.len() as u64);
+                    let tuning = self.plan.tuning();
+                    let tunnel = self.plan.tunnel(Role::Server, now_abs, &tuning);
+                    let conv = self.listener.session(&from).map_or(0, Connection::conv);
+                    info!(remote = %from, id = tunnel.meta.id, conv, "session opened");
+                    self.plan.registry.opened(Event::SessionOpened { id: tunnel.meta.id, conv, remote: from });
+                    self.tunnels.insert(from, tunnel);
                     touched.push(from);
                 }
                 Outcome::Delivered => touched.push(from),
                 Outcome::Dropped(reason) => debug!(remote = %from, ?reason, "datagram dropped"),
             }
         }
-        // A batch brings several datagrams per session: service each session once.
-        touched.sort_unstable();
-        touched.dedup();
-        for &addr in &touched {
-            service(&mut socket, &mut listener, &mut tunnels, &mut schedule, &mut retired, addr, now_abs, &plan, &tx)
-                .await;
+    }
+
+    /// Removes a session for good (its stream tasks end as their channels close).
+    fn close(&mut self, addr: SocketAddr, reason: String, hold_ms: Option<u32>) {
+        self.schedule.set(addr, None);
+        let now = elapsed_ms(self.start) as u32;
+        let conn = match hold_ms {
+            Some(hold) => self.listener.close(&addr, now, hold),
+            None => self.listener.remove(&addr),
+        };
+        if let Some(conn) = &conn {
+            self.retired.accumulate(&conn.snmp());
+        }
+        if let Some(mut t) = self.tunnels.remove(&addr) {
+            t.stop_streams();
+            let conv = conn.as_ref().map_or(0, Connection::conv);
+            self.plan.registry.closed(Event::SessionClosed { id: t.meta.id, conv, remote: addr, reason });
+        }
+    }
+
+    /// This socket's running SNMP totals.
+    fn totals(&self) -> Snmp {
+        let mut totals = self.listener.snmp();
+        totals.accumulate(&self.retired);
+        totals.passive_opens = self.listener.stats.created;
+        totals.curr_estab = self.listener.len() as u64;
+        totals.max_conn = self.retired.max_conn;
+        totals
+    }
+
+    async fn answer(&mut self, query: Query) {
+        match query {
+            Query::Counters(reply) => {
+                let _ = reply.send(self.totals());
+            }
+            Query::Sessions(reply) => {
+                let now = elapsed_ms(self.start);
+                let cx = self.plan.view_context(self.local);
+                let views = self
+                    .tunnels
+                    .iter()
+                    .filter_map(|(addr, t)| Some(SessionInfo::new(&cx, *addr, self.listener.session(addr)?, t, now)))
+                    .collect();
+                let _ = reply.send(views);
+            }
+            Query::Kick { id, reason, done } => {
+                let found = self.tunnels.iter().find(|(_, t)| t.meta.id == id).map(|(a, _)| *a);
+                if let Some(addr) = found {
+                    info!(remote = %addr, id, %reason, "session kicked");
+                    // The peer's applications see their connections end at once.
+                    let now_abs = elapsed_ms(self.start);
+                    if let (Some(t), Some(conn)) = (self.tunnels.get_mut(&addr), self.listener.session_mut(&addr)) {
+                        t.close_all(now_abs as u32, conn);
+                        conn.flush(now_abs as u32);
+                        if let Err(e) = self.socket.send_all(addr, conn.transmits()).await {
+                            debug!(remote = %addr, "send failed: {e}");
+                        }
+                        conn.clear_transmits();
+                    }
+                    self.close(addr, format!("kicked: {reason}"), Some(KICK_HOLD_MS));
+                }
+                let _ = done.send(found.is_some());
+            }
+            Query::Retune(done) => {
+                *self.listener.config_mut() = self.plan.tuning().session.clone();
+                let _ = done.send(());
+            }
+        }
+    }
+
+    /// Lets one session move its data, starts tasks for new streams, sends its
+    /// datagrams, schedules its next deadline, and ends it if its stream layers
+    /// failed. `heard`: the peer just sent it something.
+    async fn service(&mut self, addr: SocketAddr, now_abs: u64, heard: bool) {
+        let now = now_abs as u32;
+        let (Some(conn), Some(tunnel)) = (self.listener.session_mut(&addr), self.tunnels.get_mut(&addr)) else {
+            self.schedule.set(addr, None);
+            return;
+        };
+        if heard {
+            tunnel.meta.heard_ms = now_abs;
+        }
+        let result = tunnel.service(now, conn);
+        if let Err(e) = self.socket.send_all(addr, conn.transmits()).await {
+            debug!(remote = %addr, "send failed: {e}");
+        }
+        conn.clear_transmits();
+        self.schedule.set(addr, tunnel.wait_ms(conn, now).map(|wait| now_abs + wait));
+        match result {
+            Ok(new) => {
+                for stream in new {
+                    tokio::spawn(dial(self.plan.clone(), addr, stream, self.tx.clone()));
+                }
+            }
+            Err(e) => {
+                warn!(remote = %addr, "session closed: {e}");
+                self.close(addr, e.to_string(), None);
+            }
         }
     }
 }
@@ -243,53 +386,14 @@ impl Schedule {
     }
 }
 
-/// Lets one session move its data, starts tasks for new streams, sends its datagrams,
-/// schedules its next deadline, and ends it if its stream layers failed.
-#[allow(clippy::too_many_arguments)]
-async fn service(
-    socket: &mut BatchSocket,
-    listener: &mut Listener<SocketAddr>,
-    tunnels: &mut HashMap<SocketAddr, Tunnel>,
-    schedule: &mut Schedule,
-    retired: &mut Snmp,
-    addr: SocketAddr,
-    now_abs: u64,
-    plan: &Arc<Plan>,
-    tx: &mpsc::Sender<(SocketAddr, u32, FromStream)>,
-) {
-    let now = now_abs as u32;
-    let (Some(conn), Some(tunnel)) = (listener.session_mut(&addr), tunnels.get_mut(&addr)) else {
-        schedule.set(addr, None);
-        return;
-    };
-    let result = tunnel.service(now, conn);
-    if let Err(e) = socket.send_all(addr, conn.transmits()).await {
-        debug!(remote = %addr, "send failed: {e}");
-    }
-    conn.clear_transmits();
-    schedule.set(addr, tunnel.wait_ms(conn, now).map(|wait| now_abs + wait));
-    match result {
-        Ok(new) => {
-            for stream in new {
-                tokio::spawn(dial(plan.clone(), addr, stream, tx.clone()));
-            }
-        }
-        Err(e) => {
-            warn!(remote = %addr, "session closed: {e}");
-            tunnels.remove(&addr);
-            schedule.set(addr, None);
-            if let Some(old) = listener.remove(&addr) {
-                retired.accumulate(&old.snmp());
-            }
-        }
-    }
-}
-
 /// One stream: dial the target, then bridge it.
 async fn dial(plan: Arc<Plan>, addr: SocketAddr, stream: NewStream, tx: mpsc::Sender<(SocketAddr, u32, FromStream)>) {
     let sid = stream.sid;
     match TcpStream::connect(&plan.settings.target).await {
         Ok(tcp) => {
+            if let Ok(peer) = tcp.peer_addr() {
+                let _ = tx.send((addr, sid, FromStream::Connected(peer))).await;
+            }
             if !plan.settings.quiet {
                 info!(remote = %addr, sid, target = %plan.settings.target, "stream opened");
             }

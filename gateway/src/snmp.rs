@@ -1,114 +1,15 @@
-//! Process-wide SNMP counters, kcptun's CSV log (`-snmplog`, §8.9) and the
-//! `SIGUSR1` dump (§8.10).
+//! kcptun's SNMP CSV log (`-snmplog`, §8.9) and the `SIGUSR1` dump (§8.10).
 
 use std::io::Write;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::watch;
-
 use kcpgate_core::snmp::Snmp;
-
-use crate::tunnel::StreamCounters;
 use tracing::{info, warn};
 
-/// Every task's counters, collected on demand: a reader asks ([`Registry::snapshot`]),
-/// every task publishes its totals at its next turn ([`Registry::asked`] wakes it),
-/// and the reader sums them. Nothing is summed while nobody asks, so idle sessions
-/// cost nothing here.
-pub struct Registry {
-    inner: Mutex<Slots>,
-    asks: watch::Sender<u64>,
-}
-
-#[derive(Default)]
-struct Slots {
-    /// Per task: its totals and the request they answer; `None` for a free slot.
-    live: Vec<Option<(Snmp, u64)>>,
-    /// Totals of tasks that ended.
-    ended: Snmp,
-}
-
-impl Default for Registry {
-    fn default() -> Registry {
-        Registry { inner: Mutex::default(), asks: watch::channel(0).0 }
-    }
-}
-
-/// How long a reader waits for busy tasks to answer before it sums what it has.
-const ANSWER_WAIT: Duration = Duration::from_millis(500);
-
-impl Registry {
-    /// A slot for a new task.
-    pub fn register(&self) -> usize {
-        let mut slots = self.inner.lock().expect("registry lock");
-        let asked = *self.asks.borrow();
-        let entry = Some((Snmp::default(), asked));
-        match slots.live.iter().position(Option::is_none) {
-            Some(i) => {
-                slots.live[i] = entry;
-                i
-            }
-            None => {
-                slots.live.push(entry);
-                slots.live.len() - 1
-            }
-        }
-    }
-
-    /// A receiver that changes whenever a reader asks; a task waits on it beside
-    /// its other work and then calls [`Registry::publish`].
-    pub fn asked(&self) -> watch::Receiver<u64> {
-        self.asks.subscribe()
-    }
-
-    /// A task's running totals (counters of its closed sessions included).
-    pub fn publish(&self, slot: usize, totals: Snmp) {
-        let asked = *self.asks.borrow();
-        self.inner.lock().expect("registry lock").live[slot] = Some((totals, asked));
-    }
-
-    /// A task ends: its final totals stay in the process totals, its slot is freed.
-    pub fn retire(&self, slot: usize, totals: Snmp) {
-        let mut slots = self.inner.lock().expect("registry lock");
-        let max = slots.ended.max_conn.max(totals.max_conn);
-        slots.ended.accumulate(&totals);
-        slots.ended.curr_estab = 0;
-        slots.ended.max_conn = max;
-        slots.live[slot] = None;
-    }
-
-    /// The process totals, fresh: asks every task and waits (briefly) for the
-    /// answers. `max_conn` is the largest per-task peak, a lower bound of the
-    /// process-wide one.
-    pub async fn snapshot(&self) -> Snmp {
-        let mut asked = 0;
-        self.asks.send_modify(|n| {
-            *n += 1;
-            asked = *n;
-        });
-        let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
-        loop {
-            let answered = {
-                let slots = self.inner.lock().expect("registry lock");
-                slots.live.iter().flatten().all(|(_, at)| *at >= asked)
-            };
-            if answered || tokio::time::Instant::now() >= deadline {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        let slots = self.inner.lock().expect("registry lock");
-        let mut total = slots.ended;
-        for (s, _) in slots.live.iter().flatten() {
-            let max = total.max_conn.max(s.max_conn);
-            total.accumulate(s);
-            total.max_conn = max.max(total.curr_estab);
-        }
-        total
-    }
-}
+use crate::control::Registry;
+use crate::tunnel::StreamCounters;
 
 /// Formats the file-name part of `path` with Go's time layout (the numeric fields:
 /// 2006, 06, 01, 1, 02, 2, 15, 03, 3, 04, 4, 05, 5), in UTC.
@@ -200,7 +101,7 @@ pub async fn csv_logger(registry: Arc<Registry>, path: String, period: u64) {
         tick.tick().await;
         let now = unix_now();
         let file = format_path(&path, now);
-        if let Err(e) = write_row(Path::new(&file), now, &registry.snapshot().await) {
+        if let Err(e) = write_row(Path::new(&file), now, &registry.counters().await) {
             warn!("cannot write the SNMP log {file}: {e}; SNMP logging stops");
             return;
         }
@@ -212,36 +113,7 @@ pub async fn csv_logger(registry: Arc<Registry>, path: String, period: u64) {
 pub async fn dump_on_sigusr1(registry: Arc<Registry>, streams: Arc<StreamCounters>) {
     let Ok(mut usr1) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined1()) else { return };
     while usr1.recv().await.is_some() {
-        info!("KCP SNMP:{}", registry.snapshot().await);
+        info!("KCP SNMP:{}", registry.counters().await);
         info!("{streams}");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A reader's request wakes the tasks; the totals it gets are what they publish
-    /// in answer, plus what ended tasks left.
-    #[tokio::test]
-    async fn a_snapshot_asks_the_tasks_and_sums_live_and_ended_ones() {
-        let registry = Arc::new(Registry::default());
-        let (a, b) = (registry.register(), registry.register());
-        registry.retire(b, Snmp { bytes_sent: 5, max_conn: 7, curr_estab: 1, ..Snmp::default() });
-        let task = {
-            let registry = registry.clone();
-            let mut asked = registry.asked();
-            tokio::spawn(async move {
-                for sent in [100, 200] {
-                    asked.changed().await.expect("the registry lives");
-                    registry.publish(a, Snmp { bytes_sent: sent, curr_estab: 1, max_conn: 1, ..Snmp::default() });
-                }
-            })
-        };
-        let first = registry.snapshot().await;
-        assert_eq!((first.bytes_sent, first.curr_estab, first.max_conn), (105, 1, 7));
-        assert_eq!(registry.snapshot().await.bytes_sent, 205, "each snapshot is answered afresh");
-        task.await.expect("the task");
-        assert_eq!(registry.register(), b, "an ended task's slot is reused");
     }
 }

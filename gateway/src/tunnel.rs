@@ -26,6 +26,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
+use crate::control::{SessionMeta, StreamInfo};
+
 /// Bytes read from TCP (or smux) per step.
 pub const CHUNK: usize = 16 * 1024;
 /// Chunks a stream may have in flight in each direction.
@@ -75,6 +77,8 @@ pub enum FromStream {
     Closed,
     /// The channel towards TCP, which was full, has room again.
     Room,
+    /// The server's dial of the backend succeeded: the stream's TCP end.
+    Connected(std::net::SocketAddr),
 }
 
 /// Process-wide stream counters (kcptun's SNMP has none of these).
@@ -126,6 +130,12 @@ struct Link {
     /// When a half-open connection is closed fully (`-closewait` after the first
     /// direction ended).
     close_by: Option<u32>,
+    /// For the admin API: when the stream opened (ms, the session's clock), its TCP
+    /// end, and the bytes moved each way.
+    opened: u32,
+    tcp_peer: Option<std::net::SocketAddr>,
+    bytes_to_tcp: u64,
+    bytes_from_tcp: u64,
 }
 
 /// A new stream the caller must start a task for.
@@ -141,6 +151,7 @@ pub struct NewStream {
 /// The streams of one session.
 pub struct Tunnel {
     pub stack: StreamStack,
+    pub meta: SessionMeta,
     links: HashMap<u32, Link>,
     close_wait_ms: u32,
     counters: Arc<StreamCounters>,
@@ -150,16 +161,34 @@ pub struct Tunnel {
 
 impl Tunnel {
     /// `close_wait_ms`: how long a connection may stay half-open; 0 is unlimited.
-    pub fn new(stack: StreamStack, close_wait_ms: u32, counters: Arc<StreamCounters>) -> Tunnel {
-        Tunnel { stack, links: HashMap::new(), close_wait_ms, counters, sids: Vec::new() }
+    pub fn new(stack: StreamStack, close_wait_ms: u32, counters: Arc<StreamCounters>, meta: SessionMeta) -> Tunnel {
+        Tunnel { stack, meta, links: HashMap::new(), close_wait_ms, counters, sids: Vec::new() }
+    }
+
+    /// The streams as the admin API shows them, at `now` (the session's clock).
+    pub fn streams(&self, now: u32) -> Vec<StreamInfo> {
+        let mut out: Vec<StreamInfo> = self
+            .links
+            .iter()
+            .map(|(&id, l)| StreamInfo {
+                id,
+                tcp_peer: l.tcp_peer,
+                bytes_to_tcp: l.bytes_to_tcp,
+                bytes_from_tcp: l.bytes_from_tcp,
+                age_ms: diff(now, l.opened).max(0) as u64,
+            })
+            .collect();
+        out.sort_unstable_by_key(|s| s.id);
+        out
     }
 
     pub fn stream_count(&self) -> usize {
         self.links.len()
     }
 
-    /// Registers a stream (opened or accepted) and returns what its task needs.
-    pub fn add_stream(&mut self, sid: u32) -> NewStream {
+    /// Registers a stream (opened or accepted at `now`) and returns what its task
+    /// needs. `tcp_peer` is its TCP end, if already known.
+    pub fn add_stream(&mut self, sid: u32, now: u32, tcp_peer: Option<std::net::SocketAddr>) -> NewStream {
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
         let credit = Arc::new(Semaphore::new(CHUNKS_IN_FLIGHT * CHUNK));
         let stop = Arc::new(Notify::new());
@@ -182,10 +211,34 @@ impl Tunnel {
                 stream_eof: false,
                 fin_sent: false,
                 close_by: None,
+                opened: now,
+                tcp_peer,
+                bytes_to_tcp: 0,
+                bytes_from_tcp: 0,
             },
         );
         self.counters.opened.fetch_add(1, Ordering::Relaxed);
         NewStream { sid, to_tcp: rx, credit, stop, pool, blocked }
+    }
+
+    /// Ends every stream's task at once, dropping its TCP connection: the session is
+    /// gone, so nothing more can move.
+    pub fn stop_streams(&mut self) {
+        for (_, link) in self.links.drain() {
+            link.credit.close();
+            link.stop.notify_one();
+            self.counters.closed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Closes every stream: FIN to the peer (its applications see their connections
+    /// end), then [`Tunnel::stop_streams`]. The frames go to `conn`; flush it.
+    pub fn close_all(&mut self, now: u32, conn: &mut Connection) {
+        for &sid in self.links.keys() {
+            let _ = self.stack.stream_close(sid);
+        }
+        self.stop_streams();
+        let _ = self.stack.pump(now, conn);
     }
 
     /// A message from stream `sid`'s task.
@@ -209,6 +262,7 @@ impl Tunnel {
                 link.waiting_for_tcp = None;
             }
             FromStream::Room => {} // the caller services the session
+            FromStream::Connected(peer) => link.tcp_peer = Some(peer),
         }
     }
 
@@ -218,7 +272,7 @@ impl Tunnel {
         self.stack.pump(now, conn)?;
         let mut new = Vec::new();
         while let Some(sid) = self.stack.accept() {
-            new.push(self.add_stream(sid));
+            new.push(self.add_stream(sid, now, None));
         }
         while let Some(e) = self.stack.poll_event() {
             let (Event::Readable(_) | Event::Writable(_)) = e;
@@ -270,6 +324,7 @@ impl Tunnel {
                 buf.resize(ready, 0);
                 let read = self.stack.stream_read(sid, &mut buf);
                 if let Ok(Read::Data(n)) = read {
+                    link.bytes_to_tcp += n as u64;
                     buf.truncate(n);
                     link.waiting_for_tcp = Some(buf);
                 } else {
@@ -298,6 +353,7 @@ impl Tunnel {
                 break;
             }
             link.credit.add_permits(n);
+            link.bytes_from_tcp += n as u64;
             link.from_tcp_at += n;
             if link.from_tcp_at == front.len() {
                 link.pool.give(link.from_tcp.pop_front().expect("the front"));
@@ -458,8 +514,9 @@ mod tests {
 
     impl End {
         fn new(plan: &Plan, role: Role, seed: u8) -> End {
-            let conn = Connection::new(7, &plan.session, plan.crypto.clone(), [seed; 32]).expect("valid config");
-            End { conn, tunnel: plan.tunnel(role, 0) }
+            let tuning = plan.tuning();
+            let conn = Connection::new(7, &tuning.session, plan.crypto.clone(), [seed; 32]).expect("valid config");
+            End { conn, tunnel: plan.tunnel(role, 0, &tuning) }
         }
 
         /// Runs due timers, services the streams and hands every datagram to `peer`.
@@ -486,7 +543,7 @@ mod tests {
         let (mut client, mut server) = (End::new(&plan, Role::Client, 1), End::new(&plan, Role::Server, 2));
         let payload: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
         let sid = client.tunnel.stack.open_stream().expect("a stream");
-        let _client_side = client.tunnel.add_stream(sid);
+        let _client_side = client.tunnel.add_stream(sid, 0, None);
         for chunk in payload.chunks(CHUNK) {
             client.tunnel.on_message(sid, FromStream::Data(chunk.to_vec()));
         }

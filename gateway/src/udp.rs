@@ -75,6 +75,10 @@ impl BatchSocket {
         }
     }
 
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+
     /// Waits for a batch of datagrams (see [`BatchSocket::datagrams`]).
     pub async fn recv(&mut self) -> std::io::Result<()> {
         let BatchSocket { socket, headers, rx, slot, slots, received, .. } = self;

@@ -1,0 +1,658 @@
+//! The `/api/v1` resources: sessions, stats, config and events.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::Json;
+use futures_util::Stream;
+use kcpgate_core::snmp::Snmp;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+use utoipa::{IntoParams, ToSchema};
+
+use super::{ApiJson, ApiPath, ApiQuery, FieldError, Problem, Shared};
+use crate::config::Role;
+use crate::control::{Event, SessionInfo, Tunables, TunablesPatch};
+
+/// Most sessions one page returns.
+const MAX_PAGE: u32 = 1000;
+
+/// How a session list is sorted: by any numeric field of a session.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SortKey {
+    #[default]
+    Id,
+    Conv,
+    AgeMs,
+    IdleMs,
+    SrttMs,
+    RttvarMs,
+    RtoMs,
+    Cwnd,
+    SndWnd,
+    RcvWnd,
+    RemoteWnd,
+    InFlight,
+    SndQueue,
+    RcvQueue,
+    BytesIn,
+    BytesOut,
+    PacketsIn,
+    PacketsOut,
+    Retrans,
+    FastRetrans,
+    EarlyRetrans,
+    Lost,
+    FecRecovered,
+    FecErrors,
+    Streams,
+}
+
+impl SortKey {
+    fn of(self, s: &SessionInfo) -> u64 {
+        let (k, t) = (&s.kcp, &s.traffic);
+        match self {
+            SortKey::Id => s.id,
+            SortKey::Conv => s.conv.into(),
+            SortKey::AgeMs => s.age_ms,
+            SortKey::IdleMs => s.idle_ms,
+            SortKey::SrttMs => k.srtt_ms.into(),
+            SortKey::RttvarMs => k.rttvar_ms.into(),
+            SortKey::RtoMs => k.rto_ms.into(),
+            SortKey::Cwnd => k.cwnd.into(),
+            SortKey::SndWnd => k.snd_wnd.into(),
+            SortKey::RcvWnd => k.rcv_wnd.into(),
+            SortKey::RemoteWnd => k.remote_wnd.into(),
+            SortKey::InFlight => k.in_flight,
+            SortKey::SndQueue => k.snd_queue,
+            SortKey::RcvQueue => k.rcv_queue,
+            SortKey::BytesIn => t.bytes_in,
+            SortKey::BytesOut => t.bytes_out,
+            SortKey::PacketsIn => t.packets_in,
+            SortKey::PacketsOut => t.packets_out,
+            SortKey::Retrans => t.retrans,
+            SortKey::FastRetrans => t.fast_retrans,
+            SortKey::EarlyRetrans => t.early_retrans,
+            SortKey::Lost => t.lost,
+            SortKey::FecRecovered => t.fec_recovered,
+            SortKey::FecErrors => t.fec_errors,
+            SortKey::Streams => s.streams.len() as u64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    #[default]
+    Asc,
+    Desc,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Sessions to skip, after filtering and sorting.
+    #[param(minimum = 0, example = 0)]
+    offset: Option<u64>,
+    /// Sessions to return, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000, example = 100)]
+    limit: Option<u32>,
+    /// The numeric field to sort by (default id).
+    #[param(inline)]
+    sort: Option<SortKey>,
+    /// asc (default) or desc.
+    #[param(inline)]
+    order: Option<Order>,
+    /// Only sessions whose remote address contains this text, e.g. an IP.
+    #[param(example = "203.0.113.7")]
+    remote: Option<String>,
+}
+
+/// One page of the session list.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionPage {
+    /// Sessions that match the filter, on all pages.
+    pub total: u64,
+    pub offset: u64,
+    pub limit: u32,
+    pub sessions: Vec<SessionInfo>,
+}
+
+/// Lists the live sessions.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions",
+    tag = "sessions",
+    params(ListQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of sessions", body = SessionPage),
+        (status = 400, description = "A bad query parameter", content_type = "application/problem+json", body = Problem),
+        (status = 401, description = "The admin token is missing or wrong", content_type = "application/problem+json", body = Problem),
+    )
+)]
+pub async fn list_sessions(
+    State(state): State<Shared>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Result<Json<SessionPage>, Problem> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("limit must be between 1 and {MAX_PAGE} (got {limit})"),
+        ));
+    }
+    let offset = q.offset.unwrap_or(0);
+    let mut sessions = state.plan.registry.sessions().await;
+    if let Some(text) = q.remote.as_deref().filter(|t| !t.is_empty()) {
+        sessions.retain(|s| s.remote.to_string().contains(text));
+    }
+    let key = q.sort.unwrap_or_default();
+    match q.order.unwrap_or_default() {
+        Order::Asc => sessions.sort_by_key(|s| (key.of(s), s.id)),
+        Order::Desc => sessions.sort_by_key(|s| std::cmp::Reverse((key.of(s), s.id))),
+    }
+    let total = sessions.len() as u64;
+    let sessions = sessions.into_iter().skip(offset.min(total) as usize).take(limit as usize).collect();
+    Ok(Json(SessionPage { total, offset, limit, sessions }))
+}
+
+/// One session, with its KCP state and streams.
+#[utoipa::path(
+    get,
+    path = "/api/v1/sessions/{id}",
+    tag = "sessions",
+    params(("id" = u64, Path, description = "The session's id", minimum = 0, example = 42)),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The session", body = SessionInfo),
+        (status = 400, description = "The id is not a number", content_type = "application/problem+json", body = Problem),
+        (status = 401, description = "The admin token is missing or wrong", content_type = "application/problem+json", body = Problem),
+        (status = 404, description = "No live session has this id", content_type = "application/problem+json", body = Problem),
+    )
+)]
+pub async fn get_session(State(state): State<Shared>, ApiPath(id): ApiPath<u64>) -> Result<Json<SessionInfo>, Problem> {
+    let sessions = state.plan.registry.sessions().await;
+    sessions.into_iter().find(|s| s.id == id).map(Json).ok_or_else(|| no_session(id))
+}
+
+fn no_session(id: u64) -> Problem {
+    Problem::new(StatusCode::NOT_FOUND, format!("no live session has id {id}; list them at /api/v1/sessions"))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct KickQuery {
+    /// Why, for the log and the session_closed event (at most 200 characters).
+    #[param(max_length = 200, example = "cheating")]
+    reason: Option<String>,
+}
+
+/// Closes ("kicks") a session: its streams end at once (the peer's applications
+/// see their connections close), and the peer's datagrams for it are refused for
+/// 60 s, so a client notices and opens a new session.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/sessions/{id}",
+    tag = "sessions",
+    params(("id" = u64, Path, description = "The session's id", minimum = 0, example = 42), KickQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "The session was closed"),
+        (status = 400, description = "A bad id or reason", content_type = "application/problem+json", body = Problem),
+        (status = 401, description = "The admin token is missing or wrong", content_type = "application/problem+json", body = Problem),
+        (status = 404, description = "No live session has this id", content_type = "application/problem+json", body = Problem),
+    )
+)]
+pub async fn kick_session(
+    State(state): State<Shared>,
+    ApiPath(id): ApiPath<u64>,
+    ApiQuery(q): ApiQuery<KickQuery>,
+) -> Result<StatusCode, Problem> {
+    let reason = q.reason.unwrap_or_else(|| "closed by the operator".into());
+    if reason.chars().count() > 200 {
+        return Err(Problem::new(StatusCode::BAD_REQUEST, "reason must be at most 200 characters"));
+    }
+    if state.plan.registry.kick(id, &reason).await {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(no_session(id))
+    }
+}
+
+macro_rules! snmp_counters {
+    ($($go:literal $field:ident),* $(,)?) => {
+        /// kcp-go's SNMP counters (PROTOCOL.md §4.9), summed over every session, with
+        /// kcp-go's names.
+        #[derive(Debug, Serialize, ToSchema)]
+        pub struct SnmpCounters {
+            $( #[serde(rename = $go)] pub $field: u64, )*
+        }
+
+        impl From<&Snmp> for SnmpCounters {
+            fn from(s: &Snmp) -> SnmpCounters {
+                SnmpCounters { $( $field: s.$field, )* }
+            }
+        }
+    };
+}
+
+snmp_counters!(
+    "BytesSent" bytes_sent,
+    "BytesReceived" bytes_received,
+    "MaxConn" max_conn,
+    "ActiveOpens" active_opens,
+    "PassiveOpens" passive_opens,
+    "CurrEstab" curr_estab,
+    "InErrs" in_errs,
+    "InCsumErrors" in_csum_errors,
+    "KCPInErrors" kcp_in_errors,
+    "InPkts" in_pkts,
+    "OutPkts" out_pkts,
+    "InSegs" in_segs,
+    "OutSegs" out_segs,
+    "InBytes" in_bytes,
+    "OutBytes" out_bytes,
+    "RetransSegs" retrans_segs,
+    "FastRetransSegs" fast_retrans_segs,
+    "EarlyRetransSegs" early_retrans_segs,
+    "LostSegs" lost_segs,
+    "RepeatSegs" repeat_segs,
+    "FECFullShardSet" fec_full_shard_set,
+    "FECRecovered" fec_recovered,
+    "FECErrs" fec_errs,
+    "FECParityShards" fec_parity_shards,
+    "FECShardSet" fec_shard_set,
+    "FECShardMin" fec_shard_min,
+    "RingBufferSndQueue" ring_buffer_snd_queue,
+    "RingBufferRcvQueue" ring_buffer_rcv_queue,
+    "RingBufferSndBuffer" ring_buffer_snd_buffer,
+    "OOBPackets" oob_packets,
+);
+
+/// Per-second rates over the last seconds.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Rates {
+    /// The seconds the rates are averaged over (up to 10; 0 right after start).
+    pub window_seconds: f64,
+    pub bytes_in_per_second: f64,
+    pub bytes_out_per_second: f64,
+    pub packets_in_per_second: f64,
+    pub packets_out_per_second: f64,
+    pub retrans_per_second: f64,
+    pub sessions_opened_per_second: f64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StreamStats {
+    pub open: u64,
+    pub opened: u64,
+    pub closed: u64,
+    /// Server: dials of the backend that failed.
+    pub dial_failures: u64,
+    /// TCP connections that failed mid-stream.
+    pub tcp_failures: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionStats {
+    pub open: u64,
+    /// Datagrams dropped because `max_sessions` sessions were open.
+    pub refused_datagrams: u64,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProcessStats {
+    #[schema(example = "0.1.0")]
+    pub version: String,
+    #[schema(example = "server")]
+    pub role: String,
+    pub uptime_seconds: f64,
+    /// Resident memory.
+    pub rss_bytes: u64,
+    /// User and system CPU time used since start.
+    pub cpu_seconds: f64,
+}
+
+/// Everything counted, at once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Stats {
+    pub snmp: SnmpCounters,
+    pub rates: Rates,
+    pub sessions: SessionStats,
+    pub streams: StreamStats,
+    pub process: ProcessStats,
+}
+
+/// Counters, rates and process figures.
+#[utoipa::path(
+    get,
+    path = "/api/v1/stats",
+    tag = "stats",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The counters", body = Stats),
+        (status = 401, description = "The admin token is missing or wrong", content_type = "application/problem+json", body = Problem),
+    )
+)]
+pub async fn get_stats(State(state): State<Shared>) -> Json<Stats> {
+    Json(stats(&state).await)
+}
+
+pub(super) async fn stats(state: &super::AdminState) -> Stats {
+    stats_of(state, &state.plan.registry.counters().await)
+}
+
+/// [`Stats`] with SNMP counters already collected.
+pub(super) fn stats_of(state: &super::AdminState, snmp: &Snmp) -> Stats {
+    let streams = &state.plan.streams;
+    let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let (opened, closed) = (get(&streams.opened), get(&streams.closed));
+    Stats {
+        snmp: SnmpCounters::from(snmp),
+        rates: state.sampler.rates(),
+        sessions: SessionStats {
+            open: state.plan.registry.open_sessions(),
+            refused_datagrams: state.plan.registry.refused_datagrams(),
+        },
+        streams: StreamStats {
+            open: opened.saturating_sub(closed),
+            opened,
+            closed,
+            dial_failures: get(&streams.dial_failures),
+            tcp_failures: get(&streams.tcp_failures),
+        },
+        process: process_stats(state),
+    }
+}
+
+fn process_stats(state: &super::AdminState) -> ProcessStats {
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok().flatten().unwrap_or(4096) as u64;
+    let rss_pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1).and_then(|v| v.parse::<u64>().ok()))
+        .unwrap_or(0);
+    let cpu_seconds = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
+        let secs = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+        secs(u.user_time()) + secs(u.system_time())
+    });
+    ProcessStats {
+        version: env!("CARGO_PKG_VERSION").into(),
+        role: match state.plan.settings.role {
+            Role::Server => "server",
+            Role::Client => "client",
+        }
+        .into(),
+        uptime_seconds: state.started.elapsed().as_secs_f64(),
+        rss_bytes: rss_pages * page,
+        cpu_seconds,
+    }
+}
+
+/// The counters of the last seconds, sampled once a second, for rates.
+#[derive(Default)]
+pub struct Sampler {
+    samples: Mutex<VecDeque<(Instant, Snmp, u64)>>,
+}
+
+/// Samples kept: ten seconds of rates.
+const SAMPLES: usize = 11;
+
+impl Sampler {
+    fn push(&self, snmp: Snmp, opened: u64) {
+        let mut samples = self.samples.lock().expect("sampler lock");
+        if samples.len() == SAMPLES {
+            samples.pop_front();
+        }
+        samples.push_back((Instant::now(), snmp, opened));
+    }
+
+    fn rates(&self) -> Rates {
+        let samples = self.samples.lock().expect("sampler lock");
+        let (Some(first), Some(last)) = (samples.front(), samples.back()) else {
+            return Rates::zero();
+        };
+        let secs = last.0.duration_since(first.0).as_secs_f64();
+        if secs <= 0.0 {
+            return Rates::zero();
+        }
+        let rate = |f: fn(&Snmp) -> u64| f(&last.1).saturating_sub(f(&first.1)) as f64 / secs;
+        Rates {
+            window_seconds: secs,
+            bytes_in_per_second: rate(|s| s.in_bytes),
+            bytes_out_per_second: rate(|s| s.out_bytes),
+            packets_in_per_second: rate(|s| s.in_pkts),
+            packets_out_per_second: rate(|s| s.out_pkts),
+            retrans_per_second: rate(|s| s.retrans_segs),
+            sessions_opened_per_second: last.2.saturating_sub(first.2) as f64 / secs,
+        }
+    }
+}
+
+impl Rates {
+    fn zero() -> Rates {
+        Rates {
+            window_seconds: 0.0,
+            bytes_in_per_second: 0.0,
+            bytes_out_per_second: 0.0,
+            packets_in_per_second: 0.0,
+            packets_out_per_second: 0.0,
+            retrans_per_second: 0.0,
+            sessions_opened_per_second: 0.0,
+        }
+    }
+}
+
+/// Samples the counters once a second for [`Rates`].
+pub(super) async fn sample_rates(state: Shared) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let snmp = state.plan.registry.counters().await;
+        state.sampler.push(snmp, snmp.passive_opens + snmp.active_opens);
+    }
+}
+
+/// The running configuration. Secrets are redacted.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RunningConfig {
+    #[schema(example = "server")]
+    pub role: String,
+    /// Server: UDP address; client: local TCP address.
+    #[schema(example = ":29900")]
+    pub listen: String,
+    /// Server: backend address; client: the server's address.
+    #[schema(example = "127.0.0.1:12948")]
+    pub target: String,
+    /// Always "(redacted)".
+    #[schema(example = "(redacted)")]
+    pub key: String,
+    #[schema(example = "aes")]
+    pub crypt: String,
+    pub mtu: i64,
+    pub datashard: i64,
+    pub parityshard: i64,
+    pub dscp: i64,
+    pub nocomp: bool,
+    pub acknodelay: bool,
+    pub sockbuf: i64,
+    /// The smux version, or null for a server that serves both.
+    pub smuxver: Option<i64>,
+    pub smuxbuf: i64,
+    pub framesize: i64,
+    pub streambuf: i64,
+    pub keepalive: i64,
+    pub closewait: i64,
+    pub qpp: bool,
+    pub qpp_count: i64,
+    /// Client: sessions to spread connections over.
+    pub conn: i64,
+    pub autoexpire: i64,
+    pub scavengettl: i64,
+    pub drain_timeout: i64,
+    #[schema(example = "127.0.0.1:8080")]
+    pub admin: String,
+    /// Whether the admin API needs a token (the token itself is never shown).
+    pub admin_token_set: bool,
+    /// What can change at run time (PATCH this object's fields).
+    pub tunables: Tunables,
+}
+
+fn running_config(state: &super::AdminState) -> RunningConfig {
+    let s = &state.plan.settings;
+    RunningConfig {
+        role: match s.role {
+            Role::Server => "server",
+            Role::Client => "client",
+        }
+        .into(),
+        listen: s.listen.clone(),
+        target: s.target.clone(),
+        key: "(redacted)".into(),
+        crypt: s.crypt.clone(),
+        mtu: s.mtu,
+        datashard: s.datashard,
+        parityshard: s.parityshard,
+        dscp: s.dscp,
+        nocomp: s.nocomp,
+        acknodelay: s.acknodelay,
+        sockbuf: s.sockbuf,
+        smuxver: (s.role == Role::Client || s.smuxver_explicit).then_some(s.smuxver),
+        smuxbuf: s.smuxbuf,
+        framesize: s.framesize,
+        streambuf: s.streambuf,
+        keepalive: s.keepalive,
+        closewait: s.closewait,
+        qpp: s.qpp,
+        qpp_count: s.qpp_count,
+        conn: s.conn,
+        autoexpire: s.autoexpire,
+        scavengettl: s.scavengettl,
+        drain_timeout: s.drain_timeout,
+        admin: s.admin.clone(),
+        admin_token_set: !s.admin_token.is_empty(),
+        tunables: state.plan.tuning().tunables.clone(),
+    }
+}
+
+/// The running configuration.
+#[utoipa::path(
+    get,
+    path = "/api/v1/config",
+    tag = "config",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The configuration", body = RunningConfig),
+        (status = 401, description = "The admin token is missing or wrong", content_type = "application/problem+json", body = Problem),
+    )
+)]
+pub async fn get_config(State(state): State<Shared>) -> Json<RunningConfig> {
+    Json(running_config(&state))
+}
+
+/// Changes tunables for sessions opened from now on. Only the fields given change;
+/// a bad value changes nothing and is named in the answer.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/config",
+    tag = "config",
+    request_body(content = TunablesPatch, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The changed configuration", body = RunningConfig),
+        (status = 400, description = "The body is not a JSON object of known fields", content_type = "application/problem+json", body = Problem),
+        (status = 401, description = "The admin token is missing or wrong", content_type = "application/problem+json", body = Problem),
+        (status = 415, description = "The body is not application/json", content_type = "application/problem+json", body = Problem),
+        (status = 422, description = "A value is out of range", content_type = "application/problem+json", body = Problem),
+    )
+)]
+pub async fn patch_config(
+    State(state): State<Shared>,
+    ApiJson(patch): ApiJson<TunablesPatch>,
+) -> Result<Json<RunningConfig>, Problem> {
+    match state.plan.retune(&patch) {
+        Ok(tunables) => {
+            tracing::info!(?tunables, "tunables changed for new sessions");
+            state.plan.registry.retune().await;
+            Ok(Json(running_config(&state)))
+        }
+        Err(wrong) => {
+            let mut problem = Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "nothing changed: fix the fields below");
+            problem.errors =
+                wrong.into_iter().map(|(field, message)| FieldError { field: field.into(), message }).collect();
+            Err(problem)
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct EventsQuery {
+    /// Milliseconds between `stats` events, 100 to 60000 (default 1000).
+    #[param(minimum = 100, maximum = 60000, example = 1000)]
+    interval_ms: Option<u64>,
+}
+
+/// A live stream of Server-Sent Events: `stats` (a [`Stats`] object) at once and then
+/// every `interval_ms`; `session_opened` and `session_closed` ([`Event`]) as they
+/// happen; `lagged` ({"missed": n}) when a slow reader missed session events.
+#[utoipa::path(
+    get,
+    path = "/api/v1/events",
+    tag = "events",
+    params(EventsQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "An endless event stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "A bad query parameter", content_type = "application/problem+json", body = Problem),
+        (status = 401, description = "The admin token is missing or wrong", content_type = "application/problem+json", body = Problem),
+    )
+)]
+pub async fn events(
+    State(state): State<Shared>,
+    ApiQuery(q): ApiQuery<EventsQuery>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Problem> {
+    let interval_ms = q.interval_ms.unwrap_or(1000);
+    if !(100..=60_000).contains(&interval_ms) {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("interval_ms must be between 100 and 60000 (got {interval_ms})"),
+        ));
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let changes = state.plan.registry.subscribe();
+    let stream = futures_util::stream::unfold((state, tick, changes), |(state, mut tick, mut changes)| async move {
+        let event = tokio::select! {
+            _ = tick.tick() => SseEvent::default().event("stats").json_data(stats(&state).await),
+            change = changes.recv() => match change {
+                Ok(e) => {
+                    let name = match e {
+                        Event::SessionOpened { .. } => "session_opened",
+                        Event::SessionClosed { .. } => "session_closed",
+                    };
+                    SseEvent::default().event(name).json_data(e)
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    SseEvent::default().event("lagged").json_data(serde_json::json!({ "missed": missed }))
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            },
+        };
+        let event = event.unwrap_or_else(|e| SseEvent::default().event("error").data(e.to_string()));
+        Some((Ok(event), (state, tick, changes)))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}

@@ -1,0 +1,569 @@
+//! How the admin API talks to the data path.
+//!
+//! Every task that owns sessions (a server socket, a client session) registers an
+//! [`Inbox`]. A reader sends it a [`Query`]; the task answers at its next turn, from
+//! its own state, so no lock is taken on the data path and nothing runs while nobody
+//! asks. Session openings and closings go out as [`Event`]s on a broadcast channel,
+//! which costs nothing without subscribers.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use kcpgate_core::pipeline::Connection;
+use kcpgate_core::snmp::Snmp;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use utoipa::ToSchema;
+
+use crate::tunnel::Tunnel;
+
+/// How long a reader waits for busy tasks to answer before it uses what it has.
+const ANSWER_WAIT: Duration = Duration::from_millis(500);
+
+/// Queries a task may have waiting; a task that falls this far behind is skipped.
+const INBOX_DEPTH: usize = 64;
+
+/// What a reader asks a task.
+pub enum Query {
+    /// The task's running SNMP totals (closed sessions included).
+    Counters(oneshot::Sender<Snmp>),
+    /// A view of every session the task owns.
+    Sessions(oneshot::Sender<Vec<SessionInfo>>),
+    /// Close session `id` if the task owns it; answers whether it did.
+    Kick { id: u64, reason: String, done: oneshot::Sender<bool> },
+    /// The tunables changed: use them for sessions opened from now on.
+    Retune(oneshot::Sender<()>),
+}
+
+/// A task's end of the query channel.
+pub struct Inbox {
+    slot: usize,
+    queries: mpsc::Receiver<Query>,
+}
+
+impl Inbox {
+    /// The next query, waiting for one.
+    pub async fn recv(&mut self) -> Option<Query> {
+        self.queries.recv().await
+    }
+
+    /// A query already waiting (a busy loop may not reach its `select!`).
+    pub fn try_recv(&mut self) -> Option<Query> {
+        self.queries.try_recv().ok()
+    }
+}
+
+/// Every task's query channel, the totals of tasks that ended, session ids and the
+/// event channel.
+pub struct Registry {
+    tasks: Mutex<Vec<Option<mpsc::Sender<Query>>>>,
+    ended: Mutex<Snmp>,
+    next_id: AtomicU64,
+    events: broadcast::Sender<Event>,
+    open_sessions: AtomicU64,
+    /// Datagrams that would have opened a session past `max_sessions`.
+    refused_datagrams: AtomicU64,
+    serving: AtomicBool,
+}
+
+impl Default for Registry {
+    fn default() -> Registry {
+        Registry {
+            tasks: Mutex::default(),
+            ended: Mutex::default(),
+            next_id: AtomicU64::new(1),
+            events: broadcast::channel(1024).0,
+            open_sessions: AtomicU64::new(0),
+            refused_datagrams: AtomicU64::new(0),
+            serving: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Registry {
+    /// An inbox for a new task.
+    pub fn register(&self) -> Inbox {
+        let (tx, queries) = mpsc::channel(INBOX_DEPTH);
+        let mut tasks = self.tasks.lock().expect("registry lock");
+        let slot = match tasks.iter().position(Option::is_none) {
+            Some(i) => {
+                tasks[i] = Some(tx);
+                i
+            }
+            None => {
+                tasks.push(Some(tx));
+                tasks.len() - 1
+            }
+        };
+        Inbox { slot, queries }
+    }
+
+    /// A task ends: its final totals stay in the process totals.
+    pub fn retire(&self, inbox: Inbox, totals: Snmp) {
+        let mut ended = self.ended.lock().expect("registry lock");
+        let max = ended.max_conn.max(totals.max_conn);
+        ended.accumulate(&totals);
+        ended.curr_estab = 0;
+        ended.max_conn = max;
+        self.tasks.lock().expect("registry lock")[inbox.slot] = None;
+    }
+
+    /// An id for a new session, unique in this process.
+    pub fn session_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// A session opened ([`Event::SessionOpened`]).
+    pub fn opened(&self, event: Event) {
+        self.open_sessions.fetch_add(1, Ordering::Relaxed);
+        self.publish(event);
+    }
+
+    /// A session closed ([`Event::SessionClosed`]).
+    pub fn closed(&self, event: Event) {
+        self.open_sessions.fetch_sub(1, Ordering::Relaxed);
+        self.publish(event);
+    }
+
+    /// Sessions open now, in every task.
+    pub fn open_sessions(&self) -> u64 {
+        self.open_sessions.load(Ordering::Relaxed)
+    }
+
+    pub fn count_refused_datagram(&self) {
+        self.refused_datagrams.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Datagrams dropped because `max_sessions` sessions were open.
+    pub fn refused_datagrams(&self) -> u64 {
+        self.refused_datagrams.load(Ordering::Relaxed)
+    }
+
+    /// The data path is listening (for `/readyz`).
+    pub fn set_serving(&self) {
+        self.serving.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.serving.load(Ordering::Relaxed)
+    }
+
+    /// Announces a session change to event subscribers, if there are any.
+    fn publish(&self, event: Event) {
+        if self.events.receiver_count() > 0 {
+            let _ = self.events.send(event);
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Sends every task a query made by `make` and collects the answers that come
+    /// within [`ANSWER_WAIT`].
+    async fn ask<T>(&self, make: impl Fn(oneshot::Sender<T>) -> Query) -> Vec<T> {
+        let tasks: Vec<mpsc::Sender<Query>> =
+            self.tasks.lock().expect("registry lock").iter().flatten().cloned().collect();
+        let mut pending = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            let (tx, rx) = oneshot::channel();
+            if task.try_send(make(tx)).is_ok() {
+                pending.push(rx);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
+        let mut answers = Vec::with_capacity(pending.len());
+        for rx in pending {
+            if let Ok(Ok(answer)) = tokio::time::timeout_at(deadline, rx).await {
+                answers.push(answer);
+            }
+        }
+        answers
+    }
+
+    /// The process totals, fresh from every task. `max_conn` is the largest
+    /// per-task peak, a lower bound of the process-wide one.
+    pub async fn counters(&self) -> Snmp {
+        let live = self.ask(Query::Counters).await;
+        let mut total = *self.ended.lock().expect("registry lock");
+        for s in &live {
+            let max = total.max_conn.max(s.max_conn);
+            total.accumulate(s);
+            total.max_conn = max.max(total.curr_estab);
+        }
+        total
+    }
+
+    /// Every live session, ordered by id.
+    pub async fn sessions(&self) -> Vec<SessionInfo> {
+        let mut all: Vec<SessionInfo> = self.ask(Query::Sessions).await.into_iter().flatten().collect();
+        all.sort_unstable_by_key(|s| s.id);
+        all
+    }
+
+    /// Closes session `id`; false if no task owns it.
+    pub async fn kick(&self, id: u64, reason: &str) -> bool {
+        let reason = reason.to_string();
+        let done = self.ask(|done| Query::Kick { id, reason: reason.clone(), done }).await;
+        done.into_iter().any(|kicked| kicked)
+    }
+
+    /// Has every task pick up new tunables; returns once they all have.
+    pub async fn retune(&self) {
+        self.ask(Query::Retune).await;
+    }
+}
+
+/// A session opened or closed.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    SessionOpened {
+        id: u64,
+        conv: u32,
+        #[schema(value_type = String, example = "203.0.113.7:50812")]
+        remote: SocketAddr,
+    },
+    SessionClosed {
+        id: u64,
+        conv: u32,
+        #[schema(value_type = String, example = "203.0.113.7:50812")]
+        remote: SocketAddr,
+        #[schema(example = "kicked: cheating")]
+        reason: String,
+    },
+}
+
+/// What the API shows of one session.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct SessionInfo {
+    /// Unique in this process; what `DELETE /api/v1/sessions/{id}` takes.
+    #[schema(example = 42)]
+    pub id: u64,
+    /// The KCP conversation id.
+    #[schema(example = 3_541_092_111_u32)]
+    pub conv: u32,
+    #[schema(value_type = String, example = "203.0.113.7:50812")]
+    pub remote: SocketAddr,
+    #[schema(value_type = String, example = "[::]:29900")]
+    pub local: SocketAddr,
+    /// Milliseconds since the session opened.
+    pub age_ms: u64,
+    /// Milliseconds since the last datagram from the peer.
+    pub idle_ms: u64,
+    /// The smux version in use; null while a detecting server has seen no frame.
+    pub smux_version: Option<u8>,
+    #[schema(example = "aes")]
+    pub crypt: String,
+    /// FEC shards, or null when FEC is off.
+    pub fec: Option<FecShards>,
+    /// The KCP profile the session was opened with.
+    #[schema(example = "fast3")]
+    pub mode: String,
+    pub kcp: KcpInfo,
+    pub traffic: TrafficInfo,
+    pub streams: Vec<StreamInfo>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+pub struct FecShards {
+    #[schema(example = 10)]
+    pub data: u32,
+    #[schema(example = 3)]
+    pub parity: u32,
+}
+
+/// The ARQ state. Windows and queues count segments.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct KcpInfo {
+    pub srtt_ms: u32,
+    pub rttvar_ms: u32,
+    pub rto_ms: u32,
+    pub cwnd: u32,
+    pub ssthresh: u32,
+    pub snd_wnd: u32,
+    pub rcv_wnd: u32,
+    /// The peer's last advertised free receive window.
+    pub remote_wnd: u32,
+    /// Segments sent and not yet acknowledged.
+    pub in_flight: u64,
+    /// Segments waiting to be sent.
+    pub snd_queue: u64,
+    /// Segments received in order, not yet read.
+    pub rcv_queue: u64,
+    /// Segments received out of order.
+    pub rcv_buf: u64,
+    /// A segment was retransmitted so often that the link looks dead.
+    pub dead: bool,
+}
+
+/// Counters since the session opened.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct TrafficInfo {
+    /// UDP payload bytes received and sent.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    /// Retransmitted segments, all causes.
+    pub retrans: u64,
+    pub fast_retrans: u64,
+    pub early_retrans: u64,
+    /// Segments retransmitted because their timer ran out.
+    pub lost: u64,
+    pub fec_recovered: u64,
+    pub fec_errors: u64,
+}
+
+/// One smux stream and its TCP connection.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct StreamInfo {
+    #[schema(example = 3)]
+    pub id: u32,
+    /// The TCP end: the backend the server dialled, or the local application on the
+    /// client; null until known.
+    #[schema(value_type = Option<String>, example = "127.0.0.1:7000")]
+    pub tcp_peer: Option<SocketAddr>,
+    /// Bytes from the tunnel to the TCP end, and from it into the tunnel.
+    pub bytes_to_tcp: u64,
+    pub bytes_from_tcp: u64,
+    pub age_ms: u64,
+}
+
+/// When a session opened and was last heard from, in the owning task's clock (ms),
+/// and what it was opened with.
+#[derive(Debug, Clone)]
+pub struct SessionMeta {
+    pub id: u64,
+    pub opened_ms: u64,
+    pub heard_ms: u64,
+    pub mode: String,
+}
+
+/// What the sessions of one task share, for their views.
+pub struct ViewContext<'a> {
+    /// The task's UDP socket address.
+    pub local: SocketAddr,
+    pub crypt: &'a str,
+    pub fec: Option<FecShards>,
+}
+
+impl SessionInfo {
+    /// The view of one session at `now_ms` (the owning task's clock).
+    pub fn new(cx: &ViewContext, remote: SocketAddr, conn: &Connection, tunnel: &Tunnel, now_ms: u64) -> SessionInfo {
+        let meta = &tunnel.meta;
+        let state = conn.kcp().state();
+        let snmp = conn.snmp();
+        SessionInfo {
+            id: meta.id,
+            conv: conn.conv(),
+            remote,
+            local: cx.local,
+            age_ms: now_ms.saturating_sub(meta.opened_ms),
+            idle_ms: now_ms.saturating_sub(meta.heard_ms),
+            smux_version: tunnel.stack.mux().version(),
+            crypt: cx.crypt.to_string(),
+            fec: cx.fec,
+            mode: meta.mode.clone(),
+            kcp: KcpInfo {
+                srtt_ms: state.srtt.max(0) as u32,
+                rttvar_ms: state.rttvar.max(0) as u32,
+                rto_ms: state.rto,
+                cwnd: state.cwnd,
+                ssthresh: state.ssthresh,
+                snd_wnd: state.snd_wnd,
+                rcv_wnd: state.rcv_wnd,
+                remote_wnd: state.rmt_wnd,
+                in_flight: state.snd_buf as u64,
+                snd_queue: state.snd_queue as u64,
+                rcv_queue: state.rcv_queue as u64,
+                rcv_buf: state.rcv_buf as u64,
+                dead: state.dead,
+            },
+            traffic: TrafficInfo {
+                bytes_in: snmp.in_bytes,
+                bytes_out: snmp.out_bytes,
+                packets_in: snmp.in_pkts,
+                packets_out: snmp.out_pkts,
+                retrans: snmp.retrans_segs,
+                fast_retrans: snmp.fast_retrans_segs,
+                early_retrans: snmp.early_retrans_segs,
+                lost: snmp.lost_segs,
+                fec_recovered: snmp.fec_recovered,
+                fec_errors: snmp.fec_errs,
+            },
+            streams: tunnel.streams(now_ms as u32),
+        }
+    }
+}
+
+/// What can change while kcpgate runs. Changes apply to sessions opened afterwards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct Tunables {
+    /// KCP profile: normal, fast, fast2, fast3, or manual (then the four values
+    /// below apply).
+    #[schema(example = "fast3")]
+    pub mode: String,
+    /// Manual mode: 1 for nodelay.
+    #[schema(minimum = 0, maximum = 1)]
+    pub nodelay: u32,
+    /// Manual mode: KCP's flush interval, ms.
+    #[schema(minimum = 10, maximum = 5000, example = 20)]
+    pub interval: u32,
+    /// Manual mode: fast resend after this many duplicate ACKs; 0 is off.
+    #[schema(maximum = 65535, example = 2)]
+    pub resend: u32,
+    /// Manual mode: 1 turns congestion control off.
+    #[schema(minimum = 0, maximum = 1)]
+    pub nc: u32,
+    /// KCP send window, segments.
+    #[schema(minimum = 1, maximum = 65535, example = 1024)]
+    pub sndwnd: u32,
+    /// KCP receive window, segments.
+    #[schema(minimum = 1, maximum = 65535, example = 1024)]
+    pub rcvwnd: u32,
+    /// Outgoing bytes per second per session; 0 is unlimited.
+    #[schema(maximum = 4_294_967_295_u64, example = 0)]
+    pub ratelimit: u64,
+    /// Server: sessions open at most at once; 0 is unlimited.
+    #[schema(maximum = 10_000_000, example = 0)]
+    pub max_sessions: u64,
+}
+
+/// A change to [`Tunables`]: only the fields given change.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"mode": "fast2", "sndwnd": 512}))]
+pub struct TunablesPatch {
+    #[schema(example = "fast2")]
+    pub mode: Option<String>,
+    #[schema(minimum = 0, maximum = 1)]
+    pub nodelay: Option<u32>,
+    #[schema(minimum = 10, maximum = 5000)]
+    pub interval: Option<u32>,
+    #[schema(maximum = 65535)]
+    pub resend: Option<u32>,
+    #[schema(minimum = 0, maximum = 1)]
+    pub nc: Option<u32>,
+    #[schema(minimum = 1, maximum = 65535)]
+    pub sndwnd: Option<u32>,
+    #[schema(minimum = 1, maximum = 65535)]
+    pub rcvwnd: Option<u32>,
+    #[schema(maximum = 4_294_967_295_u64)]
+    pub ratelimit: Option<u64>,
+    #[schema(maximum = 10_000_000)]
+    pub max_sessions: Option<u64>,
+}
+
+/// The KCP profiles `mode` takes.
+pub const MODES: [&str; 5] = ["normal", "fast", "fast2", "fast3", "manual"];
+
+impl Tunables {
+    /// `patch` applied over these, or what is wrong with it (field, reason).
+    pub fn patched(&self, patch: &TunablesPatch) -> Result<Tunables, Vec<(&'static str, String)>> {
+        let mut next = self.clone();
+        let mut wrong = Vec::new();
+        let mut check = |field: &'static str, value: Option<u64>, range: std::ops::RangeInclusive<u64>| {
+            let v = value?;
+            if range.contains(&v) {
+                Some(v)
+            } else {
+                wrong.push((field, format!("must be between {} and {} (got {v})", range.start(), range.end())));
+                None
+            }
+        };
+        let small = |v: Option<u32>| v.map(u64::from);
+        if let Some(v) = check("nodelay", small(patch.nodelay), 0..=1) {
+            next.nodelay = v as u32;
+        }
+        if let Some(v) = check("interval", small(patch.interval), 10..=5000) {
+            next.interval = v as u32;
+        }
+        if let Some(v) = check("resend", small(patch.resend), 0..=65535) {
+            next.resend = v as u32;
+        }
+        if let Some(v) = check("nc", small(patch.nc), 0..=1) {
+            next.nc = v as u32;
+        }
+        if let Some(v) = check("sndwnd", small(patch.sndwnd), 1..=65535) {
+            next.sndwnd = v as u32;
+        }
+        if let Some(v) = check("rcvwnd", small(patch.rcvwnd), 1..=65535) {
+            next.rcvwnd = v as u32;
+        }
+        if let Some(v) = check("ratelimit", patch.ratelimit, 0..=u64::from(u32::MAX)) {
+            next.ratelimit = v;
+        }
+        if let Some(v) = check("max_sessions", patch.max_sessions, 0..=10_000_000) {
+            next.max_sessions = v;
+        }
+        if let Some(mode) = &patch.mode {
+            if MODES.contains(&mode.as_str()) {
+                next.mode.clone_from(mode);
+            } else {
+                wrong.push(("mode", format!("must be one of {} (got {mode:?})", MODES.join(", "))));
+            }
+        }
+        if wrong.is_empty() {
+            Ok(next)
+        } else {
+            Err(wrong)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader's query reaches every live task; the totals it gets are their
+    /// answers plus what ended tasks left.
+    #[tokio::test]
+    async fn counters_ask_the_live_tasks_and_add_the_ended_ones() {
+        let registry = std::sync::Arc::new(Registry::default());
+        let (mut a, b) = (registry.register(), registry.register());
+        registry.retire(b, Snmp { bytes_sent: 5, max_conn: 7, curr_estab: 1, ..Snmp::default() });
+        let task = tokio::spawn(async move {
+            for sent in [100, 200] {
+                let Some(Query::Counters(reply)) = a.recv().await else { panic!("a counters query") };
+                let _ = reply.send(Snmp { bytes_sent: sent, curr_estab: 1, max_conn: 1, ..Snmp::default() });
+            }
+            a
+        });
+        let first = registry.counters().await;
+        assert_eq!((first.bytes_sent, first.curr_estab, first.max_conn), (105, 1, 7));
+        assert_eq!(registry.counters().await.bytes_sent, 205, "each query is answered afresh");
+        registry.retire(task.await.expect("the task"), Snmp::default());
+        assert_eq!(registry.register().slot, 0, "an ended task's slot is reused");
+        assert!(!registry.kick(9, "nobody").await, "a task that does not answer is not waited for forever");
+    }
+
+    #[test]
+    fn a_patch_changes_only_its_fields_and_names_every_bad_one() {
+        let t = Tunables {
+            mode: "fast".into(),
+            nodelay: 0,
+            interval: 50,
+            resend: 0,
+            nc: 0,
+            sndwnd: 128,
+            rcvwnd: 512,
+            ratelimit: 0,
+            max_sessions: 0,
+        };
+        let p = TunablesPatch { mode: Some("fast3".into()), sndwnd: Some(256), ..TunablesPatch::default() };
+        let next = t.patched(&p).expect("a valid patch");
+        assert_eq!((next.mode.as_str(), next.sndwnd, next.rcvwnd), ("fast3", 256, 512));
+        let bad = TunablesPatch {
+            mode: Some("turbo".into()),
+            interval: Some(5),
+            sndwnd: Some(0),
+            ratelimit: Some(1 << 40),
+            ..TunablesPatch::default()
+        };
+        let wrong: Vec<&str> = t.patched(&bad).expect_err("invalid").iter().map(|(f, _)| *f).collect();
+        assert_eq!(wrong, ["interval", "sndwnd", "ratelimit", "mode"]);
+    }
+}
