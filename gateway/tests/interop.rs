@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::Procs;
+use support::{echo_backend, free_tcp_port, free_udp_port, Procs};
 
 const CONNECTIONS: usize = 8;
 const BYTES: usize = 4_000_000;
@@ -36,47 +36,6 @@ fn kcpgate() -> String {
 /// Starts `kcpgate ROLE` with `arguments` (split at whitespace).
 fn kcpgate_run(role: &str, arguments: &str) -> Child {
     spawn(&format!("{} {role}", kcpgate()), &args(arguments))
-}
-
-fn free_udp_port(host: &str) -> u16 {
-    UdpSocket::bind((host, 0)).unwrap().local_addr().unwrap().port()
-}
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A TCP echo backend on a thread; returns its port.
-fn echo_backend() -> u16 {
-    let l = listen_deep();
-    let port = l.local_addr().unwrap().port();
-    thread::spawn(move || {
-        for c in l.incoming().flatten() {
-            thread::spawn(move || {
-                let mut r = c.try_clone().unwrap();
-                let mut w = c;
-                let mut buf = vec![0u8; 65536];
-                while let Ok(n @ 1..) = r.read(&mut buf) {
-                    if w.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-                let _ = w.shutdown(std::net::Shutdown::Write);
-            });
-        }
-    });
-    port
-}
-
-/// A loopback listener with the system's largest backlog. std's 128 overflows when
-/// a thousand streams dial at once on a loaded machine, and the kernel then resets
-/// some of those connections: a fault of the test's backend, not of the gateway.
-fn listen_deep() -> TcpListener {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
-    socket.listen(4096).unwrap();
-    socket.into()
 }
 
 fn data_for(conn: usize) -> Vec<u8> {

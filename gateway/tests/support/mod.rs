@@ -1,5 +1,9 @@
 //! What the gateway's process tests share.
+// Each test crate uses a part of this module.
+#![allow(dead_code)]
 
+use std::io::{Read, Write};
+use std::net::{TcpListener, UdpSocket};
 use std::process::Child;
 
 /// Kills its processes when the test ends, however it ends.
@@ -12,4 +16,45 @@ impl Drop for Procs {
             let _ = c.wait();
         }
     }
+}
+
+pub fn free_udp_port(host: &str) -> u16 {
+    UdpSocket::bind((host, 0)).unwrap().local_addr().unwrap().port()
+}
+
+pub fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A TCP echo backend on a thread; returns its port.
+pub fn echo_backend() -> u16 {
+    let l = listen_deep();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut r = c.try_clone().unwrap();
+                let mut w = c;
+                let mut buf = vec![0u8; 65536];
+                while let Ok(n @ 1..) = r.read(&mut buf) {
+                    if w.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = w.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    port
+}
+
+/// A loopback listener with the system's largest backlog. std's 128 overflows when
+/// a thousand streams dial at once on a loaded machine, and the kernel then resets
+/// some of those connections: a fault of the test's backend, not of the gateway.
+pub fn listen_deep() -> TcpListener {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    socket.listen(4096).unwrap();
+    socket.into()
 }

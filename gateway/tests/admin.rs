@@ -1,0 +1,420 @@
+//! The admin API against a real server with real kcptun and kcpgate clients.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{echo_backend, free_tcp_port, free_udp_port, Procs};
+
+const TOKEN: &str = "s3cret-admin-token";
+
+fn kcpgate(args: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_kcpgate"))
+        .args(args.split_whitespace())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kcpgate starts")
+}
+
+fn kcptun_client(args: &str) -> Child {
+    Command::new("kcptun-client")
+        .args(args.split_whitespace())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kcptun-client starts (Debian's kcptun: apt-get install -y kcptun)")
+}
+
+/// An HTTP client for one admin listener; every status is an answer, not an error.
+struct Api {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    fn new(port: u16) -> Api {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        Api { base: format!("http://127.0.0.1:{port}"), agent }
+    }
+
+    /// (status, content type, body) of `method path`, with `token` if given.
+    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<&Value>) -> (u16, String, String) {
+        let url = format!("{}{path}", self.base);
+        let builder = ureq::http::Request::builder().method(method).uri(&url);
+        let builder = match token {
+            Some(t) => builder.header("Authorization", format!("Bearer {t}")),
+            None => builder,
+        };
+        let result = match body {
+            Some(b) => {
+                let request = builder.header("Content-Type", "application/json").body(b.to_string()).unwrap();
+                self.agent.run(request)
+            }
+            None => self.agent.run(builder.body(()).unwrap()),
+        };
+        let mut response = result.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = response.status().as_u16();
+        let kind = response.headers().get("content-type").map_or(String::new(), |v| v.to_str().unwrap().to_string());
+        let text = if path.starts_with("/api/v1/events") {
+            String::new() // endless; the status and type say enough
+        } else {
+            response.body_mut().read_to_string().unwrap()
+        };
+        (status, kind, text)
+    }
+
+    fn get(&self, path: &str) -> Value {
+        let (status, _, text) = self.call("GET", path, Some(TOKEN), None);
+        assert_eq!(status, 200, "GET {path}: {text}");
+        serde_json::from_str(&text).unwrap()
+    }
+
+    fn sessions(&self) -> Vec<Value> {
+        self.get("/api/v1/sessions?limit=1000")["sessions"].as_array().unwrap().clone()
+    }
+
+    /// Waits until `/readyz` says ready.
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(r) = self.agent.get(format!("{}/readyz", self.base)).call() {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the admin API never became ready");
+    }
+
+    /// Subscribes to the event stream; events arrive on the receiver as (name, data).
+    fn events(&self, interval_ms: u64) -> mpsc::Receiver<(String, Value)> {
+        let response = self
+            .agent
+            .get(format!("{}/api/v1/events?interval_ms={interval_ms}", self.base))
+            .header("Authorization", format!("Bearer {TOKEN}"))
+            .config()
+            .timeout_global(None)
+            .build()
+            .call()
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut name = String::new();
+            for line in BufReader::new(response.into_body().into_reader()).lines() {
+                let Ok(line) = line else { return };
+                if let Some(n) = line.strip_prefix("event: ") {
+                    name = n.to_string();
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    if tx.send((name.clone(), serde_json::from_str(d).unwrap())).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        rx
+    }
+}
+
+/// The next event named `name` within `timeout` (others are skipped).
+fn next_event(rx: &mpsc::Receiver<(String, Value)>, name: &str, timeout: Duration) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((n, data)) if n == name => return data,
+            Ok(_) => {}
+            Err(_) => panic!("no {name} event within {timeout:?}"),
+        }
+    }
+}
+
+/// Connects through a tunnel's local port once it listens, and checks one echo.
+fn connect(port: u16, payload: &[u8]) -> TcpStream {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut c = loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("the tunnel on port {port} never listened: {e}"),
+        }
+    };
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    echo(&mut c, payload);
+    c
+}
+
+fn echo(c: &mut TcpStream, payload: &[u8]) {
+    c.write_all(payload).unwrap();
+    let mut back = vec![0u8; payload.len()];
+    c.read_exact(&mut back).unwrap();
+    assert!(back == payload, "the echo came back different");
+}
+
+/// Bytes that do not compress, distinct per seed.
+fn payload(seed: u8, len: usize) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(seed);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Waits until `check` holds on the session list.
+fn wait_sessions(api: &Api, what: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let sessions = api.sessions();
+        if check(&sessions) {
+            return sessions;
+        }
+        assert!(Instant::now() < deadline, "{what}: sessions are {sessions:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn n(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("{v} is not a number"))
+}
+
+#[test]
+fn the_api_lists_kicks_and_retunes_the_sessions_of_real_clients() {
+    let backend = echo_backend();
+    let (udp, admin) = (free_udp_port("127.0.0.1"), free_tcp_port());
+    let (kcptun_port, gate_port, late_port) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
+    let crypt = "-key k -crypt aes -mode fast3";
+    let mut procs = Procs(vec![kcpgate(&format!(
+        "server -l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {crypt} -admin 127.0.0.1:{admin} -admin-token {TOKEN} -quiet"
+    ))]);
+    let api = Api::new(admin);
+    api.wait_ready();
+    let events = api.events(500);
+    let first = next_event(&events, "stats", Duration::from_secs(5));
+    assert!(first["process"]["uptime_seconds"].as_f64().unwrap() < 60.0, "{first}");
+
+    // Debian's kcptun (smux v1) and kcpgate (smux v2), each with one open stream.
+    procs.0.push(kcptun_client(&format!("-r 127.0.0.1:{udp} -l 127.0.0.1:{kcptun_port} {crypt}")));
+    procs.0.push(kcpgate(&format!("client -r 127.0.0.1:{udp} -l 127.0.0.1:{gate_port} {crypt}")));
+    let mut via_kcptun = connect(kcptun_port, &payload(3, 100_000));
+    let mut via_gate = connect(gate_port, &payload(5, 50_000));
+    let opened: Vec<u64> =
+        (0..2).map(|_| n(&next_event(&events, "session_opened", Duration::from_secs(5))["id"])).collect();
+
+    let sessions = wait_sessions(&api, "two sessions with a stream each", |s| {
+        s.len() == 2 && s.iter().all(|x| x["streams"].as_array().unwrap().len() == 1)
+    });
+    let mut ids: Vec<u64> = sessions.iter().map(|s| n(&s["id"])).collect();
+    ids.sort_unstable();
+    let mut opened_sorted = opened.clone();
+    opened_sorted.sort_unstable();
+    assert_eq!(ids, opened_sorted, "the events named the listed sessions");
+    let by_version = |v: u64| sessions.iter().find(|s| s["smux_version"] == v).expect("a session of this smux version");
+    let (kcptun_session, gate_session) = (by_version(1).clone(), by_version(2).clone());
+    let kcptun_id = n(&kcptun_session["id"]);
+    for s in [&kcptun_session, &gate_session] {
+        assert_eq!(s["mode"], "fast3");
+        assert_eq!(s["crypt"], "aes");
+        assert_eq!(s["fec"]["data"], 10);
+        assert_eq!(s["local"], format!("127.0.0.1:{udp}"));
+        assert!(n(&s["kcp"]["srtt_ms"]) < 1000 && n(&s["kcp"]["rto_ms"]) >= 30, "plausible RTT: {s}");
+        assert_eq!(n(&s["kcp"]["snd_wnd"]), 1024);
+        let stream = &s["streams"][0];
+        assert_eq!(stream["tcp_peer"], format!("127.0.0.1:{backend}"));
+    }
+    assert!(n(&kcptun_session["streams"][0]["bytes_from_tcp"]) >= 100_000);
+    assert!(n(&kcptun_session["traffic"]["bytes_in"]) > 100_000, "100 kB came in: {kcptun_session}");
+    assert!(n(&gate_session["traffic"]["bytes_in"]) > 50_000);
+
+    // The figures change as traffic flows.
+    echo(&mut via_gate, &payload(7, 200_000));
+    let after = api.get(&format!("/api/v1/sessions/{}", gate_session["id"]));
+    assert!(n(&after["traffic"]["bytes_in"]) > n(&gate_session["traffic"]["bytes_in"]) + 200_000);
+    assert!(n(&after["traffic"]["packets_out"]) > n(&gate_session["traffic"]["packets_out"]));
+    assert!(n(&after["age_ms"]) > n(&gate_session["age_ms"]));
+    let top = api.get("/api/v1/sessions?sort=bytes_in&order=desc&limit=1");
+    assert_eq!((n(&top["total"]), top["sessions"][0]["id"].clone()), (2, after["id"].clone()), "sorted and paged");
+    assert_eq!(n(&api.get("/api/v1/sessions?remote=127.0.0.1")["total"]), 2);
+    assert_eq!(n(&api.get("/api/v1/sessions?remote=203.0.113.")["total"]), 0, "filtered by remote address");
+
+    // A change of tunables applies to the next session only.
+    let changed = api.call(
+        "PATCH",
+        "/api/v1/config",
+        Some(TOKEN),
+        Some(&serde_json::json!({"mode": "fast2", "sndwnd": 77, "rcvwnd": 99})),
+    );
+    assert_eq!(changed.0, 200, "{}", changed.2);
+    let bad = api.call("PATCH", "/api/v1/config", Some(TOKEN), Some(&serde_json::json!({"rcvwnd": 0})));
+    assert_eq!((bad.0, bad.1.as_str()), (422, "application/problem+json"));
+    assert_eq!(api.get("/api/v1/config")["tunables"]["rcvwnd"], 99, "a bad change changes nothing");
+    assert_eq!(api.get("/api/v1/config")["key"], "(redacted)");
+    procs.0.push(kcpgate(&format!("client -r 127.0.0.1:{udp} -l 127.0.0.1:{late_port} {crypt}")));
+    let _via_late = connect(late_port, &payload(9, 1000));
+    let late_id = n(&next_event(&events, "session_opened", Duration::from_secs(5))["id"]);
+    let late = api.get(&format!("/api/v1/sessions/{late_id}"));
+    assert_eq!(
+        (late["mode"].as_str(), n(&late["kcp"]["snd_wnd"]), n(&late["kcp"]["rcv_wnd"])),
+        (Some("fast2"), 77, 99)
+    );
+    let old = api.get(&format!("/api/v1/sessions/{kcptun_id}"));
+    assert_eq!((old["mode"].as_str(), n(&old["kcp"]["snd_wnd"])), (Some("fast3"), 1024), "open sessions keep theirs");
+
+    // Kick the kcptun client's session: its application sees the connection end.
+    let kicked = api.call("DELETE", &format!("/api/v1/sessions/{kcptun_id}?reason=cheating"), Some(TOKEN), None);
+    assert_eq!(kicked.0, 204, "{}", kicked.2);
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let read = via_kcptun.read_to_end(&mut rest);
+    assert!(read.is_ok() && started.elapsed() < Duration::from_secs(5), "the kicked stream ended: {read:?}");
+    let closed = next_event(&events, "session_closed", Duration::from_secs(5));
+    assert_eq!((n(&closed["id"]), closed["reason"].as_str()), (kcptun_id, Some("kicked: cheating")));
+    let gone = api.call("GET", &format!("/api/v1/sessions/{kcptun_id}"), Some(TOKEN), None);
+    assert_eq!((gone.0, gone.1.as_str()), (404, "application/problem+json"));
+    assert_eq!(api.sessions().len(), 2);
+    echo(&mut via_gate, &payload(11, 10_000)); // the other sessions carry on
+
+    // A session limit, changed at run time: a new client waits until there is room.
+    let limit = api.call("PATCH", "/api/v1/config", Some(TOKEN), Some(&serde_json::json!({"max_sessions": 2})));
+    assert_eq!(limit.0, 200);
+    let extra_port = free_tcp_port();
+    procs.0.push(kcpgate(&format!("client -r 127.0.0.1:{udp} -l 127.0.0.1:{extra_port} {crypt}")));
+    let extra = std::thread::spawn(move || connect(extra_port, &payload(13, 1000)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while n(&api.get("/api/v1/stats")["sessions"]["refused_datagrams"]) == 0 {
+        assert!(Instant::now() < deadline, "the new client's datagrams were never refused");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(api.sessions().len(), 2, "no third session while the limit holds");
+    api.call("PATCH", "/api/v1/config", Some(TOKEN), Some(&serde_json::json!({"max_sessions": 0})));
+    let _via_extra = extra.join().expect("the new client got through once the limit was lifted");
+    assert_eq!(api.sessions().len(), 3);
+}
+
+/// `/metrics`' counters lie between two `/api/v1/stats` snapshots taken around it.
+#[test]
+fn metrics_agree_with_stats() {
+    let backend = echo_backend();
+    let (udp, admin, local) = (free_udp_port("127.0.0.1"), free_tcp_port(), free_tcp_port());
+    let _procs = Procs(vec![
+        kcpgate(&format!("server -l 127.0.0.1:{udp} -t 127.0.0.1:{backend} -key k -admin 127.0.0.1:{admin} -quiet")),
+        kcpgate(&format!("client -r 127.0.0.1:{udp} -l 127.0.0.1:{local} -key k")),
+    ]);
+    let api = Api::new(admin);
+    api.wait_ready();
+    let mut c = connect(local, &payload(3, 300_000));
+    let before = api.get("/api/v1/stats");
+    let (status, kind, text) = api.call("GET", "/metrics", None, None);
+    echo(&mut c, &payload(4, 1000));
+    let after = api.get("/api/v1/stats");
+    assert_eq!((status, kind.as_str()), (200, "application/openmetrics-text; version=1.0.0; charset=utf-8"));
+    assert!(text.ends_with("# EOF\n"), "OpenMetrics text ends with # EOF");
+    let sample = |name: &str| -> f64 {
+        let line = text.lines().find(|l| l.split(' ').next() == Some(name)).unwrap_or_else(|| panic!("no {name}"));
+        line.split(' ').nth(1).unwrap().parse().unwrap()
+    };
+    for (metric, field) in [
+        ("kcpgate_udp_received_bytes_total", "InBytes"),
+        ("kcpgate_udp_sent_bytes_total", "OutBytes"),
+        ("kcpgate_udp_received_packets_total", "InPkts"),
+        ("kcpgate_kcp_sent_segments_total", "OutSegs"),
+        ("kcpgate_sessions_accepted_total", "PassiveOpens"),
+        ("kcpgate_session_read_bytes_total", "BytesReceived"),
+    ] {
+        let (lo, hi, got) = (n(&before["snmp"][field]), n(&after["snmp"][field]), sample(metric));
+        assert!(lo as f64 <= got && got <= hi as f64, "{metric} = {got}, stats {field} went {lo} → {hi}");
+    }
+    assert!(sample("kcpgate_udp_received_bytes_total") > 300_000.0, "the traffic was counted");
+    assert_eq!(sample("kcpgate_sessions_open"), 1.0);
+    assert_eq!(n(&after["streams"]["opened"]), sample("kcpgate_streams_opened_total") as u64);
+    assert!(!text.contains("conv=") && !text.contains("remote="), "no per-session labels");
+}
+
+/// Every /api route answers 401 without the token or with a wrong one, and is
+/// reachable with it; the public routes need none.
+#[test]
+fn every_api_route_needs_the_token() {
+    let (udp, admin) = (free_udp_port("127.0.0.1"), free_tcp_port());
+    let _procs =
+        Procs(vec![kcpgate(&format!("server -l 127.0.0.1:{udp} -admin 127.0.0.1:{admin} -admin-token {TOKEN}"))]);
+    let api = Api::new(admin);
+    api.wait_ready();
+    let spec: Value = serde_json::from_str(&kcpgate::admin::openapi_json()).unwrap();
+    let mut guarded = 0;
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            let method = method.to_uppercase();
+            let concrete = path.replace("{id}", "1");
+            let body = (method == "PATCH").then(|| serde_json::json!({}));
+            if path.starts_with("/api/") {
+                guarded += 1;
+                for token in [None, Some("wrong"), Some("s3cret-admin-tokeN")] {
+                    let (status, kind, _) = api.call(&method, &concrete, token, body.as_ref());
+                    assert_eq!((status, kind.as_str()), (401, "application/problem+json"), "{method} {path} {token:?}");
+                }
+                let (status, ..) = api.call(&method, &concrete, Some(TOKEN), body.as_ref());
+                assert!(status != 401 && status < 500, "{method} {path} with the token: {status}");
+            } else {
+                let (status, ..) = api.call(&method, &concrete, None, None);
+                assert_eq!(status, 200, "{method} {path} is public");
+            }
+        }
+    }
+    assert_eq!(guarded, 7, "every /api operation was tried");
+    let (status, ..) = api.call("GET", "/api/v1/no-such-thing", None, None);
+    assert_eq!(status, 401, "unknown /api paths are not revealed either");
+}
+
+#[test]
+fn an_admin_address_other_hosts_can_reach_needs_a_token() {
+    for addr in ["0.0.0.0:0", "[::]:0"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kcpgate")).args(["server", "-admin", addr]).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{addr}: {stderr}");
+        assert!(stderr.contains("-admin-token") && stderr.contains("KCPGATE_ADMIN_TOKEN"), "{stderr}");
+    }
+    // With a token (from the environment) it starts.
+    let (udp, admin) = (free_udp_port("127.0.0.1"), free_tcp_port());
+    let _procs = Procs(vec![Command::new(env!("CARGO_BIN_EXE_kcpgate"))
+        .args(["server", "-l", &format!("127.0.0.1:{udp}"), "-admin", &format!("0.0.0.0:{admin}")])
+        .env("KCPGATE_ADMIN_TOKEN", TOKEN)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()]);
+    let api = Api::new(admin);
+    api.wait_ready();
+    assert_eq!(api.call("GET", "/api/v1/stats", None, None).0, 401);
+    assert_eq!(api.call("GET", "/api/v1/stats", Some(TOKEN), None).0, 200);
+}
+
+#[test]
+fn the_committed_openapi_document_is_what_kcpgate_prints() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../openapi/openapi.json");
+    let committed = std::fs::read_to_string(path).expect("openapi/openapi.json");
+    let printed = Command::new(env!("CARGO_BIN_EXE_kcpgate")).arg("openapi").output().unwrap();
+    assert!(printed.status.success());
+    assert!(
+        committed == String::from_utf8(printed.stdout).unwrap(),
+        "openapi/openapi.json is stale: run `cargo run -p kcpgate -- openapi > openapi/openapi.json`"
+    );
+    let spec: Value = serde_json::from_str(&committed).unwrap();
+    assert_eq!(spec["openapi"], "3.1.0");
+}
