@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use kcpgate_core::kcp::Mode;
 use kcpgate_core::pipeline::Connection;
 use kcpgate_core::snmp::Snmp;
 use serde::{Deserialize, Serialize};
@@ -260,8 +261,7 @@ pub struct SessionInfo {
     /// FEC shards, or null when FEC is off.
     pub fec: Option<FecShards>,
     /// The KCP profile the session was opened with.
-    #[schema(example = "fast3")]
-    pub mode: String,
+    pub mode: Profile,
     pub kcp: KcpInfo,
     pub traffic: TrafficInfo,
     pub streams: Vec<StreamInfo>,
@@ -339,7 +339,7 @@ pub struct SessionMeta {
     pub id: u64,
     pub opened_ms: u64,
     pub heard_ms: u64,
-    pub mode: String,
+    pub mode: Profile,
 }
 
 /// What the sessions of one task share, for their views.
@@ -366,7 +366,7 @@ impl SessionInfo {
             smux_version: tunnel.stack.mux().version(),
             crypt: cx.crypt.to_string(),
             fec: cx.fec,
-            mode: meta.mode.clone(),
+            mode: meta.mode,
             kcp: KcpInfo {
                 srtt_ms: state.srtt.max(0) as u32,
                 rttvar_ms: state.rttvar.max(0) as u32,
@@ -402,10 +402,8 @@ impl SessionInfo {
 /// What can change while kcpgate runs. Changes apply to sessions opened afterwards.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct Tunables {
-    /// KCP profile: normal, fast, fast2, fast3, or manual (then the four values
-    /// below apply).
-    #[schema(example = "fast3")]
-    pub mode: String,
+    /// KCP profile; with manual, the four values below apply.
+    pub mode: Profile,
     /// Manual mode: 1 for nodelay.
     #[schema(minimum = 0, maximum = 1)]
     pub nodelay: u32,
@@ -437,28 +435,88 @@ pub struct Tunables {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"mode": "fast2", "sndwnd": 512}))]
 pub struct TunablesPatch {
-    #[schema(example = "fast2")]
-    pub mode: Option<String>,
+    pub mode: Option<Profile>,
     #[schema(minimum = 0, maximum = 1)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub nodelay: Option<u32>,
     #[schema(minimum = 10, maximum = 5000)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub interval: Option<u32>,
     #[schema(maximum = 65535)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub resend: Option<u32>,
     #[schema(minimum = 0, maximum = 1)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub nc: Option<u32>,
     #[schema(minimum = 1, maximum = 65535)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub sndwnd: Option<u32>,
     #[schema(minimum = 1, maximum = 65535)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub rcvwnd: Option<u32>,
     #[schema(maximum = 4_294_967_295_u64)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub ratelimit: Option<u64>,
     #[schema(maximum = 10_000_000)]
+    #[serde(default, deserialize_with = "whole_number")]
     pub max_sessions: Option<u64>,
 }
 
-/// The KCP profiles `mode` takes.
-pub const MODES: [&str; 5] = ["normal", "fast", "fast2", "fast3", "manual"];
+/// A JSON integer, also when written with a zero fraction (`5.0`), which JSON
+/// Schema counts as an integer too.
+fn whole_number<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<u64>,
+{
+    use serde::de::Error;
+    let Some(number) = Option::<serde_json::Number>::deserialize(d)? else { return Ok(None) };
+    let whole = number.as_u64().or_else(|| {
+        number.as_f64().filter(|f| f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(f)).map(|f| f as u64)
+    });
+    whole
+        .and_then(|v| T::try_from(v).ok())
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("{number} is not a whole number in range")))
+}
+
+/// A KCP profile: kcptun's presets, or manual (nodelay, interval, resend, nc as
+/// given).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    Normal,
+    Fast,
+    Fast2,
+    Fast3,
+    Manual,
+}
+
+impl Profile {
+    /// The profile of a `-mode` value: names other than the presets mean manual,
+    /// as in kcptun.
+    pub fn from_mode(mode: &str) -> Profile {
+        match Mode::from_name(mode) {
+            Some(Mode::Normal) => Profile::Normal,
+            Some(Mode::Fast) => Profile::Fast,
+            Some(Mode::Fast2) => Profile::Fast2,
+            Some(Mode::Fast3) => Profile::Fast3,
+            None => Profile::Manual,
+        }
+    }
+
+    /// The `-mode` value.
+    pub fn name(self) -> &'static str {
+        let preset = match self {
+            Profile::Normal => Mode::Normal,
+            Profile::Fast => Mode::Fast,
+            Profile::Fast2 => Mode::Fast2,
+            Profile::Fast3 => Mode::Fast3,
+            Profile::Manual => return "manual",
+        };
+        preset.name()
+    }
+}
 
 impl Tunables {
     /// `patch` applied over these, or what is wrong with it (field, reason).
@@ -499,12 +557,8 @@ impl Tunables {
         if let Some(v) = check("max_sessions", patch.max_sessions, 0..=10_000_000) {
             next.max_sessions = v;
         }
-        if let Some(mode) = &patch.mode {
-            if MODES.contains(&mode.as_str()) {
-                next.mode.clone_from(mode);
-            } else {
-                wrong.push(("mode", format!("must be one of {} (got {mode:?})", MODES.join(", "))));
-            }
+        if let Some(mode) = patch.mode {
+            next.mode = mode;
         }
         if wrong.is_empty() {
             Ok(next)
@@ -543,7 +597,7 @@ mod tests {
     #[test]
     fn a_patch_changes_only_its_fields_and_names_every_bad_one() {
         let t = Tunables {
-            mode: "fast".into(),
+            mode: Profile::Fast,
             nodelay: 0,
             interval: 50,
             resend: 0,
@@ -553,17 +607,23 @@ mod tests {
             ratelimit: 0,
             max_sessions: 0,
         };
-        let p = TunablesPatch { mode: Some("fast3".into()), sndwnd: Some(256), ..TunablesPatch::default() };
+        let p = TunablesPatch { mode: Some(Profile::Fast3), sndwnd: Some(256), ..TunablesPatch::default() };
         let next = t.patched(&p).expect("a valid patch");
-        assert_eq!((next.mode.as_str(), next.sndwnd, next.rcvwnd), ("fast3", 256, 512));
+        assert_eq!((next.mode, next.sndwnd, next.rcvwnd), (Profile::Fast3, 256, 512));
         let bad = TunablesPatch {
-            mode: Some("turbo".into()),
+            mode: Some(Profile::Manual),
             interval: Some(5),
             sndwnd: Some(0),
             ratelimit: Some(1 << 40),
             ..TunablesPatch::default()
         };
         let wrong: Vec<&str> = t.patched(&bad).expect_err("invalid").iter().map(|(f, _)| *f).collect();
-        assert_eq!(wrong, ["interval", "sndwnd", "ratelimit", "mode"]);
+        assert_eq!(wrong, ["interval", "sndwnd", "ratelimit"]);
+        let unknown = serde_json::from_str::<TunablesPatch>(r#"{"mode": "turbo"}"#);
+        assert!(unknown.is_err(), "only known profiles");
+        let whole =
+            serde_json::from_str::<TunablesPatch>(r#"{"sndwnd": 64.0, "rcvwnd": null}"#).expect("64.0 is whole");
+        assert_eq!((whole.sndwnd, whole.rcvwnd), (Some(64), None));
+        assert!(serde_json::from_str::<TunablesPatch>(r#"{"sndwnd": 64.5}"#).is_err());
     }
 }

@@ -5,13 +5,13 @@ use std::sync::{Arc, RwLock};
 
 use kcpgate_core::crypto::PacketCrypto;
 use kcpgate_core::fec::Shards;
-use kcpgate_core::kcp::{self, Mode};
+use kcpgate_core::kcp;
 use kcpgate_core::pipeline::SessionConfig;
 use kcpgate_core::qpp::PadGeneration;
 use kcpgate_core::stack::{QppSetup, StackConfig};
 
 use crate::config::Settings;
-use crate::control::{FecShards, Registry, SessionMeta, Tunables, TunablesPatch, ViewContext};
+use crate::control::{FecShards, Profile, Registry, SessionMeta, Tunables, TunablesPatch, ViewContext};
 
 /// 32 bytes from the OS, to seed the core's CSPRNGs (conv ids, nonces).
 pub fn random_seed() -> [u8; 32] {
@@ -41,7 +41,7 @@ pub struct Tuning {
 
 /// The tunables as the settings give them.
 fn tunables_of(settings: &Settings) -> Tunables {
-    let mode = if Mode::from_name(&settings.mode).is_some() { settings.mode.clone() } else { "manual".to_string() };
+    let mode = Profile::from_mode(&settings.mode);
     let small = |v: i64| v.clamp(0, i64::from(u32::MAX)) as u32;
     Tunables {
         mode,
@@ -108,7 +108,7 @@ impl Plan {
         let mut current = self.tuning.write().expect("tuning lock");
         let tunables = current.tunables.patched(patch)?;
         let mut settings = self.settings.clone();
-        settings.mode.clone_from(&tunables.mode);
+        settings.mode = tunables.mode.name().to_string();
         settings.nodelay = i64::from(tunables.nodelay);
         settings.interval = i64::from(tunables.interval);
         settings.resend = i64::from(tunables.resend);
@@ -138,7 +138,7 @@ impl Plan {
             id: self.registry.session_id(),
             opened_ms: now_ms,
             heard_ms: now_ms,
-            mode: tuning.tunables.mode.clone(),
+            mode: tuning.tunables.mode,
         };
         crate::tunnel::Tunnel::new(
             kcpgate_core::stack::StreamStack::new(role, self.stack.clone(), now_ms as u32),

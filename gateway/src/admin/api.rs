@@ -22,6 +22,8 @@ use crate::control::{Event, SessionInfo, Tunables, TunablesPatch};
 
 /// Most sessions one page returns.
 const MAX_PAGE: u32 = 1000;
+/// Largest offset a list takes (far beyond any session count).
+const MAX_OFFSET: u64 = 1_000_000_000;
 
 /// How a session list is sorted: by any numeric field of a session.
 #[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, ToSchema)]
@@ -101,7 +103,7 @@ pub enum Order {
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Sessions to skip, after filtering and sorting.
-    #[param(minimum = 0, example = 0)]
+    #[param(minimum = 0, maximum = 1_000_000_000, example = 0)]
     offset: Option<u64>,
     /// Sessions to return, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000, example = 100)]
@@ -152,6 +154,12 @@ pub async fn list_sessions(
         ));
     }
     let offset = q.offset.unwrap_or(0);
+    if offset > MAX_OFFSET {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("offset must be at most {MAX_OFFSET} (got {offset})"),
+        ));
+    }
     let mut sessions = state.plan.registry.sessions().await;
     if let Some(text) = q.remote.as_deref().filter(|t| !t.is_empty()) {
         sessions.retain(|s| s.remote.to_string().contains(text));
@@ -231,7 +239,7 @@ pub async fn kick_session(
 }
 
 macro_rules! snmp_counters {
-    ($($go:literal $field:ident),* $(,)?) => {
+    ($($go:tt $field:ident),* $(,)?) => {
         /// kcp-go's SNMP counters (PROTOCOL.md §4.9), summed over every session, with
         /// kcp-go's names.
         #[derive(Debug, Serialize, ToSchema)]
@@ -579,8 +587,11 @@ pub async fn get_config(State(state): State<Shared>) -> Json<RunningConfig> {
 )]
 pub async fn patch_config(
     State(state): State<Shared>,
-    ApiJson(patch): ApiJson<TunablesPatch>,
+    ApiJson(body): ApiJson<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Json<RunningConfig>, Problem> {
+    // Through a map: serde would also take a struct from a JSON array.
+    let patch: TunablesPatch = serde_json::from_value(serde_json::Value::Object(body))
+        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("the body is not a valid change: {e}")))?;
     match state.plan.retune(&patch) {
         Ok(tunables) => {
             tracing::info!(?tunables, "tunables changed for new sessions");
