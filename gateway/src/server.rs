@@ -80,6 +80,8 @@ struct SocketTask {
     retired: Snmp,
     /// Where stream tasks send their messages.
     tx: mpsc::Sender<(SocketAddr, u32, FromStream)>,
+    /// The tunables' session limit (0 for none), kept here off the shared lock.
+    max_sessions: u64,
 }
 
 /// How long a kicked session's peer is refused with its old conversation: longer
@@ -100,6 +102,7 @@ async fn serve_socket(socket: BatchSocket, plan: Arc<Plan>, mut drain: watch::Re
         schedule: Schedule::default(),
         retired: Snmp::default(),
         tx,
+        max_sessions: plan.tuning().tunables.max_sessions,
         plan: plan.clone(),
     };
     // Sessions to service this turn (kept to reuse their memory).
@@ -166,7 +169,7 @@ impl SocketTask {
     /// Hands the received batch to the listener; notes which sessions got data.
     fn receive(&mut self, now_abs: u64, draining: bool, touched: &mut Vec<SocketAddr>) {
         let now = now_abs as u32;
-        let limit = self.plan.tuning().tunables.max_sessions;
+        let limit = self.max_sessions;
         for (from, datagram) in self.socket.datagrams() {
             let full = limit > 0 && self.plan.registry.open_sessions() >= limit;
             if (draining || full) && self.listener.session(&from).is_none() {
@@ -269,7 +272,9 @@ impl SocketTask {
                 let _ = done.send(found.is_some());
             }
             Query::Retune(done) => {
-                *self.listener.config_mut() = self.plan.tuning().session.clone();
+                let tuning = self.plan.tuning();
+                *self.listener.config_mut() = tuning.session.clone();
+                self.max_sessions = tuning.tunables.max_sessions;
                 let _ = done.send(());
             }
         }
