@@ -268,6 +268,7 @@ pub struct SessionInfo {
 }
 
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[schema(example = json!({"data": 10, "parity": 3}))]
 pub struct FecShards {
     #[schema(example = 10)]
     pub data: u32,
@@ -277,6 +278,7 @@ pub struct FecShards {
 
 /// The ARQ state. Windows and queues count segments.
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({"srtt_ms": 42, "rttvar_ms": 6, "rto_ms": 66, "cwnd": 32, "ssthresh": 16, "snd_wnd": 1024, "rcv_wnd": 1024, "remote_wnd": 512, "in_flight": 3, "snd_queue": 0, "rcv_queue": 0, "rcv_buf": 1, "dead": false}))]
 pub struct KcpInfo {
     pub srtt_ms: u32,
     pub rttvar_ms: u32,
@@ -301,6 +303,7 @@ pub struct KcpInfo {
 
 /// Counters since the session opened.
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({"bytes_in": 1843211, "bytes_out": 9921740, "packets_in": 15602, "packets_out": 10233, "retrans": 41, "fast_retrans": 30, "early_retrans": 2, "lost": 9, "fec_recovered": 17, "fec_errors": 0}))]
 pub struct TrafficInfo {
     /// UDP payload bytes received and sent.
     pub bytes_in: u64,
@@ -319,6 +322,7 @@ pub struct TrafficInfo {
 
 /// One smux stream and its TCP connection.
 #[derive(Debug, Clone, Serialize, ToSchema)]
+#[schema(example = json!({"id": 3, "tcp_peer": "127.0.0.1:7000", "bytes_to_tcp": 1648002, "bytes_from_tcp": 9801223, "age_ms": 91234}))]
 pub struct StreamInfo {
     #[schema(example = 3)]
     pub id: u32,
@@ -401,6 +405,7 @@ impl SessionInfo {
 
 /// What can change while kcpgate runs. Changes apply to sessions opened afterwards.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(example = json!({"mode": "fast3", "nodelay": 0, "interval": 50, "resend": 0, "nc": 0, "sndwnd": 1024, "rcvwnd": 1024, "ratelimit": 0, "max_sessions": 5000}))]
 pub struct Tunables {
     /// KCP profile; with manual, the four values below apply.
     pub mode: Profile,

@@ -309,14 +309,16 @@ fn the_api_lists_kicks_and_retunes_the_sessions_of_real_clients() {
     assert_eq!(api.sessions().len(), 3);
 }
 
-/// `/metrics`' counters lie between two `/api/v1/stats` snapshots taken around it.
+/// `/metrics`' counters lie between two `/api/v1/stats` snapshots taken around it; a
+/// client shows its own sessions; a draining server is not ready.
 #[test]
-fn metrics_agree_with_stats() {
+fn metrics_agree_with_stats_and_a_draining_server_is_not_ready() {
     let backend = echo_backend();
-    let (udp, admin, local) = (free_udp_port("127.0.0.1"), free_tcp_port(), free_tcp_port());
-    let _procs = Procs(vec![
+    let (udp, admin, local, client_admin) =
+        (free_udp_port("127.0.0.1"), free_tcp_port(), free_tcp_port(), free_tcp_port());
+    let procs = Procs(vec![
         kcpgate(&format!("server -l 127.0.0.1:{udp} -t 127.0.0.1:{backend} -key k -admin 127.0.0.1:{admin} -quiet")),
-        kcpgate(&format!("client -r 127.0.0.1:{udp} -l 127.0.0.1:{local} -key k")),
+        kcpgate(&format!("client -r 127.0.0.1:{udp} -l 127.0.0.1:{local} -key k -admin 127.0.0.1:{client_admin}")),
     ]);
     let api = Api::new(admin);
     api.wait_ready();
@@ -346,6 +348,33 @@ fn metrics_agree_with_stats() {
     assert_eq!(sample("kcpgate_sessions_open"), 1.0);
     assert_eq!(n(&after["streams"]["opened"]), sample("kcpgate_streams_opened_total") as u64);
     assert!(!text.contains("conv=") && !text.contains("remote="), "no per-session labels");
+
+    // The client's own API shows its session to the server.
+    let client = Api::new(client_admin);
+    let mine = client.sessions();
+    assert_eq!(mine.len(), 1, "{mine:#?}");
+    assert_eq!(
+        (mine[0]["remote"].as_str(), mine[0]["smux_version"].as_u64()),
+        (Some(&*format!("127.0.0.1:{udp}")), Some(2))
+    );
+    assert!(n(&mine[0]["traffic"]["bytes_out"]) > 300_000);
+    assert_eq!(client.get("/api/v1/stats")["process"]["role"], "client");
+
+    // SIGTERM with a stream open: the server drains, and says so.
+    let server_pid = procs.0[0].id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &server_pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, _, body) = api.call("GET", "/readyz", None, None);
+        if status == 503 {
+            assert_eq!(body, "draining");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still ready after SIGTERM: {status} {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(api.call("GET", "/livez", None, None).0, 200, "alive while draining");
+    echo(&mut c, &payload(5, 1000)); // open streams still work
 }
 
 /// Every /api route answers 401 without the token or with a wrong one, and is

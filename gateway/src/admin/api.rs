@@ -243,6 +243,15 @@ macro_rules! snmp_counters {
         /// kcp-go's SNMP counters (PROTOCOL.md §4.9), summed over every session, with
         /// kcp-go's names.
         #[derive(Debug, Serialize, ToSchema)]
+        #[schema(example = json!({
+            "BytesSent": 9_801_223, "BytesReceived": 1_648_002, "MaxConn": 12, "ActiveOpens": 0,
+            "PassiveOpens": 57, "CurrEstab": 10, "InErrs": 0, "InCsumErrors": 3, "KCPInErrors": 0,
+            "InPkts": 15_602, "OutPkts": 10_233, "InSegs": 16_020, "OutSegs": 11_870, "InBytes": 1_843_211,
+            "OutBytes": 9_921_740, "RetransSegs": 41, "FastRetransSegs": 30, "EarlyRetransSegs": 2,
+            "LostSegs": 9, "RepeatSegs": 5, "FECFullShardSet": 1180, "FECRecovered": 17, "FECErrs": 0,
+            "FECParityShards": 3540, "FECShardSet": 20, "FECShardMin": 1197, "RingBufferSndQueue": 0,
+            "RingBufferRcvQueue": 0, "RingBufferSndBuffer": 3, "OOBPackets": 0
+        }))]
         pub struct SnmpCounters {
             $( #[serde(rename = $go)] pub $field: u64, )*
         }
@@ -290,6 +299,7 @@ snmp_counters!(
 
 /// Per-second rates over the last seconds.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"window_seconds": 10.0, "bytes_in_per_second": 183211.5, "bytes_out_per_second": 992174.0, "packets_in_per_second": 1560.2, "packets_out_per_second": 1023.3, "retrans_per_second": 4.1, "sessions_opened_per_second": 0.2}))]
 pub struct Rates {
     /// The seconds the rates are averaged over (up to 10; 0 right after start).
     pub window_seconds: f64,
@@ -302,6 +312,7 @@ pub struct Rates {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"open": 12, "opened": 3120, "closed": 3108, "dial_failures": 2, "tcp_failures": 1}))]
 pub struct StreamStats {
     pub open: u64,
     pub opened: u64,
@@ -313,6 +324,7 @@ pub struct StreamStats {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"open": 10, "refused_datagrams": 0}))]
 pub struct SessionStats {
     pub open: u64,
     /// Datagrams dropped because `max_sessions` sessions were open.
@@ -320,6 +332,7 @@ pub struct SessionStats {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"version": "0.1.0", "role": "server", "uptime_seconds": 86400.5, "rss_bytes": 31457280, "cpu_seconds": 512.25}))]
 pub struct ProcessStats {
     #[schema(example = "0.1.0")]
     pub version: String,
@@ -474,6 +487,15 @@ pub(super) async fn sample_rates(state: Shared) {
 
 /// The running configuration. Secrets are redacted.
 #[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({
+    "role": "server", "listen": ":29900", "target": "127.0.0.1:7000", "key": "(redacted)", "crypt": "aes",
+    "mtu": 1350, "datashard": 10, "parityshard": 3, "dscp": 46, "nocomp": false, "acknodelay": false,
+    "sockbuf": 4_194_304, "smuxver": null, "smuxbuf": 4_194_304, "framesize": 8192, "streambuf": 2_097_152,
+    "keepalive": 10, "closewait": 30, "qpp": false, "qpp_count": 61, "conn": 1, "autoexpire": 0,
+    "scavengettl": 600, "drain_timeout": 30, "admin": "0.0.0.0:8080", "admin_token_set": true,
+    "tunables": {"mode": "fast3", "nodelay": 0, "interval": 50, "resend": 0, "nc": 0, "sndwnd": 1024,
+                 "rcvwnd": 1024, "ratelimit": 0, "max_sessions": 5000}
+}))]
 pub struct RunningConfig {
     #[schema(example = "server")]
     pub role: String,
@@ -626,7 +648,13 @@ pub struct EventsQuery {
     params(EventsQuery),
     security(("bearer" = [])),
     responses(
-        (status = 200, description = "An endless event stream", content_type = "text/event-stream", body = String),
+        (
+            status = 200,
+            description = "An endless event stream",
+            content_type = "text/event-stream",
+            body = String,
+            example = "event: session_opened\ndata: {\"type\":\"session_opened\",\"id\":42,\"conv\":3541092111,\"remote\":\"203.0.113.7:50812\"}\n\n"
+        ),
         (status = 400, description = "A bad query parameter", content_type = "application/problem+json", body = Problem),
         (status = 401, description = "The admin token is missing or wrong", content_type = "application/problem+json", body = Problem),
     )
