@@ -297,11 +297,13 @@ snmp_counters!(
     "OOBPackets" oob_packets,
 );
 
-/// Per-second rates over the last seconds.
+/// Per-second rates since an earlier reading of the counters: over the last 10 s
+/// when the API was read in that time, else since the last reading in the last
+/// minute; all 0 (window 0) on a first reading.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(example = json!({"window_seconds": 10.0, "bytes_in_per_second": 183211.5, "bytes_out_per_second": 992174.0, "packets_in_per_second": 1560.2, "packets_out_per_second": 1023.3, "retrans_per_second": 4.1, "sessions_opened_per_second": 0.2}))]
 pub struct Rates {
-    /// The seconds the rates are averaged over (up to 10; 0 right after start).
+    /// The seconds the rates are averaged over.
     pub window_seconds: f64,
     pub bytes_in_per_second: f64,
     pub bytes_out_per_second: f64,
@@ -381,7 +383,7 @@ pub(super) fn stats_of(state: &super::AdminState, snmp: &Snmp) -> Stats {
     let (opened, closed) = (get(&streams.opened), get(&streams.closed));
     Stats {
         snmp: SnmpCounters::from(snmp),
-        rates: state.sampler.rates(),
+        rates: state.sampler.observe(Instant::now(), snmp),
         sessions: SessionStats {
             open: state.plan.registry.open_sessions(),
             refused_datagrams: state.plan.registry.refused_datagrams(),
@@ -420,34 +422,39 @@ fn process_stats(state: &super::AdminState) -> ProcessStats {
     }
 }
 
-/// The counters of the last seconds, sampled once a second, for rates.
+/// Counters seen by earlier requests, for rates. Nothing samples in the background:
+/// an API nobody reads must not wake the data path. A dashboard or a poller that
+/// reads every few seconds gets rates over the last 10 s.
 #[derive(Default)]
 pub struct Sampler {
-    samples: Mutex<VecDeque<(Instant, Snmp, u64)>>,
+    samples: Mutex<VecDeque<(Instant, Snmp)>>,
 }
 
-/// Samples kept: ten seconds of rates.
-const SAMPLES: usize = 11;
+/// The window rates are averaged over, at most; older samples are kept up to a
+/// minute, for a reader that comes back less often.
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+const SAMPLE_KEEP: Duration = Duration::from_secs(60);
+/// Samples closer together than this are not kept (a reader polling fast).
+const SAMPLE_SPACING: Duration = Duration::from_millis(250);
 
 impl Sampler {
-    fn push(&self, snmp: Snmp, opened: u64) {
+    /// Notes `now`'s counters and returns the rates since the oldest sample of the
+    /// last 10 s (or, without one, the newest of the last minute).
+    fn observe(&self, now: Instant, snmp: &Snmp) -> Rates {
         let mut samples = self.samples.lock().expect("sampler lock");
-        if samples.len() == SAMPLES {
+        while samples.front().is_some_and(|(at, _)| now.duration_since(*at) > SAMPLE_KEEP) {
             samples.pop_front();
         }
-        samples.push_back((Instant::now(), snmp, opened));
-    }
-
-    fn rates(&self) -> Rates {
-        let samples = self.samples.lock().expect("sampler lock");
-        let (Some(first), Some(last)) = (samples.front(), samples.back()) else {
-            return Rates::zero();
-        };
-        let secs = last.0.duration_since(first.0).as_secs_f64();
+        let base = samples.iter().find(|(at, _)| now.duration_since(*at) <= RATE_WINDOW).or(samples.back()).copied();
+        if samples.back().is_none_or(|(at, _)| now.duration_since(*at) >= SAMPLE_SPACING) {
+            samples.push_back((now, *snmp));
+        }
+        let Some((at, first)) = base else { return Rates::zero() };
+        let secs = now.duration_since(at).as_secs_f64();
         if secs <= 0.0 {
             return Rates::zero();
         }
-        let rate = |f: fn(&Snmp) -> u64| f(&last.1).saturating_sub(f(&first.1)) as f64 / secs;
+        let rate = |f: fn(&Snmp) -> u64| f(snmp).saturating_sub(f(&first)) as f64 / secs;
         Rates {
             window_seconds: secs,
             bytes_in_per_second: rate(|s| s.in_bytes),
@@ -455,7 +462,7 @@ impl Sampler {
             packets_in_per_second: rate(|s| s.in_pkts),
             packets_out_per_second: rate(|s| s.out_pkts),
             retrans_per_second: rate(|s| s.retrans_segs),
-            sessions_opened_per_second: last.2.saturating_sub(first.2) as f64 / secs,
+            sessions_opened_per_second: rate(|s| s.passive_opens + s.active_opens),
         }
     }
 }
@@ -471,17 +478,6 @@ impl Rates {
             retrans_per_second: 0.0,
             sessions_opened_per_second: 0.0,
         }
-    }
-}
-
-/// Samples the counters once a second for [`Rates`].
-pub(super) async fn sample_rates(state: Shared) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tick.tick().await;
-        let snmp = state.plan.registry.counters().await;
-        state.sampler.push(snmp, snmp.passive_opens + snmp.active_opens);
     }
 }
 
@@ -694,4 +690,31 @@ pub async fn events(
         Some((Ok(event), (state, tick, changes)))
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes_in(n: u64) -> Snmp {
+        Snmp { in_bytes: n, ..Snmp::default() }
+    }
+
+    /// Rates come from earlier readings: over the last 10 s when there are some,
+    /// else since the newest reading of the last minute.
+    #[test]
+    fn rates_are_measured_between_readings() {
+        let sampler = Sampler::default();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(sampler.observe(at(0), &bytes_in(0)).window_seconds, 0.0, "a first reading has no rate");
+        let r = sampler.observe(at(2), &bytes_in(2_000));
+        assert_eq!((r.window_seconds, r.bytes_in_per_second), (2.0, 1_000.0));
+        let r = sampler.observe(at(8), &bytes_in(14_000));
+        assert_eq!((r.window_seconds, r.bytes_in_per_second), (8.0, 1_750.0), "from the oldest of the last 10 s");
+        let r = sampler.observe(at(30), &bytes_in(14_000));
+        assert_eq!((r.window_seconds, r.bytes_in_per_second), (22.0, 0.0), "none in 10 s: the newest before");
+        let r = sampler.observe(at(200), &bytes_in(15_000));
+        assert_eq!(r.window_seconds, 0.0, "readings older than a minute are forgotten");
+    }
 }

@@ -119,7 +119,6 @@ pub fn app(state: Shared) -> Router {
 /// Serves the admin API on `listener` until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, plan: Arc<Plan>, drain: watch::Receiver<bool>) {
     let state = Arc::new(AdminState { plan, drain, started: Instant::now(), sampler: Sampler::default() });
-    tokio::spawn(api::sample_rates(state.clone()));
     if let Err(e) = axum::serve(listener, app(state)).await {
         tracing::error!("the admin API stopped: {e}");
     }
