@@ -9,18 +9,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{echo_backend, free_tcp_port, free_udp_port, Procs};
+use support::{echo_backend, free_tcp_port, free_udp_port, incompressible, kcpgate, Procs};
 
 const TOKEN: &str = "s3cret-admin-token";
-
-fn kcpgate(args: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_kcpgate"))
-        .args(args.split_whitespace())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("kcpgate starts")
-}
 
 fn kcptun_client(args: &str) -> Child {
     Command::new("kcptun-client")
@@ -166,17 +157,8 @@ fn echo(c: &mut TcpStream, payload: &[u8]) {
     assert!(back == payload, "the echo came back different");
 }
 
-/// Bytes that do not compress, distinct per seed.
 fn payload(seed: u8, len: usize) -> Vec<u8> {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ u64::from(seed);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    incompressible(seed.into(), len)
 }
 
 /// Waits until `check` holds on the session list.

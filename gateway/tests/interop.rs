@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{echo_backend, free_tcp_port, free_udp_port, Procs};
+use support::{echo_backend, free_tcp_port, free_udp_port, incompressible, Procs};
 
 const CONNECTIONS: usize = 8;
 const BYTES: usize = 4_000_000;
@@ -39,15 +39,7 @@ fn kcpgate_run(role: &str, arguments: &str) -> Child {
 }
 
 fn data_for(conn: usize) -> Vec<u8> {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ (conn as u64 + 1);
-    (0..BYTES)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    incompressible(conn as u64 + 1, BYTES)
 }
 
 /// Connects to the client's local port once it listens (up to 10 s).

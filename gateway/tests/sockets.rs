@@ -5,12 +5,11 @@ mod support;
 use std::io::IoSliceMut;
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use kcpgate::runtime::tune_udp;
 use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage};
-use support::Procs;
+use support::{kcpgate, Procs};
 
 #[tokio::test]
 async fn conformance_54_dscp_sets_tos_and_traffic_class() {
@@ -27,15 +26,6 @@ async fn conformance_54_dscp_sets_tos_and_traffic_class() {
     let v6 = tokio::net::UdpSocket::bind("[::1]:0").await.unwrap();
     assert!(tune_udp(&v6, 0, 46).is_empty());
     assert_eq!(socket2::SockRef::from(&v6).tclass_v6().unwrap(), 46, "IPv6: traffic class = DSCP");
-}
-
-fn kcpgate(args: &str) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_kcpgate"))
-        .args(args.split_whitespace())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
 }
 
 /// Receives one datagram; returns it, its sender and the TOS / traffic class it

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiJson, ApiPath, ApiQuery, FieldError, Problem, Shared};
+use super::{ApiJson, ApiPath, ApiQuery, FieldError, Problem, Shared, Unauthorized};
 use crate::config::Role;
 use crate::control::{Event, SessionInfo, Tunables, TunablesPatch};
 
@@ -139,7 +139,7 @@ pub struct SessionPage {
     responses(
         (status = 200, description = "A page of sessions", body = SessionPage),
         (status = 400, description = "A bad query parameter", content_type = "application/problem+json", body = Problem),
-        (status = 401, description = "The admin token is missing or wrong", content_type = "application/problem+json", body = Problem),
+        Unauthorized,
     )
 )]
 pub async fn list_sessions(
@@ -184,8 +184,8 @@ pub async fn list_sessions(
     responses(
         (status = 200, description = "The session", body = SessionInfo),
         (status = 400, description = "The id is not a number", content_type = "application/problem+json", body = Problem),
-        (status = 401, description = "The admin token is missing or wrong", content_type = "application/problem+json", body = Problem),
         (status = 404, description = "No live session has this id", content_type = "application/problem+json", body = Problem),
+        Unauthorized,
     )
 )]
 pub async fn get_session(State(state): State<Shared>, ApiPath(id): ApiPath<u64>) -> Result<Json<SessionInfo>, Problem> {
@@ -218,8 +218,8 @@ pub struct KickQuery {
     responses(
         (status = 204, description = "The session was closed"),
         (status = 400, description = "A bad id or reason", content_type = "application/problem+json", body = Problem),
-        (status = 401, description = "The admin token is missing or wrong", content_type = "application/problem+json", body = Problem),
         (status = 404, description = "No live session has this id", content_type = "application/problem+json", body = Problem),
+        Unauthorized,
     )
 )]
 pub async fn kick_session(
@@ -365,7 +365,7 @@ pub struct Stats {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The counters", body = Stats),
-        (status = 401, description = "The admin token is missing or wrong", content_type = "application/problem+json", body = Problem),
+        Unauthorized,
     )
 )]
 pub async fn get_stats(State(state): State<Shared>) -> Json<Stats> {
@@ -580,7 +580,7 @@ fn running_config(state: &super::AdminState) -> RunningConfig {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The configuration", body = RunningConfig),
-        (status = 401, description = "The admin token is missing or wrong", content_type = "application/problem+json", body = Problem),
+        Unauthorized,
     )
 )]
 pub async fn get_config(State(state): State<Shared>) -> Json<RunningConfig> {
@@ -598,9 +598,9 @@ pub async fn get_config(State(state): State<Shared>) -> Json<RunningConfig> {
     responses(
         (status = 200, description = "The changed configuration", body = RunningConfig),
         (status = 400, description = "The body is not a JSON object of known fields", content_type = "application/problem+json", body = Problem),
-        (status = 401, description = "The admin token is missing or wrong", content_type = "application/problem+json", body = Problem),
         (status = 415, description = "The body is not application/json", content_type = "application/problem+json", body = Problem),
         (status = 422, description = "A value is out of range", content_type = "application/problem+json", body = Problem),
+        Unauthorized,
     )
 )]
 pub async fn patch_config(
@@ -652,7 +652,7 @@ pub struct EventsQuery {
             example = "event: session_opened\ndata: {\"type\":\"session_opened\",\"id\":42,\"conv\":3541092111,\"remote\":\"203.0.113.7:50812\"}\n\n"
         ),
         (status = 400, description = "A bad query parameter", content_type = "application/problem+json", body = Problem),
-        (status = 401, description = "The admin token is missing or wrong", content_type = "application/problem+json", body = Problem),
+        Unauthorized,
     )
 )]
 pub async fn events(

@@ -156,14 +156,14 @@ async fn require_token(State(state): State<Shared>, request: Request, next: Next
     if authorized(&state, request.headers()) {
         next.run(request).await
     } else {
-        Problem::unauthorized().into_response()
+        Unauthorized::default().into_response()
     }
 }
 
 /// Unknown paths: 401 under /api without the token (routes are not revealed), else 404.
 async fn fallback(State(state): State<Shared>, request: Request) -> Response {
     if request.uri().path().starts_with("/api") && !authorized(&state, request.headers()) {
-        return Problem::unauthorized().into_response();
+        return Unauthorized::default().into_response();
     }
     Problem::new(StatusCode::NOT_FOUND, format!("no such resource: {}", request.uri().path())).into_response()
 }
@@ -213,13 +213,6 @@ impl Problem {
             errors: Vec::new(),
         }
     }
-
-    fn unauthorized() -> Problem {
-        Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "this API needs the admin token: send the header 'Authorization: Bearer <token>'",
-        )
-    }
 }
 
 impl IntoResponse for Problem {
@@ -232,6 +225,30 @@ impl IntoResponse for Problem {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"kcpgate\""));
         }
         response
+    }
+}
+
+/// The answer every /api route gives without the token, for the document.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 401,
+    description = "The admin token is missing or wrong",
+    content_type = "application/problem+json"
+)]
+pub struct Unauthorized(Problem);
+
+impl Default for Unauthorized {
+    fn default() -> Unauthorized {
+        Unauthorized(Problem::new(
+            StatusCode::UNAUTHORIZED,
+            "this API needs the admin token: send the header 'Authorization: Bearer <token>'",
+        ))
+    }
+}
+
+impl IntoResponse for Unauthorized {
+    fn into_response(self) -> Response {
+        self.0.into_response()
     }
 }
 

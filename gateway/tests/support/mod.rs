@@ -4,7 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, UdpSocket};
-use std::process::Child;
+use std::process::{Child, Command, Stdio};
 
 /// Kills its processes when the test ends, however it ends.
 pub struct Procs(pub Vec<Child>);
@@ -57,4 +57,28 @@ pub fn listen_deep() -> TcpListener {
     socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
     socket.listen(4096).unwrap();
     socket.into()
+}
+
+/// Starts `kcpgate` with `args` (split at whitespace), its output discarded.
+pub fn kcpgate(args: &str) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_kcpgate"))
+        .args(args.split_whitespace())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("kcpgate starts")
+}
+
+/// `len` bytes that do not compress (snappy would shrink anything regular), distinct
+/// per seed.
+pub fn incompressible(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ seed;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
