@@ -23,7 +23,7 @@ use crate::tunnel::Tunnel;
 /// How long a reader waits for busy tasks to answer before it uses what it has.
 const ANSWER_WAIT: Duration = Duration::from_millis(500);
 
-/// Queries a task may have waiting; a task that falls this far behind is skipped.
+/// Queries a task may have waiting.
 const INBOX_DEPTH: usize = 64;
 
 /// What a reader asks a task.
@@ -167,14 +167,17 @@ impl Registry {
     async fn ask<T>(&self, make: impl Fn(oneshot::Sender<T>) -> Query) -> Vec<T> {
         let tasks: Vec<mpsc::Sender<Query>> =
             self.tasks.lock().expect("registry lock").iter().flatten().cloned().collect();
+        let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
         let mut pending = Vec::with_capacity(tasks.len());
         for task in tasks {
             let (tx, rx) = oneshot::channel();
-            if task.try_send(make(tx)).is_ok() {
+            // A full inbox (many readers at once) is waited for: a retune or a kick
+            // must not be lost. A task gone or stuck past the deadline is skipped.
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if task.send_timeout(make(tx), left).await.is_ok() {
                 pending.push(rx);
             }
         }
-        let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
         let mut answers = Vec::with_capacity(pending.len());
         for rx in pending {
             if let Ok(Ok(answer)) = tokio::time::timeout_at(deadline, rx).await {
@@ -597,6 +600,30 @@ mod tests {
         registry.retire(task.await.expect("the task"), Snmp::default());
         assert_eq!(registry.register().slot, 0, "an ended task's slot is reused");
         assert!(!registry.kick(9, "nobody").await, "a task that does not answer is not waited for forever");
+    }
+
+    /// More readers at once than an inbox holds: each still gets the task's answer.
+    #[tokio::test]
+    async fn a_full_inbox_is_waited_for_not_skipped() {
+        let registry = std::sync::Arc::new(Registry::default());
+        let mut inbox = registry.register();
+        tokio::spawn(async move {
+            while let Some(query) = inbox.recv().await {
+                if let Query::Counters(reply) = query {
+                    let _ = reply.send(Snmp { bytes_sent: 7, ..Snmp::default() });
+                }
+                tokio::task::yield_now().await;
+            }
+        });
+        let readers: Vec<_> = (0..4 * INBOX_DEPTH)
+            .map(|_| {
+                let registry = registry.clone();
+                tokio::spawn(async move { registry.counters().await.bytes_sent })
+            })
+            .collect();
+        for reader in readers {
+            assert_eq!(reader.await.expect("a reader"), 7, "a reader was skipped");
+        }
     }
 
     #[test]
