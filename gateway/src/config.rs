@@ -31,7 +31,7 @@ pub struct Settings {
     pub listen: String,
     /// Server: `-target`; client: `-remoteaddr`.
     pub target: String,
-    pub key: String,
+    pub key: Secret,
     pub crypt: String,
     pub mode: String,
     pub qpp: bool,
@@ -75,10 +75,35 @@ pub struct Settings {
     /// Whether `-admin` was given; a default address that is taken only warns.
     pub admin_explicit: bool,
     /// Bearer token for the admin API; empty for none (loopback only).
-    pub admin_token: String,
+    pub admin_token: Secret,
     /// Server: sessions open at most at once; 0 is unlimited.
     pub max_sessions: i64,
     pub config_file: Option<PathBuf>,
+}
+
+/// A secret setting (the key, the admin token): shown as `(redacted)` by `Debug`,
+/// so no log line or panic message can carry it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl core::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("(redacted)")
+    }
+}
+
+impl std::ops::Deref for Secret {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<&str> for Secret {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == *other
+    }
 }
 
 /// Why the configuration was refused; the message says what to change.
@@ -315,7 +340,7 @@ impl Settings {
             role,
             listen,
             target,
-            key: text("key"),
+            key: Secret(text("key")),
             crypt: text("crypt"),
             mode: text("mode"),
             qpp: flag("QPP"),
@@ -353,7 +378,7 @@ impl Settings {
             scavengettl: client_int("scavengettl", 600),
             admin: text("admin"),
             admin_explicit: m.value_source("admin") == Some(ValueSource::CommandLine),
-            admin_token: text("admin-token"),
+            admin_token: Secret(text("admin-token")),
             max_sessions: if role == Role::Server { int("max-sessions") } else { 0 },
             config_file: m.get_one::<PathBuf>("c").cloned(),
         }
@@ -397,13 +422,13 @@ impl Settings {
         match name {
             "listen" | "localaddr" => &mut self.listen,
             "target" | "remoteaddr" => &mut self.target,
-            "key" => &mut self.key,
+            "key" => &mut self.key.0,
             "crypt" => &mut self.crypt,
             "mode" => &mut self.mode,
             "snmplog" => &mut self.snmplog,
             "log" => &mut self.log,
             "admin" => &mut self.admin,
-            "admin-token" => &mut self.admin_token,
+            "admin-token" => &mut self.admin_token.0,
             other => unreachable!("no text setting {other}"),
         }
     }

@@ -15,15 +15,12 @@ fn parse(role: Role, line: &str) -> Settings {
 fn kcptun_command_lines_parse_unchanged() {
     // The exact argv of the recorded kcptun processes, single- and double-dash forms.
     let s = parse(Role::Server, "-l 127.0.0.1:52546 -t 127.0.0.1:41099 --key test-key-123 --crypt aes --mode fast3 --datashard 10 --parityshard 3");
-    assert_eq!(
-        (s.listen.as_str(), s.target.as_str(), s.key.as_str()),
-        ("127.0.0.1:52546", "127.0.0.1:41099", "test-key-123")
-    );
+    assert_eq!((s.listen.as_str(), s.target.as_str(), &*s.key), ("127.0.0.1:52546", "127.0.0.1:41099", "test-key-123"));
     let s = parse(
         Role::Client,
         "-l :1 -r h:2 -key k -crypt=salsa20 -mode fast2 -ds 5 -ps=2 -nocomp -QPP -QPPCount 7 -conn 4 -smuxver 1",
     );
-    assert_eq!((s.listen.as_str(), s.target.as_str(), s.key.as_str(), s.crypt.as_str()), (":1", "h:2", "k", "salsa20"));
+    assert_eq!((s.listen.as_str(), s.target.as_str(), &*s.key, s.crypt.as_str()), (":1", "h:2", "k", "salsa20"));
     assert_eq!(
         (s.datashard, s.parityshard, s.nocomp, s.qpp, s.qpp_count, s.conn, s.smuxver),
         (5, 2, true, true, 7, 4, 1)
@@ -134,4 +131,14 @@ fn port_ranges_expand_and_bad_ones_are_refused() {
     let plan = kcpgate::runtime::Plan::new(s);
     let addrs: Vec<String> = plan.listen_addrs().unwrap().iter().map(ToString::to_string).collect();
     assert_eq!(addrs, ["127.0.0.1:4000", "127.0.0.1:4001", "127.0.0.1:4002"]);
+}
+
+#[test]
+fn secrets_never_show_in_debug_output() {
+    let args = ["-key", "hunter2-key", "-admin-token", "hunter2-token"].map(String::from);
+    let s = Settings::parse(Role::Server, args).unwrap();
+    let shown = format!("{s:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("key: (redacted)") && shown.contains("admin_token: (redacted)"), "{shown}");
+    assert_eq!((&*s.key, &*s.admin_token), ("hunter2-key", "hunter2-token"), "the values themselves are kept");
 }
