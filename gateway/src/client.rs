@@ -13,7 +13,7 @@ use tracing::{debug, info, warn};
 
 use crate::control::{Event, Query, SessionInfo};
 use crate::runtime::{random_seed, split_port_range, Plan, Tuning};
-use crate::tunnel::{now_ms, run_stream, FromStream};
+use crate::tunnel::{now_ms, run_stream, FromStream, Tunnel};
 use crate::udp::BatchSocket;
 
 /// A session slot: where to hand new connections, and when it stops taking them.
@@ -165,9 +165,9 @@ async fn session(
         s.max_conn = 1;
         s
     };
-    let end = |reason: String, dialer: &Dialer<SocketAddr>, inbox| {
+    let end = |reason: String, dialer: &Dialer<SocketAddr>, inbox, tunnel: Tunnel| {
         plan.registry.retire(inbox, totals(dialer));
-        plan.registry.closed(Event::SessionClosed { id, conv, remote, reason });
+        tunnel.end(&plan.registry, remote, conv, reason);
     };
     let mut kicked: Option<String> = None;
     loop {
@@ -182,8 +182,7 @@ async fn session(
         }
         if force_close.is_some_and(|ttl| start.elapsed() >= ttl) {
             info!(%remote, streams = tunnel.stream_count(), "session expired and closed");
-            tunnel.stop_streams();
-            end("expired (-autoexpire, -scavengettl)".into(), &dialer, inbox);
+            end("expired (-autoexpire, -scavengettl)".into(), &dialer, inbox, tunnel);
             return;
         }
         let until_close = force_close.map(|ttl| ttl.saturating_sub(start.elapsed()).as_millis() as u64);
@@ -228,7 +227,6 @@ async fn session(
                     if wanted == id && kicked.is_none() {
                         info!(%remote, id, %reason, "session kicked");
                         tunnel.close_all(now, &mut dialer.connection);
-                        dialer.connection.flush(now);
                         kicked = Some(reason);
                     }
                     let _ = done.send(wanted == id);
@@ -250,18 +248,17 @@ async fn session(
         }
         dialer.connection.clear_transmits();
         if let Some(reason) = kicked {
-            end(format!("kicked: {reason}"), &dialer, inbox);
+            end(format!("kicked: {reason}"), &dialer, inbox, tunnel);
             return;
         }
         if let Err(e) = result {
             warn!(%remote, "session closed: {e}");
-            tunnel.stop_streams();
-            end(e.to_string(), &dialer, inbox);
+            end(e.to_string(), &dialer, inbox, tunnel);
             return;
         }
         if !accepting && tunnel.stream_count() == 0 {
             info!(%remote, "session retired");
-            end("retired: no streams left and no new connections".into(), &dialer, inbox);
+            end("retired: no streams left and no new connections".into(), &dialer, inbox, tunnel);
             return;
         }
     }

@@ -23,6 +23,16 @@ pub enum Role {
     Client,
 }
 
+impl Role {
+    /// The subcommand's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Server => "server",
+            Role::Client => "client",
+        }
+    }
+}
+
 /// Everything a kcptun server or client is configured with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -321,8 +331,7 @@ pub fn normalize_args(role: Role, args: impl IntoIterator<Item = String>) -> Vec
 impl Settings {
     /// Parses a command line of `role` (without the program and subcommand names).
     pub fn parse(role: Role, args: impl IntoIterator<Item = String>) -> Result<Settings, clap::Error> {
-        let argv = std::iter::once(format!("kcpgate {}", if role == Role::Server { "server" } else { "client" }))
-            .chain(normalize_args(role, args));
+        let argv = std::iter::once(format!("kcpgate {}", role.name())).chain(normalize_args(role, args));
         let m = command(role).try_get_matches_from(argv)?;
         Ok(Settings::from_matches(role, &m))
     }

@@ -183,16 +183,10 @@ impl SocketTask {
                     while self.listener.accept().is_some() {}
                     for (addr, old) in self.listener.take_closed() {
                         self.retired.accumulate(&old.snmp());
-                        if let Some(mut t) = self.tunnels.remove(&addr) {
-                            t.stop_streams();
-                            self.schedule.set(addr, None);
+                        self.schedule.set(addr, None);
+                        if let Some(t) = self.tunnels.remove(&addr) {
                             let reason = "replaced: the peer started a new session".into();
-                            self.plan.registry.closed(Event::SessionClosed {
-                                id: t.meta.id,
-                                conv: old.conv(),
-                                remote: addr,
-                                reason,
-                            });
+                            t.end(&self.plan.registry, addr, old.conv(), reason);
                         }
                     }
                     self.retired.max_conn = self.retired.max_conn.max(self.listener.len() as u64);
@@ -210,7 +204,7 @@ impl SocketTask {
         }
     }
 
-    /// Removes a session for good (its stream tasks end as their channels close).
+    /// Removes a session for good; its stream tasks stop.
     fn close(&mut self, addr: SocketAddr, reason: String, hold_ms: Option<u32>) {
         self.schedule.set(addr, None);
         let now = elapsed_ms(self.start) as u32;
@@ -221,10 +215,8 @@ impl SocketTask {
         if let Some(conn) = &conn {
             self.retired.accumulate(&conn.snmp());
         }
-        if let Some(mut t) = self.tunnels.remove(&addr) {
-            t.stop_streams();
-            let conv = conn.as_ref().map_or(0, Connection::conv);
-            self.plan.registry.closed(Event::SessionClosed { id: t.meta.id, conv, remote: addr, reason });
+        if let Some(t) = self.tunnels.remove(&addr) {
+            t.end(&self.plan.registry, addr, conn.as_ref().map_or(0, Connection::conv), reason);
         }
     }
 
@@ -261,7 +253,6 @@ impl SocketTask {
                     let now_abs = elapsed_ms(self.start);
                     if let (Some(t), Some(conn)) = (self.tunnels.get_mut(&addr), self.listener.session_mut(&addr)) {
                         t.close_all(now_abs as u32, conn);
-                        conn.flush(now_abs as u32);
                         if let Err(e) = self.socket.send_all(addr, conn.transmits()).await {
                             debug!(remote = %addr, "send failed: {e}");
                         }

@@ -26,7 +26,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
-use crate::control::{SessionMeta, StreamInfo};
+use crate::control::{self, Registry, SessionMeta, StreamInfo};
 
 /// Bytes read from TCP (or smux) per step.
 pub const CHUNK: usize = 16 * 1024;
@@ -232,13 +232,21 @@ impl Tunnel {
     }
 
     /// Closes every stream: FIN to the peer (its applications see their connections
-    /// end), then [`Tunnel::stop_streams`]. The frames go to `conn`; flush it.
+    /// end), then [`Tunnel::stop_streams`]. The frames are flushed into `conn`'s
+    /// transmits; the caller sends them.
     pub fn close_all(&mut self, now: u32, conn: &mut Connection) {
         for &sid in self.links.keys() {
             let _ = self.stack.stream_close(sid);
         }
         self.stop_streams();
         let _ = self.stack.pump(now, conn);
+        conn.flush(now);
+    }
+
+    /// The session is gone: its stream tasks stop, and event subscribers hear why.
+    pub fn end(mut self, registry: &Registry, remote: std::net::SocketAddr, conv: u32, reason: String) {
+        self.stop_streams();
+        registry.closed(control::Event::SessionClosed { id: self.meta.id, conv, remote, reason });
     }
 
     /// A message from stream `sid`'s task.

@@ -300,7 +300,7 @@ snmp_counters!(
 /// Per-second rates since an earlier reading of the counters: over the last 10 s
 /// when the API was read in that time, else since the last reading in the last
 /// minute; all 0 (window 0) on a first reading.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Default, Serialize, ToSchema)]
 #[schema(example = json!({"window_seconds": 10.0, "bytes_in_per_second": 183211.5, "bytes_out_per_second": 992174.0, "packets_in_per_second": 1560.2, "packets_out_per_second": 1023.3, "retrans_per_second": 4.1, "sessions_opened_per_second": 0.2}))]
 pub struct Rates {
     /// The seconds the rates are averaged over.
@@ -411,11 +411,7 @@ fn process_stats(state: &super::AdminState) -> ProcessStats {
     });
     ProcessStats {
         version: env!("CARGO_PKG_VERSION").into(),
-        role: match state.plan.settings.role {
-            Role::Server => "server",
-            Role::Client => "client",
-        }
-        .into(),
+        role: state.plan.settings.role.name().into(),
         uptime_seconds: state.started.elapsed().as_secs_f64(),
         rss_bytes: rss_pages * page,
         cpu_seconds,
@@ -449,10 +445,10 @@ impl Sampler {
         if samples.back().is_none_or(|(at, _)| now.duration_since(*at) >= SAMPLE_SPACING) {
             samples.push_back((now, *snmp));
         }
-        let Some((at, first)) = base else { return Rates::zero() };
+        let Some((at, first)) = base else { return Rates::default() };
         let secs = now.duration_since(at).as_secs_f64();
         if secs <= 0.0 {
-            return Rates::zero();
+            return Rates::default();
         }
         let rate = |f: fn(&Snmp) -> u64| f(snmp).saturating_sub(f(&first)) as f64 / secs;
         Rates {
@@ -463,20 +459,6 @@ impl Sampler {
             packets_out_per_second: rate(|s| s.out_pkts),
             retrans_per_second: rate(|s| s.retrans_segs),
             sessions_opened_per_second: rate(|s| s.passive_opens + s.active_opens),
-        }
-    }
-}
-
-impl Rates {
-    fn zero() -> Rates {
-        Rates {
-            window_seconds: 0.0,
-            bytes_in_per_second: 0.0,
-            bytes_out_per_second: 0.0,
-            packets_in_per_second: 0.0,
-            packets_out_per_second: 0.0,
-            retrans_per_second: 0.0,
-            sessions_opened_per_second: 0.0,
         }
     }
 }
@@ -538,11 +520,7 @@ pub struct RunningConfig {
 fn running_config(state: &super::AdminState) -> RunningConfig {
     let s = &state.plan.settings;
     RunningConfig {
-        role: match s.role {
-            Role::Server => "server",
-            Role::Client => "client",
-        }
-        .into(),
+        role: s.role.name().into(),
         listen: s.listen.clone(),
         target: s.target.clone(),
         key: "(redacted)".into(),
