@@ -9,12 +9,14 @@
 #![forbid(unsafe_code)]
 
 pub mod crypto;
+pub mod endpoint;
 pub mod fec;
 pub mod kcp;
 pub mod listener;
 pub mod pacer;
 pub mod pipeline;
 pub mod qpp;
+pub mod session;
 pub mod smux;
 pub mod snappy;
 pub mod snmp;

@@ -1,8 +1,9 @@
 //! Which datagram belongs to which session (PROTOCOL.md §4.7), sans-IO.
 //!
 //! [`Listener`] is kcp-go's listener without the socket: one table from remote
-//! address to [`Connection`], the rule for which datagram may create a session, and
-//! the accept backlog. [`Dialer`] is the client side: one session that only listens
+//! address to session (a bare [`Connection`], or anything built around one, see
+//! [`Routed`]), the rule for which datagram may create a session, and the accept
+//! backlog. A listener that does not accept holds dialled sessions only. [`Dialer`] is the client side: one session that only listens
 //! to the address it dialled. Addresses are any hashable type (a `SocketAddr` in the
 //! gateway), so the rules can be driven and tested without sockets.
 
@@ -49,6 +50,9 @@ pub enum Drop {
     /// its old conversation id: the peer has not noticed yet, and its datagrams must
     /// not bring the session back.
     Closed,
+    /// From an address with no session while the listener takes no new ones (a
+    /// client, or a server that is draining or at its session limit).
+    NotAccepting,
 }
 
 /// What [`Listener::handle_datagram`] did with a datagram.
@@ -77,6 +81,7 @@ pub struct ListenerStats {
     pub conv_mismatch: u64,
     pub backlog_full: u64,
     pub closed: u64,
+    pub not_accepting: u64,
     pub created: u64,
     pub replaced: u64,
 }
@@ -92,6 +97,7 @@ impl ListenerStats {
             Drop::ConvMismatch => &mut self.conv_mismatch,
             Drop::BacklogFull => &mut self.backlog_full,
             Drop::Closed => &mut self.closed,
+            Drop::NotAccepting => &mut self.not_accepting,
         } += 1;
     }
 
@@ -104,6 +110,7 @@ impl ListenerStats {
             + self.conv_mismatch
             + self.backlog_full
             + self.closed
+            + self.not_accepting
     }
 }
 
@@ -135,23 +142,59 @@ fn conv_of(plain: &[u8]) -> Option<(u32, u32)> {
     }
 }
 
+/// What a listener's table holds: a session built around one [`Connection`].
+pub trait Routed {
+    /// The session's conversation id.
+    fn conv(&self) -> u32;
+    /// Takes one datagram whose crypto layer the listener already removed.
+    fn handle_plain(&mut self, now: u32, plain: &[u8]);
+    /// The session's counters.
+    fn snmp(&self) -> Snmp;
+}
+
+impl Routed for Connection {
+    fn conv(&self) -> u32 {
+        Connection::conv(self)
+    }
+
+    fn handle_plain(&mut self, now: u32, plain: &[u8]) {
+        Connection::handle_plain(self, now, plain)
+    }
+
+    fn snmp(&self) -> Snmp {
+        Connection::snmp(self)
+    }
+}
+
 /// The server side's session table. See the module docs.
-pub struct Listener<A> {
+pub struct Listener<A, S = Connection> {
     crypto: Arc<PacketCrypto>,
     config: SessionConfig,
-    sessions: HashMap<A, Connection>,
+    sessions: HashMap<A, S>,
     backlog: VecDeque<A>,
     seeds: NonceSource,
-    closed: Vec<(A, Connection)>,
+    closed: Vec<(A, S)>,
+    accepting: bool,
     /// Sessions closed by the application: address → (conversation, refused until).
     refused: HashMap<A, (u32, u32)>,
     pub stats: ListenerStats,
 }
 
-impl<A: Clone + Eq + Hash> Listener<A> {
+impl<A: Clone + Eq + Hash> Listener<A, Connection> {
+    /// Routes one datagram from `from`; it is decrypted in place.
+    pub fn handle_datagram(&mut self, now: u32, from: &A, datagram: &mut [u8]) -> Outcome {
+        self.handle_datagram_with(now, from, datagram, |conn| conn)
+    }
+}
+
+impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
     /// A listener whose sessions use `config` over `crypto`. `seed` seeds the CSPRNG
     /// that seeds each session's nonces (take it from the OS).
-    pub fn new(config: SessionConfig, crypto: Arc<PacketCrypto>, seed: [u8; 32]) -> Result<Listener<A>, ConfigError> {
+    pub fn new(
+        config: SessionConfig,
+        crypto: Arc<PacketCrypto>,
+        seed: [u8; 32],
+    ) -> Result<Listener<A, S>, ConfigError> {
         config.kcp_config(&crypto)?;
         Ok(Listener {
             crypto,
@@ -160,9 +203,15 @@ impl<A: Clone + Eq + Hash> Listener<A> {
             backlog: VecDeque::new(),
             seeds: NonceSource::from_seed(seed),
             closed: Vec::new(),
+            accepting: true,
             refused: HashMap::new(),
             stats: ListenerStats::default(),
         })
+    }
+
+    /// Settings for sessions created from now on.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
     }
 
     /// Settings for sessions created from now on.
@@ -170,8 +219,25 @@ impl<A: Clone + Eq + Hash> Listener<A> {
         &mut self.config
     }
 
-    /// Routes one datagram from `from`; it is decrypted in place.
-    pub fn handle_datagram(&mut self, now: u32, from: &A, datagram: &mut [u8]) -> Outcome {
+    /// Whether datagrams from new addresses may open sessions (and a restarted peer
+    /// replace its session). Off, they are dropped as [`Drop::NotAccepting`].
+    pub fn set_accepting(&mut self, accepting: bool) {
+        self.accepting = accepting;
+    }
+
+    pub fn is_accepting(&self) -> bool {
+        self.accepting
+    }
+
+    /// Routes one datagram from `from`; it is decrypted in place. A new session is
+    /// the [`Connection`] the listener creates, wrapped by `make`.
+    pub fn handle_datagram_with(
+        &mut self,
+        now: u32,
+        from: &A,
+        datagram: &mut [u8],
+        make: impl FnOnce(Connection) -> S,
+    ) -> Outcome {
         let plain = match self.crypto.open(datagram) {
             Ok(range) => &datagram[range],
             Err(OpenError::TooShort) => return self.drop(Drop::TooShort),
@@ -185,7 +251,7 @@ impl<A: Clone + Eq + Hash> Listener<A> {
         if let Some(session) = self.sessions.get_mut(from) {
             match announced {
                 Some((conv, sn)) if conv != session.conv() => {
-                    if sn != 0 {
+                    if sn != 0 || !self.accepting {
                         return self.drop(Drop::ConvMismatch);
                     }
                     if !may_open_session(plain) {
@@ -203,6 +269,9 @@ impl<A: Clone + Eq + Hash> Listener<A> {
                 }
             }
         }
+        if !self.accepting {
+            return self.drop(Drop::NotAccepting);
+        }
         let Some((conv, _)) = announced else { return self.drop(Drop::NoConv) };
         if let Some(&(closed_conv, until)) = self.refused.get(from) {
             if conv == closed_conv && crate::kcp::diff(now, until) < 0 {
@@ -216,15 +285,32 @@ impl<A: Clone + Eq + Hash> Listener<A> {
         if self.backlog.len() >= ACCEPT_BACKLOG {
             return self.drop(Drop::BacklogFull);
         }
-        let mut seed = [0u8; 32];
-        self.seeds.fill(&mut seed);
-        let mut session =
-            Connection::new(conv, &self.config, self.crypto.clone(), seed).expect("config validated in Listener::new");
+        let mut session = make(self.new_connection(conv));
         session.handle_plain(now, plain);
         self.sessions.insert(from.clone(), session);
         self.backlog.push_back(from.clone());
         self.stats.created += 1;
         outcome
+    }
+
+    fn new_connection(&mut self, conv: u32) -> Connection {
+        let mut seed = [0u8; 32];
+        self.seeds.fill(&mut seed);
+        Connection::new(conv, &self.config, self.crypto.clone(), seed).expect("config validated in Listener::new")
+    }
+
+    /// Dials `remote`: a session with a random conversation id, built by `make` and
+    /// held in the table like an accepted one (but never in the accept backlog).
+    /// Returns false, and makes nothing, when `remote` has a session already.
+    pub fn dial(&mut self, remote: A, make: impl FnOnce(Connection) -> S) -> bool {
+        if self.sessions.contains_key(&remote) {
+            return false;
+        }
+        let mut conv = [0u8; 4];
+        self.seeds.fill(&mut conv);
+        let session = make(self.new_connection(u32::from_le_bytes(conv)));
+        self.sessions.insert(remote, session);
+        true
     }
 
     fn drop(&mut self, drop: Drop) -> Outcome {
@@ -242,15 +328,19 @@ impl<A: Clone + Eq + Hash> Listener<A> {
         self.backlog.len()
     }
 
-    pub fn session(&self, addr: &A) -> Option<&Connection> {
+    pub fn session(&self, addr: &A) -> Option<&S> {
         self.sessions.get(addr)
     }
 
-    pub fn session_mut(&mut self, addr: &A) -> Option<&mut Connection> {
+    pub fn session_mut(&mut self, addr: &A) -> Option<&mut S> {
         self.sessions.get_mut(addr)
     }
 
-    pub fn sessions_mut(&mut self) -> impl Iterator<Item = (&A, &mut Connection)> {
+    pub fn sessions(&self) -> impl Iterator<Item = (&A, &S)> {
+        self.sessions.iter()
+    }
+
+    pub fn sessions_mut(&mut self) -> impl Iterator<Item = (&A, &mut S)> {
         self.sessions.iter_mut()
     }
 
@@ -263,7 +353,7 @@ impl<A: Clone + Eq + Hash> Listener<A> {
     }
 
     /// Removes a session (the application closed it). Nothing is sent to the peer.
-    pub fn remove(&mut self, addr: &A) -> Option<Connection> {
+    pub fn remove(&mut self, addr: &A) -> Option<S> {
         self.backlog.retain(|a| a != addr);
         self.sessions.remove(addr)
     }
@@ -272,7 +362,7 @@ impl<A: Clone + Eq + Hash> Listener<A> {
     /// `hold_ms` its peer's datagrams with the old conversation id are dropped
     /// ([`Drop::Closed`]) instead of opening a session that would only hold stale
     /// state; a new conversation from the same address is welcome at once.
-    pub fn close(&mut self, addr: &A, now: u32, hold_ms: u32) -> Option<Connection> {
+    pub fn close(&mut self, addr: &A, now: u32, hold_ms: u32) -> Option<S> {
         let session = self.remove(addr)?;
         if self.refused.len() >= MAX_REFUSED {
             self.refused.retain(|_, &mut (_, until)| crate::kcp::diff(now, until) < 0);
@@ -285,7 +375,7 @@ impl<A: Clone + Eq + Hash> Listener<A> {
 
     /// Sessions replaced by a restarted peer since the last call, for the caller to
     /// tear down (their streams end).
-    pub fn take_closed(&mut self) -> Vec<(A, Connection)> {
+    pub fn take_closed(&mut self) -> Vec<(A, S)> {
         core::mem::take(&mut self.closed)
     }
 

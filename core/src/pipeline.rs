@@ -275,6 +275,18 @@ impl Connection {
         kcp.transmits().iter().chain(parity.iter())
     }
 
+    /// The `i`-th datagram of [`Connection::transmits`], if there are that many.
+    pub fn transmit(&mut self, i: usize) -> Option<&[u8]> {
+        let Connection { kcp, parity, .. } = self;
+        let own = kcp.transmits();
+        if i < own.len() {
+            Some(own.get(i))
+        } else {
+            let i = i - own.len();
+            (i < parity.len()).then(|| parity.get(i))
+        }
+    }
+
     pub fn has_transmits(&mut self) -> bool {
         !self.kcp.transmits().is_empty() || !self.parity.is_empty()
     }

@@ -3,6 +3,7 @@
 
 pub mod counting;
 pub mod netsim;
+pub mod pair;
 pub mod vectors;
 
 use std::sync::Arc;

@@ -1,0 +1,623 @@
+//! Whole kcptun sessions behind a few verbs, sans-IO: what a server or a client
+//! runs over its sockets.
+//!
+//! An [`Endpoint`] owns every session of one socket (or of any datagram source):
+//! the listener's rules for who may open a session, each session's datagram
+//! pipeline and stream layers, and each stream's lifecycle. It is generic over the
+//! peer address `A` (a `SocketAddr` for UDP, a handle for another transport, `()`
+//! for a single dialled session). The caller owns the clock and the I/O; a driver
+//! is one loop:
+//!
+//! 1. hand every received datagram to [`Endpoint::handle_datagram`];
+//! 2. at the deadline [`Endpoint::poll_timeout`] gave, call
+//!    [`Endpoint::handle_timeout`];
+//! 3. act on every [`Endpoint::poll_event`] (a stream opened or readable: read it;
+//!    writable: write what waited), using the stream verbs ([`Endpoint::read`],
+//!    [`Endpoint::write`], [`Endpoint::finish`], [`Endpoint::reset`]);
+//! 4. send every [`Endpoint::poll_transmit`];
+//! 5. sleep until input or the next [`Endpoint::poll_timeout`] (`None`: no timer
+//!    at all, idle sessions cost nothing).
+//!
+//! Work is deferred until events or transmits are taken, so a batch of datagrams
+//! for one session is processed in one pass.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::hash::Hash;
+use std::sync::Arc;
+
+use foldhash::{HashMap, HashMapExt};
+
+use crate::crypto::PacketCrypto;
+use crate::kcp::diff;
+use crate::listener::{Listener, ListenerStats, Outcome, Routed};
+use crate::pipeline::{ConfigError, Connection, SessionConfig};
+use crate::session::{Session, SessionEnd, StreamConfig, StreamEvent};
+use crate::smux::{Read, Role, StreamError};
+use crate::snmp::Snmp;
+
+/// An endpoint's name for one of its sessions; never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+impl core::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Settings of every session an endpoint makes.
+#[derive(Debug, Clone)]
+pub struct EndpointConfig {
+    /// Crypto, FEC and KCP settings (run-time changes apply to new sessions).
+    pub session: SessionConfig,
+    /// snappy, smux, QPP and the close-wait.
+    pub streams: StreamConfig,
+}
+
+/// What the application should act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event<A> {
+    /// A session opened: a peer's first datagram (server), or [`Endpoint::connect`].
+    SessionOpened { id: SessionId, remote: A, conv: u32 },
+    /// A session ended; its streams were reported closed just before.
+    SessionClosed { id: SessionId, remote: A, conv: u32, reason: SessionEnd },
+    /// Something about one of a session's streams.
+    Stream { id: SessionId, event: StreamEvent },
+}
+
+/// Datagrams for one destination, written into the caller's buffer by
+/// [`Endpoint::poll_transmit`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit<A> {
+    pub destination: A,
+    /// Bytes written.
+    pub size: usize,
+    /// With several datagrams: the size of each but the last, which may be
+    /// shorter (the shape UDP segmentation offload sends in one call).
+    pub segment_size: Option<usize>,
+}
+
+struct Entry {
+    id: SessionId,
+    session: Session,
+    /// In the endpoint's work list.
+    queued: bool,
+    /// In the endpoint's list of sessions with datagrams to send.
+    sending: bool,
+}
+
+impl Routed for Entry {
+    fn conv(&self) -> u32 {
+        self.session.conv()
+    }
+
+    fn handle_plain(&mut self, now: u32, plain: &[u8]) {
+        self.session.handle_plain(now, plain);
+    }
+
+    fn snmp(&self) -> Snmp {
+        self.session.snmp()
+    }
+}
+
+/// Sessions of one datagram source. See the module docs.
+pub struct Endpoint<A> {
+    role: Role,
+    listener: Listener<A, Entry>,
+    streams: StreamConfig,
+    ids: HashMap<SessionId, A>,
+    next_id: u64,
+    /// Sessions touched since they were last driven.
+    work: Vec<A>,
+    /// Sessions that may have datagrams to send, in turn.
+    sending: VecDeque<A>,
+    /// Ended sessions whose last datagrams were not all taken yet.
+    closing: VecDeque<(A, Session)>,
+    events: VecDeque<Event<A>>,
+    schedule: Schedule<A>,
+    clock: Clock,
+    /// Counters of sessions already gone.
+    retired: Snmp,
+    opened: u64,
+    most_open: u64,
+}
+
+impl<A: Clone + Eq + Hash> Endpoint<A> {
+    /// An endpoint in `role`: a server accepts sessions, a client only dials them.
+    /// `seed` seeds every session's conversation id and nonces (take it from the OS).
+    pub fn new(
+        role: Role,
+        config: EndpointConfig,
+        crypto: Arc<PacketCrypto>,
+        seed: [u8; 32],
+    ) -> Result<Endpoint<A>, ConfigError> {
+        let mut listener = Listener::new(config.session, crypto, seed)?;
+        listener.set_accepting(role == Role::Server);
+        Ok(Endpoint {
+            role,
+            listener,
+            streams: config.streams,
+            ids: HashMap::new(),
+            next_id: 1,
+            work: Vec::new(),
+            sending: VecDeque::new(),
+            closing: VecDeque::new(),
+            events: VecDeque::new(),
+            schedule: Schedule::default(),
+            clock: Clock::default(),
+            retired: Snmp::default(),
+            opened: 0,
+            most_open: 0,
+        })
+    }
+
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Settings for sessions opened from now on.
+    pub fn session_config_mut(&mut self) -> &mut SessionConfig {
+        self.listener.config_mut()
+    }
+
+    /// Whether peers may open sessions (a server's default). A draining server, or
+    /// one at its session limit, turns it off; open sessions carry on.
+    pub fn set_accepting(&mut self, accepting: bool) {
+        self.listener.set_accepting(accepting && self.role == Role::Server);
+    }
+
+    /// Opens a session to `remote` at `now`; `None` when one to `remote` is open.
+    pub fn connect(&mut self, now: u32, remote: A) -> Option<SessionId> {
+        self.clock.set(now);
+        let id = SessionId(self.next_id);
+        let (role, streams) = (self.role, self.streams.clone());
+        let make = |conn: Connection| Entry::new(id, Session::new(conn, role, streams, now));
+        if !self.listener.dial(remote.clone(), make) {
+            return None;
+        }
+        self.opened(id, remote);
+        Some(id)
+    }
+
+    /// Takes one datagram from `from` at `now`; it is decrypted in place. Tells what
+    /// became of it (bad datagrams are dropped and counted).
+    pub fn handle_datagram(&mut self, now: u32, from: &A, datagram: &mut [u8]) -> Outcome {
+        self.clock.set(now);
+        let id = SessionId(self.next_id);
+        let (role, streams) = (self.role, self.streams.clone());
+        let make = |conn: Connection| Entry::new(id, Session::new(conn, role, streams, now));
+        let outcome = self.listener.handle_datagram_with(now, from, datagram, make);
+        match outcome {
+            Outcome::Created | Outcome::Replaced { .. } => {
+                while self.listener.accept().is_some() {}
+                for (addr, old) in self.listener.take_closed() {
+                    let mut session = old.session;
+                    session.replaced();
+                    session.clear_transmits(); // for a conversation the peer abandoned
+                    self.ended(old.id, addr, session);
+                }
+                self.opened(id, from.clone());
+            }
+            Outcome::Delivered => self.touch(from),
+            Outcome::Dropped(_) => {}
+        }
+        outcome
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: u32) {
+        self.clock.set(now);
+        let now_abs = self.clock.abs(now);
+        while let Some(addr) = self.schedule.pop_due(now_abs) {
+            if let Some(entry) = self.listener.session_mut(&addr) {
+                entry.session.handle_timeout(now);
+                self.touch(&addr);
+            }
+        }
+    }
+
+    /// When [`Endpoint::handle_timeout`] wants to run next; `None` while every
+    /// session is idle.
+    pub fn poll_timeout(&mut self) -> Option<u32> {
+        self.settle();
+        self.schedule.next().map(|at| self.clock.wrap(at))
+    }
+
+    /// The next thing the application should act on.
+    pub fn poll_event(&mut self) -> Option<Event<A>> {
+        self.settle();
+        self.events.pop_front()
+    }
+
+    /// Writes up to `max_datagrams` datagrams for one destination into `buf` (which
+    /// is cleared first): all the size of the first but the last, which may be
+    /// shorter. `None` when nothing is left to send.
+    pub fn poll_transmit(&mut self, now: u32, max_datagrams: usize, buf: &mut Vec<u8>) -> Option<Transmit<A>> {
+        self.clock.set(now);
+        self.settle();
+        buf.clear();
+        while let Some((addr, session)) = self.closing.front_mut() {
+            if let Some(t) = fill(session, addr, max_datagrams, buf) {
+                return Some(t);
+            }
+            self.closing.pop_front();
+        }
+        while let Some(addr) = self.sending.front() {
+            if let Some(entry) = self.listener.session_mut(addr) {
+                if let Some(t) = fill(&mut entry.session, addr, max_datagrams, buf) {
+                    return Some(t);
+                }
+                entry.sending = false;
+            }
+            self.sending.pop_front();
+        }
+        None
+    }
+
+    /// Opens a stream in session `id` (a client's new connection). Data may be
+    /// written at once.
+    pub fn open_stream(&mut self, now: u32, id: SessionId) -> Result<u32, StreamError> {
+        self.clock.set(now);
+        let (addr, session) = self.session_of(id)?;
+        let sid = session.open_stream(now).map_err(StreamError::Session)?;
+        self.touch(&addr);
+        Ok(sid)
+    }
+
+    /// Reads from a stream: see [`Session::read`].
+    pub fn read(&mut self, now: u32, id: SessionId, sid: u32, buf: &mut [u8]) -> Result<Read, StreamError> {
+        self.clock.set(now);
+        let (addr, session) = self.session_of(id)?;
+        let read = session.read(now, sid, buf);
+        if matches!(read, Ok(Read::Data(_) | Read::Eof)) {
+            self.touch(&addr);
+        }
+        read
+    }
+
+    /// Writes to a stream: see [`Session::write`].
+    pub fn write(&mut self, id: SessionId, sid: u32, data: &[u8]) -> Result<usize, StreamError> {
+        let (addr, session) = self.session_of(id)?;
+        let n = session.write(sid, data)?;
+        if n > 0 {
+            self.touch(&addr);
+        }
+        Ok(n)
+    }
+
+    /// Ends our direction of a stream: see [`Session::finish`].
+    pub fn finish(&mut self, now: u32, id: SessionId, sid: u32) -> Result<(), StreamError> {
+        self.clock.set(now);
+        let (addr, session) = self.session_of(id)?;
+        session.finish(now, sid)?;
+        self.touch(&addr);
+        Ok(())
+    }
+
+    /// Ends a stream at once: see [`Session::reset`].
+    pub fn reset(&mut self, id: SessionId, sid: u32) -> Result<(), StreamError> {
+        let (addr, session) = self.session_of(id)?;
+        session.reset(sid)?;
+        self.touch(&addr);
+        Ok(())
+    }
+
+    /// Bytes a [`Endpoint::read`] of the stream would return now.
+    pub fn readable_bytes(&self, id: SessionId, sid: u32) -> usize {
+        self.session(id).map_or(0, |(_, s)| s.readable_bytes(sid))
+    }
+
+    /// Closes session `id` (an operator's kick): every stream gets a FIN, sent with
+    /// the next transmits, then the session is gone. With `hold_ms`, datagrams of
+    /// its old conversation are refused that long, so the peer cannot bring it
+    /// back. False if there is no such session.
+    pub fn close_session(&mut self, now: u32, id: SessionId, hold_ms: Option<u32>) -> bool {
+        self.clock.set(now);
+        let Some(addr) = self.ids.get(&id).cloned() else { return false };
+        let entry = match hold_ms {
+            Some(hold) => self.listener.close(&addr, now, hold),
+            None => self.listener.remove(&addr),
+        };
+        let Some(mut entry) = entry else { return false };
+        entry.session.close(now);
+        self.ended(id, addr, entry.session);
+        true
+    }
+
+    /// One session and its peer's address.
+    pub fn session(&self, id: SessionId) -> Option<(&A, &Session)> {
+        let addr = self.ids.get(&id)?;
+        Some((addr, &self.listener.session(addr)?.session))
+    }
+
+    /// Every open session, in no particular order.
+    pub fn sessions(&self) -> impl Iterator<Item = (SessionId, &A, &Session)> + '_ {
+        self.listener.sessions().map(|(addr, e)| (e.id, addr, &e.session))
+    }
+
+    /// The session of a peer address.
+    pub fn session_id(&self, addr: &A) -> Option<SessionId> {
+        self.listener.session(addr).map(|e| e.id)
+    }
+
+    /// Open sessions.
+    pub fn len(&self) -> usize {
+        self.listener.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.listener.is_empty()
+    }
+
+    /// Datagrams dropped before any session saw them, by reason.
+    pub fn listener_stats(&self) -> &ListenerStats {
+        &self.listener.stats
+    }
+
+    /// kcp-go's SNMP counters over every session, open and gone.
+    pub fn snmp(&self) -> Snmp {
+        let mut totals = self.listener.snmp();
+        totals.accumulate(&self.retired);
+        match self.role {
+            Role::Server => totals.passive_opens = self.opened,
+            Role::Client => totals.active_opens = self.opened,
+        }
+        totals.in_errs += self.listener.stats.not_accepting;
+        totals.curr_estab = self.listener.len() as u64;
+        totals.max_conn = self.most_open;
+        totals
+    }
+
+    fn session_of(&mut self, id: SessionId) -> Result<(A, &mut Session), StreamError> {
+        let addr = self.ids.get(&id).ok_or(StreamError::NoSuchStream)?;
+        let entry = self.listener.session_mut(addr).ok_or(StreamError::NoSuchStream)?;
+        Ok((addr.clone(), &mut entry.session))
+    }
+
+    fn opened(&mut self, id: SessionId, remote: A) {
+        self.next_id += 1;
+        self.opened += 1;
+        self.most_open = self.most_open.max(self.listener.len() as u64);
+        self.ids.insert(id, remote.clone());
+        let conv = self.listener.session(&remote).map_or(0, Routed::conv);
+        self.events.push_back(Event::SessionOpened { id, remote: remote.clone(), conv });
+        self.touch(&remote);
+    }
+
+    /// A session is over: its events go out, its last datagrams wait in `closing`.
+    fn ended(&mut self, id: SessionId, addr: A, mut session: Session) {
+        self.ids.remove(&id);
+        self.schedule.forget(&addr);
+        while let Some(event) = session.poll_event() {
+            self.events.push_back(Event::Stream { id, event });
+        }
+        self.retired.accumulate(&session.snmp());
+        let reason = session.ended().unwrap_or(SessionEnd::Closed);
+        self.events.push_back(Event::SessionClosed { id, remote: addr.clone(), conv: session.conv(), reason });
+        if session.peek_transmit_len().is_some() {
+            self.closing.push_back((addr, session));
+        }
+    }
+
+    /// Notes that a session has work to do before events or transmits are taken.
+    fn touch(&mut self, addr: &A) {
+        if let Some(entry) = self.listener.session_mut(addr) {
+            if !entry.queued {
+                entry.queued = true;
+                self.work.push(addr.clone());
+            }
+        }
+    }
+
+    /// Drives every touched session: moves its bytes, collects its events, queues
+    /// its datagrams, schedules its next timer, and retires it if it ended.
+    fn settle(&mut self) {
+        let now = self.clock.now;
+        while let Some(addr) = self.work.pop() {
+            let Some(entry) = self.listener.session_mut(&addr) else { continue };
+            entry.queued = false;
+            entry.session.drive(now);
+            let id = entry.id;
+            while let Some(event) = entry.session.poll_event() {
+                self.events.push_back(Event::Stream { id, event });
+            }
+            if !entry.sending && entry.session.peek_transmit_len().is_some() {
+                entry.sending = true;
+                self.sending.push_back(addr.clone());
+            }
+            if entry.session.ended().is_some() {
+                let entry = self.listener.remove(&addr).expect("present");
+                self.ended(id, addr, entry.session);
+                continue;
+            }
+            let due = entry.session.poll_timeout().map(|d| self.clock.abs(d));
+            self.schedule.set(addr, due);
+        }
+    }
+}
+
+impl Entry {
+    fn new(id: SessionId, session: Session) -> Entry {
+        Entry { id, session, queued: false, sending: false }
+    }
+}
+
+/// Copies a session's next datagrams for `addr` into `buf` (see
+/// [`Endpoint::poll_transmit`]).
+fn fill<A: Clone>(session: &mut Session, addr: &A, max: usize, buf: &mut Vec<u8>) -> Option<Transmit<A>> {
+    let first = session.next_transmit()?;
+    let segment = first.len();
+    buf.extend_from_slice(first);
+    let mut count = 1;
+    while count < max.max(1) {
+        match session.peek_transmit_len() {
+            Some(len) if len <= segment => {
+                buf.extend_from_slice(session.next_transmit().expect("peeked"));
+                count += 1;
+                if len < segment {
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
+    Some(Transmit { destination: addr.clone(), size: buf.len(), segment_size: (count > 1).then_some(segment) })
+}
+
+/// The caller's wrapping `u32` milliseconds, extended to a `u64` that does not
+/// wrap, so deadlines order correctly in the schedule.
+#[derive(Debug, Default)]
+struct Clock {
+    now: u32,
+    abs: u64,
+    started: bool,
+}
+
+impl Clock {
+    /// Time moves on to `now` (a `now` earlier than the last is taken as the last).
+    fn set(&mut self, now: u32) {
+        if !self.started {
+            self.started = true;
+            self.now = now;
+            return;
+        }
+        let step = diff(now, self.now);
+        if step > 0 {
+            self.abs += step as u64;
+            self.now = now;
+        }
+    }
+
+    /// A wrapping time near now, extended (a time past is clamped to now's).
+    fn abs(&self, t: u32) -> u64 {
+        self.abs + diff(t, self.now).max(0) as u64
+    }
+
+    fn wrap(&self, abs: u64) -> u32 {
+        self.now.wrapping_add(abs.saturating_sub(self.abs) as u32)
+    }
+}
+
+/// When each session needs its timers run: a min-heap of deadlines. A new deadline
+/// is pushed as a new entry and the old one recognised as stale when it surfaces,
+/// so a wake-up costs O(log n) per due session and idle sessions cost nothing.
+struct Schedule<A> {
+    heap: BinaryHeap<Reverse<Due<A>>>,
+    current: HashMap<A, u64>,
+}
+
+impl<A> Default for Schedule<A> {
+    fn default() -> Schedule<A> {
+        Schedule { heap: BinaryHeap::new(), current: HashMap::new() }
+    }
+}
+
+/// A heap entry, ordered by its deadline alone: many sessions share a millisecond,
+/// and comparing their addresses as well would only cost time.
+struct Due<A> {
+    at: u64,
+    addr: A,
+}
+
+impl<A> PartialEq for Due<A> {
+    fn eq(&self, other: &Due<A>) -> bool {
+        self.at == other.at
+    }
+}
+
+impl<A> Eq for Due<A> {}
+
+impl<A> PartialOrd for Due<A> {
+    fn partial_cmp(&self, other: &Due<A>) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl<A> Ord for Due<A> {
+    fn cmp(&self, other: &Due<A>) -> std::cmp::Ordering {
+        self.at.cmp(&other.at)
+    }
+}
+
+impl<A: Clone + Eq + Hash> Schedule<A> {
+    fn set(&mut self, addr: A, at: Option<u64>) {
+        match at {
+            Some(at) => {
+                if self.current.insert(addr.clone(), at) != Some(at) {
+                    self.heap.push(Reverse(Due { at, addr }));
+                }
+            }
+            None => self.forget(&addr),
+        }
+    }
+
+    fn forget(&mut self, addr: &A) {
+        self.current.remove(addr);
+    }
+
+    /// Takes a session whose deadline is `now` or earlier.
+    fn pop_due(&mut self, now: u64) -> Option<A> {
+        while let Some(Reverse(Due { at, .. })) = self.heap.peek() {
+            if *at > now {
+                return None;
+            }
+            let Reverse(Due { at, addr }) = self.heap.pop().expect("peeked");
+            if self.current.get(&addr) == Some(&at) {
+                self.current.remove(&addr);
+                return Some(addr);
+            }
+        }
+        None
+    }
+
+    /// The earliest deadline.
+    fn next(&mut self) -> Option<u64> {
+        while let Some(Reverse(Due { at, addr })) = self.heap.peek() {
+            if self.current.get(addr) == Some(at) {
+                return Some(*at);
+            }
+            self.heap.pop();
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_yields_due_sessions_in_order_and_only_their_latest_deadline() {
+        let mut s = Schedule::default();
+        s.set(1, Some(30));
+        s.set(2, Some(10));
+        s.set(3, Some(20));
+        s.set(2, Some(50)); // moved later: the entry at 10 is stale
+        s.set(3, None); // nothing to time any more
+        assert_eq!(s.next(), Some(30));
+        assert_eq!(s.pop_due(29), None);
+        assert_eq!(s.pop_due(49), Some(1));
+        assert_eq!(s.pop_due(49), None);
+        s.set(1, Some(40)); // rescheduled after it ran
+        assert_eq!(s.pop_due(100), Some(1));
+        assert_eq!(s.pop_due(100), Some(2));
+        assert_eq!(s.pop_due(100), None);
+        assert_eq!(s.next(), None);
+        assert!(s.heap.is_empty(), "stale entries are dropped as they surface");
+    }
+
+    #[test]
+    fn the_clock_extends_wrapping_time_across_the_wrap() {
+        let mut c = Clock::default();
+        c.set(u32::MAX - 5);
+        assert_eq!(c.abs(u32::MAX - 5), 0);
+        let later = c.abs(4); // 10 ms on, across the wrap
+        assert_eq!(later, 10);
+        c.set(4);
+        assert_eq!(c.abs(4), 10);
+        assert_eq!(c.wrap(25), 19);
+        c.set(u32::MAX); // back in time: ignored
+        assert_eq!(c.now, 4);
+    }
+}

@@ -1,0 +1,423 @@
+//! One whole kcptun session: the datagram pipeline (crypto, FEC, KCP), the stream
+//! layers (snappy, smux, QPP) and the lifecycle of every stream, driven only by
+//! the caller's clock.
+//!
+//! A stream has two directions. Ours ends when the application calls
+//! [`Session::finish`] (a FIN goes to the peer after the queued data); the peer's
+//! ends when [`Session::read`] returns [`Read::Eof`]. When both have ended the
+//! stream is over ([`StreamEnd::Finished`]). With a close-wait (kcptun's
+//! `-closewait`), a stream still half-open that long after its first direction
+//! ended is closed fully ([`StreamEnd::CloseWaitExpired`]). [`Session::reset`]
+//! ends a stream at once, for a connection that failed or a target that refused.
+//! Every stream that ends, whichever way, is reported once as
+//! [`StreamEvent::Closed`], so a driver frees its resources in one place.
+//!
+//! Most callers use [`crate::endpoint::Endpoint`], which owns sessions and drives
+//! them; a `Session` on its own suits one dialled session (the browser).
+
+use std::collections::VecDeque;
+
+use foldhash::{HashMap, HashMapExt};
+
+use crate::crypto::OpenError;
+use crate::kcp::{diff, earliest};
+use crate::pipeline::Connection;
+use crate::smux::{self, Read, Role, SmuxError, StreamError};
+use crate::snmp::Snmp;
+use crate::stack::{StackConfig, StackError, StreamStack};
+
+/// Something a session's streams want the application to act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// The peer opened a stream (a server dials its target now).
+    Opened(u32),
+    /// Data, or the end of the peer's direction, can be read.
+    Readable(u32),
+    /// A write that took less than offered may now take more.
+    Writable(u32),
+    /// The stream is gone; nothing more can be read or written.
+    Closed(u32, StreamEnd),
+}
+
+/// How a stream ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StreamEnd {
+    /// Both directions ended: the application finished and read the peer's FIN.
+    Finished,
+    /// The application reset it.
+    Reset,
+    /// Half-open for longer than the close-wait.
+    CloseWaitExpired,
+    /// The whole session ended.
+    SessionEnded,
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionEnd {
+    /// The stream layers failed (a protocol error, or the peer went silent).
+    Stack(StackError),
+    /// The application closed it.
+    Closed,
+    /// The peer started a new session from the same address.
+    Replaced,
+}
+
+impl core::fmt::Display for SessionEnd {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            SessionEnd::Stack(e) => write!(f, "{e}"),
+            SessionEnd::Closed => f.write_str("closed by the application"),
+            SessionEnd::Replaced => f.write_str("replaced: the peer started a new session"),
+        }
+    }
+}
+
+impl std::error::Error for SessionEnd {}
+
+/// One stream as the admin API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamInfo {
+    pub id: u32,
+    /// When it opened (the caller's clock, ms).
+    pub opened_at: u32,
+    /// Application bytes read from it, and written to it.
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+}
+
+#[derive(Debug)]
+struct StreamState {
+    /// Our direction ended: FIN queued after the data.
+    finished: bool,
+    /// The peer's direction ended and the application has read to its end.
+    eof: bool,
+    /// When a half-open stream is closed fully.
+    close_by: Option<u32>,
+    info: StreamInfo,
+}
+
+/// Settings of the layers above the datagram pipeline, and of the stream lifecycle.
+#[derive(Debug, Clone)]
+pub struct StreamConfig {
+    pub stack: StackConfig,
+    /// How long a half-open stream may live, ms (kcptun `-closewait`); 0 forever.
+    pub close_wait_ms: u32,
+}
+
+/// One kcptun session. See the module docs.
+pub struct Session {
+    conn: Connection,
+    stack: StreamStack,
+    streams: HashMap<u32, StreamState>,
+    close_wait_ms: u32,
+    events: VecDeque<StreamEvent>,
+    ended: Option<SessionEnd>,
+    /// Datagrams of the transmit queue already handed out by [`Session::next_transmit`].
+    taken: usize,
+    opened_at: u32,
+}
+
+impl core::fmt::Debug for Session {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Session").field("conv", &self.conn.conv()).field("streams", &self.streams.len()).finish()
+    }
+}
+
+impl Session {
+    /// A session over `conn`, in `role`, started at `now`.
+    pub fn new(conn: Connection, role: Role, cfg: StreamConfig, now: u32) -> Session {
+        Session {
+            conn,
+            stack: StreamStack::new(role, cfg.stack, now),
+            streams: HashMap::new(),
+            close_wait_ms: cfg.close_wait_ms,
+            events: VecDeque::new(),
+            ended: None,
+            taken: 0,
+            opened_at: now,
+        }
+    }
+
+    pub fn conv(&self) -> u32 {
+        self.conn.conv()
+    }
+
+    /// The datagram pipeline, for inspection and run-time tuning.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn connection_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// The stream layers, for inspection.
+    pub fn stack(&self) -> &StreamStack {
+        &self.stack
+    }
+
+    /// When the session started (the caller's clock, ms).
+    pub fn opened_at(&self) -> u32 {
+        self.opened_at
+    }
+
+    /// Why the session ended, once it has.
+    pub fn ended(&self) -> Option<SessionEnd> {
+        self.ended
+    }
+
+    /// Open streams.
+    pub fn stream_count(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Every open stream, in no particular order.
+    pub fn streams(&self) -> impl Iterator<Item = StreamInfo> + '_ {
+        self.streams.values().map(|s| s.info)
+    }
+
+    /// Takes a datagram from the network: checks and decrypts it in place. Call
+    /// [`Session::drive`] before taking events or transmits.
+    pub fn handle_datagram(&mut self, now: u32, datagram: &mut [u8]) -> Result<(), OpenError> {
+        self.conn.handle_datagram(now, datagram)
+    }
+
+    /// Takes a datagram whose crypto layer was already removed.
+    pub fn handle_plain(&mut self, now: u32, plain: &[u8]) {
+        self.conn.handle_plain(now, plain);
+    }
+
+    /// When [`Session::handle_timeout`] wants to run: KCP's and smux's timers and
+    /// the earliest close-wait. `None` while idle (and once ended).
+    pub fn poll_timeout(&self) -> Option<u32> {
+        if self.ended.is_some() {
+            return None;
+        }
+        let streams = self.streams.values().filter_map(|s| s.close_by);
+        [self.conn.poll_timeout(), self.stack.poll_timeout()].into_iter().flatten().chain(streams).reduce(earliest)
+    }
+
+    /// Runs whatever timer is due at `now` (none may be: calling early is harmless).
+    /// Call [`Session::drive`] afterwards.
+    pub fn handle_timeout(&mut self, now: u32) {
+        if self.ended.is_some() {
+            return;
+        }
+        if self.conn.poll_timeout().is_some_and(|d| diff(now, d) >= 0) {
+            self.conn.handle_timeout(now);
+        }
+        if let Err(e) = self.stack.handle_timeout(now) {
+            self.end(SessionEnd::Stack(e));
+            return;
+        }
+        let expired = self.streams.iter().filter(|(_, s)| s.close_by.is_some_and(|t| diff(now, t) >= 0));
+        let expired: Vec<u32> = expired.map(|(&sid, _)| sid).collect();
+        for sid in expired {
+            let _ = self.stack.stream_close(sid);
+            self.forget(sid, StreamEnd::CloseWaitExpired);
+        }
+    }
+
+    /// Moves bytes between the datagram pipeline and the streams, both ways, as far
+    /// as each side takes them, and notes what the application should act on. Call
+    /// after anything happened (a datagram, a timer, a stream operation) and before
+    /// taking events or transmits.
+    pub fn drive(&mut self, now: u32) {
+        if self.ended.is_some() {
+            return;
+        }
+        if let Err(e) = self.stack.pump(now, &mut self.conn) {
+            self.end(SessionEnd::Stack(e));
+            return;
+        }
+        while let Some(sid) = self.stack.accept() {
+            self.streams.insert(sid, StreamState::new(sid, now));
+            self.events.push_back(StreamEvent::Opened(sid));
+        }
+        while let Some(e) = self.stack.poll_event() {
+            let (sid, event) = match e {
+                smux::Event::Readable(sid) => (sid, StreamEvent::Readable(sid)),
+                smux::Event::Writable(sid) => (sid, StreamEvent::Writable(sid)),
+            };
+            if self.streams.contains_key(&sid) {
+                self.events.push_back(event);
+            }
+        }
+    }
+
+    /// The next thing the application should act on.
+    pub fn poll_event(&mut self) -> Option<StreamEvent> {
+        self.events.pop_front()
+    }
+
+    /// Opens a stream to the peer (a client's new connection).
+    pub fn open_stream(&mut self, now: u32) -> Result<u32, SmuxError> {
+        let sid = self.stack.open_stream()?;
+        self.streams.insert(sid, StreamState::new(sid, now));
+        Ok(sid)
+    }
+
+    /// Bytes a [`Session::read`] of `sid` would return now.
+    pub fn readable_bytes(&self, sid: u32) -> usize {
+        self.stack.mux().stream_readable(sid)
+    }
+
+    /// Reads from a stream. [`Read::Eof`] once the peer's direction has ended and
+    /// everything was read; if ours has ended too, the stream is over.
+    pub fn read(&mut self, now: u32, sid: u32, buf: &mut [u8]) -> Result<Read, StreamError> {
+        let s = self.streams.get_mut(&sid).ok_or(StreamError::NoSuchStream)?;
+        let read = match self.stack.stream_read(sid, buf) {
+            // smux forgets a stream whose FIN arrived once ours is sent too.
+            Err(StreamError::NoSuchStream) if s.finished => Ok(Read::Eof),
+            other => other,
+        };
+        match read {
+            Ok(Read::Data(n)) => s.info.bytes_read += n as u64,
+            Ok(Read::Eof) if !s.eof => {
+                s.eof = true;
+                self.direction_ended(now, sid);
+            }
+            _ => {}
+        }
+        read
+    }
+
+    /// Writes to a stream; returns the bytes taken (0: wait for
+    /// [`StreamEvent::Writable`]).
+    pub fn write(&mut self, sid: u32, data: &[u8]) -> Result<usize, StreamError> {
+        let s = self.streams.get_mut(&sid).ok_or(StreamError::NoSuchStream)?;
+        if s.finished {
+            return Err(StreamError::WriteClosed);
+        }
+        let n = self.stack.stream_write(sid, data)?;
+        s.info.bytes_written += n as u64;
+        Ok(n)
+    }
+
+    /// Ends our direction of a stream: the peer reads to the end of what was
+    /// written, then its end of stream. Reading goes on.
+    pub fn finish(&mut self, now: u32, sid: u32) -> Result<(), StreamError> {
+        let s = self.streams.get_mut(&sid).ok_or(StreamError::NoSuchStream)?;
+        if s.finished {
+            return Ok(());
+        }
+        s.finished = true;
+        self.stack.stream_close_write(sid)?;
+        self.direction_ended(now, sid);
+        Ok(())
+    }
+
+    /// Ends a stream at once, both directions: unread data is discarded and the
+    /// peer gets a FIN (smux has no reset frame).
+    pub fn reset(&mut self, sid: u32) -> Result<(), StreamError> {
+        if !self.streams.contains_key(&sid) {
+            return Err(StreamError::NoSuchStream);
+        }
+        let _ = self.stack.stream_close(sid);
+        self.forget(sid, StreamEnd::Reset);
+        Ok(())
+    }
+
+    /// Closes the session on the application's behalf: every stream gets a FIN (the
+    /// peer's applications see their connections end), flushed at once. The session
+    /// has ended; send its last datagrams, then drop it.
+    pub fn close(&mut self, now: u32) {
+        if self.ended.is_some() {
+            return;
+        }
+        let sids: Vec<u32> = self.streams.keys().copied().collect();
+        for sid in sids {
+            let _ = self.stack.stream_close(sid);
+        }
+        let _ = self.stack.pump(now, &mut self.conn);
+        self.conn.flush(now);
+        self.end(SessionEnd::Closed);
+    }
+
+    /// Ends the session from outside (its peer replaced it).
+    pub(crate) fn replaced(&mut self) {
+        if self.ended.is_none() {
+            self.end(SessionEnd::Replaced);
+        }
+    }
+
+    /// The next datagram to send, if any. Datagrams handed out are forgotten once
+    /// none is left, or at [`Session::clear_transmits`].
+    pub fn next_transmit(&mut self) -> Option<&[u8]> {
+        let i = self.taken;
+        if self.conn.transmit(i).is_none() {
+            self.clear_transmits();
+            return None;
+        }
+        self.taken += 1;
+        self.conn.transmit(i)
+    }
+
+    /// The size of the datagram [`Session::next_transmit`] would return.
+    pub fn peek_transmit_len(&mut self) -> Option<usize> {
+        let i = self.taken;
+        self.conn.transmit(i).map(<[u8]>::len)
+    }
+
+    /// Forgets every datagram waiting to be sent.
+    pub fn clear_transmits(&mut self) {
+        self.conn.clear_transmits();
+        self.taken = 0;
+    }
+
+    /// The session's counters in kcp-go's SNMP terms.
+    pub fn snmp(&self) -> Snmp {
+        self.conn.snmp()
+    }
+
+    fn direction_ended(&mut self, now: u32, sid: u32) {
+        let Some(s) = self.streams.get_mut(&sid) else { return };
+        if s.finished && s.eof {
+            self.forget(sid, StreamEnd::Finished);
+        } else if self.close_wait_ms > 0 && s.close_by.is_none() {
+            s.close_by = Some(now.wrapping_add(self.close_wait_ms));
+        }
+    }
+
+    fn forget(&mut self, sid: u32, why: StreamEnd) {
+        if self.streams.remove(&sid).is_some() {
+            self.events.push_back(StreamEvent::Closed(sid, why));
+        }
+    }
+
+    fn end(&mut self, why: SessionEnd) {
+        self.ended = Some(why);
+        for sid in self.streams.keys() {
+            self.events.push_back(StreamEvent::Closed(*sid, StreamEnd::SessionEnded));
+        }
+        self.streams.clear();
+    }
+}
+
+impl StreamState {
+    fn new(id: u32, now: u32) -> StreamState {
+        StreamState {
+            finished: false,
+            eof: false,
+            close_by: None,
+            info: StreamInfo { id, opened_at: now, bytes_read: 0, bytes_written: 0 },
+        }
+    }
+}
+
+impl crate::listener::Routed for Session {
+    fn conv(&self) -> u32 {
+        self.conn.conv()
+    }
+
+    fn handle_plain(&mut self, now: u32, plain: &[u8]) {
+        self.conn.handle_plain(now, plain);
+    }
+
+    fn snmp(&self) -> Snmp {
+        self.conn.snmp()
+    }
+}
