@@ -67,6 +67,13 @@ impl core::fmt::Display for ConfigError {
     }
 }
 
+/// The smallest session MTU that leaves room for a KCP segment with one byte of
+/// data under `method`'s crypto header (and the FEC header, with FEC).
+pub fn min_mtu(method: crate::crypto::Method, fec: bool) -> usize {
+    let fec_header = if fec { fec::DATA_HEADER_LEN } else { 0 };
+    method.header_len() + fec_header + method.tail_len() + KCP_HEADER_LEN + 1
+}
+
 impl SessionConfig {
     /// The KCP configuration for this session over `crypto`.
     pub fn kcp_config(&self, crypto: &PacketCrypto) -> Result<kcp::Config, ConfigError> {

@@ -141,7 +141,9 @@ impl core::fmt::Display for SmuxError {
             SmuxError::InvalidCommand(c) => write!(f, "unknown smux command {c}"),
             SmuxError::InvalidLength { cmd, len } => write!(f, "smux command {cmd} with invalid length {len}"),
             SmuxError::UpdInV1 => f.write_str("smux window update in a v1 session"),
-            SmuxError::KeepAliveTimeout => f.write_str("smux keep-alive timeout: the peer went silent"),
+            SmuxError::KeepAliveTimeout => f.write_str(
+                "smux keep-alive timeout: the peer went silent (usual causes: -key, -crypt or -smuxver differ between the ends, or the peer is unreachable)",
+            ),
             SmuxError::GoAway => f.write_str("smux stream ids exhausted"),
             SmuxError::Closed => f.write_str("smux session closed"),
         }

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kcpgate_core::listener::Dialer;
+use kcpgate_core::crypto::OpenError;
+use kcpgate_core::listener::{Dialer, DialerDrop};
 use kcpgate_core::smux::Role;
 use tokio::net::{lookup_host, TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
@@ -13,7 +14,7 @@ use tracing::{debug, info, warn};
 
 use crate::control::{Event, Query, SessionInfo};
 use crate::runtime::{random_seed, split_port_range, Plan, Tuning};
-use crate::tunnel::{now_ms, run_stream, FromStream, Tunnel};
+use crate::tunnel::{now_ms, run_stream, FromStream, Tunnel, WrongKeyWarning};
 use crate::udp::BatchSocket;
 
 /// A session slot: where to hand new connections, and when it stops taking them.
@@ -170,6 +171,7 @@ async fn session(
         tunnel.end(&plan.registry, remote, conv, reason);
     };
     let mut kicked: Option<String> = None;
+    let mut wrong_key = WrongKeyWarning::default();
     loop {
         // Queries first (a busy loop may not reach the select).
         let mut queries: Vec<Query> = std::iter::from_fn(|| inbox.try_recv()).collect();
@@ -240,7 +242,9 @@ async fn session(
             tunnel.meta.heard_ms = now.into();
         }
         for (from, datagram) in socket.datagrams().filter(|_| received) {
-            let _ = dialer.handle_datagram(now, &from, datagram);
+            if let Err(DialerDrop::Open(OpenError::Checksum)) = dialer.handle_datagram(now, &from, datagram) {
+                wrong_key.datagram_failed(from);
+            }
         }
         let result = if kicked.is_some() { Ok(Vec::new()) } else { tunnel.service(now, &mut dialer.connection) };
         if let Err(e) = socket.send_all(remote, dialer.connection.transmits()).await {

@@ -72,6 +72,8 @@ pub struct Settings {
     pub snmplog: String,
     pub snmpperiod: i64,
     pub log: String,
+    /// `text` or `json`.
+    pub log_format: String,
     pub quiet: bool,
     pub tcp: bool,
     pub pprof: bool,
@@ -140,7 +142,6 @@ struct Flag {
     json: Option<&'static str>,
     help: &'static str,
     kind: Kind,
-    hidden: bool,
 }
 
 #[derive(Clone, Copy)]
@@ -152,14 +153,14 @@ enum Kind {
 }
 
 const fn flag(name: &'static str, json: Option<&'static str>, kind: Kind, help: &'static str) -> Flag {
-    Flag { name, aliases: &[], short: None, json, help, kind, hidden: false }
+    Flag { name, aliases: &[], short: None, json, help, kind }
 }
 
 const DEFAULT_KEY: &str = "it's a secrect";
 
 /// The flags both roles share, in kcptun's order.
 const SHARED: &[Flag] = &[
-    flag("key", Some("key"), Kind::Text(DEFAULT_KEY), "Pre-shared secret between client and server (env KCPTUN_KEY)"),
+    flag("key", Some("key"), Kind::Text(DEFAULT_KEY), "Pre-shared secret between client and server (env KCPTUN_KEY) [default: it's a secrect]"),
     flag("crypt", Some("crypt"), Kind::Text("aes"), "Packet encryption: aes, aes-128, aes-192, aes-128-gcm, sm4, twofish, blowfish, cast5, 3des, tea, xtea, salsa20, xor, none, null; unknown names mean aes"),
     flag("mode", Some("mode"), Kind::Text("fast"), "KCP profile: normal, fast, fast2, fast3, or manual (then -nodelay, -interval, -resend, -nc apply)"),
     flag("QPP", Some("qpp"), Kind::Bool, "Quantum Permutation Pads on every stream's payload (both ends must agree)"),
@@ -172,11 +173,11 @@ const SHARED: &[Flag] = &[
     Flag { aliases: &["ps"], ..flag("parityshard", Some("parityshard"), Kind::Int(3, 3), "FEC parity shards") },
     flag("dscp", Some("dscp"), Kind::Int(0, 0), "DSCP value for outgoing UDP packets (6 bits)"),
     flag("nocomp", Some("nocomp"), Kind::Bool, "Turn off snappy compression (both ends must agree)"),
-    Flag { hidden: true, ..flag("acknodelay", Some("acknodelay"), Kind::Bool, "Send ACKs at once") },
-    Flag { hidden: true, ..flag("nodelay", Some("nodelay"), Kind::Int(0, 0), "Manual mode: nodelay") },
-    Flag { hidden: true, ..flag("interval", Some("interval"), Kind::Int(50, 50), "Manual mode: flush interval (ms)") },
-    Flag { hidden: true, ..flag("resend", Some("resend"), Kind::Int(0, 0), "Manual mode: fast resend threshold") },
-    Flag { hidden: true, ..flag("nc", Some("nc"), Kind::Int(0, 0), "Manual mode: 1 turns congestion control off") },
+    flag("acknodelay", Some("acknodelay"), Kind::Bool, "Send every ACK at once instead of with the next flush"),
+    flag("nodelay", Some("nodelay"), Kind::Int(0, 0), "With -mode manual: 1 turns KCP's nodelay on (RTO grows 1.5× instead of 2×)"),
+    flag("interval", Some("interval"), Kind::Int(50, 50), "With -mode manual: KCP's flush interval, ms"),
+    flag("resend", Some("resend"), Kind::Int(0, 0), "With -mode manual: resend a segment skipped by this many ACKs (0: off)"),
+    flag("nc", Some("nc"), Kind::Int(0, 0), "With -mode manual: 1 turns congestion control off"),
     flag("sockbuf", Some("sockbuf"), Kind::Int(4_194_304, 4_194_304), "UDP socket send and receive buffer, bytes"),
     flag("smuxver", Some("smuxver"), Kind::Int(2, 2), "smux version, 1 or 2. Debian's kcptun 20210922 defaults to 1, current kcptun to 2. A server given no -smuxver serves both"),
     flag("smuxbuf", Some("smuxbuf"), Kind::Int(4_194_304, 4_194_304), "smux session receive buffer, bytes"),
@@ -188,10 +189,11 @@ const SHARED: &[Flag] = &[
     flag("snmpperiod", Some("snmpperiod"), Kind::Int(60, 60), "Seconds between SNMP CSV rows"),
     flag("log", Some("log"), Kind::Text(""), "Append the log to this file instead of stderr"),
     flag("quiet", Some("quiet"), Kind::Bool, "Do not log each stream's open and close"),
+    flag("log-format", Some("log-format"), Kind::Text("text"), "Log lines as text (coloured only on a terminal, and never with NO_COLOR set) or json, one object per line (kcpgate only)"),
     flag("tcp", Some("tcp"), Kind::Bool, "kcptun's fake-TCP transport (not supported by kcpgate)"),
     flag("pprof", Some("pprof"), Kind::Bool, "Go profiler endpoint (not applicable to kcpgate; ignored with a warning)"),
-    flag("drain-timeout", None, Kind::Int(30, 30), "On SIGTERM or SIGINT, seconds to let open streams finish before exiting (kcpgate only)"),
-    flag("admin-token", None, Kind::Text(""), "Bearer token the admin API requires on every /api route (env KCPGATE_ADMIN_TOKEN); required when -admin is not a loopback address (kcpgate only)"),
+    flag("drain-timeout", Some("drain-timeout"), Kind::Int(30, 30), "On SIGTERM or SIGINT, seconds to let open streams finish before exiting (kcpgate only)"),
+    flag("admin-token", Some("admin-token"), Kind::Text(""), "Bearer token the admin API requires on every /api route (env KCPGATE_ADMIN_TOKEN); required when -admin is not a loopback address (kcpgate only)"),
 ];
 
 const ADMIN_HELP: &str = "Admin HTTP API, metrics and health (/api/v1, /metrics, /livez, /readyz): address to listen on, or off (kcpgate only)";
@@ -212,11 +214,11 @@ const SERVER: &[Flag] = &[
             "target",
             Some("target"),
             Kind::Text("127.0.0.1:12948"),
-            "Backend to dial for every stream: host:port, or a unix socket path",
+            "Backend to dial for every stream: host:port",
         )
     },
-    flag("admin", None, Kind::Text("127.0.0.1:8080"), ADMIN_HELP),
-    flag("max-sessions", None, Kind::Int(0, 0), "Sessions open at most at once; datagrams that would open more are dropped and counted. 0 is unlimited (kcpgate only)"),
+    flag("admin", Some("admin"), Kind::Text("127.0.0.1:8080"), ADMIN_HELP),
+    flag("max-sessions", Some("max-sessions"), Kind::Int(0, 0), "Sessions open at most at once; datagrams that would open more are dropped and counted. 0 is unlimited (kcpgate only)"),
 ];
 
 const CLIENT: &[Flag] = &[
@@ -226,7 +228,7 @@ const CLIENT: &[Flag] = &[
             "localaddr",
             Some("localaddr"),
             Kind::Text(":12948"),
-            "Local TCP address to accept on (or a unix socket path)",
+            "Local TCP address to accept on: host:port (an empty host: every interface)",
         )
     },
     Flag {
@@ -251,7 +253,7 @@ const CLIENT: &[Flag] = &[
         Kind::Int(600, 600),
         "Seconds an expired session may live on before it is closed",
     ),
-    flag("admin", None, Kind::Text("off"), ADMIN_HELP),
+    flag("admin", Some("admin"), Kind::Text("off"), ADMIN_HELP),
 ];
 
 fn role_flags(role: Role) -> impl Iterator<Item = &'static Flag> {
@@ -263,7 +265,7 @@ fn role_flags(role: Role) -> impl Iterator<Item = &'static Flag> {
 }
 
 fn arg(f: &Flag, role: Role) -> Arg {
-    let mut a = Arg::new(f.name).long(f.name).help(f.help).hide(f.hidden);
+    let mut a = Arg::new(f.name).long(f.name).help(f.help);
     if let Some(s) = f.short {
         a = a.short(s);
     }
@@ -275,7 +277,7 @@ fn arg(f: &Flag, role: Role) -> Arg {
         Kind::Text(d) => {
             let a = a.value_name("VALUE").default_value(d);
             match f.name {
-                "key" => a.env("KCPTUN_KEY").hide_env_values(true).hide_default_value(true),
+                "key" => a.env("KCPTUN_KEY").hide_env_values(true),
                 "admin-token" => a.env("KCPGATE_ADMIN_TOKEN").hide_env_values(true).hide_default_value(true),
                 _ => a,
             }
@@ -286,6 +288,8 @@ fn arg(f: &Flag, role: Role) -> Arg {
                 .value_parser(clap::value_parser!(i64))
                 .allow_negative_numbers(true)
                 .default_value(d.to_string())
+                // A server given no -smuxver serves both versions: 2 is no default there.
+                .hide_default_value(role == Role::Server && f.name == "smuxver")
         }
     }
 }
@@ -300,7 +304,8 @@ pub fn command(role: Role) -> Command {
             ("client", "Accept local TCP connections and carry each as a stream to a kcptun (or kcpgate) server")
         }
     };
-    let mut cmd = Command::new(name).about(about).arg(
+    // A flag given twice takes its last value, as Go's flag package does.
+    let mut cmd = Command::new(name).about(about).args_override_self(true).arg(
         Arg::new("c")
             .short('c')
             .value_name("FILE")
@@ -311,6 +316,18 @@ pub fn command(role: Role) -> Command {
         cmd = cmd.arg(arg(f, role));
     }
     cmd
+}
+
+/// The role's `--help`, with long flags spelled as kcptun spells them (`-key`).
+pub fn help_text(role: Role) -> String {
+    let mut text = command(role).render_long_help().to_string();
+    let mut names: Vec<&str> =
+        role_flags(role).flat_map(|f| std::iter::once(f.name).chain(f.aliases.iter().copied())).collect();
+    names.sort_by_key(|n| std::cmp::Reverse(n.len()));
+    for name in names {
+        text = text.replace(&format!("--{name}"), &format!("-{name}"));
+    }
+    text
 }
 
 /// Rewrites urfave/cli-style single-dash long flags (`-key`, `-crypt=aes`, `-ds`) to
@@ -378,6 +395,7 @@ impl Settings {
             snmplog: text("snmplog"),
             snmpperiod: int("snmpperiod"),
             log: text("log"),
+            log_format: text("log-format"),
             quiet: flag("quiet"),
             tcp: flag("tcp"),
             pprof: flag("pprof"),
@@ -394,14 +412,20 @@ impl Settings {
     }
 
     /// Applies a kcptun JSON configuration over the flags: only keys present change
-    /// anything, keys match case-insensitively, unknown keys are ignored, and a value
-    /// of the wrong type is an error (as Go's decoder does).
-    pub fn apply_json(&mut self, text: &str) -> Result<(), ConfigError> {
+    /// anything, keys match case-insensitively, and a value of the wrong type is an
+    /// error (as Go's decoder does). Unknown keys change nothing (kcptun ignores
+    /// them); each is returned as a warning, since it is usually a typo.
+    pub fn apply_json(&mut self, text: &str) -> Result<Vec<String>, ConfigError> {
         let value: serde_json::Value =
             serde_json::from_str(text).map_err(|e| ConfigError(format!("config file is not valid JSON: {e}")))?;
         let obj = value.as_object().ok_or_else(|| ConfigError("config file must hold a JSON object".into()))?;
+        let mut warnings = Vec::new();
         for (key, v) in obj {
             let Some(f) = role_flags(self.role).find(|f| f.json.is_some_and(|j| j.eq_ignore_ascii_case(key))) else {
+                warnings.push(format!(
+                    "config file: unknown key \"{key}\" ignored (a {} has no such setting)",
+                    self.role.name()
+                ));
                 continue;
             };
             let name = f.name;
@@ -423,8 +447,11 @@ impl Settings {
                     }
                 }
             }
+            if name == "admin" {
+                self.admin_explicit = true;
+            }
         }
-        Ok(())
+        Ok(warnings)
     }
 
     fn text_mut(&mut self, name: &str) -> &mut String {
@@ -436,6 +463,7 @@ impl Settings {
             "mode" => &mut self.mode,
             "snmplog" => &mut self.snmplog,
             "log" => &mut self.log,
+            "log-format" => &mut self.log_format,
             "admin" => &mut self.admin,
             "admin-token" => &mut self.admin_token.0,
             other => unreachable!("no text setting {other}"),
@@ -542,12 +570,43 @@ impl Settings {
         Ok(Some(addr))
     }
 
+    /// The listen and target addresses are host:port (where a range is allowed,
+    /// host:min-max): checked here so that a mistake stops the start, not every
+    /// stream later.
+    fn check_addresses(&self) -> Result<(), ConfigError> {
+        let check = |flag: &str, value: &str, range_ok: bool| {
+            let example = if range_ok { "host:port or host:min-max" } else { "host:port" };
+            if value.contains('/') {
+                return err(format!(
+                    "{flag} {value:?} looks like a unix socket path; kcpgate takes only {example} here"
+                ));
+            }
+            match crate::runtime::split_port_range(value) {
+                Ok((_, ports)) if range_ok || ports.start() == ports.end() => Ok(()),
+                _ => err(format!("{flag} must be {example}, such as 127.0.0.1:7000 (got {value:?})")),
+            }
+        };
+        match self.role {
+            Role::Server => {
+                check("-listen", &self.listen, true)?;
+                check("-target", &self.target, false)
+            }
+            Role::Client => {
+                check("-localaddr", &self.listen, false)?;
+                check("-remoteaddr", &self.target, true)
+            }
+        }
+    }
+
     /// kcptun's startup checks, with messages that say what to change. Returns
     /// warnings for settings kcptun also only warns about.
     pub fn validate(&mut self) -> Result<Vec<String>, ConfigError> {
         let mut warnings = Vec::new();
         if self.tcp {
             return err("-tcp (kcptun's fake-TCP transport) is not supported by kcpgate; drop the flag on both ends and use UDP");
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            return err(format!("-log-format must be text or json (got {:?})", self.log_format));
         }
         if self.pprof {
             warnings.push("-pprof is a Go profiler option and has no effect in kcpgate".to_string());
@@ -564,8 +623,15 @@ impl Settings {
         if !(0..=63).contains(&self.dscp) {
             return err(format!("-dscp must be between 0 and 63 (got {})", self.dscp));
         }
-        if self.mtu <= 0 || self.mtu > 1500 {
-            return err(format!("-mtu must be between 1 and 1500 (got {})", self.mtu));
+        let fec = self.datashard > 0 && self.parityshard > 0;
+        let min_mtu = kcpgate_core::pipeline::min_mtu(self.method(), fec) as i64;
+        if self.mtu < min_mtu || self.mtu > 1500 {
+            let fec = if fec { "with FEC" } else { "without FEC" };
+            return err(format!(
+                "-mtu must be between {min_mtu} and 1500 with -crypt {} {fec} (got {}): the crypto and FEC headers \
+                 and a KCP segment must fit",
+                self.crypt, self.mtu
+            ));
         }
         for (name, v) in [("-sndwnd", self.sndwnd), ("-rcvwnd", self.rcvwnd)] {
             if !(1..=65535).contains(&v) {
@@ -588,6 +654,13 @@ impl Settings {
                 .map_err(|e| ConfigError(e.to_string()))?;
             warnings.extend(w.iter().map(ToString::to_string));
         }
+        if Mode::from_name(&self.mode).is_none() && self.mode != "manual" {
+            warnings.push(format!(
+                "unknown -mode {:?}: using manual mode (-nodelay, -interval, -resend, -nc), as kcptun does",
+                self.mode
+            ));
+        }
+        self.check_addresses()?;
         if Method::from_name(&self.crypt).is_none() {
             warnings.push(format!("unknown -crypt {:?}: using aes, as kcptun does", self.crypt));
         }

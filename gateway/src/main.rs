@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Command;
 use kcpgate::config::{command, Role, Settings};
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 fn cli() -> Command {
     Command::new("kcpgate")
@@ -36,31 +37,39 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    exit_nonzero_on_panic();
     let mut settings = match Settings::parse(role, args) {
         Ok(s) => s,
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
+            print!("{}", kcpgate::config::help_text(role));
+            return ExitCode::SUCCESS;
+        }
         Err(e) => e.exit(),
     };
+    let mut warnings = Vec::new();
     if let Some(path) = settings.config_file.clone() {
         let applied = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read config file {}: {e}", path.display()))
             .and_then(|text| settings.apply_json(&text).map_err(|e| format!("{}: {e}", path.display())));
-        if let Err(e) = applied {
-            eprintln!("kcpgate: {e}");
-            return ExitCode::from(2);
+        match applied {
+            Ok(w) => warnings.extend(w),
+            Err(e) => {
+                eprintln!("kcpgate: {e}");
+                return ExitCode::from(2);
+            }
         }
     }
     match settings.validate() {
-        Ok(warnings) => {
-            for w in warnings {
-                eprintln!("kcpgate: warning: {w}");
-            }
-        }
+        Ok(w) => warnings.extend(w),
         Err(e) => {
             eprintln!("kcpgate: {e}");
             return ExitCode::from(2);
         }
     }
-    init_logging(&settings.log);
+    init_logging(&settings.log, settings.log_format == "json");
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
     let plan = std::sync::Arc::new(kcpgate::runtime::Plan::new(settings));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let drain_timeout = std::time::Duration::from_secs(plan.settings.drain_timeout.max(0) as u64);
@@ -126,19 +135,37 @@ async fn shutdown_signal() {
     }
 }
 
-/// Logs to stderr, or appended to `-log`'s file; RUST_LOG filters (default info).
-fn init_logging(file: &str) {
+/// A panic anywhere, a worker thread included, ends the process with status 70
+/// (EX_SOFTWARE) once the panic is reported: a server with dead workers must not
+/// carry on half-alive, nor exit 0.
+fn exit_nonzero_on_panic() {
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("kcpgate: internal error (a bug): exiting with status 70");
+        std::process::exit(70);
+    }));
+}
+
+/// Logs to stderr, or appended to `-log`'s file, as text or JSON lines; RUST_LOG
+/// filters (default info). Text is coloured only on a terminal without NO_COLOR.
+fn init_logging(file: &str, json: bool) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if file.is_empty() {
-        builder.with_writer(std::io::stderr).init();
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    let opened = (!file.is_empty()).then(|| std::fs::OpenOptions::new().create(true).append(true).open(file));
+    let (writer, colour, failed) = match opened {
+        None => (BoxMakeWriter::new(std::io::stderr), std::io::stderr().is_terminal() && !no_color, None),
+        Some(Ok(f)) => (BoxMakeWriter::new(std::sync::Mutex::new(f)), false, None),
+        Some(Err(e)) => (BoxMakeWriter::new(std::io::stderr), std::io::stderr().is_terminal() && !no_color, Some(e)),
+    };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    if json {
+        builder.json().init();
     } else {
-        match std::fs::OpenOptions::new().create(true).append(true).open(file) {
-            Ok(f) => builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).init(),
-            Err(e) => {
-                builder.with_writer(std::io::stderr).init();
-                tracing::warn!("cannot open log file {file}: {e}; logging to stderr");
-            }
-        }
+        builder.with_ansi(colour).init();
+    }
+    if let Some(e) = failed {
+        tracing::warn!("cannot open log file {file}: {e}; logging to stderr");
     }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use foldhash::{HashMap, HashMapExt};
-use kcpgate_core::listener::{Listener, Outcome};
+use kcpgate_core::listener::{Drop, Listener, Outcome};
 use kcpgate_core::pipeline::Connection;
 use kcpgate_core::smux::Role;
 use kcpgate_core::snmp::Snmp;
@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 
 use crate::control::{Event, Query, SessionInfo};
 use crate::runtime::{random_seed, Plan};
-use crate::tunnel::{elapsed_ms, run_stream, FromStream, NewStream, Tunnel};
+use crate::tunnel::{elapsed_ms, run_stream, FromStream, NewStream, Tunnel, WrongKeyWarning};
 use crate::udp::BatchSocket;
 
 /// Runs the server on every port of `-listen`. Once `drain` turns true it takes no
@@ -82,6 +82,7 @@ struct SocketTask {
     tx: mpsc::Sender<(SocketAddr, u32, FromStream)>,
     /// The tunables' session limit (0 for none), kept here off the shared lock.
     max_sessions: u64,
+    wrong_key: WrongKeyWarning,
 }
 
 /// How long a kicked session's peer is refused with its old conversation: longer
@@ -103,6 +104,7 @@ async fn serve_socket(socket: BatchSocket, plan: Arc<Plan>, mut drain: watch::Re
         retired: Snmp::default(),
         tx,
         max_sessions: plan.tuning().tunables.max_sessions,
+        wrong_key: WrongKeyWarning::default(),
         plan: plan.clone(),
     };
     // Sessions to service this turn (kept to reuse their memory).
@@ -199,6 +201,7 @@ impl SocketTask {
                     touched.push(from);
                 }
                 Outcome::Delivered => touched.push(from),
+                Outcome::Dropped(Drop::Checksum) => self.wrong_key.datagram_failed(from),
                 Outcome::Dropped(reason) => debug!(remote = %from, ?reason, "datagram dropped"),
             }
         }

@@ -81,6 +81,30 @@ pub enum FromStream {
     Connected(std::net::SocketAddr),
 }
 
+/// Warns, at most every 10 s, that datagrams fail the integrity check: nearly
+/// always a peer with another `-key` or `-crypt`, which kcptun only counts.
+#[derive(Debug, Default)]
+pub struct WrongKeyWarning {
+    last: Option<Instant>,
+    since_last: u64,
+}
+
+impl WrongKeyWarning {
+    pub fn datagram_failed(&mut self, from: std::net::SocketAddr) {
+        self.since_last += 1;
+        if self.last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(10)) {
+            return;
+        }
+        tracing::warn!(
+            remote = %from,
+            failed = self.since_last,
+            "datagrams fail decryption or the checksum: check that -key and -crypt match on both ends"
+        );
+        self.last = Some(Instant::now());
+        self.since_last = 0;
+    }
+}
+
 /// Process-wide stream counters (kcptun's SNMP has none of these).
 #[derive(Debug, Default)]
 pub struct StreamCounters {

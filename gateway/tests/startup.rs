@@ -1,0 +1,164 @@
+//! What a new user meets first: `--help`, startup checks, the exit status, log
+//! output. Each test here stands for a mistake that once shipped.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use kcpgate::config::{help_text, Role, Settings};
+
+fn args(line: &str) -> Vec<String> {
+    line.split_whitespace().map(str::to_string).collect()
+}
+
+fn parse(role: Role, line: &str) -> Settings {
+    Settings::parse(role, args(line)).unwrap_or_else(|e| panic!("{line}: {e}"))
+}
+
+/// Runs kcpgate to completion (it must exit by itself within 20 s).
+fn run(line: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kcpgate"))
+        .args(args(line))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kcpgate starts");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while child.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("kcpgate {line} did not exit within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().expect("output")
+}
+
+/// The first line kcpgate logs, after which it is stopped.
+fn first_log_line(line: &str, env: &[(&str, &str)]) -> String {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kcpgate"))
+        .args(args(line))
+        .envs(env.iter().copied())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kcpgate starts");
+    let mut first = String::new();
+    BufReader::new(child.stderr.take().expect("stderr")).read_line(&mut first).expect("a log line");
+    let _ = child.kill();
+    let _ = child.wait();
+    first
+}
+
+#[test]
+fn an_mtu_too_small_for_the_headers_is_refused_at_startup_naming_the_smallest_that_works() {
+    for role in ["server", "client"] {
+        let out = run(&format!("{role} -mtu 40 -admin off"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{role}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{role}: {stderr}");
+        assert!(stderr.contains("-mtu must be between 53 and 1500"), "{role}: {stderr}");
+    }
+    // The smallest MTU is exact, for each crypto header and with or without FEC.
+    for (line, smallest) in
+        [("-crypt aes", 53), ("-crypt aes -ds 0 -ps 0", 45), ("-crypt aes-128-gcm", 61), ("-crypt none", 53)]
+    {
+        let at = |mtu: usize| parse(Role::Server, &format!("{line} -mtu {mtu}")).validate().map(drop);
+        assert!(at(smallest).is_ok(), "{line}: -mtu {smallest} works");
+        let Err(e) = at(smallest - 1) else { panic!("{line}: -mtu {} is refused", smallest - 1) };
+        assert!(e.to_string().contains(&format!("between {smallest} and 1500")), "{line}: {e}");
+        let s = parse(Role::Server, &format!("{line} -mtu {smallest}"));
+        let crypto = kcpgate_core::crypto::PacketCrypto::from_passphrase(s.method(), "k");
+        let plan = kcpgate::runtime::Plan::new(s);
+        assert!(plan.tuning().session.kcp_config(&crypto).is_ok(), "{line}: the core takes -mtu {smallest}");
+    }
+}
+
+#[test]
+fn a_flag_given_twice_takes_the_last_value_as_kcptun_does() {
+    let s = parse(Role::Server, "-key first -mtu 1000 -key second -mtu=1200 -nocomp -nocomp");
+    assert_eq!((&*s.key, s.mtu, s.nocomp), ("second", 1200, true));
+    let c = parse(Role::Client, "-r h:1 -r h:2 -l :3 --localaddr :4");
+    assert_eq!((c.target.as_str(), c.listen.as_str()), ("h:2", ":4"));
+}
+
+#[test]
+fn the_json_file_takes_kcpgate_keys_and_warns_of_unknown_ones() {
+    let mut s = parse(Role::Server, "");
+    let warnings = s
+        .apply_json(
+            r#"{"admin": "127.0.0.1:9999", "admin-token": "t0k", "max-sessions": 5, "drain-timeout": 3,
+                "log-format": "json", "targett": "oops:1"}"#,
+        )
+        .expect("valid JSON");
+    assert_eq!((s.admin.as_str(), &*s.admin_token, s.max_sessions, s.drain_timeout), ("127.0.0.1:9999", "t0k", 5, 3));
+    assert!(s.admin_explicit, "an admin address from the file is as explicit as a flag");
+    assert_eq!(s.log_format, "json");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("\"targett\""), "{warnings:?}");
+}
+
+#[test]
+fn an_unknown_mode_warns_like_an_unknown_crypt() {
+    let w = parse(Role::Server, "-mode fastest").validate().expect("kcptun accepts it");
+    assert!(w.iter().any(|w| w.contains("unknown -mode \"fastest\"")), "{w:?}");
+    let w = parse(Role::Server, "-mode manual").validate().expect("valid");
+    assert!(!w.iter().any(|w| w.contains("-mode")), "manual is a mode: {w:?}");
+}
+
+#[test]
+fn addresses_without_a_port_or_unix_paths_are_refused_at_startup() {
+    for (role, line, needle) in [
+        (Role::Server, "-t 127.0.0.1", "-target must be host:port"),
+        (Role::Server, "-t backend:1-5", "-target must be host:port"),
+        (Role::Server, "-t /run/game.sock", "unix socket"),
+        (Role::Server, "-l 0.0.0.0", "-listen must be"),
+        (Role::Client, "-r vps", "-remoteaddr must be"),
+        (Role::Client, "-l /tmp/app.sock", "unix socket"),
+    ] {
+        let e = parse(role, line).validate().expect_err(line);
+        assert!(e.to_string().contains(needle), "{line}: {e}");
+    }
+    parse(Role::Server, "-l :4000-4005 -t [::1]:7000").validate().expect("ranges and IPv6 are fine");
+    parse(Role::Client, "-l 127.0.0.1:8388 -r example.com:4000-4005").validate().expect("a client range is fine");
+}
+
+#[test]
+fn help_spells_flags_as_kcptun_does_and_lists_every_flag_with_honest_defaults() {
+    let out = run("server --help");
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(help, help_text(Role::Server), "the binary prints the same help");
+    for flag in ["-key", "-crypt", "-nodelay", "-interval", "-resend", "-nc ", "-acknodelay", "-log-format"] {
+        assert!(help.contains(flag), "{flag} missing:\n{help}");
+    }
+    assert!(!help.contains("--key") && !help.contains("--mtu"), "double dashes:\n{help}");
+    assert!(help.contains("[default: it's a secrect]"), "the key's default is shown:\n{help}");
+    let paragraph = |help: &str, flag: &str| {
+        let lines = help.lines().skip_while(|l| !l.trim_start().starts_with(flag)).skip(1);
+        lines.take_while(|l| !l.trim_start().starts_with('-')).collect::<Vec<_>>().join("\n")
+    };
+    let smuxver = paragraph(&help, "-smuxver");
+    assert!(!smuxver.contains("[default: 2]"), "a server serves both versions:\n{smuxver}");
+    assert!(!help.contains("unix"), "no unix-socket promise:\n{help}");
+    let client = help_text(Role::Client);
+    let smuxver = paragraph(&client, "-smuxver");
+    assert!(smuxver.contains("[default: 2]"), "{smuxver}");
+}
+
+#[test]
+fn logs_are_plain_text_when_piped_and_json_on_request_warnings_included() {
+    let port = support::free_udp_port("127.0.0.1");
+    let line = format!("server -l 127.0.0.1:{port} -admin off -pprof");
+    let text = first_log_line(&line, &[]);
+    assert!(text.contains("-pprof"), "the early warning goes through the logger: {text}");
+    assert!(!text.contains('\x1b'), "no colour codes in a pipe: {text:?}");
+    let json = first_log_line(&format!("{line} -log-format json"), &[]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
+    assert_eq!(v["level"], "WARN", "{json}");
+    assert!(v["fields"]["message"].as_str().is_some_and(|m| m.contains("-pprof")), "{json}");
+    let e = parse(Role::Server, "-log-format xml").validate().expect_err("xml is no format");
+    assert!(e.to_string().contains("-log-format must be text or json"), "{e}");
+}
