@@ -406,9 +406,10 @@ impl SessionInfo {
 
 /// What can change while kcpgate runs. Changes apply to sessions opened afterwards.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-#[schema(example = json!({"mode": "fast3", "nodelay": 0, "interval": 50, "resend": 0, "nc": 0, "sndwnd": 1024, "rcvwnd": 1024, "ratelimit": 0, "max_sessions": 5000}))]
+#[schema(example = json!({"mode": "fast3", "nodelay": 1, "interval": 10, "resend": 2, "nc": 1, "sndwnd": 1024, "rcvwnd": 1024, "ratelimit": 0, "max_sessions": 5000}))]
 pub struct Tunables {
-    /// KCP profile; with manual, the four values below apply.
+    /// KCP profile. The four values below are the ones in effect: a preset's own,
+    /// or with manual the ones given.
     pub mode: Profile,
     /// Manual mode: 1 for nodelay.
     #[schema(minimum = 0, maximum = 1)]
@@ -526,6 +527,16 @@ impl Profile {
 
 impl Tunables {
     /// `patch` applied over these, or what is wrong with it (field, reason).
+    /// The tunables as sessions use them: a preset mode's own nodelay, interval,
+    /// resend and nc in place of the manual ones (which count only in manual mode).
+    pub fn effective(mut self) -> Tunables {
+        if let Some(preset) = Mode::from_name(self.mode.name()) {
+            let (nodelay, interval, resend, nc) = preset.params();
+            (self.nodelay, self.interval, self.resend, self.nc) = (u32::from(nodelay), interval, resend, u32::from(nc));
+        }
+        self
+    }
+
     pub fn patched(&self, patch: &TunablesPatch) -> Result<Tunables, Vec<(&'static str, String)>> {
         let mut next = self.clone();
         let mut wrong = Vec::new();
@@ -567,7 +578,7 @@ impl Tunables {
             next.mode = mode;
         }
         if wrong.is_empty() {
-            Ok(next)
+            Ok(next.effective())
         } else {
             Err(wrong)
         }
@@ -640,6 +651,11 @@ mod tests {
         let p = TunablesPatch { mode: Some(Profile::Fast3), sndwnd: Some(256), ..TunablesPatch::default() };
         let next = t.patched(&p).expect("a valid patch");
         assert_eq!((next.mode, next.sndwnd, next.rcvwnd), (Profile::Fast3, 256, 512));
+        let params = (next.nodelay, next.interval, next.resend, next.nc);
+        assert_eq!(params, (1, 10, 2, 1), "fast3's own values are shown, not the manual ones");
+        let manual = TunablesPatch { mode: Some(Profile::Manual), interval: Some(25), ..TunablesPatch::default() };
+        let next = next.patched(&manual).expect("a valid patch");
+        assert_eq!((next.nodelay, next.interval, next.resend, next.nc), (1, 25, 2, 1), "manual keeps what it is given");
         let bad = TunablesPatch {
             mode: Some(Profile::Manual),
             interval: Some(5),

@@ -54,6 +54,7 @@ fn tunables_of(settings: &Settings) -> Tunables {
         ratelimit: settings.ratelimit.max(0) as u64,
         max_sessions: settings.max_sessions.max(0) as u64,
     }
+    .effective()
 }
 
 /// The session configuration `settings` give.

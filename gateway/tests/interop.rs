@@ -685,7 +685,13 @@ fn conformance_53_closing_a_session_sends_no_special_datagram() {
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     assert!(echo_on(&mut c, 7));
     drop(c);
-    thread::sleep(Duration::from_secs(1)); // the stream's FINs are exchanged and acknowledged
+    // The stream's FINs are exchanged and acknowledged: wait until the client has
+    // been quiet for half a second (a fixed pause is too short on a loaded machine).
+    let started = Instant::now();
+    while record.lock().unwrap().last().is_some_and(|(t, _)| t.elapsed() < Duration::from_millis(500)) {
+        assert!(started.elapsed() < Duration::from_secs(10), "the client never went quiet");
+        thread::sleep(Duration::from_millis(50));
+    }
     let closing = Instant::now();
     assert!(Command::new("kill").args(["-TERM", &procs.0[1].id().to_string()]).status().unwrap().success());
     let status = procs.0[1].wait().unwrap();

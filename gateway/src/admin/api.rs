@@ -471,7 +471,7 @@ impl Sampler {
     "sockbuf": 4_194_304, "smuxver": null, "smuxbuf": 4_194_304, "framesize": 8192, "streambuf": 2_097_152,
     "keepalive": 10, "closewait": 30, "qpp": false, "qpp_count": 61, "conn": 1, "autoexpire": 0,
     "scavengettl": 600, "drain_timeout": 30, "admin": "0.0.0.0:8080", "admin_token_set": true,
-    "tunables": {"mode": "fast3", "nodelay": 0, "interval": 50, "resend": 0, "nc": 0, "sndwnd": 1024,
+    "tunables": {"mode": "fast3", "nodelay": 1, "interval": 10, "resend": 2, "nc": 1, "sndwnd": 1024,
                  "rcvwnd": 1024, "ratelimit": 0, "max_sessions": 5000}
 }))]
 pub struct RunningConfig {
