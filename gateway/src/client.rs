@@ -5,16 +5,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kcpgate_core::crypto::OpenError;
-use kcpgate_core::listener::{Dialer, DialerDrop};
-use kcpgate_core::smux::Role;
 use tokio::net::{lookup_host, TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::control::{Event, Query, SessionInfo};
-use crate::runtime::{random_seed, split_port_range, Plan, Tuning};
-use crate::tunnel::{now_ms, run_stream, FromStream, Tunnel, WrongKeyWarning};
+use crate::driver::{ClientSession, Driver};
+use crate::runtime::{random_seed, split_port_range, Plan};
 use crate::udp::BatchSocket;
 
 /// A session slot: where to hand new connections, and when it stops taking them.
@@ -67,7 +63,7 @@ pub async fn run(plan: Arc<Plan>, mut drain: watch::Receiver<bool>) -> std::io::
         if stale {
             // Created synchronously, as kcptun does: retry until the server resolves.
             loop {
-                match start_session(plan.clone()).await {
+                match start_session(plan.clone(), drain.clone()).await {
                     Ok((tx, task)) => {
                         sessions.retain(|t: &tokio::task::JoinHandle<()>| !t.is_finished());
                         sessions.push(task);
@@ -109,8 +105,11 @@ async fn listen_tcp(local: &str) -> std::io::Result<TcpListener> {
 }
 
 /// Resolves the server (a random port of its range), binds a socket and starts the
-/// session task; returns where to send it new connections.
-async fn start_session(plan: Arc<Plan>) -> std::io::Result<(mpsc::Sender<TcpStream>, tokio::task::JoinHandle<()>)> {
+/// session's driver; returns where to send it new connections.
+async fn start_session(
+    plan: Arc<Plan>,
+    drain: watch::Receiver<bool>,
+) -> std::io::Result<(mpsc::Sender<TcpStream>, tokio::task::JoinHandle<()>)> {
     let (host, ports) = split_port_range(&plan.settings.target)?;
     let seed = random_seed();
     let span = u64::from(*ports.end() - *ports.start()) + 1;
@@ -123,147 +122,18 @@ async fn start_session(plan: Arc<Plan>) -> std::io::Result<(mpsc::Sender<TcpStre
     let socket = UdpSocket::bind(bind).await?;
     plan.tune_udp(&socket);
     socket.connect(remote).await?;
-    let tuning = plan.tuning();
-    let dialer = Dialer::new(remote, &tuning.session, plan.crypto.clone(), random_seed())
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()))?;
-    info!(%remote, conv = dialer.connection.conv(), "session started");
     // Room for a whole listen queue, so accepting never waits on a busy session.
-    let (tx, rx) = mpsc::channel(somaxconn() as usize);
+    let (tx, connections) = mpsc::channel(somaxconn() as usize);
+    // With -autoexpire, a session takes no new connections after `autoexpire`
+    // seconds (the accept loop's slot expires) and is closed, streams and all, once
+    // `scavengettl` more seconds have passed (kcptun's scavenger).
+    let expire = plan.settings.autoexpire;
+    let close_at =
+        (expire > 0).then(|| Instant::now() + Duration::from_secs((expire + plan.settings.scavengettl.max(0)) as u64));
     let socket = BatchSocket::new(socket, SESSION_RECV_SLOTS);
-    let task = tokio::spawn(session(socket, remote, dialer, plan, tuning, rx));
-    Ok((tx, task))
+    let driver = Driver::client(socket, plan, ClientSession { remote, connections, close_at });
+    Ok((tx, tokio::spawn(driver.run(drain))))
 }
 
 /// Receive buffers of a session's own socket, which only its server sends to.
 const SESSION_RECV_SLOTS: usize = 16;
-
-async fn session(
-    mut socket: BatchSocket,
-    remote: SocketAddr,
-    mut dialer: Dialer<SocketAddr>,
-    plan: Arc<Plan>,
-    tuning: Arc<Tuning>,
-    mut new_conns: mpsc::Receiver<TcpStream>,
-) {
-    let start = Instant::now();
-    let local = socket.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    // With -autoexpire, a session takes no new connections after `autoexpire` seconds
-    // (the accept loop's slot expires) and is closed, streams and all, once
-    // `scavengettl` more seconds have passed (kcptun's scavenger).
-    let expire = plan.settings.autoexpire;
-    let force_close = (expire > 0).then(|| Duration::from_secs((expire + plan.settings.scavengettl.max(0)) as u64));
-    let mut tunnel = plan.tunnel(Role::Client, 0, &tuning);
-    drop(tuning);
-    let (id, conv) = (tunnel.meta.id, dialer.connection.conv());
-    plan.registry.opened(Event::SessionOpened { id, conv, remote });
-    let (tx, mut rx) = mpsc::channel::<((), u32, FromStream)>(4096);
-    let mut accepting = true;
-    let mut inbox = plan.registry.register();
-    let totals = |dialer: &Dialer<SocketAddr>| {
-        let mut s = dialer.snmp();
-        s.active_opens = 1;
-        s.curr_estab = 1;
-        s.max_conn = 1;
-        s
-    };
-    let end = |reason: String, dialer: &Dialer<SocketAddr>, inbox, tunnel: Tunnel| {
-        plan.registry.retire(inbox, totals(dialer));
-        tunnel.end(&plan.registry, remote, conv, reason);
-    };
-    let mut kicked: Option<String> = None;
-    let mut wrong_key = WrongKeyWarning::default();
-    loop {
-        // Queries first (a busy loop may not reach the select).
-        let mut queries: Vec<Query> = std::iter::from_fn(|| inbox.try_recv()).collect();
-        let now = now_ms(start);
-        let timers_due = tunnel.deadline(&dialer.connection).is_some_and(|d| kcpgate_core::kcp::diff(now, d) >= 0);
-        // Timers first, whatever woke the loop: steady input must not starve them. When
-        // they ran, the session is serviced at once instead of waiting for an event.
-        if timers_due {
-            tunnel.run_timers(now, &mut dialer.connection);
-        }
-        if force_close.is_some_and(|ttl| start.elapsed() >= ttl) {
-            info!(%remote, streams = tunnel.stream_count(), "session expired and closed");
-            end("expired (-autoexpire, -scavengettl)".into(), &dialer, inbox, tunnel);
-            return;
-        }
-        let until_close = force_close.map(|ttl| ttl.saturating_sub(start.elapsed()).as_millis() as u64);
-        let wait = tunnel.wait_ms(&dialer.connection, now).unwrap_or(3_600_000);
-        let mut received = false;
-        if !timers_due && queries.is_empty() {
-            tokio::select! {
-                r = socket.recv() => match r {
-                    Ok(()) => received = true,
-                    Err(e) => debug!(%remote, "receive failed: {e}"),
-                },
-                c = new_conns.recv(), if accepting => match c {
-                    Some(tcp) => match tunnel.stack.open_stream() {
-                        Ok(sid) => {
-                            let stream = tunnel.add_stream(sid, now, tcp.peer_addr().ok());
-                            if !plan.settings.quiet {
-                                info!(%remote, sid, "stream opened");
-                            }
-                            tokio::spawn(run_stream(tcp, (), stream, tx.clone()));
-                        }
-                        Err(e) => warn!(%remote, "cannot open a stream: {e}"),
-                    },
-                    None => accepting = false,
-                },
-                Some(((), sid, msg)) = rx.recv() => tunnel.on_message(sid, msg),
-                Some(query) = inbox.recv() => queries.push(query),
-                () = tokio::time::sleep(Duration::from_millis(until_close.map_or(wait, |c| c.min(wait)))) => {} // timers run at the top
-            }
-        }
-        let now = now_ms(start);
-        for query in queries {
-            match query {
-                Query::Counters(reply) => {
-                    let _ = reply.send(totals(&dialer));
-                }
-                Query::Sessions(reply) => {
-                    let cx = plan.view_context(local);
-                    let view = SessionInfo::new(&cx, remote, &dialer.connection, &tunnel, now.into());
-                    let _ = reply.send(vec![view]);
-                }
-                Query::Kick { id: wanted, reason, done } => {
-                    if wanted == id && kicked.is_none() {
-                        info!(%remote, id, %reason, "session kicked");
-                        tunnel.close_all(now, &mut dialer.connection);
-                        kicked = Some(reason);
-                    }
-                    let _ = done.send(wanted == id);
-                }
-                Query::Retune(done) => {
-                    let _ = done.send(()); // new sessions read the tunables as they start
-                }
-            }
-        }
-        if received {
-            tunnel.meta.heard_ms = now.into();
-        }
-        for (from, datagram) in socket.datagrams().filter(|_| received) {
-            if let Err(DialerDrop::Open(OpenError::Checksum)) = dialer.handle_datagram(now, &from, datagram) {
-                wrong_key.datagram_failed(from);
-            }
-        }
-        let result = if kicked.is_some() { Ok(Vec::new()) } else { tunnel.service(now, &mut dialer.connection) };
-        if let Err(e) = socket.send_all(remote, dialer.connection.transmits()).await {
-            debug!(%remote, "send failed: {e}");
-        }
-        dialer.connection.clear_transmits();
-        if let Some(reason) = kicked {
-            end(format!("kicked: {reason}"), &dialer, inbox, tunnel);
-            return;
-        }
-        if let Err(e) = result {
-            warn!(%remote, "session closed: {e}");
-            end(e.to_string(), &dialer, inbox, tunnel);
-            return;
-        }
-        if !accepting && tunnel.stream_count() == 0 {
-            info!(%remote, "session retired");
-            end("retired: no streams left and no new connections".into(), &dialer, inbox, tunnel);
-            return;
-        }
-    }
-}

@@ -11,14 +11,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use kcpgate_core::kcp::Mode;
-use kcpgate_core::pipeline::Connection;
+use kcpgate_core::kcp::{diff, Mode};
+use kcpgate_core::session::Session;
 use kcpgate_core::snmp::Snmp;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use utoipa::ToSchema;
 
-use crate::tunnel::Tunnel;
+use crate::tunnel::Links;
 
 /// How long a reader waits for busy tasks to answer before it uses what it has.
 const ANSWER_WAIT: Duration = Duration::from_millis(500);
@@ -357,8 +357,15 @@ pub struct ViewContext<'a> {
 
 impl SessionInfo {
     /// The view of one session at `now_ms` (the owning task's clock).
-    pub fn new(cx: &ViewContext, remote: SocketAddr, conn: &Connection, tunnel: &Tunnel, now_ms: u64) -> SessionInfo {
-        let meta = &tunnel.meta;
+    pub fn new(
+        cx: &ViewContext,
+        remote: SocketAddr,
+        session: &Session,
+        meta: &SessionMeta,
+        links: &Links,
+        now_ms: u64,
+    ) -> SessionInfo {
+        let conn = session.connection();
         let state = conn.kcp().state();
         let snmp = conn.snmp();
         SessionInfo {
@@ -368,7 +375,7 @@ impl SessionInfo {
             local: cx.local,
             age_ms: now_ms.saturating_sub(meta.opened_ms),
             idle_ms: now_ms.saturating_sub(meta.heard_ms),
-            smux_version: tunnel.stack.mux().version(),
+            smux_version: session.stack().mux().version(),
             crypt: cx.crypt.to_string(),
             fec: cx.fec,
             mode: meta.mode,
@@ -399,7 +406,20 @@ impl SessionInfo {
                 fec_recovered: snmp.fec_recovered,
                 fec_errors: snmp.fec_errs,
             },
-            streams: tunnel.streams(now_ms as u32),
+            streams: {
+                let mut streams: Vec<StreamInfo> = session
+                    .streams()
+                    .map(|s| StreamInfo {
+                        id: s.id,
+                        tcp_peer: links.tcp_peer(s.id),
+                        bytes_to_tcp: s.bytes_read,
+                        bytes_from_tcp: s.bytes_written,
+                        age_ms: diff(now_ms as u32, s.opened_at).max(0) as u64,
+                    })
+                    .collect();
+                streams.sort_unstable_by_key(|s| s.id);
+                streams
+            },
         }
     }
 }

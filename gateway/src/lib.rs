@@ -5,6 +5,7 @@ pub mod admin;
 pub mod client;
 pub mod config;
 pub mod control;
+pub mod driver;
 pub mod runtime;
 pub mod server;
 pub mod snmp;

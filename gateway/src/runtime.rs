@@ -4,10 +4,12 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, RwLock};
 
 use kcpgate_core::crypto::PacketCrypto;
+use kcpgate_core::endpoint::EndpointConfig;
 use kcpgate_core::fec::Shards;
 use kcpgate_core::kcp;
 use kcpgate_core::pipeline::SessionConfig;
 use kcpgate_core::qpp::PadGeneration;
+use kcpgate_core::session::StreamConfig;
 use kcpgate_core::stack::{QppSetup, StackConfig};
 
 use crate::config::Settings;
@@ -131,22 +133,24 @@ impl Plan {
         }
     }
 
-    /// A tunnel for a new session opened at `now_ms` (the owning task's clock), with
-    /// the tunables of `tuning`.
-    pub fn tunnel(&self, role: kcpgate_core::smux::Role, now_ms: u64, tuning: &Tuning) -> crate::tunnel::Tunnel {
+    /// The core endpoint's settings for sessions opened now.
+    pub fn endpoint_config(&self) -> EndpointConfig {
         let close_wait_ms = (self.settings.closewait.clamp(0, 86_400) * 1000) as u32;
-        let meta = SessionMeta {
+        EndpointConfig {
+            session: self.tuning().session.clone(),
+            streams: StreamConfig { stack: self.stack.clone(), close_wait_ms },
+        }
+    }
+
+    /// The admin API's record of a session opened at `now_ms` (the owning task's
+    /// clock), with a new process-wide id.
+    pub fn session_meta(&self, now_ms: u64) -> SessionMeta {
+        SessionMeta {
             id: self.registry.session_id(),
             opened_ms: now_ms,
             heard_ms: now_ms,
-            mode: tuning.tunables.mode,
-        };
-        crate::tunnel::Tunnel::new(
-            kcpgate_core::stack::StreamStack::new(role, self.stack.clone(), now_ms as u32),
-            close_wait_ms,
-            self.streams.clone(),
-            meta,
-        )
+            mode: self.tuning().tunables.mode,
+        }
     }
 
     /// What the session views of a task on `local` share.

@@ -1,16 +1,16 @@
 //! One KCP session's streams, bridged to TCP connections.
 //!
-//! The session task owns the sans-IO [`StreamStack`]; every stream has a task of its
-//! own that owns the TCP connection. They talk through bounded channels, so a slow
+//! The driver owns the core's endpoint; every stream has a task of its own that
+//! owns the TCP connection. They talk through bounded channels, so a slow
 //! side holds a bounded amount of memory: towards TCP, a stream's channel holds a
 //! few chunks and smux keeps the rest inside its receive budget; from TCP, a stream
 //! task reads only while it holds credit, which the session returns as smux takes
 //! the bytes.
 //!
 //! When one direction of a connection ends, the end it was flowing to is
-//! half-closed at once (FIN), so nothing in flight is lost; with `-closewait N`,
-//! a connection still half-open N seconds later is closed fully. A connection that
-//! fails (reset, refused) closes its stream at once and is counted.
+//! half-closed at once (FIN), so nothing in flight is lost; the core closes a
+//! connection still half-open after `-closewait`. A connection that fails (reset,
+//! refused) ends its stream at once and is counted.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -18,15 +18,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use foldhash::{HashMap, HashMapExt};
-use kcpgate_core::kcp::{diff, earliest};
-use kcpgate_core::pipeline::Connection;
-use kcpgate_core::smux::{Event, Read};
-use kcpgate_core::stack::{StackError, StreamStack};
+use kcpgate_core::endpoint::{Endpoint, SessionId};
+use kcpgate_core::session::StreamEnd;
+use kcpgate_core::smux::Read;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify, Semaphore};
-
-use crate::control::{self, Registry, SessionMeta, StreamInfo};
 
 /// Bytes read from TCP (or smux) per step.
 pub const CHUNK: usize = 16 * 1024;
@@ -57,11 +54,6 @@ impl ChunkPool {
 /// Milliseconds since `start`.
 pub fn elapsed_ms(start: Instant) -> u64 {
     start.elapsed().as_millis() as u64
-}
-
-/// Milliseconds since `start`, wrapping, as the core counts time.
-pub fn now_ms(start: Instant) -> u32 {
-    elapsed_ms(start) as u32
 }
 
 /// What a stream task tells its session.
@@ -130,9 +122,10 @@ impl std::fmt::Display for StreamCounters {
     }
 }
 
+/// One stream's TCP side, as the session's task sees it.
 struct Link {
     to_tcp: Option<mpsc::Sender<Vec<u8>>>,
-    /// Bytes read from smux that the TCP channel had no room for.
+    /// Bytes read from the stream that the TCP channel had no room for.
     waiting_for_tcp: Option<Vec<u8>>,
     /// Set while `waiting_for_tcp` waits: the stream task sends [`FromStream::Room`]
     /// when it takes the next chunk, so the session wakes instead of polling.
@@ -141,25 +134,18 @@ struct Link {
     pool: ChunkPool,
     /// Tells the stream task to drop its TCP connection at once.
     stop: Arc<Notify>,
-    /// Bytes from TCP smux has not taken yet, and how much of the front is taken.
+    /// Bytes from TCP the stream has not taken yet, and how much of the front is taken.
     from_tcp: VecDeque<Vec<u8>>,
     from_tcp_at: usize,
+    /// TCP sent FIN: the stream's direction ends once `from_tcp` is empty.
     tcp_eof: bool,
     /// The stream task ended: nothing more can be delivered to TCP.
     tcp_gone: bool,
-    /// The TCP connection failed: close without waiting.
-    failed: bool,
+    /// The stream's end was read: TCP's write side is shut.
     stream_eof: bool,
-    fin_sent: bool,
-    /// When a half-open connection is closed fully (`-closewait` after the first
-    /// direction ended).
-    close_by: Option<u32>,
-    /// For the admin API: when the stream opened (ms, the session's clock), its TCP
-    /// end, and the bytes moved each way.
-    opened: u32,
+    /// `finish` or `reset` was called for what TCP did.
+    ended_towards_peer: bool,
     tcp_peer: Option<std::net::SocketAddr>,
-    bytes_to_tcp: u64,
-    bytes_from_tcp: u64,
 }
 
 /// A new stream the caller must start a task for.
@@ -172,47 +158,36 @@ pub struct NewStream {
     pub blocked: Arc<AtomicBool>,
 }
 
-/// The streams of one session.
-pub struct Tunnel {
-    pub stack: StreamStack,
-    pub meta: SessionMeta,
+/// The TCP sides of one session's streams: what moves between a stream of the
+/// core's endpoint and the task that owns its TCP connection. Every protocol
+/// decision (half-close, close-wait, reset) is the core's; this only carries bytes
+/// and tells the core what TCP did.
+pub struct Links {
     links: HashMap<u32, Link>,
-    close_wait_ms: u32,
     counters: Arc<StreamCounters>,
-    /// The sids of one `service` pass (kept to reuse its memory).
-    sids: Vec<u32>,
 }
 
-impl Tunnel {
-    /// `close_wait_ms`: how long a connection may stay half-open; 0 is unlimited.
-    pub fn new(stack: StreamStack, close_wait_ms: u32, counters: Arc<StreamCounters>, meta: SessionMeta) -> Tunnel {
-        Tunnel { stack, meta, links: HashMap::new(), close_wait_ms, counters, sids: Vec::new() }
+impl Links {
+    pub fn new(counters: Arc<StreamCounters>) -> Links {
+        Links { links: HashMap::new(), counters }
     }
 
-    /// The streams as the admin API shows them, at `now` (the session's clock).
-    pub fn streams(&self, now: u32) -> Vec<StreamInfo> {
-        let mut out: Vec<StreamInfo> = self
-            .links
-            .iter()
-            .map(|(&id, l)| StreamInfo {
-                id,
-                tcp_peer: l.tcp_peer,
-                bytes_to_tcp: l.bytes_to_tcp,
-                bytes_from_tcp: l.bytes_from_tcp,
-                age_ms: diff(now, l.opened).max(0) as u64,
-            })
-            .collect();
-        out.sort_unstable_by_key(|s| s.id);
-        out
-    }
-
-    pub fn stream_count(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.links.len()
     }
 
-    /// Registers a stream (opened or accepted at `now`) and returns what its task
-    /// needs. `tcp_peer` is its TCP end, if already known.
-    pub fn add_stream(&mut self, sid: u32, now: u32, tcp_peer: Option<std::net::SocketAddr>) -> NewStream {
+    pub fn is_empty(&self) -> bool {
+        self.links.is_empty()
+    }
+
+    /// The TCP end of stream `sid`, once known.
+    pub fn tcp_peer(&self, sid: u32) -> Option<std::net::SocketAddr> {
+        self.links.get(&sid).and_then(|l| l.tcp_peer)
+    }
+
+    /// Registers stream `sid` and returns what its task needs. `tcp_peer` is its
+    /// TCP end, if already known.
+    pub fn add(&mut self, sid: u32, tcp_peer: Option<std::net::SocketAddr>) -> NewStream {
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
         let credit = Arc::new(Semaphore::new(CHUNKS_IN_FLIGHT * CHUNK));
         let stop = Arc::new(Notify::new());
@@ -231,99 +206,72 @@ impl Tunnel {
                 from_tcp_at: 0,
                 tcp_eof: false,
                 tcp_gone: false,
-                failed: false,
                 stream_eof: false,
-                fin_sent: false,
-                close_by: None,
-                opened: now,
+                ended_towards_peer: false,
                 tcp_peer,
-                bytes_to_tcp: 0,
-                bytes_from_tcp: 0,
             },
         );
         self.counters.opened.fetch_add(1, Ordering::Relaxed);
         NewStream { sid, to_tcp: rx, credit, stop, pool, blocked }
     }
 
-    /// Ends every stream's task at once, dropping its TCP connection: the session is
-    /// gone, so nothing more can move.
-    pub fn stop_streams(&mut self) {
-        for (_, link) in self.links.drain() {
-            link.credit.close();
+    /// The core ended stream `sid`: its task stops. A stream whose both directions
+    /// ended keeps its connection until the task has written everything to TCP;
+    /// any other end drops the connection at once.
+    pub fn closed(&mut self, sid: u32, why: StreamEnd) {
+        let Some(link) = self.links.remove(&sid) else { return };
+        // A stream task still waiting for credit learns the stream is gone.
+        link.credit.close();
+        if why != StreamEnd::Finished {
             link.stop.notify_one();
-            self.counters.closed.fetch_add(1, Ordering::Relaxed);
+        }
+        self.counters.closed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Stops every stream's task at once (the session is gone).
+    pub fn stop_all(&mut self) {
+        for sid in self.links.keys().copied().collect::<Vec<_>>() {
+            self.closed(sid, StreamEnd::SessionEnded);
         }
     }
 
-    /// Closes every stream: FIN to the peer (its applications see their connections
-    /// end), then [`Tunnel::stop_streams`]. The frames are flushed into `conn`'s
-    /// transmits; the caller sends them.
-    pub fn close_all(&mut self, now: u32, conn: &mut Connection) {
-        for &sid in self.links.keys() {
-            let _ = self.stack.stream_close(sid);
-        }
-        self.stop_streams();
-        let _ = self.stack.pump(now, conn);
-        conn.flush(now);
-    }
-
-    /// The session is gone: its stream tasks stop, and event subscribers hear why.
-    pub fn end(mut self, registry: &Registry, remote: std::net::SocketAddr, conv: u32, reason: String) {
-        self.stop_streams();
-        registry.closed(control::Event::SessionClosed { id: self.meta.id, conv, remote, reason });
-    }
-
-    /// A message from stream `sid`'s task.
+    /// A message from stream `sid`'s task; the caller services the stream next.
     pub fn on_message(&mut self, sid: u32, msg: FromStream) {
         let Some(link) = self.links.get_mut(&sid) else { return };
         match msg {
             FromStream::Data(d) => link.from_tcp.push_back(d),
             FromStream::Eof => link.tcp_eof = true,
             FromStream::Failed => {
-                if !link.failed {
+                if !link.tcp_gone {
                     self.counters.tcp_failures.fetch_add(1, Ordering::Relaxed);
                 }
-                link.failed = true;
-                link.tcp_eof = true;
-            }
-            // Bytes already read from TCP still go out; then the stream closes.
-            FromStream::Closed => {
+                // Nothing more moves on a broken connection.
                 link.tcp_gone = true;
-                link.tcp_eof = true;
-                link.to_tcp = None;
-                link.waiting_for_tcp = None;
+                link.from_tcp.clear();
+                link.from_tcp_at = 0;
             }
-            FromStream::Room => {} // the caller services the session
+            // Bytes already read from TCP still go out; then the stream ends.
+            FromStream::Closed => link.tcp_gone = true,
+            FromStream::Room => {}
             FromStream::Connected(peer) => link.tcp_peer = Some(peer),
         }
+        if link.tcp_gone {
+            link.to_tcp = None;
+            link.waiting_for_tcp = None;
+        }
     }
 
-    /// Moves data between the connection, smux and the stream tasks as far as it
-    /// goes. Returns streams the peer opened (for the caller to start tasks for).
-    pub fn service(&mut self, now: u32, conn: &mut Connection) -> Result<Vec<NewStream>, StackError> {
-        self.stack.pump(now, conn)?;
-        let mut new = Vec::new();
-        while let Some(sid) = self.stack.accept() {
-            new.push(self.add_stream(sid, now, None));
-        }
-        while let Some(e) = self.stack.poll_event() {
-            let (Event::Readable(_) | Event::Writable(_)) = e;
-        }
-        let mut sids = std::mem::take(&mut self.sids);
-        sids.clear();
-        sids.extend(self.links.keys().copied());
-        for &sid in &sids {
-            self.service_stream(sid, now);
-        }
-        self.sids = sids;
-        self.stack.pump(now, conn)?;
-        Ok(new)
-    }
-
-    fn service_stream(&mut self, sid: u32, now: u32) {
-        let close_wait = self.close_wait_ms;
+    /// Moves stream `sid`'s bytes between `ep` and its task as far as they go, and
+    /// tells `ep` when TCP's direction has ended.
+    pub fn service<A: Clone + Eq + std::hash::Hash>(
+        &mut self,
+        ep: &mut Endpoint<A>,
+        now: u32,
+        id: SessionId,
+        sid: u32,
+    ) {
         let Some(link) = self.links.get_mut(&sid) else { return };
-        // smux → TCP.
+        // Stream → TCP.
         loop {
             if let Some(data) = link.waiting_for_tcp.take() {
                 if let Some(to_tcp) = &link.to_tcp {
@@ -343,20 +291,19 @@ impl Tunnel {
                     }
                 }
             }
-            if link.stream_eof || link.tcp_gone || link.failed {
+            if link.stream_eof || link.tcp_gone {
                 break;
             }
             // Only as much buffer as there are bytes: an idle stream touches none
             // (the one-byte read still reports the end of the stream or an error).
-            let ready = self.stack.mux().stream_readable(sid).min(CHUNK);
+            let ready = ep.readable_bytes(id, sid).min(CHUNK);
             let read = if ready == 0 {
-                self.stack.stream_read(sid, &mut [0u8; 1])
+                ep.read(now, id, sid, &mut [0u8; 1])
             } else {
                 let mut buf = link.pool.take();
                 buf.resize(ready, 0);
-                let read = self.stack.stream_read(sid, &mut buf);
+                let read = ep.read(now, id, sid, &mut buf);
                 if let Ok(Read::Data(n)) = read {
-                    link.bytes_to_tcp += n as u64;
                     buf.truncate(n);
                     link.waiting_for_tcp = Some(buf);
                 } else {
@@ -366,80 +313,36 @@ impl Tunnel {
             };
             match read {
                 Ok(Read::Data(_)) => {}
-                Ok(Read::Eof) => {
+                Ok(Read::WouldBlock) => break,
+                Ok(Read::Eof) | Err(_) => {
                     link.stream_eof = true;
                     link.to_tcp = None; // the stream task shuts TCP's write side
-                }
-                Ok(Read::WouldBlock) => break,
-                Err(_) => {
-                    link.stream_eof = true;
-                    link.to_tcp = None;
                     break;
                 }
             }
         }
-        // TCP → smux.
+        // TCP → stream.
         while let Some(front) = link.from_tcp.front() {
-            let Ok(n) = self.stack.stream_write(sid, &front[link.from_tcp_at..]) else { break };
+            let Ok(n) = ep.write(id, sid, &front[link.from_tcp_at..]) else { break };
             if n == 0 {
                 break;
             }
             link.credit.add_permits(n);
-            link.bytes_from_tcp += n as u64;
             link.from_tcp_at += n;
             if link.from_tcp_at == front.len() {
                 link.pool.give(link.from_tcp.pop_front().expect("the front"));
                 link.from_tcp_at = 0;
             }
         }
-        let timed_out = link.close_by.is_some_and(|t| diff(now, t) >= 0);
-        if link.failed || timed_out {
-            // Nothing more moves on a broken or timed-out connection: drop what is
-            // queued and close both ends.
-            link.from_tcp.clear();
-            link.from_tcp_at = 0;
-            link.waiting_for_tcp = None;
-            link.to_tcp = None;
-            link.tcp_eof = true;
-            link.failed = true;
-            link.stop.notify_one();
+        if (link.tcp_eof || link.tcp_gone) && link.from_tcp.is_empty() && !link.ended_towards_peer {
+            link.ended_towards_peer = true;
+            if link.tcp_gone {
+                // Nothing can reach TCP any more: end both directions.
+                let _ = ep.reset(id, sid);
+            } else {
+                let _ = ep.finish(now, id, sid);
+            }
         }
-        if link.tcp_eof && link.from_tcp.is_empty() && !link.fin_sent {
-            link.fin_sent = true;
-            let _ = self.stack.stream_close_write(sid);
-        }
-        if close_wait > 0 && link.close_by.is_none() && (link.fin_sent || link.stream_eof) {
-            link.close_by = Some(now.wrapping_add(close_wait));
-        }
-        if link.fin_sent && (link.stream_eof || link.tcp_gone || link.failed) && link.waiting_for_tcp.is_none() {
-            // A stream task still waiting for credit learns the stream is gone.
-            link.credit.close();
-            self.links.remove(&sid);
-            self.counters.closed.fetch_add(1, Ordering::Relaxed);
-            let _ = self.stack.stream_close(sid);
-        }
-    }
-
-    /// Runs the connection's timer if it is due, and smux's keep-alive; the caller
-    /// services the session afterwards.
-    pub fn run_timers(&mut self, now: u32, conn: &mut Connection) {
-        if conn.poll_timeout().is_some_and(|d| diff(now, d) >= 0) {
-            conn.handle_timeout(now);
-        }
-        let _ = self.stack.handle_timeout(now);
-    }
-
-    /// When this session needs attention next: its own timers and when a stream's
-    /// `-closewait` runs out. (A stream waiting for room towards TCP is woken by
-    /// [`FromStream::Room`].)
-    pub fn deadline(&self, conn: &Connection) -> Option<u32> {
-        let streams = self.links.values().map(|l| l.close_by);
-        [conn.poll_timeout(), self.stack.poll_timeout()].into_iter().chain(streams).flatten().reduce(earliest)
-    }
-
-    /// Milliseconds until [`Tunnel::deadline`] (0 when it has passed).
-    pub fn wait_ms(&self, conn: &Connection, now: u32) -> Option<u64> {
-        self.deadline(conn).map(|due| diff(due, now).max(0) as u64)
     }
 }
 
@@ -534,33 +437,51 @@ pub async fn run_stream<K: Clone + Send + 'static>(
 mod tests {
     use super::*;
     use crate::config::{Role as Side, Settings};
-    use crate::runtime::Plan;
+    use crate::runtime::{random_seed, Plan};
+    use kcpgate_core::endpoint::Event;
+    use kcpgate_core::session::StreamEvent;
     use kcpgate_core::smux::Role;
     use std::time::Duration;
     use tokio::io::AsyncReadExt;
 
+    /// One side: the core's endpoint and the TCP sides of its streams.
     struct End {
-        conn: Connection,
-        tunnel: Tunnel,
+        ep: Endpoint<u8>,
+        links: Links,
+        session: Option<SessionId>,
+        out: Vec<u8>,
     }
 
     impl End {
-        fn new(plan: &Plan, role: Role, seed: u8) -> End {
-            let tuning = plan.tuning();
-            let conn = Connection::new(7, &tuning.session, plan.crypto.clone(), [seed; 32]).expect("valid config");
-            End { conn, tunnel: plan.tunnel(role, 0, &tuning) }
+        fn new(plan: &Plan, role: Role) -> End {
+            let ep = Endpoint::new(role, plan.endpoint_config(), plan.crypto.clone(), random_seed()).expect("config");
+            End { ep, links: Links::new(plan.streams.clone()), session: None, out: Vec::new() }
         }
 
-        /// Runs due timers, services the streams and hands every datagram to `peer`.
-        fn step(&mut self, now: u32, peer: &mut End) -> Vec<NewStream> {
-            if self.tunnel.deadline(&self.conn).is_some_and(|d| diff(now, d) >= 0) {
-                self.tunnel.run_timers(now, &mut self.conn);
+        /// Runs due timers, acts on events and hands every datagram to `peer`;
+        /// returns the streams the peer opened.
+        fn step(&mut self, now: u32, peer: &mut End, peer_addr: u8, own_addr: u8) -> Vec<NewStream> {
+            self.ep.handle_timeout(now);
+            let mut new = Vec::new();
+            while let Some(event) = self.ep.poll_event() {
+                match event {
+                    Event::SessionOpened { id, .. } => self.session = Some(id),
+                    Event::Stream { id, event } => match event {
+                        StreamEvent::Opened(sid) => new.push(self.links.add(sid, None)),
+                        StreamEvent::Readable(sid) | StreamEvent::Writable(sid) => {
+                            self.links.service(&mut self.ep, now, id, sid)
+                        }
+                        StreamEvent::Closed(sid, why) => self.links.closed(sid, why),
+                    },
+                    Event::SessionClosed { .. } => panic!("the session ended"),
+                }
             }
-            let new = self.tunnel.service(now, &mut self.conn).expect("the stack works");
-            for datagram in self.conn.transmits() {
-                peer.conn.handle_datagram(now, &mut datagram.to_vec()).expect("a datagram of the peer");
+            while let Some(t) = self.ep.poll_transmit(now, 16, &mut self.out) {
+                assert_eq!(t.destination, peer_addr);
+                for d in self.out[..t.size].chunks(t.segment_size.unwrap_or(t.size)) {
+                    peer.ep.handle_datagram(now, &own_addr, &mut d.to_vec());
+                }
             }
-            self.conn.clear_transmits();
             new
         }
     }
@@ -572,13 +493,15 @@ mod tests {
     async fn a_stream_blocked_towards_tcp_wakes_its_session_when_tcp_takes_a_chunk() {
         let args = ["-key", "k", "-crypt", "aes", "-mode", "fast3", "-nocomp", "-sndwnd", "1024", "-rcvwnd", "1024"];
         let plan = Plan::new(Settings::parse(Side::Server, args.map(String::from)).expect("valid flags"));
-        let (mut client, mut server) = (End::new(&plan, Role::Client, 1), End::new(&plan, Role::Server, 2));
+        let (mut client, mut server) = (End::new(&plan, Role::Client), End::new(&plan, Role::Server));
+        let session = client.ep.connect(0, 2).expect("a session");
         let payload: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();
-        let sid = client.tunnel.stack.open_stream().expect("a stream");
-        let _client_side = client.tunnel.add_stream(sid, 0, None);
+        let sid = client.ep.open_stream(0, session).expect("a stream");
+        let _client_side = client.links.add(sid, None);
         for chunk in payload.chunks(CHUNK) {
-            client.tunnel.on_message(sid, FromStream::Data(chunk.to_vec()));
+            client.links.on_message(sid, FromStream::Data(chunk.to_vec()));
         }
+        client.links.service(&mut client.ep, 0, session, sid);
 
         // Small kernel buffers, so that what the backend does not read stays with us.
         let backend = tokio::net::TcpSocket::new_v4().expect("socket");
@@ -586,14 +509,14 @@ mod tests {
         backend.bind("127.0.0.1:0".parse().expect("address")).expect("bind");
         let backend = backend.listen(1).expect("listen");
         let backend_addr = backend.local_addr().expect("address");
-        let (to_session, mut from_streams) = mpsc::channel::<((), u32, FromStream)>(64);
+        let (to_session, mut from_streams) = mpsc::channel::<(SessionId, u32, FromStream)>(64);
         let mut received: Option<tokio::task::JoinHandle<Vec<u8>>> = None;
         let mut now = 0u32;
         let mut wake_ups = 0;
         loop {
             now += 10;
-            client.step(now, &mut server);
-            for stream in server.step(now, &mut client) {
+            client.step(now, &mut server, 2, 1);
+            for stream in server.step(now, &mut client, 1, 2) {
                 let tcp = tokio::net::TcpSocket::new_v4().expect("socket");
                 tcp.set_send_buffer_size(4096).expect("SO_SNDBUF");
                 let tcp = tcp.connect(backend_addr).await.expect("connect");
@@ -611,18 +534,20 @@ mod tests {
                     }
                     got
                 }));
-                tokio::spawn(run_stream(tcp, (), stream, to_session.clone()));
+                let id = server.session.expect("the session opened first");
+                tokio::spawn(run_stream(tcp, id, stream, to_session.clone()));
             }
-            let blocked = server.tunnel.links.values().any(|l| l.waiting_for_tcp.is_some());
+            let blocked = server.links.links.values().any(|l| l.waiting_for_tcp.is_some());
             if blocked {
                 // Nothing else would service the session in time: only the stream
                 // task's message can.
                 let woken = tokio::time::timeout(Duration::from_secs(5), from_streams.recv()).await;
-                let Ok(Some(((), sid, msg))) = woken else {
+                let Ok(Some((id, sid, msg))) = woken else {
                     panic!("a stream blocked towards TCP never woke its session")
                 };
                 assert!(matches!(msg, FromStream::Room), "unexpected {msg:?}");
-                server.tunnel.on_message(sid, msg);
+                server.links.on_message(sid, msg);
+                server.links.service(&mut server.ep, now, id, sid);
                 wake_ups += 1;
             }
             if received.as_ref().is_some_and(|r| r.is_finished()) {

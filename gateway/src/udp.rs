@@ -21,8 +21,8 @@ const MAX_DATAGRAM: usize = 2048;
 /// Most receive buffers per `recvmmsg`.
 pub const MAX_BATCH: usize = 32;
 /// Most datagrams per GSO send (the kernel's limit is 64), and most bytes.
-const GSO_SEGMENTS: usize = 64;
-const GSO_BYTES: usize = 65_000;
+pub const GSO_SEGMENTS: usize = 64;
+pub const GSO_BYTES: usize = 65_000;
 
 /// `recvmmsg` headers. They hold raw pointers into buffers they own, which nix does
 /// not mark `Send`; moving them between threads is sound, and they are only used
@@ -52,7 +52,6 @@ pub struct BatchSocket {
     /// Sender and length of each datagram the last receive got.
     received: Vec<(SocketAddr, usize)>,
     /// Datagrams of one GSO send, back to back.
-    tx: Vec<u8>,
     /// Cleared when the kernel refuses GSO; then each datagram goes alone.
     gso: bool,
 }
@@ -69,7 +68,6 @@ impl BatchSocket {
             slots,
             slot,
             received: Vec::with_capacity(slots),
-            tx: Vec::with_capacity(GSO_BYTES),
             gso: true,
             socket,
         }
@@ -112,66 +110,45 @@ impl BatchSocket {
     }
 
     /// Sends `datagrams` to `to`, runs of equal size in one GSO call each.
-    pub async fn send_all<'a>(
-        &mut self,
-        to: SocketAddr,
-        datagrams: impl Iterator<Item = &'a [u8]>,
-    ) -> std::io::Result<()> {
-        let mut segment = 0;
-        let mut count = 0;
-        self.tx.clear();
-        for d in datagrams {
-            // A run continues while datagrams have the run's size; a shorter one
-            // ends it.
-            let full = count == GSO_SEGMENTS || self.tx.len() + d.len() > GSO_BYTES;
-            if count > 0 && (d.len() > segment || full || !self.gso) {
-                self.flush(to, segment).await?;
-                count = 0;
+    /// Sends datagrams that lie back to back in `data`, each `segment` bytes but the
+    /// last, which may be shorter (as the core's `poll_transmit` writes them): in one
+    /// call with GSO where the kernel has it, one by one where it does not.
+    pub async fn send_segments(&mut self, to: SocketAddr, data: &[u8], segment: usize) -> std::io::Result<()> {
+        let segment = segment.max(1);
+        let most = segment * (GSO_BYTES / segment).clamp(1, GSO_SEGMENTS);
+        let mut rest = data;
+        while !rest.is_empty() {
+            let (batch, more) = rest.split_at(rest.len().min(most));
+            rest = more;
+            if batch.len() > segment && self.gso && self.send_gso(to, batch, segment).await? {
+                continue;
             }
-            if count == 0 {
-                segment = d.len();
+            for d in batch.chunks(segment) {
+                self.socket.send_to(d, to).await?;
             }
-            self.tx.extend_from_slice(d);
-            count += 1;
-            if d.len() < segment {
-                self.flush(to, segment).await?;
-                count = 0;
-            }
-        }
-        if count > 0 {
-            self.flush(to, segment).await?;
         }
         Ok(())
     }
 
-    async fn flush(&mut self, to: SocketAddr, segment: usize) -> std::io::Result<()> {
+    /// One GSO send; false (and GSO off from now on) when the kernel refuses it.
+    async fn send_gso(&mut self, to: SocketAddr, batch: &[u8], segment: usize) -> std::io::Result<bool> {
         let addr = SockaddrStorage::from(to);
-        let result = if self.tx.len() > segment {
-            let size = segment as u16;
-            let sent = self
-                .socket
-                .async_io(Interest::WRITABLE, || {
-                    let cmsg = [ControlMessage::UdpGsoSegments(&size)];
-                    sendmsg(self.socket.as_raw_fd(), &[IoSlice::new(&self.tx)], &cmsg, MsgFlags::empty(), Some(&addr))
-                        .map_err(std::io::Error::from)
-                })
-                .await;
-            match sent {
-                // No GSO here (old kernel, or a device that cannot): one by one.
-                Err(e) if [Errno::EIO, Errno::EINVAL].map(|n| Some(n as i32)).contains(&e.raw_os_error()) => {
-                    self.gso = false;
-                    for d in self.tx.chunks(segment) {
-                        self.socket.send_to(d, to).await?;
-                    }
-                    Ok(())
-                }
-                other => other.map(drop),
+        let size = segment as u16;
+        let sent = self
+            .socket
+            .async_io(Interest::WRITABLE, || {
+                let cmsg = [ControlMessage::UdpGsoSegments(&size)];
+                sendmsg(self.socket.as_raw_fd(), &[IoSlice::new(batch)], &cmsg, MsgFlags::empty(), Some(&addr))
+                    .map_err(std::io::Error::from)
+            })
+            .await;
+        match sent {
+            Err(e) if [Errno::EIO, Errno::EINVAL].map(|n| Some(n as i32)).contains(&e.raw_os_error()) => {
+                self.gso = false;
+                Ok(false)
             }
-        } else {
-            self.socket.send_to(&self.tx, to).await.map(drop)
-        };
-        self.tx.clear();
-        result
+            other => other.map(|_| true),
+        }
     }
 }
 

@@ -1,0 +1,413 @@
+//! The one loop that runs the core's endpoint over a UDP socket and bridges its
+//! streams to TCP, for both roles: a server runs one per listening socket, a
+//! client one per session (each with its own socket). It holds no protocol logic:
+//! datagrams go in, timers fire when the endpoint says, events become TCP work,
+//! and the admin API's queries are answered here for both roles.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use foldhash::{HashMap, HashMapExt};
+use kcpgate_core::endpoint::{Endpoint, Event, SessionId};
+use kcpgate_core::kcp::diff;
+use kcpgate_core::listener::{Drop, Outcome};
+use kcpgate_core::session::{SessionEnd, StreamEvent};
+use kcpgate_core::smux::Role;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::control::{Event as ApiEvent, Inbox, Query, SessionInfo, SessionMeta};
+use crate::runtime::{random_seed, Plan};
+use crate::tunnel::{elapsed_ms, run_stream, FromStream, Links, NewStream, WrongKeyWarning};
+use crate::udp::{BatchSocket, GSO_BYTES, GSO_SEGMENTS};
+
+/// How long a kicked session's peer is refused with its old conversation: longer
+/// than smux's keep-alive timeout, so the peer notices the session is gone first.
+const KICK_HOLD_MS: u32 = 60_000;
+
+/// What a stream task tells the driver: which session, which stream, what.
+type StreamMessage = (SessionId, u32, FromStream);
+
+/// What the driver keeps of a session besides the core's state.
+struct Tracked {
+    meta: SessionMeta,
+    links: Links,
+    /// Why the driver closed it, for the closing event.
+    closing_reason: Option<String>,
+}
+
+/// A client session's extras: where new connections come from, and when it stops.
+pub struct ClientSession {
+    pub remote: SocketAddr,
+    pub connections: mpsc::Receiver<TcpStream>,
+    /// `-autoexpire` + `-scavengettl`: when the session is closed, streams and all.
+    pub close_at: Option<Instant>,
+}
+
+/// One endpoint over one socket. See the module docs.
+pub struct Driver {
+    endpoint: Endpoint<SocketAddr>,
+    socket: BatchSocket,
+    local: SocketAddr,
+    plan: Arc<Plan>,
+    start: Instant,
+    sessions: HashMap<SessionId, Tracked>,
+    to_driver: mpsc::Sender<StreamMessage>,
+    from_streams: mpsc::Receiver<StreamMessage>,
+    /// Datagrams for one destination, as the endpoint writes them.
+    out: Vec<u8>,
+    max_datagrams: usize,
+    /// The tunables' session limit (0 for none), kept here off the shared lock.
+    max_sessions: u64,
+    draining: bool,
+    wrong_key: WrongKeyWarning,
+    /// Client: the session, and what feeds it.
+    client: Option<(SessionId, ClientSession)>,
+}
+
+impl Driver {
+    fn new(role: Role, socket: BatchSocket, plan: Arc<Plan>) -> Driver {
+        let endpoint = Endpoint::new(role, plan.endpoint_config(), plan.crypto.clone(), random_seed())
+            .expect("the session settings were validated at startup");
+        let local = socket.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (to_driver, from_streams) = mpsc::channel(4096);
+        let mtu = (plan.settings.mtu as usize).clamp(1, 1500);
+        Driver {
+            endpoint,
+            socket,
+            local,
+            start: Instant::now(),
+            sessions: HashMap::new(),
+            to_driver,
+            from_streams,
+            out: Vec::with_capacity(GSO_BYTES),
+            max_datagrams: (GSO_BYTES / mtu).clamp(1, GSO_SEGMENTS),
+            max_sessions: plan.tuning().tunables.max_sessions,
+            draining: false,
+            wrong_key: WrongKeyWarning::default(),
+            client: None,
+            plan,
+        }
+    }
+
+    /// A server's driver for one listening socket.
+    pub fn server(socket: BatchSocket, plan: Arc<Plan>) -> Driver {
+        Driver::new(Role::Server, socket, plan)
+    }
+
+    /// A client's driver for one session to `session.remote`, over its own socket.
+    pub fn client(socket: BatchSocket, plan: Arc<Plan>, session: ClientSession) -> Driver {
+        let mut driver = Driver::new(Role::Client, socket, plan);
+        let now = driver.now();
+        let id = driver.endpoint.connect(now, session.remote).expect("a new endpoint has no session");
+        let conv = driver.endpoint.session(id).map_or(0, |(_, s)| s.conv());
+        info!(remote = %session.remote, conv, "session started");
+        driver.client = Some((id, session));
+        driver
+    }
+
+    fn now_ms(&self) -> u64 {
+        elapsed_ms(self.start)
+    }
+
+    fn now(&self) -> u32 {
+        self.now_ms() as u32
+    }
+
+    /// Runs until the work is done: a server's once `drain` turns true and no stream
+    /// is left; a client's once its session has ended.
+    pub async fn run(mut self, mut drain: watch::Receiver<bool>) {
+        let mut inbox = self.plan.registry.register();
+        self.draining = *drain.borrow();
+        loop {
+            // Queries first (a busy loop may not reach the select).
+            while let Some(query) = inbox.try_recv() {
+                self.answer(query);
+            }
+            // Timers first, whatever woke the loop: a busy socket must not starve them.
+            let now = self.now();
+            self.endpoint.handle_timeout(now);
+            self.client_duties();
+            self.flush().await;
+            if self.done() {
+                self.retire(inbox);
+                return;
+            }
+            let wait = self.wait();
+            let accepting = self.client.as_ref().is_some_and(|(_, c)| !c.connections.is_closed());
+            let mut received = false;
+            tokio::select! {
+                _ = drain.changed(), if !self.draining => self.draining = *drain.borrow(),
+                Some(query) = inbox.recv() => self.answer(query),
+                r = self.socket.recv() => match r {
+                    Ok(()) => received = true,
+                    Err(e) => debug!("receive failed: {e}"),
+                },
+                Some((id, sid, msg)) = self.from_streams.recv() => self.on_stream_message(id, sid, msg),
+                tcp = next_connection(&mut self.client), if accepting => {
+                    if let Some(tcp) = tcp {
+                        self.open_stream(tcp);
+                    }
+                }
+                () = tokio::time::sleep(wait) => {} // the timers run at the top of the loop
+            }
+            if received {
+                self.receive();
+            }
+        }
+    }
+
+    /// How long the loop may sleep: until the endpoint's next timer, or a client
+    /// session's forced close.
+    fn wait(&mut self) -> Duration {
+        let now = self.now();
+        let timer = self.endpoint.poll_timeout().map(|d| diff(d, now).max(0) as u64);
+        let close = self
+            .client
+            .as_ref()
+            .and_then(|(_, c)| c.close_at)
+            .map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64);
+        Duration::from_millis([timer, close].into_iter().flatten().min().unwrap_or(3_600_000))
+    }
+
+    /// Hands the received batch to the endpoint.
+    fn receive(&mut self) {
+        let now = self.now();
+        let now_ms = self.now_ms();
+        let limit = self.max_sessions;
+        let full = limit > 0 && self.plan.registry.open_sessions() >= limit;
+        self.endpoint.set_accepting(!self.draining && !full);
+        let Driver { endpoint, socket, sessions, wrong_key, plan, .. } = self;
+        for (from, datagram) in socket.datagrams() {
+            match endpoint.handle_datagram(now, &from, datagram) {
+                Outcome::Delivered => {
+                    if let Some(t) = endpoint.session_id(&from).and_then(|id| sessions.get_mut(&id)) {
+                        t.meta.heard_ms = now_ms;
+                    }
+                }
+                Outcome::Created | Outcome::Replaced { .. } => {}
+                Outcome::Dropped(Drop::Checksum) => wrong_key.datagram_failed(from),
+                Outcome::Dropped(Drop::NotAccepting) if full && !self.draining => {
+                    plan.registry.count_refused_datagram();
+                }
+                Outcome::Dropped(reason) => debug!(remote = %from, ?reason, "datagram dropped"),
+            }
+        }
+    }
+
+    /// Acts on the endpoint's events and sends its datagrams until it has neither.
+    async fn flush(&mut self) {
+        loop {
+            let mut acted = false;
+            while let Some(event) = self.endpoint.poll_event() {
+                acted = true;
+                self.on_event(event);
+            }
+            let now = self.now();
+            while let Some(t) = self.endpoint.poll_transmit(now, self.max_datagrams, &mut self.out) {
+                acted = true;
+                let segment = t.segment_size.unwrap_or(t.size);
+                if let Err(e) = self.socket.send_segments(t.destination, &self.out[..t.size], segment).await {
+                    debug!(remote = %t.destination, "send failed: {e}");
+                }
+            }
+            if !acted {
+                return;
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event<SocketAddr>) {
+        let now = self.now();
+        match event {
+            Event::SessionOpened { id, remote, conv } => {
+                let meta = self.plan.session_meta(self.now_ms());
+                info!(%remote, id = meta.id, conv, "session opened");
+                self.plan.registry.opened(ApiEvent::SessionOpened { id: meta.id, conv, remote });
+                let links = Links::new(self.plan.streams.clone());
+                self.sessions.insert(id, Tracked { meta, links, closing_reason: None });
+            }
+            Event::SessionClosed { id, remote, conv, reason } => {
+                let Some(mut tracked) = self.sessions.remove(&id) else { return };
+                tracked.links.stop_all();
+                let reason = match (tracked.closing_reason, reason) {
+                    (Some(why), _) => why,
+                    (None, SessionEnd::Stack(e)) => {
+                        warn!(%remote, "session closed: {e}");
+                        e.to_string()
+                    }
+                    (None, other) => other.to_string(),
+                };
+                info!(%remote, id = tracked.meta.id, %reason, "session closed");
+                let event = ApiEvent::SessionClosed { id: tracked.meta.id, conv, remote, reason };
+                self.plan.registry.closed(event);
+            }
+            Event::Stream { id, event } => {
+                let Some(tracked) = self.sessions.get_mut(&id) else { return };
+                match event {
+                    StreamEvent::Opened(sid) if self.endpoint.role() == Role::Server => {
+                        let stream = tracked.links.add(sid, None);
+                        let remote = self.endpoint.session(id).map(|(a, _)| *a);
+                        let (plan, tx) = (self.plan.clone(), self.to_driver.clone());
+                        tokio::spawn(dial(plan, remote, id, stream, tx));
+                    }
+                    // A kcptun server never opens streams towards its clients.
+                    StreamEvent::Opened(sid) => {
+                        let _ = self.endpoint.reset(id, sid);
+                    }
+                    StreamEvent::Readable(sid) | StreamEvent::Writable(sid) => {
+                        tracked.links.service(&mut self.endpoint, now, id, sid);
+                    }
+                    StreamEvent::Closed(sid, why) => {
+                        if !self.plan.settings.quiet {
+                            debug!(sid, ?why, "stream closed");
+                        }
+                        tracked.links.closed(sid, why);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_stream_message(&mut self, id: SessionId, sid: u32, msg: FromStream) {
+        let now = self.now();
+        let Some(tracked) = self.sessions.get_mut(&id) else { return };
+        tracked.links.on_message(sid, msg);
+        tracked.links.service(&mut self.endpoint, now, id, sid);
+    }
+
+    /// Client: a new local connection becomes a stream of the session.
+    fn open_stream(&mut self, tcp: TcpStream) {
+        let Some((id, _)) = self.client.as_ref() else { return };
+        let id = *id;
+        let now = self.now();
+        let Some(tracked) = self.sessions.get_mut(&id) else { return };
+        match self.endpoint.open_stream(now, id) {
+            Ok(sid) => {
+                let stream = tracked.links.add(sid, tcp.peer_addr().ok());
+                if !self.plan.settings.quiet {
+                    info!(sid, "stream opened");
+                }
+                tokio::spawn(run_stream(tcp, id, stream, self.to_driver.clone()));
+            }
+            Err(e) => warn!("cannot open a stream: {e:?}"),
+        }
+    }
+
+    /// Client: close the session when `-autoexpire` + `-scavengettl` ran out, or
+    /// when it takes no new connections and has no stream left.
+    fn client_duties(&mut self) {
+        let Some((id, c)) = self.client.as_ref() else { return };
+        let id = *id;
+        let expired = c.close_at.is_some_and(|t| Instant::now() >= t);
+        let retired = c.connections.is_closed() && self.sessions.get(&id).is_some_and(|t| t.links.is_empty());
+        let reason = match (expired, retired) {
+            (true, _) => "expired (-autoexpire, -scavengettl)",
+            (false, true) => "retired: no streams left and no new connections",
+            _ => return,
+        };
+        if let Some(t) = self.sessions.get_mut(&id) {
+            t.closing_reason.get_or_insert_with(|| reason.to_string());
+        }
+        let now = self.now();
+        self.endpoint.close_session(now, id, None);
+    }
+
+    /// Whether the loop is over: a client's session ended, or a draining server has
+    /// no stream left.
+    fn done(&self) -> bool {
+        if self.client.is_some() {
+            return self.endpoint.is_empty();
+        }
+        self.draining && self.sessions.values().all(|t| t.links.is_empty())
+    }
+
+    fn retire(self, inbox: Inbox) {
+        self.plan.registry.retire(inbox, self.endpoint.snmp());
+    }
+
+    fn answer(&mut self, query: Query) {
+        match query {
+            Query::Counters(reply) => {
+                let _ = reply.send(self.endpoint.snmp());
+            }
+            Query::Sessions(reply) => {
+                let now = self.now_ms();
+                let cx = self.plan.view_context(self.local);
+                let views = self
+                    .endpoint
+                    .sessions()
+                    .filter_map(|(id, addr, session)| {
+                        let t = self.sessions.get(&id)?;
+                        Some(SessionInfo::new(&cx, *addr, session, &t.meta, &t.links, now))
+                    })
+                    .collect();
+                let _ = reply.send(views);
+            }
+            Query::Kick { id, reason, done } => {
+                let found = self.sessions.iter_mut().find(|(_, t)| t.meta.id == id);
+                let found = found.map(|(sid, t)| {
+                    t.closing_reason = Some(format!("kicked: {reason}"));
+                    *sid
+                });
+                if let Some(session) = found {
+                    info!(id, %reason, "session kicked");
+                    // The peer's applications see their connections end at once; a
+                    // server refuses the old conversation for a while.
+                    let hold = (self.endpoint.role() == Role::Server).then_some(KICK_HOLD_MS);
+                    let now = self.now();
+                    self.endpoint.close_session(now, session, hold);
+                }
+                let _ = done.send(found.is_some());
+            }
+            Query::Retune(done) => {
+                let tuning = self.plan.tuning();
+                *self.endpoint.session_config_mut() = tuning.session.clone();
+                self.max_sessions = tuning.tunables.max_sessions;
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// The client's next local connection; never resolves without a client session.
+async fn next_connection(client: &mut Option<(SessionId, ClientSession)>) -> Option<TcpStream> {
+    match client {
+        Some((_, c)) => c.connections.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Server: one stream dials the target, then is bridged to it.
+async fn dial(
+    plan: Arc<Plan>,
+    remote: Option<SocketAddr>,
+    id: SessionId,
+    stream: NewStream,
+    tx: mpsc::Sender<StreamMessage>,
+) {
+    let sid = stream.sid;
+    let target = &plan.settings.target;
+    let remote = remote.map_or_else(String::new, |r| r.to_string());
+    match TcpStream::connect(target).await {
+        Ok(tcp) => {
+            if let Ok(peer) = tcp.peer_addr() {
+                let _ = tx.send((id, sid, FromStream::Connected(peer))).await;
+            }
+            if !plan.settings.quiet {
+                info!(%remote, sid, %target, "stream opened");
+            }
+            run_stream(tcp, id, stream, tx).await;
+            if !plan.settings.quiet {
+                info!(%remote, sid, "stream closed");
+            }
+        }
+        Err(e) => {
+            warn!(%remote, sid, %target, "cannot reach the target: {e}");
+            plan.streams.dial_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let _ = tx.send((id, sid, FromStream::Closed)).await;
+        }
+    }
+}
