@@ -429,3 +429,36 @@ fn the_committed_openapi_document_is_what_kcpgate_prints() {
     let spec: Value = serde_json::from_str(&committed).unwrap();
     assert_eq!(spec["openapi"], "3.1.0");
 }
+
+/// A kick through a client's own API does what a kick on the server does: the
+/// session's connections end at once, the closing event names the reason, and the
+/// client opens a new session for the next connection.
+#[test]
+fn a_kick_on_the_client_ends_its_connections_like_a_kick_on_the_server() {
+    let backend = echo_backend();
+    let (udp, local, client_admin) = (free_udp_port("127.0.0.1"), free_tcp_port(), free_tcp_port());
+    let _procs = Procs(vec![
+        kcpgate(&format!("server -l 127.0.0.1:{udp} -t 127.0.0.1:{backend} -key k -admin off")),
+        kcpgate(&format!("client -r 127.0.0.1:{udp} -l 127.0.0.1:{local} -key k -admin 127.0.0.1:{client_admin}")),
+    ]);
+    let client = Api::new(client_admin);
+    client.wait_ready();
+    let events = client.events(500);
+    let mut first = connect(local, &payload(21, 20_000));
+    let before = wait_sessions(&client, "the client's session", |s| s.len() == 1);
+    let id = n(&before[0]["id"]);
+
+    let kicked = client.call("DELETE", &format!("/api/v1/sessions/{id}?reason=maintenance"), None, None);
+    assert_eq!(kicked.0, 204, "{}", kicked.2);
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let read = first.read_to_end(&mut rest);
+    assert!(read.is_ok() && started.elapsed() < Duration::from_secs(5), "the kicked connection ended: {read:?}");
+    let closed = next_event(&events, "session_closed", Duration::from_secs(5));
+    assert_eq!((n(&closed["id"]), closed["reason"].as_str()), (id, Some("kicked: maintenance")));
+
+    let mut second = connect(local, &payload(22, 20_000));
+    echo(&mut second, &payload(23, 5_000));
+    let after = wait_sessions(&client, "a new session", |s| s.len() == 1);
+    assert_ne!(n(&after[0]["id"]), id, "the next connection opened a new session");
+}
