@@ -1,21 +1,22 @@
-//! `kcpgate client`: accepts local TCP connections and carries each as a smux
+//! `kcpgate client`: accepts local TCP (or unix-socket) connections and carries each as a smux
 //! stream over one of `-conn` KCP sessions to the server (PROTOCOL.md §8.4).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::net::{lookup_host, TcpListener, TcpStream, UdpSocket};
+use tokio::net::{lookup_host, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use crate::conn::{is_unix_path, Conn, LocalListener};
 use crate::driver::{ClientSession, Driver};
 use crate::runtime::{random_seed, split_port_range, Plan};
 use crate::udp::BatchSocket;
 
 /// A session slot: where to hand new connections, and when it stops taking them.
 struct Slot {
-    to_session: mpsc::Sender<TcpStream>,
+    to_session: mpsc::Sender<Conn>,
     expires: Option<Instant>,
 }
 
@@ -23,10 +24,10 @@ struct Slot {
 /// returns when every session's streams are done.
 pub async fn run(plan: Arc<Plan>, mut drain: watch::Receiver<bool>) -> std::io::Result<()> {
     let local = &plan.settings.listen;
-    let listener = listen_tcp(local)
+    let listener = listen_local(local)
         .await
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on TCP {local}: {e}")))?;
-    info!("listening on TCP {}, forwarding to {}", listener.local_addr()?, plan.settings.target);
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {local}: {e}")))?;
+    info!("listening on {}, forwarding to {}", listener.describe(), plan.settings.target);
     plan.registry.set_serving();
     let conns = plan.settings.conn.max(1) as usize;
     let mut slots: Vec<Option<Slot>> = (0..conns).map(|_| None).collect();
@@ -37,17 +38,13 @@ pub async fn run(plan: Arc<Plan>, mut drain: watch::Receiver<bool>) -> std::io::
             a = listener.accept() => a,
             _ = drain.changed() => {
                 if *drain.borrow() {
-                    // Dropping the slots tells every session to retire once its streams end.
-                    drop(slots);
-                    for s in sessions {
-                        let _ = s.await;
-                    }
+                    finish(slots, sessions).await;
                     return Ok(());
                 }
                 continue;
             }
         };
-        let (tcp, peer) = match accepted {
+        let conn = match accepted {
             Ok(x) => x,
             Err(e) => {
                 warn!("accept failed: {e}");
@@ -74,15 +71,32 @@ pub async fn run(plan: Arc<Plan>, mut drain: watch::Receiver<bool>) -> std::io::
                     }
                     Err(e) => {
                         warn!("cannot start a session to {}: {e}; retrying in 1 s", plan.settings.target);
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        tokio::select! {
+                                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                                _ = drain.changed() => {
+                                    if *drain.borrow() {
+                                        finish(slots, sessions).await;
+                        return Ok(());
+                                    }
+                                }
+                            }
                     }
                 }
             }
         }
         let slot = slots[idx].as_ref().expect("filled above");
-        if slot.to_session.send(tcp).await.is_err() {
-            warn!(%peer, "the session ended before the connection could be opened");
+        if slot.to_session.send(conn).await.is_err() {
+            warn!("the session ended before the connection could be opened");
         }
+    }
+}
+
+/// Draining: dropping the slots tells every session to retire once its streams
+/// end; returns when they all have.
+async fn finish(slots: Vec<Option<Slot>>, sessions: Vec<tokio::task::JoinHandle<()>>) {
+    drop(slots);
+    for s in sessions {
+        let _ = s.await;
     }
 }
 
@@ -91,8 +105,12 @@ fn somaxconn() -> u32 {
     std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok().and_then(|s| s.trim().parse().ok()).unwrap_or(4096)
 }
 
-/// Binds the local TCP listener (an empty host means every interface).
-async fn listen_tcp(local: &str) -> std::io::Result<TcpListener> {
+/// Binds the local listener: a unix socket path, or TCP host:port (an empty host
+/// means every interface).
+async fn listen_local(local: &str) -> std::io::Result<LocalListener> {
+    if is_unix_path(local) {
+        return LocalListener::bind_unix(local);
+    }
     let spec = if local.starts_with(':') { format!("[::]{local}") } else { local.to_string() };
     let addr = lookup_host(spec.as_str())
         .await?
@@ -101,7 +119,7 @@ async fn listen_tcp(local: &str) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv6() { tokio::net::TcpSocket::new_v6()? } else { tokio::net::TcpSocket::new_v4()? };
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
-    socket.listen(somaxconn())
+    socket.listen(somaxconn()).map(LocalListener::Tcp)
 }
 
 /// Resolves the server (a random port of its range), binds a socket and starts the
@@ -109,7 +127,7 @@ async fn listen_tcp(local: &str) -> std::io::Result<TcpListener> {
 async fn start_session(
     plan: Arc<Plan>,
     drain: watch::Receiver<bool>,
-) -> std::io::Result<(mpsc::Sender<TcpStream>, tokio::task::JoinHandle<()>)> {
+) -> std::io::Result<(mpsc::Sender<Conn>, tokio::task::JoinHandle<()>)> {
     let (host, ports) = split_port_range(&plan.settings.target)?;
     let seed = random_seed();
     let span = u64::from(*ports.end() - *ports.start()) + 1;

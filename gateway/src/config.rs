@@ -214,7 +214,7 @@ const SERVER: &[Flag] = &[
             "target",
             Some("target"),
             Kind::Text("127.0.0.1:12948"),
-            "Backend to dial for every stream: host:port",
+            "Backend to dial for every stream: host:port, or a unix socket path (with a /)",
         )
     },
     flag("admin", Some("admin"), Kind::Text("127.0.0.1:8080"), ADMIN_HELP),
@@ -228,7 +228,7 @@ const CLIENT: &[Flag] = &[
             "localaddr",
             Some("localaddr"),
             Kind::Text(":12948"),
-            "Local TCP address to accept on: host:port (an empty host: every interface)",
+            "Where to accept local connections: TCP host:port (an empty host: every interface), or a unix socket path (with a /)",
         )
     },
     Flag {
@@ -574,12 +574,13 @@ impl Settings {
     /// host:min-max): checked here so that a mistake stops the start, not every
     /// stream later.
     fn check_addresses(&self) -> Result<(), ConfigError> {
-        let check = |flag: &str, value: &str, range_ok: bool| {
-            let example = if range_ok { "host:port or host:min-max" } else { "host:port" };
-            if value.contains('/') {
-                return err(format!(
-                    "{flag} {value:?} looks like a unix socket path; kcpgate takes only {example} here"
-                ));
+        let check = |flag: &str, value: &str, range_ok: bool, unix_ok: bool| {
+            if unix_ok && crate::conn::is_unix_path(value) {
+                return Ok(());
+            }
+            let mut example = if range_ok { "host:port or host:min-max" } else { "host:port" }.to_string();
+            if unix_ok {
+                example += ", or a unix socket path (with a /)";
             }
             match crate::runtime::split_port_range(value) {
                 Ok((_, ports)) if range_ok || ports.start() == ports.end() => Ok(()),
@@ -588,12 +589,12 @@ impl Settings {
         };
         match self.role {
             Role::Server => {
-                check("-listen", &self.listen, true)?;
-                check("-target", &self.target, false)
+                check("-listen", &self.listen, true, false)?;
+                check("-target", &self.target, false, true)
             }
             Role::Client => {
-                check("-localaddr", &self.listen, false)?;
-                check("-remoteaddr", &self.target, true)
+                check("-localaddr", &self.listen, false, true)?;
+                check("-remoteaddr", &self.target, true, false)
             }
         }
     }

@@ -489,6 +489,12 @@ pub struct TunablesPatch {
     pub max_sessions: Option<u64>,
 }
 
+impl TunablesPatch {
+    /// The fields a change may have, as JSON names them.
+    pub const FIELDS: &'static [&'static str] =
+        &["mode", "nodelay", "interval", "resend", "nc", "sndwnd", "rcvwnd", "ratelimit", "max_sessions"];
+}
+
 /// A JSON integer, also when written with a zero fraction (`5.0`), which JSON
 /// Schema counts as an integer too.
 fn whole_number<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
@@ -653,6 +659,32 @@ mod tests {
         for reader in readers {
             assert_eq!(reader.await.expect("a reader"), 7, "a reader was skipped");
         }
+    }
+
+    #[test]
+    fn every_field_of_a_change_is_listed() {
+        for field in TunablesPatch::FIELDS {
+            let value = if *field == "mode" { serde_json::json!("fast") } else { serde_json::json!(1) };
+            let one = serde_json::json!({ *field: value });
+            assert!(serde_json::from_value::<TunablesPatch>(one).is_ok(), "{field} is a field");
+        }
+        let fields = serde_json::to_value(Tunables {
+            mode: Profile::Fast,
+            nodelay: 0,
+            interval: 10,
+            resend: 0,
+            nc: 0,
+            sndwnd: 1,
+            rcvwnd: 1,
+            ratelimit: 0,
+            max_sessions: 0,
+        })
+        .expect("JSON");
+        let mut all: Vec<&str> = fields.as_object().expect("an object").keys().map(String::as_str).collect();
+        let mut listed = TunablesPatch::FIELDS.to_vec();
+        all.sort_unstable();
+        listed.sort_unstable();
+        assert_eq!(all, listed, "every tunable can be changed, and nothing else");
     }
 
     #[test]

@@ -14,10 +14,10 @@ use kcpgate_core::kcp::diff;
 use kcpgate_core::listener::{Drop, Outcome};
 use kcpgate_core::session::{SessionEnd, StreamEvent};
 use kcpgate_core::smux::Role;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
+use crate::conn::Conn;
 use crate::control::{Event as ApiEvent, Inbox, Query, SessionInfo, SessionMeta};
 use crate::runtime::{random_seed, Plan};
 use crate::tunnel::{elapsed_ms, run_stream, FromStream, Links, NewStream, WrongKeyWarning};
@@ -41,7 +41,7 @@ struct Tracked {
 /// A client session's extras: where new connections come from, and when it stops.
 pub struct ClientSession {
     pub remote: SocketAddr,
-    pub connections: mpsc::Receiver<TcpStream>,
+    pub connections: mpsc::Receiver<Conn>,
     /// `-autoexpire` + `-scavengettl`: when the session is closed, streams and all.
     pub close_at: Option<Instant>,
 }
@@ -147,8 +147,8 @@ impl Driver {
                 },
                 Some((id, sid, msg)) = self.from_streams.recv() => self.on_stream_message(id, sid, msg),
                 tcp = next_connection(&mut self.client), if accepting => {
-                    if let Some(tcp) = tcp {
-                        self.open_stream(tcp);
+                    if let Some(conn) = tcp {
+                        self.open_stream(conn);
                     }
                 }
                 () = tokio::time::sleep(wait) => {} // the timers run at the top of the loop
@@ -279,18 +279,18 @@ impl Driver {
     }
 
     /// Client: a new local connection becomes a stream of the session.
-    fn open_stream(&mut self, tcp: TcpStream) {
+    fn open_stream(&mut self, conn: Conn) {
         let Some((id, _)) = self.client.as_ref() else { return };
         let id = *id;
         let now = self.now();
         let Some(tracked) = self.sessions.get_mut(&id) else { return };
         match self.endpoint.open_stream(now, id) {
             Ok(sid) => {
-                let stream = tracked.links.add(sid, tcp.peer_addr().ok());
+                let stream = tracked.links.add(sid, conn.peer());
                 if !self.plan.settings.quiet {
                     info!(sid, "stream opened");
                 }
-                tokio::spawn(run_stream(tcp, id, stream, self.to_driver.clone()));
+                tokio::spawn(run_stream(conn, id, stream, self.to_driver.clone()));
             }
             Err(e) => warn!("cannot open a stream: {e:?}"),
         }
@@ -303,10 +303,18 @@ impl Driver {
         let id = *id;
         let expired = c.close_at.is_some_and(|t| Instant::now() >= t);
         let retired = c.connections.is_closed() && self.sessions.get(&id).is_some_and(|t| t.links.is_empty());
-        let reason = match (expired, retired) {
-            (true, _) => "expired (-autoexpire, -scavengettl)",
-            (false, true) => "retired: no streams left and no new connections",
-            _ => return,
+        // Draining, a session that never heard from its server has nothing in
+        // flight worth waiting for: the server is unreachable or refuses it.
+        let unanswered =
+            self.draining && self.endpoint.session(id).is_some_and(|(_, s)| s.connection().snmp().in_pkts == 0);
+        let reason = if expired {
+            "expired (-autoexpire, -scavengettl)"
+        } else if retired {
+            "retired: no streams left and no new connections"
+        } else if unanswered {
+            "draining: the server never answered (check -remoteaddr, -key and -crypt)"
+        } else {
+            return;
         };
         if let Some(t) = self.sessions.get_mut(&id) {
             t.closing_reason.get_or_insert_with(|| reason.to_string());
@@ -373,7 +381,7 @@ impl Driver {
 }
 
 /// The client's next local connection; never resolves without a client session.
-async fn next_connection(client: &mut Option<(SessionId, ClientSession)>) -> Option<TcpStream> {
+async fn next_connection(client: &mut Option<(SessionId, ClientSession)>) -> Option<Conn> {
     match client {
         Some((_, c)) => c.connections.recv().await,
         None => std::future::pending().await,
@@ -391,15 +399,15 @@ async fn dial(
     let sid = stream.sid;
     let target = &plan.settings.target;
     let remote = remote.map_or_else(String::new, |r| r.to_string());
-    match TcpStream::connect(target).await {
-        Ok(tcp) => {
-            if let Ok(peer) = tcp.peer_addr() {
+    match Conn::connect(target).await {
+        Ok(conn) => {
+            if let Some(peer) = conn.peer() {
                 let _ = tx.send((id, sid, FromStream::Connected(peer))).await;
             }
             if !plan.settings.quiet {
                 info!(%remote, sid, %target, "stream opened");
             }
-            run_stream(tcp, id, stream, tx).await;
+            run_stream(conn, id, stream, tx).await;
             if !plan.settings.quiet {
                 info!(%remote, sid, "stream closed");
             }

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod conn;
 pub mod control;
 pub mod driver;
 pub mod runtime;

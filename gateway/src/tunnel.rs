@@ -22,8 +22,9 @@ use kcpgate_core::endpoint::{Endpoint, SessionId};
 use kcpgate_core::session::StreamEnd;
 use kcpgate_core::smux::Read;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify, Semaphore};
+
+use crate::conn::{Conn, ConnRead};
 
 /// Bytes read from TCP (or smux) per step.
 pub const CHUNK: usize = 16 * 1024;
@@ -349,7 +350,7 @@ impl Links {
 /// Reads what TCP has, up to a chunk, into a buffer from `pool`: straight into it
 /// when it is chunk-sized (a busy stream's buffers are), else through the stack and
 /// into a buffer just large enough.
-fn read_chunk(rd: &tokio::net::tcp::OwnedReadHalf, pool: &ChunkPool) -> std::io::Result<Vec<u8>> {
+fn read_chunk(rd: &ConnRead, pool: &ChunkPool) -> std::io::Result<Vec<u8>> {
     let mut buf = pool.take();
     buf.clear();
     let read = if buf.capacity() >= CHUNK {
@@ -368,16 +369,16 @@ fn read_chunk(rd: &tokio::net::tcp::OwnedReadHalf, pool: &ChunkPool) -> std::io:
     }
 }
 
-/// Bridges one TCP connection and one stream until both directions end.
+/// Bridges one local connection (TCP or unix socket) and one stream until both
+/// directions end.
 pub async fn run_stream<K: Clone + Send + 'static>(
-    tcp: TcpStream,
+    conn: Conn,
     key: K,
     stream: NewStream,
     to_session: mpsc::Sender<(K, u32, FromStream)>,
 ) {
     let NewStream { sid, mut to_tcp, credit, stop, pool, blocked } = stream;
-    let _ = tcp.set_nodelay(true);
-    let (rd, mut wr) = tcp.into_split();
+    let (rd, mut wr) = conn.into_split();
     let up = {
         let (key, to_session, pool) = (key.clone(), to_session.clone(), pool.clone());
         async move {
@@ -535,7 +536,7 @@ mod tests {
                     got
                 }));
                 let id = server.session.expect("the session opened first");
-                tokio::spawn(run_stream(tcp, id, stream, to_session.clone()));
+                tokio::spawn(run_stream(Conn::Tcp(tcp), id, stream, to_session.clone()));
             }
             let blocked = server.links.links.values().any(|l| l.waiting_for_tcp.is_some());
             if blocked {

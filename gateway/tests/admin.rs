@@ -248,6 +248,19 @@ fn the_api_lists_kicks_and_retunes_the_sessions_of_real_clients() {
     let bad = api.call("PATCH", "/api/v1/config", Some(TOKEN), Some(&serde_json::json!({"rcvwnd": 0})));
     assert_eq!((bad.0, bad.1.as_str()), (422, "application/problem+json"));
     assert_eq!(api.get("/api/v1/config")["tunables"]["rcvwnd"], 99, "a bad change changes nothing");
+    // Wrong types and values together: each field is named, and nothing changes.
+    let change = serde_json::json!({"sndwnd": "big", "mode": "warp", "rcvwnd": 0, "ratelimit": 1000});
+    let bad = api.call("PATCH", "/api/v1/config", Some(TOKEN), Some(&change));
+    assert_eq!(bad.0, 422, "{}", bad.2);
+    let problem: Value = serde_json::from_str(&bad.2).expect("problem+json");
+    let mut named: Vec<&str> =
+        problem["errors"].as_array().expect("errors").iter().filter_map(|e| e["field"].as_str()).collect();
+    named.sort_unstable();
+    assert_eq!(named, ["mode", "rcvwnd", "sndwnd"], "{problem}");
+    assert_eq!(api.get("/api/v1/config")["tunables"]["ratelimit"], 0, "the good field did not change either");
+    let unknown = api.call("PATCH", "/api/v1/config", Some(TOKEN), Some(&serde_json::json!({"sndwin": 5})));
+    assert_eq!(unknown.0, 400, "{}", unknown.2);
+    assert!(unknown.2.contains("sndwnd"), "the answer lists the fields: {}", unknown.2);
     assert_eq!(api.get("/api/v1/config")["key"], "(redacted)");
     procs.0.push(kcpgate(&format!("client -r 127.0.0.1:{udp} -l 127.0.0.1:{late_port} {crypt}")));
     let _via_late = connect(late_port, &payload(9, 1000));

@@ -577,7 +577,7 @@ pub async fn get_config(State(state): State<Shared>) -> Json<RunningConfig> {
         (status = 200, description = "The changed configuration", body = RunningConfig),
         (status = 400, description = "The body is not a JSON object of known fields", content_type = "application/problem+json", body = Problem),
         (status = 415, description = "The body is not application/json", content_type = "application/problem+json", body = Problem),
-        (status = 422, description = "A value is out of range", content_type = "application/problem+json", body = Problem),
+        (status = 422, description = "A value is of the wrong type or out of range; each such field is named", content_type = "application/problem+json", body = Problem),
         Unauthorized,
     )
 )]
@@ -585,19 +585,41 @@ pub async fn patch_config(
     State(state): State<Shared>,
     ApiJson(body): ApiJson<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Json<RunningConfig>, Problem> {
-    // Through a map: serde would also take a struct from a JSON array.
-    let patch: TunablesPatch = serde_json::from_value(serde_json::Value::Object(body))
+    // Field by field, through a map (serde would also take a struct from a JSON
+    // array), so that every wrong field is named, not only the first.
+    let mut wrong = Vec::new();
+    let mut valid = serde_json::Map::new();
+    for (field, value) in body {
+        if !TunablesPatch::FIELDS.contains(&field.as_str()) {
+            let known = TunablesPatch::FIELDS.join(", ");
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!("unknown field {field:?}: the fields are {known}"),
+            ));
+        }
+        let single = serde_json::Map::from_iter([(field.clone(), value.clone())]);
+        match serde_json::from_value::<TunablesPatch>(serde_json::Value::Object(single)) {
+            Ok(_) => {
+                valid.insert(field, value);
+            }
+            Err(e) => wrong.push(FieldError { field, message: e.to_string() }),
+        }
+    }
+    let patch: TunablesPatch = serde_json::from_value(serde_json::Value::Object(valid))
         .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("the body is not a valid change: {e}")))?;
-    match state.plan.retune(&patch) {
-        Ok(tunables) => {
+    let result =
+        if wrong.is_empty() { state.plan.retune(&patch) } else { state.plan.tuning().tunables.patched(&patch) };
+    match result {
+        Ok(tunables) if wrong.is_empty() => {
             tracing::info!(?tunables, "tunables changed for new sessions");
             state.plan.registry.retune().await;
             Ok(Json(running_config(&state)))
         }
-        Err(wrong) => {
+        checked => {
+            let out_of_range = checked.err().unwrap_or_default();
+            wrong.extend(out_of_range.into_iter().map(|(field, message)| FieldError { field: field.into(), message }));
             let mut problem = Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "nothing changed: fix the fields below");
-            problem.errors =
-                wrong.into_iter().map(|(field, message)| FieldError { field: field.into(), message }).collect();
+            problem.errors = wrong;
             Err(problem)
         }
     }
