@@ -29,9 +29,10 @@ use std::sync::Arc;
 use foldhash::{HashMap, HashMapExt};
 
 use crate::crypto::PacketCrypto;
+use crate::error::ConfigError;
 use crate::kcp::diff;
 use crate::listener::{Listener, ListenerStats, Outcome, Routed};
-use crate::pipeline::{ConfigError, Connection, SessionConfig};
+use crate::pipeline::{Connection, SessionConfig};
 use crate::session::{Session, SessionEnd, StreamConfig, StreamEvent};
 use crate::smux::{Read, Role, StreamError};
 use crate::snmp::Snmp;
@@ -59,17 +60,39 @@ pub struct EndpointConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event<A> {
     /// A session opened: a peer's first datagram (server), or [`Endpoint::connect`].
-    SessionOpened { id: SessionId, remote: A, conv: u32 },
+    SessionOpened {
+        /// The endpoint's name for it.
+        id: SessionId,
+        /// The peer's address.
+        remote: A,
+        /// Its KCP conversation id.
+        conv: u32,
+    },
     /// A session ended; its streams were reported closed just before.
-    SessionClosed { id: SessionId, remote: A, conv: u32, reason: SessionEnd },
+    SessionClosed {
+        /// The endpoint's name for it.
+        id: SessionId,
+        /// The peer's address.
+        remote: A,
+        /// Its KCP conversation id.
+        conv: u32,
+        /// Why it ended.
+        reason: SessionEnd,
+    },
     /// Something about one of a session's streams.
-    Stream { id: SessionId, event: StreamEvent },
+    Stream {
+        /// The session.
+        id: SessionId,
+        /// What happened.
+        event: StreamEvent,
+    },
 }
 
 /// Datagrams for one destination, written into the caller's buffer by
 /// [`Endpoint::poll_transmit`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transmit<A> {
+    /// Where the datagrams go.
     pub destination: A,
     /// Bytes written.
     pub size: usize,
@@ -126,12 +149,15 @@ pub struct Endpoint<A> {
 impl<A: Clone + Eq + Hash> Endpoint<A> {
     /// An endpoint in `role`: a server accepts sessions, a client only dials them.
     /// `seed` seeds every session's conversation id and nonces (take it from the OS).
+    /// Settings that cannot work (an MTU too small, smux limits out of range) are
+    /// refused here, before any session exists.
     pub fn new(
         role: Role,
         config: EndpointConfig,
         crypto: Arc<PacketCrypto>,
         seed: [u8; 32],
     ) -> Result<Endpoint<A>, ConfigError> {
+        config.streams.stack.smux.validate()?;
         let mut listener = Listener::new(config.session, crypto, seed)?;
         listener.set_accepting(role == Role::Server);
         Ok(Endpoint {
@@ -152,6 +178,7 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
         })
     }
 
+    /// The role this endpoint plays.
     pub fn role(&self) -> Role {
         self.role
     }
@@ -346,6 +373,7 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
         self.listener.len()
     }
 
+    /// Whether no session is open.
     pub fn is_empty(&self) -> bool {
         self.listener.is_empty()
     }

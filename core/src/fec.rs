@@ -8,7 +8,9 @@
 use reed_solomon_erasure::galois_8::ReedSolomon;
 use std::sync::Arc;
 
+/// Packet type of a data shard (kcp-go `typeData`).
 pub const TYPE_DATA: u16 = 0x00F1;
+/// Packet type of a parity shard (kcp-go `typeParity`).
 pub const TYPE_PARITY: u16 = 0x00F2;
 /// kcp-go's out-of-band datagrams (not used by kcptun; dropped here).
 pub const TYPE_OOB: u16 = 0x00F3;
@@ -50,7 +52,9 @@ pub fn packet_type(packet: &[u8]) -> Option<u16> {
 /// configuration cloned into every session costs one codec in all.
 #[derive(Clone)]
 pub struct Shards {
+    /// Data shards per group.
     pub data: usize,
+    /// Parity shards per group.
     pub parity: usize,
     codec: Arc<ReedSolomon>,
 }
@@ -79,6 +83,7 @@ impl Shards {
         Some(Shards { data, parity, codec })
     }
 
+    /// Shards per group, data and parity.
     pub fn total(&self) -> usize {
         self.data + self.parity
     }
@@ -137,6 +142,7 @@ pub struct FecEncoder {
     group_start_ms: u32,
     parity_ready: bool,
     parity_first_seqid: u32,
+    /// What the encoder counted.
     pub stats: FecStats,
 }
 
@@ -147,6 +153,7 @@ impl core::fmt::Debug for FecEncoder {
 }
 
 impl FecEncoder {
+    /// An encoder for groups of `shards`.
     pub fn new(shards: Shards) -> FecEncoder {
         FecEncoder {
             paws: paws(shards.data, shards.parity),
@@ -164,6 +171,7 @@ impl FecEncoder {
         }
     }
 
+    /// The shard counts it encodes with.
     pub fn shards(&self) -> &Shards {
         &self.shards
     }
@@ -303,6 +311,7 @@ pub struct FecDecoder {
     /// thus holds buffers only for the shards it is waiting on, not for every
     /// (group, index) it has ever seen.
     spare: Vec<Vec<u8>>,
+    /// What the decoder counted.
     pub stats: FecStats,
 }
 
@@ -313,6 +322,7 @@ impl core::fmt::Debug for FecDecoder {
 }
 
 impl FecDecoder {
+    /// A decoder for groups of `shards` (it re-tunes to the peer's).
     pub fn new(shards: Shards) -> FecDecoder {
         FecDecoder {
             paws: paws(shards.data, shards.parity),
@@ -328,6 +338,7 @@ impl FecDecoder {
         }
     }
 
+    /// The shard counts it decodes with now.
     pub fn shards(&self) -> &Shards {
         &self.shards
     }

@@ -7,9 +7,11 @@
 //! native gateway and, compiled to WebAssembly, in the browser.
 
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
 pub mod crypto;
 pub mod endpoint;
+pub mod error;
 pub mod fec;
 pub mod kcp;
 pub mod listener;

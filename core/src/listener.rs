@@ -14,9 +14,10 @@ use std::sync::Arc;
 use foldhash::{HashMap, HashMapExt};
 
 use crate::crypto::{NonceSource, OpenError, PacketCrypto};
+use crate::error::ConfigError;
 use crate::fec;
 use crate::kcp::HEADER_LEN as KCP_HEADER_LEN;
-use crate::pipeline::{ConfigError, Connection, SessionConfig, MIN_PLAIN_LEN};
+use crate::pipeline::{Connection, SessionConfig, MIN_PLAIN_LEN};
 use crate::snmp::Snmp;
 
 /// kcp-go's accept backlog.
@@ -28,6 +29,7 @@ const MAX_REFUSED: usize = 65_536;
 
 /// Why the listener dropped a datagram before any session saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Drop {
     /// Shorter than the crypto header.
     TooShort,
@@ -55,6 +57,22 @@ pub enum Drop {
     NotAccepting,
 }
 
+impl core::fmt::Display for Drop {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            Drop::TooShort => "shorter than the crypto header",
+            Drop::Checksum => "failed the checksum or authentication (check -key and -crypt)",
+            Drop::Runt => "too short for KCP after the crypto header",
+            Drop::NoConv => "from an unknown address and carrying no conversation",
+            Drop::Malformed => "a header no honest peer sends",
+            Drop::ConvMismatch => "another conversation than the address's session",
+            Drop::BacklogFull => "the accept backlog is full",
+            Drop::Closed => "for a conversation closed a short while ago",
+            Drop::NotAccepting => "a new peer while no sessions are accepted",
+        })
+    }
+}
+
 /// What [`Listener::handle_datagram`] did with a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -65,24 +83,37 @@ pub enum Outcome {
     /// The peer restarted (new conv, sn 0): its old session was closed and a new one
     /// created in its place.
     Replaced {
+        /// The conversation that was replaced.
         old_conv: u32,
     },
+    /// Dropped, for this reason.
     Dropped(Drop),
 }
 
 /// Counters of datagrams the listener dropped before session lookup.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ListenerStats {
+    /// [`Drop::TooShort`].
     pub too_short: u64,
+    /// [`Drop::Checksum`].
     pub checksum: u64,
+    /// [`Drop::Runt`].
     pub runt: u64,
+    /// [`Drop::NoConv`].
     pub no_conv: u64,
+    /// [`Drop::Malformed`].
     pub malformed: u64,
+    /// [`Drop::ConvMismatch`].
     pub conv_mismatch: u64,
+    /// [`Drop::BacklogFull`].
     pub backlog_full: u64,
+    /// [`Drop::Closed`].
     pub closed: u64,
+    /// [`Drop::NotAccepting`].
     pub not_accepting: u64,
+    /// Sessions created.
     pub created: u64,
+    /// Sessions replaced by a restarted peer.
     pub replaced: u64,
 }
 
@@ -101,6 +132,7 @@ impl ListenerStats {
         } += 1;
     }
 
+    /// Datagrams dropped, all reasons.
     pub fn dropped(&self) -> u64 {
         self.too_short
             + self.checksum
@@ -177,6 +209,7 @@ pub struct Listener<A, S = Connection> {
     accepting: bool,
     /// Sessions closed by the application: address → (conversation, refused until).
     refused: HashMap<A, (u32, u32)>,
+    /// Datagrams dropped before session lookup, and sessions made.
     pub stats: ListenerStats,
 }
 
@@ -225,6 +258,7 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         self.accepting = accepting;
     }
 
+    /// Whether peers may open sessions.
     pub fn is_accepting(&self) -> bool {
         self.accepting
     }
@@ -328,26 +362,32 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         self.backlog.len()
     }
 
+    /// The session of `addr`.
     pub fn session(&self, addr: &A) -> Option<&S> {
         self.sessions.get(addr)
     }
 
+    /// The session of `addr`, to change.
     pub fn session_mut(&mut self, addr: &A) -> Option<&mut S> {
         self.sessions.get_mut(addr)
     }
 
+    /// Every session with its address.
     pub fn sessions(&self) -> impl Iterator<Item = (&A, &S)> {
         self.sessions.iter()
     }
 
+    /// Every session with its address, to change.
     pub fn sessions_mut(&mut self) -> impl Iterator<Item = (&A, &mut S)> {
         self.sessions.iter_mut()
     }
 
+    /// Open sessions.
     pub fn len(&self) -> usize {
         self.sessions.len()
     }
 
+    /// Whether no session is open.
     pub fn is_empty(&self) -> bool {
         self.sessions.is_empty()
     }
@@ -392,6 +432,7 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
 /// A dialled session: it accepts datagrams only from the address it dialled.
 pub struct Dialer<A> {
     remote: A,
+    /// The session.
     pub connection: Connection,
     /// Datagrams from other addresses (`InErrs`).
     pub foreign: u64,
@@ -415,6 +456,7 @@ impl<A: Eq> Dialer<A> {
         Ok(Dialer { remote, connection, foreign: 0 })
     }
 
+    /// The address it dialled.
     pub fn remote(&self) -> &A {
         &self.remote
     }
@@ -439,7 +481,21 @@ impl<A: Eq> Dialer<A> {
 
 /// Why a dialled session dropped a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum DialerDrop {
+    /// From another address than the one dialled.
     WrongSource,
+    /// Failed the crypto check.
     Open(OpenError),
 }
+
+impl core::fmt::Display for DialerDrop {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            DialerDrop::WrongSource => f.write_str("from another address than the one dialled"),
+            DialerDrop::Open(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for DialerDrop {}

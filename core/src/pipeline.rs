@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use crate::crypto::{NonceSource, OpenError, PacketCrypto};
+use crate::error::ConfigError;
 use crate::fec::{self, FecDecoder, FecEncoder, Shards};
 use crate::kcp::{self, Kcp, HEADER_LEN as KCP_HEADER_LEN};
 use crate::pacer::TokenBucket;
@@ -49,24 +50,6 @@ impl Default for SessionConfig {
     }
 }
 
-/// Why a session cannot be built.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConfigError {
-    /// The MTU leaves no room for a KCP segment once the headers are taken off.
-    MtuTooSmall { mtu: usize, overhead: usize },
-}
-
-impl core::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            ConfigError::MtuTooSmall { mtu, overhead } => write!(
-                f,
-                "MTU {mtu} is too small: crypto and FEC headers take {overhead} bytes and a KCP segment needs more than {KCP_HEADER_LEN}"
-            ),
-        }
-    }
-}
-
 /// The smallest session MTU that leaves room for a KCP segment with one byte of
 /// data under `method`'s crypto header (and the FEC header, with FEC).
 pub fn min_mtu(method: crate::crypto::Method, fec: bool) -> usize {
@@ -81,7 +64,7 @@ impl SessionConfig {
         let tail = crypto.tail_len();
         let mtu = self.mtu.min(MTU_LIMIT);
         if mtu <= room + tail + KCP_HEADER_LEN {
-            return Err(ConfigError::MtuTooSmall { mtu, overhead: room + tail });
+            return Err(ConfigError::MtuTooSmall { mtu, smallest: room + tail + KCP_HEADER_LEN + 1 });
         }
         Ok(self.kcp.clone().fit_session_mtu(mtu, room, tail))
     }
@@ -136,6 +119,7 @@ impl Connection {
         })
     }
 
+    /// The conversation id.
     pub fn conv(&self) -> u32 {
         self.kcp.conv()
     }
@@ -145,6 +129,7 @@ impl Connection {
         &self.kcp
     }
 
+    /// The KCP state machine, to change (run-time tuning).
     pub fn kcp_mut(&mut self) -> &mut Kcp {
         &mut self.kcp
     }
@@ -195,6 +180,7 @@ impl Connection {
         n
     }
 
+    /// Whether [`Connection::read`] would return bytes.
     pub fn readable(&self) -> bool {
         self.kcp.readable()
     }
@@ -252,6 +238,7 @@ impl Connection {
         self.kcp.poll_timeout()
     }
 
+    /// Runs KCP's timer if due; call at [`Connection::poll_timeout`].
     pub fn handle_timeout(&mut self, now: u32) {
         self.arm_send_budget(now);
         self.kcp.handle_timeout(now);
@@ -294,6 +281,7 @@ impl Connection {
         }
     }
 
+    /// Whether datagrams wait to be sent.
     pub fn has_transmits(&mut self) -> bool {
         !self.kcp.transmits().is_empty() || !self.parity.is_empty()
     }

@@ -119,14 +119,17 @@ impl Qpp {
         Qpp { pads, inverse }
     }
 
+    /// Pad `i`.
     pub fn pad(&self, i: usize) -> &[u8; 256] {
         &self.pads[i]
     }
 
+    /// The inverse of pad `i`.
     pub fn inverse_pad(&self, i: usize) -> &[u8; 256] {
         &self.inverse[i]
     }
 
+    /// How many pads there are.
     pub fn num_pads(&self) -> usize {
         self.pads.len()
     }
@@ -207,33 +210,23 @@ impl QppPrng {
 /// kcptun's smallest recommended pad count.
 pub const MINIMUM_PADS: i64 = 7;
 
-/// Why a QPP setting is refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QppConfigError {
-    /// `-QPPCount` must be positive when `-QPP` is on.
-    NoPads(i64),
-    /// The count is used as a u16; this one wraps to 0 pads.
-    WrapsToZero(i64),
-}
-
-impl core::fmt::Display for QppConfigError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            QppConfigError::NoPads(n) => write!(f, "-QPPCount must be greater than 0 when -QPP is on (got {n})"),
-            QppConfigError::WrapsToZero(n) => {
-                write!(f, "-QPPCount {n} is taken modulo 65536 and would give 0 pads; pick a smaller prime such as 61")
-            }
-        }
-    }
-}
-
 /// Advice kcptun prints (in red) but starts anyway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QppWarning {
     /// The key is shorter than the seed length a full-strength pad set needs.
-    ShortKey { len: usize, recommended: usize },
+    ShortKey {
+        /// The key's length, bytes.
+        len: usize,
+        /// The length recommended.
+        recommended: usize,
+    },
     /// Fewer pads than recommended.
-    FewPads { count: i64, recommended: i64 },
+    FewPads {
+        /// The pad count given.
+        count: i64,
+        /// The smallest count recommended.
+        recommended: i64,
+    },
     /// An even count shares a factor with 8; a prime is recommended.
     EvenPads(i64),
 }
@@ -259,12 +252,12 @@ pub fn check_parameters(
     key: &[u8],
     count: i64,
     generation: PadGeneration,
-) -> Result<(u16, Vec<QppWarning>), QppConfigError> {
+) -> Result<(u16, Vec<QppWarning>), crate::error::ConfigError> {
     if count <= 0 {
-        return Err(QppConfigError::NoPads(count));
+        return Err(crate::error::ConfigError::QppNoPads(count));
     }
     if count as u16 == 0 {
-        return Err(QppConfigError::WrapsToZero(count));
+        return Err(crate::error::ConfigError::QppWrapsToZero(count));
     }
     let mut warnings = Vec::new();
     let min_seed = match generation {

@@ -80,11 +80,13 @@ impl std::error::Error for SessionEnd {}
 /// One stream as the admin API shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StreamInfo {
+    /// The smux stream id.
     pub id: u32,
     /// When it opened (the caller's clock, ms).
     pub opened_at: u32,
     /// Application bytes read from it, and written to it.
     pub bytes_read: u64,
+    /// Application bytes written to it.
     pub bytes_written: u64,
 }
 
@@ -102,6 +104,7 @@ struct StreamState {
 /// Settings of the layers above the datagram pipeline, and of the stream lifecycle.
 #[derive(Debug, Clone)]
 pub struct StreamConfig {
+    /// snappy, smux and QPP.
     pub stack: StackConfig,
     /// How long a half-open stream may live, ms (kcptun `-closewait`); 0 forever.
     pub close_wait_ms: u32,
@@ -141,6 +144,7 @@ impl Session {
         }
     }
 
+    /// The conversation id.
     pub fn conv(&self) -> u32 {
         self.conn.conv()
     }
@@ -150,6 +154,7 @@ impl Session {
         &self.conn
     }
 
+    /// The datagram pipeline, to change (run-time tuning).
     pub fn connection_mut(&mut self) -> &mut Connection {
         &mut self.conn
     }

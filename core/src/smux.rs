@@ -14,11 +14,17 @@ use foldhash::{HashMap, HashMapExt};
 
 use crate::kcp::diff;
 
+/// Bytes of a frame header.
 pub const HEADER_LEN: usize = 8;
+/// Opens a stream.
 pub const CMD_SYN: u8 = 0;
+/// Ends a stream's direction.
 pub const CMD_FIN: u8 = 1;
+/// Carries stream data.
 pub const CMD_PSH: u8 = 2;
+/// Keep-alive.
 pub const CMD_NOP: u8 = 3;
+/// v2 window update.
 pub const CMD_UPD: u8 = 4;
 /// A v2 sender's window before the first UPD.
 pub const INITIAL_PEER_WINDOW: u32 = 262_144;
@@ -28,7 +34,9 @@ pub const ACCEPT_BACKLOG: usize = 1024;
 /// Which smux version a session speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
+    /// smux v1: no flow control per stream.
     V1,
+    /// smux v2: per-stream windows (UPD frames).
     V2,
     /// Server side: take the version of the peer's first frame, so one server serves
     /// v1 (Debian's kcptun) and v2 clients alike.
@@ -38,11 +46,13 @@ pub enum Version {
 /// Session settings; [`Config::kcptun`] gives kcptun's defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
+    /// v1, v2, or (server) take the client's.
     pub version: Version,
     /// NOP every this many ms; 0 turns keep-alive (and its timeout) off.
     pub keepalive_interval_ms: u32,
     /// Close the session if no frame arrived for this long (checked every period).
     pub keepalive_timeout_ms: u32,
+    /// Largest frame payload, bytes.
     pub max_frame_size: usize,
     /// Session receive budget: bytes buffered for the application over all streams.
     pub max_receive_buffer: usize,
@@ -65,7 +75,8 @@ impl Config {
     }
 
     /// smux's own validation (kcptun refuses to start on failure).
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), crate::error::ConfigError> {
+        use crate::error::ConfigError;
         if self.keepalive_interval_ms > 0 && self.keepalive_timeout_ms < self.keepalive_interval_ms {
             return Err(ConfigError::KeepAliveTimeoutBelowInterval);
         }
@@ -83,43 +94,27 @@ impl Config {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConfigError {
-    KeepAliveTimeoutBelowInterval,
-    MaxFrameSize(usize),
-    MaxReceiveBuffer(usize),
-    MaxStreamBuffer(usize),
-}
-
-impl core::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            ConfigError::KeepAliveTimeoutBelowInterval => {
-                f.write_str("smux keep-alive interval exceeds its 30 s timeout (keepalive must be ≤ 30)")
-            }
-            ConfigError::MaxFrameSize(n) => write!(f, "smux frame size {n} is outside 1..=65535"),
-            ConfigError::MaxReceiveBuffer(n) => write!(f, "smux receive buffer {n} is outside 1..=2147483647"),
-            ConfigError::MaxStreamBuffer(n) => {
-                write!(f, "smux stream buffer {n} must be positive and no larger than the session buffer")
-            }
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which side of the session.
 pub enum Role {
+    /// Opens streams with odd ids.
     Client,
+    /// Accepts streams; opens even ids.
     Server,
 }
 
 /// Why a session ended. Protocol errors come from the peer's frames.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SmuxError {
     /// A frame with another version than the session's (or not 1/2 at all).
     InvalidVersion(u8),
+    /// A command byte smux does not know.
     InvalidCommand(u8),
     /// SYN/FIN/NOP with a payload, or UPD without exactly 8 bytes.
     InvalidLength {
+        /// The command.
         cmd: u8,
+        /// The length it carried.
         len: u16,
     },
     /// UPD in a v1 session.
@@ -150,9 +145,13 @@ impl core::fmt::Display for SmuxError {
     }
 }
 
+impl std::error::Error for SmuxError {}
+
 /// Errors of stream operations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StreamError {
+    /// No stream has this id (never opened, or gone).
     NoSuchStream,
     /// The stream's write side was closed.
     WriteClosed,
@@ -162,12 +161,27 @@ pub enum StreamError {
     Session(SmuxError),
 }
 
+impl core::fmt::Display for StreamError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            StreamError::NoSuchStream => f.write_str("no such stream (never opened, or already closed)"),
+            StreamError::WriteClosed => f.write_str("the stream's write side is closed"),
+            StreamError::Consumed => f.write_str("smux v2: the peer claims to have read more than was sent"),
+            StreamError::Session(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for StreamError {}
+
 /// Result of [`Session::stream_read`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Read {
+    /// This many bytes were read.
     Data(usize),
     /// The peer closed its side and everything was read.
     Eof,
+    /// Nothing to read yet.
     WouldBlock,
 }
 
@@ -273,6 +287,7 @@ impl Session {
         }
     }
 
+    /// The settings in force.
     pub fn config(&self) -> &Config {
         &self.cfg
     }
@@ -287,6 +302,7 @@ impl Session {
         self.dead
     }
 
+    /// Whether the session still works.
     pub fn is_alive(&self) -> bool {
         self.dead.is_none()
     }
@@ -304,6 +320,7 @@ impl Session {
         self.streams.len()
     }
 
+    /// The ids of open streams.
     pub fn stream_ids(&self) -> impl Iterator<Item = u32> + '_ {
         self.streams.keys().copied()
     }
@@ -709,7 +726,8 @@ impl Session {
     ///
     /// Having just heard the peer, this is also the liveness check, so the session's
     /// next timer is a single one, a whole interval away: a server whose clients keep
-    /// alive never wakes for an idle session at all (see [`ping_interval`]).
+    /// alive never wakes for an idle session at all (a server pings an eighth of an
+    /// interval later than its client).
     pub fn answer_keepalive(&mut self, now: u32) {
         let pinged = std::mem::take(&mut self.pinged);
         let interval = self.cfg.keepalive_interval_ms;

@@ -25,6 +25,7 @@ pub fn masked_crc(data: &[u8]) -> u32 {
 /// Why a framed stream was rejected. Any of these ends the stream (and kcptun's
 /// smux session over it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SnappyError {
     /// The stream does not start with the stream identifier, or a later identifier
     /// chunk is wrong.
@@ -53,6 +54,8 @@ impl core::fmt::Display for SnappyError {
     }
 }
 
+impl std::error::Error for SnappyError {}
+
 /// Writes a framed stream.
 pub struct FrameEncoder {
     started: bool,
@@ -73,6 +76,7 @@ impl core::fmt::Debug for FrameEncoder {
 }
 
 impl FrameEncoder {
+    /// An encoder that has written nothing yet (the stream identifier comes first).
     pub fn new() -> FrameEncoder {
         FrameEncoder { started: false, encoder: snap::raw::Encoder::new(), block: Vec::new() }
     }
@@ -129,6 +133,7 @@ impl core::fmt::Debug for FrameDecoder {
 }
 
 impl FrameDecoder {
+    /// A decoder expecting the stream identifier.
     pub fn new() -> FrameDecoder {
         FrameDecoder {
             pending: Vec::new(),

@@ -3,31 +3,53 @@
 /// Counter set in kcp-go's struct order (v5.6.72). Gauges are marked.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Snmp {
+    /// Application bytes written (`BytesSent`).
     pub bytes_sent: u64,
+    /// Application bytes read (`BytesReceived`).
     pub bytes_received: u64,
     /// Gauge: highest `curr_estab` seen.
     pub max_conn: u64,
+    /// Sessions dialled (`ActiveOpens`).
     pub active_opens: u64,
+    /// Sessions accepted (`PassiveOpens`).
     pub passive_opens: u64,
     /// Gauge: sessions open now.
     pub curr_estab: u64,
+    /// Datagrams from an unexpected address (`InErrs`).
     pub in_errs: u64,
+    /// Datagrams failing the checksum or tag (`InCsumErrors`).
     pub in_csum_errors: u64,
+    /// Datagrams KCP refused (`KCPInErrors`).
     pub kcp_in_errors: u64,
+    /// Datagrams received (`InPkts`).
     pub in_pkts: u64,
+    /// Datagrams sent (`OutPkts`).
     pub out_pkts: u64,
+    /// KCP segments received (`InSegs`).
     pub in_segs: u64,
+    /// KCP segments sent (`OutSegs`).
     pub out_segs: u64,
+    /// UDP payload bytes received (`InBytes`).
     pub in_bytes: u64,
+    /// UDP payload bytes sent (`OutBytes`).
     pub out_bytes: u64,
+    /// Segments resent, all causes (`RetransSegs`).
     pub retrans_segs: u64,
+    /// Segments resent after duplicate ACKs (`FastRetransSegs`).
     pub fast_retrans_segs: u64,
+    /// Segments resent early (`EarlyRetransSegs`).
     pub early_retrans_segs: u64,
+    /// Segments resent after their timer ran out (`LostSegs`).
     pub lost_segs: u64,
+    /// Duplicate segments received (`RepeatSegs`).
     pub repeat_segs: u64,
+    /// FEC groups received whole (`FECFullShardSet`).
     pub fec_full_shard_set: u64,
+    /// Data shards rebuilt by FEC (`FECRecovered`).
     pub fec_recovered: u64,
+    /// FEC groups that could not be rebuilt (`FECErrs`).
     pub fec_errs: u64,
+    /// Parity shards received (`FECParityShards`).
     pub fec_parity_shards: u64,
     /// Gauge: FEC groups held.
     pub fec_shard_set: u64,
@@ -39,6 +61,7 @@ pub struct Snmp {
     pub ring_buffer_rcv_queue: u64,
     /// Gauge: snd_buf length at the latest flush.
     pub ring_buffer_snd_buffer: u64,
+    /// Out-of-band datagrams received and dropped.
     pub oob_packets: u64,
 }
 

@@ -23,7 +23,9 @@ const READ_CHUNK: usize = 8192;
 /// QPP as a process shares it: the pads and the initial PRNG state of every stream.
 #[derive(Clone)]
 pub struct QppSetup {
+    /// The pads, shared by every stream.
     pub pads: Arc<Qpp>,
+    /// The initial PRNG state of every stream.
     pub initial: QppPrng,
 }
 
@@ -45,14 +47,19 @@ impl QppSetup {
 pub struct StackConfig {
     /// snappy framing (kcptun's default; `-nocomp` turns it off).
     pub compression: bool,
+    /// smux settings.
     pub smux: smux::Config,
+    /// QPP on stream payloads, or none.
     pub qpp: Option<QppSetup>,
 }
 
 /// Why the stream layers of a session failed; the session is over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StackError {
+    /// The snappy framing failed.
     Snappy(SnappyError),
+    /// smux failed.
     Smux(SmuxError),
 }
 
@@ -64,6 +71,8 @@ impl core::fmt::Display for StackError {
         }
     }
 }
+
+impl std::error::Error for StackError {}
 
 /// snappy + smux + QPP for one session. See the module docs.
 #[derive(Debug)]
@@ -86,6 +95,7 @@ pub struct StreamStack {
 }
 
 impl StreamStack {
+    /// A stack in `role`, started at `now`.
     pub fn new(role: Role, cfg: StackConfig, now: u32) -> StreamStack {
         StreamStack {
             mux: Session::new(role, cfg.smux, now),
@@ -221,6 +231,7 @@ impl StreamStack {
         Some(sid)
     }
 
+    /// The next stream event.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.mux.poll_event()
     }
@@ -249,6 +260,7 @@ impl StreamStack {
         Ok(r)
     }
 
+    /// Closes a stream both ways (FIN after its queued data).
     pub fn stream_close(&mut self, sid: u32) -> Result<(), StreamError> {
         self.prngs.remove(&sid);
         self.mux.stream_close(sid)

@@ -44,6 +44,7 @@ impl TransmitQueue {
         self.lens.len()
     }
 
+    /// Whether no datagram is queued.
     pub fn is_empty(&self) -> bool {
         self.lens.is_empty()
     }

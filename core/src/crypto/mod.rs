@@ -40,18 +40,31 @@ const XOR_PAD_LEN: usize = 1500;
 /// The `-crypt` methods of kcptun.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Method {
+    /// AES-256-CFB (`aes`).
     Aes256,
+    /// AES-128-CFB (`aes-128`).
     Aes128,
+    /// AES-192-CFB (`aes-192`).
     Aes192,
+    /// AES-128-GCM (`aes-128-gcm`): an AEAD, no CRC.
     Aes128Gcm,
+    /// SM4-CFB (`sm4`).
     Sm4,
+    /// Twofish-256-CFB (`twofish`).
     Twofish,
+    /// Blowfish-CFB (`blowfish`).
     Blowfish,
+    /// CAST5-CFB (`cast5`).
     Cast5,
+    /// Triple DES-CFB (`3des`).
     TripleDes,
+    /// TEA-CFB, 16 rounds, big-endian as kcp-go (`tea`).
     Tea,
+    /// XTEA-CFB, big-endian as kcp-go (`xtea`).
     Xtea,
+    /// Salsa20 (`salsa20`).
     Salsa20,
+    /// kcp-go's XOR "cipher" (`xor`).
     Xor,
     /// CFB header (nonce and CRC) in clear, no encryption.
     None,
@@ -60,6 +73,7 @@ pub enum Method {
 }
 
 impl Method {
+    /// Every method, in kcptun's order.
     pub const ALL: [Method; 15] = [
         Method::Aes256,
         Method::Aes128,
@@ -106,6 +120,7 @@ impl Method {
         Method::from_name(name).unwrap_or(Method::Aes256)
     }
 
+    /// kcptun's name of the method.
     pub fn name(self) -> &'static str {
         match self {
             Method::Aes256 => "aes",
@@ -153,6 +168,7 @@ pub fn derive_key(passphrase: &str) -> [u8; 32] {
 
 /// Why a received datagram was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum OpenError {
     /// Shorter than the crypto header (and tag): dropped without counting.
     TooShort,
@@ -168,6 +184,8 @@ impl core::fmt::Display for OpenError {
         })
     }
 }
+
+impl std::error::Error for OpenError {}
 
 // One instance per listener or dialled session, shared by its connections: the
 // spread between variants (Blowfish's S-boxes) costs nothing worth a box per call.
@@ -283,6 +301,7 @@ impl PacketCrypto {
         PacketCrypto::new(method, &derive_key(passphrase))
     }
 
+    /// The packet cipher in use.
     pub fn method(&self) -> Method {
         self.method
     }
@@ -385,10 +404,12 @@ impl PacketCrypto {
 pub struct NonceSource(ChaCha12Rng);
 
 impl NonceSource {
+    /// A generator seeded with `seed` (take it from the OS).
     pub fn from_seed(seed: [u8; 32]) -> NonceSource {
         NonceSource(ChaCha12Rng::from_seed(seed))
     }
 
+    /// Fills `out` with random bytes.
     pub fn fill(&mut self, out: &mut [u8]) {
         self.0.fill_bytes(out);
     }

@@ -30,6 +30,7 @@ pub struct Tea16 {
 }
 
 impl Tea16 {
+    /// A TEA cipher with a 16-byte key.
     pub fn new(key: &[u8; 16]) -> Tea16 {
         Tea16 { k: words(key) }
     }
@@ -42,6 +43,7 @@ pub struct XteaBe {
 }
 
 impl XteaBe {
+    /// An XTEA cipher with a 16-byte key.
     pub fn new(key: &[u8; 16]) -> XteaBe {
         XteaBe { k: words(key) }
     }

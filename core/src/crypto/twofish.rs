@@ -94,6 +94,7 @@ pub struct Twofish256 {
 }
 
 impl Twofish256 {
+    /// Twofish with a 32-byte key.
     pub fn new(key: &[u8; 32]) -> Twofish256 {
         let q0: [u8; 256] = core::array::from_fn(|x| q(&Q0_T, x as u8));
         let q1: [u8; 256] = core::array::from_fn(|x| q(&Q1_T, x as u8));

@@ -82,13 +82,18 @@ impl Compat {
 /// kcptun's `-mode` presets (§8.2): (nodelay, interval, resend, nc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// kcptun `-mode normal`.
     Normal,
+    /// kcptun `-mode fast`.
     Fast,
+    /// kcptun `-mode fast2`.
     Fast2,
+    /// kcptun `-mode fast3`.
     Fast3,
 }
 
 impl Mode {
+    /// Every preset.
     pub const ALL: [Mode; 4] = [Mode::Normal, Mode::Fast, Mode::Fast2, Mode::Fast3];
 
     /// The preset for a kcptun mode name; other names mean "manual".
@@ -102,6 +107,7 @@ impl Mode {
         }
     }
 
+    /// kcptun's name of the preset.
     pub fn name(self) -> &'static str {
         match self {
             Mode::Normal => "normal",
@@ -193,6 +199,7 @@ impl Default for Config {
 
 /// Errors of [`Kcp::send`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SendError {
     /// Nothing to send (kcp-go: -1).
     Empty,
@@ -202,6 +209,7 @@ pub enum SendError {
 
 /// Errors of [`Kcp::recv`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RecvError {
     /// No complete message is available (kcp-go: -1).
     WouldBlock,
@@ -211,12 +219,46 @@ pub enum RecvError {
 
 /// Errors of [`Kcp::set_mtu`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MtuError {
     /// No room for a segment header and at least one payload byte.
     TooSmall,
     /// Data is queued or in flight, segmented for the current MTU.
     Busy,
 }
+
+impl core::fmt::Display for SendError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            SendError::Empty => "nothing to send",
+            SendError::TooLarge => "message needs more than 255 fragments: send less at once, or use stream mode",
+        })
+    }
+}
+
+impl std::error::Error for SendError {}
+
+impl core::fmt::Display for RecvError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            RecvError::WouldBlock => "no complete message yet",
+            RecvError::BufferTooSmall => "buffer shorter than the next message: peek its size first",
+        })
+    }
+}
+
+impl std::error::Error for RecvError {}
+
+impl core::fmt::Display for MtuError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            MtuError::TooSmall => "MTU leaves no room for a KCP header and one byte of data",
+            MtuError::Busy => "MTU cannot change while data is queued or in flight",
+        })
+    }
+}
+
+impl std::error::Error for MtuError {}
 
 /// Per-connection counters, named after kcp-go's SNMP fields.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -229,7 +271,9 @@ pub struct KcpStats {
     pub repeat_segs: u64,
     /// fast + early + lost.
     pub retrans_segs: u64,
+    /// Segments resent after `resend` duplicate ACKs.
     pub fast_retrans_segs: u64,
+    /// Segments resent early, before their timer, when nothing else was in flight.
     pub early_retrans_segs: u64,
     /// Timeout retransmissions.
     pub lost_segs: u64,
@@ -242,25 +286,41 @@ pub struct KcpStats {
 /// See [`Kcp::state`]. Times in ms, windows and queues in segments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KcpState {
+    /// Oldest unacknowledged sequence number.
     pub snd_una: u32,
+    /// Next sequence number to send.
     pub snd_nxt: u32,
+    /// Next sequence number expected.
     pub rcv_nxt: u32,
+    /// Smoothed round-trip time, ms.
     pub srtt: i32,
+    /// Round-trip time variation, ms.
     pub rttvar: i32,
+    /// Retransmission timeout, ms.
     pub rto: u32,
+    /// Lower bound of the timeout, ms.
     pub min_rto: u32,
+    /// Congestion window, segments.
     pub cwnd: u32,
+    /// Slow-start threshold, segments.
     pub ssthresh: u32,
     /// The peer's last advertised free window.
     pub rmt_wnd: u32,
+    /// Send window, segments.
     pub snd_wnd: u32,
+    /// Receive window, segments.
     pub rcv_wnd: u32,
+    /// Segments waiting to be sent.
     pub snd_queue: usize,
+    /// Segments sent and not yet acknowledged.
     pub snd_buf: usize,
+    /// Segments received in order, not yet read.
     pub rcv_queue: usize,
+    /// Segments received out of order.
     pub rcv_buf: usize,
     /// Current zero-window probe delay; 0 while the peer's window is open.
     pub probe_wait: u32,
+    /// A segment was resent so often that the link looks dead.
     pub dead: bool,
 }
 
@@ -375,10 +435,12 @@ impl Kcp {
         }
     }
 
+    /// The conversation id.
     pub fn conv(&self) -> u32 {
         self.conv
     }
 
+    /// The configuration in force.
     pub fn config(&self) -> &Config {
         &self.cfg
     }
@@ -388,6 +450,7 @@ impl Kcp {
         self.mss
     }
 
+    /// What the connection counted.
     pub fn stats(&self) -> &KcpStats {
         &self.stats
     }
@@ -437,10 +500,12 @@ impl Kcp {
         Ok(())
     }
 
+    /// Sends every ACK at once instead of with the next flush.
     pub fn set_ack_nodelay(&mut self, on: bool) {
         self.cfg.ack_nodelay = on;
     }
 
+    /// Stream mode: sends join segments instead of keeping message bounds.
     pub fn set_stream(&mut self, on: bool) {
         self.cfg.stream = on;
     }

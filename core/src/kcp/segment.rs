@@ -34,13 +34,21 @@ impl Command {
 /// command can still be parsed, reported and re-encoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
+    /// Conversation id.
     pub conv: u32,
+    /// Command (PUSH, ACK, WASK, WINS).
     pub cmd: u8,
+    /// Fragments that follow in this message.
     pub frg: u8,
+    /// Sender's free receive window.
     pub wnd: u16,
+    /// Sender's timestamp, ms.
     pub ts: u32,
+    /// Sequence number.
     pub sn: u32,
+    /// Sender's oldest unacknowledged sequence number.
     pub una: u32,
+    /// Payload length.
     pub len: u32,
 }
 
@@ -85,6 +93,7 @@ impl Header {
 
 /// Why a datagram (or the rest of it) could not be parsed as KCP segments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SegmentError {
     /// Fewer than 24 bytes where a header should start (kcp-go: -1).
     TooShort,
@@ -107,6 +116,8 @@ impl core::fmt::Display for SegmentError {
     }
 }
 
+impl std::error::Error for SegmentError {}
+
 /// Iterates over the segments of one datagram, in order, without copying.
 ///
 /// Parsing stops after the first error, which is yielded once. Trailing bytes
@@ -117,6 +128,7 @@ pub struct Segments<'a> {
 }
 
 impl<'a> Segments<'a> {
+    /// The segments of one datagram.
     pub fn new(datagram: &'a [u8]) -> Segments<'a> {
         Segments { rest: datagram, failed: false }
     }

@@ -1,0 +1,53 @@
+//! Why settings are refused: one type for every layer's configuration, each
+//! variant saying what to change.
+
+/// Why a configuration cannot be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The MTU leaves no room for a KCP segment once the crypto and FEC headers are
+    /// taken off.
+    MtuTooSmall {
+        /// The MTU given.
+        mtu: usize,
+        /// The smallest that works with this crypto and FEC.
+        smallest: usize,
+    },
+    /// smux: the keep-alive timeout is shorter than its interval.
+    KeepAliveTimeoutBelowInterval,
+    /// smux: the frame size is 0 or over 65535.
+    MaxFrameSize(usize),
+    /// smux: the session buffer is 0 or over 2³¹ − 1.
+    MaxReceiveBuffer(usize),
+    /// smux: the stream buffer is 0 or over the session buffer.
+    MaxStreamBuffer(usize),
+    /// QPP: the pad count must be positive.
+    QppNoPads(i64),
+    /// QPP: the count is used as a u16, and this one wraps to 0 pads.
+    QppWrapsToZero(i64),
+}
+
+impl core::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            ConfigError::MtuTooSmall { mtu, smallest } => write!(
+                f,
+                "MTU {mtu} is too small: the crypto and FEC headers and a KCP segment need at least {smallest}"
+            ),
+            ConfigError::KeepAliveTimeoutBelowInterval => {
+                f.write_str("smux keep-alive timeout must not be shorter than the keep-alive interval")
+            }
+            ConfigError::MaxFrameSize(n) => write!(f, "smux frame size {n} is outside 1..=65535"),
+            ConfigError::MaxReceiveBuffer(n) => write!(f, "smux receive buffer {n} is outside 1..=2147483647"),
+            ConfigError::MaxStreamBuffer(n) => {
+                write!(f, "smux stream buffer {n} must be positive and no larger than the session buffer")
+            }
+            ConfigError::QppNoPads(n) => write!(f, "-QPPCount must be greater than 0 when -QPP is on (got {n})"),
+            ConfigError::QppWrapsToZero(n) => {
+                write!(f, "-QPPCount {n} is taken modulo 65536 and would give 0 pads; pick a smaller prime such as 61")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
