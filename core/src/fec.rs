@@ -41,12 +41,6 @@ pub fn paws(data: usize, parity: usize) -> u32 {
     (u32::MAX / n) * n
 }
 
-/// Reads the FEC type field of a datagram (offset 4), if it has one.
-pub fn packet_type(packet: &[u8]) -> Option<u16> {
-    let t = u16::from_le_bytes(packet.get(4..6)?.try_into().ok()?);
-    matches!(t, TYPE_DATA | TYPE_PARITY | TYPE_OOB).then_some(t)
-}
-
 /// A `(data, parity)` shard configuration that kcp-go accepts, with its
 /// Reed-Solomon codec. Clones share the codec (its tables are several KiB), so a
 /// configuration cloned into every session costs one codec in all.

@@ -24,3 +24,4 @@ pub mod snappy;
 pub mod snmp;
 pub mod stack;
 pub mod transmit;
+pub mod wire;

@@ -15,10 +15,9 @@ use foldhash::{HashMap, HashMapExt};
 
 use crate::crypto::{NonceSource, OpenError, PacketCrypto};
 use crate::error::ConfigError;
-use crate::fec;
-use crate::kcp::HEADER_LEN as KCP_HEADER_LEN;
-use crate::pipeline::{Connection, SessionConfig, MIN_PLAIN_LEN};
+use crate::pipeline::{Connection, SessionConfig};
 use crate::snmp::Snmp;
+use crate::wire::Datagram;
 
 /// kcp-go's accept backlog.
 pub const ACCEPT_BACKLOG: usize = 128;
@@ -146,34 +145,6 @@ impl ListenerStats {
     }
 }
 
-/// Whether a datagram from an unknown address may open a session: its first KCP
-/// header has a known command and, for a data shard, the size field matches.
-fn may_open_session(plain: &[u8]) -> bool {
-    let (kcp, size_ok) = match fec::packet_type(plain) {
-        Some(fec::TYPE_DATA) => {
-            let size = usize::from(u16::from_le_bytes([plain[6], plain[7]]));
-            (&plain[fec::DATA_HEADER_LEN..], size == plain.len() - fec::HEADER_LEN)
-        }
-        Some(_) => return false,
-        None => (plain, true),
-    };
-    size_ok && kcp.get(4).is_some_and(|&cmd| crate::kcp::Command::from_wire(cmd).is_some())
-}
-
-/// The conversation id and sequence number a plain datagram announces, if any.
-fn conv_of(plain: &[u8]) -> Option<(u32, u32)> {
-    let u32_at = |i: usize| plain.get(i..i + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
-    match fec::packet_type(plain) {
-        Some(fec::TYPE_DATA) if plain.len() >= fec::DATA_HEADER_LEN + KCP_HEADER_LEN => {
-            Some((u32_at(fec::DATA_HEADER_LEN)?, u32_at(fec::DATA_HEADER_LEN + 12)?))
-        }
-        // OOB datagrams are dropped by sessions; they announce nothing here.
-        Some(_) => None,
-        None if plain.len() >= KCP_HEADER_LEN => Some((u32_at(0)?, u32_at(12)?)),
-        None => None,
-    }
-}
-
 /// What a listener's table holds: a session built around one [`Connection`].
 pub trait Routed {
     /// The session's conversation id.
@@ -277,10 +248,8 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
             Err(OpenError::TooShort) => return self.drop(Drop::TooShort),
             Err(OpenError::Checksum) => return self.drop(Drop::Checksum),
         };
-        if plain.len() < MIN_PLAIN_LEN {
-            return self.drop(Drop::Runt);
-        }
-        let announced = conv_of(plain);
+        let Ok(datagram) = Datagram::parse(plain) else { return self.drop(Drop::Runt) };
+        let announced = datagram.announced();
         let mut outcome = Outcome::Created;
         if let Some(session) = self.sessions.get_mut(from) {
             match announced {
@@ -288,7 +257,7 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
                     if sn != 0 || !self.accepting {
                         return self.drop(Drop::ConvMismatch);
                     }
-                    if !may_open_session(plain) {
+                    if !datagram.may_open_session() {
                         return self.drop(Drop::Malformed);
                     }
                     outcome = Outcome::Replaced { old_conv: session.conv() };
@@ -313,7 +282,7 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
             }
             self.refused.remove(from);
         }
-        if !may_open_session(plain) {
+        if !datagram.may_open_session() {
             return self.drop(Drop::Malformed);
         }
         if self.backlog.len() >= ACCEPT_BACKLOG {

@@ -15,11 +15,10 @@ use crate::kcp::{self, Kcp, HEADER_LEN as KCP_HEADER_LEN};
 use crate::pacer::TokenBucket;
 use crate::snmp::Snmp;
 use crate::transmit::TransmitQueue;
+use crate::wire::Datagram;
 
 /// kcp-go's hard cap on the session MTU.
 pub const MTU_LIMIT: usize = 1500;
-/// Shortest payload a session accepts after the crypto header (kcp-go latest).
-pub const MIN_PLAIN_LEN: usize = 12;
 
 /// Settings of one session, as kcptun derives them from its flags.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -207,28 +206,25 @@ impl Connection {
     pub fn handle_plain(&mut self, now: u32, plain: &[u8]) {
         self.counters.in_pkts += 1;
         self.counters.in_bytes += plain.len() as u64;
-        if plain.len() < MIN_PLAIN_LEN {
+        let Ok(datagram) = Datagram::parse(plain) else {
             self.counters.kcp_in_errors += 1;
             return;
-        }
+        };
         self.arm_send_budget(now);
         let Connection { kcp, decoder, counters, .. } = self;
-        match fec::packet_type(plain) {
-            Some(fec::TYPE_OOB) => counters.oob_packets += 1,
-            Some(kind) => {
-                if kind == fec::TYPE_DATA {
-                    let _ = kcp.input(now, &plain[fec::DATA_HEADER_LEN..], true);
-                }
-                // A peer may send FEC although this side has none configured: decode
-                // it anyway, starting from (1, 1) and letting the decoder re-tune.
-                let decoder = decoder.get_or_insert_with(|| FecDecoder::new(Shards::new(1, 1).expect("1/1 is valid")));
-                decoder.decode(plain, |rebuilt| {
-                    let _ = kcp.input(now, rebuilt, false);
-                });
-            }
-            None => {
-                let _ = kcp.input(now, plain, true);
-            }
+        if let Some(segments) = datagram.kcp() {
+            let _ = kcp.input(now, segments.bytes(), true);
+        }
+        if let Some(shard) = datagram.fec_shard() {
+            // A peer may send FEC although this side has none configured: decode it
+            // anyway, starting from (1, 1) and letting the decoder re-tune.
+            let decoder = decoder.get_or_insert_with(|| FecDecoder::new(Shards::new(1, 1).expect("1/1 is valid")));
+            decoder.decode(shard, |rebuilt| {
+                let _ = kcp.input(now, rebuilt, false);
+            });
+        }
+        if datagram == Datagram::Oob {
+            counters.oob_packets += 1;
         }
         self.seal_output(now);
     }

@@ -4,9 +4,9 @@
 mod support;
 
 use kcpgate_core::crypto::{Method, PacketCrypto};
-use kcpgate_core::fec;
 use kcpgate_core::kcp::{Mode, Segments};
 use kcpgate_core::listener::{Listener, Outcome};
+use kcpgate_core::wire::Datagram;
 use serde_json::Value;
 use support::netsim::{Link, LinkConfig, Sim, Transfer};
 use support::vectors::{hex, load, u64_of};
@@ -17,11 +17,7 @@ fn kcp_of(crypto: &PacketCrypto, datagram: &[u8]) -> Option<Vec<u8>> {
     let mut d = datagram.to_vec();
     let range = crypto.open(&mut d).expect("our own datagram opens");
     let plain = &d[range];
-    match fec::packet_type(plain) {
-        Some(fec::TYPE_DATA) => Some(plain[fec::DATA_HEADER_LEN..].to_vec()),
-        Some(_) => None,
-        None => Some(plain.to_vec()),
-    }
+    Datagram::parse(plain).ok()?.kcp().map(|k| k.bytes().to_vec())
 }
 
 /// Every sequence number the packets acknowledge, explicitly (ACK) or through `una`.

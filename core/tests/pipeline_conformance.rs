@@ -9,6 +9,7 @@ use kcpgate_core::fec::{self, paws, FecDecoder, FecEncoder, Shards, DATA_HEADER_
 use kcpgate_core::kcp::{Header, Mode};
 use kcpgate_core::listener::{Dialer, DialerDrop, Drop, Listener, Outcome, ACCEPT_BACKLOG};
 use kcpgate_core::pipeline::Connection;
+use kcpgate_core::wire::Datagram;
 use support::netsim::{Link, LinkConfig, Sim, Transfer};
 use support::{crypto, session_config, DialerEndpoint, ListenerEndpoint};
 
@@ -257,7 +258,7 @@ fn conformance_36_other_type_fields_are_bare_kcp() {
     let cfg = session_config(Mode::Fast, 32, 32, Some((10, 3)));
     let mut conn = Connection::new(5, &cfg, crypto(Method::Null, ""), [0; 32]).unwrap();
     let bare = kcp_datagram(5, 0, 60);
-    assert_eq!(fec::packet_type(&bare), None, "cmd 81, frg 0 at offset 4 is no FEC type");
+    assert!(matches!(Datagram::parse(&bare), Ok(Datagram::Kcp(_))), "cmd 81, frg 0 at offset 4 is no FEC type");
     conn.handle_plain(0, &bare);
     let mut buf = [0u8; 64];
     assert_eq!(conn.read(&mut buf), 36);

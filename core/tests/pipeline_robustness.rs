@@ -7,9 +7,10 @@ mod support;
 use std::sync::Arc;
 
 use kcpgate_core::crypto::{Method, PacketCrypto};
-use kcpgate_core::fec::{self, TYPE_DATA, TYPE_OOB, TYPE_PARITY};
+use kcpgate_core::fec::{TYPE_DATA, TYPE_OOB, TYPE_PARITY};
 use kcpgate_core::kcp::Mode;
 use kcpgate_core::listener::{Drop, Outcome};
+use kcpgate_core::wire::Datagram;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use support::netsim::{Endpoint, Link, LinkConfig, Sim, Transfer};
@@ -121,7 +122,7 @@ impl Besieged {
                     let d = self.seal(true, &p);
                     self.expect(now, attacker, d, Outcome::Dropped(Drop::NoConv));
                 }
-                7 if fec::packet_type(&plain) == Some(TYPE_DATA) => {
+                7 if matches!(Datagram::parse(&plain), Ok(Datagram::FecData { .. })) => {
                     // The client's own datagram re-sent at the wrap edge: its KCP part
                     // is a harmless duplicate, the decoder drops the shard.
                     let mut p = plain.clone();
