@@ -130,3 +130,53 @@ grid! {
     bulk_fast3_loss30: Mode::Fast3, Loss::Random(0.30), 37_000;
     bulk_fast3_bursty: Mode::Fast3, Loss::Bursty, 7_500;
 }
+
+/// The whole grid as a table, compared with the committed
+/// `core/tests/snapshots/netsim_grid.txt`: any change in how KCP behaves under loss
+/// shows up as a diff a reviewer can read. After an intended change, regenerate it
+/// with `KCPGATE_UPDATE_SNAPSHOTS=1 cargo test -p kcpgate-core --test netsim` and
+/// commit the file with the change that explains it.
+#[test]
+fn the_mode_and_loss_grid_matches_its_snapshot() {
+    let mut table = String::from(
+        "# 8 MiB each way, 20 ms each way, 1 % duplication and reordering, 100 Mbit/s, seed 7\n\
+         mode   loss            simulated ms   KB/s each way   dropped   retransmitted\n",
+    );
+    for mode in Mode::ALL {
+        for loss in [Loss::Random(0.0), Loss::Random(0.01), Loss::Random(0.10), Loss::Random(0.30), Loss::Bursty] {
+            let o = bulk(mode, loss, 7);
+            let rate = 8 * MB * 1000 / o.elapsed_ms.max(1) / 1024;
+            table += &format!(
+                "{:<6} {:<15} {:>12}   {:>13}   {:>7}   {:>13}\n",
+                mode.name(),
+                format!("{loss:?}"),
+                o.elapsed_ms,
+                rate,
+                o.dropped,
+                o.retransmitted
+            );
+        }
+    }
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots/netsim_grid.txt");
+    if std::env::var_os("KCPGATE_UPDATE_SNAPSHOTS").is_some() {
+        std::fs::create_dir_all(path.parent().expect("a folder")).expect("the snapshot folder");
+        std::fs::write(&path, &table).expect("the snapshot written");
+        return;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    if committed != table {
+        let diff: Vec<String> = committed
+            .lines()
+            .zip(table.lines())
+            .filter(|(a, b)| a != b)
+            .map(|(a, b)| format!("- {a}\n+ {b}"))
+            .collect();
+        panic!(
+            "the netsim grid changed ({} line(s)):\n{}\n\nIf the change is intended, run \
+             KCPGATE_UPDATE_SNAPSHOTS=1 cargo test -p kcpgate-core --test netsim and commit {}",
+            diff.len().max(1),
+            diff.join("\n"),
+            path.display()
+        );
+    }
+}
