@@ -6,6 +6,13 @@
 //! No GRO on receive: nix's `recvmmsg` does not reset the headers' control-message
 //! length between calls, so the GRO segment size would be lost after the first
 //! batch; one datagram per buffer needs no segment size.
+//!
+//! Why not the `quinn-udp` crate: its socket setup turns IP fragmentation off on
+//! every socket (`IP_MTU_DISCOVER = IP_PMTUDISC_PROBE`, `IPV6_DONTFRAG`), which QUIC
+//! wants and kcptun does not do. A kcptun user whose `-mtu` is above the path's MTU
+//! (a VPN or PPPoE link under 1350) works today because the kernel fragments; with
+//! the don't-fragment flag every full-size datagram would be dropped. Neither nix
+//! nor socket2 can turn the IPv4 option back without `unsafe` of ours.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::net::SocketAddr;
