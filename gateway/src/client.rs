@@ -29,7 +29,7 @@ pub async fn run(plan: Arc<Plan>, mut drain: watch::Receiver<bool>) -> std::io::
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {local}: {e}")))?;
     info!("listening on {}, forwarding to {}", listener.describe(), plan.settings.target);
     plan.registry.set_serving();
-    let conns = plan.settings.conn.max(1) as usize;
+    let conns = plan.settings.conn as usize;
     let mut slots: Vec<Option<Slot>> = (0..conns).map(|_| None).collect();
     let mut rr: u16 = 0;
     let mut sessions = Vec::new();
@@ -65,7 +65,7 @@ pub async fn run(plan: Arc<Plan>, mut drain: watch::Receiver<bool>) -> std::io::
                         sessions.retain(|t: &tokio::task::JoinHandle<()>| !t.is_finished());
                         sessions.push(task);
                         let ttl = plan.settings.autoexpire;
-                        let expires = (ttl > 0).then(|| Instant::now() + Duration::from_secs(ttl as u64));
+                        let expires = (ttl > 0).then(|| Instant::now() + Duration::from_secs(ttl));
                         slots[idx] = Some(Slot { to_session: tx, expires });
                         break;
                     }
@@ -147,7 +147,7 @@ async fn start_session(
     // `scavengettl` more seconds have passed (kcptun's scavenger).
     let expire = plan.settings.autoexpire;
     let close_at =
-        (expire > 0).then(|| Instant::now() + Duration::from_secs((expire + plan.settings.scavengettl.max(0)) as u64));
+        (expire > 0).then(|| Instant::now() + Duration::from_secs(expire.saturating_add(plan.settings.scavengettl)));
     let socket = BatchSocket::new(socket, SESSION_RECV_SLOTS);
     let driver = Driver::client(socket, plan, ClientSession { remote, connections, close_at });
     Ok((tx, tokio::spawn(driver.run(drain))))

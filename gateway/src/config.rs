@@ -45,32 +45,38 @@ pub struct Settings {
     pub crypt: String,
     pub mode: String,
     pub qpp: bool,
+    /// As kcptun takes it: positive, used modulo 65536 (checked by `validate`).
     pub qpp_count: i64,
-    pub mtu: i64,
-    pub ratelimit: i64,
-    pub sndwnd: i64,
-    pub rcvwnd: i64,
-    pub datashard: i64,
-    pub parityshard: i64,
-    pub dscp: i64,
+    pub mtu: u16,
+    /// Bytes per second; 0 is unlimited (a negative flag means 0, as in kcptun).
+    pub ratelimit: u32,
+    pub sndwnd: u32,
+    pub rcvwnd: u32,
+    pub datashard: u8,
+    pub parityshard: u8,
+    pub dscp: u8,
     pub nocomp: bool,
     pub acknodelay: bool,
-    pub nodelay: i64,
-    pub interval: i64,
-    pub resend: i64,
-    pub nc: i64,
-    pub sockbuf: i64,
-    pub smuxver: i64,
+    /// Manual mode's values (any non-zero number turns nodelay and nc on).
+    pub nodelay: bool,
+    pub interval: u32,
+    pub resend: u32,
+    pub nc: bool,
+    pub sockbuf: u32,
+    pub smuxver: u8,
     /// Whether `-smuxver` was given (flag or JSON); a server without it detects the
     /// client's version.
     pub smuxver_explicit: bool,
-    pub smuxbuf: i64,
-    pub framesize: i64,
-    pub streambuf: i64,
-    pub keepalive: i64,
-    pub closewait: i64,
+    pub smuxbuf: u32,
+    pub framesize: u16,
+    pub streambuf: u32,
+    /// Seconds.
+    pub keepalive: u32,
+    /// Seconds.
+    pub closewait: u32,
     pub snmplog: String,
-    pub snmpperiod: i64,
+    /// Seconds.
+    pub snmpperiod: u32,
     pub log: String,
     /// `text` or `json`.
     pub log_format: String,
@@ -78,10 +84,12 @@ pub struct Settings {
     pub tcp: bool,
     pub pprof: bool,
     /// Seconds open streams may run on after SIGTERM/SIGINT.
-    pub drain_timeout: i64,
-    pub conn: i64,
-    pub autoexpire: i64,
-    pub scavengettl: i64,
+    pub drain_timeout: u64,
+    pub conn: u32,
+    /// Seconds.
+    pub autoexpire: u64,
+    /// Seconds.
+    pub scavengettl: u64,
     /// The admin HTTP listener's address, or `off`.
     pub admin: String,
     /// Whether `-admin` was given; a default address that is taken only warns.
@@ -89,7 +97,7 @@ pub struct Settings {
     /// Bearer token for the admin API; empty for none (loopback only).
     pub admin_token: Secret,
     /// Server: sessions open at most at once; 0 is unlimited.
-    pub max_sessions: i64,
+    pub max_sessions: u64,
     pub config_file: Option<PathBuf>,
 }
 
@@ -350,10 +358,13 @@ impl Settings {
     pub fn parse(role: Role, args: impl IntoIterator<Item = String>) -> Result<Settings, clap::Error> {
         let argv = std::iter::once(format!("kcpgate {}", role.name())).chain(normalize_args(role, args));
         let m = command(role).try_get_matches_from(argv)?;
-        Ok(Settings::from_matches(role, &m))
+        Settings::from_matches(role, &m)
+            .map_err(|e| clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n")))
     }
 
-    fn from_matches(role: Role, m: &ArgMatches) -> Settings {
+    /// Settings from parsed flags: every number is checked and stored in its own
+    /// type here, once.
+    fn from_matches(role: Role, m: &ArgMatches) -> Result<Settings, ConfigError> {
         let text = |n: &str| m.get_one::<String>(n).cloned().unwrap_or_default();
         let int = |n: &str| m.get_one::<i64>(n).copied().unwrap_or_default();
         let flag = |n: &str| m.get_flag(n);
@@ -361,8 +372,7 @@ impl Settings {
             Role::Server => (text("listen"), text("target")),
             Role::Client => (text("localaddr"), text("remoteaddr")),
         };
-        let client_int = |n: &str, d: i64| if role == Role::Client { int(n) } else { d };
-        Settings {
+        let mut settings = Settings {
             role,
             listen,
             target,
@@ -370,45 +380,49 @@ impl Settings {
             crypt: text("crypt"),
             mode: text("mode"),
             qpp: flag("QPP"),
-            qpp_count: int("QPPCount"),
-            mtu: int("mtu"),
-            ratelimit: int("ratelimit"),
-            sndwnd: int("sndwnd"),
-            rcvwnd: int("rcvwnd"),
-            datashard: int("datashard"),
-            parityshard: int("parityshard"),
-            dscp: int("dscp"),
+            qpp_count: 0,
+            mtu: 0,
+            ratelimit: 0,
+            sndwnd: 0,
+            rcvwnd: 0,
+            datashard: 0,
+            parityshard: 0,
+            dscp: 0,
             nocomp: flag("nocomp"),
             acknodelay: flag("acknodelay"),
-            nodelay: int("nodelay"),
-            interval: int("interval"),
-            resend: int("resend"),
-            nc: int("nc"),
-            sockbuf: int("sockbuf"),
-            smuxver: int("smuxver"),
+            nodelay: false,
+            interval: 0,
+            resend: 0,
+            nc: false,
+            sockbuf: 0,
+            smuxver: 2,
             smuxver_explicit: m.value_source("smuxver") == Some(ValueSource::CommandLine),
-            smuxbuf: int("smuxbuf"),
-            framesize: int("framesize"),
-            streambuf: int("streambuf"),
-            keepalive: int("keepalive"),
-            closewait: int("closewait"),
+            smuxbuf: 0,
+            framesize: 0,
+            streambuf: 0,
+            keepalive: 0,
+            closewait: 0,
             snmplog: text("snmplog"),
-            snmpperiod: int("snmpperiod"),
+            snmpperiod: 0,
             log: text("log"),
             log_format: text("log-format"),
             quiet: flag("quiet"),
             tcp: flag("tcp"),
             pprof: flag("pprof"),
-            drain_timeout: int("drain-timeout"),
-            conn: client_int("conn", 1),
-            autoexpire: client_int("autoexpire", 0),
-            scavengettl: client_int("scavengettl", 600),
+            drain_timeout: 0,
+            conn: 1,
+            autoexpire: 0,
+            scavengettl: 600,
             admin: text("admin"),
             admin_explicit: m.value_source("admin") == Some(ValueSource::CommandLine),
             admin_token: Secret(text("admin-token")),
-            max_sessions: if role == Role::Server { int("max-sessions") } else { 0 },
+            max_sessions: 0,
             config_file: m.get_one::<PathBuf>("c").cloned(),
+        };
+        for f in role_flags(role).filter(|f| matches!(f.kind, Kind::Int(..))) {
+            settings.set_int(f.name, int(f.name))?;
         }
+        Ok(settings)
     }
 
     /// Applies a kcptun JSON configuration over the flags: only keys present change
@@ -441,7 +455,7 @@ impl Settings {
                 }
                 Kind::Int(..) => {
                     let n = v.as_i64().ok_or_else(|| mismatch("an integer"))?;
-                    *self.int_mut(name) = n;
+                    self.set_int(name, n).map_err(|e| ConfigError(format!("config file: {e}")))?;
                     if name == "smuxver" {
                         self.smuxver_explicit = true;
                     }
@@ -482,35 +496,46 @@ impl Settings {
         }
     }
 
-    fn int_mut(&mut self, name: &str) -> &mut i64 {
+    /// Stores the number `v` of flag `name` in its setting's type, refusing a value
+    /// out of the setting's range with a message that names the flag.
+    fn set_int(&mut self, name: &str, v: i64) -> Result<(), ConfigError> {
+        fn within<T: TryFrom<i64>>(name: &str, v: i64, lo: i64, hi: i64, unit: &str) -> Result<T, ConfigError> {
+            match T::try_from(v) {
+                Ok(t) if (lo..=hi).contains(&v) => Ok(t),
+                _ => err(format!("-{name} must be between {lo} and {hi}{unit} (got {v})")),
+            }
+        }
+        let (int_max, u32_max) = (i64::from(i32::MAX), i64::from(u32::MAX));
         match name {
-            "QPPCount" => &mut self.qpp_count,
-            "mtu" => &mut self.mtu,
-            "ratelimit" => &mut self.ratelimit,
-            "sndwnd" => &mut self.sndwnd,
-            "rcvwnd" => &mut self.rcvwnd,
-            "datashard" => &mut self.datashard,
-            "parityshard" => &mut self.parityshard,
-            "dscp" => &mut self.dscp,
-            "nodelay" => &mut self.nodelay,
-            "interval" => &mut self.interval,
-            "resend" => &mut self.resend,
-            "nc" => &mut self.nc,
-            "sockbuf" => &mut self.sockbuf,
-            "smuxver" => &mut self.smuxver,
-            "smuxbuf" => &mut self.smuxbuf,
-            "framesize" => &mut self.framesize,
-            "streambuf" => &mut self.streambuf,
-            "keepalive" => &mut self.keepalive,
-            "closewait" => &mut self.closewait,
-            "snmpperiod" => &mut self.snmpperiod,
-            "drain-timeout" => &mut self.drain_timeout,
-            "conn" => &mut self.conn,
-            "autoexpire" => &mut self.autoexpire,
-            "scavengettl" => &mut self.scavengettl,
-            "max-sessions" => &mut self.max_sessions,
+            "QPPCount" => self.qpp_count = v,
+            "mtu" => self.mtu = within(name, v, 1, 1500, " bytes")?,
+            // kcptun treats a negative rate limit as none.
+            "ratelimit" => self.ratelimit = within(name, v.max(0), 0, u32_max, " bytes per second")?,
+            "sndwnd" => self.sndwnd = within(name, v, 1, 65535, " segments")?,
+            "rcvwnd" => self.rcvwnd = within(name, v, 1, 65535, " segments")?,
+            "datashard" => self.datashard = within(name, v, 0, 255, " shards")?,
+            "parityshard" => self.parityshard = within(name, v, 0, 255, " shards")?,
+            "dscp" => self.dscp = within(name, v, 0, 63, "")?,
+            "nodelay" => self.nodelay = v != 0,
+            "interval" => self.interval = within(name, v, 0, u32_max, " ms")?,
+            "resend" => self.resend = within(name, v, 0, u32_max, "")?,
+            "nc" => self.nc = v != 0,
+            "sockbuf" => self.sockbuf = within(name, v, 0, int_max, " bytes")?,
+            "smuxver" => self.smuxver = within(name, v, 1, 2, "")?,
+            "smuxbuf" => self.smuxbuf = within(name, v, 1, int_max, " bytes")?,
+            "framesize" => self.framesize = within(name, v, 1, 65535, " bytes")?,
+            "streambuf" => self.streambuf = within(name, v, 1, int_max, " bytes")?,
+            "keepalive" => self.keepalive = within(name, v, 1, 30, " seconds")?,
+            "closewait" => self.closewait = within(name, v, 0, 86_400, " seconds")?,
+            "snmpperiod" => self.snmpperiod = within(name, v, 0, u32_max, " seconds")?,
+            "drain-timeout" => self.drain_timeout = within(name, v, 0, 86_400, " seconds")?,
+            "conn" => self.conn = within(name, v, 1, 65_535, " sessions")?,
+            "autoexpire" => self.autoexpire = within(name, v, 0, i64::MAX, " seconds")?,
+            "scavengettl" => self.scavengettl = within(name, v, 0, i64::MAX, " seconds")?,
+            "max-sessions" => self.max_sessions = within(name, v, 0, 10_000_000, " sessions")?,
             other => unreachable!("no integer setting {other}"),
         }
+        Ok(())
     }
 
     /// (nodelay, interval, resend, nc) after the mode preset, which kcptun applies
@@ -518,12 +543,7 @@ impl Settings {
     pub fn kcp_params(&self) -> (bool, u32, u32, bool) {
         match Mode::from_name(&self.mode) {
             Some(m) => m.params(),
-            None => (
-                self.nodelay != 0,
-                self.interval.clamp(0, u32::MAX.into()) as u32,
-                self.resend.max(0) as u32,
-                self.nc != 0,
-            ),
+            None => (self.nodelay, self.interval, self.resend, self.nc),
         }
     }
 
@@ -541,11 +561,11 @@ impl Settings {
         };
         smux::Config {
             version,
-            keepalive_interval_ms: (self.keepalive.max(0) as u32).saturating_mul(1000),
+            keepalive_interval_ms: self.keepalive.saturating_mul(1000),
             keepalive_timeout_ms: 30_000,
-            max_frame_size: self.framesize.max(0) as usize,
-            max_receive_buffer: self.smuxbuf.max(0) as usize,
-            max_stream_buffer: self.streambuf.max(0) as usize,
+            max_frame_size: usize::from(self.framesize),
+            max_receive_buffer: self.smuxbuf as usize,
+            max_stream_buffer: self.streambuf as usize,
         }
     }
 
@@ -601,7 +621,7 @@ impl Settings {
 
     /// kcptun's startup checks, with messages that say what to change. Returns
     /// warnings for settings kcptun also only warns about.
-    pub fn validate(&mut self) -> Result<Vec<String>, ConfigError> {
+    pub fn validate(&self) -> Result<Vec<String>, ConfigError> {
         let mut warnings = Vec::new();
         if self.tcp {
             return err("-tcp (kcptun's fake-TCP transport) is not supported by kcpgate; drop the flag on both ends and use UDP");
@@ -612,21 +632,9 @@ impl Settings {
         if self.pprof {
             warnings.push("-pprof is a Go profiler option and has no effect in kcpgate".to_string());
         }
-        if self.role == Role::Client && self.conn <= 0 {
-            return err(format!("-conn must be at least 1 (got {})", self.conn));
-        }
-        if !(1..=2).contains(&self.smuxver) {
-            return err(format!("-smuxver must be 1 or 2 (got {})", self.smuxver));
-        }
-        if self.ratelimit < 0 {
-            self.ratelimit = 0;
-        }
-        if !(0..=63).contains(&self.dscp) {
-            return err(format!("-dscp must be between 0 and 63 (got {})", self.dscp));
-        }
         let fec = self.datashard > 0 && self.parityshard > 0;
-        let min_mtu = kcpgate_core::pipeline::min_mtu(self.method(), fec) as i64;
-        if self.mtu < min_mtu || self.mtu > 1500 {
+        let min_mtu = kcpgate_core::pipeline::min_mtu(self.method(), fec);
+        if usize::from(self.mtu) < min_mtu {
             let fec = if fec { "with FEC" } else { "without FEC" };
             return err(format!(
                 "-mtu must be between {min_mtu} and 1500 with -crypt {} {fec} (got {}): the crypto and FEC headers \
@@ -634,20 +642,9 @@ impl Settings {
                 self.crypt, self.mtu
             ));
         }
-        for (name, v) in [("-sndwnd", self.sndwnd), ("-rcvwnd", self.rcvwnd)] {
-            if !(1..=65535).contains(&v) {
-                return err(format!("{name} must be between 1 and 65535 segments (got {v})"));
-            }
-        }
-        let shards = (self.datashard, self.parityshard);
-        if shards.0 < 0 || shards.1 < 0 || shards.0 + shards.1 > 255 {
-            return err(format!(
-                "-datashard/-parityshard must be ≥ 0 and add up to at most 255 (got {}/{})",
-                shards.0, shards.1
-            ));
-        }
-        if self.keepalive <= 0 {
-            return err(format!("-keepalive must be at least 1 second (got {})", self.keepalive));
+        let shards = (u16::from(self.datashard), u16::from(self.parityshard));
+        if shards.0 + shards.1 > 255 {
+            return err(format!("-datashard/-parityshard must add up to at most 255 (got {}/{})", shards.0, shards.1));
         }
         self.smux_config().validate().map_err(|e| ConfigError(format!("smux settings: {e}")))?;
         if self.qpp {
@@ -664,9 +661,6 @@ impl Settings {
         self.check_addresses()?;
         if Method::from_name(&self.crypt).is_none() {
             warnings.push(format!("unknown -crypt {:?}: using aes, as kcptun does", self.crypt));
-        }
-        if self.max_sessions < 0 {
-            return err(format!("-max-sessions must be 0 (unlimited) or more (got {})", self.max_sessions));
         }
         self.admin_addr()?;
         if self.role == Role::Client && self.autoexpire != 0 && self.scavengettl > self.autoexpire {

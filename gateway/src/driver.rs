@@ -73,7 +73,7 @@ impl Driver {
             .expect("the session settings were validated at startup");
         let local = socket.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (to_driver, from_streams) = mpsc::channel(4096);
-        let mtu = (plan.settings.mtu as usize).clamp(1, 1500);
+        let mtu = usize::from(plan.settings.mtu);
         Driver {
             endpoint,
             socket,

@@ -72,12 +72,12 @@ fn main() -> ExitCode {
     }
     let plan = std::sync::Arc::new(kcpgate::runtime::Plan::new(settings));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    let drain_timeout = std::time::Duration::from_secs(plan.settings.drain_timeout.max(0) as u64);
+    let drain_timeout = std::time::Duration::from_secs(plan.settings.drain_timeout);
     let result = runtime.block_on(async move {
         let (drain_tx, drain) = tokio::sync::watch::channel(false);
         tokio::spawn(kcpgate::snmp::dump_on_sigusr1(plan.registry.clone(), plan.streams.clone()));
         if !plan.settings.snmplog.is_empty() && plan.settings.snmpperiod > 0 {
-            let (path, period) = (plan.settings.snmplog.clone(), plan.settings.snmpperiod as u64);
+            let (path, period) = (plan.settings.snmplog.clone(), u64::from(plan.settings.snmpperiod));
             tokio::spawn(kcpgate::snmp::csv_logger(plan.registry.clone(), path, period));
         }
         if let Some(addr) = plan.settings.admin_addr().map_err(|e| std::io::Error::other(e.0))? {

@@ -43,18 +43,16 @@ pub struct Tuning {
 
 /// The tunables as the settings give them.
 fn tunables_of(settings: &Settings) -> Tunables {
-    let mode = Profile::from_mode(&settings.mode);
-    let small = |v: i64| v.clamp(0, i64::from(u32::MAX)) as u32;
     Tunables {
-        mode,
-        nodelay: u32::from(settings.nodelay != 0),
-        interval: small(settings.interval),
-        resend: small(settings.resend),
-        nc: u32::from(settings.nc != 0),
-        sndwnd: small(settings.sndwnd),
-        rcvwnd: small(settings.rcvwnd),
-        ratelimit: settings.ratelimit.max(0) as u64,
-        max_sessions: settings.max_sessions.max(0) as u64,
+        mode: Profile::from_mode(&settings.mode),
+        nodelay: u32::from(settings.nodelay),
+        interval: settings.interval,
+        resend: settings.resend,
+        nc: u32::from(settings.nc),
+        sndwnd: settings.sndwnd,
+        rcvwnd: settings.rcvwnd,
+        ratelimit: u64::from(settings.ratelimit),
+        max_sessions: settings.max_sessions,
     }
     .effective()
 }
@@ -63,8 +61,8 @@ fn tunables_of(settings: &Settings) -> Tunables {
 fn session_config(settings: &Settings) -> SessionConfig {
     let (nodelay, interval, fast_resend, no_cwnd) = settings.kcp_params();
     let kcp = kcp::Config {
-        snd_wnd: settings.sndwnd as u32,
-        rcv_wnd: settings.rcvwnd as u32,
+        snd_wnd: settings.sndwnd,
+        rcv_wnd: settings.rcvwnd,
         nodelay,
         interval,
         fast_resend,
@@ -74,11 +72,11 @@ fn session_config(settings: &Settings) -> SessionConfig {
         ..kcp::Config::default()
     };
     SessionConfig {
-        mtu: settings.mtu as usize,
+        mtu: usize::from(settings.mtu),
         kcp,
-        fec: Shards::new(settings.datashard as usize, settings.parityshard as usize),
+        fec: Shards::new(usize::from(settings.datashard), usize::from(settings.parityshard)),
         write_delay: false,
-        rate_limit: settings.ratelimit.clamp(0, i64::from(u32::MAX)) as u32,
+        rate_limit: settings.ratelimit,
     }
 }
 
@@ -86,6 +84,7 @@ impl Plan {
     pub fn new(settings: Settings) -> Plan {
         let qpp = settings
             .qpp
+            // kcptun uses the count modulo 65536; `validate` refused counts that give 0.
             .then(|| QppSetup::new(settings.key.as_bytes(), settings.qpp_count as u16, PadGeneration::Current));
         let stack = StackConfig { compression: !settings.nocomp, smux: settings.smux_config(), qpp };
         let tuning = Tuning { tunables: tunables_of(&settings), session: session_config(&settings) };
@@ -112,14 +111,15 @@ impl Plan {
         let tunables = current.tunables.patched(patch)?;
         let mut settings = self.settings.clone();
         settings.mode = tunables.mode.name().to_string();
-        settings.nodelay = i64::from(tunables.nodelay);
-        settings.interval = i64::from(tunables.interval);
-        settings.resend = i64::from(tunables.resend);
-        settings.nc = i64::from(tunables.nc);
-        settings.sndwnd = i64::from(tunables.sndwnd);
-        settings.rcvwnd = i64::from(tunables.rcvwnd);
-        settings.ratelimit = tunables.ratelimit as i64;
-        settings.max_sessions = tunables.max_sessions as i64;
+        settings.nodelay = tunables.nodelay != 0;
+        settings.interval = tunables.interval;
+        settings.resend = tunables.resend;
+        settings.nc = tunables.nc != 0;
+        settings.sndwnd = tunables.sndwnd;
+        settings.rcvwnd = tunables.rcvwnd;
+        // A change is checked against u32's range before it gets here.
+        settings.ratelimit = u32::try_from(tunables.ratelimit).unwrap_or(u32::MAX);
+        settings.max_sessions = tunables.max_sessions;
         let session = session_config(&settings);
         session.kcp_config(&self.crypto).map_err(|e| vec![("mode", e.to_string())])?;
         *current = Arc::new(Tuning { tunables: tunables.clone(), session });
@@ -128,14 +128,14 @@ impl Plan {
 
     /// Applies `-sockbuf` and `-dscp` to a UDP socket, logging what failed.
     pub fn tune_udp(&self, socket: &tokio::net::UdpSocket) {
-        for w in tune_udp(socket, self.settings.sockbuf.max(0) as usize, self.settings.dscp as u32) {
+        for w in tune_udp(socket, self.settings.sockbuf as usize, u32::from(self.settings.dscp)) {
             tracing::warn!("{w}");
         }
     }
 
     /// The core endpoint's settings for sessions opened now.
     pub fn endpoint_config(&self) -> EndpointConfig {
-        let close_wait_ms = (self.settings.closewait.clamp(0, 86_400) * 1000) as u32;
+        let close_wait_ms = self.settings.closewait * 1000; // at most a day: fits
         EndpointConfig {
             session: self.tuning().session.clone(),
             streams: StreamConfig { stack: self.stack.clone(), close_wait_ms },
@@ -156,7 +156,7 @@ impl Plan {
     /// What the session views of a task on `local` share.
     pub fn view_context(&self, local: SocketAddr) -> ViewContext<'_> {
         let (data, parity) = (self.settings.datashard, self.settings.parityshard);
-        let fec = (data > 0 && parity > 0).then_some(FecShards { data: data as u32, parity: parity as u32 });
+        let fec = (data > 0 && parity > 0).then_some(FecShards { data: data.into(), parity: parity.into() });
         ViewContext { local, crypt: &self.settings.crypt, fec }
     }
 

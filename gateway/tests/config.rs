@@ -94,21 +94,34 @@ fn server_detects_smux_version_unless_pinned() {
 
 #[test]
 fn startup_checks_refuse_with_a_reason() {
+    // Numbers out of their setting's range are refused as the flags are read;
+    // combinations that cannot work, by `validate`.
     for (role, line, needle) in [
         (Role::Client, "-tcp", "-tcp"),
-        (Role::Client, "-conn 0", "-conn"),
-        (Role::Server, "-smuxver 3", "-smuxver"),
-        (Role::Server, "-keepalive 31", "keep-alive"),
+        (Role::Client, "-conn 0", "-conn must be between 1 and 65535"),
+        (Role::Server, "-smuxver 3", "-smuxver must be between 1 and 2"),
+        (Role::Server, "-keepalive 31", "-keepalive must be between 1 and 30 seconds"),
         (Role::Server, "-streambuf 9000000", "stream buffer"),
-        (Role::Server, "-framesize 70000", "frame size"),
+        (Role::Server, "-framesize 70000", "-framesize must be between 1 and 65535"),
         (Role::Server, "-QPP -QPPCount 0", "QPPCount"),
-        (Role::Server, "-mtu 2000", "-mtu"),
+        (Role::Server, "-mtu 2000", "-mtu must be between 1 and 1500"),
         (Role::Server, "-ds 200 -ps 100", "-datashard"),
+        (Role::Server, "-sndwnd 0", "-sndwnd must be between 1 and 65535 segments"),
+        (Role::Server, "-dscp 64", "-dscp must be between 0 and 63"),
+        (Role::Server, "-max-sessions -1", "-max-sessions must be between 0"),
+        (Role::Server, "-closewait -3", "-closewait must be between 0 and 86400"),
+        (Role::Server, "-sockbuf 3000000000", "-sockbuf must be between 0 and 2147483647"),
     ] {
-        let e = parse(role, line).validate().unwrap_err();
-        assert!(e.to_string().contains(needle), "{line}: {e}");
+        let refused = Settings::parse(role, args(line))
+            .map_err(|e| e.to_string())
+            .and_then(|s| s.validate().map(|_| ()).map_err(|e| e.to_string()));
+        let e = refused.expect_err(line);
+        assert!(e.contains(needle), "{line}: {e}");
     }
-    let mut s = parse(Role::Server, "-crypt rot13 -ratelimit -5 -QPP -QPPCount 8");
+    let mut json = parse(Role::Server, "");
+    let e = json.apply_json(r#"{"sndwnd": 70000}"#).expect_err("out of range");
+    assert!(e.to_string().contains("config file: -sndwnd must be between 1 and 65535"), "{e}");
+    let s = parse(Role::Server, "-crypt rot13 -ratelimit -5 -QPP -QPPCount 8");
     let w = s.validate().unwrap();
     assert_eq!(s.ratelimit, 0, "negative rate limits mean off");
     assert!(w.iter().any(|w| w.contains("rot13")), "{w:?}");
@@ -126,7 +139,7 @@ fn port_ranges_expand_and_bad_ones_are_refused() {
     for bad in ["nohost", "h:0", "h:5-4", "h:x", "h:1-70000"] {
         assert!(split_port_range(bad).is_err(), "{bad}");
     }
-    let mut s = parse(Role::Server, "-l 127.0.0.1:4000-4002");
+    let s = parse(Role::Server, "-l 127.0.0.1:4000-4002");
     s.validate().unwrap();
     let plan = kcpgate::runtime::Plan::new(s);
     let addrs: Vec<String> = plan.listen_addrs().unwrap().iter().map(ToString::to_string).collect();
