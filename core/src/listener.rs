@@ -3,7 +3,9 @@
 //! [`Listener`] is kcp-go's listener without the socket: one table from remote
 //! address to session (a bare [`Connection`], or anything built around one, see
 //! [`Routed`]), the rule for which datagram may create a session, and the accept
-//! backlog. A listener that does not accept holds dialled sessions only. [`Dialer`] is the client side: one session that only listens
+//! backlog. A listener that does not accept holds dialled sessions only: the
+//! client side, which takes datagrams from the addresses it dialled and drops, and
+//! counts, any other. [`Dialer`] is the client side: one session that only listens
 //! to the address it dialled. Addresses are any hashable type (a `SocketAddr` in the
 //! gateway), so the rules can be driven and tested without sockets.
 
@@ -397,74 +399,3 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         total
     }
 }
-
-/// A dialled session: it accepts datagrams only from the address it dialled.
-pub struct Dialer<A> {
-    remote: A,
-    /// The session.
-    pub connection: Connection,
-    /// Datagrams from other addresses (`InErrs`).
-    pub foreign: u64,
-}
-
-impl<A: Eq> Dialer<A> {
-    /// A session to `remote`. Its conversation id is random: the first four bytes of
-    /// a CSPRNG seeded with `seed` (take it from the OS), read little-endian.
-    pub fn new(
-        remote: A,
-        config: &SessionConfig,
-        crypto: Arc<PacketCrypto>,
-        seed: [u8; 32],
-    ) -> Result<Dialer<A>, ConfigError> {
-        let mut rng = NonceSource::from_seed(seed);
-        let mut conv = [0u8; 4];
-        rng.fill(&mut conv);
-        let mut nonce_seed = [0u8; 32];
-        rng.fill(&mut nonce_seed);
-        let connection = Connection::new(u32::from_le_bytes(conv), config, crypto, nonce_seed)?;
-        Ok(Dialer { remote, connection, foreign: 0 })
-    }
-
-    /// The address it dialled.
-    pub fn remote(&self) -> &A {
-        &self.remote
-    }
-
-    /// Takes a datagram received from `from`; others than the dialled address are
-    /// dropped and counted.
-    pub fn handle_datagram(&mut self, now: u32, from: &A, datagram: &mut [u8]) -> Result<(), DialerDrop> {
-        if *from != self.remote {
-            self.foreign += 1;
-            return Err(DialerDrop::WrongSource);
-        }
-        self.connection.handle_datagram(now, datagram).map_err(DialerDrop::Open)
-    }
-
-    /// The session's counters, `InErrs` included.
-    pub fn snmp(&self) -> Snmp {
-        let mut s = self.connection.snmp();
-        s.in_errs += self.foreign;
-        s
-    }
-}
-
-/// Why a dialled session dropped a datagram.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum DialerDrop {
-    /// From another address than the one dialled.
-    WrongSource,
-    /// Failed the crypto check.
-    Open(OpenError),
-}
-
-impl core::fmt::Display for DialerDrop {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            DialerDrop::WrongSource => f.write_str("from another address than the one dialled"),
-            DialerDrop::Open(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-impl std::error::Error for DialerDrop {}

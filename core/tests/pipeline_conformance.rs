@@ -7,11 +7,11 @@ use cipher::{BlockCipherEncrypt, KeyInit};
 use kcpgate_core::crypto::{derive_key, Method, PacketCrypto, CFB_IV};
 use kcpgate_core::fec::{self, paws, FecDecoder, FecEncoder, Shards, DATA_HEADER_LEN, TYPE_DATA, TYPE_PARITY};
 use kcpgate_core::kcp::{Header, Mode};
-use kcpgate_core::listener::{Dialer, DialerDrop, Drop, Listener, Outcome, ACCEPT_BACKLOG};
+use kcpgate_core::listener::{Drop, Listener, Outcome, ACCEPT_BACKLOG};
 use kcpgate_core::pipeline::Connection;
 use kcpgate_core::wire::Datagram;
 use support::netsim::{Link, LinkConfig, Sim, Transfer};
-use support::{crypto, session_config, DialerEndpoint, ListenerEndpoint};
+use support::{crypto, dialled, session_config, DialerEndpoint, ListenerEndpoint};
 
 fn shards(d: usize, p: usize) -> Shards {
     Shards::new(d, p).unwrap()
@@ -497,16 +497,16 @@ fn conformance_48_unknown_crypt_names_are_aes() {
 fn conformance_49_dialled_session_random_conv_and_source_check() {
     let cfg = session_config(Mode::Fast, 32, 32, None);
     let c = crypto(Method::Aes256, "k");
-    let a = Dialer::new(2u32, &cfg, c.clone(), [1; 32]).unwrap();
-    let b = Dialer::new(2u32, &cfg, c.clone(), [2; 32]).unwrap();
-    assert_ne!(a.connection.conv(), b.connection.conv(), "conv comes from the CSPRNG");
-    let mut d = Dialer::new(2u32, &cfg, c.clone(), [1; 32]).unwrap();
-    let conv = d.connection.conv();
+    let conv_of = |l: &Listener<u32>| l.session(&2).expect("dialled").conv();
+    let (a, b) = (dialled(cfg.clone(), c.clone(), 1), dialled(cfg.clone(), c.clone(), 2));
+    assert_ne!(conv_of(&a), conv_of(&b), "conv comes from the CSPRNG");
+    let mut d = dialled(cfg, c, 1);
+    let conv = conv_of(&d);
     let mut wire = sealed(Method::Aes256, &derive_key("k"), &[0; 16], &kcp_datagram(conv, 0, 30));
-    assert_eq!(d.handle_datagram(0, &3, &mut wire.clone()), Err(DialerDrop::WrongSource));
-    assert_eq!(d.snmp().in_errs, 1);
-    assert_eq!(d.handle_datagram(0, &2, &mut wire), Ok(()));
-    assert_eq!(d.snmp().in_pkts, 1);
+    assert_eq!(d.handle_datagram(0, &3, &mut wire.clone()), Outcome::Dropped(Drop::NotAccepting));
+    assert_eq!((d.stats.not_accepting, d.len()), (1, 1), "counted, and no session for the stranger");
+    assert_eq!(d.handle_datagram(0, &2, &mut wire), Outcome::Delivered);
+    assert_eq!(d.session(&2).expect("dialled").snmp().in_pkts, 1);
 }
 
 #[test]

@@ -10,7 +10,7 @@ use kcpgate_core::pipeline::Connection;
 use kcpgate_core::smux::{self, Read, Role};
 use kcpgate_core::stack::{StackConfig, StreamStack};
 use support::vectors::{hex, load, u64_of};
-use support::{crypto, session_config};
+use support::{crypto, dialled, session_config};
 
 fn kcptun_stack(compression: bool, version: smux::Version) -> StackConfig {
     StackConfig { compression, smux: smux::Config { version, ..smux::Config::kcptun() }, qpp: None }
@@ -88,7 +88,6 @@ fn kcptun_capture_decodes_end_to_end_both_ways() {
 
 // ---------------------------------------------------------------- many streams
 
-use kcpgate_core::listener::Dialer;
 use kcpgate_core::stack::StackError;
 use std::cell::Cell;
 use support::counting::{Counted, Counting, ALLOCATIONS};
@@ -168,8 +167,10 @@ impl StreamApp {
 
 /// One side of a kcptun tunnel with an application running many streams.
 struct Side {
-    dialer: Option<Dialer<u32>>,
-    listener: Option<Listener<u32>>,
+    /// A client's holds the one session it dialled; a server's accepts.
+    listener: Listener<u32>,
+    /// The other side's address.
+    peer: u32,
     stack: StreamStack,
     apps: Vec<StreamApp>,
     /// Streams in the test, and bytes each carries each way.
@@ -183,11 +184,7 @@ struct Side {
 
 impl Side {
     fn conn(&mut self) -> Option<&mut Connection> {
-        match (&mut self.dialer, &mut self.listener) {
-            (Some(d), _) => Some(&mut d.connection),
-            (_, Some(l)) => l.session_mut(&1),
-            _ => None,
-        }
+        self.listener.session_mut(&self.peer)
     }
 
     fn step(&mut self, now: u32) {
@@ -205,13 +202,7 @@ impl Side {
             for app in &mut self.apps {
                 app.step(&mut self.stack, &mut self.buf);
             }
-            let Some(conn) = (match (&mut self.dialer, &mut self.listener) {
-                (Some(d), _) => Some(&mut d.connection),
-                (_, Some(l)) => l.session_mut(&1),
-                _ => None,
-            }) else {
-                return;
-            };
+            let Some(conn) = self.listener.session_mut(&self.peer) else { return };
             if let Err(e) = self.stack.pump(now, conn) {
                 self.error = Some(e);
                 return;
@@ -224,12 +215,8 @@ impl Endpoint for Side {
     fn handle_datagram(&mut self, now: u32, datagram: &[u8]) {
         self.scratch.clear();
         self.scratch.extend_from_slice(datagram);
-        if let Some(d) = &mut self.dialer {
-            let _ = d.handle_datagram(now, &2, &mut self.scratch);
-        } else if let Some(l) = &mut self.listener {
-            l.handle_datagram(now, &1, &mut self.scratch);
-            l.accept();
-        }
+        self.listener.handle_datagram(now, &self.peer, &mut self.scratch);
+        self.listener.accept();
         self.step(now);
     }
     fn handle_timeout(&mut self, now: u32) {
@@ -242,11 +229,7 @@ impl Endpoint for Side {
         self.step(now);
     }
     fn poll_timeout(&self) -> Option<u32> {
-        let conn = match (&self.dialer, &self.listener) {
-            (Some(d), _) => Some(&d.connection),
-            (_, Some(l)) => l.session(&1),
-            _ => None,
-        };
+        let conn = self.listener.session(&self.peer);
         if self.to_open > 0 {
             return Some(0); // open the streams at once
         }
@@ -291,9 +274,9 @@ fn tunnel_sides(
         let v = if role == Role::Server { smux::Version::Detect } else { version };
         StreamStack::new(role, kcptun_stack(compression, v), 0)
     };
-    let side = |dialer, listener, role, to_open| Side {
-        dialer,
+    let side = |listener, peer, role, to_open| Side {
         listener,
+        peer,
         stack: stack(role),
         apps: Vec::new(),
         streams,
@@ -303,18 +286,9 @@ fn tunnel_sides(
         scratch: Vec::new(),
         error: None,
     };
-    let client = side(
-        Some(Dialer::new(2, &session_config(Mode::Fast3, 1024, 1024, fec), c.clone(), [3; 32]).unwrap()),
-        None,
-        Role::Client,
-        streams,
-    );
-    let server = side(
-        None,
-        Some(Listener::new(session_config(Mode::Fast3, 1024, 1024, fec), c, [4; 32]).unwrap()),
-        Role::Server,
-        0,
-    );
+    let client = side(dialled(session_config(Mode::Fast3, 1024, 1024, fec), c.clone(), 3), 2, Role::Client, streams);
+    let server =
+        side(Listener::new(session_config(Mode::Fast3, 1024, 1024, fec), c, [4; 32]).unwrap(), 1, Role::Server, 0);
     (client, server)
 }
 
@@ -393,7 +367,7 @@ fn steady_state_stream_allocations(version: smux::Version, compression: bool) ->
         assert!(!sim.run(100).finished);
     }
     let before = ALLOCATIONS.with(Cell::get);
-    let datagrams_before = sim.b.0.listener.as_ref().unwrap().snmp().out_pkts;
+    let datagrams_before = sim.b.0.listener.snmp().out_pkts;
     let result = sim.run(600_000);
     let allocations = ALLOCATIONS.with(Cell::get) - before;
     let what = format!("smux {version:?}, compression {compression}");
@@ -403,7 +377,7 @@ fn steady_state_stream_allocations(version: smux::Version, compression: bool) ->
             assert_eq!((app.received, app.mismatch), (STREAM_BYTES, None), "{what}: stream {}", app.sid);
         }
     }
-    let datagrams = sim.b.0.listener.as_ref().unwrap().snmp().out_pkts - datagrams_before;
+    let datagrams = sim.b.0.listener.snmp().out_pkts - datagrams_before;
     println!("{what}: {datagrams} server datagrams out in steady state, {allocations} allocations");
     (datagrams, allocations)
 }

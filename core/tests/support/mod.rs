@@ -11,7 +11,7 @@ use std::sync::Arc;
 use kcpgate_core::crypto::{Method, PacketCrypto};
 use kcpgate_core::fec::Shards;
 use kcpgate_core::kcp::{Config, Kcp, Mode};
-use kcpgate_core::listener::{Dialer, Listener};
+use kcpgate_core::listener::Listener;
 use kcpgate_core::pipeline::{Connection, SessionConfig};
 use netsim::Endpoint;
 
@@ -100,23 +100,33 @@ pub fn crypto(method: Method, key: &str) -> Arc<PacketCrypto> {
     Arc::new(PacketCrypto::from_passphrase(method, key))
 }
 
+/// A client's listener: it accepts no session and holds one dialled to the
+/// server's address, 2.
+pub fn dialled(cfg: SessionConfig, crypto: Arc<PacketCrypto>, seed: u8) -> Listener<u32> {
+    let mut listener = Listener::new(cfg, crypto, [seed; 32]).expect("valid session config");
+    listener.set_accepting(false);
+    assert!(listener.dial(2, |conn| conn), "a first session");
+    listener
+}
+
 /// A dialled session (the client side) as a simulator endpoint. Datagrams come
 /// from the server's address, 2.
 pub struct DialerEndpoint {
-    pub dialer: Dialer<u32>,
+    pub dialer: Listener<u32>,
     scratch: Vec<u8>,
 }
 
 impl DialerEndpoint {
     pub fn new(cfg: &SessionConfig, crypto: Arc<PacketCrypto>, seed: u8) -> DialerEndpoint {
-        DialerEndpoint {
-            dialer: Dialer::new(2, cfg, crypto, [seed; 32]).expect("valid session config"),
-            scratch: Vec::with_capacity(65536),
-        }
+        DialerEndpoint { dialer: dialled(cfg.clone(), crypto, seed), scratch: Vec::with_capacity(65536) }
     }
 
     pub fn conn(&mut self) -> &mut Connection {
-        &mut self.dialer.connection
+        self.dialer.session_mut(&2).expect("the dialled session")
+    }
+
+    fn session(&self) -> &Connection {
+        self.dialer.session(&2).expect("the dialled session")
     }
 }
 
@@ -124,13 +134,13 @@ impl Endpoint for DialerEndpoint {
     fn handle_datagram(&mut self, now: u32, datagram: &[u8]) {
         self.scratch.clear();
         self.scratch.extend_from_slice(datagram);
-        let _ = self.dialer.handle_datagram(now, &2, &mut self.scratch);
+        self.dialer.handle_datagram(now, &2, &mut self.scratch);
     }
     fn handle_timeout(&mut self, now: u32) {
         self.conn().handle_timeout(now)
     }
     fn poll_timeout(&self) -> Option<u32> {
-        self.dialer.connection.poll_timeout()
+        self.session().poll_timeout()
     }
     fn drain_transmits(&mut self, send: &mut dyn FnMut(&[u8])) {
         for d in self.conn().transmits() {
@@ -139,7 +149,7 @@ impl Endpoint for DialerEndpoint {
         self.conn().clear_transmits();
     }
     fn can_write(&self) -> bool {
-        self.dialer.connection.writable()
+        self.session().writable()
     }
     fn write(&mut self, now: u32, data: &[u8]) -> usize {
         self.conn().write(now, data)
