@@ -5,8 +5,7 @@
 //! [`Routed`]), the rule for which datagram may create a session, and the accept
 //! backlog. A listener that does not accept holds dialled sessions only: the
 //! client side, which takes datagrams from the addresses it dialled and drops, and
-//! counts, any other. [`Dialer`] is the client side: one session that only listens
-//! to the address it dialled. Addresses are any hashable type (a `SocketAddr` in the
+//! counts, any other. Addresses are any hashable type (a `SocketAddr` in the
 //! gateway), so the rules can be driven and tested without sockets.
 
 use std::collections::VecDeque;
