@@ -198,8 +198,7 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
     pub fn connect(&mut self, now: u32, remote: A) -> Option<SessionId> {
         self.clock.set(now);
         let id = SessionId(self.next_id);
-        let (role, streams) = (self.role, self.streams.clone());
-        let make = |conn: Connection| Entry::new(id, Session::new(conn, role, streams, now));
+        let make = new_entry(id, self.role, &self.streams, now);
         if !self.listener.dial(remote.clone(), make) {
             return None;
         }
@@ -212,8 +211,7 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
     pub fn handle_datagram(&mut self, now: u32, from: &A, datagram: &mut [u8]) -> Outcome {
         self.clock.set(now);
         let id = SessionId(self.next_id);
-        let (role, streams) = (self.role, self.streams.clone());
-        let make = |conn: Connection| Entry::new(id, Session::new(conn, role, streams, now));
+        let make = new_entry(id, self.role, &self.streams, now);
         let outcome = self.listener.handle_datagram_with(now, from, datagram, make);
         match outcome {
             Outcome::Created | Outcome::Replaced { .. } => {
@@ -363,11 +361,6 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
         self.listener.sessions().map(|(addr, e)| (e.id, addr, &e.session))
     }
 
-    /// The session of a peer address.
-    pub fn session_id(&self, addr: &A) -> Option<SessionId> {
-        self.listener.session(addr).map(|e| e.id)
-    }
-
     /// Open sessions.
     pub fn len(&self) -> usize {
         self.listener.len()
@@ -465,10 +458,10 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
     }
 }
 
-impl Entry {
-    fn new(id: SessionId, session: Session) -> Entry {
-        Entry { id, session, queued: false, sending: false }
-    }
+/// How a connection the listener makes becomes session `id`. The stream settings
+/// are copied only when a session is really made, not for every datagram.
+fn new_entry(id: SessionId, role: Role, streams: &StreamConfig, now: u32) -> impl FnOnce(Connection) -> Entry + '_ {
+    move |conn| Entry { id, session: Session::new(conn, role, streams.clone(), now), queued: false, sending: false }
 }
 
 /// Copies a session's next datagrams for `addr` into `buf` (see

@@ -121,6 +121,8 @@ pub struct Session {
     /// Datagrams of the transmit queue already handed out by [`Session::next_transmit`].
     taken: usize,
     opened_at: u32,
+    /// When a datagram of the peer last passed the crypto check.
+    heard_at: u32,
 }
 
 impl core::fmt::Debug for Session {
@@ -141,6 +143,7 @@ impl Session {
             ended: None,
             taken: 0,
             opened_at: now,
+            heard_at: now,
         }
     }
 
@@ -169,6 +172,12 @@ impl Session {
         self.opened_at
     }
 
+    /// When the peer was last heard from: its last datagram that passed the crypto
+    /// check (the caller's clock, ms).
+    pub fn heard_at(&self) -> u32 {
+        self.heard_at
+    }
+
     /// Why the session ended, once it has.
     pub fn ended(&self) -> Option<SessionEnd> {
         self.ended
@@ -187,12 +196,15 @@ impl Session {
     /// Takes a datagram from the network: checks and decrypts it in place. Call
     /// [`Session::drive`] before taking events or transmits.
     pub fn handle_datagram(&mut self, now: u32, datagram: &mut [u8]) -> Result<(), OpenError> {
-        self.conn.handle_datagram(now, datagram)
+        self.conn.handle_datagram(now, datagram)?;
+        self.heard_at = now;
+        Ok(())
     }
 
     /// Takes a datagram whose crypto layer was already removed.
     pub fn handle_plain(&mut self, now: u32, plain: &[u8]) {
         self.conn.handle_plain(now, plain);
+        self.heard_at = now;
     }
 
     /// When [`Session::handle_timeout`] wants to run: KCP's and smux's timers and
@@ -419,7 +431,7 @@ impl crate::listener::Routed for Session {
     }
 
     fn handle_plain(&mut self, now: u32, plain: &[u8]) {
-        self.conn.handle_plain(now, plain);
+        Session::handle_plain(self, now, plain);
     }
 
     fn snmp(&self) -> Snmp {

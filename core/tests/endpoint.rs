@@ -328,6 +328,10 @@ fn an_idle_session_sleeps_until_its_keepalive() {
     for side in [Side::Client, Side::Server] {
         let next = pair.endpoint(side).poll_timeout().expect("a keep-alive is due some time");
         assert!(kcpgate_core::kcp::diff(next, now_after) > 0, "{side:?} wakes at {next}, now is {now_after}");
+        // The keep-alives count as hearing from the peer; nothing else came.
+        let (_, _, session) = pair.endpoint(side).sessions().next().expect("the session");
+        let silent = kcpgate_core::kcp::diff(now_after, session.heard_at());
+        assert!((0..=11_250).contains(&silent), "{side:?} last heard its peer {silent} ms ago");
     }
     // An idle minute: every 10 s the client's keep-alive, the server's answer with
     // its ACK, and the client's ACK of that; no timer of KCP's own.

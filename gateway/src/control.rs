@@ -337,13 +337,12 @@ pub struct StreamInfo {
     pub age_ms: u64,
 }
 
-/// When a session opened and was last heard from, in the owning task's clock (ms),
-/// and what it was opened with.
+/// When a session opened, in the owning task's clock (ms), and what it was opened
+/// with. (When it was last heard from is the core session's own.)
 #[derive(Debug, Clone)]
 pub struct SessionMeta {
     pub id: u64,
     pub opened_ms: u64,
-    pub heard_ms: u64,
     pub mode: Profile,
 }
 
@@ -374,7 +373,7 @@ impl SessionInfo {
             remote,
             local: cx.local,
             age_ms: now_ms.saturating_sub(meta.opened_ms),
-            idle_ms: now_ms.saturating_sub(meta.heard_ms),
+            idle_ms: diff(now_ms as u32, session.heard_at()).max(0) as u64,
             smux_version: session.stack().mux().version(),
             crypt: cx.crypt.to_string(),
             fec: cx.fec,

@@ -21,7 +21,7 @@ use crate::conn::Conn;
 use crate::control::{Event as ApiEvent, Inbox, Query, SessionInfo, SessionMeta};
 use crate::runtime::{random_seed, Plan};
 use crate::tunnel::{elapsed_ms, run_stream, FromStream, Links, NewStream, WrongKeyWarning};
-use crate::udp::{BatchSocket, GSO_BYTES, GSO_SEGMENTS};
+use crate::udp::{max_segments, BatchSocket, GSO_BYTES};
 
 /// How long a kicked session's peer is refused with its old conversation: longer
 /// than smux's keep-alive timeout, so the peer notices the session is gone first.
@@ -73,7 +73,6 @@ impl Driver {
             .expect("the session settings were validated at startup");
         let local = socket.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
         let (to_driver, from_streams) = mpsc::channel(4096);
-        let mtu = usize::from(plan.settings.mtu);
         Driver {
             endpoint,
             socket,
@@ -83,7 +82,7 @@ impl Driver {
             to_driver,
             from_streams,
             out: Vec::with_capacity(GSO_BYTES),
-            max_datagrams: (GSO_BYTES / mtu).clamp(1, GSO_SEGMENTS),
+            max_datagrams: max_segments(usize::from(plan.settings.mtu)),
             max_sessions: plan.tuning().tunables.max_sessions,
             draining: false,
             wrong_key: WrongKeyWarning::default(),
@@ -175,19 +174,13 @@ impl Driver {
     /// Hands the received batch to the endpoint.
     fn receive(&mut self) {
         let now = self.now();
-        let now_ms = self.now_ms();
         let limit = self.max_sessions;
         let full = limit > 0 && self.plan.registry.open_sessions() >= limit;
         self.endpoint.set_accepting(!self.draining && !full);
-        let Driver { endpoint, socket, sessions, wrong_key, plan, .. } = self;
+        let Driver { endpoint, socket, wrong_key, plan, .. } = self;
         for (from, datagram) in socket.datagrams() {
             match endpoint.handle_datagram(now, &from, datagram) {
-                Outcome::Delivered => {
-                    if let Some(t) = endpoint.session_id(&from).and_then(|id| sessions.get_mut(&id)) {
-                        t.meta.heard_ms = now_ms;
-                    }
-                }
-                Outcome::Created | Outcome::Replaced { .. } => {}
+                Outcome::Delivered | Outcome::Created | Outcome::Replaced { .. } => {}
                 Outcome::Dropped(Drop::Checksum) => wrong_key.datagram_failed(from),
                 Outcome::Dropped(Drop::NotAccepting) if full && !self.draining => {
                     plan.registry.count_refused_datagram();

@@ -145,12 +145,7 @@ impl Plan {
     /// The admin API's record of a session opened at `now_ms` (the owning task's
     /// clock), with a new process-wide id.
     pub fn session_meta(&self, now_ms: u64) -> SessionMeta {
-        SessionMeta {
-            id: self.registry.session_id(),
-            opened_ms: now_ms,
-            heard_ms: now_ms,
-            mode: self.tuning().tunables.mode,
-        }
+        SessionMeta { id: self.registry.session_id(), opened_ms: now_ms, mode: self.tuning().tunables.mode }
     }
 
     /// What the session views of a task on `local` share.

@@ -28,7 +28,7 @@ const MAX_DATAGRAM: usize = 2048;
 /// Most receive buffers per `recvmmsg`.
 pub const MAX_BATCH: usize = 32;
 /// Most datagrams per GSO send (the kernel's limit is 64), and most bytes.
-pub const GSO_SEGMENTS: usize = 64;
+const GSO_SEGMENTS: usize = 64;
 pub const GSO_BYTES: usize = 65_000;
 
 /// `recvmmsg` headers. They hold raw pointers into buffers they own, which nix does
@@ -122,7 +122,7 @@ impl BatchSocket {
     /// call with GSO where the kernel has it, one by one where it does not.
     pub async fn send_segments(&mut self, to: SocketAddr, data: &[u8], segment: usize) -> std::io::Result<()> {
         let segment = segment.max(1);
-        let most = segment * (GSO_BYTES / segment).clamp(1, GSO_SEGMENTS);
+        let most = segment * max_segments(segment);
         let mut rest = data;
         while !rest.is_empty() {
             let (batch, more) = rest.split_at(rest.len().min(most));
@@ -157,6 +157,11 @@ impl BatchSocket {
             other => other.map(|_| true),
         }
     }
+}
+
+/// How many datagrams of `size` bytes one GSO send takes at most.
+pub fn max_segments(size: usize) -> usize {
+    (GSO_BYTES / size.max(1)).clamp(1, GSO_SEGMENTS)
 }
 
 fn socket_addr(s: &SockaddrStorage) -> Option<SocketAddr> {
