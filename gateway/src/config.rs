@@ -15,6 +15,8 @@ use kcpgate_core::crypto::Method;
 use kcpgate_core::kcp::Mode;
 use kcpgate_core::qpp::{self, PadGeneration};
 use kcpgate_core::smux;
+use serde::{Deserialize, Serialize, Serializer};
+use utoipa::ToSchema;
 
 /// Which side of the tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,25 +45,20 @@ pub struct Settings {
     pub target: String,
     pub key: Secret,
     pub crypt: String,
-    pub mode: String,
+    /// What may change while kcpgate runs: `-mode`, the manual KCP values, the
+    /// windows, `-ratelimit` and `-max-sessions`, as given.
+    pub tunables: Tunables,
+    /// A `-mode` kcptun does not know (it means manual there too), for the warning.
+    pub unknown_mode: Option<String>,
     pub qpp: bool,
     /// As kcptun takes it: positive, used modulo 65536 (checked by `validate`).
     pub qpp_count: i64,
     pub mtu: u16,
-    /// Bytes per second; 0 is unlimited (a negative flag means 0, as in kcptun).
-    pub ratelimit: u32,
-    pub sndwnd: u32,
-    pub rcvwnd: u32,
     pub datashard: u8,
     pub parityshard: u8,
     pub dscp: u8,
     pub nocomp: bool,
     pub acknodelay: bool,
-    /// Manual mode's values (any non-zero number turns nodelay and nc on).
-    pub nodelay: bool,
-    pub interval: u32,
-    pub resend: u32,
-    pub nc: bool,
     pub sockbuf: u32,
     pub smuxver: u8,
     /// Whether `-smuxver` was given (flag or JSON); a server without it detects the
@@ -96,9 +93,108 @@ pub struct Settings {
     pub admin_explicit: bool,
     /// Bearer token for the admin API; empty for none (loopback only).
     pub admin_token: Secret,
-    /// Server: sessions open at most at once; 0 is unlimited.
-    pub max_sessions: u64,
     pub config_file: Option<PathBuf>,
+}
+
+/// What can change while kcpgate runs (`PATCH /api/v1/config`): part of the
+/// settings from the start. Changes apply to sessions opened afterwards.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+#[schema(example = json!({"mode": "fast3", "nodelay": 1, "interval": 10, "resend": 2, "nc": 1, "sndwnd": 1024, "rcvwnd": 1024, "ratelimit": 0, "max_sessions": 5000}))]
+pub struct Tunables {
+    /// KCP profile. The API shows the four values below as they are in effect: a
+    /// preset's own, or with manual the ones given.
+    pub mode: Profile,
+    /// Manual mode: 1 for nodelay (the RTO grows 1.5× instead of 2×).
+    #[serde(serialize_with = "zero_or_one")]
+    #[schema(value_type = u32, minimum = 0, maximum = 1)]
+    pub nodelay: bool,
+    /// Manual mode: KCP's flush interval, ms.
+    #[schema(minimum = 10, maximum = 5000, example = 20)]
+    pub interval: u32,
+    /// Manual mode: fast resend after this many duplicate ACKs; 0 is off.
+    #[schema(maximum = 65535, example = 2)]
+    pub resend: u32,
+    /// Manual mode: 1 turns congestion control off.
+    #[serde(serialize_with = "zero_or_one")]
+    #[schema(value_type = u32, minimum = 0, maximum = 1)]
+    pub nc: bool,
+    /// KCP send window, segments.
+    #[schema(minimum = 1, maximum = 65535, example = 1024)]
+    pub sndwnd: u32,
+    /// KCP receive window, segments.
+    #[schema(minimum = 1, maximum = 65535, example = 1024)]
+    pub rcvwnd: u32,
+    /// Outgoing bytes per second per session; 0 is unlimited (a negative flag
+    /// means 0, as in kcptun).
+    #[schema(maximum = 4_294_967_295_u64, example = 0)]
+    pub ratelimit: u32,
+    /// Server: sessions open at most at once; 0 is unlimited.
+    #[schema(maximum = 10_000_000, example = 0)]
+    pub max_sessions: u64,
+}
+
+/// kcptun writes nodelay and nc as 0 or 1.
+fn zero_or_one<S: Serializer>(on: &bool, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u32(u32::from(*on))
+}
+
+impl Tunables {
+    /// (nodelay, interval, resend, nc) as sessions use them: a preset's own, which
+    /// kcptun applies after the JSON file; the given values count only in manual mode.
+    pub fn kcp_params(&self) -> (bool, u32, u32, bool) {
+        match self.mode.preset() {
+            Some(m) => m.params(),
+            None => (self.nodelay, self.interval, self.resend, self.nc),
+        }
+    }
+
+    /// These tunables with the values in effect in place of the manual ones.
+    pub fn effective(mut self) -> Tunables {
+        (self.nodelay, self.interval, self.resend, self.nc) = self.kcp_params();
+        self
+    }
+}
+
+/// A KCP profile: kcptun's presets, or manual (nodelay, interval, resend, nc as
+/// given).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    Normal,
+    Fast,
+    Fast2,
+    Fast3,
+    Manual,
+}
+
+impl Profile {
+    /// The profile of a `-mode` value: names other than the presets mean manual,
+    /// as in kcptun.
+    pub fn from_mode(mode: &str) -> Profile {
+        match Mode::from_name(mode) {
+            Some(Mode::Normal) => Profile::Normal,
+            Some(Mode::Fast) => Profile::Fast,
+            Some(Mode::Fast2) => Profile::Fast2,
+            Some(Mode::Fast3) => Profile::Fast3,
+            None => Profile::Manual,
+        }
+    }
+
+    /// The core's preset; none for manual.
+    pub fn preset(self) -> Option<Mode> {
+        match self {
+            Profile::Normal => Some(Mode::Normal),
+            Profile::Fast => Some(Mode::Fast),
+            Profile::Fast2 => Some(Mode::Fast2),
+            Profile::Fast3 => Some(Mode::Fast3),
+            Profile::Manual => None,
+        }
+    }
+
+    /// The `-mode` value.
+    pub fn name(self) -> &'static str {
+        self.preset().map_or("manual", Mode::name)
+    }
 }
 
 /// A secret setting (the key, the admin token): shown as `(redacted)` by `Debug`,
@@ -378,22 +474,26 @@ impl Settings {
             target,
             key: Secret(text("key")),
             crypt: text("crypt"),
-            mode: text("mode"),
+            tunables: Tunables {
+                mode: Profile::Fast,
+                nodelay: false,
+                interval: 0,
+                resend: 0,
+                nc: false,
+                sndwnd: 0,
+                rcvwnd: 0,
+                ratelimit: 0,
+                max_sessions: 0,
+            },
+            unknown_mode: None,
             qpp: flag("QPP"),
             qpp_count: 0,
             mtu: 0,
-            ratelimit: 0,
-            sndwnd: 0,
-            rcvwnd: 0,
             datashard: 0,
             parityshard: 0,
             dscp: 0,
             nocomp: flag("nocomp"),
             acknodelay: flag("acknodelay"),
-            nodelay: false,
-            interval: 0,
-            resend: 0,
-            nc: false,
             sockbuf: 0,
             smuxver: 2,
             smuxver_explicit: m.value_source("smuxver") == Some(ValueSource::CommandLine),
@@ -416,9 +516,9 @@ impl Settings {
             admin: text("admin"),
             admin_explicit: m.value_source("admin") == Some(ValueSource::CommandLine),
             admin_token: Secret(text("admin-token")),
-            max_sessions: 0,
             config_file: m.get_one::<PathBuf>("c").cloned(),
         };
+        settings.set_mode(&text("mode"));
         for f in role_flags(role).filter(|f| matches!(f.kind, Kind::Int(..))) {
             settings.set_int(f.name, int(f.name))?;
         }
@@ -451,7 +551,11 @@ impl Settings {
                 }
                 Kind::Text(_) => {
                     let s = v.as_str().ok_or_else(|| mismatch("a string"))?;
-                    *self.text_mut(name) = s.to_string();
+                    if name == "mode" {
+                        self.set_mode(s);
+                    } else {
+                        *self.text_mut(name) = s.to_string();
+                    }
                 }
                 Kind::Int(..) => {
                     let n = v.as_i64().ok_or_else(|| mismatch("an integer"))?;
@@ -474,7 +578,6 @@ impl Settings {
             "target" | "remoteaddr" => &mut self.target,
             "key" => &mut self.key.0,
             "crypt" => &mut self.crypt,
-            "mode" => &mut self.mode,
             "snmplog" => &mut self.snmplog,
             "log" => &mut self.log,
             "log-format" => &mut self.log_format,
@@ -482,6 +585,12 @@ impl Settings {
             "admin-token" => &mut self.admin_token.0,
             other => unreachable!("no text setting {other}"),
         }
+    }
+
+    fn set_mode(&mut self, name: &str) {
+        self.tunables.mode = Profile::from_mode(name);
+        let known = Mode::from_name(name).is_some() || name == "manual";
+        self.unknown_mode = (!known).then(|| name.to_string());
     }
 
     fn bool_mut(&mut self, name: &str) -> &mut bool {
@@ -510,16 +619,16 @@ impl Settings {
             "QPPCount" => self.qpp_count = v,
             "mtu" => self.mtu = within(name, v, 1, 1500, " bytes")?,
             // kcptun treats a negative rate limit as none.
-            "ratelimit" => self.ratelimit = within(name, v.max(0), 0, u32_max, " bytes per second")?,
-            "sndwnd" => self.sndwnd = within(name, v, 1, 65535, " segments")?,
-            "rcvwnd" => self.rcvwnd = within(name, v, 1, 65535, " segments")?,
+            "ratelimit" => self.tunables.ratelimit = within(name, v.max(0), 0, u32_max, " bytes per second")?,
+            "sndwnd" => self.tunables.sndwnd = within(name, v, 1, 65535, " segments")?,
+            "rcvwnd" => self.tunables.rcvwnd = within(name, v, 1, 65535, " segments")?,
             "datashard" => self.datashard = within(name, v, 0, 255, " shards")?,
             "parityshard" => self.parityshard = within(name, v, 0, 255, " shards")?,
             "dscp" => self.dscp = within(name, v, 0, 63, "")?,
-            "nodelay" => self.nodelay = v != 0,
-            "interval" => self.interval = within(name, v, 0, u32_max, " ms")?,
-            "resend" => self.resend = within(name, v, 0, u32_max, "")?,
-            "nc" => self.nc = v != 0,
+            "nodelay" => self.tunables.nodelay = v != 0,
+            "interval" => self.tunables.interval = within(name, v, 0, u32_max, " ms")?,
+            "resend" => self.tunables.resend = within(name, v, 0, u32_max, "")?,
+            "nc" => self.tunables.nc = v != 0,
             "sockbuf" => self.sockbuf = within(name, v, 0, int_max, " bytes")?,
             "smuxver" => self.smuxver = within(name, v, 1, 2, "")?,
             "smuxbuf" => self.smuxbuf = within(name, v, 1, int_max, " bytes")?,
@@ -532,19 +641,10 @@ impl Settings {
             "conn" => self.conn = within(name, v, 1, 65_535, " sessions")?,
             "autoexpire" => self.autoexpire = within(name, v, 0, i64::MAX, " seconds")?,
             "scavengettl" => self.scavengettl = within(name, v, 0, i64::MAX, " seconds")?,
-            "max-sessions" => self.max_sessions = within(name, v, 0, 10_000_000, " sessions")?,
+            "max-sessions" => self.tunables.max_sessions = within(name, v, 0, 10_000_000, " sessions")?,
             other => unreachable!("no integer setting {other}"),
         }
         Ok(())
-    }
-
-    /// (nodelay, interval, resend, nc) after the mode preset, which kcptun applies
-    /// after the JSON file: explicit values count only in manual mode.
-    pub fn kcp_params(&self) -> (bool, u32, u32, bool) {
-        match Mode::from_name(&self.mode) {
-            Some(m) => m.params(),
-            None => (self.nodelay, self.interval, self.resend, self.nc),
-        }
     }
 
     /// The cipher; unknown names mean aes, as in kcptun.
@@ -652,10 +752,9 @@ impl Settings {
                 .map_err(|e| ConfigError(e.to_string()))?;
             warnings.extend(w.iter().map(ToString::to_string));
         }
-        if Mode::from_name(&self.mode).is_none() && self.mode != "manual" {
+        if let Some(mode) = &self.unknown_mode {
             warnings.push(format!(
-                "unknown -mode {:?}: using manual mode (-nodelay, -interval, -resend, -nc), as kcptun does",
-                self.mode
+                "unknown -mode {mode:?}: using manual mode (-nodelay, -interval, -resend, -nc), as kcptun does"
             ));
         }
         self.check_addresses()?;

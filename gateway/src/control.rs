@@ -11,13 +11,14 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use kcpgate_core::kcp::{diff, Mode};
+use kcpgate_core::kcp::diff;
 use kcpgate_core::session::Session;
 use kcpgate_core::snmp::Snmp;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use utoipa::ToSchema;
 
+pub use crate::config::{Profile, Tunables};
 use crate::tunnel::Links;
 
 /// How long a reader waits for busy tasks to answer before it uses what it has.
@@ -423,39 +424,6 @@ impl SessionInfo {
     }
 }
 
-/// What can change while kcpgate runs. Changes apply to sessions opened afterwards.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
-#[schema(example = json!({"mode": "fast3", "nodelay": 1, "interval": 10, "resend": 2, "nc": 1, "sndwnd": 1024, "rcvwnd": 1024, "ratelimit": 0, "max_sessions": 5000}))]
-pub struct Tunables {
-    /// KCP profile. The four values below are the ones in effect: a preset's own,
-    /// or with manual the ones given.
-    pub mode: Profile,
-    /// Manual mode: 1 for nodelay.
-    #[schema(minimum = 0, maximum = 1)]
-    pub nodelay: u32,
-    /// Manual mode: KCP's flush interval, ms.
-    #[schema(minimum = 10, maximum = 5000, example = 20)]
-    pub interval: u32,
-    /// Manual mode: fast resend after this many duplicate ACKs; 0 is off.
-    #[schema(maximum = 65535, example = 2)]
-    pub resend: u32,
-    /// Manual mode: 1 turns congestion control off.
-    #[schema(minimum = 0, maximum = 1)]
-    pub nc: u32,
-    /// KCP send window, segments.
-    #[schema(minimum = 1, maximum = 65535, example = 1024)]
-    pub sndwnd: u32,
-    /// KCP receive window, segments.
-    #[schema(minimum = 1, maximum = 65535, example = 1024)]
-    pub rcvwnd: u32,
-    /// Outgoing bytes per second per session; 0 is unlimited.
-    #[schema(maximum = 4_294_967_295_u64, example = 0)]
-    pub ratelimit: u64,
-    /// Server: sessions open at most at once; 0 is unlimited.
-    #[schema(maximum = 10_000_000, example = 0)]
-    pub max_sessions: u64,
-}
-
 /// A change to [`Tunables`]: only the fields given change.
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -482,7 +450,7 @@ pub struct TunablesPatch {
     pub rcvwnd: Option<u32>,
     #[schema(maximum = 4_294_967_295_u64)]
     #[serde(default, deserialize_with = "whole_number")]
-    pub ratelimit: Option<u64>,
+    pub ratelimit: Option<u32>,
     #[schema(maximum = 10_000_000)]
     #[serde(default, deserialize_with = "whole_number")]
     pub max_sessions: Option<u64>,
@@ -512,93 +480,37 @@ where
         .ok_or_else(|| D::Error::custom(format!("{number} is not a whole number in range")))
 }
 
-/// A KCP profile: kcptun's presets, or manual (nodelay, interval, resend, nc as
-/// given).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Profile {
-    Normal,
-    Fast,
-    Fast2,
-    Fast3,
-    Manual,
-}
-
-impl Profile {
-    /// The profile of a `-mode` value: names other than the presets mean manual,
-    /// as in kcptun.
-    pub fn from_mode(mode: &str) -> Profile {
-        match Mode::from_name(mode) {
-            Some(Mode::Normal) => Profile::Normal,
-            Some(Mode::Fast) => Profile::Fast,
-            Some(Mode::Fast2) => Profile::Fast2,
-            Some(Mode::Fast3) => Profile::Fast3,
-            None => Profile::Manual,
-        }
-    }
-
-    /// The `-mode` value.
-    pub fn name(self) -> &'static str {
-        let preset = match self {
-            Profile::Normal => Mode::Normal,
-            Profile::Fast => Mode::Fast,
-            Profile::Fast2 => Mode::Fast2,
-            Profile::Fast3 => Mode::Fast3,
-            Profile::Manual => return "manual",
-        };
-        preset.name()
-    }
-}
-
 impl Tunables {
-    /// `patch` applied over these, or what is wrong with it (field, reason).
-    /// The tunables as sessions use them: a preset mode's own nodelay, interval,
-    /// resend and nc in place of the manual ones (which count only in manual mode).
-    pub fn effective(mut self) -> Tunables {
-        if let Some(preset) = Mode::from_name(self.mode.name()) {
-            let (nodelay, interval, resend, nc) = preset.params();
-            (self.nodelay, self.interval, self.resend, self.nc) = (u32::from(nodelay), interval, resend, u32::from(nc));
-        }
-        self
-    }
-
+    /// `patch` applied over these, or what is wrong with it (field, reason); the
+    /// result shows the values in effect ([`Tunables::effective`]).
     pub fn patched(&self, patch: &TunablesPatch) -> Result<Tunables, Vec<(&'static str, String)>> {
+        fn set<T: Copy + PartialOrd + core::fmt::Display>(
+            wrong: &mut Vec<(&'static str, String)>,
+            field: &'static str,
+            value: Option<T>,
+            range: std::ops::RangeInclusive<T>,
+            slot: &mut T,
+        ) {
+            match value {
+                Some(v) if range.contains(&v) => *slot = v,
+                Some(v) => {
+                    wrong.push((field, format!("must be between {} and {} (got {v})", range.start(), range.end())))
+                }
+                None => {}
+            }
+        }
         let mut next = self.clone();
         let mut wrong = Vec::new();
-        let mut check = |field: &'static str, value: Option<u64>, range: std::ops::RangeInclusive<u64>| {
-            let v = value?;
-            if range.contains(&v) {
-                Some(v)
-            } else {
-                wrong.push((field, format!("must be between {} and {} (got {v})", range.start(), range.end())));
-                None
-            }
-        };
-        let small = |v: Option<u32>| v.map(u64::from);
-        if let Some(v) = check("nodelay", small(patch.nodelay), 0..=1) {
-            next.nodelay = v as u32;
-        }
-        if let Some(v) = check("interval", small(patch.interval), 10..=5000) {
-            next.interval = v as u32;
-        }
-        if let Some(v) = check("resend", small(patch.resend), 0..=65535) {
-            next.resend = v as u32;
-        }
-        if let Some(v) = check("nc", small(patch.nc), 0..=1) {
-            next.nc = v as u32;
-        }
-        if let Some(v) = check("sndwnd", small(patch.sndwnd), 1..=65535) {
-            next.sndwnd = v as u32;
-        }
-        if let Some(v) = check("rcvwnd", small(patch.rcvwnd), 1..=65535) {
-            next.rcvwnd = v as u32;
-        }
-        if let Some(v) = check("ratelimit", patch.ratelimit, 0..=u64::from(u32::MAX)) {
-            next.ratelimit = v;
-        }
-        if let Some(v) = check("max_sessions", patch.max_sessions, 0..=10_000_000) {
-            next.max_sessions = v;
-        }
+        let (mut nodelay, mut nc) = (u32::from(next.nodelay), u32::from(next.nc));
+        set(&mut wrong, "nodelay", patch.nodelay, 0..=1, &mut nodelay);
+        set(&mut wrong, "interval", patch.interval, 10..=5000, &mut next.interval);
+        set(&mut wrong, "resend", patch.resend, 0..=65535, &mut next.resend);
+        set(&mut wrong, "nc", patch.nc, 0..=1, &mut nc);
+        set(&mut wrong, "sndwnd", patch.sndwnd, 1..=65535, &mut next.sndwnd);
+        set(&mut wrong, "rcvwnd", patch.rcvwnd, 1..=65535, &mut next.rcvwnd);
+        set(&mut wrong, "ratelimit", patch.ratelimit, 0..=u32::MAX, &mut next.ratelimit);
+        set(&mut wrong, "max_sessions", patch.max_sessions, 0..=10_000_000, &mut next.max_sessions);
+        (next.nodelay, next.nc) = (nodelay != 0, nc != 0);
         if let Some(mode) = patch.mode {
             next.mode = mode;
         }
@@ -669,10 +581,10 @@ mod tests {
         }
         let fields = serde_json::to_value(Tunables {
             mode: Profile::Fast,
-            nodelay: 0,
+            nodelay: false,
             interval: 10,
             resend: 0,
-            nc: 0,
+            nc: false,
             sndwnd: 1,
             rcvwnd: 1,
             ratelimit: 0,
@@ -690,10 +602,10 @@ mod tests {
     fn a_patch_changes_only_its_fields_and_names_every_bad_one() {
         let t = Tunables {
             mode: Profile::Fast,
-            nodelay: 0,
+            nodelay: false,
             interval: 50,
             resend: 0,
-            nc: 0,
+            nc: false,
             sndwnd: 128,
             rcvwnd: 512,
             ratelimit: 0,
@@ -703,19 +615,25 @@ mod tests {
         let next = t.patched(&p).expect("a valid patch");
         assert_eq!((next.mode, next.sndwnd, next.rcvwnd), (Profile::Fast3, 256, 512));
         let params = (next.nodelay, next.interval, next.resend, next.nc);
-        assert_eq!(params, (1, 10, 2, 1), "fast3's own values are shown, not the manual ones");
+        assert_eq!(params, (true, 10, 2, true), "fast3's own values are shown, not the manual ones");
         let manual = TunablesPatch { mode: Some(Profile::Manual), interval: Some(25), ..TunablesPatch::default() };
         let next = next.patched(&manual).expect("a valid patch");
-        assert_eq!((next.nodelay, next.interval, next.resend, next.nc), (1, 25, 2, 1), "manual keeps what it is given");
+        assert_eq!(
+            (next.nodelay, next.interval, next.resend, next.nc),
+            (true, 25, 2, true),
+            "manual keeps what it is given"
+        );
         let bad = TunablesPatch {
             mode: Some(Profile::Manual),
+            nodelay: Some(2),
             interval: Some(5),
             sndwnd: Some(0),
-            ratelimit: Some(1 << 40),
             ..TunablesPatch::default()
         };
         let wrong: Vec<&str> = t.patched(&bad).expect_err("invalid").iter().map(|(f, _)| *f).collect();
-        assert_eq!(wrong, ["interval", "sndwnd", "ratelimit"]);
+        assert_eq!(wrong, ["nodelay", "interval", "sndwnd"]);
+        let too_fast = serde_json::from_str::<TunablesPatch>(r#"{"ratelimit": 4294967296}"#);
+        assert!(too_fast.is_err(), "a rate limit beyond u32 is refused");
         let unknown = serde_json::from_str::<TunablesPatch>(r#"{"mode": "turbo"}"#);
         assert!(unknown.is_err(), "only known profiles");
         let whole =

@@ -13,7 +13,7 @@ use kcpgate_core::session::StreamConfig;
 use kcpgate_core::stack::{QppSetup, StackConfig};
 
 use crate::config::Settings;
-use crate::control::{FecShards, Profile, Registry, SessionMeta, Tunables, TunablesPatch, ViewContext};
+use crate::control::{FecShards, Registry, SessionMeta, Tunables, TunablesPatch, ViewContext};
 
 /// 32 bytes from the OS, to seed the core's CSPRNGs (conv ids, nonces).
 pub fn random_seed() -> [u8; 32] {
@@ -41,28 +41,12 @@ pub struct Tuning {
     pub session: SessionConfig,
 }
 
-/// The tunables as the settings give them.
-fn tunables_of(settings: &Settings) -> Tunables {
-    Tunables {
-        mode: Profile::from_mode(&settings.mode),
-        nodelay: u32::from(settings.nodelay),
-        interval: settings.interval,
-        resend: settings.resend,
-        nc: u32::from(settings.nc),
-        sndwnd: settings.sndwnd,
-        rcvwnd: settings.rcvwnd,
-        ratelimit: u64::from(settings.ratelimit),
-        max_sessions: settings.max_sessions,
-    }
-    .effective()
-}
-
-/// The session configuration `settings` give.
-fn session_config(settings: &Settings) -> SessionConfig {
-    let (nodelay, interval, fast_resend, no_cwnd) = settings.kcp_params();
+/// The session configuration `settings` give with `tunables`.
+fn session_config(settings: &Settings, tunables: &Tunables) -> SessionConfig {
+    let (nodelay, interval, fast_resend, no_cwnd) = tunables.kcp_params();
     let kcp = kcp::Config {
-        snd_wnd: settings.sndwnd,
-        rcv_wnd: settings.rcvwnd,
+        snd_wnd: tunables.sndwnd,
+        rcv_wnd: tunables.rcvwnd,
         nodelay,
         interval,
         fast_resend,
@@ -76,7 +60,7 @@ fn session_config(settings: &Settings) -> SessionConfig {
         kcp,
         fec: Shards::new(usize::from(settings.datashard), usize::from(settings.parityshard)),
         write_delay: false,
-        rate_limit: settings.ratelimit,
+        rate_limit: tunables.ratelimit,
     }
 }
 
@@ -87,7 +71,10 @@ impl Plan {
             // kcptun uses the count modulo 65536; `validate` refused counts that give 0.
             .then(|| QppSetup::new(settings.key.as_bytes(), settings.qpp_count as u16, PadGeneration::Current));
         let stack = StackConfig { compression: !settings.nocomp, smux: settings.smux_config(), qpp };
-        let tuning = Tuning { tunables: tunables_of(&settings), session: session_config(&settings) };
+        let tuning = Tuning {
+            tunables: settings.tunables.clone().effective(),
+            session: session_config(&settings, &settings.tunables),
+        };
         Plan {
             crypto: Arc::new(PacketCrypto::from_passphrase(settings.method(), &settings.key)),
             stack,
@@ -109,19 +96,7 @@ impl Plan {
     pub fn retune(&self, patch: &TunablesPatch) -> Result<Tunables, Vec<(&'static str, String)>> {
         let mut current = self.tuning.write().expect("tuning lock");
         let tunables = current.tunables.patched(patch)?;
-        let mut settings = self.settings.clone();
-        settings.mode = tunables.mode.name().to_string();
-        settings.nodelay = tunables.nodelay != 0;
-        settings.interval = tunables.interval;
-        settings.resend = tunables.resend;
-        settings.nc = tunables.nc != 0;
-        settings.sndwnd = tunables.sndwnd;
-        settings.rcvwnd = tunables.rcvwnd;
-        // A change is checked against u32's range before it gets here.
-        settings.ratelimit = u32::try_from(tunables.ratelimit).unwrap_or(u32::MAX);
-        settings.max_sessions = tunables.max_sessions;
-        let session = session_config(&settings);
-        session.kcp_config(&self.crypto).map_err(|e| vec![("mode", e.to_string())])?;
+        let session = session_config(&self.settings, &tunables);
         *current = Arc::new(Tuning { tunables: tunables.clone(), session });
         Ok(tunables)
     }

@@ -38,12 +38,12 @@ fn conformance_76_mode_presets() {
         ("fast3", (true, 10, 2, true)),
     ] {
         let s = parse(Role::Server, &format!("-mode {mode} -nodelay 1 -interval 99 -resend 7 -nc 0"));
-        assert_eq!(s.kcp_params(), params, "{mode} ignores the manual values");
+        assert_eq!(s.tunables.kcp_params(), params, "{mode} ignores the manual values");
     }
     let s = parse(Role::Server, "-mode manual -nodelay 1 -interval 99 -resend 7 -nc 0");
-    assert_eq!(s.kcp_params(), (true, 99, 7, false));
+    assert_eq!(s.tunables.kcp_params(), (true, 99, 7, false));
     let s = parse(Role::Server, "-mode whatever -nodelay 0 -interval 15 -resend 1 -nc 1");
-    assert_eq!(s.kcp_params(), (false, 15, 1, true), "unknown modes are manual");
+    assert_eq!(s.tunables.kcp_params(), (false, 15, 1, true), "unknown modes are manual");
 }
 
 #[test]
@@ -51,9 +51,9 @@ fn conformance_77_json_overrides_present_keys_then_the_mode_preset() {
     let mut s = parse(Role::Client, "-key flag-key -mtu 1200 -mode manual -interval 25");
     s.apply_json(r#"{"KEY": "json-key", "SndWnd": 64, "mode": "fast3", "interval": 99, "unknown": [1, 2]}"#).unwrap();
     assert_eq!(s.key, "json-key", "keys match case-insensitively");
-    assert_eq!(s.sndwnd, 64);
+    assert_eq!(s.tunables.sndwnd, 64);
     assert_eq!(s.mtu, 1200, "absent keys leave the flags alone");
-    assert_eq!(s.kcp_params(), (true, 10, 2, true), "the preset wins over interval from flags and JSON");
+    assert_eq!(s.tunables.kcp_params(), (true, 10, 2, true), "the preset wins over interval from flags and JSON");
     let e = s.apply_json(r#"{"mtu": "big"}"#).unwrap_err();
     assert!(e.to_string().contains("\"mtu\" must be an integer"), "{e}");
     assert!(s.apply_json("[1]").is_err());
@@ -67,13 +67,16 @@ fn conformance_77_json_overrides_present_keys_then_the_mode_preset() {
 fn conformance_78_defaults() {
     let c = parse(Role::Client, "");
     assert_eq!((c.listen.as_str(), c.target.as_str()), (":12948", "vps:29900"));
-    assert_eq!((c.sndwnd, c.rcvwnd, c.closewait, c.conn, c.autoexpire, c.scavengettl), (128, 512, 0, 1, 0, 600));
+    assert_eq!(
+        (c.tunables.sndwnd, c.tunables.rcvwnd, c.closewait, c.conn, c.autoexpire, c.scavengettl),
+        (128, 512, 0, 1, 0, 600)
+    );
     let s = parse(Role::Server, "");
     assert_eq!((s.listen.as_str(), s.target.as_str()), (":29900", "127.0.0.1:12948"));
-    assert_eq!((s.sndwnd, s.rcvwnd, s.closewait), (1024, 1024, 30));
+    assert_eq!((s.tunables.sndwnd, s.tunables.rcvwnd, s.closewait), (1024, 1024, 30));
     for x in [&c, &s] {
         assert_eq!(
-            (x.mtu, x.datashard, x.parityshard, x.crypt.as_str(), x.mode.as_str(), x.smuxver),
+            (x.mtu, x.datashard, x.parityshard, x.crypt.as_str(), x.tunables.mode.name(), x.smuxver),
             (1350, 10, 3, "aes", "fast", 2)
         );
         assert_eq!(
@@ -123,7 +126,7 @@ fn startup_checks_refuse_with_a_reason() {
     assert!(e.to_string().contains("config file: -sndwnd must be between 1 and 65535"), "{e}");
     let s = parse(Role::Server, "-crypt rot13 -ratelimit -5 -QPP -QPPCount 8");
     let w = s.validate().unwrap();
-    assert_eq!(s.ratelimit, 0, "negative rate limits mean off");
+    assert_eq!(s.tunables.ratelimit, 0, "negative rate limits mean off");
     assert!(w.iter().any(|w| w.contains("rot13")), "{w:?}");
     assert!(w.iter().any(|w| w.contains("even")), "{w:?}");
 }

@@ -93,7 +93,10 @@ fn the_json_file_takes_kcpgate_keys_and_warns_of_unknown_ones() {
                 "log-format": "json", "targett": "oops:1"}"#,
         )
         .expect("valid JSON");
-    assert_eq!((s.admin.as_str(), &*s.admin_token, s.max_sessions, s.drain_timeout), ("127.0.0.1:9999", "t0k", 5, 3));
+    assert_eq!(
+        (s.admin.as_str(), &*s.admin_token, s.tunables.max_sessions, s.drain_timeout),
+        ("127.0.0.1:9999", "t0k", 5, 3)
+    );
     assert!(s.admin_explicit, "an admin address from the file is as explicit as a flag");
     assert_eq!(s.log_format, "json");
     assert_eq!(warnings.len(), 1, "{warnings:?}");
