@@ -148,10 +148,11 @@ async fn start_session(
     let expire = plan.settings.autoexpire;
     let close_at =
         (expire > 0).then(|| Instant::now() + Duration::from_secs(expire.saturating_add(plan.settings.scavengettl)));
-    let socket = BatchSocket::new(socket, SESSION_RECV_SLOTS);
+    let socket = BatchSocket::new(socket, SESSION_RECV_SLOTS)?;
     let driver = Driver::client(socket, plan, ClientSession { remote, connections, close_at });
     Ok((tx, tokio::spawn(driver.run(drain))))
 }
 
-/// Receive buffers of a session's own socket, which only its server sends to.
-const SESSION_RECV_SLOTS: usize = 16;
+/// Receive buffers of a session's own socket, which only its server sends to: GRO
+/// joins its bursts, so each buffer takes many datagrams.
+const SESSION_RECV_SLOTS: usize = 4;

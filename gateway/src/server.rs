@@ -27,7 +27,7 @@ pub async fn run(plan: Arc<Plan>, drain: watch::Receiver<bool>) -> std::io::Resu
         info!("listening on UDP {} ({} sockets)", sockets[0].local_addr()?, sockets.len());
         for socket in sockets {
             plan.tune_udp(&socket);
-            let socket = BatchSocket::new(socket, crate::udp::MAX_BATCH);
+            let socket = BatchSocket::new(socket, crate::udp::MAX_BATCH)?;
             tasks.push(tokio::spawn(Driver::server(socket, plan.clone()).run(drain.clone())));
         }
     }
