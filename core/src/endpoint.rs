@@ -237,7 +237,10 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
         while let Some(addr) = self.schedule.pop_due(now_abs) {
             if let Some(entry) = self.listener.session_mut(&addr) {
                 entry.session.handle_timeout(now);
-                self.touch(&addr);
+                if !entry.queued {
+                    entry.queued = true;
+                    self.work.push(addr);
+                }
             }
         }
     }
@@ -523,6 +526,10 @@ impl Clock {
 /// When each session needs its timers run: a min-heap of deadlines. A new deadline
 /// is pushed as a new entry and the old one recognised as stale when it surfaces,
 /// so a wake-up costs O(log n) per due session and idle sessions cost nothing.
+/// A deadline that keeps moving earlier (a session's next flush, after its
+/// keep-alive far ahead) leaves stale entries that surface only late; once they
+/// outnumber the live ones the heap is swept, so it stays within twice the
+/// sessions and, warmed up, never grows.
 struct Schedule<A> {
     heap: BinaryHeap<Reverse<Due<A>>>,
     current: HashMap<A, u64>,
@@ -533,6 +540,9 @@ impl<A> Default for Schedule<A> {
         Schedule { heap: BinaryHeap::new(), current: HashMap::new() }
     }
 }
+
+/// Stale heap entries tolerated beyond one per session before a sweep.
+const STALE_ALLOWANCE: usize = 16;
 
 /// A heap entry, ordered by its deadline alone: many sessions share a millisecond,
 /// and comparing their addresses as well would only cost time.
@@ -566,6 +576,15 @@ impl<A: Clone + Eq + Hash> Schedule<A> {
         match at {
             Some(at) => {
                 if self.current.insert(addr.clone(), at) != Some(at) {
+                    let most = 2 * self.current.len() + STALE_ALLOWANCE;
+                    if self.heap.len() >= most {
+                        let current = &self.current;
+                        self.heap.retain(|Reverse(due)| current.get(&due.addr) == Some(&due.at));
+                    }
+                    // Grown to its bound at once, not by doubling on the way there.
+                    if self.heap.len() == self.heap.capacity() {
+                        self.heap.reserve((most + 1).saturating_sub(self.heap.len()));
+                    }
                     self.heap.push(Reverse(Due { at, addr }));
                 }
             }
@@ -626,6 +645,22 @@ mod tests {
         assert_eq!(s.pop_due(100), None);
         assert_eq!(s.next(), None);
         assert!(s.heap.is_empty(), "stale entries are dropped as they surface");
+    }
+
+    /// A deadline that alternates between near and far (flush, keep-alive) leaves a
+    /// stale far entry each time; the heap is swept before they pile up.
+    #[test]
+    fn stale_deadlines_do_not_pile_up() {
+        let mut s = Schedule::default();
+        for addr in 0..10u32 {
+            s.set(addr, Some(1_000_000));
+        }
+        for i in 0..100_000u64 {
+            s.set(i as u32 % 10, Some(10_000_000 - i));
+            s.set(i as u32 % 10, Some(1_000_000 + i));
+            assert!(s.heap.len() <= 2 * 10 + STALE_ALLOWANCE + 1, "{} entries after {i} moves", s.heap.len());
+        }
+        assert_eq!(s.next(), Some(1_000_000 + 99_990));
     }
 
     #[test]

@@ -116,6 +116,9 @@ pub struct Session {
     stack: StreamStack,
     streams: HashMap<u32, StreamState>,
     close_wait_ms: u32,
+    /// Streams with a close-wait deadline: the timers look at streams only when
+    /// some are.
+    closing: usize,
     events: VecDeque<StreamEvent>,
     ended: Option<SessionEnd>,
     /// Datagrams of the transmit queue already handed out by [`Session::next_transmit`].
@@ -139,6 +142,7 @@ impl Session {
             stack: StreamStack::new(role, cfg.stack, now),
             streams: HashMap::new(),
             close_wait_ms: cfg.close_wait_ms,
+            closing: 0,
             events: VecDeque::new(),
             ended: None,
             taken: 0,
@@ -213,8 +217,9 @@ impl Session {
         if self.ended.is_some() {
             return None;
         }
-        let streams = self.streams.values().filter_map(|s| s.close_by);
-        [self.conn.poll_timeout(), self.stack.poll_timeout()].into_iter().flatten().chain(streams).reduce(earliest)
+        let closing = (self.closing > 0).then(|| self.streams.values().filter_map(|s| s.close_by));
+        let timers = [self.conn.poll_timeout(), self.stack.poll_timeout()].into_iter().flatten();
+        timers.chain(closing.into_iter().flatten()).reduce(earliest)
     }
 
     /// Runs whatever timer is due at `now` (none may be: calling early is harmless).
@@ -228,6 +233,9 @@ impl Session {
         }
         if let Err(e) = self.stack.handle_timeout(now) {
             self.end(SessionEnd::Stack(e));
+            return;
+        }
+        if self.closing == 0 {
             return;
         }
         let expired = self.streams.iter().filter(|(_, s)| s.close_by.is_some_and(|t| diff(now, t) >= 0));
@@ -396,11 +404,13 @@ impl Session {
             self.forget(sid, StreamEnd::Finished);
         } else if self.close_wait_ms > 0 && s.close_by.is_none() {
             s.close_by = Some(now.wrapping_add(self.close_wait_ms));
+            self.closing += 1;
         }
     }
 
     fn forget(&mut self, sid: u32, why: StreamEnd) {
-        if self.streams.remove(&sid).is_some() {
+        if let Some(s) = self.streams.remove(&sid) {
+            self.closing -= usize::from(s.close_by.is_some());
             self.events.push_back(StreamEvent::Closed(sid, why));
         }
     }
@@ -411,6 +421,7 @@ impl Session {
             self.events.push_back(StreamEvent::Closed(*sid, StreamEnd::SessionEnded));
         }
         self.streams.clear();
+        self.closing = 0;
     }
 }
 

@@ -16,6 +16,8 @@ use crate::kcp::diff;
 
 /// Bytes of a frame header.
 pub const HEADER_LEN: usize = 8;
+/// The largest control frame: a v2 window update (header and 8 bytes).
+const CONTROL_FRAME: usize = HEADER_LEN + 8;
 /// Opens a stream.
 pub const CMD_SYN: u8 = 0;
 /// Ends a stream's direction.
@@ -243,7 +245,10 @@ pub struct Session {
     queues: HashMap<u32, SidQueue>,
     /// Sids with frames waiting, in turn order: one frame each per turn.
     ready: VecDeque<u32>,
-    frame_pool: Vec<Vec<u8>>,
+    /// Buffers of sent frames, for reuse: data frames' and the small control
+    /// frames' apart, so that a keep-alive's buffer never has to grow for data.
+    data_frames: Vec<Vec<u8>>,
+    control_frames: Vec<Vec<u8>>,
     frame_seen: bool,
     /// When a check last found that frames had arrived (or the session started).
     last_heard: u32,
@@ -281,7 +286,8 @@ impl Session {
             events: VecDeque::new(),
             queues: HashMap::new(),
             ready: VecDeque::new(),
-            frame_pool: Vec::new(),
+            data_frames: Vec::new(),
+            control_frames: Vec::new(),
             frame_seen: false,
             dead: None,
         }
@@ -493,7 +499,9 @@ impl Session {
 
     fn queue_frame(&mut self, cmd: u8, sid: u32, payload: &[u8]) {
         let ver = self.version.unwrap_or(1);
-        let mut f = self.frame_pool.pop().unwrap_or_default();
+        let len = HEADER_LEN + payload.len();
+        let pool = if len > CONTROL_FRAME { &mut self.data_frames } else { &mut self.control_frames };
+        let mut f = pool.pop().unwrap_or_else(|| Vec::with_capacity(len.max(CONTROL_FRAME)));
         f.clear();
         f.extend_from_slice(&[ver, cmd]);
         f.extend_from_slice(&(payload.len() as u16).to_le_bytes());
@@ -674,7 +682,11 @@ impl Session {
             }
         }
         out.extend_from_slice(&frame);
-        self.frame_pool.push(frame);
+        if frame.capacity() > CONTROL_FRAME {
+            self.data_frames.push(frame);
+        } else {
+            self.control_frames.push(frame);
+        }
         true
     }
 

@@ -600,6 +600,9 @@ impl Kcp {
             if let Some(last) = self.snd_queue.back_mut() {
                 if last.data.len() < mss {
                     let n = (mss - last.data.len()).min(data.len());
+                    // A segment appended to fills up to mss while writes back up: make
+                    // room for all of it once (a pooled buffer may be shorter).
+                    last.data.reserve_exact(mss - last.data.len());
                     last.data.extend_from_slice(&data[..n]);
                     data = &data[n..];
                     if data.is_empty() {
