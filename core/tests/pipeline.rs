@@ -8,9 +8,10 @@ use kcpgate_core::kcp::{Mode, Segments};
 use kcpgate_core::listener::{Listener, Outcome};
 use kcpgate_core::wire::Datagram;
 use serde_json::Value;
-use support::netsim::{Link, LinkConfig, Sim, Transfer};
+use support::netsim::{Link, LinkConfig, Transfer};
+use support::pair::{Layers, Pair, TransferApp};
 use support::vectors::{hex, load, u64_of};
-use support::{crypto, session_config, DialerEndpoint, ListenerEndpoint};
+use support::{crypto, session_config};
 
 /// The KCP packet inside a sealed datagram of ours.
 fn kcp_of(crypto: &PacketCrypto, datagram: &[u8]) -> Option<Vec<u8>> {
@@ -131,28 +132,16 @@ struct FecRun {
 /// 1 KiB written every ms (about 1 MB/s) from client to server for 20 s, through
 /// aes + optional FEC 10/3, fast3.
 fn paced_run(loss: f64, fec: Option<(usize, usize)>, seed: u64) -> FecRun {
-    let key = "fec-run";
-    let client = DialerEndpoint::new(&session_config(Mode::Fast3, 128, 512, fec), crypto(Method::Aes256, key), 3);
-    let server = ListenerEndpoint::new(session_config(Mode::Fast3, 1024, 1024, fec), crypto(Method::Aes256, key));
+    let layers = Layers { method: Method::Aes256, fec, ..Layers::bare(Mode::Fast3) };
+    let mut pair = Pair::with_links(&layers, Link::new(lossy(loss), seed), Link::new(lossy(loss), seed + 1), seed, 0);
     let total = 20 * 1024 * 1000;
-    let mut sim = Sim::new(
-        client,
-        server,
-        Link::new(lossy(loss), seed),
-        Link::new(lossy(loss), seed + 1),
-        Transfer::new(11, total, 12, 0).paced(1024, 1024),
-        Transfer::new(12, 0, 11, total),
-        0,
-    );
-    let result = sim.run(120_000);
-    assert!(result.finished, "paced transfer finished");
-    assert_eq!(sim.app_b.first_mismatch, None);
-    let delays = Transfer::delivery_delays(&sim.app_a, &sim.app_b);
-    let server = sim.b.session().unwrap().snmp();
-    let client = sim.a.dialer.snmp();
+    let mut app = TransferApp::new(Transfer::new(11, total, 12, 0).paced(1024, 1024), Transfer::new(12, 0, 11, total));
+    assert!(pair.run_transfers(&mut app, 120_000), "paced transfer finished");
+    assert_eq!(app.server.first_mismatch, None);
+    let delays = Transfer::delivery_delays(&app.client, &app.server);
     FecRun {
-        recovered: server.fec_recovered,
-        retransmitted: client.retrans_segs,
+        recovered: pair.server.snmp().fec_recovered,
+        retransmitted: pair.client.snmp().retrans_segs,
         p99_ms: delays[delays.len() * 99 / 100],
         p50_ms: delays[delays.len() / 2],
     }
@@ -180,30 +169,21 @@ fn fec_recovers_and_cuts_retransmissions_and_tail_delay() {
     }
 }
 
-/// The full stack both ways at once: aes + FEC 10/3, 4 MiB each way, 2 % loss.
+/// Whole sessions both ways at once: each cipher + FEC 10/3, 4 MiB each way, 2 %
+/// loss.
 #[test]
 fn full_stack_bulk_both_ways_is_byte_exact() {
     for method in [Method::Aes256, Method::Aes128Gcm, Method::Salsa20, Method::Null] {
-        let key = "bulk";
-        let fec = Some((10, 3));
-        let client = DialerEndpoint::new(&session_config(Mode::Fast2, 128, 512, fec), crypto(method, key), 5);
-        let server = ListenerEndpoint::new(session_config(Mode::Fast2, 1024, 1024, fec), crypto(method, key));
+        let layers = Layers { method, fec: Some((10, 3)), ..Layers::bare(Mode::Fast2) };
         let total = 4 << 20;
-        let mut sim = Sim::new(
-            client,
-            server,
-            Link::new(lossy(0.02), 1),
-            Link::new(lossy(0.02), 2),
-            Transfer::new(1, total, 2, total),
-            Transfer::new(2, total, 1, total),
-            u32::MAX - 2_000,
-        );
-        let result = sim.run(120_000);
-        assert!(result.finished, "{}: finished", method.name());
-        assert_eq!((sim.app_a.first_mismatch, sim.app_b.first_mismatch), (None, None), "{}", method.name());
-        let s = sim.b.listener.snmp();
+        let mut pair =
+            Pair::with_links(&layers, Link::new(lossy(0.02), 1), Link::new(lossy(0.02), 2), 5, u32::MAX - 2_000);
+        let mut app = TransferApp::both_ways(total);
+        assert!(pair.run_transfers(&mut app, 120_000), "{}: finished", method.name());
+        assert_eq!((app.client.first_mismatch, app.server.first_mismatch), (None, None), "{}", method.name());
+        let s = pair.server.snmp();
         assert_eq!(s.in_csum_errors, 0);
         assert!(s.fec_recovered > 0, "{}: FEC recovered some of the 2 % loss", method.name());
-        assert_eq!(sim.b.listener.len(), 1, "exactly one session");
+        assert_eq!(pair.server.len(), 1, "exactly one session");
     }
 }

@@ -10,8 +10,9 @@ use kcpgate_core::kcp::{Header, Mode};
 use kcpgate_core::listener::{Drop, Listener, Outcome, ACCEPT_BACKLOG};
 use kcpgate_core::pipeline::Connection;
 use kcpgate_core::wire::Datagram;
-use support::netsim::{Link, LinkConfig, Sim, Transfer};
-use support::{crypto, dialled, session_config, DialerEndpoint, ListenerEndpoint};
+use support::netsim::{Link, LinkConfig, Transfer};
+use support::pair::{Layers, Pair, TransferApp};
+use support::{crypto, dialled, session_config};
 
 fn shards(d: usize, p: usize) -> Shards {
     Shards::new(d, p).unwrap()
@@ -230,26 +231,18 @@ fn a_group_slower_than_five_seconds_gets_no_parity_but_consumes_seqids() {
 
 #[test]
 fn conformance_35_receiver_without_fec_decodes_and_retunes() {
-    let key = "fec";
-    let client =
-        DialerEndpoint::new(&session_config(Mode::Fast3, 128, 512, Some((10, 3))), crypto(Method::Aes256, key), 1);
-    let server = ListenerEndpoint::new(session_config(Mode::Fast3, 1024, 1024, None), crypto(Method::Aes256, key));
+    let layers = Layers { method: Method::Aes256, fec: Some((10, 3)), ..Layers::bare(Mode::Fast3) };
     let mut link = LinkConfig::ideal(10_000);
     link.loss = 0.05;
+    let mut pair = Pair::with_links(&layers, Link::new(link, 1), Link::new(LinkConfig::ideal(10_000), 2), 1, 0);
+    pair.server.session_config_mut().fec = None;
     let total = 2 << 20;
-    let mut sim = Sim::new(
-        client,
-        server,
-        Link::new(link, 1),
-        Link::new(LinkConfig::ideal(10_000), 2),
-        Transfer::new(1, total, 2, 0),
-        Transfer::new(2, 0, 1, total),
-        0,
-    );
-    assert!(sim.run(120_000).finished);
-    assert_eq!(sim.app_b.first_mismatch, None);
-    let session = sim.b.session().unwrap();
-    assert_eq!(session.fec_decoder().unwrap().shards(), &shards(10, 3), "re-tuned to the peer's 10/3");
+    let mut app = TransferApp::new(Transfer::new(1, total, 2, 0), Transfer::new(2, 0, 1, total));
+    assert!(pair.run_transfers(&mut app, 120_000));
+    assert_eq!(app.server.first_mismatch, None);
+    let session = pair.server.sessions().next().expect("the session").2;
+    let decoder = session.connection().fec_decoder().expect("a decoder");
+    assert_eq!(decoder.shards(), &shards(10, 3), "re-tuned to the peer's 10/3");
     assert!(session.snmp().fec_recovered > 0, "and recovered lost data shards");
 }
 

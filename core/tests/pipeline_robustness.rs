@@ -7,17 +7,16 @@ mod support;
 use std::sync::Arc;
 
 use kcpgate_core::crypto::{Method, PacketCrypto};
+use kcpgate_core::endpoint::{Endpoint, Event};
 use kcpgate_core::fec::{TYPE_DATA, TYPE_OOB, TYPE_PARITY};
 use kcpgate_core::kcp::Mode;
 use kcpgate_core::listener::{Drop, Outcome};
 use kcpgate_core::wire::Datagram;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
-use support::netsim::{Endpoint, Link, LinkConfig, Sim, Transfer};
-use support::{crypto, session_config, DialerEndpoint, ListenerEndpoint};
-
-const KEY: &str = "siege";
-const CLIENT: u32 = 1;
+use support::crypto;
+use support::netsim::{Link, LinkConfig};
+use support::pair::{App, Layers, Pair, Side, TransferApp, CLIENT, KEY};
 
 #[derive(Default, Debug)]
 struct Expected {
@@ -31,8 +30,10 @@ struct Expected {
     total: u64,
 }
 
+/// A transfer whose server, for every datagram it gets once it has the session,
+/// is fed forged ones too.
 struct Besieged {
-    inner: ListenerEndpoint,
+    app: TransferApp,
     right: Arc<PacketCrypto>,
     wrong: PacketCrypto,
     rng: Xoshiro256PlusPlus,
@@ -52,8 +53,8 @@ impl Besieged {
         out
     }
 
-    fn expect(&mut self, now: u32, from: u32, mut datagram: Vec<u8>, want: Outcome) {
-        let got = self.inner.listener.handle_datagram(now, &from, &mut datagram);
+    fn expect(&mut self, ep: &mut Endpoint<u32>, now: u32, from: u32, mut datagram: Vec<u8>, want: Outcome) {
+        let got = ep.handle_datagram(now, &from, &mut datagram);
         assert_eq!(got, want, "forged datagram from {from}");
         self.expected.total += 1;
         match want {
@@ -65,7 +66,7 @@ impl Besieged {
         }
     }
 
-    fn attack(&mut self, now: u32, genuine: &[u8]) {
+    fn attack(&mut self, ep: &mut Endpoint<u32>, now: u32, genuine: &[u8]) {
         let mut plain_buf = genuine.to_vec();
         let range = self.right.open(&mut plain_buf).expect("genuine datagram opens");
         let plain = plain_buf[range].to_vec();
@@ -76,23 +77,23 @@ impl Besieged {
                 0 => {
                     let cut = self.rng.gen_range(0..genuine.len());
                     let want = if cut < 20 { Drop::TooShort } else { Drop::Checksum };
-                    self.expect(now, from, genuine[..cut].to_vec(), Outcome::Dropped(want));
+                    self.expect(ep, now, from, genuine[..cut].to_vec(), Outcome::Dropped(want));
                 }
                 1 => {
                     let mut d = genuine.to_vec();
                     let bit = self.rng.gen_range(0..d.len() * 8);
                     d[bit / 8] ^= 1 << (bit % 8);
-                    self.expect(now, from, d, Outcome::Dropped(Drop::Checksum));
+                    self.expect(ep, now, from, d, Outcome::Dropped(Drop::Checksum));
                 }
                 2 => {
                     let d = self.seal(false, &plain);
-                    self.expect(now, from, d, Outcome::Dropped(Drop::Checksum));
+                    self.expect(ep, now, from, d, Outcome::Dropped(Drop::Checksum));
                 }
                 3 => {
                     let mut d = genuine.to_vec();
                     let extra = self.rng.gen_range(1..8000);
                     d.extend((0..extra).map(|_| self.rng.gen::<u8>()));
-                    self.expect(now, from, d, Outcome::Dropped(Drop::Checksum));
+                    self.expect(ep, now, from, d, Outcome::Dropped(Drop::Checksum));
                 }
                 4 => {
                     // Bad type: not F1/F2/F3, so read as bare KCP with command 0xF4..0xFF.
@@ -100,7 +101,7 @@ impl Besieged {
                     p[4] = self.rng.gen_range(0xF4..=0xFF);
                     p[5] = 0;
                     let d = self.seal(true, &p);
-                    self.expect(now, attacker, d, Outcome::Dropped(Drop::Malformed));
+                    self.expect(ep, now, attacker, d, Outcome::Dropped(Drop::Malformed));
                 }
                 5 => {
                     // A data shard whose size field is huge.
@@ -112,7 +113,7 @@ impl Besieged {
                     p.resize(p.len().max(40), 0);
                     p[12] = 81;
                     let d = self.seal(true, &p);
-                    self.expect(now, attacker, d, Outcome::Dropped(Drop::Malformed));
+                    self.expect(ep, now, attacker, d, Outcome::Dropped(Drop::Malformed));
                 }
                 6 => {
                     // A parity shard at the seqid wrap edge from a stranger: no conv.
@@ -120,7 +121,7 @@ impl Besieged {
                     p[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
                     p[4..6].copy_from_slice(&TYPE_PARITY.to_le_bytes());
                     let d = self.seal(true, &p);
-                    self.expect(now, attacker, d, Outcome::Dropped(Drop::NoConv));
+                    self.expect(ep, now, attacker, d, Outcome::Dropped(Drop::NoConv));
                 }
                 7 if matches!(Datagram::parse(&plain), Ok(Datagram::FecData { .. })) => {
                     // The client's own datagram re-sent at the wrap edge: its KCP part
@@ -129,7 +130,7 @@ impl Besieged {
                     p[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
                     let d = self.seal(true, &p);
                     self.expected.wrap_edge += 1;
-                    self.expect(now, CLIENT, d, Outcome::Delivered);
+                    self.expect(ep, now, CLIENT, d, Outcome::Delivered);
                 }
                 8 => {
                     // Junk parity for a plausible group of the client's.
@@ -140,7 +141,7 @@ impl Besieged {
                     p[4..6].copy_from_slice(&TYPE_PARITY.to_le_bytes());
                     let d = self.seal(true, &p);
                     self.expected.absorbed += 1;
-                    self.expect(now, CLIENT, d, Outcome::Delivered);
+                    self.expect(ep, now, CLIENT, d, Outcome::Delivered);
                 }
                 _ => {
                     let mut p = vec![0u8; 40];
@@ -148,81 +149,67 @@ impl Besieged {
                     p[4..6].copy_from_slice(&TYPE_OOB.to_le_bytes());
                     let d = self.seal(true, &p);
                     self.expected.oob += 1;
-                    self.expect(now, CLIENT, d, Outcome::Delivered);
+                    self.expect(ep, now, CLIENT, d, Outcome::Delivered);
                 }
             }
         }
     }
 }
 
-impl Endpoint for Besieged {
-    fn handle_datagram(&mut self, now: u32, datagram: &[u8]) {
-        if self.inner.accepted.is_some() {
-            self.attack(now, datagram);
+impl App for Besieged {
+    fn on_event(&mut self, side: Side, now: u32, ep: &mut Endpoint<u32>, event: Event<u32>) {
+        self.app.on_event(side, now, ep, event);
+    }
+
+    fn deliver(&mut self, side: Side, now: u32, ep: &mut Endpoint<u32>, from: u32, datagram: &mut [u8]) {
+        if side == Side::Server && !ep.is_empty() {
+            self.attack(ep, now, datagram);
         }
-        self.inner.handle_datagram(now, datagram);
+        ep.handle_datagram(now, &from, datagram);
     }
-    fn handle_timeout(&mut self, now: u32) {
-        self.inner.handle_timeout(now)
+
+    fn next_wakeup_us(&self, now_us: u64) -> Option<u64> {
+        self.app.next_wakeup_us(now_us)
     }
-    fn poll_timeout(&self) -> Option<u32> {
-        self.inner.poll_timeout()
-    }
-    fn drain_transmits(&mut self, send: &mut dyn FnMut(&[u8])) {
-        self.inner.drain_transmits(send)
-    }
-    fn can_write(&self) -> bool {
-        self.inner.can_write()
-    }
-    fn write(&mut self, now: u32, data: &[u8]) -> usize {
-        self.inner.write(now, data)
-    }
-    fn read(&mut self, buf: &mut [u8]) -> usize {
-        self.inner.read(buf)
+
+    fn on_step(&mut self, side: Side, now: u32, now_us: u64, ep: &mut Endpoint<u32>) {
+        self.app.on_step(side, now, now_us, ep);
     }
 }
 
 #[test]
 fn forged_datagrams_are_counted_and_never_disturb_a_live_session() {
-    let fec = Some((10, 3));
-    let client = DialerEndpoint::new(&session_config(Mode::Fast3, 128, 512, fec), crypto(Method::Aes256, KEY), 7);
-    let server = Besieged {
-        inner: ListenerEndpoint::new(session_config(Mode::Fast3, 1024, 1024, fec), crypto(Method::Aes256, KEY)),
+    let layers = Layers { method: Method::Aes256, fec: Some((10, 3)), ..Layers::bare(Mode::Fast3) };
+    let mut link = LinkConfig::ideal(15_000);
+    link.loss = 0.03;
+    let mut pair = Pair::with_links(&layers, Link::new(link, 5), Link::new(link, 6), 7, 0);
+    let total = 3 << 20;
+    let mut besieged = Besieged {
+        app: TransferApp::both_ways(total),
         right: crypto(Method::Aes256, KEY),
         wrong: PacketCrypto::from_passphrase(Method::Aes256, "not the key"),
         rng: Xoshiro256PlusPlus::seed_from_u64(99),
         per_datagram: 20,
         expected: Expected::default(),
     };
-    let mut link = LinkConfig::ideal(15_000);
-    link.loss = 0.03;
-    let total = 3 << 20;
-    let mut sim = Sim::new(
-        client,
-        server,
-        Link::new(link, 5),
-        Link::new(link, 6),
-        Transfer::new(1, total, 2, total),
-        Transfer::new(2, total, 1, total),
-        0,
-    );
-    assert!(sim.run(300_000).finished, "the transfer finished under attack");
-    assert_eq!((sim.app_a.first_mismatch, sim.app_b.first_mismatch), (None, None), "byte-exact both ways");
+    assert!(pair.run(&mut besieged, 300_000, |_, b| b.app.done()), "the transfer finished under attack");
+    let app = &besieged.app;
+    assert_eq!((app.client.first_mismatch, app.server.first_mismatch), (None, None), "byte-exact both ways");
 
-    let e = &sim.b.expected;
-    let stats = sim.b.inner.listener.stats;
+    let e = &besieged.expected;
+    let stats = *pair.server.listener_stats();
     println!("{} forged datagrams: {e:?}\nlistener: {stats:?}", e.total);
     assert!(e.total > 50_000);
-    assert_eq!(sim.b.inner.listener.len(), 1, "no session was created by forged traffic");
+    assert_eq!(pair.server.len(), 1, "no session was created by forged traffic");
     assert_eq!(stats.created, 1);
     assert_eq!(stats.too_short, e.too_short);
     assert_eq!(stats.checksum, e.checksum);
     assert_eq!(stats.malformed, e.malformed);
     assert_eq!(stats.no_conv, e.no_conv);
     assert_eq!(stats.conv_mismatch + stats.runt + stats.backlog_full + stats.replaced, 0);
-    let session = sim.b.inner.session().unwrap();
-    let snmp = session.snmp();
-    assert_eq!(snmp.oob_packets, e.oob, "OOB datagrams are counted and dropped");
-    assert!(session.fec_decoder().unwrap().stats.dropped >= e.wrap_edge, "wrap-edge shards dropped by the decoder");
-    assert_eq!(sim.b.inner.listener.snmp().in_csum_errors, e.checksum);
+    let session = pair.server.sessions().next().expect("the session").2;
+    assert_eq!(session.snmp().oob_packets, e.oob, "OOB datagrams are counted and dropped");
+    let decoder = session.connection().fec_decoder().expect("a decoder");
+    assert!(decoder.stats.dropped >= e.wrap_edge, "wrap-edge shards dropped by the decoder");
+    assert_eq!(pair.server.snmp().in_csum_errors, e.checksum);
 }

@@ -10,7 +10,7 @@ use kcpgate_core::pipeline::Connection;
 use kcpgate_core::smux::{self, Read, Role};
 use kcpgate_core::stack::{StackConfig, StreamStack};
 use support::vectors::{hex, load, u64_of};
-use support::{crypto, dialled, session_config};
+use support::{crypto, session_config};
 
 fn kcptun_stack(compression: bool, version: smux::Version) -> StackConfig {
     StackConfig { compression, smux: smux::Config { version, ..smux::Config::kcptun() }, qpp: None }
@@ -88,235 +88,46 @@ fn kcptun_capture_decodes_end_to_end_both_ways() {
 
 // ---------------------------------------------------------------- many streams
 
-use kcpgate_core::stack::StackError;
+use kcpgate_core::session::StreamEnd;
 use std::cell::Cell;
-use support::counting::{Counted, Counting, ALLOCATIONS};
-use support::netsim::{pattern_byte, Endpoint, Link, LinkConfig, Sim, Transfer};
+use support::counting::{Counting, ALLOCATIONS};
+use support::netsim::LinkConfig;
+use support::pair::{Layers, Pair, PatternApp, Side};
 
-struct StreamApp {
-    sid: u32,
-    /// Bytes to send, and to receive.
-    total: u64,
-    send_seed: u64,
-    recv_seed: u64,
-    sent: u64,
-    received: u64,
-    write_closed: bool,
-    eof: bool,
-    mismatch: Option<u64>,
+/// aes, fast3, this smux version and compression, and FEC.
+fn layers(smux: smux::Version, compression: bool, fec: Option<(usize, usize)>) -> Layers {
+    Layers { smux, compression, fec, ..Layers::kcptun() }
 }
 
-impl StreamApp {
-    fn new(sid: u32, sending_side: u64, total: u64) -> StreamApp {
-        let seed = |side: u64| u64::from(sid) * 2 + side;
-        StreamApp {
-            sid,
-            total,
-            send_seed: seed(sending_side),
-            recv_seed: seed(1 - sending_side),
-            sent: 0,
-            received: 0,
-            write_closed: false,
-            eof: false,
-            mismatch: None,
-        }
-    }
-
-    fn done(&self) -> bool {
-        self.write_closed && self.eof
-    }
-
-    /// Writes the stream's pattern as far as flow control allows, reads and checks.
-    fn step(&mut self, stack: &mut StreamStack, buf: &mut [u8]) {
-        while self.sent < self.total {
-            let room = stack.mux().stream_write_capacity(self.sid).unwrap_or(0);
-            let n = (self.total - self.sent).min(buf.len() as u64).min(room as u64) as usize;
-            if n == 0 {
-                break;
-            }
-            for (k, b) in buf[..n].iter_mut().enumerate() {
-                *b = pattern_byte(self.send_seed, self.sent + k as u64);
-            }
-            let w = stack.stream_write(self.sid, &buf[..n]).unwrap();
-            self.sent += w as u64;
-            if w < n {
-                break;
-            }
-        }
-        if self.sent == self.total && !self.write_closed {
-            stack.stream_close_write(self.sid).unwrap();
-            self.write_closed = true;
-        }
-        while !self.eof {
-            match stack.stream_read(self.sid, buf) {
-                Ok(Read::Data(n)) => {
-                    for (k, &b) in buf[..n].iter().enumerate() {
-                        let at = self.received + k as u64;
-                        if self.mismatch.is_none() && (at >= self.total || b != pattern_byte(self.recv_seed, at)) {
-                            self.mismatch = Some(at);
-                        }
-                    }
-                    self.received += n as u64;
-                }
-                Ok(Read::Eof) => self.eof = true,
-                Ok(Read::WouldBlock) | Err(_) => break,
-            }
-        }
-    }
+/// The client opens `streams` streams once it has the session, each carrying
+/// `stream_bytes` both ways.
+fn streams_app(streams: usize, stream_bytes: fn(u32) -> u64) -> PatternApp {
+    let mut app = PatternApp::new(stream_bytes);
+    app.open_on_session = [streams, 0];
+    app
 }
 
-/// One side of a kcptun tunnel with an application running many streams.
-struct Side {
-    /// A client's holds the one session it dialled; a server's accepts.
-    listener: Listener<u32>,
-    /// The other side's address.
-    peer: u32,
-    stack: StreamStack,
-    apps: Vec<StreamApp>,
-    /// Streams in the test, and bytes each carries each way.
-    streams: usize,
-    stream_bytes: u64,
-    to_open: usize,
-    buf: Vec<u8>,
-    scratch: Vec<u8>,
-    error: Option<StackError>,
-}
-
-impl Side {
-    fn conn(&mut self) -> Option<&mut Connection> {
-        self.listener.session_mut(&self.peer)
+fn check_streams(app: &PatternApp, what: &str, stream_bytes: u64) {
+    assert!(app.session_closed.is_empty(), "{what}: {:?}", app.session_closed);
+    for ((side, sid), flow) in &app.flows {
+        // A stream whose both directions ended is closed as finished, nothing else.
+        let failed = flow.closed.filter(|why| *why != StreamEnd::Finished);
+        let got = (flow.received, flow.first_mismatch, failed);
+        assert_eq!(got, (stream_bytes, None, None), "{what}: {side:?} stream {sid}");
     }
-
-    fn step(&mut self, now: u32) {
-        while self.to_open > 0 {
-            let sid = self.stack.open_stream().unwrap();
-            self.apps.push(StreamApp::new(sid, 0, self.stream_bytes));
-            self.to_open -= 1;
-        }
-        while let Some(sid) = self.stack.accept() {
-            self.apps.push(StreamApp::new(sid, 1, self.stream_bytes));
-        }
-        // Drain events; every stream is stepped anyway.
-        while self.stack.poll_event().is_some() {}
-        for _ in 0..4 {
-            for app in &mut self.apps {
-                app.step(&mut self.stack, &mut self.buf);
-            }
-            let Some(conn) = self.listener.session_mut(&self.peer) else { return };
-            if let Err(e) = self.stack.pump(now, conn) {
-                self.error = Some(e);
-                return;
-            }
-        }
-    }
-}
-
-impl Endpoint for Side {
-    fn handle_datagram(&mut self, now: u32, datagram: &[u8]) {
-        self.scratch.clear();
-        self.scratch.extend_from_slice(datagram);
-        self.listener.handle_datagram(now, &self.peer, &mut self.scratch);
-        self.listener.accept();
-        self.step(now);
-    }
-    fn handle_timeout(&mut self, now: u32) {
-        let _ = self.stack.handle_timeout(now);
-        if let Some(conn) = self.conn() {
-            if conn.poll_timeout().is_some_and(|t| kcpgate_core::kcp::diff(now, t) >= 0) {
-                conn.handle_timeout(now);
-            }
-        }
-        self.step(now);
-    }
-    fn poll_timeout(&self) -> Option<u32> {
-        let conn = self.listener.session(&self.peer);
-        if self.to_open > 0 {
-            return Some(0); // open the streams at once
-        }
-        [conn.and_then(Connection::poll_timeout), self.stack.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .reduce(kcpgate_core::kcp::earliest)
-    }
-    fn drain_transmits(&mut self, send: &mut dyn FnMut(&[u8])) {
-        if let Some(conn) = self.conn() {
-            for d in conn.transmits() {
-                send(d);
-            }
-            conn.clear_transmits();
-        }
-    }
-    fn can_write(&self) -> bool {
-        false
-    }
-    fn write(&mut self, _: u32, _: &[u8]) -> usize {
-        0
-    }
-    fn read(&mut self, _: &mut [u8]) -> usize {
-        0
-    }
-    fn done(&self) -> bool {
-        self.to_open == 0 && self.apps.len() == self.streams && self.apps.iter().all(StreamApp::done)
-    }
-}
-
-/// A client and a server side (aes, fast3) whose client opens `streams` streams
-/// carrying `stream_bytes` each way.
-fn tunnel_sides(
-    version: smux::Version,
-    compression: bool,
-    fec: Option<(usize, usize)>,
-    streams: usize,
-    stream_bytes: u64,
-) -> (Side, Side) {
-    let c = crypto(Method::Aes256, "streams");
-    let stack = |role| {
-        let v = if role == Role::Server { smux::Version::Detect } else { version };
-        StreamStack::new(role, kcptun_stack(compression, v), 0)
-    };
-    let side = |listener, peer, role, to_open| Side {
-        listener,
-        peer,
-        stack: stack(role),
-        apps: Vec::new(),
-        streams,
-        stream_bytes,
-        to_open,
-        buf: vec![0; 16384],
-        scratch: Vec::new(),
-        error: None,
-    };
-    let client = side(dialled(session_config(Mode::Fast3, 1024, 1024, fec), c.clone(), 3), 2, Role::Client, streams);
-    let server =
-        side(Listener::new(session_config(Mode::Fast3, 1024, 1024, fec), c, [4; 32]).unwrap(), 1, Role::Server, 0);
-    (client, server)
 }
 
 fn many_streams(version: smux::Version, compression: bool) {
     const STREAM_BYTES: u64 = 1 << 20;
-    let (client, server) = tunnel_sides(version, compression, Some((10, 3)), 64, STREAM_BYTES);
     let mut link = LinkConfig::ideal(20_000);
     link.loss = 0.05;
-    let mut sim = Sim::new(
-        client,
-        server,
-        Link::new(link, 1),
-        Link::new(link, 2),
-        Transfer::new(0, 0, 0, 0),
-        Transfer::new(0, 0, 0, 0),
-        0,
-    );
-    let result = sim.run(900_000);
+    let mut pair = Pair::new(&layers(version, compression, Some((10, 3))), link, 1);
+    let mut app = streams_app(64, |_| STREAM_BYTES);
+    let finished = pair.run(&mut app, 900_000, |_, app| app.all_done(64));
     let what = format!("smux {version:?}, compression {compression}");
-    assert_eq!((sim.a.error, sim.b.error), (None, None), "{what}");
-    assert!(result.finished, "{what}: not finished after {} simulated ms", result.elapsed_ms);
-    for side in [&sim.a, &sim.b] {
-        assert_eq!(side.apps.len(), 64);
-        for app in &side.apps {
-            assert_eq!((app.received, app.mismatch), (STREAM_BYTES, None), "{what}: stream {}", app.sid);
-        }
-    }
-    println!("{what}: 64 streams × 1 MiB each way in {} simulated ms", result.elapsed_ms);
+    assert!(finished, "{what}: not finished after {} simulated ms", pair.elapsed_ms());
+    check_streams(&app, &what, STREAM_BYTES);
+    println!("{what}: 64 streams × 1 MiB each way in {} simulated ms", pair.elapsed_ms());
 }
 
 #[test]
@@ -342,43 +153,32 @@ fn many_streams_v2_plain() {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// The whole data path of a tunnel (stream writes and reads, snappy, smux, KCP,
-/// aes, the listener) allocates nothing per packet once it has warmed up: four
-/// streams carry 8 MiB each way under periodic loss, and the second half of the
-/// transfer is counted. What remains are new high-water marks of KCP's segment
-/// pool (segments held for reordering, bounded by the windows), far fewer than
-/// packets. Returns (server datagrams, allocations).
+/// The whole data path of a session (stream writes and reads, snappy, smux, KCP,
+/// aes, the listener, the endpoint's events and batches) allocates nothing per
+/// packet once it has warmed up: four streams carry 8 MiB each way under periodic
+/// loss, and the second half of the transfer is counted. What remains are new
+/// high-water marks of KCP's segment pool (segments held for reordering, bounded by
+/// the windows), far fewer than packets. Returns (datagrams, allocations).
 fn steady_state_stream_allocations(version: smux::Version, compression: bool) -> (u64, u64) {
     const STREAM_BYTES: u64 = 8 << 20;
-    let (client, server) = tunnel_sides(version, compression, None, 4, STREAM_BYTES);
     let mut link = LinkConfig::ideal(20_000);
     link.drop_every = 50;
-    let mut sim = Sim::new(
-        Counted(client),
-        Counted(server),
-        Link::new(link, 1),
-        Link::new(link, 2),
-        Transfer::new(0, 0, 0, 0),
-        Transfer::new(0, 0, 0, 0),
-        0,
-    );
-    let received = |side: &Side| side.apps.iter().map(|a| a.received).sum::<u64>();
-    while received(&sim.b.0) < 2 * STREAM_BYTES {
-        assert!(!sim.run(100).finished);
-    }
+    let mut pair = Pair::new(&layers(version, compression, None), link, 1);
+    let mut app = streams_app(4, |_| STREAM_BYTES);
+    let half = |_: &mut Pair, app: &PatternApp| {
+        [Side::Client, Side::Server].iter().all(|&s| app.received(s) >= 2 * STREAM_BYTES)
+    };
+    assert!(pair.run(&mut app, 600_000, half), "warm-up");
+    let datagrams = |pair: &Pair| pair.client.snmp().out_pkts + pair.server.snmp().out_pkts;
     let before = ALLOCATIONS.with(Cell::get);
-    let datagrams_before = sim.b.0.listener.snmp().out_pkts;
-    let result = sim.run(600_000);
+    let datagrams_before = datagrams(&pair);
+    let finished = pair.run(&mut app, 600_000, |_, app| app.all_done(4));
     let allocations = ALLOCATIONS.with(Cell::get) - before;
     let what = format!("smux {version:?}, compression {compression}");
-    assert!(result.finished, "{what}: not finished");
-    for side in [&sim.a.0, &sim.b.0] {
-        for app in &side.apps {
-            assert_eq!((app.received, app.mismatch), (STREAM_BYTES, None), "{what}: stream {}", app.sid);
-        }
-    }
-    let datagrams = sim.b.0.listener.snmp().out_pkts - datagrams_before;
-    println!("{what}: {datagrams} server datagrams out in steady state, {allocations} allocations");
+    assert!(finished, "{what}: not finished");
+    check_streams(&app, &what, STREAM_BYTES);
+    let datagrams = datagrams(&pair) - datagrams_before;
+    println!("{what}: {datagrams} datagrams sent in steady state, {allocations} allocations");
     (datagrams, allocations)
 }
 

@@ -1,10 +1,8 @@
 //! A counting global allocator, per thread so parallel tests do not mix: how many
-//! allocations an endpoint's own calls make, and the bytes held.
+//! allocations the calls made inside [`counted`] make, and the bytes held.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-
-use super::netsim::Endpoint;
 
 /// Counts allocations on the thread that makes them; a test binary installs it with
 /// `#[global_allocator]`.
@@ -15,6 +13,7 @@ thread_local! {
     pub static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
     pub static LIVE: Cell<i64> = const { Cell::new(0) };
     pub static PEAK: Cell<i64> = const { Cell::new(0) };
+    static TRACING: Cell<bool> = const { Cell::new(false) };
 }
 
 fn note(delta: i64, is_alloc: bool) {
@@ -23,8 +22,15 @@ fn note(delta: i64, is_alloc: bool) {
         live.set(now);
         let _ = PEAK.try_with(|p| p.set(p.get().max(now)));
     });
-    if is_alloc && COUNTING.try_with(Cell::get).unwrap_or(false) {
+    let tracing = TRACING.try_with(Cell::get).unwrap_or(true);
+    if is_alloc && !tracing && COUNTING.try_with(Cell::get).unwrap_or(false) {
         let _ = ALLOCATIONS.try_with(|a| a.set(a.get() + 1));
+        // KCPGATE_TRACE_ALLOCATIONS=1 prints where each counted allocation was made.
+        TRACING.with(|t| t.set(true));
+        if std::env::var_os("KCPGATE_TRACE_ALLOCATIONS").is_some() {
+            eprintln!("allocation of {delta} bytes\n{}", std::backtrace::Backtrace::force_capture());
+        }
+        TRACING.with(|t| t.set(false));
     }
 }
 
@@ -44,47 +50,11 @@ unsafe impl GlobalAlloc for Counting {
     }
 }
 
-/// Counts allocations made inside the wrapped endpoint's calls only, so the
-/// simulator's own bookkeeping does not count.
-pub struct Counted<E>(pub E);
-
+/// Runs `f` with its allocations counted: the simulator wraps every call into an
+/// endpoint, so its own bookkeeping does not count.
 pub fn counted<T>(f: impl FnOnce() -> T) -> T {
     COUNTING.with(|c| c.set(true));
     let r = f();
     COUNTING.with(|c| c.set(false));
     r
-}
-
-impl<E: Endpoint> Endpoint for Counted<E> {
-    fn handle_datagram(&mut self, now: u32, d: &[u8]) {
-        counted(|| self.0.handle_datagram(now, d))
-    }
-    fn handle_timeout(&mut self, now: u32) {
-        counted(|| self.0.handle_timeout(now))
-    }
-    fn poll_timeout(&self) -> Option<u32> {
-        counted(|| self.0.poll_timeout())
-    }
-    fn drain_transmits(&mut self, send: &mut dyn FnMut(&[u8])) {
-        // The sink is the simulator's: count only the endpoint's own work.
-        COUNTING.with(|c| c.set(true));
-        self.0.drain_transmits(&mut |d| {
-            COUNTING.with(|c| c.set(false));
-            send(d);
-            COUNTING.with(|c| c.set(true));
-        });
-        COUNTING.with(|c| c.set(false));
-    }
-    fn can_write(&self) -> bool {
-        self.0.can_write()
-    }
-    fn write(&mut self, now: u32, data: &[u8]) -> usize {
-        counted(|| self.0.write(now, data))
-    }
-    fn read(&mut self, buf: &mut [u8]) -> usize {
-        counted(|| self.0.read(buf))
-    }
-    fn done(&self) -> bool {
-        self.0.done()
-    }
 }

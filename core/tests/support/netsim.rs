@@ -1,16 +1,17 @@
-//! A deterministic network simulator for two sans-IO endpoints.
-//!
-//! Each direction is a [`Link`] with seeded impairments: random loss, Gilbert–Elliott
-//! bursty loss, one-way delay with jitter, reordering, duplication and a bandwidth
-//! cap with a drop-tail queue. [`Sim`] steps a virtual clock (microseconds) straight
-//! to the next event (a delivery or an endpoint timer), so a multi-second transfer
-//! runs in milliseconds and the same seed always gives the same run.
+//! The simulated network's parts: a [`Link`] for each direction, with seeded
+//! impairments (random loss, Gilbert–Elliott bursty loss, one-way delay with
+//! jitter, reordering, duplication and a bandwidth cap with a drop-tail queue), and
+//! [`Transfer`], a checked byte stream. [`super::pair::Pair`] runs them.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use kcpgate_core::endpoint::{Endpoint, SessionId};
+use kcpgate_core::smux::Read;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
+
+use super::counting::counted;
 
 /// Gilbert–Elliott two-state loss: the link flips between a good and a bad state
 /// once per packet; each state has its own loss probability.
@@ -231,24 +232,6 @@ impl Link {
     }
 }
 
-/// A sans-IO connection as the simulator drives it.
-pub trait Endpoint {
-    fn handle_datagram(&mut self, now: u32, datagram: &[u8]);
-    fn handle_timeout(&mut self, now: u32);
-    fn poll_timeout(&self) -> Option<u32>;
-    /// Passes every queued outgoing datagram to `send`, then forgets them.
-    fn drain_transmits(&mut self, send: &mut dyn FnMut(&[u8]));
-    /// Whether a write would be accepted now (kcp-go's `Write` blocks otherwise).
-    fn can_write(&self) -> bool;
-    /// Writes up to `data.len()` bytes; returns how many were taken.
-    fn write(&mut self, now: u32, data: &[u8]) -> usize;
-    fn read(&mut self, buf: &mut [u8]) -> usize;
-    /// Whether an endpoint that runs its own application has finished it.
-    fn done(&self) -> bool {
-        true
-    }
-}
-
 /// Deterministic content for a transfer: byte `i` of stream `seed`.
 pub fn pattern_byte(seed: u64, i: u64) -> u8 {
     let x = (i ^ seed.rotate_left(17)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -340,13 +323,13 @@ impl Transfer {
         self.sent == self.send_total && self.received >= self.recv_total
     }
 
-    /// Writes while the endpoint accepts (and pacing allows), reads and verifies
-    /// whatever arrived. `now_us` is simulator time.
-    pub fn pump(&mut self, now: u32, now_us: u64, ep: &mut dyn Endpoint) {
+    /// Writes while stream `sid` of session `id` takes bytes (and pacing allows),
+    /// reads and verifies whatever arrived. `now_us` is simulator time.
+    pub fn pump(&mut self, now: u32, now_us: u64, ep: &mut Endpoint<u32>, id: SessionId, sid: u32) {
         let now_ms = now_us / 1000;
         let start = *self.start_ms.get_or_insert(now_ms);
-        while self.sent < self.send_total && ep.can_write() {
-            let mut n = (self.send_total - self.sent).min(self.chunk as u64) as usize;
+        while self.sent < self.send_total {
+            let n = (self.send_total - self.sent).min(self.chunk as u64) as usize;
             if self.pace_bytes_per_ms > 0 {
                 let allowed = (now_ms - start + 1) * self.pace_bytes_per_ms;
                 if self.sent + n as u64 > allowed {
@@ -356,18 +339,22 @@ impl Transfer {
             for (k, b) in self.scratch[..n].iter_mut().enumerate() {
                 *b = pattern_byte(self.send_seed, self.sent + k as u64);
             }
-            n = ep.write(now, &self.scratch[..n]);
-            if n == 0 {
+            let took = counted(|| ep.write(id, sid, &self.scratch[..n])).expect("the stream takes writes");
+            if took == 0 {
                 break;
             }
-            self.sent += n as u64;
+            self.sent += took as u64;
             self.writes.push((self.sent, now_ms));
+            if took < n {
+                break;
+            }
         }
         loop {
-            let n = ep.read(&mut self.scratch);
-            if n == 0 {
-                break;
-            }
+            let n = match counted(|| ep.read(now, id, sid, &mut self.scratch)).expect("the stream reads") {
+                Read::Data(n) => n,
+                Read::Eof => panic!("the peer finished a transfer stream"),
+                Read::WouldBlock => break,
+            };
             for (k, &b) in self.scratch[..n].iter().enumerate() {
                 let at = self.received + k as u64;
                 if self.first_mismatch.is_none() && (at >= self.recv_total || b != pattern_byte(self.recv_seed, at)) {
@@ -376,104 +363,6 @@ impl Transfer {
             }
             self.received += n as u64;
             self.arrivals.push((self.received, now_ms));
-        }
-    }
-}
-
-/// Converts between the simulator's microsecond clock and the endpoints' wrapping
-/// millisecond clock, which starts at `epoch_ms` so tests can cross the u32 wrap.
-#[derive(Debug, Clone, Copy)]
-pub struct Clock {
-    pub epoch_ms: u32,
-}
-
-impl Clock {
-    pub fn ms(&self, us: u64) -> u32 {
-        self.epoch_ms.wrapping_add((us / 1000) as u32)
-    }
-
-    /// Simulator time of an endpoint deadline, never earlier than `now_us`.
-    pub fn deadline_us(&self, now_us: u64, deadline_ms: u32) -> u64 {
-        let ahead = deadline_ms.wrapping_sub(self.ms(now_us)) as i32;
-        if ahead <= 0 {
-            now_us
-        } else {
-            (now_us / 1000 + ahead as u64) * 1000
-        }
-    }
-}
-
-/// Two endpoints, two links, one transfer each way.
-pub struct Sim<A: Endpoint, B: Endpoint> {
-    pub now_us: u64,
-    pub clock: Clock,
-    pub a: A,
-    pub b: B,
-    pub a_to_b: Link,
-    pub b_to_a: Link,
-    pub app_a: Transfer,
-    pub app_b: Transfer,
-    pub steps: u64,
-}
-
-/// Outcome of [`Sim::run`].
-#[derive(Debug, Clone, Copy)]
-pub struct RunResult {
-    pub finished: bool,
-    pub elapsed_ms: u64,
-    pub steps: u64,
-}
-
-impl<A: Endpoint, B: Endpoint> Sim<A, B> {
-    pub fn new(a: A, b: B, a_to_b: Link, b_to_a: Link, app_a: Transfer, app_b: Transfer, epoch_ms: u32) -> Self {
-        Sim { now_us: 0, clock: Clock { epoch_ms }, a, b, a_to_b, b_to_a, app_a, app_b, steps: 0 }
-    }
-
-    fn flush_outputs(&mut self) {
-        let now = self.now_us;
-        let link = &mut self.a_to_b;
-        self.a.drain_transmits(&mut |d| link.send(now, d));
-        let link = &mut self.b_to_a;
-        self.b.drain_transmits(&mut |d| link.send(now, d));
-    }
-
-    /// Runs until both transfers are complete or `limit_ms` of virtual time passed.
-    pub fn run(&mut self, limit_ms: u64) -> RunResult {
-        let limit_us = self.now_us + limit_ms * 1000;
-        let start_us = self.now_us;
-        let now = self.clock.ms(self.now_us);
-        self.app_a.pump(now, self.now_us, &mut self.a);
-        self.app_b.pump(now, self.now_us, &mut self.b);
-        self.flush_outputs();
-        loop {
-            if self.app_a.done() && self.app_b.done() && self.a.done() && self.b.done() {
-                return RunResult { finished: true, elapsed_ms: (self.now_us - start_us) / 1000, steps: self.steps };
-            }
-            let candidates = [
-                self.a_to_b.next_arrival(),
-                self.b_to_a.next_arrival(),
-                self.a.poll_timeout().map(|d| self.clock.deadline_us(self.now_us, d)),
-                self.b.poll_timeout().map(|d| self.clock.deadline_us(self.now_us, d)),
-                self.app_a.next_write_us(self.now_us),
-                self.app_b.next_write_us(self.now_us),
-            ];
-            let Some(next) = candidates.into_iter().flatten().min() else {
-                return RunResult { finished: false, elapsed_ms: (self.now_us - start_us) / 1000, steps: self.steps };
-            };
-            if next > limit_us {
-                return RunResult { finished: false, elapsed_ms: limit_ms, steps: self.steps };
-            }
-            self.now_us = next;
-            self.steps += 1;
-            let now = self.clock.ms(self.now_us);
-            let (a, b) = (&mut self.a, &mut self.b);
-            self.a_to_b.deliver_due(self.now_us, |d| b.handle_datagram(now, d));
-            self.b_to_a.deliver_due(self.now_us, |d| a.handle_datagram(now, d));
-            self.a.handle_timeout(now);
-            self.b.handle_timeout(now);
-            self.app_a.pump(now, self.now_us, &mut self.a);
-            self.app_b.pump(now, self.now_us, &mut self.b);
-            self.flush_outputs();
         }
     }
 }

@@ -1,10 +1,13 @@
-//! A client-role and a server-role [`Endpoint`] joined by two simulated links, on a
-//! virtual clock: every test of whole sessions drives the public API this way.
+//! The network simulator: a client-role and a server-role [`Endpoint`] joined by
+//! two simulated links, on a virtual clock. Every simulated test drives the public
+//! API this way, whichever layer it is about.
 //!
 //! The client sits at address 1 and the server at address 2. [`Pair::run`] steps
-//! the clock straight to the next delivery or timer and hands every event to the
-//! test's application, so a test of many seconds runs in milliseconds and the
-//! same seeds always give the same run.
+//! the clock straight to the next delivery, timer or application wake-up and hands
+//! every event to the test's application, so a test of many seconds runs in
+//! milliseconds and the same seeds always give the same run. Every call into an
+//! endpoint is made inside [`counted`], so a counting allocator sees the
+//! endpoints' own allocations and not the simulator's.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,11 +21,14 @@ use kcpgate_core::session::{StreamConfig, StreamEnd, StreamEvent};
 use kcpgate_core::smux::{self, Read, Role};
 use kcpgate_core::stack::{QppSetup, StackConfig};
 
-use super::netsim::{pattern_byte, Link, LinkConfig};
+use super::counting::counted;
+use super::netsim::{pattern_byte, Link, LinkConfig, Transfer};
 use super::session_config;
 
 pub const CLIENT: u32 = 1;
 pub const SERVER: u32 = 2;
+/// Both ends' key.
+pub const KEY: &str = "pair key";
 
 /// Which end of the pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -40,10 +46,12 @@ pub struct Layers {
     pub smux: smux::Version,
     pub qpp: bool,
     pub close_wait_ms: u32,
+    pub mode: Mode,
 }
 
 impl Layers {
-    /// kcptun's defaults: aes, FEC 10/3, snappy, smux v2, no QPP, no close-wait.
+    /// kcptun's defaults, but fast3: aes, FEC 10/3, snappy, smux v2, no QPP, no
+    /// close-wait.
     pub fn kcptun() -> Layers {
         Layers {
             method: Method::Aes256,
@@ -52,12 +60,20 @@ impl Layers {
             smux: smux::Version::V2,
             qpp: false,
             close_wait_ms: 0,
+            mode: Mode::Fast3,
         }
     }
 
-    fn config(&self, role: Role) -> EndpointConfig {
+    /// As little as kcptun can run: no crypto header, no FEC, no compression;
+    /// every datagram is KCP as it is on the wire, with smux frames inside.
+    pub fn bare(mode: Mode) -> Layers {
+        Layers { method: Method::Null, fec: None, compression: false, mode, ..Layers::kcptun() }
+    }
+
+    /// The configuration of an endpoint of `role`: kcptun's windows for it.
+    pub fn config(&self, role: Role) -> EndpointConfig {
         let (snd, rcv) = if role == Role::Server { (1024, 1024) } else { (128, 512) };
-        let session: SessionConfig = session_config(Mode::Fast3, snd, rcv, self.fec);
+        let session: SessionConfig = session_config(self.mode, snd, rcv, self.fec);
         let version = if role == Role::Server { smux::Version::Detect } else { self.smux };
         let stack = StackConfig {
             compression: self.compression,
@@ -70,6 +86,8 @@ impl Layers {
 
 pub struct Pair {
     pub now_us: u64,
+    /// The endpoints' clock at `now_us` 0, so a test can cross the u32 wrap.
+    pub epoch_ms: u32,
     pub client: Endpoint<u32>,
     pub server: Endpoint<u32>,
     pub c2s: Link,
@@ -77,6 +95,8 @@ pub struct Pair {
     /// The client's session to the server.
     pub session: SessionId,
     buf: Vec<u8>,
+    /// A delivered datagram, which the endpoint may decrypt in place.
+    scratch: Vec<u8>,
     /// Datagrams each side sent.
     pub sent: [u64; 2],
     /// Steps of the clock: deliveries and timers.
@@ -87,31 +107,60 @@ pub struct Pair {
 pub trait App {
     /// One event of `side`'s endpoint; `ep` is that endpoint.
     fn on_event(&mut self, side: Side, now: u32, ep: &mut Endpoint<u32>, event: Event<u32>);
+
+    /// A datagram reaches `side` from `from`; an attacking test adds its own here.
+    fn deliver(&mut self, side: Side, now: u32, ep: &mut Endpoint<u32>, from: u32, datagram: &mut [u8]) {
+        let _ = side;
+        counted(|| ep.handle_datagram(now, &from, datagram));
+    }
+
+    /// When the application wants to run next without an event (a paced writer).
+    fn next_wakeup_us(&self, now_us: u64) -> Option<u64> {
+        let _ = now_us;
+        None
+    }
+
+    /// Runs after every step of the clock, once for each side.
+    fn on_step(&mut self, side: Side, now: u32, now_us: u64, ep: &mut Endpoint<u32>) {
+        let _ = (side, now, now_us, ep);
+    }
 }
 
 impl Pair {
     pub fn new(layers: &Layers, link: LinkConfig, seed: u64) -> Pair {
-        let crypto = Arc::new(PacketCrypto::from_passphrase(layers.method, "pair key"));
+        Pair::with_links(layers, Link::new(link, seed), Link::new(link, seed ^ 0xdead_beef), seed, 0)
+    }
+
+    /// A pair whose client dialled at `epoch_ms` on the endpoints' clock.
+    pub fn with_links(layers: &Layers, c2s: Link, s2c: Link, seed: u64, epoch_ms: u32) -> Pair {
+        let crypto = Arc::new(PacketCrypto::from_passphrase(layers.method, KEY));
         let mut client = Endpoint::new(Role::Client, layers.config(Role::Client), crypto.clone(), [seed as u8; 32])
             .expect("valid client config");
         let server = Endpoint::new(Role::Server, layers.config(Role::Server), crypto, [seed as u8 ^ 0x5a; 32])
             .expect("valid server config");
-        let session = client.connect(0, SERVER).expect("a first session");
+        let session = client.connect(epoch_ms, SERVER).expect("a first session");
         Pair {
             now_us: 0,
+            epoch_ms,
             client,
             server,
-            c2s: Link::new(link, seed),
-            s2c: Link::new(link, seed ^ 0xdead_beef),
+            c2s,
+            s2c,
             session,
             buf: Vec::new(),
+            scratch: Vec::with_capacity(65_536),
             sent: [0; 2],
             wakeups: 0,
         }
     }
 
     pub fn now(&self) -> u32 {
-        (self.now_us / 1000) as u32
+        self.epoch_ms.wrapping_add((self.now_us / 1000) as u32)
+    }
+
+    /// The server's session with the client, once it has one.
+    pub fn server_session(&self) -> Option<SessionId> {
+        self.server.sessions().next().map(|(id, _, _)| id)
     }
 
     pub fn endpoint(&mut self, side: Side) -> &mut Endpoint<u32> {
@@ -127,7 +176,7 @@ impl Pair {
         loop {
             let mut any = false;
             for side in [Side::Client, Side::Server] {
-                while let Some(event) = self.endpoint(side).poll_event() {
+                while let Some(event) = counted(|| self.endpoint(side).poll_event()) {
                     any = true;
                     let ep = match side {
                         Side::Client => &mut self.client,
@@ -141,7 +190,7 @@ impl Pair {
                     Side::Client => (&mut self.client, &mut self.c2s, SERVER),
                     Side::Server => (&mut self.server, &mut self.s2c, CLIENT),
                 };
-                while let Some(t) = ep.poll_transmit(now, 8, &mut self.buf) {
+                while let Some(t) = counted(|| ep.poll_transmit(now, 8, &mut self.buf)) {
                     assert_eq!(t.destination, to, "{side:?} sent to a wrong address");
                     any = true;
                     let segment = t.segment_size.unwrap_or(t.size);
@@ -167,7 +216,7 @@ impl Pair {
                 return true;
             }
             let timer = |ep: &mut Endpoint<u32>, now: u32, now_us: u64| {
-                ep.poll_timeout().map(|d| now_us - now_us % 1000 + diff(d, now).max(0) as u64 * 1000)
+                counted(|| ep.poll_timeout()).map(|d| now_us - now_us % 1000 + diff(d, now).max(0) as u64 * 1000)
             };
             let now = self.now();
             let next = [
@@ -175,6 +224,7 @@ impl Pair {
                 self.s2c.next_arrival(),
                 timer(&mut self.client, now, self.now_us),
                 timer(&mut self.server, now, self.now_us),
+                app.next_wakeup_us(self.now_us),
             ]
             .into_iter()
             .flatten()
@@ -186,21 +236,104 @@ impl Pair {
             self.now_us = next.max(self.now_us);
             self.wakeups += 1;
             let (now, now_us) = (self.now(), self.now_us);
-            let Pair { client, server, c2s, s2c, .. } = self;
+            let Pair { client, server, c2s, s2c, scratch, .. } = self;
             c2s.deliver_due(now_us, |d| {
-                server.handle_datagram(now, &CLIENT, &mut d.to_vec());
+                scratch.clear();
+                scratch.extend_from_slice(d);
+                app.deliver(Side::Server, now, server, CLIENT, scratch);
             });
             s2c.deliver_due(now_us, |d| {
-                client.handle_datagram(now, &SERVER, &mut d.to_vec());
+                scratch.clear();
+                scratch.extend_from_slice(d);
+                app.deliver(Side::Client, now, client, SERVER, scratch);
             });
-            client.handle_timeout(now);
-            server.handle_timeout(now);
+            counted(|| client.handle_timeout(now));
+            counted(|| server.handle_timeout(now));
+            app.on_step(Side::Client, now, now_us, client);
+            app.on_step(Side::Server, now, now_us, server);
         }
     }
 
     /// Moves the clock on by `ms`, running everything due on the way.
     pub fn advance(&mut self, app: &mut impl App, ms: u64) {
         self.run(app, ms, |_, _| false);
+    }
+
+    /// Runs `app`'s transfers until both are complete or `limit_ms` of virtual time
+    /// passed; true if they completed.
+    pub fn run_transfers(&mut self, app: &mut TransferApp, limit_ms: u64) -> bool {
+        self.run(app, limit_ms, |_, app| app.done())
+    }
+
+    /// Virtual milliseconds since the start.
+    pub fn elapsed_ms(&self) -> u64 {
+        self.now_us / 1000
+    }
+}
+
+/// One stream from the client to the server carrying a [`Transfer`] each way: a
+/// bulk or paced byte stream, checked on arrival.
+pub struct TransferApp {
+    pub client: Transfer,
+    pub server: Transfer,
+    /// Each side's session and stream, once open.
+    pub stream: [Option<(SessionId, u32)>; 2],
+    /// The pair's clock as of the last step.
+    now_us: u64,
+}
+
+impl TransferApp {
+    pub fn new(client: Transfer, server: Transfer) -> TransferApp {
+        TransferApp { client, server, stream: [None; 2], now_us: 0 }
+    }
+
+    /// `total` bytes each way, as fast as the windows allow.
+    pub fn both_ways(total: u64) -> TransferApp {
+        TransferApp::new(Transfer::new(1, total, 2, total), Transfer::new(2, total, 1, total))
+    }
+
+    pub fn done(&self) -> bool {
+        self.client.done() && self.server.done()
+    }
+
+    fn pump(&mut self, side: Side, now: u32, ep: &mut Endpoint<u32>) {
+        let Some((id, sid)) = self.stream[side as usize] else { return };
+        let transfer = match side {
+            Side::Client => &mut self.client,
+            Side::Server => &mut self.server,
+        };
+        transfer.pump(now, self.now_us, ep, id, sid);
+    }
+}
+
+impl App for TransferApp {
+    fn on_event(&mut self, side: Side, now: u32, ep: &mut Endpoint<u32>, event: Event<u32>) {
+        match event {
+            Event::SessionOpened { id, .. } if side == Side::Client => {
+                let sid = counted(|| ep.open_stream(now, id)).expect("a stream");
+                self.stream[side as usize] = Some((id, sid));
+                self.pump(side, now, ep);
+            }
+            Event::Stream { id, event: StreamEvent::Opened(sid) } if side == Side::Server => {
+                assert!(self.stream[side as usize].is_none(), "one stream");
+                self.stream[side as usize] = Some((id, sid));
+                self.pump(side, now, ep);
+            }
+            Event::Stream { event: StreamEvent::Readable(_) | StreamEvent::Writable(_), .. } => {
+                self.pump(side, now, ep)
+            }
+            Event::SessionClosed { reason, .. } => panic!("{side:?}: the session closed: {reason}"),
+            _ => {}
+        }
+    }
+
+    fn next_wakeup_us(&self, now_us: u64) -> Option<u64> {
+        [self.client.next_write_us(now_us), self.server.next_write_us(now_us)].into_iter().flatten().min()
+    }
+
+    fn on_step(&mut self, side: Side, now: u32, now_us: u64, ep: &mut Endpoint<u32>) {
+        self.now_us = now_us;
+        self.pump(side, now, ep);
     }
 }
 
@@ -251,7 +384,7 @@ impl PatternApp {
 
     /// Opens a stream from `side` and starts writing on it.
     pub fn open(&mut self, side: Side, now: u32, ep: &mut Endpoint<u32>, session: SessionId) -> u32 {
-        let sid = ep.open_stream(now, session).expect("a stream");
+        let sid = counted(|| ep.open_stream(now, session)).expect("a stream");
         self.add(side, sid);
         self.service(side, now, ep, session, sid);
         sid
@@ -281,7 +414,7 @@ impl PatternApp {
             for (i, b) in chunk[..n].iter_mut().enumerate() {
                 *b = pattern_byte(flow.send_seed, flow.sent + i as u64);
             }
-            let took = ep.write(session, sid, &chunk[..n]).expect("write");
+            let took = counted(|| ep.write(session, sid, &chunk[..n])).expect("write");
             flow.sent += took as u64;
             if took < n {
                 break;
@@ -289,10 +422,10 @@ impl PatternApp {
         }
         if flow.sent == flow.send_total && !flow.finished {
             flow.finished = true;
-            ep.finish(now, session, sid).expect("finish");
+            counted(|| ep.finish(now, session, sid)).expect("finish");
         }
         while !flow.eof {
-            match ep.read(now, session, sid, &mut chunk) {
+            match counted(|| ep.read(now, session, sid, &mut chunk)) {
                 Ok(Read::Data(n)) => {
                     for (i, &b) in chunk[..n].iter().enumerate() {
                         let at = flow.received + i as u64;
@@ -307,6 +440,17 @@ impl PatternApp {
                 Err(e) => panic!("{side:?} stream {sid}: read failed: {e:?}"),
             }
         }
+    }
+
+    /// Whether `streams` streams were opened from one side and every one of them
+    /// has sent all and read to its end, on both sides.
+    pub fn all_done(&self, streams: usize) -> bool {
+        self.flows.len() == 2 * streams && self.flows.values().all(|f| f.finished && f.eof)
+    }
+
+    /// Bytes `side` has received on all its streams.
+    pub fn received(&self, side: Side) -> u64 {
+        self.flows.iter().filter(|((s, _), _)| *s == side).map(|(_, f)| f.received).sum()
     }
 
     /// Streams of `side` that ended, and how.
