@@ -318,8 +318,12 @@ fn hold_sessions(imp: &Implementation, n: usize, idle: Duration, keep_streams: b
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
         let cpu_before = cpu_seconds(tunnel.server.id());
+        let profile = profile_idle(imp, n, tunnel.server.id(), idle);
         tokio::time::sleep(idle).await;
         let cpu = cpu_seconds(tunnel.server.id()) - cpu_before;
+        if let Some(mut perf) = profile {
+            let _ = perf.wait();
+        }
         // After a whole keep-alive period: what the first keep-alives allocate counts.
         let rss = rss_bytes(tunnel.server.id());
         drop(held);
@@ -329,6 +333,27 @@ fn hold_sessions(imp: &Implementation, n: usize, idle: Duration, keep_streams: b
             idle_cpu_percent: cpu / idle.as_secs_f64() * 100.0,
         })
     })
+}
+
+/// With `KCPGATE_BENCH_PROFILE=DIR` set, records the server's idle window with
+/// `perf record -g` into `DIR/idle-IMPLEMENTATION-N.perf.data`, to see where idle
+/// CPU goes (`perf report -i FILE`).
+fn profile_idle(imp: &Implementation, n: usize, pid: u32, idle: Duration) -> Option<std::process::Child> {
+    let dir = std::env::var_os("KCPGATE_BENCH_PROFILE")?;
+    let out = std::path::Path::new(&dir).join(format!("idle-{}-{n}.perf.data", imp.name));
+    let perf = std::process::Command::new("perf")
+        .args(["record", "-g", "-F", "999", "-q", "-p", &pid.to_string(), "-o"])
+        .arg(&out)
+        .args(["--", "sleep", &idle.as_secs_f64().to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn();
+    match perf {
+        Ok(child) => Some(child),
+        Err(e) => {
+            eprintln!("KCPGATE_BENCH_PROFILE: cannot run perf: {e}");
+            None
+        }
+    }
 }
 
 /// Runs the suite, calling `progress` with a line per step; returns every sample.
