@@ -589,8 +589,8 @@ impl Settings {
 
     fn set_mode(&mut self, name: &str) {
         self.tunables.mode = Profile::from_mode(name);
-        let known = Mode::from_name(name).is_some() || name == "manual";
-        self.unknown_mode = (!known).then(|| name.to_string());
+        let unknown = self.tunables.mode == Profile::Manual && name != "manual";
+        self.unknown_mode = unknown.then(|| name.to_string());
     }
 
     fn bool_mut(&mut self, name: &str) -> &mut bool {

@@ -22,16 +22,6 @@ pub fn kcptun_config(mode: Mode, snd_wnd: u32, rcv_wnd: u32) -> Config {
     cfg
 }
 
-/// kcptun client defaults: windows 128/512.
-pub fn client_config(mode: Mode) -> Config {
-    kcptun_config(mode, 128, 512)
-}
-
-/// kcptun server defaults: windows 1024/1024.
-pub fn server_config(mode: Mode) -> Config {
-    kcptun_config(mode, 1024, 1024)
-}
-
 /// kcptun's session settings: MTU 1350, the side's windows, the mode preset, FEC.
 pub fn session_config(mode: Mode, snd_wnd: u32, rcv_wnd: u32, fec: Option<(usize, usize)>) -> SessionConfig {
     SessionConfig {

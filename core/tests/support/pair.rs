@@ -158,11 +158,6 @@ impl Pair {
         self.epoch_ms.wrapping_add((self.now_us / 1000) as u32)
     }
 
-    /// The server's session with the client, once it has one.
-    pub fn server_session(&self) -> Option<SessionId> {
-        self.server.sessions().next().map(|(id, _, _)| id)
-    }
-
     pub fn endpoint(&mut self, side: Side) -> &mut Endpoint<u32> {
         match side {
             Side::Client => &mut self.client,
@@ -178,11 +173,7 @@ impl Pair {
             for side in [Side::Client, Side::Server] {
                 while let Some(event) = counted(|| self.endpoint(side).poll_event()) {
                     any = true;
-                    let ep = match side {
-                        Side::Client => &mut self.client,
-                        Side::Server => &mut self.server,
-                    };
-                    app.on_event(side, now, ep, event);
+                    app.on_event(side, now, self.endpoint(side), event);
                 }
             }
             for side in [Side::Client, Side::Server] {
