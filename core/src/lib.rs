@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod endpoint;
 pub mod error;
 pub mod fec;
+pub mod inspect;
 pub mod kcp;
 pub mod listener;
 pub mod pacer;
