@@ -93,6 +93,13 @@ pub struct Settings {
     pub admin_explicit: bool,
     /// Bearer token for the admin API; empty for none (loopback only).
     pub admin_token: Secret,
+    /// Server: the WebTransport listener's address, or `off`.
+    pub webtransport: String,
+    /// Server: PEM files of the WebTransport certificate; empty for a self-signed one.
+    pub webtransport_cert: String,
+    pub webtransport_key: String,
+    /// Server: comma-separated origins allowed; empty allows any.
+    pub webtransport_origin: String,
     pub config_file: Option<PathBuf>,
 }
 
@@ -323,6 +330,10 @@ const SERVER: &[Flag] = &[
     },
     flag("admin", Some("admin"), Kind::Text("127.0.0.1:8080"), ADMIN_HELP),
     flag("max-sessions", Some("max-sessions"), Kind::Int(0, 0), "Sessions open at most at once; datagrams that would open more are dropped and counted. 0 is unlimited (kcpgate only)"),
+    flag("webtransport", Some("webtransport"), Kind::Text("off"), "WebTransport listener for browsers: UDP host:port (e.g. :4433), or off. Each WebTransport session carries one KCP session in its datagrams, proxied like a UDP one (kcpgate only)"),
+    flag("webtransport-cert", Some("webtransport-cert"), Kind::Text(""), "PEM certificate chain of the WebTransport listener. Without it kcpgate makes a self-signed ECDSA P-256 certificate valid 13 days, replaces it every 12, and serves its SHA-256 hash at /webtransport/certificate on the admin listener for serverCertificateHashes (kcpgate only)"),
+    flag("webtransport-key", Some("webtransport-key"), Kind::Text(""), "PEM private key of -webtransport-cert (kcpgate only)"),
+    flag("webtransport-origin", Some("webtransport-origin"), Kind::Text(""), "Comma-separated page origins allowed to open WebTransport sessions, e.g. https://game.example; empty allows every origin (kcpgate only)"),
 ];
 
 const CLIENT: &[Flag] = &[
@@ -462,6 +473,8 @@ impl Settings {
     /// type here, once.
     fn from_matches(role: Role, m: &ArgMatches) -> Result<Settings, ConfigError> {
         let text = |n: &str| m.get_one::<String>(n).cloned().unwrap_or_default();
+        // A setting only one role has.
+        let text_or_empty = |n: &str| m.try_get_one::<String>(n).ok().flatten().cloned().unwrap_or_default();
         let int = |n: &str| m.get_one::<i64>(n).copied().unwrap_or_default();
         let flag = |n: &str| m.get_flag(n);
         let (listen, target) = match role {
@@ -516,6 +529,10 @@ impl Settings {
             admin: text("admin"),
             admin_explicit: m.value_source("admin") == Some(ValueSource::CommandLine),
             admin_token: Secret(text("admin-token")),
+            webtransport: text_or_empty("webtransport"),
+            webtransport_cert: text_or_empty("webtransport-cert"),
+            webtransport_key: text_or_empty("webtransport-key"),
+            webtransport_origin: text_or_empty("webtransport-origin"),
             config_file: m.get_one::<PathBuf>("c").cloned(),
         };
         settings.set_mode(&text("mode"));
@@ -583,6 +600,10 @@ impl Settings {
             "log-format" => &mut self.log_format,
             "admin" => &mut self.admin,
             "admin-token" => &mut self.admin_token.0,
+            "webtransport" => &mut self.webtransport,
+            "webtransport-cert" => &mut self.webtransport_cert,
+            "webtransport-key" => &mut self.webtransport_key,
+            "webtransport-origin" => &mut self.webtransport_origin,
             other => unreachable!("no text setting {other}"),
         }
     }
@@ -667,6 +688,38 @@ impl Settings {
             max_receive_buffer: self.smuxbuf as usize,
             max_stream_buffer: self.streambuf as usize,
         }
+    }
+
+    /// The WebTransport listener's address; `None` when it is off. An empty host
+    /// means every interface.
+    pub fn webtransport_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let text = self.webtransport.trim();
+        if text.eq_ignore_ascii_case("off") || text.is_empty() {
+            return Ok(None);
+        }
+        let full = if text.starts_with(':') { format!("[::]{text}") } else { text.to_string() };
+        match full.parse() {
+            Ok(addr) => Ok(Some(addr)),
+            Err(_) => err(format!(
+                "-webtransport must be a UDP address such as :4433, 0.0.0.0:4433 or [::1]:4433, or off (got {text:?})"
+            )),
+        }
+    }
+
+    /// The origins allowed to open WebTransport sessions; empty allows any.
+    pub fn webtransport_origins(&self) -> Result<Vec<String>, ConfigError> {
+        let origins: Vec<String> =
+            self.webtransport_origin.split(',').map(str::trim).filter(|o| !o.is_empty()).map(str::to_string).collect();
+        for o in &origins {
+            let (scheme, host) = o.split_once("://").unwrap_or(("", ""));
+            if !matches!(scheme, "http" | "https") || host.is_empty() || host.contains('/') {
+                return err(format!(
+                    "-webtransport-origin takes origins such as https://game.example or http://localhost:5173, \
+                     comma-separated (got {o:?})"
+                ));
+            }
+        }
+        Ok(origins)
     }
 
     /// The admin listener's address; `None` when it is off. Refuses an address other
@@ -762,6 +815,11 @@ impl Settings {
             warnings.push(format!("unknown -crypt {:?}: using aes, as kcptun does", self.crypt));
         }
         self.admin_addr()?;
+        self.webtransport_addr()?;
+        self.webtransport_origins()?;
+        if self.webtransport_cert.is_empty() != self.webtransport_key.is_empty() {
+            return err("-webtransport-cert and -webtransport-key go together: give both PEM files, or neither for a self-signed certificate");
+        }
         if self.role == Role::Client && self.autoexpire != 0 && self.scavengettl > self.autoexpire {
             warnings.push("-scavengettl is longer than -autoexpire: expired sessions will linger".to_string());
         }

@@ -19,6 +19,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use utoipa::ToSchema;
 
 pub use crate::config::{Profile, Tunables};
+use crate::transport::TransportKind;
 use crate::tunnel::Links;
 
 /// How long a reader waits for busy tasks to answer before it uses what it has.
@@ -65,6 +66,9 @@ pub struct Registry {
     next_id: AtomicU64,
     events: broadcast::Sender<Event>,
     open_sessions: AtomicU64,
+    /// Sessions open now and opened so far, per transport ([`TransportKind::ALL`] order).
+    open_by_transport: [AtomicU64; 2],
+    opened_by_transport: [AtomicU64; 2],
     /// Datagrams that would have opened a session past `max_sessions`.
     refused_datagrams: AtomicU64,
     serving: AtomicBool,
@@ -78,6 +82,8 @@ impl Default for Registry {
             next_id: AtomicU64::new(1),
             events: broadcast::channel(1024).0,
             open_sessions: AtomicU64::new(0),
+            open_by_transport: Default::default(),
+            opened_by_transport: Default::default(),
             refused_datagrams: AtomicU64::new(0),
             serving: AtomicBool::new(false),
         }
@@ -120,13 +126,28 @@ impl Registry {
     /// A session opened ([`Event::SessionOpened`]).
     pub fn opened(&self, event: Event) {
         self.open_sessions.fetch_add(1, Ordering::Relaxed);
+        if let Event::SessionOpened { transport, .. } = &event {
+            self.open_by_transport[*transport as usize].fetch_add(1, Ordering::Relaxed);
+            self.opened_by_transport[*transport as usize].fetch_add(1, Ordering::Relaxed);
+        }
         self.publish(event);
     }
 
     /// A session closed ([`Event::SessionClosed`]).
     pub fn closed(&self, event: Event) {
         self.open_sessions.fetch_sub(1, Ordering::Relaxed);
+        if let Event::SessionClosed { transport, .. } = &event {
+            self.open_by_transport[*transport as usize].fetch_sub(1, Ordering::Relaxed);
+        }
         self.publish(event);
+    }
+
+    /// Per transport: sessions open now, and opened since the start.
+    pub fn sessions_by_transport(&self) -> impl Iterator<Item = (TransportKind, u64, u64)> + '_ {
+        TransportKind::ALL.into_iter().map(|t| {
+            let i = t as usize;
+            (t, self.open_by_transport[i].load(Ordering::Relaxed), self.opened_by_transport[i].load(Ordering::Relaxed))
+        })
     }
 
     /// Sessions open now, in every task.
@@ -228,6 +249,7 @@ pub enum Event {
         conv: u32,
         #[schema(value_type = String, example = "203.0.113.7:50812")]
         remote: SocketAddr,
+        transport: TransportKind,
     },
     SessionClosed {
         id: u64,
@@ -236,6 +258,7 @@ pub enum Event {
         remote: SocketAddr,
         #[schema(example = "kicked: cheating")]
         reason: String,
+        transport: TransportKind,
     },
 }
 
@@ -252,6 +275,8 @@ pub struct SessionInfo {
     pub remote: SocketAddr,
     #[schema(value_type = String, example = "[::]:29900")]
     pub local: SocketAddr,
+    /// What carries its datagrams: UDP (kcptun clients) or WebTransport (browsers).
+    pub transport: TransportKind,
     /// Milliseconds since the session opened.
     pub age_ms: u64,
     /// Milliseconds since the last datagram from the peer.
@@ -351,6 +376,7 @@ pub struct SessionMeta {
 pub struct ViewContext<'a> {
     /// The task's UDP socket address.
     pub local: SocketAddr,
+    pub transport: TransportKind,
     pub crypt: &'a str,
     pub fec: Option<FecShards>,
 }
@@ -373,6 +399,7 @@ impl SessionInfo {
             conv: conn.conv(),
             remote,
             local: cx.local,
+            transport: cx.transport,
             age_ms: now_ms.saturating_sub(meta.opened_ms),
             idle_ms: diff(now_ms as u32, session.heard_at()).max(0) as u64,
             smux_version: session.stack().mux().version(),

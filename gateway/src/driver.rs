@@ -1,6 +1,7 @@
-//! The one loop that runs the core's endpoint over a UDP socket and bridges its
-//! streams to TCP, for both roles: a server runs one per listening socket, a
-//! client one per session (each with its own socket). It holds no protocol logic:
+//! The one loop that runs the core's endpoint over a datagram transport and
+//! bridges its streams to TCP, for both roles: a server runs one per listening UDP
+//! socket and one for its WebTransport listener, a client one per session (each
+//! with its own socket). It holds no protocol logic:
 //! datagrams go in, timers fire when the endpoint says, events become TCP work,
 //! and the admin API's queries are answered here for both roles.
 
@@ -20,8 +21,9 @@ use tracing::{debug, info, warn};
 use crate::conn::Conn;
 use crate::control::{Event as ApiEvent, Inbox, Query, SessionInfo, SessionMeta};
 use crate::runtime::{random_seed, Plan};
+use crate::transport::Transport;
 use crate::tunnel::{elapsed_ms, run_stream, FromStream, Links, NewStream, WrongKeyWarning};
-use crate::udp::{max_segments, BatchSocket, GSO_BYTES};
+use crate::udp::{BatchSocket, GSO_BYTES};
 
 /// How long a kicked session's peer is refused with its old conversation: longer
 /// than smux's keep-alive timeout, so the peer notices the session is gone first.
@@ -46,10 +48,10 @@ pub struct ClientSession {
     pub close_at: Option<Instant>,
 }
 
-/// One endpoint over one socket. See the module docs.
-pub struct Driver {
-    endpoint: Endpoint<SocketAddr>,
-    socket: BatchSocket,
+/// One endpoint over one transport. See the module docs.
+pub struct Driver<T: Transport> {
+    endpoint: Endpoint<T::Peer>,
+    transport: T,
     local: SocketAddr,
     plan: Arc<Plan>,
     start: Instant,
@@ -65,46 +67,42 @@ pub struct Driver {
     wrong_key: WrongKeyWarning,
     /// Client: the session, and what feeds it.
     client: Option<(SessionId, ClientSession)>,
+    /// What the endpoint did with datagrams, for the transport: every outcome but
+    /// a plain delivery (reused between batches).
+    outcomes: Vec<(T::Peer, Outcome)>,
 }
 
-impl Driver {
-    fn new(role: Role, socket: BatchSocket, plan: Arc<Plan>) -> Driver {
-        let endpoint = Endpoint::new(role, plan.endpoint_config(), plan.crypto.clone(), random_seed())
+impl<T: Transport> Driver<T> {
+    fn new(role: Role, transport: T, plan: Arc<Plan>) -> Driver<T> {
+        let mut config = plan.endpoint_config();
+        config.session.mtu = config.session.mtu.min(transport.max_datagram());
+        let max_datagrams = transport.max_segments(config.session.mtu);
+        let endpoint = Endpoint::new(role, config, plan.crypto.clone(), random_seed())
             .expect("the session settings were validated at startup");
-        let local = socket.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let local = transport.local_addr();
         let (to_driver, from_streams) = mpsc::channel(4096);
         Driver {
             endpoint,
-            socket,
+            transport,
             local,
             start: Instant::now(),
             sessions: HashMap::new(),
             to_driver,
             from_streams,
             out: Vec::with_capacity(GSO_BYTES),
-            max_datagrams: max_segments(usize::from(plan.settings.mtu)),
+            max_datagrams,
             max_sessions: plan.tuning().tunables.max_sessions,
             draining: false,
             wrong_key: WrongKeyWarning::default(),
             client: None,
+            outcomes: Vec::new(),
             plan,
         }
     }
 
-    /// A server's driver for one listening socket.
-    pub fn server(socket: BatchSocket, plan: Arc<Plan>) -> Driver {
-        Driver::new(Role::Server, socket, plan)
-    }
-
-    /// A client's driver for one session to `session.remote`, over its own socket.
-    pub fn client(socket: BatchSocket, plan: Arc<Plan>, session: ClientSession) -> Driver {
-        let mut driver = Driver::new(Role::Client, socket, plan);
-        let now = driver.now();
-        let id = driver.endpoint.connect(now, session.remote).expect("a new endpoint has no session");
-        let conv = driver.endpoint.session(id).map_or(0, |(_, s)| s.conv());
-        info!(remote = %session.remote, conv, "session started");
-        driver.client = Some((id, session));
-        driver
+    /// A server's driver for one listening socket, or the WebTransport listener.
+    pub fn server(transport: T, plan: Arc<Plan>) -> Driver<T> {
+        Driver::new(Role::Server, transport, plan)
     }
 
     fn now_ms(&self) -> u64 {
@@ -140,7 +138,7 @@ impl Driver {
             tokio::select! {
                 _ = drain.changed(), if !self.draining => self.draining = *drain.borrow(),
                 Some(query) = inbox.recv() => self.answer(query),
-                r = self.socket.recv() => match r {
+                r = self.transport.recv() => match r {
                     Ok(()) => received = true,
                     Err(e) => debug!("receive failed: {e}"),
                 },
@@ -177,15 +175,30 @@ impl Driver {
         let limit = self.max_sessions;
         let full = limit > 0 && self.plan.registry.open_sessions() >= limit;
         self.endpoint.set_accepting(!self.draining && !full);
-        let Driver { endpoint, socket, wrong_key, plan, .. } = self;
-        for (from, datagram) in socket.datagrams() {
-            match endpoint.handle_datagram(now, &from, datagram) {
-                Outcome::Delivered | Outcome::Created | Outcome::Replaced { .. } => {}
-                Outcome::Dropped(Drop::Checksum) => wrong_key.datagram_failed(from),
+        let Driver { endpoint, transport, wrong_key, plan, outcomes, .. } = self;
+        for (from, datagram) in transport.datagrams() {
+            let outcome = endpoint.handle_datagram(now, &from, datagram);
+            match outcome {
+                Outcome::Delivered => continue,
+                Outcome::Created | Outcome::Replaced { .. } => {}
+                Outcome::Dropped(Drop::Checksum) => wrong_key.datagram_failed(T::address(&from)),
                 Outcome::Dropped(Drop::NotAccepting) if full && !self.draining => {
                     plan.registry.count_refused_datagram();
                 }
                 Outcome::Dropped(reason) => debug!(remote = %from, ?reason, "datagram dropped"),
+            }
+            outcomes.push((from, outcome));
+        }
+        for (from, outcome) in outcomes.drain(..) {
+            transport.observed(&from, &outcome);
+        }
+        while let Some(peer) = self.transport.take_gone() {
+            let found = self.endpoint.sessions().find(|(_, a, _)| **a == peer).map(|(id, _, _)| id);
+            if let Some(id) = found {
+                if let Some(t) = self.sessions.get_mut(&id) {
+                    t.closing_reason.get_or_insert_with(|| "the peer closed its transport session".to_string());
+                }
+                self.endpoint.close_session(now, id, None);
             }
         }
     }
@@ -202,7 +215,7 @@ impl Driver {
             while let Some(t) = self.endpoint.poll_transmit(now, self.max_datagrams, &mut self.out) {
                 acted = true;
                 let segment = t.segment_size.unwrap_or(t.size);
-                if let Err(e) = self.socket.send_segments(t.destination, &self.out[..t.size], segment).await {
+                if let Err(e) = self.transport.send(&t.destination, &self.out[..t.size], segment).await {
                     debug!(remote = %t.destination, "send failed: {e}");
                 }
             }
@@ -212,13 +225,15 @@ impl Driver {
         }
     }
 
-    fn on_event(&mut self, event: Event<SocketAddr>) {
+    fn on_event(&mut self, event: Event<T::Peer>) {
         let now = self.now();
         match event {
             Event::SessionOpened { id, remote, conv } => {
                 let meta = self.plan.session_meta(self.now_ms());
-                info!(%remote, id = meta.id, conv, "session opened");
-                self.plan.registry.opened(ApiEvent::SessionOpened { id: meta.id, conv, remote });
+                let transport = T::KIND;
+                info!(%remote, id = meta.id, conv, transport = transport.name(), "session opened");
+                let remote = T::address(&remote);
+                self.plan.registry.opened(ApiEvent::SessionOpened { id: meta.id, conv, remote, transport });
                 let links = Links::new(self.plan.streams.clone());
                 self.sessions.insert(id, Tracked { meta, links, closing_reason: None });
             }
@@ -234,7 +249,9 @@ impl Driver {
                     (None, other) => other.to_string(),
                 };
                 info!(%remote, id = tracked.meta.id, %reason, "session closed");
-                let event = ApiEvent::SessionClosed { id: tracked.meta.id, conv, remote, reason };
+                self.transport.session_ended(&remote, &reason);
+                let (remote, transport) = (T::address(&remote), T::KIND);
+                let event = ApiEvent::SessionClosed { id: tracked.meta.id, conv, remote, reason, transport };
                 self.plan.registry.closed(event);
             }
             Event::Stream { id, event } => {
@@ -242,7 +259,7 @@ impl Driver {
                 match event {
                     StreamEvent::Opened(sid) if self.endpoint.role() == Role::Server => {
                         let stream = tracked.links.add(sid, None);
-                        let remote = self.endpoint.session(id).map(|(a, _)| *a);
+                        let remote = self.endpoint.session(id).map(|(a, _)| T::address(a));
                         let (plan, tx) = (self.plan.clone(), self.to_driver.clone());
                         tokio::spawn(dial(plan, remote, id, stream, tx));
                     }
@@ -336,13 +353,13 @@ impl Driver {
             }
             Query::Sessions(reply) => {
                 let now = self.now_ms();
-                let cx = self.plan.view_context(self.local);
+                let cx = self.plan.view_context(self.local, T::KIND);
                 let views = self
                     .endpoint
                     .sessions()
                     .filter_map(|(id, addr, session)| {
                         let t = self.sessions.get(&id)?;
-                        Some(SessionInfo::new(&cx, *addr, session, &t.meta, &t.links, now))
+                        Some(SessionInfo::new(&cx, T::address(addr), session, &t.meta, &t.links, now))
                     })
                     .collect();
                 let _ = reply.send(views);
@@ -370,6 +387,19 @@ impl Driver {
                 let _ = done.send(());
             }
         }
+    }
+}
+
+impl Driver<BatchSocket> {
+    /// A client's driver for one session to `session.remote`, over its own socket.
+    pub fn client(socket: BatchSocket, plan: Arc<Plan>, session: ClientSession) -> Driver<BatchSocket> {
+        let mut driver = Driver::new(Role::Client, socket, plan);
+        let now = driver.now();
+        let id = driver.endpoint.connect(now, session.remote).expect("a new endpoint has no session");
+        let conv = driver.endpoint.session(id).map_or(0, |(_, s)| s.conv());
+        info!(remote = %session.remote, conv, "session started");
+        driver.client = Some((id, session));
+        driver
     }
 }
 

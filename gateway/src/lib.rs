@@ -10,5 +10,7 @@ pub mod driver;
 pub mod runtime;
 pub mod server;
 pub mod snmp;
+pub mod transport;
 pub mod tunnel;
 pub mod udp;
+pub mod webtransport;

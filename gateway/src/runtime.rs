@@ -14,6 +14,7 @@ use kcpgate_core::stack::{QppSetup, StackConfig};
 
 use crate::config::Settings;
 use crate::control::{FecShards, Registry, SessionMeta, Tunables, TunablesPatch, ViewContext};
+use crate::transport::TransportKind;
 
 /// 32 bytes from the OS, to seed the core's CSPRNGs (conv ids, nonces).
 pub fn random_seed() -> [u8; 32] {
@@ -32,6 +33,12 @@ pub struct Plan {
     pub streams: Arc<crate::tunnel::StreamCounters>,
     pub crypto: Arc<PacketCrypto>,
     pub stack: StackConfig,
+    /// The WebTransport listener's port and certificate hashes, for the admin listener.
+    pub webtransport: RwLock<crate::webtransport::Published>,
+    pub webtransport_refusals: Arc<crate::webtransport::Refusals>,
+    /// WebTransport sessions that have no KCP session yet (they count against
+    /// the session limit).
+    pub webtransport_waiting: std::sync::atomic::AtomicU64,
     tuning: RwLock<Arc<Tuning>>,
 }
 
@@ -81,6 +88,9 @@ impl Plan {
             settings,
             registry: Arc::default(),
             streams: Arc::default(),
+            webtransport: RwLock::default(),
+            webtransport_refusals: Arc::default(),
+            webtransport_waiting: Default::default(),
             tuning: RwLock::new(Arc::new(tuning)),
         }
     }
@@ -124,10 +134,10 @@ impl Plan {
     }
 
     /// What the session views of a task on `local` share.
-    pub fn view_context(&self, local: SocketAddr) -> ViewContext<'_> {
+    pub fn view_context(&self, local: SocketAddr, transport: TransportKind) -> ViewContext<'_> {
         let (data, parity) = (self.settings.datashard, self.settings.parityshard);
         let fec = (data > 0 && parity > 0).then_some(FecShards { data: data.into(), parity: parity.into() });
-        ViewContext { local, crypt: &self.settings.crypt, fec }
+        ViewContext { local, transport, crypt: &self.settings.crypt, fec }
     }
 
     /// Every address of `-listen`, with `host:N-M` expanded to each port and an empty

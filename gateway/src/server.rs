@@ -20,6 +20,7 @@ use crate::udp::BatchSocket;
 /// always lands on the same task and sessions spread over the cores.
 pub async fn run(plan: Arc<Plan>, drain: watch::Receiver<bool>) -> std::io::Result<()> {
     let mut tasks = Vec::new();
+    let webtransport = crate::webtransport::bind(&plan).await?;
     let per_port = std::thread::available_parallelism().map_or(1, |n| n.get());
     for addr in plan.listen_addrs()? {
         let sockets = bind_shared(addr, per_port)
@@ -30,6 +31,9 @@ pub async fn run(plan: Arc<Plan>, drain: watch::Receiver<bool>) -> std::io::Resu
             let socket = BatchSocket::new(socket, crate::udp::MAX_BATCH)?;
             tasks.push(tokio::spawn(Driver::server(socket, plan.clone()).run(drain.clone())));
         }
+    }
+    if let Some(listener) = webtransport {
+        tasks.push(tokio::spawn(crate::webtransport::serve(listener, plan.clone(), drain.clone())));
     }
     plan.registry.set_serving();
     for t in tasks {

@@ -398,7 +398,9 @@ fn every_api_route_needs_the_token() {
                 assert!(status != 401 && status < 500, "{method} {path} with the token: {status}");
             } else {
                 let (status, ..) = api.call(&method, &concrete, None, None);
-                assert_eq!(status, 200, "{method} {path} is public");
+                // Without a WebTransport listener its certificate route says so (404).
+                let expected = if path == "/webtransport/certificate" { 404 } else { 200 };
+                assert_eq!(status, expected, "{method} {path} is public");
             }
         }
     }

@@ -114,6 +114,19 @@ fn startup_checks_refuse_with_a_reason() {
         (Role::Server, "-max-sessions -1", "-max-sessions must be between 0"),
         (Role::Server, "-closewait -3", "-closewait must be between 0 and 86400"),
         (Role::Server, "-sockbuf 3000000000", "-sockbuf must be between 0 and 2147483647"),
+        (Role::Server, "-webtransport 4433", "-webtransport must be a UDP address such as :4433"),
+        (Role::Server, "-webtransport localhost:x", "-webtransport must be a UDP address"),
+        (
+            Role::Server,
+            "-webtransport :4433 -webtransport-cert c.pem",
+            "-webtransport-cert and -webtransport-key go together",
+        ),
+        (
+            Role::Server,
+            "-webtransport-origin game.example",
+            "-webtransport-origin takes origins such as https://game.example",
+        ),
+        (Role::Server, "-webtransport-origin https://a.example/path", "-webtransport-origin takes origins"),
     ] {
         let refused = Settings::parse(role, args(line))
             .map_err(|e| e.to_string())
@@ -129,6 +142,23 @@ fn startup_checks_refuse_with_a_reason() {
     assert_eq!(s.tunables.ratelimit, 0, "negative rate limits mean off");
     assert!(w.iter().any(|w| w.contains("rot13")), "{w:?}");
     assert!(w.iter().any(|w| w.contains("even")), "{w:?}");
+}
+
+#[test]
+fn webtransport_settings_parse_from_flags_and_json() {
+    let s = parse(Role::Server, "");
+    assert_eq!(s.webtransport_addr().unwrap(), None, "off by default");
+    let s = parse(Role::Server, "-webtransport :4433 -webtransport-origin https://a.example,http://localhost:5173");
+    assert_eq!(s.webtransport_addr().unwrap(), Some("[::]:4433".parse().unwrap()), "an empty host is every interface");
+    assert_eq!(s.webtransport_origins().unwrap(), ["https://a.example", "http://localhost:5173"]);
+    let mut s = parse(Role::Server, "");
+    s.apply_json(r#"{"webtransport": "127.0.0.1:4433", "webtransport-origin": "https://b.example"}"#).unwrap();
+    assert_eq!(s.webtransport_addr().unwrap(), Some("127.0.0.1:4433".parse().unwrap()));
+    assert_eq!(s.webtransport_origins().unwrap(), ["https://b.example"]);
+    assert!(
+        Settings::parse(Role::Client, args("-webtransport :4433")).is_err(),
+        "a client has no WebTransport listener"
+    );
 }
 
 #[test]

@@ -77,6 +77,27 @@ fn an_mtu_too_small_for_the_headers_is_refused_at_startup_naming_the_smallest_th
 }
 
 #[test]
+fn a_webtransport_listener_that_cannot_start_stops_kcpgate_saying_why() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP port");
+    let port = taken.local_addr().unwrap().port();
+    for (flags, needle) in [
+        (format!("-webtransport 127.0.0.1:{port}"), "cannot listen for WebTransport on UDP 127.0.0.1:"),
+        (
+            "-webtransport 127.0.0.1:0 -webtransport-cert /nonexistent/cert.pem -webtransport-key /nonexistent/key.pem"
+                .to_string(),
+            "cannot load -webtransport-cert /nonexistent/cert.pem",
+        ),
+    ] {
+        let free = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let out = run(&format!("server -l 127.0.0.1:{free} -admin off {flags}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{flags}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{flags}: {stderr}");
+        assert!(stderr.contains(needle), "{flags}: {stderr}");
+    }
+}
+
+#[test]
 fn a_flag_given_twice_takes_the_last_value_as_kcptun_does() {
     let s = parse(Role::Server, "-key first -mtu 1000 -key second -mtu=1200 -nocomp -nocomp");
     assert_eq!((&*s.key, s.mtu, s.nocomp), ("second", 1200, true));

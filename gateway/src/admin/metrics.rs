@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
@@ -97,6 +98,27 @@ pub(super) async fn render(state: &super::AdminState) -> String {
         None,
         stats.sessions.refused_datagrams,
     );
+    let open: Family<Vec<(String, String)>, Gauge> = Family::default();
+    let opened: Family<Vec<(String, String)>, Counter> = Family::default();
+    for (transport, now, total) in state.plan.registry.sessions_by_transport() {
+        let labels = vec![("transport".to_string(), transport.name().to_string())];
+        open.get_or_create(&labels).set(now as i64);
+        opened.get_or_create(&labels).inc_by(total);
+    }
+    registry.register("transport_sessions_open", "Sessions open now, by transport (udp, webtransport)", open);
+    registry.register("transport_sessions_opened", "Sessions opened since the start, by transport", opened);
+    if state.plan.settings.webtransport_addr().ok().flatten().is_some() {
+        let refused: Family<Vec<(String, String)>, Counter> = Family::default();
+        for (reason, n) in state.plan.webtransport_refusals.counts() {
+            refused.get_or_create(&vec![("reason".to_string(), reason.to_string())]).inc_by(n);
+        }
+        registry.register(
+            "webtransport_refused_sessions",
+            "WebTransport sessions the gateway refused or closed before a KCP session: origin, limit, draining, \
+             crypto (wrong key or crypt), malformed, idle (no KCP session in 30 s), handshake (timed out)",
+            refused,
+        );
+    }
     let p = &stats.process;
     gauge(&mut registry, "uptime", "Time since the admin API started", Some(Unit::Seconds), p.uptime_seconds);
     gauge(&mut registry, "process_resident_memory", "Resident memory", Some(Unit::Bytes), p.rss_bytes as f64);

@@ -7,6 +7,7 @@
 
 mod api;
 mod metrics;
+mod web;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -57,6 +58,7 @@ type Shared = Arc<AdminState>;
         (name = "config", description = "The running configuration"),
         (name = "events", description = "Server-Sent Events for dashboards"),
         (name = "operations", description = "Metrics, health and this document"),
+        (name = "browser", description = "What web pages need to reach the WebTransport listener"),
     )
 )]
 struct ApiDoc;
@@ -90,7 +92,8 @@ fn routes() -> (OpenApiRouter<Shared>, OpenApiRouter<Shared>) {
         .routes(routes!(metrics::metrics))
         .routes(routes!(metrics::livez))
         .routes(routes!(metrics::readyz))
-        .routes(routes!(openapi_document));
+        .routes(routes!(openapi_document))
+        .routes(routes!(web::webtransport_certificate));
     (guarded, public)
 }
 
@@ -113,7 +116,7 @@ pub fn app(state: Shared) -> Router {
     let (guarded, _) = guarded.split_for_parts();
     let (public, _) = public.split_for_parts();
     let guarded = guarded.layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
-    public.merge(guarded).fallback(fallback).with_state(state)
+    public.merge(guarded).merge(web::demo_routes()).fallback(fallback).with_state(state)
 }
 
 /// Serves the admin API on `listener` until the process ends.

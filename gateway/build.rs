@@ -1,0 +1,32 @@
+//! Embeds the browser demo (wasm/demo) and the browser module (wasm/pkg, made by
+//! wasm/build) into the binary, so that the admin listener serves them at /demo/.
+//! Without wasm/pkg the binary still builds; /demo/ then says how to add it.
+
+use std::fmt::Write;
+use std::path::Path;
+
+const ASSETS: [(&str, &str, &str); 4] = [
+    ("index.html", "wasm/demo/index.html", "text/html; charset=utf-8"),
+    ("demo.js", "wasm/demo/demo.js", "text/javascript; charset=utf-8"),
+    ("kcpgate_wasm.js", "wasm/pkg/kcpgate_wasm.js", "text/javascript; charset=utf-8"),
+    ("kcpgate_wasm_bg.wasm", "wasm/pkg/kcpgate_wasm_bg.wasm", "application/wasm"),
+];
+
+fn main() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut code = String::from(
+        "/// The demo's files: (name, content type, bytes).\npub static DEMO: &[(&str, &str, &[u8])] = &[\n",
+    );
+    for (name, path, kind) in ASSETS {
+        let file = root.join(path);
+        println!("cargo:rerun-if-changed={}", file.display());
+        if file.is_file() {
+            let file = file.canonicalize().expect("an existing file has a canonical path");
+            writeln!(code, "    ({name:?}, {kind:?}, include_bytes!({:?})),", file.display())
+                .expect("a String takes writes");
+        }
+    }
+    code.push_str("];\n");
+    let out = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("demo_assets.rs");
+    std::fs::write(out, code).expect("OUT_DIR is writable");
+}

@@ -1,0 +1,475 @@
+//! The WebTransport listener (`-webtransport`): browsers' KCP sessions carried in
+//! WebTransport datagrams.
+//!
+//! Each WebTransport session is one peer of a [`Driver`] with its own core
+//! endpoint, so a browser's KCP session is opened, limited, proxied, listed and
+//! kicked exactly like a UDP one. A task per WebTransport session moves its
+//! datagrams to the driver; the driver sends straight into the session.
+//!
+//! A WebTransport session that cannot carry a KCP session is closed with a
+//! reason the page can show: datagrams that fail the crypto check (a wrong key or
+//! crypt), a gateway at its session limit or draining, no KCP session within
+//! [`FIRST_SESSION_TIMEOUT`], or an origin not allowed.
+//!
+//! Without operator certificate files, kcpgate makes a self-signed ECDSA P-256
+//! certificate (browsers accept one by hash, `serverCertificateHashes`, only if it
+//! is valid for at most 14 days), replaces it before it expires, and publishes the
+//! hashes for the admin listener's `/webtransport/certificate`.
+
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use kcpgate_core::listener::{Drop, Outcome};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+use wtransport::endpoint::endpoint_side::Server;
+use wtransport::endpoint::IncomingSession;
+use wtransport::tls::self_signed::time::{Duration as CertDuration, OffsetDateTime};
+use wtransport::{Connection, Endpoint, Identity, ServerConfig, VarInt};
+
+use crate::driver::Driver;
+use crate::runtime::Plan;
+use crate::transport::{Transport, TransportKind};
+
+/// Largest datagram a KCP session over WebTransport sends: Chromium's
+/// `maxDatagramSize` on a fresh connection. Sessions' MTU (and so FEC shards) is
+/// clamped to it.
+pub const BROWSER_DATAGRAM: usize = 1211;
+/// QUIC packet size from the start, so that [`BROWSER_DATAGRAM`] fits before path
+/// MTU discovery has run (Chromium starts at 1250 too).
+const INITIAL_QUIC_MTU: u16 = 1250;
+/// A WebTransport session that opened no KCP session this long is closed (a page
+/// with smux keep-alive sends at least every 10 s).
+pub const FIRST_SESSION_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the TLS and HTTP/3 handshakes may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A self-signed certificate's validity (browsers take at most 14 days) and how
+/// often it is replaced; the last day overlaps with its successor.
+const SELF_SIGNED_DAYS: i64 = 13;
+const ROTATE_EVERY: Duration = Duration::from_secs(12 * 24 * 3600);
+/// How long a closing WebTransport session waits for the page to read the close
+/// notice and close its side.
+const NOTICE_GRACE: Duration = Duration::from_secs(2);
+/// Browser datagrams queued for the driver before the QUIC buffers take over.
+const QUEUE: usize = 4096;
+
+/// What the admin listener publishes about the WebTransport listener.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// The listener's port, once it listens.
+    pub port: Option<u16>,
+    /// SHA-256 hashes of the certificates a page may be given: the current one
+    /// first (self-signed only; empty with operator certificates).
+    pub hashes: Vec<[u8; 32]>,
+    /// When the current self-signed certificate expires.
+    pub expires: Option<SystemTime>,
+}
+
+/// WebTransport sessions refused or closed by the gateway, by reason.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    pub origin: AtomicU64,
+    pub limit: AtomicU64,
+    pub draining: AtomicU64,
+    pub crypto: AtomicU64,
+    pub malformed: AtomicU64,
+    pub idle: AtomicU64,
+    pub handshake: AtomicU64,
+    /// Datagrams larger than the connection could send (lost, as on UDP).
+    pub oversized: AtomicU64,
+}
+
+impl Refusals {
+    /// (reason label, count) for metrics.
+    pub fn counts(&self) -> [(&'static str, u64); 7] {
+        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("origin", n(&self.origin)),
+            ("limit", n(&self.limit)),
+            ("draining", n(&self.draining)),
+            ("crypto", n(&self.crypto)),
+            ("malformed", n(&self.malformed)),
+            ("idle", n(&self.idle)),
+            ("handshake", n(&self.handshake)),
+        ]
+    }
+}
+
+fn count(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+struct PeerInner {
+    id: u64,
+    remote: SocketAddr,
+    conn: Connection,
+    /// A KCP session was opened for it.
+    has_session: AtomicBool,
+    /// We closed it (with a reason): no second close.
+    closed: AtomicBool,
+}
+
+/// One browser's WebTransport session: the driver's peer.
+#[derive(Clone)]
+pub struct WtPeer(Arc<PeerInner>);
+
+impl WtPeer {
+    /// Ends the WebTransport session with `reason`. Browsers do not show the
+    /// reason of a QUIC close to the page, so it goes first as a close notice: a
+    /// unidirectional stream holding the reason in UTF-8, which the page reads
+    /// before it closes its side. The connection is closed when the page has, or
+    /// after [`NOTICE_GRACE`].
+    fn close(&self, reason: &str) {
+        if self.0.closed.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let peer = self.clone();
+        let reason = reason.to_string();
+        tokio::spawn(async move {
+            let conn = &peer.0.conn;
+            let notice = async {
+                let mut stream = conn.open_uni().await.ok()?.await.ok()?;
+                stream.write_all(reason.as_bytes()).await.ok()?;
+                stream.finish().await.ok()
+            };
+            let _ = tokio::time::timeout(NOTICE_GRACE, async {
+                notice.await;
+                conn.closed().await;
+            })
+            .await;
+            // QUIC carries the reason in the CONNECTION_CLOSE frame too: keep it short.
+            let short = &reason.as_bytes()[..reason.len().min(200)];
+            conn.close(VarInt::from_u32(0), short);
+        });
+    }
+}
+
+impl PartialEq for WtPeer {
+    fn eq(&self, other: &WtPeer) -> bool {
+        self.0.id == other.0.id
+    }
+}
+
+impl Eq for WtPeer {}
+
+impl Hash for WtPeer {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.id.hash(state);
+    }
+}
+
+impl fmt::Display for WtPeer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (WebTransport #{})", self.0.remote, self.0.id)
+    }
+}
+
+enum Input {
+    Datagram(WtPeer, Bytes),
+    Gone(WtPeer),
+}
+
+/// The driver's side of the listener: datagrams in from every session task,
+/// straight out into each session.
+pub struct WebTransportPeers {
+    inputs: mpsc::Receiver<Input>,
+    batch: Vec<Input>,
+    arena: Vec<u8>,
+    spans: Vec<(WtPeer, usize)>,
+    gone: Vec<WtPeer>,
+    local: SocketAddr,
+    refusals: Arc<Refusals>,
+}
+
+impl Transport for WebTransportPeers {
+    type Peer = WtPeer;
+
+    const KIND: TransportKind = TransportKind::Webtransport;
+
+    async fn recv(&mut self) -> std::io::Result<()> {
+        self.batch.clear();
+        self.arena.clear();
+        self.spans.clear();
+        if self.inputs.recv_many(&mut self.batch, 256).await == 0 {
+            // The listener stopped (draining): no more input, ever.
+            std::future::pending::<()>().await;
+        }
+        for input in self.batch.drain(..) {
+            match input {
+                Input::Datagram(peer, bytes) => {
+                    self.arena.extend_from_slice(&bytes);
+                    self.spans.push((peer, bytes.len()));
+                }
+                Input::Gone(peer) => self.gone.push(peer),
+            }
+        }
+        Ok(())
+    }
+
+    fn datagrams(&mut self) -> impl Iterator<Item = (WtPeer, &mut [u8])> + '_ {
+        let mut rest: &mut [u8] = &mut self.arena;
+        self.spans.iter().map(move |(peer, len)| {
+            let (datagram, tail) = std::mem::take(&mut rest).split_at_mut(*len);
+            rest = tail;
+            (peer.clone(), datagram)
+        })
+    }
+
+    fn take_gone(&mut self) -> Option<WtPeer> {
+        self.gone.pop()
+    }
+
+    async fn send(&mut self, to: &WtPeer, data: &[u8], segment: usize) -> std::io::Result<()> {
+        for datagram in data.chunks(segment.max(1)) {
+            match to.0.conn.send_datagram(datagram) {
+                Ok(()) => {}
+                Err(wtransport::error::SendDatagramError::TooLarge) => count(&self.refusals.oversized),
+                Err(e) => debug!(remote = %to, "datagram not sent: {e}"),
+            }
+        }
+        Ok(())
+    }
+
+    fn max_datagram(&self) -> usize {
+        BROWSER_DATAGRAM
+    }
+
+    fn max_segments(&self, _size: usize) -> usize {
+        64
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    fn address(peer: &WtPeer) -> SocketAddr {
+        peer.0.remote
+    }
+
+    fn observed(&mut self, from: &WtPeer, outcome: &Outcome) {
+        match outcome {
+            Outcome::Created | Outcome::Replaced { .. } | Outcome::Delivered => {
+                from.0.has_session.store(true, Ordering::Relaxed);
+            }
+            // A peer with a session may send a stray datagram; one without has
+            // nothing else to say.
+            Outcome::Dropped(_) if from.0.has_session.load(Ordering::Relaxed) => {}
+            Outcome::Dropped(Drop::Checksum) => {
+                count(&self.refusals.crypto);
+                from.close("kcpgate: datagrams fail the crypto check: the key or crypt differ from the gateway's");
+            }
+            Outcome::Dropped(Drop::NotAccepting) => {
+                count(&self.refusals.limit);
+                from.close("kcpgate: at its session limit or draining; try again later");
+            }
+            Outcome::Dropped(reason) => {
+                count(&self.refusals.malformed);
+                from.close(&format!("kcpgate: not a KCP datagram ({reason:?})"));
+            }
+        }
+    }
+
+    fn session_ended(&mut self, peer: &WtPeer, reason: &str) {
+        peer.close(reason);
+    }
+}
+
+/// A fresh self-signed certificate for every local name, valid from an hour ago
+/// (for clients whose clocks lag) for [`SELF_SIGNED_DAYS`].
+fn self_signed() -> Result<(Identity, SystemTime), String> {
+    let not_before = OffsetDateTime::now_utc() - CertDuration::hours(1);
+    let not_after = not_before + CertDuration::days(SELF_SIGNED_DAYS);
+    let identity = Identity::self_signed_builder()
+        .subject_alt_names(["localhost", "127.0.0.1", "::1"])
+        .validity_period(not_before, not_after)
+        .build()
+        .map_err(|e| format!("cannot make a self-signed certificate: {e}"))?;
+    Ok((identity, SystemTime::from(not_after)))
+}
+
+fn hash_of(identity: &Identity) -> [u8; 32] {
+    *identity.certificate_chain().as_slice()[0].hash().as_ref()
+}
+
+fn server_config(addr: SocketAddr, identity: Identity) -> ServerConfig {
+    let mut transport = wtransport::quinn::TransportConfig::default();
+    transport.initial_mtu(INITIAL_QUIC_MTU);
+    transport.max_idle_timeout(Some(Duration::from_secs(60).try_into().expect("60 s is a valid idle timeout")));
+    transport.keep_alive_interval(Some(Duration::from_secs(15)));
+    ServerConfig::builder().with_bind_address(addr).with_custom_transport(identity, transport).build()
+}
+
+/// A bound WebTransport listener, ready to serve.
+pub struct Listener {
+    endpoint: Endpoint<Server>,
+    addr: SocketAddr,
+    self_signed: bool,
+}
+
+/// Binds `-webtransport` with its certificate; `None` when it is off. Fails with
+/// a message that says what to fix.
+pub async fn bind(plan: &Plan) -> std::io::Result<Option<Listener>> {
+    let Some(addr) = plan.settings.webtransport_addr().map_err(|e| std::io::Error::other(e.0))? else {
+        return Ok(None);
+    };
+    let s = &plan.settings;
+    let (identity, expires) = if s.webtransport_cert.is_empty() {
+        let (identity, expires) = self_signed().map_err(std::io::Error::other)?;
+        (identity, Some(expires))
+    } else {
+        let identity = Identity::load_pemfiles(&s.webtransport_cert, &s.webtransport_key).await.map_err(|e| {
+            std::io::Error::other(format!(
+                "cannot load -webtransport-cert {} / -webtransport-key {}: {e}",
+                s.webtransport_cert, s.webtransport_key
+            ))
+        })?;
+        (identity, None)
+    };
+    let hash = hash_of(&identity);
+    let endpoint = Endpoint::server(server_config(addr, identity))
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen for WebTransport on UDP {addr}: {e}")))?;
+    let local = endpoint.local_addr()?;
+    let mut published = plan.webtransport.write().expect("published lock");
+    published.port = Some(local.port());
+    if let Some(expires) = expires {
+        published.hashes = vec![hash];
+        published.expires = Some(expires);
+    }
+    info!("listening for WebTransport on UDP {local}");
+    Ok(Some(Listener { endpoint, addr: local, self_signed: expires.is_some() }))
+}
+
+/// Serves WebTransport sessions until `drain` turns true and their streams are done.
+pub async fn serve(listener: Listener, plan: Arc<Plan>, mut drain: watch::Receiver<bool>) {
+    let (tx, inputs) = mpsc::channel(QUEUE);
+    let peers = WebTransportPeers {
+        inputs,
+        batch: Vec::new(),
+        arena: Vec::new(),
+        spans: Vec::new(),
+        gone: Vec::new(),
+        local: listener.addr,
+        refusals: plan.webtransport_refusals.clone(),
+    };
+    let driver = tokio::spawn(Driver::server(peers, plan.clone()).run(drain.clone()));
+    let next_id = Arc::new(AtomicU64::new(1));
+    let mut rotate = tokio::time::interval_at(tokio::time::Instant::now() + ROTATE_EVERY, ROTATE_EVERY);
+    loop {
+        tokio::select! {
+            incoming = listener.endpoint.accept() => {
+                let id = next_id.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(admit(incoming, id, plan.clone(), drain.clone(), tx.clone()));
+            }
+            _ = rotate.tick(), if listener.self_signed => rotate_certificate(&listener, &plan),
+            _ = drain.changed() => if *drain.borrow() { break },
+        }
+    }
+    drop(tx);
+    let _ = driver.await;
+    listener.endpoint.close(VarInt::from_u32(0), b"kcpgate stopped");
+}
+
+/// Replaces the self-signed certificate; the old one's hash stays published
+/// (sessions that use it carry on).
+fn rotate_certificate(listener: &Listener, plan: &Plan) {
+    let (identity, expires) = match self_signed() {
+        Ok(new) => new,
+        Err(e) => return warn!("WebTransport certificate not replaced: {e}"),
+    };
+    let hash = hash_of(&identity);
+    if let Err(e) = listener.endpoint.reload_config(server_config(listener.addr, identity), false) {
+        return warn!("WebTransport certificate not replaced: {e}");
+    }
+    let mut published = plan.webtransport.write().expect("published lock");
+    published.hashes.truncate(1);
+    published.hashes.insert(0, hash);
+    published.expires = Some(expires);
+    info!("WebTransport certificate replaced; it expires in {SELF_SIGNED_DAYS} days");
+}
+
+/// One WebTransport session: admitted (or refused with a reason), then its
+/// datagrams go to the driver until it ends.
+async fn admit(
+    incoming: IncomingSession,
+    id: u64,
+    plan: Arc<Plan>,
+    drain: watch::Receiver<bool>,
+    tx: mpsc::Sender<Input>,
+) {
+    let refusals = &plan.webtransport_refusals;
+    let request = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
+        Ok(Ok(request)) => request,
+        Ok(Err(e)) => return debug!("WebTransport handshake failed: {e}"),
+        Err(_) => return count(&refusals.handshake),
+    };
+    let origins = plan.settings.webtransport_origins().unwrap_or_default();
+    if !origins.is_empty() && !request.origin().is_some_and(|o| origins.iter().any(|a| a == o)) {
+        count(&refusals.origin);
+        info!(remote = %request.remote_address(), origin = ?request.origin(), "WebTransport session refused: origin not allowed");
+        return request.forbidden().await;
+    }
+    if *drain.borrow() {
+        count(&refusals.draining);
+        return request.too_many_requests().await;
+    }
+    let limit = plan.tuning().tunables.max_sessions;
+    let waiting = plan.webtransport_waiting.load(Ordering::Relaxed);
+    if limit > 0 && plan.registry.open_sessions() + waiting >= limit {
+        count(&refusals.limit);
+        return request.too_many_requests().await;
+    }
+    let conn = match request.accept().await {
+        Ok(conn) => conn,
+        Err(e) => return debug!("WebTransport session not accepted: {e}"),
+    };
+    let remote = conn.remote_address();
+    if conn.max_datagram_size().is_none() {
+        conn.close(VarInt::from_u32(0), b"kcpgate: this client does not support datagrams");
+        return;
+    }
+    let peer = WtPeer(Arc::new(PeerInner {
+        id,
+        remote,
+        conn,
+        has_session: AtomicBool::new(false),
+        closed: AtomicBool::new(false),
+    }));
+    debug!(%peer, "WebTransport session accepted");
+    plan.webtransport_waiting.fetch_add(1, Ordering::Relaxed);
+    let mut waiting = true;
+    let give_up = tokio::time::sleep(FIRST_SESSION_TIMEOUT);
+    tokio::pin!(give_up);
+    loop {
+        if waiting && peer.0.has_session.load(Ordering::Relaxed) {
+            waiting = false;
+            plan.webtransport_waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+        tokio::select! {
+            datagram = peer.0.conn.receive_datagram() => match datagram {
+                Ok(d) => {
+                    if tx.send(Input::Datagram(peer.clone(), d.payload())).await.is_err() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    debug!(%peer, "WebTransport session ended: {e}");
+                    break;
+                }
+            },
+            () = &mut give_up, if waiting => {
+                count(&refusals.idle);
+                peer.close("kcpgate: no KCP session within 30 s");
+                break;
+            }
+        }
+    }
+    if waiting {
+        plan.webtransport_waiting.fetch_sub(1, Ordering::Relaxed);
+    }
+    let _ = tx.send(Input::Gone(peer)).await;
+}

@@ -1,0 +1,806 @@
+//! A kcptun session from a web page to kcpgate over WebTransport datagrams.
+//!
+//! The core's [`Endpoint`] runs the whole session (crypto, FEC, KCP, snappy, smux,
+//! QPP); this module is its driver in the browser: each received datagram goes
+//! to the endpoint, one `setTimeout` is armed for the endpoint's next deadline
+//! (none while idle), and every datagram the endpoint emits is written to the
+//! WebTransport datagram writer. Stream reads and writes are promises resolved
+//! by the endpoint's events.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+
+use foldhash::{HashMap, HashMapExt};
+use js_sys::{Array, Function, Promise, Reflect, Uint8Array};
+use kcpgate_core::crypto::PacketCrypto;
+use kcpgate_core::endpoint::{Endpoint, EndpointConfig, Event, SessionId};
+use kcpgate_core::fec::Shards;
+use kcpgate_core::kcp::{self, diff, Mode};
+use kcpgate_core::listener::{Drop, Outcome};
+use kcpgate_core::pipeline::SessionConfig;
+use kcpgate_core::qpp::PadGeneration;
+use kcpgate_core::session::{StreamConfig, StreamEnd, StreamEvent};
+use kcpgate_core::smux::{self, Read, Role};
+use kcpgate_core::stack::{QppSetup, StackConfig};
+use wasm_bindgen::prelude::*;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::JsFuture;
+use web_sys::{ReadableStreamDefaultReader, WebTransport, WebTransportOptions, WritableStreamDefaultWriter};
+
+use crate::codec::method_of;
+use crate::js::{self, Obj};
+
+/// How long a session may send without a single valid datagram back before the
+/// page is told the gateway does not answer (a wrong key or crypt, or FEC
+/// framing the gateway does not take, looks exactly like this).
+const ANSWER_TIMEOUT_MS: u32 = 5_000;
+/// Bytes one `read()` returns at most.
+const READ_CHUNK: usize = 65_536;
+/// Datagrams the browser may queue for us between reads (Chromium's default is one).
+const INCOMING_QUEUE: u32 = 1024;
+
+#[wasm_bindgen(typescript_custom_section)]
+const TYPES: &str = r#"
+/** Settings of a {@link Client}: kcptun's client flags, with kcptun's defaults. */
+export interface ClientOptions {
+  /** kcptun's `-key`. */
+  key: string;
+  /** kcptun's `-crypt` (default "aes"). */
+  crypt?: string;
+  /** SHA-256 hashes of the gateway's certificate (hex, or bytes), for a self-signed one (`serverCertificateHashes`). */
+  certificateHashes?: (string | Uint8Array)[];
+  /** FEC shards (default 10 and 3; 0 turns FEC off). */
+  dataShards?: number;
+  parityShards?: number;
+  /** "normal", "fast" (default), "fast2" or "fast3". */
+  mode?: string;
+  /** Largest datagram (default 1350), clamped to what the browser sends (`maxDatagramSize`). */
+  mtu?: number;
+  /** KCP windows, segments (default 128 and 512). */
+  sndwnd?: number;
+  rcvwnd?: number;
+  /** Acknowledge at once instead of with the next flush. */
+  ackNodelay?: boolean;
+  /** Turn snappy compression off (kcptun `-nocomp`; must match the gateway). */
+  noComp?: boolean;
+  /** smux version (default 2; Debian's kcptun speaks 1). */
+  smuxVersion?: 1 | 2;
+  /** smux keep-alive, seconds (default 10; 0 turns it off). */
+  keepAlive?: number;
+  /** QPP on stream payloads (kcptun `-QPP`, `-QPPCount`, default 61 pads). */
+  qpp?: boolean;
+  qppCount?: number;
+  /** How long `connect` waits for the gateway, ms (default 5000). */
+  connectTimeout?: number;
+}
+
+/** A session's live figures. */
+export interface ClientStats {
+  conv: number;
+  mtu: number;
+  /** Smoothed round trip, its variation and the retransmission timeout, ms. */
+  srtt: number;
+  rttvar: number;
+  rto: number;
+  /** Congestion window and the peer's receive window, segments. */
+  cwnd: number;
+  remoteWindow: number;
+  /** Segments sent and not yet acknowledged, and waiting to be sent. */
+  inFlight: number;
+  queued: number;
+  retransmissions: number;
+  fastRetransmissions: number;
+  lostSegments: number;
+  fecRecovered: number;
+  fecErrors: number;
+  datagramsIn: number;
+  datagramsOut: number;
+  bytesIn: number;
+  bytesOut: number;
+  /** Datagrams dropped before KCP: failed the crypto check (wrong key, forged, corrupt) or malformed. */
+  droppedDatagrams: number;
+  checksumFailures: number;
+  streams: number;
+}
+"#;
+
+#[wasm_bindgen]
+extern "C" {
+    #[wasm_bindgen(js_name = setTimeout)]
+    fn set_timeout(handler: &Function, ms: f64) -> JsValue;
+    #[wasm_bindgen(js_name = clearTimeout)]
+    fn clear_timeout(handle: &JsValue);
+    #[wasm_bindgen(js_namespace = performance, js_name = now)]
+    fn performance_now() -> f64;
+}
+
+/// A pending promise's two ends.
+struct Waiter {
+    resolve: Function,
+    reject: Function,
+}
+
+impl Waiter {
+    fn resolve(self, value: &JsValue) {
+        let _ = self.resolve.call1(&JsValue::UNDEFINED, value);
+    }
+
+    fn reject(self, message: &str) {
+        let _ = self.reject.call1(&JsValue::UNDEFINED, &error(message));
+    }
+}
+
+fn deferred() -> (Promise, Waiter) {
+    let mut parts = None;
+    let promise = Promise::new(&mut |resolve, reject| parts = Some(Waiter { resolve, reject }));
+    (promise, parts.expect("the executor runs at once"))
+}
+
+fn rejected(message: &str) -> Promise {
+    Promise::reject(&error(message))
+}
+
+/// A write waiting for room: the bytes not yet taken.
+struct PendingWrite {
+    data: Vec<u8>,
+    taken: usize,
+    done: Waiter,
+}
+
+#[derive(Default)]
+struct StreamSlot {
+    reader: Option<Waiter>,
+    writes: VecDeque<PendingWrite>,
+    /// `finish()` was called while writes waited: the FIN goes after them.
+    finish_after: Option<Waiter>,
+}
+
+/// The session's state, shared by the client, its streams and its callbacks.
+struct Inner {
+    endpoint: Endpoint<()>,
+    id: SessionId,
+    transport: WebTransport,
+    writer: WritableStreamDefaultWriter,
+    origin: f64,
+    out: Vec<u8>,
+    inbound: Vec<u8>,
+    read_buf: Vec<u8>,
+    streams: HashMap<u32, StreamSlot>,
+    timer: Option<JsValue>,
+    on_timer: Option<Closure<dyn FnMut()>>,
+    /// Swallows the rejections of datagram writes (a full queue is loss, as on UDP).
+    ignore: Closure<dyn FnMut(JsValue)>,
+    mtu: usize,
+    first_sent_at: Option<u32>,
+    dropped: u64,
+    checksum_failures: u64,
+    ended: Option<String>,
+    closed_waiters: Vec<Waiter>,
+}
+
+impl Inner {
+    fn now(&self) -> u32 {
+        (performance_now() - self.origin) as u64 as u32
+    }
+
+    fn on_datagram(&mut self, datagram: &Uint8Array) {
+        if self.ended.is_some() {
+            return;
+        }
+        let len = datagram.length() as usize;
+        self.inbound.resize(len, 0);
+        datagram.copy_to(&mut self.inbound);
+        let now = self.now();
+        match self.endpoint.handle_datagram(now, &(), &mut self.inbound) {
+            Outcome::Delivered | Outcome::Created | Outcome::Replaced { .. } => {}
+            Outcome::Dropped(reason) => {
+                self.dropped += 1;
+                if reason == Drop::Checksum {
+                    self.checksum_failures += 1;
+                }
+            }
+        }
+        self.pump();
+    }
+
+    /// Runs due timers, acts on events and sends datagrams until there are none,
+    /// then arms the timer for the next deadline.
+    fn pump(&mut self) {
+        if self.ended.is_some() {
+            return;
+        }
+        let now = self.now();
+        if self.endpoint.poll_timeout().is_some_and(|d| diff(d, now) <= 0) {
+            self.endpoint.handle_timeout(now);
+        }
+        loop {
+            let mut acted = false;
+            while let Some(event) = self.endpoint.poll_event() {
+                acted = true;
+                self.on_event(now, event);
+            }
+            while let Some(t) = self.endpoint.poll_transmit(now, 1, &mut self.out) {
+                acted = true;
+                let datagram = Uint8Array::from(&self.out[..t.size]);
+                let _ = self.writer.write_with_chunk(&datagram).catch(&self.ignore);
+                self.first_sent_at.get_or_insert(now);
+            }
+            if !acted {
+                break;
+            }
+        }
+        if self.ended.is_none() && self.unanswered(now) {
+            self.end(format!(
+                "the gateway did not answer for {} s: check the key, crypt and FEC settings against the gateway's",
+                ANSWER_TIMEOUT_MS / 1000
+            ));
+            return;
+        }
+        self.schedule(now);
+    }
+
+    fn heard_from_gateway(&self) -> bool {
+        self.endpoint.session(self.id).is_some_and(|(_, s)| s.connection().snmp().in_pkts > 0)
+    }
+
+    fn unanswered(&self, now: u32) -> bool {
+        self.first_sent_at.is_some_and(|t| now.wrapping_sub(t) >= ANSWER_TIMEOUT_MS) && !self.heard_from_gateway()
+    }
+
+    fn schedule(&mut self, now: u32) {
+        if let Some(handle) = self.timer.take() {
+            clear_timeout(&handle);
+        }
+        let watchdog =
+            self.first_sent_at.filter(|_| !self.heard_from_gateway()).map(|t| t.wrapping_add(ANSWER_TIMEOUT_MS));
+        let deadline = [self.endpoint.poll_timeout(), watchdog].into_iter().flatten().min_by_key(|d| diff(*d, now));
+        if let (Some(deadline), Some(callback)) = (deadline, self.on_timer.as_ref()) {
+            let wait = diff(deadline, now).max(0);
+            self.timer = Some(set_timeout(callback.as_ref().unchecked_ref(), f64::from(wait)));
+        }
+    }
+
+    fn on_event(&mut self, now: u32, event: Event<()>) {
+        match event {
+            Event::SessionOpened { .. } => {}
+            Event::SessionClosed { reason, .. } => self.end(reason.to_string()),
+            Event::Stream { event, .. } => match event {
+                // kcptun servers never open streams towards clients.
+                StreamEvent::Opened(sid) => {
+                    let _ = self.endpoint.reset(self.id, sid);
+                }
+                StreamEvent::Readable(sid) => self.serve_read(now, sid),
+                StreamEvent::Writable(sid) => self.serve_writes(now, sid),
+                StreamEvent::Closed(sid, why) => {
+                    let Some(mut slot) = self.streams.remove(&sid) else { return };
+                    let message = match why {
+                        StreamEnd::Reset => "the stream was reset",
+                        StreamEnd::CloseWaitExpired => "the stream was half-open longer than the close-wait",
+                        StreamEnd::SessionEnded => "the session ended",
+                        _ => "the stream is closed",
+                    };
+                    if let Some(reader) = slot.reader.take() {
+                        // Both directions finished: a read waiting now sees the end.
+                        if why == StreamEnd::Finished {
+                            reader.resolve(&JsValue::NULL);
+                        } else {
+                            reader.reject(message);
+                        }
+                    }
+                    for w in slot.writes.drain(..) {
+                        w.done.reject(message);
+                    }
+                    if let Some(f) = slot.finish_after.take() {
+                        f.reject(message);
+                    }
+                }
+            },
+        }
+    }
+
+    /// Answers a waiting `read()` if the stream has data or its end.
+    fn serve_read(&mut self, now: u32, sid: u32) {
+        let Some(reader) = self.streams.get_mut(&sid).and_then(|s| s.reader.take()) else { return };
+        self.read_buf.resize(READ_CHUNK, 0);
+        match self.endpoint.read(now, self.id, sid, &mut self.read_buf) {
+            Ok(Read::Data(n)) => reader.resolve(&Uint8Array::from(&self.read_buf[..n])),
+            Ok(Read::Eof) => reader.resolve(&JsValue::NULL),
+            Ok(Read::WouldBlock) => {
+                if let Some(slot) = self.streams.get_mut(&sid) {
+                    slot.reader = Some(reader);
+                }
+            }
+            Err(e) => reader.reject(&e.to_string()),
+        }
+    }
+
+    /// Moves waiting writes into the stream as far as its window takes them.
+    fn serve_writes(&mut self, now: u32, sid: u32) {
+        let Some(slot) = self.streams.get_mut(&sid) else { return };
+        while let Some(w) = slot.writes.front_mut() {
+            match self.endpoint.write(self.id, sid, &w.data[w.taken..]) {
+                Ok(n) => w.taken += n,
+                Err(e) => {
+                    let message = e.to_string();
+                    for w in slot.writes.drain(..) {
+                        w.done.reject(&message);
+                    }
+                    return;
+                }
+            }
+            if w.taken < w.data.len() {
+                return;
+            }
+            let done = slot.writes.pop_front().expect("front exists");
+            done.done.resolve(&JsValue::UNDEFINED);
+        }
+        if let Some(finish) = slot.finish_after.take() {
+            match self.endpoint.finish(now, self.id, sid) {
+                Ok(()) => finish.resolve(&JsValue::UNDEFINED),
+                Err(e) => finish.reject(&e.to_string()),
+            }
+        }
+    }
+
+    /// The session is over: every waiting promise hears why, once.
+    fn end(&mut self, reason: String) {
+        if self.ended.is_some() {
+            return;
+        }
+        if let Some(handle) = self.timer.take() {
+            clear_timeout(&handle);
+        }
+        for (_, mut slot) in self.streams.drain() {
+            if let Some(r) = slot.reader.take() {
+                r.reject(&reason);
+            }
+            for w in slot.writes.drain(..) {
+                w.done.reject(&reason);
+            }
+            if let Some(f) = slot.finish_after.take() {
+                f.reject(&reason);
+            }
+        }
+        for w in self.closed_waiters.drain(..) {
+            w.resolve(&JsValue::from_str(&reason));
+        }
+        // Closing a transport the gateway already closed throws; nothing to do then.
+        let info = Obj::new().set("closeCode", 0).set("reason", "session ended").into::<JsValue>();
+        if let Ok(close) = Reflect::get(&self.transport, &"close".into()) {
+            let _ = close.unchecked_ref::<Function>().call1(&self.transport, &info);
+        }
+        self.ended = Some(reason);
+        self.on_timer = None;
+    }
+}
+
+/// Client-side settings, read from a page's options.
+struct Settings {
+    endpoint: EndpointConfig,
+    crypto: PacketCrypto,
+    hashes: Vec<Vec<u8>>,
+    connect_timeout_ms: u32,
+}
+
+fn settings(options: &JsValue) -> Result<Settings, JsValue> {
+    let key = js::string(options, "key")?.ok_or_else(|| js::bad_option("key", "given (kcptun's -key)"))?;
+    let crypt = js::string(options, "crypt")?.unwrap_or_else(|| "aes".into());
+    let mode_name = js::string(options, "mode")?.unwrap_or_else(|| "fast".into());
+    let mode = Mode::from_name(&mode_name).ok_or_else(|| js::bad_option("mode", "normal, fast, fast2 or fast3"))?;
+    let mut kcp = kcp::Config {
+        snd_wnd: js::number(options, "sndwnd", 1..=65535)?.unwrap_or(128) as u32,
+        rcv_wnd: js::number(options, "rcvwnd", 1..=65535)?.unwrap_or(512) as u32,
+        stream: true,
+        ack_nodelay: boolean(options, "ackNodelay")?.unwrap_or(false),
+        ..kcp::Config::default()
+    };
+    mode.apply(&mut kcp);
+    let data = js::number(options, "dataShards", 0..=255)?.unwrap_or(10) as usize;
+    let parity = js::number(options, "parityShards", 0..=255)?.unwrap_or(3) as usize;
+    let session = SessionConfig {
+        mtu: js::number(options, "mtu", 64..=1500)?.unwrap_or(1350) as usize,
+        kcp,
+        fec: Shards::new(data, parity),
+        write_delay: false,
+        rate_limit: 0,
+    };
+    let version = match js::number(options, "smuxVersion", 1..=2)?.unwrap_or(2) {
+        1 => smux::Version::V1,
+        _ => smux::Version::V2,
+    };
+    let smux = smux::Config {
+        version,
+        keepalive_interval_ms: js::number(options, "keepAlive", 0..=3600)?.unwrap_or(10) as u32 * 1000,
+        ..smux::Config::kcptun()
+    };
+    let qpp = match boolean(options, "qpp")?.unwrap_or(false) {
+        true => {
+            let count = js::number(options, "qppCount", 1..=65535)?.unwrap_or(61) as u16;
+            Some(QppSetup::new(key.as_bytes(), count, PadGeneration::Current))
+        }
+        false => None,
+    };
+    let compression = !boolean(options, "noComp")?.unwrap_or(false);
+    let hashes = match js::field(options, "certificateHashes") {
+        None => Vec::new(),
+        Some(list) => Array::from(&list).iter().map(|h| certificate_hash(&h)).collect::<Result<_, _>>()?,
+    };
+    Ok(Settings {
+        endpoint: EndpointConfig {
+            session,
+            streams: StreamConfig { stack: StackConfig { compression, smux, qpp }, close_wait_ms: 0 },
+        },
+        crypto: PacketCrypto::from_passphrase(method_of(&crypt)?, &key),
+        hashes,
+        connect_timeout_ms: js::number(options, "connectTimeout", 1..=600_000)?.unwrap_or(5000) as u32,
+    })
+}
+
+/// A SHA-256 certificate hash given as 64 hex digits (colons allowed) or 32 bytes.
+fn certificate_hash(value: &JsValue) -> Result<Vec<u8>, JsValue> {
+    let bad = || js::bad_option("certificateHashes", "a list of SHA-256 hashes: 64 hex digits or 32 bytes each");
+    if let Some(text) = value.as_string() {
+        let digits: Vec<u8> = text.bytes().filter(|b| *b != b':').collect();
+        if digits.len() != 64 {
+            return Err(bad());
+        }
+        return digits
+            .chunks(2)
+            .map(|pair| std::str::from_utf8(pair).ok().and_then(|s| u8::from_str_radix(s, 16).ok()).ok_or_else(bad))
+            .collect();
+    }
+    let bytes = value.dyn_ref::<Uint8Array>().map(|a| a.to_vec()).ok_or_else(bad)?;
+    if bytes.len() == 32 {
+        Ok(bytes)
+    } else {
+        Err(bad())
+    }
+}
+
+/// Resolves with `value` after `ms`.
+fn after(ms: u32, value: &str) -> Promise {
+    Promise::new(&mut |resolve, _| {
+        let resolve_with_value: Function = resolve.bind1(&JsValue::NULL, &JsValue::from_str(value)).unchecked_into();
+        set_timeout(&resolve_with_value, f64::from(ms));
+    })
+}
+
+/// A kcptun session to kcpgate over WebTransport. See the module docs.
+#[wasm_bindgen]
+pub struct Client {
+    shared: Rc<RefCell<Inner>>,
+}
+
+#[wasm_bindgen]
+impl Client {
+    /// Connects to a kcpgate WebTransport URL (`https://host:port/`). Rejects with
+    /// an `Error` that says what to check when the gateway refuses or does not
+    /// answer within `connectTimeout`; with a `TypeError` for bad options.
+    pub async fn connect(
+        url: String,
+        #[wasm_bindgen(unchecked_param_type = "ClientOptions")] options: JsValue,
+    ) -> Result<Client, JsValue> {
+        let settings = settings(&options)?;
+        let hashes: Array = settings
+            .hashes
+            .iter()
+            .map(|h| Obj::new().set("algorithm", "sha-256").bytes("value", h).into::<JsValue>())
+            .collect();
+        let mut wt_options = Obj::new();
+        if hashes.length() > 0 {
+            wt_options = wt_options.set("serverCertificateHashes", hashes);
+        }
+        let wt_options: WebTransportOptions = wt_options.into();
+        let transport = WebTransport::new_with_options(&url, &wt_options)
+            .map_err(|e| error(&format!("cannot connect to {url}: {}", describe(&e))))?;
+        let timeout = settings.connect_timeout_ms;
+        let ready = Promise::race(&Array::of2(&transport.ready(), &after(timeout, "timeout")));
+        match JsFuture::from(ready).await {
+            Ok(v) if v.as_string().as_deref() == Some("timeout") => {
+                transport.close();
+                return Err(error(&format!(
+                    "no answer from the gateway at {url} within {} s: is kcpgate running with --webtransport on that address, and is the port open for UDP?",
+                    f64::from(timeout) / 1000.0
+                )));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return Err(error(&format!(
+                    "the gateway at {url} refused the connection or could not be reached ({}): check the address, that kcpgate runs with --webtransport, and the certificate hash",
+                    describe(&e)
+                )))
+            }
+        }
+        let datagrams = transport.datagrams();
+        let _ = Reflect::set(&datagrams, &"incomingHighWaterMark".into(), &INCOMING_QUEUE.into());
+        let writer = datagrams.writable().get_writer()?;
+        let reader: ReadableStreamDefaultReader = datagrams.readable().get_reader().unchecked_into();
+        let mut endpoint_cfg = settings.endpoint;
+        let allowed = datagrams.max_datagram_size() as usize;
+        if allowed > 0 {
+            endpoint_cfg.session.mtu = endpoint_cfg.session.mtu.min(allowed);
+        }
+        let mtu = endpoint_cfg.session.mtu;
+        let mut seed = [0u8; 32];
+        crate::random_fill(&mut seed);
+        let mut endpoint = Endpoint::new(Role::Client, endpoint_cfg, Arc::new(settings.crypto), seed)
+            .map_err(|e| JsValue::from(js_sys::TypeError::new(&format!("these settings cannot work: {e}"))))?;
+        let origin = performance_now();
+        let id = endpoint.connect(0, ()).expect("a new endpoint has no session");
+        let shared = Rc::new(RefCell::new(Inner {
+            endpoint,
+            id,
+            transport: transport.clone(),
+            writer,
+            origin,
+            out: Vec::with_capacity(1500),
+            inbound: Vec::with_capacity(1500),
+            read_buf: Vec::new(),
+            streams: HashMap::new(),
+            timer: None,
+            on_timer: None,
+            ignore: Closure::new(|_: JsValue| {}),
+            mtu,
+            first_sent_at: None,
+            dropped: 0,
+            checksum_failures: 0,
+            ended: None,
+            closed_waiters: Vec::new(),
+        }));
+        let weak = Rc::downgrade(&shared);
+        shared.borrow_mut().on_timer = Some(Closure::new(move || {
+            if let Some(shared) = weak.upgrade() {
+                let mut inner = shared.borrow_mut();
+                inner.timer = None;
+                inner.pump();
+            }
+        }));
+        wasm_bindgen_futures::spawn_local(receive(Rc::downgrade(&shared), reader));
+        wasm_bindgen_futures::spawn_local(watch_notice(Rc::downgrade(&shared), transport.clone()));
+        wasm_bindgen_futures::spawn_local(watch_transport(Rc::downgrade(&shared), transport));
+        shared.borrow_mut().pump();
+        Ok(Client { shared })
+    }
+
+    /// Opens a stream; data may be written at once.
+    #[wasm_bindgen(js_name = openStream)]
+    pub fn open_stream(&self) -> Result<Stream, JsValue> {
+        let mut inner = self.shared.borrow_mut();
+        if let Some(why) = &inner.ended {
+            return Err(error(&format!("the session is over: {why}")));
+        }
+        let now = inner.now();
+        let id = inner.id;
+        let sid = inner.endpoint.open_stream(now, id).map_err(|e| error(&e.to_string()))?;
+        inner.streams.insert(sid, StreamSlot::default());
+        inner.pump();
+        Ok(Stream { shared: self.shared.clone(), sid })
+    }
+
+    /// The session's live figures.
+    #[wasm_bindgen(unchecked_return_type = "ClientStats")]
+    pub fn stats(&self) -> JsValue {
+        let inner = self.shared.borrow();
+        let mut stats = Obj::new()
+            .set("mtu", inner.mtu as u32)
+            .set("droppedDatagrams", inner.dropped as f64)
+            .set("checksumFailures", inner.checksum_failures as f64)
+            .set("streams", inner.streams.len() as u32);
+        if let Some((_, session)) = inner.endpoint.session(inner.id) {
+            let kcp = session.connection().kcp().state();
+            let snmp = session.snmp();
+            stats = stats
+                .set("conv", session.conv())
+                .set("srtt", kcp.srtt)
+                .set("rttvar", kcp.rttvar)
+                .set("rto", kcp.rto)
+                .set("cwnd", kcp.cwnd)
+                .set("remoteWindow", kcp.rmt_wnd)
+                .set("inFlight", kcp.snd_buf as u32)
+                .set("queued", kcp.snd_queue as u32)
+                .set("retransmissions", snmp.retrans_segs as f64)
+                .set("fastRetransmissions", snmp.fast_retrans_segs as f64)
+                .set("lostSegments", snmp.lost_segs as f64)
+                .set("fecRecovered", snmp.fec_recovered as f64)
+                .set("fecErrors", snmp.fec_errs as f64)
+                .set("datagramsIn", snmp.in_pkts as f64)
+                .set("datagramsOut", snmp.out_pkts as f64)
+                .set("bytesIn", snmp.in_bytes as f64)
+                .set("bytesOut", snmp.out_bytes as f64);
+        }
+        stats.into()
+    }
+
+    /// Resolves with the reason once the session is over (closed by the page,
+    /// by the gateway, or failed).
+    #[wasm_bindgen(getter, unchecked_return_type = "Promise<string>")]
+    pub fn closed(&self) -> Promise {
+        let mut inner = self.shared.borrow_mut();
+        if let Some(why) = &inner.ended {
+            return Promise::resolve(&JsValue::from_str(why));
+        }
+        let (promise, waiter) = deferred();
+        inner.closed_waiters.push(waiter);
+        promise
+    }
+
+    /// Ends the session: every stream ends, the gateway is told, then the
+    /// WebTransport session closes.
+    pub fn close(&self) {
+        let mut inner = self.shared.borrow_mut();
+        if inner.ended.is_some() {
+            return;
+        }
+        let now = inner.now();
+        let id = inner.id;
+        inner.endpoint.close_session(now, id, None);
+        inner.pump();
+        inner.end("closed by the page".into());
+    }
+}
+
+/// One smux stream of a {@link Client}'s session.
+#[wasm_bindgen]
+pub struct Stream {
+    shared: Rc<RefCell<Inner>>,
+    sid: u32,
+}
+
+#[wasm_bindgen]
+impl Stream {
+    /// The smux stream id.
+    #[wasm_bindgen(getter)]
+    pub fn id(&self) -> u32 {
+        self.sid
+    }
+
+    /// The next bytes the gateway sent (at most 64 KiB), or `null` at the end of
+    /// the stream. One read at a time.
+    #[wasm_bindgen(unchecked_return_type = "Promise<Uint8Array | null>")]
+    pub fn read(&self) -> Promise {
+        let mut inner = self.shared.borrow_mut();
+        if let Some(why) = &inner.ended {
+            return rejected(&format!("the session is over: {why}"));
+        }
+        let Some(slot) = inner.streams.get_mut(&self.sid) else { return rejected("the stream is closed") };
+        if slot.reader.is_some() {
+            return rejected("a read of this stream is already waiting");
+        }
+        let (promise, waiter) = deferred();
+        slot.reader = Some(waiter);
+        let now = inner.now();
+        inner.serve_read(now, self.sid);
+        inner.pump();
+        promise
+    }
+
+    /// Queues `data` on the stream; resolves once the session has taken all of it
+    /// (its windows decide when).
+    #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
+    pub fn write(&self, data: &[u8]) -> Promise {
+        let mut inner = self.shared.borrow_mut();
+        if let Some(why) = &inner.ended {
+            return rejected(&format!("the session is over: {why}"));
+        }
+        let Some(slot) = inner.streams.get_mut(&self.sid) else { return rejected("the stream is closed") };
+        if slot.finish_after.is_some() {
+            return rejected("the stream's write side is finished");
+        }
+        let (promise, done) = deferred();
+        slot.writes.push_back(PendingWrite { data: data.to_vec(), taken: 0, done });
+        let now = inner.now();
+        inner.serve_writes(now, self.sid);
+        inner.pump();
+        promise
+    }
+
+    /// Ends the page's direction after what was written; the gateway's may go on.
+    #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
+    pub fn finish(&self) -> Promise {
+        let mut inner = self.shared.borrow_mut();
+        let Some(slot) = inner.streams.get_mut(&self.sid) else { return rejected("the stream is closed") };
+        if slot.finish_after.is_some() {
+            return rejected("the stream is already finished");
+        }
+        let (promise, done) = deferred();
+        slot.finish_after = Some(done);
+        let now = inner.now();
+        inner.serve_writes(now, self.sid);
+        inner.pump();
+        promise
+    }
+
+    /// Ends the stream at once, both directions.
+    pub fn reset(&self) {
+        let mut inner = self.shared.borrow_mut();
+        let id = inner.id;
+        if inner.endpoint.reset(id, self.sid).is_ok() {
+            inner.pump();
+        }
+    }
+}
+
+/// Keeps a read pending on the datagram stream for as long as the session lives.
+async fn receive(weak: Weak<RefCell<Inner>>, reader: ReadableStreamDefaultReader) {
+    loop {
+        let result = JsFuture::from(reader.read()).await;
+        let Some(shared) = weak.upgrade() else { return };
+        let mut inner = shared.borrow_mut();
+        let result = match result {
+            Ok(r) => r,
+            // The transport closed: `watch_transport` or the close notice says why.
+            Err(_) => return,
+        };
+        if Reflect::get(&result, &"done".into()).ok().and_then(|d| d.as_bool()).unwrap_or(true) {
+            return;
+        }
+        match Reflect::get(&result, &"value".into()).ok().and_then(|v| v.dyn_into::<Uint8Array>().ok()) {
+            Some(datagram) => inner.on_datagram(&datagram),
+            None => inner.dropped += 1,
+        }
+        if inner.ended.is_some() {
+            let _ = reader.cancel();
+            return;
+        }
+    }
+}
+
+/// Ends the session when the WebTransport session closes, with the gateway's reason.
+async fn watch_transport(weak: Weak<RefCell<Inner>>, transport: WebTransport) {
+    let closed = JsFuture::from(transport.closed()).await;
+    let Some(shared) = weak.upgrade() else { return };
+    let reason = match closed {
+        Ok(info) => {
+            let why = Reflect::get(&info, &"reason".into()).ok().and_then(|r| r.as_string()).unwrap_or_default();
+            if why.is_empty() {
+                "the gateway closed the connection".to_string()
+            } else {
+                format!("the gateway closed the connection: {why}")
+            }
+        }
+        Err(e) => format!("the connection to the gateway was lost: {}", describe(&e)),
+    };
+    shared.borrow_mut().end(reason);
+}
+
+/// Reads the gateway's close notice: the first unidirectional stream it opens
+/// holds why it is closing the session (a kick, a wrong key, its session limit),
+/// which browsers do not pass on from the QUIC close itself.
+async fn watch_notice(weak: Weak<RefCell<Inner>>, transport: WebTransport) {
+    let streams: ReadableStreamDefaultReader =
+        transport.incoming_unidirectional_streams().get_reader().unchecked_into();
+    let Ok(first) = JsFuture::from(streams.read()).await else { return };
+    let Ok(stream) = Reflect::get(&first, &"value".into()) else { return };
+    let Some(stream) = stream.dyn_ref::<web_sys::ReadableStream>() else { return };
+    let reader: ReadableStreamDefaultReader = stream.get_reader().unchecked_into();
+    let mut text = Vec::new();
+    while text.len() < 1024 {
+        let Ok(chunk) = JsFuture::from(reader.read()).await else { break };
+        match Reflect::get(&chunk, &"value".into()).ok().and_then(|v| v.dyn_into::<Uint8Array>().ok()) {
+            Some(bytes) => text.extend(bytes.to_vec()),
+            None => break,
+        }
+    }
+    let Some(shared) = weak.upgrade() else { return };
+    let reason = String::from_utf8_lossy(&text);
+    shared.borrow_mut().end(format!("the gateway closed the session: {reason}"));
+}
+
+/// A thrown value in words.
+fn describe(value: &JsValue) -> String {
+    if let Some(e) = value.dyn_ref::<js_sys::Error>() {
+        return String::from(e.message());
+    }
+    value.as_string().unwrap_or_else(|| format!("{value:?}"))
+}
+
+fn boolean(options: &JsValue, key: &str) -> Result<Option<bool>, JsValue> {
+    js::field(options, key).map(|v| v.as_bool().ok_or_else(|| js::bad_option(key, "true or false"))).transpose()
+}
+
+/// A plain `Error` with `message`, for rejected promises.
+fn error(message: &str) -> JsValue {
+    js_sys::Error::new(message).into()
+}

@@ -1,0 +1,67 @@
+// The demo page in headless Chromium, through a real `kcpgate server` and its
+// WebTransport listener, to a TCP echo backend. Needs wasm/build and a kcpgate
+// built after it (KCPGATE_BIN, default target/debug/kcpgate) and Debian's
+// chromium (CHROMIUM_BIN, default /usr/bin/chromium).
+import assert from 'node:assert/strict';
+import { after, before, test } from 'node:test';
+
+import { echoServer, launchBrowser, startGateway } from './gateway.mjs';
+
+let echo;
+let gateway;
+let browser;
+
+before(async () => {
+  echo = await echoServer();
+  gateway = await startGateway({ target: `127.0.0.1:${echo.port}` });
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await gateway?.stop();
+  await echo?.close();
+});
+
+async function openDemo(query) {
+  const page = await browser.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  await page.goto(`${gateway.base}/demo/?${new URLSearchParams(query)}`);
+  await page.waitForFunction(() => window.kcpgateDemo);
+  return { page, errors };
+}
+
+test('4 streams of 1 MB echo byte for byte over KCP in WebTransport (aes, FEC 10/3); the API lists and kicks the session', async () => {
+  const { page, errors } = await openDemo({ key: gateway.key, crypt: 'aes', ds: 10, ps: 3 });
+  await page.evaluate(() => window.kcpgateDemo.connect());
+  const result = await page.evaluate(() => window.kcpgateDemo.bulk({ streams: 4, bytes: 1 << 20 }));
+  assert.equal(result.streams.length, 4);
+  for (const s of result.streams) {
+    assert.equal(s.received, 1 << 20, `stream ${s.stream}: every byte came back`);
+    assert.equal(s.echoed, s.sent, `stream ${s.stream}: the echo's SHA-256 is the sent data's`);
+  }
+  assert.ok(result.ok);
+
+  const { sessions } = await gateway.api('/api/v1/sessions');
+  const browserSessions = sessions.filter((s) => s.transport === 'webtransport');
+  assert.equal(browserSessions.length, 1, JSON.stringify(sessions));
+  const [session] = browserSessions;
+  assert.equal(session.crypt, 'aes');
+  assert.deepEqual(session.fec, { data: 10, parity: 3 });
+  const stats = await page.evaluate(() => window.kcpgateDemo.state.client.stats());
+  assert.equal(session.conv, stats.conv, 'the API shows the page\'s conversation');
+  assert.ok(stats.mtu <= 1211, `the MTU is clamped to the browser's datagram size (${stats.mtu})`);
+
+  const metrics = await (await fetch(`${gateway.base}/metrics`)).text();
+  assert.match(metrics, /kcpgate_transport_sessions_open\{transport="webtransport"\} 1\b/);
+  assert.match(metrics, /kcpgate_transport_sessions_opened_total\{transport="webtransport"\} 1\b/);
+
+  await gateway.api(`/api/v1/sessions/${session.id}?reason=browser+test`, { method: 'DELETE' });
+  await page.waitForFunction(() => window.kcpgateDemo.state.closedReason !== null, null, { timeout: 5000 });
+  const reason = await page.evaluate(() => window.kcpgateDemo.state.closedReason);
+  assert.match(reason, /kicked: browser test/);
+  assert.match(await page.textContent('#status'), /kicked: browser test/);
+  assert.deepEqual(errors, []);
+  await page.close();
+});

@@ -1,0 +1,97 @@
+// Helpers for the browser tests: free ports, a TCP echo backend, a kcpgate
+// server with its WebTransport listener, and headless Chromium.
+import { spawn } from 'node:child_process';
+import { createServer } from 'node:net';
+import { createSocket } from 'node:dgram';
+import { fileURLToPath } from 'node:url';
+
+import { chromium } from 'playwright-core';
+
+export const KCPGATE = process.env.KCPGATE_BIN ?? fileURLToPath(new URL('../../target/debug/kcpgate', import.meta.url));
+export const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
+
+/** A UDP and TCP port that were free a moment ago. */
+export async function freePort() {
+  for (;;) {
+    const port = await new Promise((resolve) => {
+      const s = createServer().listen(0, '127.0.0.1', () => {
+        const { port } = s.address();
+        s.close(() => resolve(port));
+      });
+    });
+    const udpFree = await new Promise((resolve) => {
+      const u = createSocket('udp4');
+      u.once('error', () => resolve(false));
+      u.bind(port, '127.0.0.1', () => u.close(() => resolve(true)));
+    });
+    if (udpFree) return port;
+  }
+}
+
+/** A TCP echo server; resolves to { port, close() }. */
+export async function echoServer() {
+  const sockets = new Set();
+  const server = createServer((socket) => {
+    sockets.add(socket);
+    socket.on('close', () => sockets.delete(socket));
+    socket.on('error', () => {});
+    socket.pipe(socket);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    port: server.address().port,
+    close: () => {
+      for (const s of sockets) s.destroy();
+      return new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
+/** `kcpgate server` in front of `target`, with WebTransport; resolves once
+ * /readyz answers. `args` adds flags. */
+export async function startGateway({ target, key = 'browser-test-key', crypt = 'aes', args = [] }) {
+  const [udp, webtransport, admin] = [await freePort(), await freePort(), await freePort()];
+  const argv = [
+    'server', '--listen', `127.0.0.1:${udp}`, '--target', target, '--key', key, '--crypt', crypt,
+    '--datashard', '10', '--parityshard', '3', '--webtransport', `127.0.0.1:${webtransport}`,
+    '--admin', `127.0.0.1:${admin}`, '--quiet', ...args,
+  ];
+  const child = spawn(KCPGATE, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  child.stderr.on('data', (d) => { log += d; });
+  const exited = new Promise((resolve) => child.on('exit', resolve));
+  const base = `http://127.0.0.1:${admin}`;
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`kcpgate exited with ${child.exitCode}:\n${log}`);
+    try {
+      if ((await fetch(`${base}/readyz`)).ok) break;
+    } catch {}
+    if (Date.now() > deadline) throw new Error(`kcpgate not ready in 20 s:\n${log}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return {
+    base, udp, webtransport, key, crypt,
+    log: () => log,
+    api: async (path, init) => {
+      const response = await fetch(`${base}${path}`, init);
+      return response.status === 204 ? null : response.json();
+    },
+    stop: async () => {
+      child.kill('SIGINT');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}
+
+/** Headless Chromium with a fresh profile. */
+export function launchBrowser() {
+  return chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    // Containers run as root, where Chromium's sandbox cannot start.
+    args: process.getuid?.() === 0 ? ['--no-sandbox'] : [],
+  });
+}
