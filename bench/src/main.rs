@@ -5,6 +5,7 @@ mod impair;
 mod plots;
 mod relay;
 mod traffic;
+mod wt_echo;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,6 +61,21 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// A TCP echo backend: every connection's bytes come back to it.
+    Echo {
+        #[arg(long, default_value = "127.0.0.1:7000")]
+        listen: SocketAddr,
+    },
+    /// A plain WebTransport echo server (streams and datagrams), the baseline of the
+    /// browser benchmark. Prints {"port": P, "hash": "<certificate sha-256>"} first.
+    WebtransportEcho {
+        #[arg(long, default_value = "127.0.0.1:4443")]
+        listen: SocketAddr,
+        /// Answer each datagram with a corrupted copy and a junk datagram (bad
+        /// input, for testing clients).
+        #[arg(long)]
+        garble: bool,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -101,6 +117,28 @@ fn main() -> std::process::ExitCode {
                 }
                 Err(e) => {
                     eprintln!("kcpgate-bench: cannot write results into {}: {e}", out.display());
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::Echo { listen } => match traffic::echo_backend_on(listen) {
+            Ok(addr) => {
+                eprintln!("echo backend on {addr}");
+                loop {
+                    std::thread::park();
+                }
+            }
+            Err(e) => {
+                eprintln!("kcpgate-bench: cannot listen on {listen}: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        Cmd::WebtransportEcho { listen, garble } => {
+            let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+            match rt.block_on(wt_echo::run(listen, garble)) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("kcpgate-bench: WebTransport echo on {listen}: {e}");
                     std::process::ExitCode::FAILURE
                 }
             }

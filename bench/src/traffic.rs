@@ -76,7 +76,12 @@ pub fn bulk_sink(listener: TcpListener, total: u64, seed: u64, timeout: Duration
 
 /// A TCP echo backend on a thread of its own; returns its address.
 pub fn echo_backend() -> std::io::Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0")?;
+    echo_backend_on("127.0.0.1:0".parse().expect("an address"))
+}
+
+/// [`echo_backend`] on `addr`.
+pub fn echo_backend_on(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let l = TcpListener::bind(addr)?;
     let addr = l.local_addr()?;
     thread::spawn(move || {
         for c in l.incoming().flatten() {

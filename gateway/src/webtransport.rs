@@ -123,10 +123,10 @@ impl WtPeer {
     /// reason of a QUIC close to the page, so it goes first as a close notice: a
     /// unidirectional stream holding the reason in UTF-8, which the page reads
     /// before it closes its side. The connection is closed when the page has, or
-    /// after [`NOTICE_GRACE`].
-    fn close(&self, reason: &str) {
+    /// after [`NOTICE_GRACE`]. False if it was closing already.
+    fn close(&self, reason: &str) -> bool {
         if self.0.closed.swap(true, Ordering::Relaxed) {
-            return;
+            return false;
         }
         let peer = self.clone();
         let reason = reason.to_string();
@@ -146,6 +146,7 @@ impl WtPeer {
             let short = &reason.as_bytes()[..reason.len().min(200)];
             conn.close(VarInt::from_u32(0), short);
         });
+        true
     }
 }
 
@@ -259,17 +260,22 @@ impl Transport for WebTransportPeers {
             // A peer with a session may send a stray datagram; one without has
             // nothing else to say.
             Outcome::Dropped(_) if from.0.has_session.load(Ordering::Relaxed) => {}
+            // Datagrams keep coming while the close notice is on its way: one
+            // refusal per session.
             Outcome::Dropped(Drop::Checksum) => {
-                count(&self.refusals.crypto);
-                from.close("kcpgate: datagrams fail the crypto check: the key or crypt differ from the gateway's");
+                if from.close("kcpgate: datagrams fail the crypto check: the key or crypt differ from the gateway's") {
+                    count(&self.refusals.crypto);
+                }
             }
             Outcome::Dropped(Drop::NotAccepting) => {
-                count(&self.refusals.limit);
-                from.close("kcpgate: at its session limit or draining; try again later");
+                if from.close("kcpgate: at its session limit or draining; try again later") {
+                    count(&self.refusals.limit);
+                }
             }
             Outcome::Dropped(reason) => {
-                count(&self.refusals.malformed);
-                from.close(&format!("kcpgate: not a KCP datagram ({reason:?})"));
+                if from.close(&format!("kcpgate: not a KCP datagram ({reason:?})")) {
+                    count(&self.refusals.malformed);
+                }
             }
         }
     }
@@ -462,8 +468,9 @@ async fn admit(
                 }
             },
             () = &mut give_up, if waiting => {
-                count(&refusals.idle);
-                peer.close("kcpgate: no KCP session within 30 s");
+                if peer.close("kcpgate: no KCP session within 30 s") {
+                    count(&refusals.idle);
+                }
                 break;
             }
         }

@@ -501,14 +501,14 @@ impl Client {
             Ok(v) if v.as_string().as_deref() == Some("timeout") => {
                 transport.close();
                 return Err(error(&format!(
-                    "no answer from the gateway at {url} within {} s: is kcpgate running with --webtransport on that address, and is the port open for UDP?",
+                    "no answer from the gateway at {url} within {} s: is kcpgate running with -webtransport on that address, and is the port open for UDP?",
                     f64::from(timeout) / 1000.0
                 )));
             }
             Ok(_) => {}
             Err(e) => {
                 return Err(error(&format!(
-                    "the gateway at {url} refused the connection or could not be reached ({}): check the address, that kcpgate runs with --webtransport, and the certificate hash",
+                    "the gateway at {url} refused the connection or did not answer ({}): check the address, that kcpgate runs with -webtransport on that port, and the certificate hash",
                     describe(&e)
                 )))
             }

@@ -4,6 +4,7 @@
 // exception. Run after wasm/build: node --test wasm/test/
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
+import { gzipSync } from 'node:zlib';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
@@ -141,4 +142,10 @@ test('bad options are refused with a TypeError that names them', () => {
   assert.throws(() => codec.encode({ segments: [{ conv: -1, cmd: 'PUSH' }] }), { name: 'TypeError', message: /conv/ });
   assert.throws(() => codec.encode({ segments: [{ conv: 1, cmd: 'JUMP' }] }), { name: 'TypeError', message: /cmd/ });
   assert.throws(() => codec.encode({ nonce: new Uint8Array(3) }), { name: 'TypeError', message: /nonce/ });
+});
+
+test('the module stays under 300 KB gzipped', () => {
+  const wasm = readFileSync(here('../pkg/kcpgate_wasm_bg.wasm'));
+  const zipped = gzipSync(wasm, { level: 9 }).length;
+  assert.ok(zipped < 300_000, `${zipped} bytes gzipped`);
 });

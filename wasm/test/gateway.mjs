@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
 export const KCPGATE = process.env.KCPGATE_BIN ?? fileURLToPath(new URL('../../target/debug/kcpgate', import.meta.url));
+export const BENCH = process.env.KCPGATE_BENCH_BIN ?? fileURLToPath(new URL('../../target/debug/kcpgate-bench', import.meta.url));
 export const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
 
 /** A UDP and TCP port that were free a moment ago. */
