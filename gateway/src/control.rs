@@ -305,8 +305,11 @@ pub struct FecShards {
 
 /// The ARQ state. Windows and queues count segments.
 #[derive(Debug, Clone, Serialize, ToSchema)]
-#[schema(example = json!({"srtt_ms": 42, "rttvar_ms": 6, "rto_ms": 66, "cwnd": 32, "ssthresh": 16, "snd_wnd": 1024, "rcv_wnd": 1024, "remote_wnd": 512, "in_flight": 3, "snd_queue": 0, "rcv_queue": 0, "rcv_buf": 1, "dead": false}))]
+#[schema(example = json!({"mtu": 1350, "srtt_ms": 42, "rttvar_ms": 6, "rto_ms": 66, "cwnd": 32, "ssthresh": 16, "snd_wnd": 1024, "rcv_wnd": 1024, "remote_wnd": 512, "in_flight": 3, "snd_queue": 0, "rcv_queue": 0, "rcv_buf": 1, "dead": false}))]
 pub struct KcpInfo {
+    /// Largest datagram the session sends, headers included: `-mtu`, or less over
+    /// WebTransport (the browser's datagram size).
+    pub mtu: u32,
     pub srtt_ms: u32,
     pub rttvar_ms: u32,
     pub rto_ms: u32,
@@ -407,6 +410,10 @@ impl SessionInfo {
             fec: cx.fec,
             mode: meta.mode,
             kcp: KcpInfo {
+                mtu: {
+                    let c = conn.kcp().config();
+                    (c.mtu + c.header_room + c.tail_room) as u32
+                },
                 srtt_ms: state.srtt.max(0) as u32,
                 rttvar_ms: state.rttvar.max(0) as u32,
                 rto_ms: state.rto,

@@ -382,7 +382,9 @@ impl<T: Transport> Driver<T> {
             }
             Query::Retune(done) => {
                 let tuning = self.plan.tuning();
-                *self.endpoint.session_config_mut() = tuning.session.clone();
+                let mut session = tuning.session.clone();
+                session.mtu = session.mtu.min(self.transport.max_datagram());
+                *self.endpoint.session_config_mut() = session;
                 self.max_sessions = tuning.tunables.max_sessions;
                 let _ = done.send(());
             }

@@ -21,7 +21,7 @@ use kcpgate_core::kcp::{self, diff, Mode};
 use kcpgate_core::listener::{Drop, Outcome};
 use kcpgate_core::pipeline::SessionConfig;
 use kcpgate_core::qpp::PadGeneration;
-use kcpgate_core::session::{StreamConfig, StreamEnd, StreamEvent};
+use kcpgate_core::session::{SessionEnd, StreamConfig, StreamEnd, StreamEvent};
 use kcpgate_core::smux::{self, Read, Role};
 use kcpgate_core::stack::{QppSetup, StackConfig};
 use wasm_bindgen::prelude::*;
@@ -36,6 +36,8 @@ use crate::js::{self, Obj};
 /// page is told the gateway does not answer (a wrong key or crypt, or FEC
 /// framing the gateway does not take, looks exactly like this).
 const ANSWER_TIMEOUT_MS: u32 = 5_000;
+/// Why a session the page closed is over.
+const CLOSED_BY_PAGE: &str = "closed by the page";
 /// Bytes one `read()` returns at most.
 const READ_CHUNK: usize = 65_536;
 /// Datagrams the browser may queue for us between reads (Chromium's default is one).
@@ -265,6 +267,8 @@ impl Inner {
     fn on_event(&mut self, now: u32, event: Event<()>) {
         match event {
             Event::SessionOpened { .. } => {}
+            // A client's session is closed only by the page (`Client::close`).
+            Event::SessionClosed { reason: SessionEnd::Closed, .. } => self.end(CLOSED_BY_PAGE.into()),
             Event::SessionClosed { reason, .. } => self.end(reason.to_string()),
             Event::Stream { event, .. } => match event {
                 // kcptun servers never open streams towards clients.
@@ -371,8 +375,9 @@ impl Inner {
         if let Ok(close) = Reflect::get(&self.transport, &"close".into()) {
             let _ = close.unchecked_ref::<Function>().call1(&self.transport, &info);
         }
+        // The timer's closure stays: this may run inside it, and it holds only a
+        // weak reference.
         self.ended = Some(reason);
-        self.on_timer = None;
     }
 }
 
@@ -637,7 +642,7 @@ impl Client {
         let id = inner.id;
         inner.endpoint.close_session(now, id, None);
         inner.pump();
-        inner.end("closed by the page".into());
+        inner.end(CLOSED_BY_PAGE.into());
     }
 }
 

@@ -51,7 +51,8 @@ test('4 streams of 1 MB echo byte for byte over KCP in WebTransport (aes, FEC 10
   assert.deepEqual(session.fec, { data: 10, parity: 3 });
   const stats = await page.evaluate(() => window.kcpgateDemo.state.client.stats());
   assert.equal(session.conv, stats.conv, 'the API shows the page\'s conversation');
-  assert.ok(stats.mtu <= 1211, `the MTU is clamped to the browser's datagram size (${stats.mtu})`);
+  assert.ok(stats.mtu <= 1211, `the page's MTU is clamped to the browser's datagram size (${stats.mtu})`);
+  assert.equal(session.kcp.mtu, 1211, 'so is the gateway\'s');
 
   const metrics = await (await fetch(`${gateway.base}/metrics`)).text();
   assert.match(metrics, /kcpgate_transport_sessions_open\{transport="webtransport"\} 1\b/);
@@ -62,6 +63,23 @@ test('4 streams of 1 MB echo byte for byte over KCP in WebTransport (aes, FEC 10
   const reason = await page.evaluate(() => window.kcpgateDemo.state.closedReason);
   assert.match(reason, /kicked: browser test/);
   assert.match(await page.textContent('#status'), /kicked: browser test/);
+  assert.deepEqual(errors, []);
+  await page.close();
+});
+
+test('a run-time change of the tunables keeps WebTransport sessions within the browser\'s datagram size', async () => {
+  const patched = await gateway.api('/api/v1/config', {
+    method: 'PATCH',
+    headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ sndwnd: 256 }),
+  });
+  assert.equal(patched.tunables.sndwnd, 256, JSON.stringify(patched));
+  const { page, errors } = await openDemo({ key: gateway.key, crypt: 'aes', ds: 10, ps: 3 });
+  await page.evaluate(() => window.kcpgateDemo.connect());
+  const result = await page.evaluate(() => window.kcpgateDemo.bulk({ streams: 1, bytes: 256 << 10 }));
+  assert.ok(result.ok, JSON.stringify(result));
+  const { sessions } = await gateway.api('/api/v1/sessions');
+  assert.deepEqual(sessions.filter((s) => s.transport === 'webtransport').map((s) => s.kcp.mtu), [1211]);
   assert.deepEqual(errors, []);
   await page.close();
 });
