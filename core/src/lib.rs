@@ -16,6 +16,7 @@ pub mod fec;
 pub mod inspect;
 pub mod kcp;
 pub mod listener;
+pub mod messages;
 pub mod pacer;
 pub mod pipeline;
 pub mod qpp;

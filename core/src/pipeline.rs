@@ -164,6 +164,46 @@ impl Connection {
         take
     }
 
+    /// Message mode: queues `message` whole (KCP fragments it; the peer receives it
+    /// whole) and flushes unless write-delay is on. False, with nothing queued,
+    /// while the send window has no room for all its fragments, or when it is
+    /// empty or needs more than 255 fragments.
+    pub fn send_message(&mut self, now: u32, message: &[u8]) -> bool {
+        let fragments = message.len().div_ceil(self.kcp.mss());
+        let free = (self.kcp.config().snd_wnd as usize).saturating_sub(self.kcp.wait_snd());
+        // A message larger than the whole window still goes once the window is empty.
+        if fragments > free && self.kcp.wait_snd() > 0 {
+            return false;
+        }
+        if self.kcp.send(message).is_err() {
+            return false;
+        }
+        self.counters.bytes_sent += message.len() as u64;
+        if !self.write_delay {
+            self.arm_send_budget(now);
+            self.kcp.flush(now);
+            self.seal_output(now);
+        }
+        true
+    }
+
+    /// Message mode: the size of the next whole message received, if any.
+    pub fn peek_message(&self) -> Option<usize> {
+        self.kcp.peek_size()
+    }
+
+    /// Message mode: appends the next whole message received to `out`; its size,
+    /// or 0 when none is ready.
+    pub fn recv_message(&mut self, out: &mut Vec<u8>) -> usize {
+        let Some(size) = self.kcp.peek_size() else { return 0 };
+        let at = out.len();
+        out.resize(at + size, 0);
+        let n = self.kcp.recv(&mut out[at..]).unwrap_or(0);
+        out.truncate(at + n);
+        self.counters.bytes_received += n as u64;
+        n
+    }
+
     /// Reads received bytes; 0 when none are ready.
     pub fn read(&mut self, buf: &mut [u8]) -> usize {
         let n = self.kcp.read(buf);

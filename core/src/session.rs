@@ -21,6 +21,7 @@ use foldhash::{HashMap, HashMapExt};
 
 use crate::crypto::OpenError;
 use crate::kcp::{diff, earliest};
+use crate::messages::MessageLink;
 use crate::pipeline::Connection;
 use crate::smux::{self, Read, Role, SmuxError, StreamError};
 use crate::snmp::Snmp;
@@ -63,6 +64,8 @@ pub enum SessionEnd {
     Closed,
     /// The peer started a new session from the same address.
     Replaced,
+    /// Plain KCP: the one stream ended (its application or backend closed it).
+    StreamEnded,
 }
 
 impl core::fmt::Display for SessionEnd {
@@ -71,6 +74,7 @@ impl core::fmt::Display for SessionEnd {
             SessionEnd::Stack(e) => write!(f, "{e}"),
             SessionEnd::Closed => f.write_str("closed by the application"),
             SessionEnd::Replaced => f.write_str("replaced: the peer started a new session"),
+            SessionEnd::StreamEnded => f.write_str("the message stream ended: its application or backend closed it"),
         }
     }
 }
@@ -108,12 +112,75 @@ pub struct StreamConfig {
     pub stack: StackConfig,
     /// How long a half-open stream may live, ms (kcptun `-closewait`); 0 forever.
     pub close_wait_ms: u32,
+    /// What carries the application's bytes over KCP.
+    pub framing: Framing,
+}
+
+/// What carries the application's bytes over KCP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Framing {
+    /// kcptun's stream layers ([`StreamConfig::stack`]): many streams.
+    #[default]
+    Streams,
+    /// Plain KCP in message mode ([`crate::messages`]): one stream of
+    /// length-prefixed messages. The session puts KCP in message mode.
+    Messages,
+}
+
+/// The layers above KCP.
+// One per session, and nearly always the large variant: boxing it would only add
+// a pointer chase to every call.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Layers {
+    Streams(StreamStack),
+    Messages(MessageLink),
+}
+
+/// Runs the same call on whichever layers a session has.
+macro_rules! layers {
+    ($layers:expr, $l:ident => $call:expr) => {
+        match $layers {
+            Layers::Streams($l) => $call,
+            Layers::Messages($l) => $call,
+        }
+    };
+}
+
+impl Layers {
+    fn poll_timeout(&self) -> Option<u32> {
+        match self {
+            Layers::Streams(s) => s.poll_timeout(),
+            Layers::Messages(_) => None,
+        }
+    }
+
+    fn handle_timeout(&mut self, now: u32) -> Result<(), StackError> {
+        match self {
+            Layers::Streams(s) => s.handle_timeout(now),
+            Layers::Messages(_) => Ok(()),
+        }
+    }
+
+    fn readable_bytes(&self, sid: u32) -> usize {
+        match self {
+            Layers::Streams(s) => s.mux().stream_readable(sid),
+            Layers::Messages(m) => m.readable_bytes(sid),
+        }
+    }
+
+    fn stream_close_write(&mut self, sid: u32) -> Result<(), StreamError> {
+        match self {
+            Layers::Streams(s) => s.stream_close_write(sid),
+            Layers::Messages(m) => m.stream_close(sid),
+        }
+    }
 }
 
 /// One kcptun session. See the module docs.
 pub struct Session {
     conn: Connection,
-    stack: StreamStack,
+    stack: Layers,
     streams: HashMap<u32, StreamState>,
     close_wait_ms: u32,
     /// Streams with a close-wait deadline: the timers look at streams only when
@@ -136,10 +203,17 @@ impl core::fmt::Debug for Session {
 
 impl Session {
     /// A session over `conn`, in `role`, started at `now`.
-    pub fn new(conn: Connection, role: Role, cfg: StreamConfig, now: u32) -> Session {
+    pub fn new(mut conn: Connection, role: Role, cfg: StreamConfig, now: u32) -> Session {
+        let stack = match cfg.framing {
+            Framing::Streams => Layers::Streams(StreamStack::new(role, cfg.stack, now)),
+            Framing::Messages => {
+                conn.kcp_mut().set_stream(false);
+                Layers::Messages(MessageLink::new(role))
+            }
+        };
         Session {
             conn,
-            stack: StreamStack::new(role, cfg.stack, now),
+            stack,
             streams: HashMap::new(),
             close_wait_ms: cfg.close_wait_ms,
             closing: 0,
@@ -166,9 +240,20 @@ impl Session {
         &mut self.conn
     }
 
-    /// The stream layers, for inspection.
-    pub fn stack(&self) -> &StreamStack {
-        &self.stack
+    /// kcptun's stream layers, for inspection; `None` for plain KCP.
+    pub fn stack(&self) -> Option<&StreamStack> {
+        match &self.stack {
+            Layers::Streams(s) => Some(s),
+            Layers::Messages(_) => None,
+        }
+    }
+
+    /// What carries the application's bytes.
+    pub fn framing(&self) -> Framing {
+        match &self.stack {
+            Layers::Streams(_) => Framing::Streams,
+            Layers::Messages(_) => Framing::Messages,
+        }
     }
 
     /// When the session started (the caller's clock, ms).
@@ -241,7 +326,7 @@ impl Session {
         let expired = self.streams.iter().filter(|(_, s)| s.close_by.is_some_and(|t| diff(now, t) >= 0));
         let expired: Vec<u32> = expired.map(|(&sid, _)| sid).collect();
         for sid in expired {
-            let _ = self.stack.stream_close(sid);
+            let _ = layers!(&mut self.stack, l => l.stream_close(sid));
             self.forget(sid, StreamEnd::CloseWaitExpired);
         }
     }
@@ -254,15 +339,15 @@ impl Session {
         if self.ended.is_some() {
             return;
         }
-        if let Err(e) = self.stack.pump(now, &mut self.conn) {
+        if let Err(e) = layers!(&mut self.stack, l => l.pump(now, &mut self.conn)) {
             self.end(SessionEnd::Stack(e));
             return;
         }
-        while let Some(sid) = self.stack.accept() {
+        while let Some(sid) = layers!(&mut self.stack, l => l.accept()) {
             self.streams.insert(sid, StreamState::new(sid, now));
             self.events.push_back(StreamEvent::Opened(sid));
         }
-        while let Some(e) = self.stack.poll_event() {
+        while let Some(e) = layers!(&mut self.stack, l => l.poll_event()) {
             let (sid, event) = match e {
                 smux::Event::Readable(sid) => (sid, StreamEvent::Readable(sid)),
                 smux::Event::Writable(sid) => (sid, StreamEvent::Writable(sid)),
@@ -280,21 +365,21 @@ impl Session {
 
     /// Opens a stream to the peer (a client's new connection).
     pub fn open_stream(&mut self, now: u32) -> Result<u32, SmuxError> {
-        let sid = self.stack.open_stream()?;
+        let sid = layers!(&mut self.stack, l => l.open_stream())?;
         self.streams.insert(sid, StreamState::new(sid, now));
         Ok(sid)
     }
 
     /// Bytes a [`Session::read`] of `sid` would return now.
     pub fn readable_bytes(&self, sid: u32) -> usize {
-        self.stack.mux().stream_readable(sid)
+        self.stack.readable_bytes(sid)
     }
 
     /// Reads from a stream. [`Read::Eof`] once the peer's direction has ended and
     /// everything was read; if ours has ended too, the stream is over.
     pub fn read(&mut self, now: u32, sid: u32, buf: &mut [u8]) -> Result<Read, StreamError> {
         let s = self.streams.get_mut(&sid).ok_or(StreamError::NoSuchStream)?;
-        let read = match self.stack.stream_read(sid, buf) {
+        let read = match layers!(&mut self.stack, l => l.stream_read(sid, buf)) {
             // smux forgets a stream whose FIN arrived once ours is sent too.
             Err(StreamError::NoSuchStream) if s.finished => Ok(Read::Eof),
             other => other,
@@ -317,7 +402,7 @@ impl Session {
         if s.finished {
             return Err(StreamError::WriteClosed);
         }
-        let n = self.stack.stream_write(sid, data)?;
+        let n = layers!(&mut self.stack, l => l.stream_write(sid, data))?;
         s.info.bytes_written += n as u64;
         Ok(n)
     }
@@ -331,6 +416,11 @@ impl Session {
         }
         s.finished = true;
         self.stack.stream_close_write(sid)?;
+        if let Layers::Messages(_) = self.stack {
+            // Plain KCP cannot tell the peer: what was written goes, then the session ends.
+            self.close_with(now, SessionEnd::StreamEnded);
+            return Ok(());
+        }
         self.direction_ended(now, sid);
         Ok(())
     }
@@ -341,8 +431,11 @@ impl Session {
         if !self.streams.contains_key(&sid) {
             return Err(StreamError::NoSuchStream);
         }
-        let _ = self.stack.stream_close(sid);
+        let _ = layers!(&mut self.stack, l => l.stream_close(sid));
         self.forget(sid, StreamEnd::Reset);
+        if let Layers::Messages(_) = self.stack {
+            self.end(SessionEnd::StreamEnded);
+        }
         Ok(())
     }
 
@@ -350,16 +443,20 @@ impl Session {
     /// peer's applications see their connections end), flushed at once. The session
     /// has ended; send its last datagrams, then drop it.
     pub fn close(&mut self, now: u32) {
+        self.close_with(now, SessionEnd::Closed);
+    }
+
+    fn close_with(&mut self, now: u32, why: SessionEnd) {
         if self.ended.is_some() {
             return;
         }
         let sids: Vec<u32> = self.streams.keys().copied().collect();
         for sid in sids {
-            let _ = self.stack.stream_close(sid);
+            let _ = layers!(&mut self.stack, l => l.stream_close(sid));
         }
-        let _ = self.stack.pump(now, &mut self.conn);
+        let _ = layers!(&mut self.stack, l => l.pump(now, &mut self.conn));
         self.conn.flush(now);
-        self.end(SessionEnd::Closed);
+        self.end(why);
     }
 
     /// Ends the session from outside (its peer replaced it).

@@ -61,6 +61,8 @@ pub enum StackError {
     Snappy(SnappyError),
     /// smux failed.
     Smux(SmuxError),
+    /// Plain KCP: a message longer than [`crate::messages::MAX_MESSAGE`].
+    MessageTooLarge(usize),
 }
 
 impl core::fmt::Display for StackError {
@@ -68,6 +70,11 @@ impl core::fmt::Display for StackError {
         match self {
             StackError::Snappy(e) => write!(f, "{e}"),
             StackError::Smux(e) => write!(f, "{e}"),
+            StackError::MessageTooLarge(n) => write!(
+                f,
+                "a message of {n} bytes is longer than plain KCP carries ({} at most)",
+                crate::messages::MAX_MESSAGE
+            ),
         }
     }
 }

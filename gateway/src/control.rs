@@ -405,7 +405,7 @@ impl SessionInfo {
             transport: cx.transport,
             age_ms: now_ms.saturating_sub(meta.opened_ms),
             idle_ms: diff(now_ms as u32, session.heard_at()).max(0) as u64,
-            smux_version: session.stack().mux().version(),
+            smux_version: session.stack().and_then(|s| s.mux().version()),
             crypt: cx.crypt.to_string(),
             fec: cx.fec,
             mode: meta.mode,

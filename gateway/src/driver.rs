@@ -13,7 +13,7 @@ use foldhash::{HashMap, HashMapExt};
 use kcpgate_core::endpoint::{Endpoint, Event, SessionId};
 use kcpgate_core::kcp::diff;
 use kcpgate_core::listener::{Drop, Outcome};
-use kcpgate_core::session::{SessionEnd, StreamEvent};
+use kcpgate_core::session::{Framing, SessionEnd, StreamEvent};
 use kcpgate_core::smux::Role;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -73,8 +73,9 @@ pub struct Driver<T: Transport> {
 }
 
 impl<T: Transport> Driver<T> {
-    fn new(role: Role, transport: T, plan: Arc<Plan>) -> Driver<T> {
+    fn new(role: Role, transport: T, plan: Arc<Plan>, framing: Framing) -> Driver<T> {
         let mut config = plan.endpoint_config();
+        config.streams.framing = framing;
         config.session.mtu = config.session.mtu.min(transport.max_datagram());
         let max_datagrams = transport.max_segments(config.session.mtu);
         let endpoint = Endpoint::new(role, config, plan.crypto.clone(), random_seed())
@@ -100,9 +101,10 @@ impl<T: Transport> Driver<T> {
         }
     }
 
-    /// A server's driver for one listening socket, or the WebTransport listener.
-    pub fn server(transport: T, plan: Arc<Plan>) -> Driver<T> {
-        Driver::new(Role::Server, transport, plan)
+    /// A server's driver for one listening socket, or for the WebTransport
+    /// listener's sessions of one `framing`.
+    pub fn server(transport: T, plan: Arc<Plan>, framing: Framing) -> Driver<T> {
+        Driver::new(Role::Server, transport, plan, framing)
     }
 
     fn now_ms(&self) -> u64 {
@@ -395,7 +397,7 @@ impl<T: Transport> Driver<T> {
 impl Driver<BatchSocket> {
     /// A client's driver for one session to `session.remote`, over its own socket.
     pub fn client(socket: BatchSocket, plan: Arc<Plan>, session: ClientSession) -> Driver<BatchSocket> {
-        let mut driver = Driver::new(Role::Client, socket, plan);
+        let mut driver = Driver::new(Role::Client, socket, plan, Framing::Streams);
         let now = driver.now();
         let id = driver.endpoint.connect(now, session.remote).expect("a new endpoint has no session");
         let conv = driver.endpoint.session(id).map_or(0, |(_, s)| s.conv());

@@ -9,7 +9,7 @@ use kcpgate_core::fec::Shards;
 use kcpgate_core::kcp;
 use kcpgate_core::pipeline::SessionConfig;
 use kcpgate_core::qpp::PadGeneration;
-use kcpgate_core::session::StreamConfig;
+use kcpgate_core::session::{Framing, StreamConfig};
 use kcpgate_core::stack::{QppSetup, StackConfig};
 
 use crate::config::Settings;
@@ -123,7 +123,7 @@ impl Plan {
         let close_wait_ms = self.settings.closewait * 1000; // at most a day: fits
         EndpointConfig {
             session: self.tuning().session.clone(),
-            streams: StreamConfig { stack: self.stack.clone(), close_wait_ms },
+            streams: StreamConfig { stack: self.stack.clone(), close_wait_ms, framing: Framing::Streams },
         }
     }
 

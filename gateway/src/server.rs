@@ -8,6 +8,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tracing::info;
 
+use kcpgate_core::session::Framing;
+
 use crate::driver::Driver;
 use crate::runtime::Plan;
 use crate::udp::BatchSocket;
@@ -29,7 +31,7 @@ pub async fn run(plan: Arc<Plan>, drain: watch::Receiver<bool>) -> std::io::Resu
         for socket in sockets {
             plan.tune_udp(&socket);
             let socket = BatchSocket::new(socket, crate::udp::MAX_BATCH)?;
-            tasks.push(tokio::spawn(Driver::server(socket, plan.clone()).run(drain.clone())));
+            tasks.push(tokio::spawn(Driver::server(socket, plan.clone(), Framing::Streams).run(drain.clone())));
         }
     }
     if let Some(listener) = webtransport {

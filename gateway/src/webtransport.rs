@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use kcpgate_core::listener::{Drop, Outcome};
+use kcpgate_core::session::Framing;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use wtransport::endpoint::endpoint_side::Server;
@@ -74,6 +75,7 @@ pub struct Published {
 #[derive(Debug, Default)]
 pub struct Refusals {
     pub origin: AtomicU64,
+    pub path: AtomicU64,
     pub limit: AtomicU64,
     pub draining: AtomicU64,
     pub crypto: AtomicU64,
@@ -86,10 +88,11 @@ pub struct Refusals {
 
 impl Refusals {
     /// (reason label, count) for metrics.
-    pub fn counts(&self) -> [(&'static str, u64); 7] {
+    pub fn counts(&self) -> [(&'static str, u64); 8] {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("origin", n(&self.origin)),
+            ("path", n(&self.path)),
             ("limit", n(&self.limit)),
             ("draining", n(&self.draining)),
             ("crypto", n(&self.crypto)),
@@ -350,8 +353,18 @@ pub async fn bind(plan: &Plan) -> std::io::Result<Option<Listener>> {
     Ok(Some(Listener { endpoint, addr: local, self_signed: expires.is_some() }))
 }
 
-/// Serves WebTransport sessions until `drain` turns true and their streams are done.
-pub async fn serve(listener: Listener, plan: Arc<Plan>, mut drain: watch::Receiver<bool>) {
+/// The URL path of plain-KCP sessions (message mode, no smux); every other
+/// session is kcptun's stream stack at `/`.
+pub const MESSAGES_PATH: &str = "/messages";
+
+/// Where admitted sessions' datagrams go: one driver per framing.
+#[derive(Clone)]
+struct Routes {
+    streams: mpsc::Sender<Input>,
+    messages: mpsc::Sender<Input>,
+}
+
+fn peers(local: SocketAddr, plan: &Plan) -> (mpsc::Sender<Input>, WebTransportPeers) {
     let (tx, inputs) = mpsc::channel(QUEUE);
     let peers = WebTransportPeers {
         inputs,
@@ -359,24 +372,38 @@ pub async fn serve(listener: Listener, plan: Arc<Plan>, mut drain: watch::Receiv
         arena: Vec::new(),
         spans: Vec::new(),
         gone: Vec::new(),
-        local: listener.addr,
+        local,
         refusals: plan.webtransport_refusals.clone(),
     };
-    let driver = tokio::spawn(Driver::server(peers, plan.clone()).run(drain.clone()));
+    (tx, peers)
+}
+
+/// Serves WebTransport sessions until `drain` turns true and their streams are
+/// done: kcptun's stream stack at `/`, plain KCP at [`MESSAGES_PATH`].
+pub async fn serve(listener: Listener, plan: Arc<Plan>, mut drain: watch::Receiver<bool>) {
+    let (streams, stream_peers) = peers(listener.addr, &plan);
+    let (messages, message_peers) = peers(listener.addr, &plan);
+    let drivers = [
+        tokio::spawn(Driver::server(stream_peers, plan.clone(), Framing::Streams).run(drain.clone())),
+        tokio::spawn(Driver::server(message_peers, plan.clone(), Framing::Messages).run(drain.clone())),
+    ];
+    let routes = Routes { streams, messages };
     let next_id = Arc::new(AtomicU64::new(1));
     let mut rotate = tokio::time::interval_at(tokio::time::Instant::now() + ROTATE_EVERY, ROTATE_EVERY);
     loop {
         tokio::select! {
             incoming = listener.endpoint.accept() => {
                 let id = next_id.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(admit(incoming, id, plan.clone(), drain.clone(), tx.clone()));
+                tokio::spawn(admit(incoming, id, plan.clone(), drain.clone(), routes.clone()));
             }
             _ = rotate.tick(), if listener.self_signed => rotate_certificate(&listener, &plan),
             _ = drain.changed() => if *drain.borrow() { break },
         }
     }
-    drop(tx);
-    let _ = driver.await;
+    drop(routes);
+    for driver in drivers {
+        let _ = driver.await;
+    }
     listener.endpoint.close(VarInt::from_u32(0), b"kcpgate stopped");
 }
 
@@ -400,13 +427,7 @@ fn rotate_certificate(listener: &Listener, plan: &Plan) {
 
 /// One WebTransport session: admitted (or refused with a reason), then its
 /// datagrams go to the driver until it ends.
-async fn admit(
-    incoming: IncomingSession,
-    id: u64,
-    plan: Arc<Plan>,
-    drain: watch::Receiver<bool>,
-    tx: mpsc::Sender<Input>,
-) {
+async fn admit(incoming: IncomingSession, id: u64, plan: Arc<Plan>, drain: watch::Receiver<bool>, routes: Routes) {
     let refusals = &plan.webtransport_refusals;
     let request = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
         Ok(Ok(request)) => request,
@@ -419,6 +440,14 @@ async fn admit(
         info!(remote = %request.remote_address(), origin = ?request.origin(), "WebTransport session refused: origin not allowed");
         return request.forbidden().await;
     }
+    let tx = match request.path() {
+        "" | "/" => routes.streams,
+        MESSAGES_PATH => routes.messages,
+        _ => {
+            count(&refusals.path);
+            return request.not_found().await;
+        }
+    };
     if *drain.borrow() {
         count(&refusals.draining);
         return request.too_many_requests().await;

@@ -19,9 +19,10 @@ use kcpgate_core::endpoint::{Endpoint, EndpointConfig, Event, SessionId};
 use kcpgate_core::fec::Shards;
 use kcpgate_core::kcp::{self, diff, Mode};
 use kcpgate_core::listener::{Drop, Outcome};
+use kcpgate_core::messages::{frame, Deframer, MAX_MESSAGE, STREAM_ID as MESSAGE_STREAM};
 use kcpgate_core::pipeline::SessionConfig;
 use kcpgate_core::qpp::PadGeneration;
-use kcpgate_core::session::{SessionEnd, StreamConfig, StreamEnd, StreamEvent};
+use kcpgate_core::session::{Framing, SessionEnd, StreamConfig, StreamEnd, StreamEvent};
 use kcpgate_core::smux::{self, Read, Role};
 use kcpgate_core::stack::{QppSetup, StackConfig};
 use wasm_bindgen::prelude::*;
@@ -42,6 +43,10 @@ const CLOSED_BY_PAGE: &str = "closed by the page";
 const READ_CHUNK: usize = 65_536;
 /// Datagrams the browser may queue for us between reads (Chromium's default is one).
 const INCOMING_QUEUE: u32 = 1024;
+/// Datagrams the browser queues for sending before the writer pushes back.
+const OUTGOING_QUEUE: u32 = 64;
+/// Datagrams held while the browser's queue is full; older ones are dropped.
+const HELD_DATAGRAMS: usize = 4096;
 
 #[wasm_bindgen(typescript_custom_section)]
 const TYPES: &str = r#"
@@ -76,6 +81,9 @@ export interface ClientOptions {
   qppCount?: number;
   /** How long `connect` waits for the gateway, ms (default 5000). */
   connectTimeout?: number;
+  /** Plain KCP in message mode instead of kcptun's streams: no smux, no snappy; use `send()` and `receive()`.
+   * Connect to the gateway's `/messages` path; its backend reads each message with a 4-byte big-endian length in front. */
+  messages?: boolean;
 }
 
 /** A session's live figures. */
@@ -144,6 +152,12 @@ fn rejected(message: &str) -> Promise {
     Promise::reject(&error(message))
 }
 
+/// Plain KCP's receiving side.
+struct Messages {
+    deframer: Deframer,
+    receiver: Option<Waiter>,
+}
+
 /// A write waiting for room: the bytes not yet taken.
 struct PendingWrite {
     data: Vec<u8>,
@@ -170,10 +184,21 @@ struct Inner {
     inbound: Vec<u8>,
     read_buf: Vec<u8>,
     streams: HashMap<u32, StreamSlot>,
+    /// Plain KCP: received messages not yet taken, and a `receive()` waiting.
+    messages: Option<Messages>,
     timer: Option<JsValue>,
     on_timer: Option<Closure<dyn FnMut()>>,
     /// Swallows the rejections of datagram writes (a full queue is loss, as on UDP).
     ignore: Closure<dyn FnMut(JsValue)>,
+    /// Datagrams waiting for room in the browser's queue, and whether a wait for
+    /// room is under way.
+    held: VecDeque<Uint8Array>,
+    waiting_for_room: bool,
+    weak: Weak<RefCell<Inner>>,
+    /// Posting to it runs a pump as the next task (no timer clamping).
+    wakeup: web_sys::MessageChannel,
+    on_wakeup: Option<Closure<dyn FnMut()>>,
+    pump_scheduled: bool,
     mtu: usize,
     first_sent_at: Option<u32>,
     dropped: u64,
@@ -204,7 +229,17 @@ impl Inner {
                 }
             }
         }
-        self.pump();
+        self.schedule_pump();
+    }
+
+    /// Pumps once the datagrams the browser holds now are all handed over: the
+    /// reads resolve as microtasks, the pump runs as the next task. The endpoint
+    /// then processes them in one pass, and one ACK datagram answers many.
+    fn schedule_pump(&mut self) {
+        if !self.pump_scheduled {
+            self.pump_scheduled = true;
+            let _ = self.wakeup.port2().post_message(&JsValue::NULL);
+        }
     }
 
     /// Runs due timers, acts on events and sends datagrams until there are none,
@@ -226,7 +261,7 @@ impl Inner {
             while let Some(t) = self.endpoint.poll_transmit(now, 1, &mut self.out) {
                 acted = true;
                 let datagram = Uint8Array::from(&self.out[..t.size]);
-                let _ = self.writer.write_with_chunk(&datagram).catch(&self.ignore);
+                self.send(datagram);
                 self.first_sent_at.get_or_insert(now);
             }
             if !acted {
@@ -241,6 +276,50 @@ impl Inner {
             return;
         }
         self.schedule(now);
+    }
+
+    /// Hands a datagram to the browser, or holds it while the browser's queue is
+    /// full: datagrams written past it are dropped by the browser, in bursts that
+    /// KCP's retransmissions then pay for.
+    fn send(&mut self, datagram: Uint8Array) {
+        if self.held.is_empty() && self.browser_has_room() {
+            let _ = self.writer.write_with_chunk(&datagram).catch(&self.ignore);
+            return;
+        }
+        if self.held.len() == HELD_DATAGRAMS {
+            self.held.pop_front(); // lost, as on a full UDP socket
+        }
+        self.held.push_back(datagram);
+        self.wait_for_room();
+    }
+
+    fn browser_has_room(&self) -> bool {
+        self.writer.desired_size().ok().flatten().is_none_or(|room| room > 0.0)
+    }
+
+    fn wait_for_room(&mut self) {
+        if self.waiting_for_room {
+            return;
+        }
+        self.waiting_for_room = true;
+        let (ready, weak) = (self.writer.ready(), self.weak.clone());
+        wasm_bindgen_futures::spawn_local(async move {
+            let ready = JsFuture::from(ready).await;
+            let Some(shared) = weak.upgrade() else { return };
+            let mut inner = shared.borrow_mut();
+            inner.waiting_for_room = false;
+            if ready.is_err() || inner.ended.is_some() {
+                inner.held.clear();
+                return;
+            }
+            while inner.browser_has_room() {
+                let Some(datagram) = inner.held.pop_front() else { break };
+                let _ = inner.writer.write_with_chunk(&datagram).catch(&inner.ignore);
+            }
+            if !inner.held.is_empty() {
+                inner.wait_for_room();
+            }
+        });
     }
 
     fn heard_from_gateway(&self) -> bool {
@@ -275,6 +354,7 @@ impl Inner {
                 StreamEvent::Opened(sid) => {
                     let _ = self.endpoint.reset(self.id, sid);
                 }
+                StreamEvent::Readable(sid) if self.messages.is_some() => self.serve_messages(now, sid),
                 StreamEvent::Readable(sid) => self.serve_read(now, sid),
                 StreamEvent::Writable(sid) => self.serve_writes(now, sid),
                 StreamEvent::Closed(sid, why) => {
@@ -317,6 +397,31 @@ impl Inner {
                 }
             }
             Err(e) => reader.reject(&e.to_string()),
+        }
+    }
+
+    /// Plain KCP: takes what arrived and answers a waiting `receive()`.
+    fn serve_messages(&mut self, now: u32, sid: u32) {
+        self.read_buf.resize(READ_CHUNK, 0);
+        while let Ok(Read::Data(n)) = self.endpoint.read(now, self.id, sid, &mut self.read_buf) {
+            if let Some(m) = self.messages.as_mut() {
+                m.deframer.push(&self.read_buf[..n]);
+            }
+        }
+        let Some(m) = self.messages.as_mut() else { return };
+        if m.receiver.is_none() {
+            return;
+        }
+        match m.deframer.next_message() {
+            Some(Ok(message)) => {
+                let message = Uint8Array::from(message);
+                m.receiver.take().expect("checked").resolve(&message);
+            }
+            Some(Err(e)) => {
+                let why = e.to_string();
+                self.end(why);
+            }
+            None => {}
         }
     }
 
@@ -428,6 +533,7 @@ fn settings(options: &JsValue) -> Result<Settings, JsValue> {
         false => None,
     };
     let compression = !boolean(options, "noComp")?.unwrap_or(false);
+    let framing = if boolean(options, "messages")?.unwrap_or(false) { Framing::Messages } else { Framing::Streams };
     let hashes = match js::field(options, "certificateHashes") {
         None => Vec::new(),
         Some(list) => Array::from(&list).iter().map(|h| certificate_hash(&h)).collect::<Result<_, _>>()?,
@@ -435,7 +541,7 @@ fn settings(options: &JsValue) -> Result<Settings, JsValue> {
     Ok(Settings {
         endpoint: EndpointConfig {
             session,
-            streams: StreamConfig { stack: StackConfig { compression, smux, qpp }, close_wait_ms: 0 },
+            streams: StreamConfig { stack: StackConfig { compression, smux, qpp }, close_wait_ms: 0, framing },
         },
         crypto: PacketCrypto::from_passphrase(method_of(&crypt)?, &key),
         hashes,
@@ -520,9 +626,11 @@ impl Client {
         }
         let datagrams = transport.datagrams();
         let _ = Reflect::set(&datagrams, &"incomingHighWaterMark".into(), &INCOMING_QUEUE.into());
+        let _ = Reflect::set(&datagrams, &"outgoingHighWaterMark".into(), &OUTGOING_QUEUE.into());
         let writer = datagrams.writable().get_writer()?;
         let reader: ReadableStreamDefaultReader = datagrams.readable().get_reader().unchecked_into();
         let mut endpoint_cfg = settings.endpoint;
+        let framing = endpoint_cfg.streams.framing;
         let allowed = datagrams.max_datagram_size() as usize;
         if allowed > 0 {
             endpoint_cfg.session.mtu = endpoint_cfg.session.mtu.min(allowed);
@@ -544,9 +652,16 @@ impl Client {
             inbound: Vec::with_capacity(1500),
             read_buf: Vec::new(),
             streams: HashMap::new(),
+            messages: None,
             timer: None,
             on_timer: None,
             ignore: Closure::new(|_: JsValue| {}),
+            held: VecDeque::new(),
+            waiting_for_room: false,
+            weak: Weak::new(),
+            wakeup: web_sys::MessageChannel::new()?,
+            on_wakeup: None,
+            pump_scheduled: false,
             mtu,
             first_sent_at: None,
             dropped: 0,
@@ -555,6 +670,17 @@ impl Client {
             closed_waiters: Vec::new(),
         }));
         let weak = Rc::downgrade(&shared);
+        shared.borrow_mut().weak = weak.clone();
+        let woken = weak.clone();
+        let on_wakeup = Closure::<dyn FnMut()>::new(move || {
+            if let Some(shared) = woken.upgrade() {
+                let mut inner = shared.borrow_mut();
+                inner.pump_scheduled = false;
+                inner.pump();
+            }
+        });
+        shared.borrow().wakeup.port1().set_onmessage(Some(on_wakeup.as_ref().unchecked_ref()));
+        shared.borrow_mut().on_wakeup = Some(on_wakeup);
         shared.borrow_mut().on_timer = Some(Closure::new(move || {
             if let Some(shared) = weak.upgrade() {
                 let mut inner = shared.borrow_mut();
@@ -562,6 +688,12 @@ impl Client {
                 inner.pump();
             }
         }));
+        if framing == Framing::Messages {
+            let mut inner = shared.borrow_mut();
+            let sid = inner.endpoint.open_stream(0, id).map_err(|e| error(&e.to_string()))?;
+            inner.streams.insert(sid, StreamSlot::default());
+            inner.messages = Some(Messages { deframer: Deframer::default(), receiver: None });
+        }
         wasm_bindgen_futures::spawn_local(receive(Rc::downgrade(&shared), reader));
         wasm_bindgen_futures::spawn_local(watch_notice(Rc::downgrade(&shared), transport.clone()));
         wasm_bindgen_futures::spawn_local(watch_transport(Rc::downgrade(&shared), transport));
@@ -576,12 +708,64 @@ impl Client {
         if let Some(why) = &inner.ended {
             return Err(error(&format!("the session is over: {why}")));
         }
+        if inner.messages.is_some() {
+            return Err(error("a plain-KCP session (messages: true) has no streams: use send() and receive()"));
+        }
         let now = inner.now();
         let id = inner.id;
         let sid = inner.endpoint.open_stream(now, id).map_err(|e| error(&e.to_string()))?;
         inner.streams.insert(sid, StreamSlot::default());
         inner.pump();
         Ok(Stream { shared: self.shared.clone(), sid })
+    }
+
+    /// Plain KCP (`messages: true`): sends one message (at most 65,536 bytes), which
+    /// the gateway's backend reads with a 4-byte big-endian length in front.
+    /// Resolves once the session has taken it.
+    #[wasm_bindgen(unchecked_return_type = "Promise<void>")]
+    pub fn send(&self, message: &[u8]) -> Promise {
+        let mut inner = self.shared.borrow_mut();
+        if let Some(why) = &inner.ended {
+            return rejected(&format!("the session is over: {why}"));
+        }
+        if inner.messages.is_none() {
+            return rejected("send() is for plain-KCP sessions (messages: true); open a stream instead");
+        }
+        if message.len() > MAX_MESSAGE || message.is_empty() {
+            return Promise::reject(
+                &js_sys::TypeError::new(&format!("a message holds 1 to {MAX_MESSAGE} bytes (got {})", message.len()))
+                    .into(),
+            );
+        }
+        let Some(slot) = inner.streams.get_mut(&MESSAGE_STREAM) else { return rejected("the session is closing") };
+        let (promise, done) = deferred();
+        slot.writes.push_back(PendingWrite { data: frame(message), taken: 0, done });
+        let now = inner.now();
+        inner.serve_writes(now, MESSAGE_STREAM);
+        inner.pump();
+        promise
+    }
+
+    /// Plain KCP (`messages: true`): the next message from the gateway's backend,
+    /// whole. One receive at a time.
+    #[wasm_bindgen(unchecked_return_type = "Promise<Uint8Array>")]
+    pub fn receive(&self) -> Promise {
+        let mut inner = self.shared.borrow_mut();
+        if let Some(why) = &inner.ended {
+            return rejected(&format!("the session is over: {why}"));
+        }
+        let Some(m) = inner.messages.as_mut() else {
+            return rejected("receive() is for plain-KCP sessions (messages: true); read a stream instead");
+        };
+        if m.receiver.is_some() {
+            return rejected("a receive() is already waiting");
+        }
+        let (promise, waiter) = deferred();
+        m.receiver = Some(waiter);
+        let now = inner.now();
+        inner.serve_messages(now, MESSAGE_STREAM);
+        inner.pump();
+        promise
     }
 
     /// The session's live figures.

@@ -83,3 +83,34 @@ test('a run-time change of the tunables keeps WebTransport sessions within the b
   assert.deepEqual(errors, []);
   await page.close();
 });
+
+test('plain KCP at /messages: messages of every size come back whole and in order through the backend', async () => {
+  const { page, errors } = await openDemo({});
+  const result = await page.evaluate(async ({ key }) => {
+    const { default: init, Client } = await import('/demo/kcpgate_wasm.js');
+    await init();
+    const { port, hashes } = await (await fetch('/webtransport/certificate')).json();
+    const client = await Client.connect(`https://127.0.0.1:${port}/messages`, {
+      key, crypt: 'aes', dataShards: 10, parityShards: 3, messages: true, certificateHashes: hashes.map((h) => h.value),
+    });
+    const sizes = [1, 17, 1200, 5000, 65536, 2, 30000];
+    const sent = sizes.map((n, i) => Uint8Array.from({ length: n }, (_, k) => (k * 13 + i) & 0xff));
+    const refusals = [];
+    for (const bad of [() => client.openStream(), () => client.send(new Uint8Array(65537))]) {
+      try { await bad(); } catch (e) { refusals.push(e.message); }
+    }
+    await Promise.all(sent.map((m) => client.send(m)));
+    const back = [];
+    for (let i = 0; i < sent.length; i++) back.push(await client.receive());
+    const same = back.every((m, i) => m.length === sent[i].length && m.every((b, k) => b === sent[i][k]));
+    const stats = client.stats();
+    client.close();
+    return { same, lengths: back.map((m) => m.length), refusals, conv: stats.conv };
+  }, { key: gateway.key });
+  assert.deepEqual(result.lengths, [1, 17, 1200, 5000, 65536, 2, 30000]);
+  assert.ok(result.same, 'every message came back byte for byte');
+  assert.match(result.refusals[0], /no streams: use send\(\) and receive\(\)/);
+  assert.match(result.refusals[1], /a message holds 1 to 65536 bytes/);
+  assert.deepEqual(errors, []);
+  await page.close();
+});

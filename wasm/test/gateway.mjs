@@ -48,16 +48,16 @@ export async function echoServer() {
   };
 }
 
-/** `kcpgate server` in front of `target`, with WebTransport; resolves once
- * /readyz answers. `args` adds flags. */
-export async function startGateway({ target, key = 'browser-test-key', crypt = 'aes', args = [] }) {
+/** `kcpgate server` (`bin`) in front of `target`, with WebTransport; resolves
+ * once /readyz answers. `args` adds flags. */
+export async function startGateway({ target, key = 'browser-test-key', crypt = 'aes', args = [], bin = KCPGATE }) {
   const [udp, webtransport, admin] = [await freePort(), await freePort(), await freePort()];
   const argv = [
     'server', '--listen', `127.0.0.1:${udp}`, '--target', target, '--key', key, '--crypt', crypt,
     '--datashard', '10', '--parityshard', '3', '--webtransport', `127.0.0.1:${webtransport}`,
     '--admin', `127.0.0.1:${admin}`, '--quiet', ...args,
   ];
-  const child = spawn(KCPGATE, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
+  const child = spawn(bin, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
   child.stderr.on('data', (d) => { log += d; });
   const exited = new Promise((resolve) => child.on('exit', resolve));

@@ -17,7 +17,7 @@ use kcpgate_core::endpoint::{Endpoint, EndpointConfig, Event, SessionId};
 use kcpgate_core::kcp::{diff, Mode};
 use kcpgate_core::pipeline::SessionConfig;
 use kcpgate_core::qpp::PadGeneration;
-use kcpgate_core::session::{StreamConfig, StreamEnd, StreamEvent};
+use kcpgate_core::session::{Framing, StreamConfig, StreamEnd, StreamEvent};
 use kcpgate_core::smux::{self, Read, Role};
 use kcpgate_core::stack::{QppSetup, StackConfig};
 
@@ -47,6 +47,7 @@ pub struct Layers {
     pub qpp: bool,
     pub close_wait_ms: u32,
     pub mode: Mode,
+    pub framing: Framing,
 }
 
 impl Layers {
@@ -61,6 +62,7 @@ impl Layers {
             qpp: false,
             close_wait_ms: 0,
             mode: Mode::Fast3,
+            framing: Framing::Streams,
         }
     }
 
@@ -80,7 +82,10 @@ impl Layers {
             smux: smux::Config { version, ..smux::Config::kcptun() },
             qpp: self.qpp.then(|| QppSetup::new(b"pair key", 61, PadGeneration::Current)),
         };
-        EndpointConfig { session, streams: StreamConfig { stack, close_wait_ms: self.close_wait_ms } }
+        EndpointConfig {
+            session,
+            streams: StreamConfig { stack, close_wait_ms: self.close_wait_ms, framing: self.framing },
+        }
     }
 }
 

@@ -115,7 +115,8 @@ pub(super) async fn render(state: &super::AdminState) -> String {
         registry.register(
             "webtransport_refused_sessions",
             "WebTransport sessions the gateway refused or closed before a KCP session: origin, limit, draining, \
-             crypto (wrong key or crypt), malformed, idle (no KCP session in 30 s), handshake (timed out)",
+             path (not / or /messages), crypto (wrong key or crypt), malformed, idle (no KCP session in 30 s), \
+             handshake (timed out)",
             refused,
         );
     }
