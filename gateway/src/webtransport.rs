@@ -509,3 +509,26 @@ async fn admit(incoming: IncomingSession, id: u64, plan: Arc<Plan>, drain: watch
     }
     let _ = tx.send(Input::Gone(peer)).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Role, Settings};
+
+    #[tokio::test]
+    async fn a_replaced_self_signed_certificate_is_published_first_and_the_old_one_kept() {
+        let args = ["-l", "127.0.0.1:1", "-webtransport", "127.0.0.1:0"].map(String::from);
+        let plan = Plan::new(Settings::parse(Role::Server, args).expect("settings"));
+        let listener = bind(&plan).await.expect("binds").expect("on");
+        let first = plan.webtransport.read().unwrap().hashes.clone();
+        assert_eq!(first.len(), 1);
+        rotate_certificate(&listener, &plan);
+        rotate_certificate(&listener, &plan);
+        let published = plan.webtransport.read().unwrap();
+        assert_eq!(published.hashes.len(), 2, "the current and the one before");
+        assert!(!published.hashes.contains(&first[0]), "two replacements later the first is gone");
+        assert_ne!(published.hashes[0], published.hashes[1]);
+        let left = published.expires.unwrap().duration_since(SystemTime::now()).unwrap();
+        assert!(left > Duration::from_secs(12 * 86_400) && left < Duration::from_secs(13 * 86_400), "{left:?}");
+    }
+}
