@@ -214,7 +214,7 @@ function refresh() {
   if (s) {
     $('srtt').textContent = s.srtt;
     $('rto').textContent = s.rto;
-    $('cwnd').textContent = s.cwnd;
+    $('in-flight').textContent = s.inFlight;
     $('retrans').textContent = s.retransmissions;
     $('fec').textContent = s.fecRecovered;
     $('dropped').textContent = s.droppedDatagrams;
