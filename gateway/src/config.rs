@@ -133,7 +133,7 @@ pub struct Tunables {
     pub rcvwnd: u32,
     /// Outgoing bytes per second per session; 0 is unlimited (a negative flag
     /// means 0, as in kcptun).
-    #[schema(maximum = 4_294_967_295_u64, example = 0)]
+    #[schema(format = Int64, maximum = 4_294_967_295_u64, example = 0)]
     pub ratelimit: u32,
     /// Server: sessions open at most at once; 0 is unlimited.
     #[schema(maximum = 10_000_000, example = 0)]

@@ -482,7 +482,7 @@ pub struct TunablesPatch {
     #[schema(minimum = 1, maximum = 65535)]
     #[serde(default, deserialize_with = "whole_number")]
     pub rcvwnd: Option<u32>,
-    #[schema(maximum = 4_294_967_295_u64)]
+    #[schema(format = Int64, maximum = 4_294_967_295_u64)]
     #[serde(default, deserialize_with = "whole_number")]
     pub ratelimit: Option<u32>,
     #[schema(maximum = 10_000_000)]

@@ -119,6 +119,13 @@ pub(super) async fn render(state: &super::AdminState) -> String {
              handshake (timed out)",
             refused,
         );
+        counter(
+            &mut registry,
+            "webtransport_oversized_datagrams",
+            "Datagrams larger than a WebTransport session could send at the time (lost, as on UDP)",
+            None,
+            state.plan.webtransport_refusals.oversized.load(std::sync::atomic::Ordering::Relaxed),
+        );
     }
     let p = &stats.process;
     gauge(&mut registry, "uptime", "Time since the admin API started", Some(Unit::Seconds), p.uptime_seconds);
