@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use kcpgate_core::kcp::diff;
-use kcpgate_core::session::Session;
+use kcpgate_core::session::{Framing, Session};
 use kcpgate_core::snmp::Snmp;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -262,6 +262,14 @@ pub enum Event {
     },
 }
 
+/// What carries a session's application bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SessionFraming {
+    Streams,
+    Messages,
+}
+
 /// What the API shows of one session.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SessionInfo {
@@ -281,7 +289,11 @@ pub struct SessionInfo {
     pub age_ms: u64,
     /// Milliseconds since the last datagram from the peer.
     pub idle_ms: u64,
-    /// The smux version in use; null while a detecting server has seen no frame.
+    /// `streams`: kcptun's stack (snappy, smux); `messages`: plain KCP in message
+    /// mode (browsers at the WebTransport listener's `/messages`).
+    pub framing: SessionFraming,
+    /// The smux version in use; null while a detecting server has seen no frame,
+    /// and for plain KCP.
     pub smux_version: Option<u8>,
     #[schema(example = "aes")]
     pub crypt: String,
@@ -405,6 +417,10 @@ impl SessionInfo {
             transport: cx.transport,
             age_ms: now_ms.saturating_sub(meta.opened_ms),
             idle_ms: diff(now_ms as u32, session.heard_at()).max(0) as u64,
+            framing: match session.framing() {
+                Framing::Streams => SessionFraming::Streams,
+                Framing::Messages => SessionFraming::Messages,
+            },
             smux_version: session.stack().and_then(|s| s.mux().version()),
             crypt: cx.crypt.to_string(),
             fec: cx.fec,

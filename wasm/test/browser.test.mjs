@@ -48,6 +48,7 @@ test('4 streams of 1 MB echo byte for byte over KCP in WebTransport (aes, FEC 10
   assert.equal(browserSessions.length, 1, JSON.stringify(sessions));
   const [session] = browserSessions;
   assert.equal(session.crypt, 'aes');
+  assert.equal(session.framing, 'streams');
   assert.deepEqual(session.fec, { data: 10, parity: 3 });
   const stats = await page.evaluate(() => window.kcpgateDemo.state.client.stats());
   assert.equal(session.conv, stats.conv, 'the API shows the page\'s conversation');
@@ -104,9 +105,14 @@ test('plain KCP at /messages: messages of every size come back whole and in orde
     for (let i = 0; i < sent.length; i++) back.push(await client.receive());
     const same = back.every((m, i) => m.length === sent[i].length && m.every((b, k) => b === sent[i][k]));
     const stats = client.stats();
+    const { sessions } = await (await fetch('/api/v1/sessions')).json();
+    const listed = sessions.find((s) => s.conv === stats.conv);
     client.close();
-    return { same, lengths: back.map((m) => m.length), refusals, conv: stats.conv };
+    return { same, lengths: back.map((m) => m.length), refusals, listed };
   }, { key: gateway.key });
+  assert.equal(result.listed.transport, 'webtransport');
+  assert.equal(result.listed.framing, 'messages');
+  assert.equal(result.listed.smux_version, null);
   assert.deepEqual(result.lengths, [1, 17, 1200, 5000, 65536, 2, 30000]);
   assert.ok(result.same, 'every message came back byte for byte');
   assert.match(result.refusals[0], /no streams: use send\(\) and receive\(\)/);
