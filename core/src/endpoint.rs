@@ -353,6 +353,11 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
         true
     }
 
+    /// The open session of the peer at `addr`, if it has one.
+    pub fn session_at(&self, addr: &A) -> Option<SessionId> {
+        self.listener.session(addr).map(|e| e.id)
+    }
+
     /// One session and its peer's address.
     pub fn session(&self, id: SessionId) -> Option<(&A, &Session)> {
         let addr = self.ids.get(&id)?;

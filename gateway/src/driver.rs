@@ -195,8 +195,7 @@ impl<T: Transport> Driver<T> {
             transport.observed(&from, &outcome);
         }
         while let Some(peer) = self.transport.take_gone() {
-            let found = self.endpoint.sessions().find(|(_, a, _)| **a == peer).map(|(id, _, _)| id);
-            if let Some(id) = found {
+            if let Some(id) = self.endpoint.session_at(&peer) {
                 if let Some(t) = self.sessions.get_mut(&id) {
                     t.closing_reason.get_or_insert_with(|| "the peer closed its transport session".to_string());
                 }

@@ -113,6 +113,15 @@ test('plain KCP at /messages: messages of every size come back whole and in orde
   assert.equal(result.listed.transport, 'webtransport');
   assert.equal(result.listed.framing, 'messages');
   assert.equal(result.listed.smux_version, null);
+  // The page closed its side: the gateway ends the session without waiting for a timeout.
+  const deadline = Date.now() + 5000;
+  let gone = false;
+  while (!gone && Date.now() < deadline) {
+    const { sessions } = await gateway.api('/api/v1/sessions');
+    gone = !sessions.some((s) => s.id === result.listed.id);
+    if (!gone) await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.ok(gone, 'the closed page\'s session is gone within 5 s');
   assert.deepEqual(result.lengths, [1, 17, 1200, 5000, 65536, 2, 30000]);
   assert.ok(result.same, 'every message came back byte for byte');
   assert.match(result.refusals[0], /no streams: use send\(\) and receive\(\)/);
