@@ -24,6 +24,7 @@ fn kcptun_client(args: &str) -> Child {
 
 /// An HTTP client for one admin listener; every status is an answer, not an error.
 struct Api {
+    port: u16,
     base: String,
     agent: ureq::Agent,
 }
@@ -35,7 +36,7 @@ impl Api {
             .timeout_global(Some(Duration::from_secs(10)))
             .build()
             .into();
-        Api { base: format!("http://127.0.0.1:{port}"), agent }
+        Api { port, base: format!("http://127.0.0.1:{port}"), agent }
     }
 
     /// (status, content type, body) of `method path`, with `token` if given.
@@ -76,16 +77,7 @@ impl Api {
 
     /// Waits until `/readyz` says ready.
     fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(r) = self.agent.get(format!("{}/readyz", self.base)).call() {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the admin API never became ready");
+        support::wait_ready(self.port);
     }
 
     /// Subscribes to the event stream; events arrive on the receiver as (name, data).

@@ -4,38 +4,16 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{echo_backend, free_tcp_port, free_udp_port, kcpgate, Procs};
+use support::{admin_get, echo_backend, free_tcp_port, free_udp_port, kcpgate, wait_ready, Procs};
 use wtransport::endpoint::ConnectOptions;
 use wtransport::tls::Sha256Digest;
 use wtransport::{ClientConfig, Endpoint, Identity};
 
-/// (status, body) of `GET path` on the admin listener; `None` while it does not listen.
-fn try_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(5)))
-        .build()
-        .into();
-    let mut response = agent.get(format!("http://127.0.0.1:{port}{path}")).call().ok()?;
-    Some((response.status().as_u16(), response.body_mut().read_to_string().unwrap()))
-}
-
 fn get(port: u16, path: &str) -> (u16, serde_json::Value) {
-    let (status, body) = try_get(port, path).expect("the admin listener answers");
+    let (status, body) = admin_get(port, path).expect("the admin listener answers");
     (status, serde_json::from_str(&body).unwrap_or_default())
-}
-
-fn wait_ready(admin: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if try_get(admin, "/readyz").is_some_and(|(status, _)| status == 200) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("kcpgate never became ready");
 }
 
 /// Opens a WebTransport session to `port` at `path` with `origin`, trusting
@@ -118,7 +96,7 @@ async fn origins_and_paths_not_served_are_refused_and_counted() {
         let refused = open(wt, path, origin, hash).await.expect_err("refused");
         assert!(refused.contains("rejected"), "{path} {origin:?}: {refused}");
     }
-    let (_, metrics) = try_get(admin, "/metrics").unwrap();
+    let (_, metrics) = admin_get(admin, "/metrics").unwrap();
     assert!(metrics.contains(r#"kcpgate_webtransport_refused_sessions_total{reason="origin"} 2"#), "{metrics}");
     assert!(metrics.contains(r#"kcpgate_webtransport_refused_sessions_total{reason="path"} 1"#), "{metrics}");
 }

@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { after, before, test } from 'node:test';
 
-import { BENCH, echoServer, freePort, launchBrowser, startGateway } from './gateway.mjs';
+import { BENCH, echoServer, freePort, launchBrowser, openDemo as openDemoOf, startGateway } from './gateway.mjs';
 
 const LIMIT = 2;
 let echo;
@@ -26,15 +26,7 @@ after(async () => {
   await echo?.close();
 });
 
-/** The demo page; `errors` collects uncaught exceptions and unhandled rejections. */
-async function openDemo(query = {}) {
-  const page = await browser.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(e.message));
-  await page.goto(`${gateway.base}/demo/?${new URLSearchParams(query)}`);
-  await page.waitForFunction(() => window.kcpgateDemo);
-  return { page, errors };
-}
+const openDemo = (query) => openDemoOf(browser, gateway, query);
 
 /** Connects the demo with `options`; resolves to { error, ms }. */
 function tryConnect(page, options = {}) {

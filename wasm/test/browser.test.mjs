@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 
-import { echoServer, launchBrowser, startGateway } from './gateway.mjs';
+import { echoServer, launchBrowser, openDemo as openDemoOf, startGateway } from './gateway.mjs';
 
 let echo;
 let gateway;
@@ -23,14 +23,7 @@ after(async () => {
   await echo?.close();
 });
 
-async function openDemo(query) {
-  const page = await browser.newPage();
-  const errors = [];
-  page.on('pageerror', (e) => errors.push(e.message));
-  await page.goto(`${gateway.base}/demo/?${new URLSearchParams(query)}`);
-  await page.waitForFunction(() => window.kcpgateDemo);
-  return { page, errors };
-}
+const openDemo = (query) => openDemoOf(browser, gateway, query);
 
 test('4 streams of 1 MB echo byte for byte over KCP in WebTransport (aes, FEC 10/3); the API lists and kicks the session', async () => {
   const { page, errors } = await openDemo({ key: gateway.key, crypt: 'aes', ds: 10, ps: 3 });

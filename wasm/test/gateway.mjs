@@ -96,3 +96,14 @@ export function launchBrowser() {
     args: process.getuid?.() === 0 ? ['--no-sandbox'] : [],
   });
 }
+
+/** The demo page of `gateway` in a new page of `browser`, preset by `query`;
+ * `errors` collects uncaught exceptions and unhandled rejections. */
+export async function openDemo(browser, gateway, query = {}) {
+  const page = await browser.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e.message));
+  await page.goto(`${gateway.base}/demo/?${new URLSearchParams(query)}`);
+  await page.waitForFunction(() => window.kcpgateDemo);
+  return { page, errors };
+}

@@ -82,3 +82,27 @@ pub fn incompressible(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// (status, body) of `GET path` on the admin listener at `port`; `None` while it
+/// does not listen.
+pub fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(10)))
+        .build()
+        .into();
+    let mut response = agent.get(format!("http://127.0.0.1:{port}{path}")).call().ok()?;
+    Some((response.status().as_u16(), response.body_mut().read_to_string().ok()?))
+}
+
+/// Waits until the admin listener at `port` says ready (`/readyz`).
+pub fn wait_ready(port: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if admin_get(port, "/readyz").is_some_and(|(status, _)| status == 200) {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("the admin API never became ready");
+}
