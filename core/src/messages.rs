@@ -135,16 +135,6 @@ impl MessageLink {
         Ok(())
     }
 
-    /// Bytes the stack holds for either direction.
-    pub fn buffered_bytes(&self) -> usize {
-        self.inbox.len() - self.inbox_at + self.outbox.len()
-    }
-
-    /// Why the layer failed, if it did.
-    pub fn error(&self) -> Option<StackError> {
-        self.error
-    }
-
     /// Opens the stream (client side, once).
     pub fn open_stream(&mut self) -> Result<u32, SmuxError> {
         if self.role == Role::Client && self.stream == StreamState::Unopened {

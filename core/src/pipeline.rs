@@ -141,27 +141,37 @@ impl Connection {
     /// Whether [`Connection::write`] would accept data (kcp-go's `Write` blocks while
     /// `WaitSnd ≥ snd_wnd`).
     pub fn writable(&self) -> bool {
-        self.kcp.wait_snd() < self.kcp.config().snd_wnd as usize
+        self.free_segments() > 0
     }
 
     /// Queues application bytes, as many as the send window has room for (whole
     /// segments), and flushes unless write-delay is on. Returns the bytes taken.
     pub fn write(&mut self, now: u32, data: &[u8]) -> usize {
-        let free = (self.kcp.config().snd_wnd as usize).saturating_sub(self.kcp.wait_snd());
         let mss = self.kcp.mss();
-        let take = data.len().min(free * mss);
+        let take = data.len().min(self.free_segments() * mss);
         for piece in data[..take].chunks(mss) {
             self.kcp.send(piece).expect("non-empty piece of at most mss bytes");
         }
         if take > 0 {
-            self.counters.bytes_sent += take as u64;
-            if !self.write_delay {
-                self.arm_send_budget(now);
-                self.kcp.flush(now);
-                self.seal_output(now);
-            }
+            self.queued(now, take);
         }
         take
+    }
+
+    /// Segments the send window has room for.
+    fn free_segments(&self) -> usize {
+        (self.kcp.config().snd_wnd as usize).saturating_sub(self.kcp.wait_snd())
+    }
+
+    /// `bytes` of application data were queued: count them and flush, unless
+    /// write-delay leaves that to the timer.
+    fn queued(&mut self, now: u32, bytes: usize) {
+        self.counters.bytes_sent += bytes as u64;
+        if !self.write_delay {
+            self.arm_send_budget(now);
+            self.kcp.flush(now);
+            self.seal_output(now);
+        }
     }
 
     /// Message mode: queues `message` whole (KCP fragments it; the peer receives it
@@ -170,20 +180,14 @@ impl Connection {
     /// empty or needs more than 255 fragments.
     pub fn send_message(&mut self, now: u32, message: &[u8]) -> bool {
         let fragments = message.len().div_ceil(self.kcp.mss());
-        let free = (self.kcp.config().snd_wnd as usize).saturating_sub(self.kcp.wait_snd());
         // A message larger than the whole window still goes once the window is empty.
-        if fragments > free && self.kcp.wait_snd() > 0 {
+        if fragments > self.free_segments() && self.kcp.wait_snd() > 0 {
             return false;
         }
         if self.kcp.send(message).is_err() {
             return false;
         }
-        self.counters.bytes_sent += message.len() as u64;
-        if !self.write_delay {
-            self.arm_send_budget(now);
-            self.kcp.flush(now);
-            self.seal_output(now);
-        }
+        self.queued(now, message.len());
         true
     }
 
