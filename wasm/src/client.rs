@@ -425,6 +425,22 @@ impl Inner {
         }
     }
 
+    /// Queues `data` on stream `sid` behind the writes already waiting; the promise
+    /// resolves once the session has taken all of it. `gone` is the rejection when
+    /// the stream is no more.
+    fn queue_write(&mut self, sid: u32, data: Vec<u8>, gone: &str) -> Promise {
+        let Some(slot) = self.streams.get_mut(&sid) else { return rejected(gone) };
+        if slot.finish_after.is_some() {
+            return rejected("the stream's write side is finished");
+        }
+        let (promise, done) = deferred();
+        slot.writes.push_back(PendingWrite { data, taken: 0, done });
+        let now = self.now();
+        self.serve_writes(now, sid);
+        self.pump();
+        promise
+    }
+
     /// Moves waiting writes into the stream as far as its window takes them.
     fn serve_writes(&mut self, now: u32, sid: u32) {
         let Some(slot) = self.streams.get_mut(&sid) else { return };
@@ -737,13 +753,7 @@ impl Client {
                     .into(),
             );
         }
-        let Some(slot) = inner.streams.get_mut(&MESSAGE_STREAM) else { return rejected("the session is closing") };
-        let (promise, done) = deferred();
-        slot.writes.push_back(PendingWrite { data: frame(message), taken: 0, done });
-        let now = inner.now();
-        inner.serve_writes(now, MESSAGE_STREAM);
-        inner.pump();
-        promise
+        inner.queue_write(MESSAGE_STREAM, frame(message), "the session is closing")
     }
 
     /// Plain KCP (`messages: true`): the next message from the gateway's backend,
@@ -873,16 +883,7 @@ impl Stream {
         if let Some(why) = &inner.ended {
             return rejected(&format!("the session is over: {why}"));
         }
-        let Some(slot) = inner.streams.get_mut(&self.sid) else { return rejected("the stream is closed") };
-        if slot.finish_after.is_some() {
-            return rejected("the stream's write side is finished");
-        }
-        let (promise, done) = deferred();
-        slot.writes.push_back(PendingWrite { data: data.to_vec(), taken: 0, done });
-        let now = inner.now();
-        inner.serve_writes(now, self.sid);
-        inner.pump();
-        promise
+        inner.queue_write(self.sid, data.to_vec(), "the stream is closed")
     }
 
     /// Ends the page's direction after what was written; the gateway's may go on.
