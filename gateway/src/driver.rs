@@ -13,6 +13,7 @@ use foldhash::{HashMap, HashMapExt};
 use kcpgate_core::endpoint::{Endpoint, Event, SessionId};
 use kcpgate_core::kcp::diff;
 use kcpgate_core::listener::{Drop, Outcome};
+use kcpgate_core::pipeline::SessionConfig;
 use kcpgate_core::session::{Framing, SessionEnd, StreamEvent};
 use kcpgate_core::smux::Role;
 use tokio::sync::{mpsc, watch};
@@ -76,7 +77,7 @@ impl<T: Transport> Driver<T> {
     fn new(role: Role, transport: T, plan: Arc<Plan>, framing: Framing) -> Driver<T> {
         let mut config = plan.endpoint_config();
         config.streams.framing = framing;
-        config.session.mtu = config.session.mtu.min(transport.max_datagram());
+        config.session = fitted(config.session, &transport);
         let max_datagrams = transport.max_segments(config.session.mtu);
         let endpoint = Endpoint::new(role, config, plan.crypto.clone(), random_seed())
             .expect("the session settings were validated at startup");
@@ -383,9 +384,7 @@ impl<T: Transport> Driver<T> {
             }
             Query::Retune(done) => {
                 let tuning = self.plan.tuning();
-                let mut session = tuning.session.clone();
-                session.mtu = session.mtu.min(self.transport.max_datagram());
-                *self.endpoint.session_config_mut() = session;
+                *self.endpoint.session_config_mut() = fitted(tuning.session.clone(), &self.transport);
                 self.max_sessions = tuning.tunables.max_sessions;
                 let _ = done.send(());
             }
@@ -404,6 +403,13 @@ impl Driver<BatchSocket> {
         driver.client = Some((id, session));
         driver
     }
+}
+
+/// Session settings as `transport` can carry them: the MTU at most its largest
+/// datagram (a browser's, over WebTransport).
+fn fitted<T: Transport>(mut session: SessionConfig, transport: &T) -> SessionConfig {
+    session.mtu = session.mtu.min(transport.max_datagram());
+    session
 }
 
 /// The client's next local connection; never resolves without a client session.
