@@ -13,7 +13,7 @@ use crate::crypto::{OpenError, PacketCrypto};
 use crate::fec;
 use crate::kcp::segment::{Header, SegmentError, Segments, HEADER_LEN as KCP_HEADER_LEN};
 use crate::smux;
-use crate::snappy;
+use crate::snappy::{self, CHUNK_COMPRESSED, CHUNK_IDENTIFIER, CHUNK_UNCOMPRESSED};
 use crate::wire::{Datagram, Runt};
 
 /// What the crypto layer said about a datagram.
@@ -243,10 +243,6 @@ fn smux_frames(data: &[u8]) -> Vec<SmuxFrame> {
     }
     frames
 }
-
-const CHUNK_COMPRESSED: u8 = 0x00;
-const CHUNK_UNCOMPRESSED: u8 = 0x01;
-const CHUNK_IDENTIFIER: u8 = 0xff;
 
 /// The snappy chunks `data` starts with; empty unless the first one is a stream
 /// identifier or a data chunk whose CRC holds (so application bytes that happen

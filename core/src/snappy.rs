@@ -11,10 +11,13 @@ pub const MAX_BLOCK: usize = 65536;
 /// Longest chunk body a reader accepts: the largest compressed block plus the CRC.
 pub const MAX_CHUNK_BODY: usize = 76490 + 4;
 
-const CHUNK_COMPRESSED: u8 = 0x00;
-const CHUNK_UNCOMPRESSED: u8 = 0x01;
+/// Chunk type of a compressed block.
+pub const CHUNK_COMPRESSED: u8 = 0x00;
+/// Chunk type of an uncompressed block.
+pub const CHUNK_UNCOMPRESSED: u8 = 0x01;
 const CHUNK_PADDING: u8 = 0xfe;
-const CHUNK_IDENTIFIER: u8 = 0xff;
+/// Chunk type of the stream identifier.
+pub const CHUNK_IDENTIFIER: u8 = 0xff;
 
 /// CRC-32C, masked as the framing format requires.
 pub fn masked_crc(data: &[u8]) -> u32 {

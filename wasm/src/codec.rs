@@ -7,7 +7,7 @@ use kcpgate_core::crypto::{self, Method, OpenError, PacketCrypto};
 use kcpgate_core::fec;
 use kcpgate_core::inspect::{self, FecFraming, Payload, SmuxFrame, SnappyChunk, Verdict};
 use kcpgate_core::kcp::{Command, Header};
-use kcpgate_core::smux;
+use kcpgate_core::{smux, snappy};
 use wasm_bindgen::prelude::*;
 
 use crate::js::{self, Obj};
@@ -270,8 +270,8 @@ fn chunks(chunks: &[SnappyChunk]) -> Array {
         .iter()
         .map(|c| {
             let kind = match c.kind {
-                0x00 => "compressed",
-                0x01 => "uncompressed",
+                snappy::CHUNK_COMPRESSED => "compressed",
+                snappy::CHUNK_UNCOMPRESSED => "uncompressed",
                 _ => "identifier",
             };
             Obj::new()
