@@ -318,6 +318,7 @@ pub struct Listener {
     endpoint: Endpoint<Server>,
     addr: SocketAddr,
     self_signed: bool,
+    origins: Arc<[String]>,
 }
 
 /// Binds `-webtransport` with its certificate; `None` when it is off. Fails with
@@ -326,6 +327,7 @@ pub async fn bind(plan: &Plan) -> std::io::Result<Option<Listener>> {
     let Some(addr) = plan.settings.webtransport_addr().map_err(|e| std::io::Error::other(e.0))? else {
         return Ok(None);
     };
+    let origins = plan.settings.webtransport_origins().map_err(|e| std::io::Error::other(e.0))?;
     let s = &plan.settings;
     let (identity, expires) = if s.webtransport_cert.is_empty() {
         let (identity, expires) = self_signed().map_err(std::io::Error::other)?;
@@ -350,16 +352,18 @@ pub async fn bind(plan: &Plan) -> std::io::Result<Option<Listener>> {
         published.expires = Some(expires);
     }
     info!("listening for WebTransport on UDP {local}");
-    Ok(Some(Listener { endpoint, addr: local, self_signed: expires.is_some() }))
+    Ok(Some(Listener { endpoint, addr: local, self_signed: expires.is_some(), origins: origins.into() }))
 }
 
 /// The URL path of plain-KCP sessions (message mode, no smux); every other
 /// session is kcptun's stream stack at `/`.
 pub const MESSAGES_PATH: &str = "/messages";
 
-/// Where admitted sessions' datagrams go: one driver per framing.
+/// Who is admitted (pages of these origins; any when empty), and where admitted
+/// sessions' datagrams go: one driver per framing.
 #[derive(Clone)]
-struct Routes {
+struct Admission {
+    origins: Arc<[String]>,
     streams: mpsc::Sender<Input>,
     messages: mpsc::Sender<Input>,
 }
@@ -387,20 +391,20 @@ pub async fn serve(listener: Listener, plan: Arc<Plan>, mut drain: watch::Receiv
         tokio::spawn(Driver::server(stream_peers, plan.clone(), Framing::Streams).run(drain.clone())),
         tokio::spawn(Driver::server(message_peers, plan.clone(), Framing::Messages).run(drain.clone())),
     ];
-    let routes = Routes { streams, messages };
+    let admission = Admission { origins: listener.origins.clone(), streams, messages };
     let next_id = Arc::new(AtomicU64::new(1));
     let mut rotate = tokio::time::interval_at(tokio::time::Instant::now() + ROTATE_EVERY, ROTATE_EVERY);
     loop {
         tokio::select! {
             incoming = listener.endpoint.accept() => {
                 let id = next_id.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(admit(incoming, id, plan.clone(), drain.clone(), routes.clone()));
+                tokio::spawn(admit(incoming, id, plan.clone(), drain.clone(), admission.clone()));
             }
             _ = rotate.tick(), if listener.self_signed => rotate_certificate(&listener, &plan),
             _ = drain.changed() => if *drain.borrow() { break },
         }
     }
-    drop(routes);
+    drop(admission);
     for driver in drivers {
         let _ = driver.await;
     }
@@ -427,22 +431,28 @@ fn rotate_certificate(listener: &Listener, plan: &Plan) {
 
 /// One WebTransport session: admitted (or refused with a reason), then its
 /// datagrams go to the driver until it ends.
-async fn admit(incoming: IncomingSession, id: u64, plan: Arc<Plan>, drain: watch::Receiver<bool>, routes: Routes) {
+async fn admit(
+    incoming: IncomingSession,
+    id: u64,
+    plan: Arc<Plan>,
+    drain: watch::Receiver<bool>,
+    admission: Admission,
+) {
     let refusals = &plan.webtransport_refusals;
     let request = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
         Ok(Ok(request)) => request,
         Ok(Err(e)) => return debug!("WebTransport handshake failed: {e}"),
         Err(_) => return count(&refusals.handshake),
     };
-    let origins = plan.settings.webtransport_origins().unwrap_or_default();
+    let origins = &admission.origins;
     if !origins.is_empty() && !request.origin().is_some_and(|o| origins.iter().any(|a| a == o)) {
         count(&refusals.origin);
         info!(remote = %request.remote_address(), origin = ?request.origin(), "WebTransport session refused: origin not allowed");
         return request.forbidden().await;
     }
     let tx = match request.path() {
-        "" | "/" => routes.streams,
-        MESSAGES_PATH => routes.messages,
+        "" | "/" => admission.streams,
+        MESSAGES_PATH => admission.messages,
         _ => {
             count(&refusals.path);
             return request.not_found().await;
