@@ -1,6 +1,8 @@
 //! Embeds the browser demo (wasm/demo) and the browser module (wasm/pkg, made by
-//! wasm/build) into the binary, so that the admin listener serves them at /demo/.
-//! Without wasm/pkg the binary still builds; /demo/ then says how to add it.
+//! wasm/build) into the binary, so that the admin listener serves them at /demo/,
+//! and the dashboard (web-ui/dist, built and committed), served at /.
+//! Without wasm/pkg the binary still builds; /demo/ and the dashboard's packet
+//! inspector then say how to add it.
 
 use std::fmt::Write;
 use std::path::Path;
@@ -27,6 +29,41 @@ fn main() {
         }
     }
     code.push_str("];\n");
+    code.push_str("/// The dashboard's files: (path under /, content type, bytes).\npub static DASHBOARD: &[(&str, &str, &[u8])] = &[\n");
+    let dist = root.join("web-ui/dist");
+    println!("cargo:rerun-if-changed={}", dist.display());
+    let mut files = Vec::new();
+    collect(&dist, &mut files);
+    files.sort();
+    for file in files {
+        let name = file.strip_prefix(&dist).expect("under dist").to_string_lossy().replace('\\', "/");
+        let kind = match file.extension().and_then(|e| e.to_str()) {
+            Some("html") => "text/html; charset=utf-8",
+            Some("js") => "text/javascript; charset=utf-8",
+            Some("css") => "text/css; charset=utf-8",
+            Some("svg") => "image/svg+xml",
+            Some("json") => "application/json",
+            _ => "application/octet-stream",
+        };
+        let file = file.canonicalize().expect("an existing file has a canonical path");
+        writeln!(code, "    ({name:?}, {kind:?}, include_bytes!({:?})),", file.display())
+            .expect("a String takes writes");
+    }
+    code.push_str("];\n");
     let out = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("demo_assets.rs");
     std::fs::write(out, code).expect("OUT_DIR is writable");
+}
+
+/// Every file under `dir`, recursively (none if it does not exist).
+fn collect(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        println!("cargo:rerun-if-changed={}", path.display());
+        if path.is_dir() {
+            collect(&path, files);
+        } else {
+            files.push(path);
+        }
+    }
 }

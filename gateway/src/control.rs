@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kcpgate_core::kcp::diff;
@@ -36,6 +36,9 @@ pub enum Query {
     Sessions(oneshot::Sender<Vec<SessionInfo>>),
     /// Close session `id` if the task owns it; answers whether it did.
     Kick { id: u64, reason: String, done: oneshot::Sender<bool> },
+    /// Copy session `id`'s next datagrams into `capture`, if the task owns it;
+    /// answers the session's view when it does.
+    Capture { id: u64, capture: Arc<Capture>, done: oneshot::Sender<Option<SessionInfo>> },
     /// The tunables changed: use them for sessions opened from now on.
     Retune(oneshot::Sender<()>),
 }
@@ -61,8 +64,9 @@ impl Inbox {
 /// Every task's query channel, the totals of tasks that ended, session ids and the
 /// event channel.
 pub struct Registry {
-    tasks: Mutex<Vec<Option<mpsc::Sender<Query>>>>,
-    ended: Mutex<Snmp>,
+    tasks: Mutex<Vec<Option<(TransportKind, mpsc::Sender<Query>)>>>,
+    /// Totals of the tasks that ended, per transport ([`TransportKind::ALL`] order).
+    ended: Mutex<[Snmp; 2]>,
     next_id: AtomicU64,
     events: broadcast::Sender<Event>,
     open_sessions: AtomicU64,
@@ -91,17 +95,17 @@ impl Default for Registry {
 }
 
 impl Registry {
-    /// An inbox for a new task.
-    pub fn register(&self) -> Inbox {
+    /// An inbox for a new task whose sessions `kind` carries.
+    pub fn register(&self, kind: TransportKind) -> Inbox {
         let (tx, queries) = mpsc::channel(INBOX_DEPTH);
         let mut tasks = self.tasks.lock().expect("registry lock");
         let slot = match tasks.iter().position(Option::is_none) {
             Some(i) => {
-                tasks[i] = Some(tx);
+                tasks[i] = Some((kind, tx));
                 i
             }
             None => {
-                tasks.push(Some(tx));
+                tasks.push(Some((kind, tx)));
                 tasks.len() - 1
             }
         };
@@ -110,12 +114,11 @@ impl Registry {
 
     /// A task ends: its final totals stay in the process totals.
     pub fn retire(&self, inbox: Inbox, totals: Snmp) {
-        let mut ended = self.ended.lock().expect("registry lock");
-        let max = ended.max_conn.max(totals.max_conn);
-        ended.accumulate(&totals);
+        let mut tasks = self.tasks.lock().expect("registry lock");
+        let Some((kind, _)) = tasks[inbox.slot].take() else { return };
+        let ended = &mut self.ended.lock().expect("registry lock")[kind as usize];
+        merge(ended, &totals);
         ended.curr_estab = 0;
-        ended.max_conn = max;
-        self.tasks.lock().expect("registry lock")[inbox.slot] = None;
     }
 
     /// An id for a new session, unique in this process.
@@ -185,25 +188,25 @@ impl Registry {
     }
 
     /// Sends every task a query made by `make` and collects the answers that come
-    /// within [`ANSWER_WAIT`].
-    async fn ask<T>(&self, make: impl Fn(oneshot::Sender<T>) -> Query) -> Vec<T> {
-        let tasks: Vec<mpsc::Sender<Query>> =
+    /// within [`ANSWER_WAIT`], with the task's transport.
+    async fn ask<T>(&self, make: impl Fn(oneshot::Sender<T>) -> Query) -> Vec<(TransportKind, T)> {
+        let tasks: Vec<(TransportKind, mpsc::Sender<Query>)> =
             self.tasks.lock().expect("registry lock").iter().flatten().cloned().collect();
         let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
         let mut pending = Vec::with_capacity(tasks.len());
-        for task in tasks {
+        for (kind, task) in tasks {
             let (tx, rx) = oneshot::channel();
             // A full inbox (many readers at once) is waited for: a retune or a kick
             // must not be lost. A task gone or stuck past the deadline is skipped.
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             if task.send_timeout(make(tx), left).await.is_ok() {
-                pending.push(rx);
+                pending.push((kind, rx));
             }
         }
         let mut answers = Vec::with_capacity(pending.len());
-        for rx in pending {
+        for (kind, rx) in pending {
             if let Ok(Ok(answer)) = tokio::time::timeout_at(deadline, rx).await {
-                answers.push(answer);
+                answers.push((kind, answer));
             }
         }
         answers
@@ -212,31 +215,123 @@ impl Registry {
     /// The process totals, fresh from every task. `max_conn` is the largest
     /// per-task peak, a lower bound of the process-wide one.
     pub async fn counters(&self) -> Snmp {
+        total(&self.counters_by_transport().await)
+    }
+
+    /// [`Registry::counters`] of each transport's tasks ([`TransportKind::ALL`] order).
+    pub async fn counters_by_transport(&self) -> [Snmp; 2] {
         let live = self.ask(Query::Counters).await;
-        let mut total = *self.ended.lock().expect("registry lock");
-        for s in &live {
-            let max = total.max_conn.max(s.max_conn);
-            total.accumulate(s);
-            total.max_conn = max.max(total.curr_estab);
+        let mut totals = *self.ended.lock().expect("registry lock");
+        for (kind, s) in &live {
+            merge(&mut totals[*kind as usize], s);
         }
-        total
+        totals
     }
 
     /// Every live session, in no particular order.
     pub async fn sessions(&self) -> Vec<SessionInfo> {
-        self.ask(Query::Sessions).await.into_iter().flatten().collect()
+        self.ask(Query::Sessions).await.into_iter().flat_map(|(_, s)| s).collect()
     }
 
     /// Closes session `id`; false if no task owns it.
     pub async fn kick(&self, id: u64, reason: &str) -> bool {
         let reason = reason.to_string();
         let done = self.ask(|done| Query::Kick { id, reason: reason.clone(), done }).await;
-        done.into_iter().any(|kicked| kicked)
+        done.into_iter().any(|(_, kicked)| kicked)
+    }
+
+    /// Starts copying session `id`'s datagrams into `capture`; the session's view,
+    /// or None if no task owns it.
+    pub async fn capture(&self, id: u64, capture: &Arc<Capture>) -> Option<SessionInfo> {
+        let found = self.ask(|done| Query::Capture { id, capture: capture.clone(), done }).await;
+        found.into_iter().find_map(|(_, view)| view)
     }
 
     /// Has every task pick up new tunables; returns once they all have.
     pub async fn retune(&self) {
         self.ask(Query::Retune).await;
+    }
+}
+
+/// The process totals from [`Registry::counters_by_transport`]'s.
+pub fn total(by_transport: &[Snmp; 2]) -> Snmp {
+    let mut total = Snmp::default();
+    for per_transport in by_transport {
+        merge(&mut total, per_transport);
+    }
+    total
+}
+
+/// Adds `more` to `total`, keeping the larger `max_conn` (a per-task peak: a lower
+/// bound of the process-wide one).
+fn merge(total: &mut Snmp, more: &Snmp) {
+    let max = total.max_conn.max(more.max_conn);
+    total.accumulate(more);
+    total.max_conn = max.max(total.curr_estab);
+}
+
+/// Which way a captured datagram went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    /// From the peer to the gateway.
+    In,
+    /// From the gateway to the peer.
+    Out,
+}
+
+/// Datagrams of one session copied as they pass, for the packet inspector: the
+/// driver fills it until it holds `wanted` or its reader stopped waiting.
+pub struct Capture {
+    wanted: usize,
+    started: std::time::Instant,
+    state: Mutex<Captured>,
+    full: tokio::sync::Notify,
+}
+
+/// A capture's datagrams: (direction, microseconds since the start, bytes).
+pub type CapturedDatagram = (Direction, u64, Vec<u8>);
+
+#[derive(Default)]
+struct Captured {
+    datagrams: Vec<CapturedDatagram>,
+    /// The reader took what there was: nothing more is wanted.
+    over: bool,
+}
+
+impl Capture {
+    pub fn new(wanted: usize) -> Capture {
+        Capture {
+            wanted,
+            started: std::time::Instant::now(),
+            state: Mutex::default(),
+            full: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Keeps a copy of `datagram`; false once the capture wants no more (it is
+    /// full, or its reader stopped waiting).
+    pub fn take(&self, direction: Direction, datagram: &[u8]) -> bool {
+        let mut state = self.state.lock().expect("capture lock");
+        if state.over {
+            return false;
+        }
+        let at = self.started.elapsed().as_micros() as u64;
+        state.datagrams.push((direction, at, datagram.to_vec()));
+        if state.datagrams.len() >= self.wanted {
+            state.over = true;
+            self.full.notify_one();
+        }
+        !state.over
+    }
+
+    /// Waits until the capture is full or `limit` passed, then ends it and hands
+    /// over what it holds.
+    pub async fn finish(&self, limit: Duration) -> Vec<CapturedDatagram> {
+        let _ = tokio::time::timeout(limit, self.full.notified()).await;
+        let mut state = self.state.lock().expect("capture lock");
+        state.over = true;
+        std::mem::take(&mut state.datagrams)
     }
 }
 
@@ -581,7 +676,7 @@ mod tests {
     #[tokio::test]
     async fn counters_ask_the_live_tasks_and_add_the_ended_ones() {
         let registry = std::sync::Arc::new(Registry::default());
-        let (mut a, b) = (registry.register(), registry.register());
+        let (mut a, b) = (registry.register(TransportKind::Udp), registry.register(TransportKind::Udp));
         registry.retire(b, Snmp { bytes_sent: 5, max_conn: 7, curr_estab: 1, ..Snmp::default() });
         let task = tokio::spawn(async move {
             for sent in [100, 200] {
@@ -594,7 +689,7 @@ mod tests {
         assert_eq!((first.bytes_sent, first.curr_estab, first.max_conn), (105, 1, 7));
         assert_eq!(registry.counters().await.bytes_sent, 205, "each query is answered afresh");
         registry.retire(task.await.expect("the task"), Snmp::default());
-        assert_eq!(registry.register().slot, 0, "an ended task's slot is reused");
+        assert_eq!(registry.register(TransportKind::Udp).slot, 0, "an ended task's slot is reused");
         assert!(!registry.kick(9, "nobody").await, "a task that does not answer is not waited for forever");
     }
 
@@ -602,7 +697,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_inbox_is_waited_for_not_skipped() {
         let registry = std::sync::Arc::new(Registry::default());
-        let mut inbox = registry.register();
+        let mut inbox = registry.register(TransportKind::Udp);
         tokio::spawn(async move {
             while let Some(query) = inbox.recv().await {
                 if let Query::Counters(reply) = query {

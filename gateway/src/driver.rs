@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::conn::Conn;
-use crate::control::{Event as ApiEvent, Inbox, Query, SessionInfo, SessionMeta};
+use crate::control::{Capture, Direction, Event as ApiEvent, Inbox, Query, SessionInfo, SessionMeta};
 use crate::runtime::{random_seed, Plan};
 use crate::transport::Transport;
 use crate::tunnel::{elapsed_ms, run_stream, FromStream, Links, NewStream, WrongKeyWarning};
@@ -71,6 +71,8 @@ pub struct Driver<T: Transport> {
     /// What the endpoint did with datagrams, for the transport: every outcome but
     /// a plain delivery (reused between batches).
     outcomes: Vec<(T::Peer, Outcome)>,
+    /// Sessions whose datagrams the packet inspector is copying (almost always none).
+    captures: Vec<(SessionId, Arc<Capture>)>,
 }
 
 impl<T: Transport> Driver<T> {
@@ -98,6 +100,7 @@ impl<T: Transport> Driver<T> {
             wrong_key: WrongKeyWarning::default(),
             client: None,
             outcomes: Vec::new(),
+            captures: Vec::new(),
             plan,
         }
     }
@@ -119,7 +122,7 @@ impl<T: Transport> Driver<T> {
     /// Runs until the work is done: a server's once `drain` turns true and no stream
     /// is left; a client's once its session has ended.
     pub async fn run(mut self, mut drain: watch::Receiver<bool>) {
-        let mut inbox = self.plan.registry.register();
+        let mut inbox = self.plan.registry.register(T::KIND);
         self.draining = *drain.borrow();
         loop {
             // Queries first (a busy loop may not reach the select).
@@ -178,8 +181,11 @@ impl<T: Transport> Driver<T> {
         let limit = self.max_sessions;
         let full = limit > 0 && self.plan.registry.open_sessions() >= limit;
         self.endpoint.set_accepting(!self.draining && !full);
-        let Driver { endpoint, transport, wrong_key, plan, outcomes, .. } = self;
+        let Driver { endpoint, transport, wrong_key, plan, outcomes, captures, .. } = self;
         for (from, datagram) in transport.datagrams() {
+            if !captures.is_empty() {
+                copy_captured(captures, endpoint.session_at(&from), Direction::In, datagram, datagram.len());
+            }
             let outcome = endpoint.handle_datagram(now, &from, datagram);
             match outcome {
                 Outcome::Delivered => continue,
@@ -217,6 +223,10 @@ impl<T: Transport> Driver<T> {
             while let Some(t) = self.endpoint.poll_transmit(now, self.max_datagrams, &mut self.out) {
                 acted = true;
                 let segment = t.segment_size.unwrap_or(t.size);
+                if !self.captures.is_empty() {
+                    let session = self.endpoint.session_at(&t.destination);
+                    copy_captured(&mut self.captures, session, Direction::Out, &self.out[..t.size], segment);
+                }
                 if let Err(e) = self.transport.send(&t.destination, &self.out[..t.size], segment).await {
                     debug!(remote = %t.destination, "send failed: {e}");
                 }
@@ -242,6 +252,7 @@ impl<T: Transport> Driver<T> {
             Event::SessionClosed { id, remote, conv, reason } => {
                 let Some(mut tracked) = self.sessions.remove(&id) else { return };
                 tracked.links.stop_all();
+                self.captures.retain(|(of, _)| *of != id);
                 let reason = match (tracked.closing_reason, reason) {
                     (Some(why), _) => why,
                     (None, SessionEnd::Stack(e)) => {
@@ -382,6 +393,19 @@ impl<T: Transport> Driver<T> {
                 }
                 let _ = done.send(found.is_some());
             }
+            Query::Capture { id, capture, done } => {
+                let now = self.now_ms();
+                let cx = self.plan.view_context(self.local, T::KIND);
+                let found = self.sessions.iter().find(|(_, t)| t.meta.id == id);
+                let view = found.and_then(|(sid, t)| {
+                    let (addr, session) = self.endpoint.session(*sid)?;
+                    Some((*sid, SessionInfo::new(&cx, T::address(addr), session, &t.meta, &t.links, now)))
+                });
+                if let Some((sid, _)) = &view {
+                    self.captures.push((*sid, capture));
+                }
+                let _ = done.send(view.map(|(_, v)| v));
+            }
             Query::Retune(done) => {
                 let tuning = self.plan.tuning();
                 *self.endpoint.session_config_mut() = fitted(tuning.session.clone(), &self.transport);
@@ -403,6 +427,21 @@ impl Driver<BatchSocket> {
         driver.client = Some((id, session));
         driver
     }
+}
+
+/// Copies the datagrams in `data` (each `segment` bytes but the last) of
+/// `session` into its captures, and forgets the captures that want no more.
+fn copy_captured(
+    captures: &mut Vec<(SessionId, Arc<Capture>)>,
+    session: Option<SessionId>,
+    direction: Direction,
+    data: &[u8],
+    segment: usize,
+) {
+    let Some(session) = session else { return };
+    captures.retain(|(of, capture)| {
+        *of != session || data.chunks(segment.max(1)).all(|datagram| capture.take(direction, datagram))
+    });
 }
 
 /// Session settings as `transport` can carry them: the MTU at most its largest

@@ -224,6 +224,46 @@ fn the_api_lists_kicks_and_retunes_the_sessions_of_real_clients() {
     assert!(n(&after["traffic"]["bytes_in"]) > n(&gate_session["traffic"]["bytes_in"]) + 200_000);
     assert!(n(&after["traffic"]["packets_out"]) > n(&gate_session["traffic"]["packets_out"]));
     assert!(n(&after["age_ms"]) > n(&gate_session["age_ms"]));
+    // The packet inspector's capture: the next datagrams both ways, still encrypted,
+    // which the key (never sent by the gateway) decodes.
+    let (gate_id, base) = (n(&gate_session["id"]), api.base.clone());
+    let capturing = std::thread::spawn(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let url = format!("{base}/api/v1/sessions/{gate_id}/capture?count=40&timeout_ms=10000");
+        let mut r = agent.post(url).header("Authorization", format!("Bearer {TOKEN}")).send_empty().unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    echo(&mut via_gate, &payload(8, 100_000));
+    let (status, text) = capturing.join().unwrap();
+    assert_eq!(status, 200, "{text}");
+    let capture: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!((n(&capture["session"]["id"]), capture["complete"].as_bool()), (gate_id, Some(true)));
+    let datagrams = capture["datagrams"].as_array().unwrap();
+    assert_eq!(datagrams.len(), 40);
+    let crypto = kcpgate_core::crypto::PacketCrypto::new(
+        kcpgate_core::crypto::Method::from_name_or_aes("aes"),
+        &kcpgate_core::crypto::derive_key("k"),
+    );
+    let mut directions = std::collections::HashSet::new();
+    for d in datagrams {
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(d["data"].as_str().unwrap()).unwrap();
+        let seen = kcpgate_core::inspect::inspect(&crypto, &bytes);
+        assert_eq!(seen.verdict, kcpgate_core::inspect::Verdict::Ok, "a captured datagram decrypts with the key");
+        assert!(seen.fec.is_some(), "FEC 10/3 frames every datagram");
+        directions.insert(d["direction"].as_str().unwrap().to_string());
+    }
+    assert_eq!(directions.len(), 2, "datagrams both ways: {directions:?}");
+    let missing = api.call("POST", "/api/v1/sessions/999999/capture?count=1", Some(TOKEN), None);
+    assert_eq!(missing.0, 404, "{}", missing.2);
+    let too_many = api.call("POST", &format!("/api/v1/sessions/{gate_id}/capture?count=5000"), Some(TOKEN), None);
+    assert_eq!(too_many.0, 400, "{}", too_many.2);
+    let stats = api.get("/api/v1/stats");
+    let udp_stats = stats["transports"].as_array().unwrap().iter().find(|t| t["transport"] == "udp").unwrap().clone();
+    assert_eq!(n(&udp_stats["sessions_open"]), 2, "{udp_stats}");
+    assert_eq!(udp_stats["bytes_in"], stats["snmp"]["InBytes"], "only UDP carries sessions here: {stats}");
+
     let top = api.get("/api/v1/sessions?sort=bytes_in&order=desc&limit=1");
     assert_eq!((n(&top["total"]), top["sessions"][0]["id"].clone()), (2, after["id"].clone()), "sorted and paged");
     assert_eq!(n(&api.get("/api/v1/sessions?remote=127.0.0.1")["total"]), 2);
@@ -396,7 +436,12 @@ fn every_api_route_needs_the_token() {
             }
         }
     }
-    assert_eq!(guarded, 7, "every /api operation was tried");
+    assert_eq!(guarded, 8, "every /api operation was tried");
+    // The dashboard is public (it asks for the token itself) and locked down by its CSP.
+    let page = api.agent.get(format!("{}/", api.base)).call().unwrap();
+    assert_eq!(page.status(), 200);
+    let csp = page.headers()["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"), "{csp}");
     let (status, ..) = api.call("GET", "/api/v1/no-such-thing", None, None);
     assert_eq!(status, 401, "unknown /api paths are not revealed either");
 }

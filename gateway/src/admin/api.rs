@@ -18,7 +18,8 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiJson, ApiPath, ApiQuery, FieldError, Problem, Shared, Unauthorized};
 use crate::config::Role;
-use crate::control::{Event, SessionInfo, Tunables, TunablesPatch};
+use crate::control::{Capture, Direction, Event, SessionInfo, Tunables, TunablesPatch};
+use crate::transport::TransportKind;
 
 /// Most sessions one page returns.
 const MAX_PAGE: u32 = 1000;
@@ -238,6 +239,95 @@ pub async fn kick_session(
     }
 }
 
+/// Most datagrams one capture takes.
+const MAX_CAPTURE: u32 = 1000;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureQuery {
+    /// Datagrams to capture, both ways together, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000, example = 50)]
+    count: Option<u32>,
+    /// Milliseconds to wait for them, 100 to 30000 (default 5000): the answer
+    /// holds what came by then.
+    #[param(minimum = 100, maximum = 30000, example = 5000)]
+    timeout_ms: Option<u64>,
+}
+
+/// One captured datagram, exactly as it crossed the wire (still encrypted).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"direction": "in", "at_us": 1520, "data": "q83vASNFZ4mrze8BI0VniQ=="}))]
+pub struct CapturedDatagramView {
+    pub direction: Direction,
+    /// Microseconds after the capture started.
+    pub at_us: u64,
+    /// The datagram's bytes, base64 (standard alphabet, padded).
+    pub data: String,
+}
+
+/// What a capture took.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CaptureResult {
+    /// The session when the capture started: its crypt, FEC and MTU tell a
+    /// decoder how to read the datagrams (the key is never sent).
+    pub session: SessionInfo,
+    /// Whether `count` datagrams came before the timeout.
+    pub complete: bool,
+    pub datagrams: Vec<CapturedDatagramView>,
+}
+
+/// Captures the next datagrams a session receives and sends, for the packet
+/// inspector: they are copied as they pass, still encrypted, and answered once
+/// `count` have passed or `timeout_ms` ran out. Decoding them needs the key,
+/// which the gateway never sends.
+#[utoipa::path(
+    post,
+    path = "/api/v1/sessions/{id}/capture",
+    tag = "sessions",
+    params(("id" = u64, Path, description = "The session's id", minimum = 0, example = 42), CaptureQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The captured datagrams", body = CaptureResult),
+        (status = 400, description = "A bad id, count or timeout", content_type = "application/problem+json", body = Problem),
+        (status = 404, description = "No live session has this id", content_type = "application/problem+json", body = Problem),
+        Unauthorized,
+    )
+)]
+pub async fn capture_session(
+    State(state): State<Shared>,
+    ApiPath(id): ApiPath<u64>,
+    ApiQuery(q): ApiQuery<CaptureQuery>,
+) -> Result<Json<CaptureResult>, Problem> {
+    use base64::Engine;
+    let count = q.count.unwrap_or(50);
+    if !(1..=MAX_CAPTURE).contains(&count) {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("count must be between 1 and {MAX_CAPTURE} (got {count})"),
+        ));
+    }
+    let timeout_ms = q.timeout_ms.unwrap_or(5000);
+    if !(100..=30_000).contains(&timeout_ms) {
+        return Err(Problem::new(
+            StatusCode::BAD_REQUEST,
+            format!("timeout_ms must be between 100 and 30000 (got {timeout_ms})"),
+        ));
+    }
+    let capture = std::sync::Arc::new(Capture::new(count as usize));
+    let session = state.plan.registry.capture(id, &capture).await.ok_or_else(|| no_session(id))?;
+    let taken = capture.finish(Duration::from_millis(timeout_ms)).await;
+    let datagrams: Vec<CapturedDatagramView> = taken
+        .into_iter()
+        .map(|(direction, at_us, bytes)| CapturedDatagramView {
+            direction,
+            at_us,
+            data: base64::engine::general_purpose::STANDARD.encode(bytes),
+        })
+        .collect();
+    Ok(Json(CaptureResult { session, complete: datagrams.len() == count as usize, datagrams }))
+}
+
 macro_rules! snmp_counters {
     ($($go:tt $field:ident),* $(,)?) => {
         /// kcp-go's SNMP counters (PROTOCOL.md §4.9), summed over every session, with
@@ -347,6 +437,30 @@ pub struct ProcessStats {
     pub cpu_seconds: f64,
 }
 
+/// One transport's share of the counters, for charts by transport. Counters
+/// only grow: a reader takes rates from two readings.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"transport": "udp", "sessions_open": 10, "sessions_opened": 57, "bytes_in": 1843211, "bytes_out": 9921740, "packets_in": 15602, "packets_out": 10233, "segments_out": 11870, "retrans_segs": 41, "lost_segs": 9, "fec_recovered": 17}))]
+pub struct TransportStats {
+    pub transport: TransportKind,
+    pub sessions_open: u64,
+    /// Sessions opened since the start.
+    pub sessions_opened: u64,
+    /// Datagram payload bytes received and sent.
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    /// KCP segments sent, retransmissions included.
+    pub segments_out: u64,
+    /// KCP segments retransmitted, all causes.
+    pub retrans_segs: u64,
+    /// KCP segments retransmitted after a timeout (taken as lost).
+    pub lost_segs: u64,
+    /// Datagrams FEC recovered.
+    pub fec_recovered: u64,
+}
+
 /// Everything counted, at once.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Stats {
@@ -355,6 +469,8 @@ pub struct Stats {
     pub sessions: SessionStats,
     pub streams: StreamStats,
     pub process: ProcessStats,
+    /// The counters of each transport (udp, webtransport).
+    pub transports: Vec<TransportStats>,
 }
 
 /// Counters, rates and process figures.
@@ -373,11 +489,12 @@ pub async fn get_stats(State(state): State<Shared>) -> Json<Stats> {
 }
 
 pub(super) async fn stats(state: &super::AdminState) -> Stats {
-    stats_of(state, &state.plan.registry.counters().await)
+    let by_transport = state.plan.registry.counters_by_transport().await;
+    stats_of(state, &crate::control::total(&by_transport), &by_transport)
 }
 
-/// [`Stats`] with SNMP counters already collected.
-pub(super) fn stats_of(state: &super::AdminState, snmp: &Snmp) -> Stats {
+/// [`Stats`] with SNMP counters already collected: the total, and by transport.
+pub(super) fn stats_of(state: &super::AdminState, snmp: &Snmp, by_transport: &[Snmp; 2]) -> Stats {
     let streams = &state.plan.streams;
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let (opened, closed) = (get(&streams.opened), get(&streams.closed));
@@ -396,6 +513,25 @@ pub(super) fn stats_of(state: &super::AdminState, snmp: &Snmp) -> Stats {
             tcp_failures: get(&streams.tcp_failures),
         },
         process: process_stats(state),
+        transports: state
+            .plan
+            .registry
+            .sessions_by_transport()
+            .zip(by_transport)
+            .map(|((transport, sessions_open, sessions_opened), s)| TransportStats {
+                transport,
+                sessions_open,
+                sessions_opened,
+                bytes_in: s.in_bytes,
+                bytes_out: s.out_bytes,
+                packets_in: s.in_pkts,
+                packets_out: s.out_pkts,
+                segments_out: s.out_segs,
+                retrans_segs: s.retrans_segs,
+                lost_segs: s.lost_segs,
+                fec_recovered: s.fec_recovered,
+            })
+            .collect(),
     }
 }
 

@@ -74,8 +74,9 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>, va
 
 /// The metrics text: the same figures as `/api/v1/stats`, fresh.
 pub(super) async fn render(state: &super::AdminState) -> String {
-    let snmp = state.plan.registry.counters().await;
-    let stats = super::api::stats_of(state, &snmp);
+    let by_transport = state.plan.registry.counters_by_transport().await;
+    let snmp = crate::control::total(&by_transport);
+    let stats = super::api::stats_of(state, &snmp, &by_transport);
     let mut registry = Registry::with_prefix("kcpgate");
     for ((go, value), (name_go, name, help, kind, bytes)) in snmp.fields().zip(SNMP_METRICS) {
         debug_assert_eq!(go, name_go, "SNMP_METRICS follows Snmp's field order");

@@ -85,6 +85,7 @@ fn routes() -> (OpenApiRouter<Shared>, OpenApiRouter<Shared>) {
     let guarded = OpenApiRouter::new()
         .routes(routes!(api::list_sessions))
         .routes(routes!(api::get_session, api::kick_session))
+        .routes(routes!(api::capture_session))
         .routes(routes!(api::get_stats))
         .routes(routes!(api::get_config, api::patch_config))
         .routes(routes!(api::events));
@@ -93,6 +94,7 @@ fn routes() -> (OpenApiRouter<Shared>, OpenApiRouter<Shared>) {
         .routes(routes!(metrics::livez))
         .routes(routes!(metrics::readyz))
         .routes(routes!(openapi_document))
+        .routes(routes!(auth))
         .routes(routes!(web::webtransport_certificate));
     (guarded, public)
 }
@@ -116,7 +118,7 @@ pub fn app(state: Shared) -> Router {
     let (guarded, _) = guarded.split_for_parts();
     let (public, _) = public.split_for_parts();
     let guarded = guarded.layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
-    public.merge(guarded).merge(web::demo_routes()).fallback(fallback).with_state(state)
+    public.merge(guarded).merge(web::browser_routes()).fallback(fallback).with_state(state)
 }
 
 /// Serves the admin API on `listener` until the process ends.
@@ -169,6 +171,27 @@ async fn fallback(State(state): State<Shared>, request: Request) -> Response {
         return Unauthorized::default().into_response();
     }
     Problem::new(StatusCode::NOT_FOUND, format!("no such resource: {}", request.uri().path())).into_response()
+}
+
+/// Whether the API needs a token.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"token_required": true}))]
+pub struct AuthInfo {
+    /// True when the gateway was started with an admin token: every /api route
+    /// then needs `Authorization: Bearer <token>`.
+    pub token_required: bool,
+}
+
+/// Whether the admin API needs a token, for a dashboard deciding whether to ask
+/// for one (public; it reveals nothing else).
+#[utoipa::path(
+    get,
+    path = "/auth",
+    tag = "operations",
+    responses((status = 200, description = "Whether a token is needed", body = AuthInfo))
+)]
+async fn auth(State(state): State<Shared>) -> axum::Json<AuthInfo> {
+    axum::Json(AuthInfo { token_required: !state.plan.settings.admin_token.is_empty() })
 }
 
 /// The OpenAPI 3.1 document of this API.

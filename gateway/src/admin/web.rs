@@ -68,12 +68,46 @@ pub async fn webtransport_certificate(State(state): State<Shared>) -> Response {
     ([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response()
 }
 
-/// The demo page and its files, outside the API document.
-pub fn demo_routes() -> Router<Shared> {
+/// What the dashboard's pages may load: only their own files and the same
+/// origin's API (and the browser module for the inspector, compiled in place).
+const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'self' 'wasm-unsafe-eval'; style-src 'self'; \
+    img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// The dashboard, the demo page and their files, outside the API document.
+pub fn browser_routes() -> Router<Shared> {
     Router::new()
+        .route("/", get(|| async { dashboard_file("index.html") }))
+        .route(
+            "/assets/{file}",
+            get(|Path(file): Path<String>| async move { dashboard_file(&format!("assets/{file}")) }),
+        )
         .route("/demo", get(|| async { Redirect::permanent("/demo/") }))
         .route("/demo/", get(|| async { demo_file("index.html") }))
         .route("/demo/{file}", get(|Path(file): Path<String>| async move { demo_file(&file) }))
+}
+
+fn dashboard_file(name: &str) -> Response {
+    let Some((_, kind, bytes)) = DASHBOARD.iter().find(|(n, _, _)| *n == name) else {
+        let detail = if DASHBOARD.is_empty() {
+            "this kcpgate was built without the dashboard: web-ui/dist is missing; run (cd web-ui && npm ci && npm run build), then build kcpgate again".to_string()
+        } else {
+            format!("no such file: /{name}")
+        };
+        return Problem::new(StatusCode::NOT_FOUND, detail).into_response();
+    };
+    // The page itself is checked each time; its assets are named by their hash.
+    let cache = if name == "index.html" { "no-cache" } else { "public, max-age=31536000, immutable" };
+    (
+        [
+            (header::CONTENT_TYPE, *kind),
+            (header::CACHE_CONTROL, cache),
+            (header::CONTENT_SECURITY_POLICY, DASHBOARD_CSP),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        *bytes,
+    )
+        .into_response()
 }
 
 fn demo_file(name: &str) -> Response {
