@@ -16,8 +16,10 @@ export class OverviewView implements View {
     const m = this.cx.model;
     const card = (key: string, label: string) => {
       const value = h('span', { class: 'card-value', 'data-card': key }, '–');
+      const detail = h('span', { class: 'card-detail', 'data-card-detail': key });
       this.cards.set(key, value);
-      return h('div', { class: 'card' }, h('span', { class: 'card-label' }, label), value);
+      this.cards.set(`${key}-detail`, detail);
+      return h('div', { class: 'card' }, h('span', { class: 'card-label' }, label), value, detail);
     };
     this.charts = [
       new Chart('Throughput (bytes/s)', m.throughput, [
@@ -73,8 +75,10 @@ export class OverviewView implements View {
       const el = this.cards.get(k);
       if (el) setText(el, v);
     };
-    const by = s.stats.transports.map((t) => `${count(t.sessions_open)} ${t.transport === 'udp' ? 'UDP' : 'WT'}`).join(' · ');
-    set('sessions', `${count(s.stats.sessions.open)} (${by})`);
+    const by = s.stats.transports.map((t) => `${count(t.sessions_open)} ${t.transport === 'udp' ? 'UDP' : 'WebTransport'}`).join(' · ');
+    set('sessions', count(s.stats.sessions.open));
+    set('sessions-detail', by);
+    set('streams-detail', `${count(s.stats.streams.opened)} opened, ${count(s.stats.streams.dial_failures)} dials failed`);
     set('streams', count(s.stats.streams.open));
     set('in', s.bytesInPerSecond === null ? '–' : byteRate(s.bytesInPerSecond));
     set('out', s.bytesOutPerSecond === null ? '–' : byteRate(s.bytesOutPerSecond));

@@ -89,7 +89,7 @@ export class SessionsView implements View {
         this.filter = filter.value.trim();
         this.offset = 0;
         void this.load();
-      }, 120);
+      }, 60);
     });
     this.headers = [];
     const head = h(

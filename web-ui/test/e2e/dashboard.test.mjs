@@ -40,7 +40,8 @@ async function clientSessions() {
 
 test('the overview charts the live traffic', async () => {
   const { page } = dash;
-  await until('two sessions on the overview', async () => (await page.locator('[data-card="sessions"]').textContent()).startsWith('2 '));
+  await until('two sessions on the overview', async () => (await page.locator('[data-card="sessions"]').textContent()) === '2');
+  assert.equal(await page.locator('[data-card-detail="sessions"]').textContent(), '2 UDP · 0 WebTransport');
   await until('a byte rate', async () => /B\/s$/.test(await page.locator('[data-card="in"]').textContent()));
   assert.equal(await page.locator('figure.chart canvas').count(), 4, 'four charts');
   await page.waitForTimeout(3000); // a few seconds of history on the charts
