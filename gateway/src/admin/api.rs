@@ -768,11 +768,50 @@ pub struct EventsQuery {
     /// Milliseconds between `stats` events, 100 to 60000 (default 1000).
     #[param(minimum = 100, maximum = 60000, example = 1000)]
     interval_ms: Option<u64>,
+    /// End the stream after this many events, 1 to 10000 (default: never);
+    /// `max_events=1` gives one `stats` snapshot at once, for scripts.
+    #[param(minimum = 1, maximum = 10000, example = 1)]
+    max_events: Option<u32>,
+}
+
+/// What an event is named.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamEventName {
+    Stats,
+    SessionOpened,
+    SessionClosed,
+    Lagged,
+}
+
+impl StreamEventName {
+    fn name(&self) -> &'static str {
+        match self {
+            StreamEventName::Stats => "stats",
+            StreamEventName::SessionOpened => "session_opened",
+            StreamEventName::SessionClosed => "session_closed",
+            StreamEventName::Lagged => "lagged",
+        }
+    }
+}
+
+/// One Server-Sent Event of `/api/v1/events` (each event of the stream, not the
+/// stream: the OpenAPI 3.1 reading of `text/event-stream`).
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"event": "session_opened", "data": "{\"type\":\"session_opened\",\"id\":42,\"conv\":3541092111,\"remote\":\"203.0.113.7:50812\",\"transport\":\"udp\"}"}))]
+pub struct StreamEvent {
+    pub event: StreamEventName,
+    /// JSON: a [`Stats`] object for `stats`, an [`Event`] for `session_opened` and
+    /// `session_closed`, `{"missed": n}` for `lagged`.
+    #[schema(content_media_type = "application/json")]
+    pub data: String,
 }
 
 /// A live stream of Server-Sent Events: `stats` (a [`Stats`] object) at once and then
 /// every `interval_ms`; `session_opened` and `session_closed` ([`Event`]) as they
-/// happen; `lagged` ({"missed": n}) when a slow reader missed session events.
+/// happen; `lagged` ({"missed": n}) when a slow reader missed session events. It
+/// never ends unless `max_events` is given. Its size does not grow with the session
+/// count: `stats` are totals, and sessions appear only as they open and close.
 #[utoipa::path(
     get,
     path = "/api/v1/events",
@@ -782,9 +821,9 @@ pub struct EventsQuery {
     responses(
         (
             status = 200,
-            description = "An endless event stream",
+            description = "The event stream (endless without max_events)",
             content_type = "text/event-stream",
-            body = String,
+            body = StreamEvent,
             example = "event: session_opened\ndata: {\"type\":\"session_opened\",\"id\":42,\"conv\":3541092111,\"remote\":\"203.0.113.7:50812\"}\n\n"
         ),
         (status = 400, description = "A bad query parameter", content_type = "application/problem+json", body = Problem),
@@ -802,29 +841,39 @@ pub async fn events(
             format!("interval_ms must be between 100 and 60000 (got {interval_ms})"),
         ));
     }
+    if let Some(n) = q.max_events.filter(|n| !(1..=10_000).contains(n)) {
+        return Err(Problem::new(StatusCode::BAD_REQUEST, format!("max_events must be between 1 and 10000 (got {n})")));
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let changes = state.plan.registry.subscribe();
-    let stream = futures_util::stream::unfold((state, tick, changes), |(state, mut tick, mut changes)| async move {
-        let event = tokio::select! {
-            _ = tick.tick() => SseEvent::default().event("stats").json_data(stats(&state).await),
-            change = changes.recv() => match change {
-                Ok(e) => {
-                    let name = match e {
-                        Event::SessionOpened { .. } => "session_opened",
-                        Event::SessionClosed { .. } => "session_closed",
-                    };
-                    SseEvent::default().event(name).json_data(e)
-                }
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    SseEvent::default().event("lagged").json_data(serde_json::json!({ "missed": missed }))
-                }
-                Err(broadcast::error::RecvError::Closed) => return None,
-            },
-        };
-        let event = event.unwrap_or_else(|e| SseEvent::default().event("error").data(e.to_string()));
-        Some((Ok(event), (state, tick, changes)))
-    });
+    let left = q.max_events;
+    let stream = futures_util::stream::unfold(
+        (state, tick, changes, left),
+        |(state, mut tick, mut changes, left)| async move {
+            if left == Some(0) {
+                return None;
+            }
+            let event = tokio::select! {
+                _ = tick.tick() => SseEvent::default().event(StreamEventName::Stats.name()).json_data(stats(&state).await),
+                change = changes.recv() => match change {
+                    Ok(e) => {
+                        let name = match e {
+                            Event::SessionOpened { .. } => StreamEventName::SessionOpened,
+                            Event::SessionClosed { .. } => StreamEventName::SessionClosed,
+                        };
+                        SseEvent::default().event(name.name()).json_data(e)
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        SseEvent::default().event(StreamEventName::Lagged.name()).json_data(serde_json::json!({ "missed": missed }))
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                },
+            };
+            let event = event.unwrap_or_else(|e| SseEvent::default().event("error").data(e.to_string()));
+            Some((Ok(event), (state, tick, changes, left.map(|n| n - 1))))
+        },
+    );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
