@@ -108,7 +108,7 @@ test('the inspector decodes captured packets of a live aes session and shows its
   await page.locator('table.inspector tbody tr').first().getByRole('button').click();
   await page.locator('#inspect-detail h2').waitFor();
   await page.evaluate(() => window.scrollTo(0, 0));
-  await page.screenshot({ path: `${SHOTS}/inspector.png`, fullPage: true });
+  await page.screenshot({ path: `${SHOTS}/inspector.png` });
   // A wrong key decodes nothing, and says so.
   await page.getByLabel('Key (-key)').fill('not-the-key');
   await page.getByLabel('Datagrams', { exact: true }).fill('10');
