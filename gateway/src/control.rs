@@ -61,10 +61,13 @@ impl Inbox {
     }
 }
 
+/// A live task's transport and query channel (None once it ended).
+type Task = Option<(TransportKind, mpsc::Sender<Query>)>;
+
 /// Every task's query channel, the totals of tasks that ended, session ids and the
 /// event channel.
 pub struct Registry {
-    tasks: Mutex<Vec<Option<(TransportKind, mpsc::Sender<Query>)>>>,
+    tasks: Mutex<Vec<Task>>,
     /// Totals of the tasks that ended, per transport ([`TransportKind::ALL`] order).
     ended: Mutex<[Snmp; 2]>,
     next_id: AtomicU64,

@@ -261,6 +261,25 @@ fn the_api_lists_kicks_and_retunes_the_sessions_of_real_clients() {
         directions.insert(d["direction"].as_str().unwrap().to_string());
     }
     assert_eq!(directions.len(), 2, "datagrams both ways: {directions:?}");
+    // At most four captures at once: a fifth is refused until one finishes.
+    let waiting: Vec<_> = (0..4)
+        .map(|_| {
+            let base = api.base.clone();
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+                let url = format!("{base}/api/v1/sessions/{gate_id}/capture?count=1000&timeout_ms=1500");
+                agent.post(url).header("Authorization", format!("Bearer {TOKEN}")).send_empty().unwrap().status()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let fifth = api.call("POST", &format!("/api/v1/sessions/{gate_id}/capture?count=1"), Some(TOKEN), None);
+    assert_eq!((fifth.0, fifth.1.as_str()), (429, "application/problem+json"), "{}", fifth.2);
+    for w in waiting {
+        assert_eq!(w.join().unwrap(), 200, "a capture that times out answers what it has");
+    }
+    let again = api.call("POST", &format!("/api/v1/sessions/{gate_id}/capture?count=1"), Some(TOKEN), None);
+    assert_eq!(again.0, 200, "room again once they finished: {}", again.2);
     let missing = api.call("POST", "/api/v1/sessions/999999/capture?count=1", Some(TOKEN), None);
     assert_eq!(missing.0, 404, "{}", missing.2);
     let too_many = api.call("POST", &format!("/api/v1/sessions/{gate_id}/capture?count=5000"), Some(TOKEN), None);

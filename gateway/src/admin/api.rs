@@ -241,6 +241,8 @@ pub async fn kick_session(
 
 /// Most datagrams one capture takes.
 const MAX_CAPTURE: u32 = 1000;
+/// Captures that may run at once (each holds its datagrams until answered).
+const MAX_CAPTURES_RUNNING: usize = 4;
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -291,6 +293,7 @@ pub struct CaptureResult {
         (status = 200, description = "The captured datagrams", body = CaptureResult),
         (status = 400, description = "A bad id, count or timeout", content_type = "application/problem+json", body = Problem),
         (status = 404, description = "No live session has this id", content_type = "application/problem+json", body = Problem),
+        (status = 429, description = "Four captures are running already", content_type = "application/problem+json", body = Problem),
         Unauthorized,
     )
 )]
@@ -314,6 +317,22 @@ pub async fn capture_session(
             format!("timeout_ms must be between 100 and 30000 (got {timeout_ms})"),
         ));
     }
+    let running = &state.captures;
+    if running.fetch_add(1, Ordering::Relaxed) >= MAX_CAPTURES_RUNNING {
+        running.fetch_sub(1, Ordering::Relaxed);
+        return Err(Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{MAX_CAPTURES_RUNNING} captures are running already: try again when one has finished"),
+        ));
+    }
+    // Counted down however the request ends (a client that hangs up included).
+    struct Running<'a>(&'a std::sync::atomic::AtomicUsize);
+    impl Drop for Running<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let _running = Running(running);
     let capture = std::sync::Arc::new(Capture::new(count as usize));
     let session = state.plan.registry.capture(id, &capture).await.ok_or_else(|| no_session(id))?;
     let taken = capture.finish(Duration::from_millis(timeout_ms)).await;

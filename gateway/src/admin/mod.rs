@@ -37,6 +37,8 @@ pub struct AdminState {
     pub drain: watch::Receiver<bool>,
     pub started: Instant,
     pub sampler: Sampler,
+    /// Packet captures running now (each holds up to 1,000 datagrams).
+    pub captures: std::sync::atomic::AtomicUsize,
 }
 
 type Shared = Arc<AdminState>;
@@ -123,7 +125,13 @@ pub fn app(state: Shared) -> Router {
 
 /// Serves the admin API on `listener` until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, plan: Arc<Plan>, drain: watch::Receiver<bool>) {
-    let state = Arc::new(AdminState { plan, drain, started: Instant::now(), sampler: Sampler::default() });
+    let state = Arc::new(AdminState {
+        plan,
+        drain,
+        started: Instant::now(),
+        sampler: Sampler::default(),
+        captures: Default::default(),
+    });
     if let Err(e) = axum::serve(listener, app(state)).await {
         tracing::error!("the admin API stopped: {e}");
     }
