@@ -84,10 +84,8 @@ fn main() -> ExitCode {
             match kcpgate::admin::bind(addr).await {
                 Ok(listener) => {
                     let guarded = if plan.settings.admin_token.is_empty() { "no token" } else { "token required" };
-                    tracing::info!(
-                        "admin API on http://{} ({guarded}); OpenAPI at /openapi.json",
-                        listener.local_addr()?
-                    );
+                    let at = listener.local_addr()?;
+                    tracing::info!("admin API on http://{at} ({guarded}): dashboard at /, OpenAPI at /openapi.json");
                     tokio::spawn(kcpgate::admin::serve(listener, plan.clone(), drain.clone()));
                 }
                 // The default address may be taken by another program: run without the
