@@ -39,7 +39,8 @@ const COLUMNS: Column[] = [
 
 interface Row {
   tr: HTMLTableRowElement;
-  cells: HTMLTableCellElement[];
+  /** Where each column's text goes: the cell, or the ID cell's link. */
+  cells: HTMLElement[];
   remote: string;
 }
 
@@ -213,8 +214,6 @@ export class SessionsView implements View {
     const cells = COLUMNS.map((c) => h('td', { class: c.numeric ? 'num' : undefined }));
     const link = h('a', { href: `#/sessions/${s.id}`, 'aria-label': `Session ${s.id}` });
     cells[0].append(link);
-    // The ID cell's text lives in its link.
-    const idCell = link as unknown as HTMLTableCellElement;
     const kick = h('button', {
       type: 'button',
       class: 'danger small',
@@ -227,7 +226,7 @@ export class SessionsView implements View {
       },
     }, 'Kick');
     const tr = h('tr', { 'data-session': s.id }, ...cells, h('td', {}, kick));
-    const row = { tr, cells: [idCell, ...cells.slice(1)], remote: s.remote };
+    const row = { tr, cells: [link, ...cells.slice(1)], remote: s.remote };
     this.rows.set(s.id, row);
     return row;
   }
