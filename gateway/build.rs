@@ -16,6 +16,7 @@ const ASSETS: [(&str, &str, &str); 4] = [
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    println!("cargo:rustc-env=KCPGATE_COMMIT={}", commit(&root));
     let mut code = String::from(
         "/// The demo's files: (name, content type, bytes).\npub static DEMO: &[(&str, &str, &[u8])] = &[\n",
     );
@@ -66,4 +67,35 @@ fn collect(dir: &Path, files: &mut Vec<std::path::PathBuf>) {
             files.push(path);
         }
     }
+}
+
+/// The commit kcpgate is built from, for `--version`: `KCPGATE_COMMIT` when set
+/// (a build without the repository, such as a container build), else git's
+/// short hash and commit date, else "unknown commit".
+fn commit(root: &Path) -> String {
+    println!("cargo:rerun-if-env-changed=KCPGATE_COMMIT");
+    if let Ok(given) = std::env::var("KCPGATE_COMMIT") {
+        if !given.trim().is_empty() {
+            return given.trim().to_string();
+        }
+    }
+    // Rebuilt when HEAD moves: a checkout changes HEAD, a commit the branch's ref.
+    let git = root.join(".git");
+    println!("cargo:rerun-if-changed={}", git.join("HEAD").display());
+    if let Ok(head) = std::fs::read_to_string(git.join("HEAD")) {
+        if let Some(reference) = head.trim().strip_prefix("ref: ") {
+            println!("cargo:rerun-if-changed={}", git.join(reference).display());
+        }
+    }
+    println!("cargo:rerun-if-changed={}", git.join("packed-refs").display());
+    std::process::Command::new("git")
+        .args(["log", "-1", "--format=commit %h, %cs"])
+        .current_dir(root)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "unknown commit".to_string())
 }

@@ -6,7 +6,7 @@ use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 fn cli() -> Command {
     Command::new("kcpgate")
-        .version(env!("CARGO_PKG_VERSION"))
+        .version(kcpgate::VERSION)
         .about("KCP game gateway: a drop-in, wire-compatible kcptun server and client")
         .long_about(
             "KCP game gateway: a drop-in, wire-compatible kcptun server and client.\n\n\

@@ -187,3 +187,18 @@ fn logs_are_plain_text_when_piped_and_json_on_request_warnings_included() {
     let e = parse(Role::Server, "-log-format xml").validate().expect_err("xml is no format");
     assert!(e.to_string().contains("-log-format must be text or json"), "{e}");
 }
+
+/// `--version` names the commit the binary was built from, so a bug report says
+/// exactly what ran.
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let out = run("--version");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with(&format!("kcpgate {} (commit ", env!("CARGO_PKG_VERSION"))), "{text}");
+    let head = Command::new("git").args(["log", "-1", "--format=%h"]).current_dir(env!("CARGO_MANIFEST_DIR")).output();
+    if let Some(head) = head.ok().filter(|h| h.status.success()) {
+        let hash = String::from_utf8_lossy(&head.stdout).trim().to_string();
+        assert!(text.contains(&format!("(commit {hash}, ")), "built in a repository at {hash}: {text}");
+    }
+}

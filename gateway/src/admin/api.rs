@@ -443,9 +443,10 @@ pub struct SessionStats {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"version": "0.1.0", "role": "server", "uptime_seconds": 86400.5, "rss_bytes": 31457280, "cpu_seconds": 512.25}))]
+#[schema(example = json!({"version": "0.1.0 (commit 2825101, 2026-11-30)", "role": "server", "uptime_seconds": 86400.5, "rss_bytes": 31457280, "cpu_seconds": 512.25}))]
 pub struct ProcessStats {
-    #[schema(example = "0.1.0")]
+    /// kcpgate's version and the commit it was built from.
+    #[schema(example = "0.1.0 (commit 2825101, 2026-11-30)")]
     pub version: String,
     #[schema(example = "server")]
     pub role: String,
@@ -565,7 +566,7 @@ fn process_stats(state: &super::AdminState) -> ProcessStats {
         secs(u.user_time()) + secs(u.system_time())
     });
     ProcessStats {
-        version: env!("CARGO_PKG_VERSION").into(),
+        version: crate::VERSION.into(),
         role: state.plan.settings.role.name().into(),
         uptime_seconds: state.started.elapsed().as_secs_f64(),
         rss_bytes: rss_pages * page,
