@@ -6,6 +6,7 @@ pub mod client;
 pub mod config;
 pub mod conn;
 pub mod control;
+pub mod demo;
 pub mod driver;
 pub mod runtime;
 pub mod server;

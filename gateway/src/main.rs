@@ -18,6 +18,7 @@ fn cli() -> Command {
         .arg_required_else_help(true)
         .subcommand(command(Role::Server))
         .subcommand(command(Role::Client))
+        .subcommand(kcpgate::demo::command())
         .subcommand(Command::new("openapi").about("Print the admin API's OpenAPI 3.1 document (JSON)"))
 }
 
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
     let role = match args.next().as_deref() {
         Some("server") => Role::Server,
         Some("client") => Role::Client,
+        Some("demo") => return demo(args),
         Some("openapi") if args.len() == 0 => {
             print!("{}", kcpgate::admin::openapi_json());
             return ExitCode::SUCCESS;
@@ -66,7 +68,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    init_logging(&settings.log, settings.log_format == "json");
+    init_logging(&settings.log, settings.log_format == "json", "info");
     for w in warnings {
         tracing::warn!("{w}");
     }
@@ -124,6 +126,28 @@ fn main() -> ExitCode {
     }
 }
 
+/// `kcpgate demo`: see [`kcpgate::demo`].
+fn demo(args: impl Iterator<Item = String>) -> ExitCode {
+    let matches = match kcpgate::demo::command().try_get_matches_from(std::iter::once("demo".to_string()).chain(args)) {
+        Ok(m) => m,
+        Err(e) => e.exit(),
+    };
+    exit_nonzero_on_panic();
+    // Warnings and errors only: the progress line is the demo's output.
+    init_logging("", false, "warn");
+    let options = kcpgate::demo::Options::from_matches(&matches);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = runtime.block_on(kcpgate::demo::run(options, shutdown_signal()));
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kcpgate demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// Resolves on SIGTERM or SIGINT.
 async fn shutdown_signal() {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
@@ -146,10 +170,10 @@ fn exit_nonzero_on_panic() {
 }
 
 /// Logs to stderr, or appended to `-log`'s file, as text or JSON lines; RUST_LOG
-/// filters (default info). Text is coloured only on a terminal without NO_COLOR.
-fn init_logging(file: &str, json: bool) {
+/// filters (default `level`). Text is coloured only on a terminal without NO_COLOR.
+fn init_logging(file: &str, json: bool, level: &str) {
     use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| level.into());
     let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
     let opened = (!file.is_empty()).then(|| std::fs::OpenOptions::new().create(true).append(true).open(file));
     let (writer, colour, failed) = match opened {

@@ -180,6 +180,14 @@ window.addEventListener('hashchange', () => {
   if (stream) route();
 });
 
+// A link with the token (`kcpgate demo` prints one) signs in; the token leaves
+// the address bar and the history at once.
+const linked = /^#token=([^&/]+)/.exec(location.hash);
+if (linked) {
+  setToken(decodeURIComponent(linked[1]));
+  history.replaceState(null, '', `${location.pathname}#/`);
+}
+
 // Ask for a token only when the gateway needs one and this tab has none (no
 // request is made to fail on purpose).
 void (async () => {

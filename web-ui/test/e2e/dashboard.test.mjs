@@ -183,6 +183,19 @@ test('dark, at phone width: readable without sideways scrolling', async () => {
   await phone.context.close();
 });
 
+test('a link with the token signs in, and the token leaves the address bar', async () => {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`${gateway.base}/#token=${TOKEN}`);
+  await page.locator('#nav').waitFor({ state: 'visible' });
+  assert.equal(await page.evaluate(() => location.hash), '#/');
+  assert.ok(!page.url().includes(TOKEN));
+  // The blank page a new tab starts with, and this one, its address replaced.
+  assert.equal(await page.evaluate(() => history.length), 2, 'no history entry holds the token');
+  await page.locator('[data-card="sessions"]').waitFor();
+  await context.close();
+});
+
 test('the token stays out of URLs and the page reports its reconnection', async () => {
   const { page, problems } = dash;
   const urls = [];
