@@ -64,6 +64,99 @@ pub fn command() -> Command {
         )
 }
 
+/// `kcpgate game-server`: the demo's game server alone (the compose file's backend).
+pub fn game_server_command() -> Command {
+    Command::new("game-server")
+        .about("Run the demo's game server alone: players join with HELLO, chat and move; anything else is echoed")
+        .arg(
+            Arg::new("listen")
+                .long("listen")
+                .value_name("ADDR")
+                .default_value("127.0.0.1:7000")
+                .value_parser(clap::value_parser!(SocketAddr))
+                .help("TCP address to listen on"),
+        )
+}
+
+/// Runs the game server on `listen` until `stop` resolves.
+pub async fn run_game_server(listen: SocketAddr, stop: impl std::future::Future<Output = ()>) -> std::io::Result<()> {
+    let listener = TcpListener::bind(listen).await.map_err(|e| {
+        std::io::Error::new(e.kind(), format!("cannot listen on TCP {listen}: {e}; choose another --listen"))
+    })?;
+    println!("game server on TCP {}", listener.local_addr()?);
+    tokio::select! {
+        () = serve_game(listener, Arc::new(Game::default())) => {}
+        () = stop => {}
+    }
+    Ok(())
+}
+
+/// `kcpgate bot`: one bot player through its own kcpgate client (the compose
+/// file's bots).
+pub fn bot_command() -> Command {
+    Command::new("bot")
+        .about("Run one bot player: a kcpgate client to --server, and a player on the game server behind it")
+        .arg(
+            Arg::new("server")
+                .long("server")
+                .value_name("HOST:PORT")
+                .required(true)
+                .help("The gateway's UDP address, e.g. gateway:29900"),
+        )
+        .arg(
+            Arg::new("key")
+                .long("key")
+                .value_name("KEY")
+                .env("KCPTUN_KEY")
+                .hide_env_values(true)
+                .default_value(DEMO_KEY)
+                .help("Pre-shared key"),
+        )
+        .arg(Arg::new("crypt").long("crypt").value_name("NAME").default_value("aes").help("kcptun's -crypt"))
+        .arg(Arg::new("mode").long("mode").value_name("MODE").default_value("fast").help("kcptun's -mode"))
+        .arg(
+            Arg::new("name")
+                .long("name")
+                .value_name("NAME")
+                .help("The player's name (letters and digits; default: bot and a random number)"),
+        )
+}
+
+/// Runs one bot until `stop` resolves; its player rejoins whenever its connection
+/// ends (a gateway restart, a kick).
+pub async fn run_bot(m: &clap::ArgMatches, stop: impl std::future::Future<Output = ()>) -> std::io::Result<()> {
+    let get = |name: &str| m.get_one::<String>(name).cloned().unwrap_or_default();
+    let name = m.get_one::<String>("name").cloned().unwrap_or_else(|| {
+        let seed = random_seed();
+        format!("bot{:04}", u16::from_le_bytes([seed[0], seed[1]]) % 10_000)
+    });
+    let local = free_tcp_port().await?;
+    let line = format!(
+        "-l {local} -r {} -key {} -crypt {} -mode {} -quiet -admin off",
+        get("server"),
+        get("key"),
+        get("crypt"),
+        get("mode")
+    );
+    let plan = Arc::new(client_plan(&line)?);
+    let (drain_tx, drain) = watch::channel(false);
+    let client = tokio::spawn(crate::client::run(plan, drain.clone()));
+    let player = tokio::spawn(async move {
+        while !*drain.borrow() {
+            play(&name, local, drain.clone()).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    stop.await;
+    let _ = drain_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        let _ = player.await;
+        let _ = client.await;
+    })
+    .await;
+    Ok(())
+}
+
 /// Where the demo listens.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -357,7 +450,7 @@ const CHAT: [&str; 6] = ["gg", "anyone up for a match?", "lag is fine here", "ni
 
 /// A bot's player: joins through its kcpgate client, moves ten times a second and
 /// chats every few seconds, until the demo stops.
-async fn play(name: &'static str, via: SocketAddr, mut stop: watch::Receiver<bool>) {
+async fn play(name: &str, via: SocketAddr, mut stop: watch::Receiver<bool>) {
     let mut socket = loop {
         if *stop.borrow() {
             return;

@@ -19,6 +19,13 @@ fn cli() -> Command {
         .subcommand(command(Role::Server))
         .subcommand(command(Role::Client))
         .subcommand(kcpgate::demo::command())
+        .subcommand(kcpgate::demo::game_server_command())
+        .subcommand(kcpgate::demo::bot_command())
+        .subcommand(
+            Command::new("healthcheck")
+                .about("Exit 0 if URL answers 200 (for container health checks, where no curl is)")
+                .arg(clap::Arg::new("url").value_name("URL").required(true).help("e.g. http://127.0.0.1:8080/readyz")),
+        )
         .subcommand(Command::new("openapi").about("Print the admin API's OpenAPI 3.1 document (JSON)"))
 }
 
@@ -28,6 +35,8 @@ fn main() -> ExitCode {
         Some("server") => Role::Server,
         Some("client") => Role::Client,
         Some("demo") => return demo(args),
+        Some(name @ ("game-server" | "bot")) => return demo_part(name, args),
+        Some("healthcheck") => return healthcheck(args),
         Some("openapi") if args.len() == 0 => {
             print!("{}", kcpgate::admin::openapi_json());
             return ExitCode::SUCCESS;
@@ -143,6 +152,55 @@ fn demo(args: impl Iterator<Item = String>) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kcpgate demo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `kcpgate game-server` and `kcpgate bot`: parts of the demo, run alone.
+fn demo_part(name: &str, args: impl Iterator<Item = String>) -> ExitCode {
+    let command = cli().find_subcommand(name).expect("a listed subcommand").clone();
+    let matches = match command.try_get_matches_from(std::iter::once(name.to_string()).chain(args)) {
+        Ok(m) => m,
+        Err(e) => e.exit(),
+    };
+    exit_nonzero_on_panic();
+    init_logging("", false, "warn");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = runtime.block_on(async {
+        if name == "bot" {
+            kcpgate::demo::run_bot(&matches, shutdown_signal()).await
+        } else {
+            let listen = *matches.get_one::<std::net::SocketAddr>("listen").expect("a default is set");
+            kcpgate::demo::run_game_server(listen, shutdown_signal()).await
+        }
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kcpgate {name}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `kcpgate healthcheck URL`: a plain HTTP GET, exit 0 on 200 (images have no curl).
+fn healthcheck(args: impl Iterator<Item = String>) -> ExitCode {
+    let command = cli().find_subcommand("healthcheck").expect("a listed subcommand").clone();
+    let matches = match command.try_get_matches_from(std::iter::once("healthcheck".to_string()).chain(args)) {
+        Ok(m) => m,
+        Err(e) => e.exit(),
+    };
+    let url = matches.get_one::<String>("url").expect("required");
+    match kcpgate::admin::probe(url, std::time::Duration::from_secs(3)) {
+        Ok(200) => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("kcpgate healthcheck: {url} answered {status}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("kcpgate healthcheck: {url}: {e}");
             ExitCode::FAILURE
         }
     }

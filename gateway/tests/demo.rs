@@ -154,3 +154,62 @@ fn the_demo_refuses_bad_and_taken_addresses_naming_the_flag() {
         "{stderr}"
     );
 }
+
+/// The compose file's parts: the game server alone, a bot that plays through a
+/// real server, and the health check images use.
+#[test]
+fn game_server_bot_and_healthcheck_work_alone() {
+    let (game, admin, udp) = (free_tcp_port(), free_tcp_port(), support::free_udp_port("127.0.0.1"));
+    let bin = env!("CARGO_BIN_EXE_kcpgate");
+    let spawn =
+        |args: &[&str]| Command::new(bin).args(args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let game_addr = format!("127.0.0.1:{game}");
+    let mut procs = Procs(vec![spawn(&["game-server", "--listen", &game_addr])]);
+    procs.0.push(support::kcpgate(&format!(
+        "server -l 127.0.0.1:{udp} -t {game_addr} -key bot-key -crypt salsa20 -admin 127.0.0.1:{admin} -quiet"
+    )));
+    support::wait_ready(admin);
+    let health = |path: &str| {
+        Command::new(bin).args(["healthcheck", &format!("http://127.0.0.1:{admin}{path}")]).output().unwrap()
+    };
+    assert!(health("/readyz").status.success());
+    let missing = health("/no-such-page");
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("answered 404"));
+    let nothing = Command::new(bin).args(["healthcheck", "http://127.0.0.1:1/readyz"]).output().unwrap();
+    assert_eq!(nothing.status.code(), Some(1), "nothing listening is unhealthy");
+
+    // A bot, its key from the environment as compose passes it.
+    let server = format!("127.0.0.1:{udp}");
+    let bot = Command::new(bin)
+        .args(["bot", "--server", &server, "--crypt", "salsa20", "--mode", "fast2", "--name", "zed"])
+        .env("KCPTUN_KEY", "bot-key")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    procs.0.push(bot);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let bytes = |s: &[Value]| s.first().and_then(|s| s["traffic"]["bytes_in"].as_u64()).unwrap_or(0);
+    let first = loop {
+        let (_, text) = support::admin_get(admin, "/api/v1/sessions").unwrap();
+        let s = serde_json::from_str::<Value>(&text).unwrap()["sessions"].as_array().unwrap().clone();
+        if bytes(&s) > 0 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "the bot's session within 10 s");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!((first.len(), first[0]["crypt"].as_str()), (1, Some("salsa20")));
+    std::thread::sleep(Duration::from_secs(1));
+    let (_, text) = support::admin_get(admin, "/api/v1/sessions").unwrap();
+    let later = serde_json::from_str::<Value>(&text).unwrap()["sessions"].as_array().unwrap().clone();
+    assert!(bytes(&later) > bytes(&first), "the bot keeps playing");
+    // The game server echoes what is not a player, byte for byte.
+    let mut echo = std::net::TcpStream::connect(&game_addr).unwrap();
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    std::io::Write::write_all(&mut echo, &data).unwrap();
+    let mut back = vec![0u8; data.len()];
+    std::io::Read::read_exact(&mut echo, &mut back).unwrap();
+    assert!(back == data, "echoed byte for byte");
+}

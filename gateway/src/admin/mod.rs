@@ -137,6 +137,24 @@ pub async fn serve(listener: tokio::net::TcpListener, plan: Arc<Plan>, drain: wa
     }
 }
 
+/// The status `GET url` answers (plain `http://host:port/path` only), for health
+/// checks in images that have no HTTP client.
+pub fn probe(url: &str, timeout: std::time::Duration) -> std::io::Result<u16> {
+    use std::io::{Read, Write};
+    let invalid = |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string());
+    let rest = url.strip_prefix("http://").ok_or_else(|| invalid("only http:// URLs"))?;
+    let (authority, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
+    let addr = std::net::ToSocketAddrs::to_socket_addrs(authority)?.next().ok_or_else(|| invalid("no address"))?;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\nConnection: close\r\n\r\n")?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head)?;
+    // "HTTP/1.x NNN"
+    std::str::from_utf8(&head[9..12]).ok().and_then(|s| s.parse().ok()).ok_or_else(|| invalid("not an HTTP answer"))
+}
+
 /// Binds the admin listener, with an error that says what to do.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await.map_err(|e| {
