@@ -34,6 +34,8 @@ export class Chart {
     private readonly series: Series,
     private readonly lines: Line[],
     private readonly format: (v: number) => string,
+    /** The seconds the time axis spans, ending at the newest sample. */
+    private readonly windowSeconds = 300,
     private readonly height = 180,
   ) {
     const box = h('div', { class: 'chart-plot' });
@@ -61,7 +63,12 @@ export class Chart {
       // A key to the lines; live values would read "–" whenever the pointer is elsewhere.
       legend: { show: true, live: false },
       cursor: { drag: { x: false, y: false } },
-      scales: { x: { time: true }, y: { range: (_u, _min, max) => [0, max > 0 ? max * 1.1 : 1] } },
+      scales: {
+        // The samples there are, up to the window, and at least a minute: a lone
+        // first sample still gets a readable axis.
+        x: { time: true, range: (_u, min, max) => [Math.min(Math.max(min, max - this.windowSeconds), max - 60), max] },
+        y: { range: (_u, _min, max) => [0, max > 0 ? max * 1.1 : 1] },
+      },
       axes: [
         {
           stroke: axis,

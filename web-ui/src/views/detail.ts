@@ -37,16 +37,16 @@ export class DetailView implements View {
         { label: 'SRTT', color: '--c1' },
         { label: 'RTT variance', color: '--c3' },
         { label: 'RTO', color: '--c2', dash: true },
-      ], millis),
+      ], millis, KEEP),
       new Chart('Window (segments)', this.window, [
         { label: 'cwnd', color: '--c1' },
         { label: 'in flight', color: '--c2' },
         { label: 'peer window', color: '--c3', dash: true },
-      ], count),
+      ], count, KEEP),
       new Chart('Throughput (bytes/s)', this.throughput, [
         { label: 'in', color: '--c1' },
         { label: 'out', color: '--c2' },
-      ], byteRate),
+      ], byteRate, KEEP),
     ];
     const groups: [string, [string, string][]][] = [
       ['Session', [['remote', 'Remote'], ['local', 'Local'], ['transport', 'Transport'], ['conv', 'Conversation'], ['age', 'Age'], ['idle', 'Idle'], ['crypt', 'Crypt'], ['fec', 'FEC'], ['mode', 'Mode'], ['framing', 'Framing']]],
