@@ -50,7 +50,14 @@ fn sessions(admin: u16, token: &str) -> Vec<Value> {
 
 #[test]
 fn the_demo_prints_where_to_look_its_bots_play_and_ctrl_c_ends_it_cleanly() {
-    let (udp, admin, webtransport) = (free_udp_pair(), free_tcp_port(), support::free_udp_port("127.0.0.1"));
+    let (udp, admin) = (free_udp_pair(), free_tcp_port());
+    // The OS may hand a released port out again: the WebTransport port must differ.
+    let webtransport = loop {
+        let port = support::free_udp_port("127.0.0.1");
+        if port != udp && port != udp + 1 {
+            break port;
+        }
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_kcpgate"))
         .args(["demo", "--listen", &format!("127.0.0.1:{udp}"), "--admin", &format!("127.0.0.1:{admin}")])
         .args(["--webtransport", &format!("127.0.0.1:{webtransport}")])

@@ -11,7 +11,10 @@ export const KCPGATE = process.env.KCPGATE_BIN ?? fileURLToPath(new URL('../../t
 export const BENCH = process.env.KCPGATE_BENCH_BIN ?? fileURLToPath(new URL('../../target/debug/kcpgate-bench', import.meta.url));
 export const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
 
-/** A UDP and TCP port that were free a moment ago. */
+/** Ports this process handed out: the OS may offer a released port again at once. */
+const given = new Set();
+
+/** A UDP and TCP port that were free a moment ago, never one handed out before. */
 export async function freePort() {
   for (;;) {
     const port = await new Promise((resolve) => {
@@ -25,7 +28,10 @@ export async function freePort() {
       u.once('error', () => resolve(false));
       u.bind(port, '127.0.0.1', () => u.close(() => resolve(true)));
     });
-    if (udpFree) return port;
+    if (udpFree && !given.has(port)) {
+      given.add(port);
+      return port;
+    }
   }
 }
 
