@@ -147,13 +147,7 @@ pub async fn list_sessions(
     State(state): State<Shared>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<SessionPage>, Problem> {
-    let limit = q.limit.unwrap_or(100);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            format!("limit must be between 1 and {MAX_PAGE} (got {limit})"),
-        ));
-    }
+    let limit = within("limit", q.limit.unwrap_or(100), 1..=MAX_PAGE)?;
     let offset = q.offset.unwrap_or(0);
     if offset > MAX_OFFSET {
         return Err(Problem::new(
@@ -192,6 +186,19 @@ pub async fn list_sessions(
 pub async fn get_session(State(state): State<Shared>, ApiPath(id): ApiPath<u64>) -> Result<Json<SessionInfo>, Problem> {
     let sessions = state.plan.registry.sessions().await;
     sessions.into_iter().find(|s| s.id == id).map(Json).ok_or_else(|| no_session(id))
+}
+
+/// Query parameter `name`'s `value` when `range` holds it, else a 400 naming the range.
+fn within<T: PartialOrd + std::fmt::Display>(
+    name: &str,
+    value: T,
+    range: std::ops::RangeInclusive<T>,
+) -> Result<T, Problem> {
+    if range.contains(&value) {
+        return Ok(value);
+    }
+    let (low, high) = range.into_inner();
+    Err(Problem::new(StatusCode::BAD_REQUEST, format!("{name} must be between {low} and {high} (got {value})")))
 }
 
 fn no_session(id: u64) -> Problem {
@@ -303,20 +310,8 @@ pub async fn capture_session(
     ApiQuery(q): ApiQuery<CaptureQuery>,
 ) -> Result<Json<CaptureResult>, Problem> {
     use base64::Engine;
-    let count = q.count.unwrap_or(50);
-    if !(1..=MAX_CAPTURE).contains(&count) {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            format!("count must be between 1 and {MAX_CAPTURE} (got {count})"),
-        ));
-    }
-    let timeout_ms = q.timeout_ms.unwrap_or(5000);
-    if !(100..=30_000).contains(&timeout_ms) {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            format!("timeout_ms must be between 100 and 30000 (got {timeout_ms})"),
-        ));
-    }
+    let count = within("count", q.count.unwrap_or(50), 1..=MAX_CAPTURE)?;
+    let timeout_ms = within("timeout_ms", q.timeout_ms.unwrap_or(5000), 100..=30_000)?;
     let running = &state.captures;
     if running.fetch_add(1, Ordering::Relaxed) >= MAX_CAPTURES_RUNNING {
         running.fetch_sub(1, Ordering::Relaxed);
@@ -854,15 +849,9 @@ pub async fn events(
     State(state): State<Shared>,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Problem> {
-    let interval_ms = q.interval_ms.unwrap_or(1000);
-    if !(100..=60_000).contains(&interval_ms) {
-        return Err(Problem::new(
-            StatusCode::BAD_REQUEST,
-            format!("interval_ms must be between 100 and 60000 (got {interval_ms})"),
-        ));
-    }
-    if let Some(n) = q.max_events.filter(|n| !(1..=10_000).contains(n)) {
-        return Err(Problem::new(StatusCode::BAD_REQUEST, format!("max_events must be between 1 and 10000 (got {n})")));
+    let interval_ms = within("interval_ms", q.interval_ms.unwrap_or(1000), 100..=60_000)?;
+    if let Some(n) = q.max_events {
+        within("max_events", n, 1..=10_000)?;
     }
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
