@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Role, Settings};
-use crate::runtime::{random_seed, Plan};
+use crate::runtime::{hex, random_seed, Plan};
 
 /// The pre-shared key of the demo's sessions (printed: it is a demo).
 pub const DEMO_KEY: &str = "demo-key";
@@ -138,7 +138,7 @@ pub async fn run_bot(m: &clap::ArgMatches, stop: impl std::future::Future<Output
         get("crypt"),
         get("mode")
     );
-    let plan = Arc::new(client_plan(&line)?);
+    let plan = Arc::new(plan(Role::Client, &line)?);
     let (drain_tx, drain) = watch::channel(false);
     let client = tokio::spawn(crate::client::run(plan, drain.clone()));
     let player = tokio::spawn(async move {
@@ -214,11 +214,14 @@ pub async fn run(options: Options, stop: impl std::future::Future<Output = ()>) 
         })?);
     }
     let common = format!("-t {backend_addr} -key {DEMO_KEY} -mode fast3 -quiet");
-    let aes = server_plan(&format!(
-        "-l {} -crypt aes {common} -admin {} -admin-token {token} -webtransport {} -drain-timeout 2",
-        options.listen, options.admin, options.webtransport
-    ))?;
-    let mut salsa = server_plan(&format!("-l {salsa_addr} -crypt salsa20 {common} -admin off"))?;
+    let aes = plan(
+        Role::Server,
+        &format!(
+            "-l {} -crypt aes {common} -admin {} -admin-token {token} -webtransport {} -drain-timeout 2",
+            options.listen, options.admin, options.webtransport
+        ),
+    )?;
+    let mut salsa = plan(Role::Server, &format!("-l {salsa_addr} -crypt salsa20 {common} -admin off"))?;
     salsa.registry = aes.registry.clone(); // one API and dashboard for both listeners
     salsa.streams = aes.streams.clone();
     let (aes, salsa) = (Arc::new(aes), Arc::new(salsa));
@@ -238,7 +241,8 @@ pub async fn run(options: Options, stop: impl std::future::Future<Output = ()>) 
             Reach::AesWithLoss => lossy,
         };
         let local = free_tcp_port().await?;
-        let plan = client_plan(&format!("-l {local} -r {remote} -key {DEMO_KEY} {} -quiet -admin off", bot.flags))?;
+        let plan =
+            plan(Role::Client, &format!("-l {local} -r {remote} -key {DEMO_KEY} {} -quiet -admin off", bot.flags))?;
         tasks.push(tokio::spawn(report_failure(bot.name, crate::client::run(Arc::new(plan), drain.clone()))));
         tasks.push(tokio::spawn(play(bot.name, local, drain.clone())));
     }
@@ -278,14 +282,6 @@ async fn report_failure(what: &'static str, work: impl std::future::Future<Outpu
     }
 }
 
-fn server_plan(line: &str) -> std::io::Result<Plan> {
-    plan(Role::Server, line)
-}
-
-fn client_plan(line: &str) -> std::io::Result<Plan> {
-    plan(Role::Client, line)
-}
-
 fn plan(role: Role, line: &str) -> std::io::Result<Plan> {
     let settings = Settings::parse(role, line.split_whitespace().map(str::to_string))
         .map_err(|e| std::io::Error::other(format!("demo settings {line:?}: {e}")))?;
@@ -296,10 +292,6 @@ fn plan(role: Role, line: &str) -> std::io::Result<Plan> {
 async fn free_tcp_port() -> std::io::Result<SocketAddr> {
     let probe = TcpListener::bind("127.0.0.1:0").await?;
     probe.local_addr()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A UDP relay in front of `target` that drops `loss` of the datagrams each way;

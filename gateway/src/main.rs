@@ -34,8 +34,7 @@ fn main() -> ExitCode {
     let role = match args.next().as_deref() {
         Some("server") => Role::Server,
         Some("client") => Role::Client,
-        Some("demo") => return demo(args),
-        Some(name @ ("game-server" | "bot")) => return demo_part(name, args),
+        Some(name @ ("demo" | "game-server" | "bot")) => return demo(name, args),
         Some("healthcheck") => return healthcheck(args),
         Some("openapi") if args.len() == 0 => {
             print!("{}", kcpgate::admin::openapi_json());
@@ -126,60 +125,44 @@ fn main() -> ExitCode {
             }
         }
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("kcpgate: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code("kcpgate", result)
 }
 
-/// `kcpgate demo`: see [`kcpgate::demo`].
-fn demo(args: impl Iterator<Item = String>) -> ExitCode {
-    let matches = match kcpgate::demo::command().try_get_matches_from(std::iter::once("demo".to_string()).chain(args)) {
-        Ok(m) => m,
-        Err(e) => e.exit(),
-    };
-    exit_nonzero_on_panic();
-    // Warnings and errors only: the progress line is the demo's output.
-    init_logging("", false, "warn");
-    let options = kcpgate::demo::Options::from_matches(&matches);
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-    let result = runtime.block_on(kcpgate::demo::run(options, shutdown_signal()));
-    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("kcpgate demo: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `kcpgate game-server` and `kcpgate bot`: parts of the demo, run alone.
-fn demo_part(name: &str, args: impl Iterator<Item = String>) -> ExitCode {
+/// The matches of subcommand `name`, as [`cli`] defines it; a mistake is reported
+/// by clap, which exits.
+fn subcommand_matches(name: &str, args: impl Iterator<Item = String>) -> clap::ArgMatches {
     let command = cli().find_subcommand(name).expect("a listed subcommand").clone();
-    let matches = match command.try_get_matches_from(std::iter::once(name.to_string()).chain(args)) {
-        Ok(m) => m,
-        Err(e) => e.exit(),
-    };
+    command.try_get_matches_from(std::iter::once(name.to_string()).chain(args)).unwrap_or_else(|e| e.exit())
+}
+
+/// `kcpgate demo`, and its parts run alone (`game-server`, `bot`): see
+/// [`kcpgate::demo`]. They run until SIGTERM or SIGINT.
+fn demo(name: &str, args: impl Iterator<Item = String>) -> ExitCode {
+    let matches = subcommand_matches(name, args);
     exit_nonzero_on_panic();
+    // Warnings and errors only: the demo's progress line is its output.
     init_logging("", false, "warn");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async {
-        if name == "bot" {
-            kcpgate::demo::run_bot(&matches, shutdown_signal()).await
-        } else {
-            let listen = *matches.get_one::<std::net::SocketAddr>("listen").expect("a default is set");
-            kcpgate::demo::run_game_server(listen, shutdown_signal()).await
+        match name {
+            "bot" => kcpgate::demo::run_bot(&matches, shutdown_signal()).await,
+            "game-server" => {
+                let listen = *matches.get_one::<std::net::SocketAddr>("listen").expect("a default is set");
+                kcpgate::demo::run_game_server(listen, shutdown_signal()).await
+            }
+            _ => kcpgate::demo::run(kcpgate::demo::Options::from_matches(&matches), shutdown_signal()).await,
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    exit_code(&format!("kcpgate {name}"), result)
+}
+
+/// Success, or the error after `what`, and failure.
+fn exit_code(what: &str, result: std::io::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kcpgate {name}: {e}");
+            eprintln!("{what}: {e}");
             ExitCode::FAILURE
         }
     }
@@ -187,11 +170,7 @@ fn demo_part(name: &str, args: impl Iterator<Item = String>) -> ExitCode {
 
 /// `kcpgate healthcheck URL`: a plain HTTP GET, exit 0 on 200 (images have no curl).
 fn healthcheck(args: impl Iterator<Item = String>) -> ExitCode {
-    let command = cli().find_subcommand("healthcheck").expect("a listed subcommand").clone();
-    let matches = match command.try_get_matches_from(std::iter::once("healthcheck".to_string()).chain(args)) {
-        Ok(m) => m,
-        Err(e) => e.exit(),
-    };
+    let matches = subcommand_matches("healthcheck", args);
     let url = matches.get_one::<String>("url").expect("required");
     match kcpgate::admin::probe(url, std::time::Duration::from_secs(3)) {
         Ok(200) => ExitCode::SUCCESS,
@@ -199,10 +178,7 @@ fn healthcheck(args: impl Iterator<Item = String>) -> ExitCode {
             eprintln!("kcpgate healthcheck: {url} answered {status}");
             ExitCode::FAILURE
         }
-        Err(e) => {
-            eprintln!("kcpgate healthcheck: {url}: {e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => exit_code(&format!("kcpgate healthcheck: {url}"), Err(e)),
     }
 }
 

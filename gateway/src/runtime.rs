@@ -23,6 +23,11 @@ pub fn random_seed() -> [u8; 32] {
     seed
 }
 
+/// Lowercase hex of `bytes`: tokens, certificate hashes.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Settings turned into the core's configuration.
 pub struct Plan {
     /// The settings kcpgate started with (the tunables' current values are in

@@ -60,7 +60,7 @@ pub async fn webtransport_certificate(State(state): State<Shared>) -> Response {
     let hashes = published
         .hashes
         .iter()
-        .map(|h| CertificateHash { algorithm: "sha-256", value: h.iter().map(|b| format!("{b:02x}")).collect() })
+        .map(|h| CertificateHash { algorithm: "sha-256", value: crate::runtime::hex(h) })
         .collect();
     let expires_in_seconds =
         published.expires.map(|t| t.duration_since(std::time::SystemTime::now()).map_or(0, |d| d.as_secs()));
