@@ -37,14 +37,9 @@ fn children_of(pid: u32) -> Vec<u32> {
 }
 
 fn sessions(admin: u16, token: &str) -> Vec<Value> {
-    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-    let mut r = agent
-        .get(format!("http://127.0.0.1:{admin}/api/v1/sessions"))
-        .header("Authorization", format!("Bearer {token}"))
-        .call()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let page: Value = serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+    let (status, text) = support::admin_get_with(admin, "/api/v1/sessions", Some(token)).expect("the API answers");
+    assert_eq!(status, 200);
+    let page: Value = serde_json::from_str(&text).unwrap();
     page["sessions"].as_array().unwrap().clone()
 }
 

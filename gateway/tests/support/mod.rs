@@ -86,12 +86,22 @@ pub fn incompressible(seed: u64, len: usize) -> Vec<u8> {
 /// (status, body) of `GET path` on the admin listener at `port`; `None` while it
 /// does not listen.
 pub fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
+    admin_get_with(port, path, None)
+}
+
+/// [`admin_get`] with the admin token, if given.
+pub fn admin_get_with(port: u16, path: &str, token: Option<&str>) -> Option<(u16, String)> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(std::time::Duration::from_secs(10)))
         .build()
         .into();
-    let mut response = agent.get(format!("http://127.0.0.1:{port}{path}")).call().ok()?;
+    let request = agent.get(format!("http://127.0.0.1:{port}{path}"));
+    let request = match token {
+        Some(t) => request.header("Authorization", format!("Bearer {t}")),
+        None => request,
+    };
+    let mut response = request.call().ok()?;
     Some((response.status().as_u16(), response.body_mut().read_to_string().ok()?))
 }
 
