@@ -28,6 +28,7 @@ use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt};
 
+use crate::admission::Admission;
 use crate::crypto::PacketCrypto;
 use crate::error::ConfigError;
 use crate::kcp::diff;
@@ -119,6 +120,10 @@ impl Routed for Entry {
         self.session.handle_plain(now, plain);
     }
 
+    fn first_sight(&mut self, fingerprint: u64) -> bool {
+        self.session.first_sight(fingerprint)
+    }
+
     fn snmp(&self) -> Snmp {
         self.session.snmp()
     }
@@ -192,6 +197,16 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
     /// one at its session limit, turns it off; open sessions carry on.
     pub fn set_accepting(&mut self, accepting: bool) {
         self.listener.set_accepting(accepting && self.role == Role::Server);
+    }
+
+    /// See [`Listener::set_admission`].
+    pub fn set_admission(&mut self, admission: Box<dyn Admission>) {
+        self.listener.set_admission(admission);
+    }
+
+    /// See [`Listener::set_source_key`].
+    pub fn set_source_key(&mut self, source_of: fn(&A) -> u64) {
+        self.listener.set_source_key(source_of);
     }
 
     /// Opens a session to `remote` at `now`; `None` when one to `remote` is open.

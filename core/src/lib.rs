@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod admission;
 pub mod crypto;
 pub mod endpoint;
 pub mod error;
@@ -20,6 +21,7 @@ pub mod messages;
 pub mod pacer;
 pub mod pipeline;
 pub mod qpp;
+pub mod replay;
 pub mod session;
 pub mod smux;
 pub mod snappy;

@@ -14,9 +14,11 @@ use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt};
 
+use crate::admission::{Admission, OpeningGate, OpeningLimits, Refusal};
 use crate::crypto::{NonceSource, OpenError, PacketCrypto};
 use crate::error::ConfigError;
 use crate::pipeline::{Connection, SessionConfig};
+use crate::replay;
 use crate::snmp::Snmp;
 use crate::wire::Datagram;
 
@@ -24,7 +26,7 @@ use crate::wire::Datagram;
 pub const ACCEPT_BACKLOG: usize = 128;
 
 /// Closed sessions remembered at most (see [`Listener::close`]); past it, a closed
-/// session's peer may open a stale session again, as with kcp-go.
+/// session's peer may open a stale session again with its first segment.
 const MAX_REFUSED: usize = 65_536;
 
 /// Why the listener dropped a datagram before any session saw it.
@@ -48,6 +50,18 @@ pub enum Drop {
     ConvMismatch,
     /// A new peer while 128 sessions wait to be accepted.
     BacklogFull,
+    /// A copy of a datagram seen recently: by its session, or, for one that would
+    /// open a session, by the listener (a replay, or the network's duplicate).
+    Replayed,
+    /// From an address with no session, and not a session's first datagram (its
+    /// first segment's `sn ≠ 0`): the peer of a session this side no longer has (it
+    /// restarted), or a copy sent from elsewhere. kcp-go would open a session that
+    /// can never carry data.
+    MidSession,
+    /// A new session from a source over its rate (see [`OpeningLimits`]).
+    SourceLimit,
+    /// A new session while all sources together are over the rate.
+    OpeningLimit,
     /// From a session the application closed ([`Listener::close`]), still carrying
     /// its old conversation id: the peer has not noticed yet, and its datagrams must
     /// not bring the session back.
@@ -67,6 +81,10 @@ impl core::fmt::Display for Drop {
             Drop::Malformed => "a header no honest peer sends",
             Drop::ConvMismatch => "another conversation than the address's session",
             Drop::BacklogFull => "the accept backlog is full",
+            Drop::Replayed => "a copy of a recent datagram (replayed or duplicated)",
+            Drop::MidSession => "from an unknown address and not a session's first datagram",
+            Drop::SourceLimit => "a new session over the source's rate",
+            Drop::OpeningLimit => "a new session over the listener's rate",
             Drop::Closed => "for a conversation closed a short while ago",
             Drop::NotAccepting => "a new peer while no sessions are accepted",
         })
@@ -107,6 +125,14 @@ pub struct ListenerStats {
     pub conv_mismatch: u64,
     /// [`Drop::BacklogFull`].
     pub backlog_full: u64,
+    /// [`Drop::Replayed`].
+    pub replayed: u64,
+    /// [`Drop::MidSession`].
+    pub mid_session: u64,
+    /// [`Drop::SourceLimit`].
+    pub source_limit: u64,
+    /// [`Drop::OpeningLimit`].
+    pub opening_limit: u64,
     /// [`Drop::Closed`].
     pub closed: u64,
     /// [`Drop::NotAccepting`].
@@ -127,22 +153,74 @@ impl ListenerStats {
             Drop::Malformed => &mut self.malformed,
             Drop::ConvMismatch => &mut self.conv_mismatch,
             Drop::BacklogFull => &mut self.backlog_full,
+            Drop::Replayed => &mut self.replayed,
+            Drop::MidSession => &mut self.mid_session,
+            Drop::SourceLimit => &mut self.source_limit,
+            Drop::OpeningLimit => &mut self.opening_limit,
             Drop::Closed => &mut self.closed,
             Drop::NotAccepting => &mut self.not_accepting,
         } += 1;
     }
 
+    /// Each reason's count, by name (the field's), in declaration order; sessions
+    /// created and replaced are not drops and are left out.
+    pub fn drops(&self) -> [(&'static str, u64); 13] {
+        [
+            ("too_short", self.too_short),
+            ("checksum", self.checksum),
+            ("runt", self.runt),
+            ("no_conv", self.no_conv),
+            ("malformed", self.malformed),
+            ("conv_mismatch", self.conv_mismatch),
+            ("backlog_full", self.backlog_full),
+            ("replayed", self.replayed),
+            ("mid_session", self.mid_session),
+            ("source_limit", self.source_limit),
+            ("opening_limit", self.opening_limit),
+            ("closed", self.closed),
+            ("not_accepting", self.not_accepting),
+        ]
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn accumulate(&mut self, other: &ListenerStats) {
+        let ListenerStats {
+            too_short,
+            checksum,
+            runt,
+            no_conv,
+            malformed,
+            conv_mismatch,
+            backlog_full,
+            replayed,
+            mid_session,
+            source_limit,
+            opening_limit,
+            closed,
+            not_accepting,
+            created,
+            replaced,
+        } = other;
+        self.too_short += too_short;
+        self.checksum += checksum;
+        self.runt += runt;
+        self.no_conv += no_conv;
+        self.malformed += malformed;
+        self.conv_mismatch += conv_mismatch;
+        self.backlog_full += backlog_full;
+        self.replayed += replayed;
+        self.mid_session += mid_session;
+        self.source_limit += source_limit;
+        self.opening_limit += opening_limit;
+        self.closed += closed;
+        self.not_accepting += not_accepting;
+        self.created += created;
+        self.replaced += replaced;
+    }
+
     /// Datagrams dropped, all reasons.
     pub fn dropped(&self) -> u64 {
-        self.too_short
-            + self.checksum
-            + self.runt
-            + self.no_conv
-            + self.malformed
-            + self.conv_mismatch
-            + self.backlog_full
-            + self.closed
-            + self.not_accepting
+        self.drops().iter().map(|(_, n)| n).sum()
     }
 }
 
@@ -152,6 +230,9 @@ pub trait Routed {
     fn conv(&self) -> u32;
     /// Takes one datagram whose crypto layer the listener already removed.
     fn handle_plain(&mut self, now: u32, plain: &[u8]);
+    /// Records a received datagram's nonce fingerprint; false if the session saw
+    /// it recently (the datagram is a copy and is dropped).
+    fn first_sight(&mut self, fingerprint: u64) -> bool;
     /// The session's counters.
     fn snmp(&self) -> Snmp;
 }
@@ -163,6 +244,10 @@ impl Routed for Connection {
 
     fn handle_plain(&mut self, now: u32, plain: &[u8]) {
         Connection::handle_plain(self, now, plain)
+    }
+
+    fn first_sight(&mut self, fingerprint: u64) -> bool {
+        Connection::first_sight(self, fingerprint)
     }
 
     fn snmp(&self) -> Snmp {
@@ -181,8 +266,16 @@ pub struct Listener<A, S = Connection> {
     accepting: bool,
     /// Sessions closed by the application: address → (conversation, refused until).
     refused: HashMap<A, (u32, u32)>,
+    admission: Box<dyn Admission>,
+    source_of: fn(&A) -> u64,
     /// Datagrams dropped before session lookup, and sessions made.
     pub stats: ListenerStats,
+}
+
+/// The default source of an address: the whole address, hashed.
+fn hash_address<A: Hash>(addr: &A) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(addr)
 }
 
 impl<A: Clone + Eq + Hash> Listener<A, Connection> {
@@ -210,6 +303,8 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
             closed: Vec::new(),
             accepting: true,
             refused: HashMap::new(),
+            admission: Box::new(OpeningGate::new(OpeningLimits::default(), 0)),
+            source_of: hash_address::<A>,
             stats: ListenerStats::default(),
         })
     }
@@ -230,6 +325,19 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         self.accepting = accepting;
     }
 
+    /// Which datagrams may open sessions: an [`OpeningGate`] with the default
+    /// [`OpeningLimits`] unless set. Listeners of one port share one, so a copy
+    /// refused by one is refused by all, and the rates are the port's.
+    pub fn set_admission(&mut self, admission: Box<dyn Admission>) {
+        self.admission = admission;
+    }
+
+    /// Which source an address counts against in the per-source limit (the whole
+    /// address unless set; the gateway takes the IP address alone).
+    pub fn set_source_key(&mut self, source_of: fn(&A) -> u64) {
+        self.source_of = source_of;
+    }
+
     /// Whether peers may open sessions.
     pub fn is_accepting(&self) -> bool {
         self.accepting
@@ -245,14 +353,20 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         make: impl FnOnce(Connection) -> S,
     ) -> Outcome {
         let plain = match self.crypto.open(datagram) {
-            Ok(range) => &datagram[range],
+            Ok(range) => range,
             Err(OpenError::TooShort) => return self.drop(Drop::TooShort),
             Err(OpenError::Checksum) => return self.drop(Drop::Checksum),
         };
+        let fingerprint = replay::fingerprint(self.crypto.nonce(datagram));
+        let plain = &datagram[plain];
         let Ok(datagram) = Datagram::parse(plain) else { return self.drop(Drop::Runt) };
         let announced = datagram.announced();
         let mut outcome = Outcome::Created;
+        let mut admitted = false;
         if let Some(session) = self.sessions.get_mut(from) {
+            if fingerprint.is_some_and(|f| !session.first_sight(f)) {
+                return self.drop(Drop::Replayed);
+            }
             match announced {
                 Some((conv, sn)) if conv != session.conv() => {
                     if sn != 0 || !self.accepting {
@@ -261,6 +375,12 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
                     if !datagram.may_open_session() {
                         return self.drop(Drop::Malformed);
                     }
+                    // A copy of an old first datagram must not replace the live session.
+                    if let Err(drop) = self.admit(now, from, fingerprint) {
+                        return self.drop(drop);
+                    }
+                    admitted = true;
+                    let session = self.sessions.get_mut(from).expect("present");
                     outcome = Outcome::Replaced { old_conv: session.conv() };
                     let old = self.sessions.remove(from).expect("present");
                     self.backlog.retain(|a| a != from);
@@ -286,10 +406,21 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         if !datagram.may_open_session() {
             return self.drop(Drop::Malformed);
         }
+        if announced.is_some_and(|(_, sn)| sn != 0) {
+            return self.drop(Drop::MidSession);
+        }
         if self.backlog.len() >= ACCEPT_BACKLOG {
             return self.drop(Drop::BacklogFull);
         }
+        if !admitted {
+            if let Err(drop) = self.admit(now, from, fingerprint) {
+                return self.drop(drop);
+            }
+        }
         let mut session = make(self.new_connection(conv));
+        if let Some(f) = fingerprint {
+            session.first_sight(f);
+        }
         session.handle_plain(now, plain);
         self.sessions.insert(from.clone(), session);
         self.backlog.push_back(from.clone());
@@ -315,6 +446,15 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         let session = make(self.new_connection(u32::from_le_bytes(conv)));
         self.sessions.insert(remote, session);
         true
+    }
+
+    /// Asks the [`Admission`] whether a datagram may open a session.
+    fn admit(&mut self, now: u32, from: &A, fingerprint: Option<u64>) -> Result<(), Drop> {
+        self.admission.admit(now, (self.source_of)(from), fingerprint).map_err(|refusal| match refusal {
+            Refusal::Replayed => Drop::Replayed,
+            Refusal::Source => Drop::SourceLimit,
+            Refusal::Global => Drop::OpeningLimit,
+        })
     }
 
     fn drop(&mut self, drop: Drop) -> Outcome {

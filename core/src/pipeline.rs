@@ -13,6 +13,7 @@ use crate::error::ConfigError;
 use crate::fec::{self, FecDecoder, FecEncoder, Shards};
 use crate::kcp::{self, Kcp, HEADER_LEN as KCP_HEADER_LEN};
 use crate::pacer::TokenBucket;
+use crate::replay::{self, RecentNonces};
 use crate::snmp::Snmp;
 use crate::transmit::TransmitQueue;
 use crate::wire::Datagram;
@@ -69,6 +70,10 @@ impl SessionConfig {
     }
 }
 
+/// Datagram nonces a session remembers, to drop copies: 8 KiB once it has
+/// received its first datagram.
+pub const SESSION_NONCES: usize = 512;
+
 /// A KCP session over crypto and FEC. See the module docs.
 pub struct Connection {
     kcp: Kcp,
@@ -85,6 +90,9 @@ pub struct Connection {
     /// that may flush, and what was sent is charged to it afterwards.
     pacer: Option<TokenBucket>,
     counters: Snmp,
+    /// Nonces of the datagrams received last: a copy among them is dropped.
+    recent: RecentNonces,
+    replays: u64,
 }
 
 impl core::fmt::Debug for Connection {
@@ -115,6 +123,8 @@ impl Connection {
             write_delay: cfg.write_delay,
             pacer: (cfg.rate_limit > 0).then(|| TokenBucket::new(cfg.rate_limit)),
             counters: Snmp::default(),
+            recent: RecentNonces::new(SESSION_NONCES),
+            replays: 0,
         })
     }
 
@@ -229,10 +239,15 @@ impl Connection {
     }
 
     /// Takes one datagram from the network: checks and decrypts it in place, then
-    /// processes it. A datagram that fails the check changes nothing.
+    /// processes it. A datagram that fails the check, or a copy of a recent one,
+    /// changes nothing (a copy is counted in [`Connection::replays`]).
     pub fn handle_datagram(&mut self, now: u32, datagram: &mut [u8]) -> Result<(), OpenError> {
         match self.crypto.open(datagram) {
             Ok(range) => {
+                let nonce = self.crypto.nonce(datagram);
+                if replay::fingerprint(nonce).is_some_and(|f| !self.first_sight(f)) {
+                    return Ok(());
+                }
                 self.handle_plain(now, &datagram[range]);
                 Ok(())
             }
@@ -243,6 +258,19 @@ impl Connection {
                 Err(e)
             }
         }
+    }
+
+    /// Records the nonce fingerprint of a datagram about to be handled; false (and
+    /// counted) if it is a copy of one of the last [`SESSION_NONCES`] received.
+    pub fn first_sight(&mut self, fingerprint: u64) -> bool {
+        let fresh = self.recent.insert(fingerprint);
+        self.replays += u64::from(!fresh);
+        fresh
+    }
+
+    /// Copies of recent datagrams dropped (replays, or the network's duplicates).
+    pub fn replays(&self) -> u64 {
+        self.replays
     }
 
     /// Takes one datagram whose crypto layer was already removed (the listener opens

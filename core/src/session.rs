@@ -290,6 +290,11 @@ impl Session {
         Ok(())
     }
 
+    /// See [`Connection::first_sight`].
+    pub fn first_sight(&mut self, fingerprint: u64) -> bool {
+        self.conn.first_sight(fingerprint)
+    }
+
     /// Takes a datagram whose crypto layer was already removed.
     pub fn handle_plain(&mut self, now: u32, plain: &[u8]) {
         self.conn.handle_plain(now, plain);
@@ -540,6 +545,10 @@ impl crate::listener::Routed for Session {
 
     fn handle_plain(&mut self, now: u32, plain: &[u8]) {
         Session::handle_plain(self, now, plain);
+    }
+
+    fn first_sight(&mut self, fingerprint: u64) -> bool {
+        Session::first_sight(self, fingerprint)
     }
 
     fn snmp(&self) -> Snmp {

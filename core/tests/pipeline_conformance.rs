@@ -571,7 +571,16 @@ fn a_closed_session_refuses_its_old_conversation_for_the_hold_time() {
     assert_eq!(l.stats.closed, 1);
     assert_eq!(l.handle_datagram(2_000, &2, &mut kcp_datagram(300, 1, 30)), Outcome::Delivered, "others unaffected");
     assert_eq!(l.handle_datagram(60_999, &1, &mut kcp_datagram(100, 8, 30)), Outcome::Dropped(Drop::Closed));
-    assert_eq!(l.handle_datagram(61_000, &1, &mut kcp_datagram(100, 9, 30)), Outcome::Created, "the hold ran out");
+    assert_eq!(
+        l.handle_datagram(61_000, &1, &mut kcp_datagram(100, 9, 30)),
+        Outcome::Dropped(Drop::MidSession),
+        "the hold ran out, and the stale conversation still opens nothing"
+    );
+    assert_eq!(
+        l.handle_datagram(61_000, &1, &mut kcp_datagram(100, 0, 30)),
+        Outcome::Created,
+        "its first segment does"
+    );
 
     l.close(&1, 70_000, 60_000);
     assert_eq!(l.handle_datagram(70_001, &1, &mut kcp_datagram(101, 0, 30)), Outcome::Created, "a new conversation");

@@ -325,6 +325,11 @@ impl PacketCrypto {
         }
     }
 
+    /// The nonce of a datagram [`PacketCrypto::open`] accepted (empty for `null`).
+    pub fn nonce<'a>(&self, opened: &'a [u8]) -> &'a [u8] {
+        &opened[..self.nonce_len().min(opened.len())]
+    }
+
     /// The raw CFB-family transform over a whole datagram (no CRC handling). CFB
     /// encryption and decryption differ; the stream methods are their own inverse.
     /// Does nothing for GCM and null.

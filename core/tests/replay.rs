@@ -1,0 +1,169 @@
+//! Copies of datagrams and floods of new sessions, at the listener: what is dropped,
+//! what is counted, and what still gets through.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+
+use kcpgate_core::admission::{Admission, OpeningGate, OpeningLimits, Refusal};
+use kcpgate_core::crypto::Method;
+use kcpgate_core::kcp::Mode;
+use kcpgate_core::listener::{Drop, Listener, Outcome};
+use kcpgate_core::pipeline::{Connection, SessionConfig, SESSION_NONCES};
+use support::{crypto, session_config};
+
+fn config() -> SessionConfig {
+    session_config(Mode::Fast3, 1024, 1024, Some((10, 3)))
+}
+
+fn server() -> Listener<u32> {
+    Listener::new(config(), crypto(Method::Aes256, "replay"), [9; 32]).expect("valid config")
+}
+
+/// A client session of conversation `conv`.
+fn client(conv: u32) -> Connection {
+    Connection::new(conv, &config(), crypto(Method::Aes256, "replay"), [conv as u8; 32]).expect("valid config")
+}
+
+/// The next datagram `c` sends after writing `data` (sealed, as on the wire).
+fn next_datagram(c: &mut Connection, now: u32, data: &[u8]) -> Vec<u8> {
+    assert_eq!(c.write(now, data), data.len());
+    c.flush(now);
+    let first = c.transmits().next().expect("a datagram").to_vec();
+    c.clear_transmits();
+    first
+}
+
+/// Gives `c` what the server's session at `addr` has to send (its acknowledgements),
+/// so `c` keeps sending.
+fn ack_back(l: &mut Listener<u32>, addr: u32, c: &mut Connection, now: u32) {
+    let s = l.session_mut(&addr).expect("open");
+    s.flush(now);
+    let replies: Vec<Vec<u8>> = s.transmits().map(<[u8]>::to_vec).collect();
+    s.clear_transmits();
+    for mut d in replies {
+        c.handle_datagram(now, &mut d).expect("a genuine reply");
+    }
+}
+
+#[test]
+fn a_copy_is_dropped_and_counted_from_the_same_address_and_from_another() {
+    let mut l = server();
+    let mut c = client(77);
+    let first = next_datagram(&mut c, 0, b"hello");
+    assert_eq!(l.handle_datagram(0, &1, &mut first.clone()), Outcome::Created);
+    assert_eq!(l.handle_datagram(5, &1, &mut first.clone()), Outcome::Dropped(Drop::Replayed), "same address");
+    assert_eq!(l.handle_datagram(5, &2, &mut first.clone()), Outcome::Dropped(Drop::Replayed), "another address");
+    assert_eq!(l.len(), 1, "the copy opened no session");
+
+    let second = next_datagram(&mut c, 10, b"world");
+    assert_eq!(l.handle_datagram(10, &1, &mut second.clone()), Outcome::Delivered);
+    for now in 11..111 {
+        let fresh = next_datagram(&mut c, now, b"more");
+        assert_eq!(l.handle_datagram(now, &1, &mut fresh.clone()), Outcome::Delivered);
+        ack_back(&mut l, 1, &mut c, now);
+    }
+    assert_eq!(l.handle_datagram(200, &1, &mut second.clone()), Outcome::Dropped(Drop::Replayed), "100 later");
+    assert_eq!(l.handle_datagram(200, &3, &mut second.clone()), Outcome::Dropped(Drop::MidSession), "elsewhere");
+    assert_eq!((l.stats.replayed, l.stats.mid_session, l.len()), (3, 1, 1));
+    assert_eq!(l.session(&1).expect("open").replays(), 2, "the session counts its own");
+    assert_eq!(l.session(&1).expect("open").snmp().in_pkts, 102, "only the originals reached it");
+
+    // The window is the last SESSION_NONCES datagrams: an older copy reaches the
+    // session, whose KCP ignores what it has had already.
+    for now in 300..300 + SESSION_NONCES as u32 {
+        let fresh = next_datagram(&mut c, now, b"x");
+        assert_eq!(l.handle_datagram(now, &1, &mut fresh.clone()), Outcome::Delivered);
+        ack_back(&mut l, 1, &mut c, now);
+    }
+    let before = l.session(&1).expect("open").snmp().in_pkts;
+    assert_eq!(l.handle_datagram(900, &1, &mut second.clone()), Outcome::Delivered, "past the window");
+    assert_eq!(l.session(&1).expect("open").snmp().in_pkts, before + 1);
+}
+
+#[test]
+fn a_copy_of_an_old_first_datagram_cannot_replace_the_live_session() {
+    let mut l = server();
+    let old_first = next_datagram(&mut client(1), 0, b"old");
+    assert_eq!(l.handle_datagram(0, &1, &mut old_first.clone()), Outcome::Created);
+    // The peer restarts with a new conversation from the same address.
+    let new_first = next_datagram(&mut client(2), 1_000, b"new");
+    assert_eq!(l.handle_datagram(1_000, &1, &mut new_first.clone()), Outcome::Replaced { old_conv: 1 });
+    assert_eq!(l.handle_datagram(2_000, &1, &mut old_first.clone()), Outcome::Dropped(Drop::Replayed));
+    assert_eq!(l.session(&1).expect("open").conv(), 2, "the live session stays");
+}
+
+/// Listeners of one port (the gateway's sockets) sharing one gate.
+struct Shared(Arc<Mutex<OpeningGate>>);
+
+impl Admission for Shared {
+    fn admit(&mut self, now: u32, source: u64, fingerprint: Option<u64>) -> Result<(), Refusal> {
+        self.0.lock().expect("not poisoned").admit(now, source, fingerprint)
+    }
+}
+
+#[test]
+fn listeners_sharing_a_gate_refuse_each_others_copies() {
+    let gate = Arc::new(Mutex::new(OpeningGate::new(OpeningLimits::default(), 0)));
+    let (mut a, mut b) = (server(), server());
+    a.set_admission(Box::new(Shared(gate.clone())));
+    b.set_admission(Box::new(Shared(gate)));
+    let first = next_datagram(&mut client(5), 0, b"hi");
+    assert_eq!(a.handle_datagram(0, &1, &mut first.clone()), Outcome::Created);
+    assert_eq!(b.handle_datagram(0, &2, &mut first.clone()), Outcome::Dropped(Drop::Replayed));
+    assert_eq!(
+        server().handle_datagram(0, &2, &mut first.clone()),
+        Outcome::Created,
+        "a listener of its own would not know"
+    );
+}
+
+#[test]
+fn session_floods_are_refused_and_counted_per_source_and_in_all() {
+    let mut l = server();
+    let limits = OpeningLimits { per_source_rate: 2, per_source_burst: 3, global_rate: 10, global_burst: 10 };
+    l.set_admission(Box::new(OpeningGate::new(limits, 0)));
+    // Addresses are host * 1000 + port; a host is the source.
+    l.set_source_key(|addr| u64::from(addr / 1000));
+    let mut conv = 100;
+    let mut open = |l: &mut Listener<u32>, now: u32, addr: u32| {
+        conv += 1;
+        let mut d = next_datagram(&mut client(conv), now, b"join");
+        l.handle_datagram(now, &addr, &mut d)
+    };
+    let from_one_host: Vec<Outcome> = (0..5).map(|port| open(&mut l, 0, 1000 + port)).collect();
+    assert_eq!(from_one_host[..3], [Outcome::Created; 3]);
+    assert_eq!(from_one_host[3..], [Outcome::Dropped(Drop::SourceLimit); 2]);
+    let from_many: Vec<Outcome> = (2..20).map(|host| open(&mut l, 0, host * 1000)).collect();
+    assert_eq!(from_many.iter().filter(|o| **o == Outcome::Created).count(), 7, "the global burst of 10 in all");
+    assert_eq!((l.stats.created, l.stats.source_limit, l.stats.opening_limit), (10, 2, 11));
+    while l.accept().is_some() {}
+    // Half a second refills one token for the host (2/s) and five in all (10/s).
+    assert_eq!(open(&mut l, 500, 1005), Outcome::Created);
+    assert_eq!(open(&mut l, 500, 1006), Outcome::Dropped(Drop::SourceLimit));
+    let later: Vec<Outcome> = (30..40).map(|host| open(&mut l, 500, host * 1000)).collect();
+    assert_eq!(later.iter().filter(|o| **o == Outcome::Created).count(), 4);
+    // Known peers are never limited.
+    let mut c = client(101); // the first session's client, whose first datagram went out above
+    let _ = next_datagram(&mut c, 0, b"join");
+    for now in 600..700 {
+        let mut d = next_datagram(&mut c, now, b"data");
+        assert_eq!(l.handle_datagram(now, &1000, &mut d), Outcome::Delivered);
+        ack_back(&mut l, 1000, &mut c, now);
+    }
+}
+
+#[test]
+fn a_client_drops_copies_of_the_servers_datagrams_too() {
+    let mut l = server();
+    let mut c = client(3);
+    let mut first = next_datagram(&mut c, 0, b"hi");
+    assert_eq!(l.handle_datagram(0, &1, &mut first), Outcome::Created);
+    let s = l.session_mut(&1).expect("open");
+    s.flush(0);
+    let reply = s.transmits().next().expect("an acknowledgement").to_vec();
+    let in_pkts = c.snmp().in_pkts;
+    c.handle_datagram(1, &mut reply.clone()).expect("genuine");
+    c.handle_datagram(2, &mut reply.clone()).expect("a copy is no error");
+    assert_eq!((c.replays(), c.snmp().in_pkts), (1, in_pkts + 1), "the copy is counted, not processed");
+}
