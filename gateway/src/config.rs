@@ -82,6 +82,9 @@ pub struct Settings {
     pub pprof: bool,
     /// Seconds open streams may run on after SIGTERM/SIGINT.
     pub drain_timeout: u64,
+    /// Server: new sessions per second in all, and per source IP address (0: no limit).
+    pub open_rate: u32,
+    pub open_rate_per_source: u32,
     pub conn: u32,
     /// Seconds.
     pub autoexpire: u64,
@@ -330,6 +333,8 @@ const SERVER: &[Flag] = &[
     },
     flag("admin", Some("admin"), Kind::Text("127.0.0.1:8080"), ADMIN_HELP),
     flag("max-sessions", Some("max-sessions"), Kind::Int(0, 0), "Sessions open at most at once; datagrams that would open more are dropped and counted. 0 is unlimited (kcpgate only)"),
+    flag("open-rate", Some("open-rate"), Kind::Int(1000, 1000), "New sessions per second from all sources together, with bursts of 5 seconds' worth; more are dropped and counted (opening_limit). 0 is unlimited (kcpgate only)"),
+    flag("open-rate-per-source", Some("open-rate-per-source"), Kind::Int(50, 50), "New sessions per second from one IP address, with bursts of 10 seconds' worth; more are dropped and counted (source_limit). 0 is unlimited (kcpgate only)"),
     flag("webtransport", Some("webtransport"), Kind::Text("off"), "WebTransport listener for browsers: UDP host:port (e.g. :4433), or off. Each WebTransport session carries one KCP session in its datagrams, proxied like a UDP one (kcpgate only)"),
     flag("webtransport-cert", Some("webtransport-cert"), Kind::Text(""), "PEM certificate chain of the WebTransport listener. Without it kcpgate makes a self-signed ECDSA P-256 certificate valid 13 days, replaces it every 12, and serves its SHA-256 hash at /webtransport/certificate on the admin listener for serverCertificateHashes (kcpgate only)"),
     flag("webtransport-key", Some("webtransport-key"), Kind::Text(""), "PEM private key of -webtransport-cert (kcpgate only)"),
@@ -523,6 +528,8 @@ impl Settings {
             tcp: flag("tcp"),
             pprof: flag("pprof"),
             drain_timeout: 0,
+            open_rate: 0,
+            open_rate_per_source: 0,
             conn: 1,
             autoexpire: 0,
             scavengettl: 600,
@@ -659,6 +666,10 @@ impl Settings {
             "closewait" => self.closewait = within(name, v, 0, 86_400, " seconds")?,
             "snmpperiod" => self.snmpperiod = within(name, v, 0, u32_max, " seconds")?,
             "drain-timeout" => self.drain_timeout = within(name, v, 0, 86_400, " seconds")?,
+            "open-rate" => self.open_rate = within(name, v, 0, 1_000_000, " sessions per second")?,
+            "open-rate-per-source" => {
+                self.open_rate_per_source = within(name, v, 0, 1_000_000, " sessions per second")?
+            }
             "conn" => self.conn = within(name, v, 1, 65_535, " sessions")?,
             "autoexpire" => self.autoexpire = within(name, v, 0, i64::MAX, " seconds")?,
             "scavengettl" => self.scavengettl = within(name, v, 0, i64::MAX, " seconds")?,

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kcpgate_core::kcp::diff;
+use kcpgate_core::listener::ListenerStats;
 use kcpgate_core::session::{Framing, Session};
 use kcpgate_core::snmp::Snmp;
 use serde::{Deserialize, Serialize};
@@ -32,6 +33,8 @@ const INBOX_DEPTH: usize = 64;
 pub enum Query {
     /// The task's running SNMP totals (closed sessions included).
     Counters(oneshot::Sender<Snmp>),
+    /// The task's counts of datagrams dropped before reaching a session, by reason.
+    Dropped(oneshot::Sender<ListenerStats>),
     /// A view of every session the task owns.
     Sessions(oneshot::Sender<Vec<SessionInfo>>),
     /// Close session `id` if the task owns it; answers whether it did.
@@ -70,6 +73,8 @@ pub struct Registry {
     tasks: Mutex<Vec<Task>>,
     /// Totals of the tasks that ended, per transport ([`TransportKind::ALL`] order).
     ended: Mutex<[Snmp; 2]>,
+    /// Datagrams the ended tasks dropped.
+    ended_dropped: Mutex<ListenerStats>,
     next_id: AtomicU64,
     events: broadcast::Sender<Event>,
     open_sessions: AtomicU64,
@@ -86,6 +91,7 @@ impl Default for Registry {
         Registry {
             tasks: Mutex::default(),
             ended: Mutex::default(),
+            ended_dropped: Mutex::default(),
             next_id: AtomicU64::new(1),
             events: broadcast::channel(1024).0,
             open_sessions: AtomicU64::new(0),
@@ -116,9 +122,10 @@ impl Registry {
     }
 
     /// A task ends: its final totals stay in the process totals.
-    pub fn retire(&self, inbox: Inbox, totals: Snmp) {
+    pub fn retire(&self, inbox: Inbox, totals: Snmp, dropped: &ListenerStats) {
         let mut tasks = self.tasks.lock().expect("registry lock");
         let Some((kind, _)) = tasks[inbox.slot].take() else { return };
+        self.ended_dropped.lock().expect("registry lock").accumulate(dropped);
         let ended = &mut self.ended.lock().expect("registry lock")[kind as usize];
         merge(ended, &totals);
         ended.curr_estab = 0;
@@ -229,6 +236,15 @@ impl Registry {
             merge(&mut totals[*kind as usize], s);
         }
         totals
+    }
+
+    /// Datagrams dropped before reaching a session, by reason, over every task.
+    pub async fn dropped(&self) -> ListenerStats {
+        let mut total = *self.ended_dropped.lock().expect("registry lock");
+        for (_, d) in self.ask(Query::Dropped).await {
+            total.accumulate(&d);
+        }
+        total
     }
 
     /// Every live session, in no particular order.
@@ -680,7 +696,11 @@ mod tests {
     async fn counters_ask_the_live_tasks_and_add_the_ended_ones() {
         let registry = std::sync::Arc::new(Registry::default());
         let (mut a, b) = (registry.register(TransportKind::Udp), registry.register(TransportKind::Udp));
-        registry.retire(b, Snmp { bytes_sent: 5, max_conn: 7, curr_estab: 1, ..Snmp::default() });
+        registry.retire(
+            b,
+            Snmp { bytes_sent: 5, max_conn: 7, curr_estab: 1, ..Snmp::default() },
+            &ListenerStats::default(),
+        );
         let task = tokio::spawn(async move {
             for sent in [100, 200] {
                 let Some(Query::Counters(reply)) = a.recv().await else { panic!("a counters query") };
@@ -691,7 +711,7 @@ mod tests {
         let first = registry.counters().await;
         assert_eq!((first.bytes_sent, first.curr_estab, first.max_conn), (105, 1, 7));
         assert_eq!(registry.counters().await.bytes_sent, 205, "each query is answered afresh");
-        registry.retire(task.await.expect("the task"), Snmp::default());
+        registry.retire(task.await.expect("the task"), Snmp::default(), &ListenerStats::default());
         assert_eq!(registry.register(TransportKind::Udp).slot, 0, "an ended task's slot is reused");
         assert!(!registry.kick(9, "nobody").await, "a task that does not answer is not waited for forever");
     }

@@ -75,14 +75,24 @@ pub struct Driver<T: Transport> {
     captures: Vec<(SessionId, Arc<Capture>)>,
 }
 
+/// The per-source limit's key of a peer: its IP address, whatever the port.
+fn source_ip<T: Transport>(peer: &T::Peer) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0).hash_one(T::address(peer).ip())
+}
+
 impl<T: Transport> Driver<T> {
     fn new(role: Role, transport: T, plan: Arc<Plan>, framing: Framing) -> Driver<T> {
         let mut config = plan.endpoint_config();
         config.streams.framing = framing;
         config.session = fitted(config.session, &transport);
         let max_datagrams = transport.max_segments(config.session.mtu);
-        let endpoint = Endpoint::new(role, config, plan.crypto.clone(), random_seed())
+        let mut endpoint = Endpoint::new(role, config, plan.crypto.clone(), random_seed())
             .expect("the session settings were validated at startup");
+        if role == Role::Server {
+            endpoint.set_admission(Box::new(plan.admission.clone()));
+            endpoint.set_source_key(source_ip::<T>);
+        }
         let local = transport.local_addr();
         let (to_driver, from_streams) = mpsc::channel(4096);
         Driver {
@@ -133,6 +143,7 @@ impl<T: Transport> Driver<T> {
             let now = self.now();
             self.endpoint.handle_timeout(now);
             self.client_duties();
+            self.close_idle_when_draining();
             self.flush().await;
             if self.done() {
                 self.retire(inbox);
@@ -346,6 +357,22 @@ impl<T: Transport> Driver<T> {
         self.endpoint.close_session(now, id, None);
     }
 
+    /// Server, draining: a session without an open stream is closed at once. No
+    /// new session can take its place, and its client stops hearing from us now
+    /// rather than when the process exits, so it notices and reconnects sooner.
+    fn close_idle_when_draining(&mut self) {
+        if !self.draining || self.client.is_some() {
+            return;
+        }
+        let now = self.now();
+        for (id, tracked) in &mut self.sessions {
+            if tracked.links.is_empty() && tracked.closing_reason.is_none() {
+                tracked.closing_reason = Some("draining: no open stream".to_string());
+                self.endpoint.close_session(now, *id, None);
+            }
+        }
+    }
+
     /// Whether the loop is over: a client's session ended, or a draining server has
     /// no stream left.
     fn done(&self) -> bool {
@@ -356,13 +383,16 @@ impl<T: Transport> Driver<T> {
     }
 
     fn retire(self, inbox: Inbox) {
-        self.plan.registry.retire(inbox, self.endpoint.snmp());
+        self.plan.registry.retire(inbox, self.endpoint.snmp(), self.endpoint.listener_stats());
     }
 
     fn answer(&mut self, query: Query) {
         match query {
             Query::Counters(reply) => {
                 let _ = reply.send(self.endpoint.snmp());
+            }
+            Query::Dropped(reply) => {
+                let _ = reply.send(*self.endpoint.listener_stats());
             }
             Query::Sessions(reply) => {
                 let now = self.now_ms();

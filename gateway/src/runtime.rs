@@ -3,6 +3,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, RwLock};
 
+use kcpgate_core::admission::{Admission, OpeningGate, OpeningLimits, Refusal};
 use kcpgate_core::crypto::PacketCrypto;
 use kcpgate_core::endpoint::EndpointConfig;
 use kcpgate_core::fec::Shards;
@@ -44,7 +45,36 @@ pub struct Plan {
     /// WebTransport sessions that have no KCP session yet (they count against
     /// the session limit).
     pub webtransport_waiting: std::sync::atomic::AtomicU64,
+    /// Which datagrams may open sessions, shared by every listener, so a copy sent
+    /// from another address is refused whichever socket it reaches, and the rates
+    /// are the gateway's.
+    pub admission: SharedAdmission,
     tuning: RwLock<Arc<Tuning>>,
+}
+
+/// One [`OpeningGate`] for every listener, on a clock of its own (each driver's
+/// starts at its own 0). It is asked only when a datagram would open a session,
+/// so the lock is cold.
+#[derive(Clone)]
+pub struct SharedAdmission {
+    gate: Arc<std::sync::Mutex<OpeningGate>>,
+    start: std::time::Instant,
+}
+
+impl SharedAdmission {
+    fn new(limits: OpeningLimits) -> SharedAdmission {
+        SharedAdmission {
+            gate: Arc::new(std::sync::Mutex::new(OpeningGate::new(limits, 0))),
+            start: std::time::Instant::now(),
+        }
+    }
+}
+
+impl Admission for SharedAdmission {
+    fn admit(&mut self, _driver_now: u32, source: u64, fingerprint: Option<u64>) -> Result<(), Refusal> {
+        let now = self.start.elapsed().as_millis() as u32; // wraps after 49 days, as KCP time does
+        self.gate.lock().unwrap_or_else(std::sync::PoisonError::into_inner).admit(now, source, fingerprint)
+    }
 }
 
 /// The tunables and the session configuration they make.
@@ -76,6 +106,17 @@ fn session_config(settings: &Settings, tunables: &Tunables) -> SessionConfig {
     }
 }
 
+/// `-open-rate` and `-open-rate-per-source`, with bursts of 5 and 10 seconds' worth.
+fn opening_limits(settings: &Settings) -> OpeningLimits {
+    let (global, per_source) = (settings.open_rate, settings.open_rate_per_source);
+    OpeningLimits {
+        per_source_rate: per_source,
+        per_source_burst: per_source.saturating_mul(10),
+        global_rate: global,
+        global_burst: global.saturating_mul(5),
+    }
+}
+
 impl Plan {
     pub fn new(settings: Settings) -> Plan {
         let qpp = settings
@@ -87,6 +128,7 @@ impl Plan {
             tunables: settings.tunables.clone().effective(),
             session: session_config(&settings, &settings.tunables),
         };
+        let opening_limits = opening_limits(&settings);
         Plan {
             crypto: Arc::new(PacketCrypto::from_passphrase(settings.method(), &settings.key)),
             stack,
@@ -96,6 +138,7 @@ impl Plan {
             webtransport: RwLock::default(),
             webtransport_refusals: Arc::default(),
             webtransport_waiting: Default::default(),
+            admission: SharedAdmission::new(opening_limits),
             tuning: RwLock::new(Arc::new(tuning)),
         }
     }

@@ -88,6 +88,17 @@ fn conformance_78_defaults() {
 }
 
 #[test]
+fn session_opening_rates_default_to_a_guard_and_zero_lifts_them() {
+    let s = parse(Role::Server, "");
+    assert_eq!((s.open_rate, s.open_rate_per_source), (1000, 50));
+    let s = parse(Role::Server, "-open-rate 0 -open-rate-per-source 7");
+    assert_eq!((s.open_rate, s.open_rate_per_source), (0, 7));
+    let mut s = parse(Role::Server, "");
+    s.apply_json(r#"{"open-rate": 20, "open-rate-per-source": 2}"#).expect("valid keys");
+    assert_eq!((s.open_rate, s.open_rate_per_source), (20, 2));
+}
+
+#[test]
 fn server_detects_smux_version_unless_pinned() {
     assert_eq!(parse(Role::Server, "").smux_config().version, Version::Detect);
     assert_eq!(parse(Role::Server, "-smuxver 2").smux_config().version, Version::V2);
@@ -112,6 +123,8 @@ fn startup_checks_refuse_with_a_reason() {
         (Role::Server, "-sndwnd 0", "-sndwnd must be between 1 and 65535 segments"),
         (Role::Server, "-dscp 64", "-dscp must be between 0 and 63"),
         (Role::Server, "-max-sessions -1", "-max-sessions must be between 0"),
+        (Role::Server, "-open-rate -1", "-open-rate must be between 0 and 1000000 sessions per second"),
+        (Role::Server, "-open-rate-per-source 2000000", "-open-rate-per-source must be between 0 and 1000000"),
         (Role::Server, "-closewait -3", "-closewait must be between 0 and 86400"),
         (Role::Server, "-sockbuf 3000000000", "-sockbuf must be between 0 and 2147483647"),
         (Role::Server, "-webtransport 4433", "-webtransport must be a UDP address such as :4433"),

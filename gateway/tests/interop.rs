@@ -354,6 +354,62 @@ fn sigterm_drains_open_streams_then_exits_0() {
     assert!(status.success(), "exit status {status}");
 }
 
+/// Draining, the server closes a session that has no open stream at once (its
+/// client notices sooner) and serves the one with a stream until that ends.
+#[test]
+fn sigterm_closes_idle_sessions_at_once_and_serves_busy_ones() {
+    let backend = echo_backend();
+    let udp = free_udp_port("127.0.0.1");
+    let admin = free_tcp_port();
+    let (busy_port, idle_port) = (free_tcp_port(), free_tcp_port());
+    let flags = "-key idle -crypt aes -mode fast3";
+    let mut procs = Procs(vec![
+        kcpgate_run("server", &format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags} -admin 127.0.0.1:{admin}")),
+        kcpgate_run("client", &format!("-l 127.0.0.1:{busy_port} -r 127.0.0.1:{udp} {flags} -conn 1")),
+        kcpgate_run("client", &format!("-l 127.0.0.1:{idle_port} -r 127.0.0.1:{udp} {flags} -conn 1")),
+    ]);
+    let round_trip = |c: &mut TcpStream, what: &[u8]| {
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        c.write_all(what).unwrap();
+        let mut got = vec![0; what.len()];
+        c.read_exact(&mut got).unwrap_or_else(|e| panic!("echo of {:?}: {e}", String::from_utf8_lossy(what)));
+        assert_eq!(got, what);
+    };
+    let mut busy = connect_when_listening(busy_port);
+    round_trip(&mut busy, b"busy");
+    let mut idle = connect_when_listening(idle_port);
+    round_trip(&mut idle, b"idle");
+    drop(idle);
+    let sessions = || {
+        let (status, body) = support::admin_get(admin, "/api/v1/sessions").expect("the admin API answers");
+        assert_eq!(status, 200, "{body}");
+        let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+        list["sessions"].as_array().unwrap().len()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sessions() < 2 {
+        assert!(Instant::now() < deadline, "both sessions open");
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(Command::new("kill").args(["-TERM", &procs.0[0].id().to_string()]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while sessions() > 1 {
+        assert!(Instant::now() < deadline, "the idle session is still open 2 s after SIGTERM");
+        thread::sleep(Duration::from_millis(20));
+    }
+    round_trip(&mut busy, b"still served while draining");
+    drop(busy);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = procs.0[0].try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the server did not exit once its last stream ended");
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+}
+
 #[test]
 fn a_thousand_streams_over_one_session_lose_no_byte() {
     const STREAMS: usize = 1000;

@@ -11,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::Json;
 use futures_util::Stream;
+use kcpgate_core::listener::ListenerStats;
 use kcpgate_core::snmp::Snmp;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
@@ -476,6 +477,60 @@ pub struct TransportStats {
     pub fec_recovered: u64,
 }
 
+/// Datagrams dropped before reaching a session, by reason. Each is also
+/// `kcpgate_datagrams_dropped_total{reason}` in `/metrics`.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(example = json!({"too_short": 0, "checksum": 12, "runt": 0, "no_conv": 0, "malformed": 0, "conv_mismatch": 0, "backlog_full": 0, "replayed": 3, "mid_session": 41, "source_limit": 0, "opening_limit": 0, "closed": 0, "not_accepting": 0}))]
+pub struct DroppedDatagrams {
+    /// Shorter than the crypto header.
+    pub too_short: u64,
+    /// Failed the checksum or authentication: a wrong key, forged or corrupt.
+    pub checksum: u64,
+    /// Too short for KCP after the crypto header.
+    pub runt: u64,
+    /// From an unknown address, with no conversation (FEC parity alone).
+    pub no_conv: u64,
+    /// A header no honest peer sends, in a datagram that would open a session.
+    pub malformed: u64,
+    /// Another conversation than the address's session, not a first segment.
+    pub conv_mismatch: u64,
+    /// A new peer while 128 sessions waited to be accepted.
+    pub backlog_full: u64,
+    /// A copy of a datagram seen recently (replayed or duplicated).
+    pub replayed: u64,
+    /// From an unknown address and not a session's first datagram (a client of a
+    /// session this gateway no longer has, or a copy sent from elsewhere).
+    pub mid_session: u64,
+    /// A new session over its source's rate (`open_rate_per_source`).
+    pub source_limit: u64,
+    /// A new session over the gateway's rate (`open_rate`).
+    pub opening_limit: u64,
+    /// For a session closed (kicked) a short while ago.
+    pub closed: u64,
+    /// A new peer while no sessions were accepted (draining, or at `max_sessions`).
+    pub not_accepting: u64,
+}
+
+impl From<&ListenerStats> for DroppedDatagrams {
+    fn from(s: &ListenerStats) -> DroppedDatagrams {
+        DroppedDatagrams {
+            too_short: s.too_short,
+            checksum: s.checksum,
+            runt: s.runt,
+            no_conv: s.no_conv,
+            malformed: s.malformed,
+            conv_mismatch: s.conv_mismatch,
+            backlog_full: s.backlog_full,
+            replayed: s.replayed,
+            mid_session: s.mid_session,
+            source_limit: s.source_limit,
+            opening_limit: s.opening_limit,
+            closed: s.closed,
+            not_accepting: s.not_accepting,
+        }
+    }
+}
+
 /// Everything counted, at once.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Stats {
@@ -486,6 +541,7 @@ pub struct Stats {
     pub process: ProcessStats,
     /// The counters of each transport (udp, webtransport).
     pub transports: Vec<TransportStats>,
+    pub dropped: DroppedDatagrams,
 }
 
 /// Counters, rates and process figures.
@@ -505,11 +561,18 @@ pub async fn get_stats(State(state): State<Shared>) -> Json<Stats> {
 
 pub(super) async fn stats(state: &super::AdminState) -> Stats {
     let by_transport = state.plan.registry.counters_by_transport().await;
-    stats_of(state, &crate::control::total(&by_transport), &by_transport)
+    let dropped = state.plan.registry.dropped().await;
+    stats_of(state, &crate::control::total(&by_transport), &by_transport, &dropped)
 }
 
-/// [`Stats`] with SNMP counters already collected: the total, and by transport.
-pub(super) fn stats_of(state: &super::AdminState, snmp: &Snmp, by_transport: &[Snmp; 2]) -> Stats {
+/// [`Stats`] with the counters already collected: the SNMP total and by transport,
+/// and the drops.
+pub(super) fn stats_of(
+    state: &super::AdminState,
+    snmp: &Snmp,
+    by_transport: &[Snmp; 2],
+    dropped: &ListenerStats,
+) -> Stats {
     let streams = &state.plan.streams;
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let (opened, closed) = (get(&streams.opened), get(&streams.closed));
@@ -547,6 +610,7 @@ pub(super) fn stats_of(state: &super::AdminState, snmp: &Snmp, by_transport: &[S
                 fec_recovered: s.fec_recovered,
             })
             .collect(),
+        dropped: DroppedDatagrams::from(dropped),
     }
 }
 
@@ -621,7 +685,7 @@ impl Sampler {
     "mtu": 1350, "datashard": 10, "parityshard": 3, "dscp": 46, "nocomp": false, "acknodelay": false,
     "sockbuf": 4_194_304, "smuxver": null, "smuxbuf": 4_194_304, "framesize": 8192, "streambuf": 2_097_152,
     "keepalive": 10, "closewait": 30, "qpp": false, "qpp_count": 61, "conn": 1, "autoexpire": 0,
-    "scavengettl": 600, "drain_timeout": 30, "admin": "0.0.0.0:8080", "admin_token_set": true,
+    "scavengettl": 600, "drain_timeout": 30, "open_rate": 1000, "open_rate_per_source": 50, "admin": "0.0.0.0:8080", "admin_token_set": true,
     "tunables": {"mode": "fast3", "nodelay": 1, "interval": 10, "resend": 2, "nc": 1, "sndwnd": 1024,
                  "rcvwnd": 1024, "ratelimit": 0, "max_sessions": 5000}
 }))]
@@ -660,6 +724,9 @@ pub struct RunningConfig {
     pub autoexpire: u64,
     pub scavengettl: u64,
     pub drain_timeout: u64,
+    /// Server: new sessions per second in all, and from one IP address (0: no limit).
+    pub open_rate: u32,
+    pub open_rate_per_source: u32,
     #[schema(example = "127.0.0.1:8080")]
     pub admin: String,
     /// Whether the admin API needs a token (the token itself is never shown).
@@ -695,6 +762,8 @@ fn running_config(state: &super::AdminState) -> RunningConfig {
         autoexpire: s.autoexpire,
         scavengettl: s.scavengettl,
         drain_timeout: s.drain_timeout,
+        open_rate: s.open_rate,
+        open_rate_per_source: s.open_rate_per_source,
         admin: s.admin.clone(),
         admin_token_set: !s.admin_token.is_empty(),
         tunables: state.plan.tuning().tunables.clone(),

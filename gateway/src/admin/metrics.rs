@@ -76,7 +76,8 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>, va
 pub(super) async fn render(state: &super::AdminState) -> String {
     let by_transport = state.plan.registry.counters_by_transport().await;
     let snmp = crate::control::total(&by_transport);
-    let stats = super::api::stats_of(state, &snmp, &by_transport);
+    let dropped = state.plan.registry.dropped().await;
+    let stats = super::api::stats_of(state, &snmp, &by_transport, &dropped);
     let mut registry = Registry::with_prefix("kcpgate");
     for ((go, value), (name_go, name, help, kind, bytes)) in snmp.fields().zip(SNMP_METRICS) {
         debug_assert_eq!(go, name_go, "SNMP_METRICS follows Snmp's field order");
@@ -98,6 +99,15 @@ pub(super) async fn render(state: &super::AdminState) -> String {
         "Datagrams dropped because max_sessions sessions were open",
         None,
         stats.sessions.refused_datagrams,
+    );
+    let drops: Family<Vec<(String, String)>, Counter> = Family::default();
+    for (reason, n) in dropped.drops() {
+        drops.get_or_create(&vec![("reason".to_string(), reason.to_string())]).inc_by(n);
+    }
+    registry.register(
+        "datagrams_dropped",
+        "Datagrams dropped before reaching a session, by reason (as in /api/v1/stats: dropped)",
+        drops,
     );
     let open: Family<Vec<(String, String)>, Gauge> = Family::default();
     let opened: Family<Vec<(String, String)>, Counter> = Family::default();

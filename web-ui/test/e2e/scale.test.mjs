@@ -26,7 +26,8 @@ function touch(port, byte) {
 
 before(async () => {
   echo = await echoServer();
-  gateway = await gatewayWithToken(`127.0.0.1:${echo.port}`, ['--max-sessions', String(SESSIONS + 100)]);
+  // Every session comes from 127.0.0.1: lift the per-source rate.
+  gateway = await gatewayWithToken(`127.0.0.1:${echo.port}`, ['--max-sessions', String(SESSIONS + 100), '--open-rate-per-source', '0', '--open-rate', '0']);
   // One kcpgate client with a session per connection, round-robin: SESSIONS connections open SESSIONS sessions.
   client = await tunnelClient('kcpgate', gateway, ['-conn', String(SESSIONS), '-mode', 'normal']);
   await until('the client listening', () => touch(client.port, 0).then(() => true, () => false));

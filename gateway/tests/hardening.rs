@@ -1,0 +1,130 @@
+//! The gateway under bad input it must shrug off: copies of genuine datagrams from
+//! the same and other addresses, datagrams of sessions it does not have, and more
+//! new sessions than its rates allow. Each is dropped and counted, and nothing
+//! else changes.
+
+mod support;
+
+use std::net::UdpSocket;
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use kcpgate_core::crypto::{Method, PacketCrypto};
+use kcpgate_core::fec::Shards;
+use kcpgate_core::kcp::{self, Mode};
+use kcpgate_core::pipeline::{Connection, SessionConfig};
+use serde_json::Value;
+use support::{admin_get, echo_backend, free_tcp_port, free_udp_port, kcpgate, Procs};
+
+const KEY: &str = "hardening";
+
+/// A kcptun client's session settings (fast3, FEC 10/3), to make genuine datagrams.
+fn client(conv: u32) -> Connection {
+    let mut kcp = kcp::Config { mtu: 1350, snd_wnd: 128, rcv_wnd: 512, stream: true, ..kcp::Config::default() };
+    Mode::Fast3.apply(&mut kcp);
+    let cfg = SessionConfig { mtu: 1350, kcp, fec: Shards::new(10, 3), write_delay: false, rate_limit: 0 };
+    let crypto = Arc::new(PacketCrypto::from_passphrase(Method::Aes256, KEY));
+    Connection::new(conv, &cfg, crypto, [conv as u8; 32]).expect("valid settings")
+}
+
+/// An smux v1 keep-alive (NOP) frame: what the datagrams carry, so the sessions
+/// they open stay healthy (the servers run with -nocomp).
+const NOP: [u8; 8] = [1, 3, 0, 0, 0, 0, 0, 0];
+
+/// The next datagram `c` sends after writing `data`.
+fn next_datagram(c: &mut Connection, now: u32, data: &[u8]) -> Vec<u8> {
+    c.write(now, data);
+    c.flush(now);
+    let d = c.transmits().next().expect("a datagram").to_vec();
+    c.clear_transmits();
+    d
+}
+
+/// A server on `udp` with an admin listener; returns the admin port.
+fn server(udp: u16, extra: &str) -> (Procs, u16) {
+    let admin = free_tcp_port();
+    let backend = echo_backend();
+    let procs = Procs(vec![kcpgate(&format!(
+        "server -l 127.0.0.1:{udp} -t 127.0.0.1:{backend} -key {KEY} -crypt aes -mode fast3 -nocomp -admin 127.0.0.1:{admin} {extra}"
+    ))]);
+    support::wait_ready(admin);
+    (procs, admin)
+}
+
+fn stats(admin: u16) -> Value {
+    let (status, body) = admin_get(admin, "/api/v1/stats").expect("the admin API answers");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+/// Waits until `check` holds of the stats (the gateway counts as datagrams arrive).
+fn until_stats(admin: u16, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let s = stats(admin);
+        if check(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "{what}: {s:#}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn socket(ip: &str) -> UdpSocket {
+    UdpSocket::bind((ip, 0)).expect("a UDP socket")
+}
+
+#[test]
+fn copies_of_genuine_datagrams_open_nothing_and_are_counted() {
+    let udp = free_udp_port("127.0.0.1");
+    let (_procs, admin) = server(udp, "");
+    let mut c = client(4242);
+    let first = next_datagram(&mut c, 0, &NOP);
+    let later = next_datagram(&mut c, 20, &NOP);
+    let (owner, stranger, third) = (socket("127.0.0.1"), socket("127.0.0.1"), socket("127.0.0.2"));
+    owner.send_to(&first, ("127.0.0.1", udp)).unwrap();
+    until_stats(admin, "the session opens", |s| s["sessions"]["open"] == 1);
+    owner.send_to(&first, ("127.0.0.1", udp)).unwrap(); // the same address
+    stranger.send_to(&first, ("127.0.0.1", udp)).unwrap(); // another port
+    third.send_to(&first, ("127.0.0.1", udp)).unwrap(); // another host
+    third.send_to(&later, ("127.0.0.1", udp)).unwrap(); // mid-session, from elsewhere
+    let s = until_stats(admin, "three copies and one stray counted", |s| {
+        s["dropped"]["replayed"] == 3 && s["dropped"]["mid_session"] == 1
+    });
+    assert_eq!(s["sessions"]["open"], 1, "no session for any copy");
+    owner.send_to(&later, ("127.0.0.1", udp)).unwrap();
+    until_stats(admin, "the original still reaches its session", |s| s["snmp"]["InPkts"] == 2);
+    let (_, metrics) = admin_get(admin, "/metrics").expect("metrics");
+    assert!(metrics.contains("kcpgate_datagrams_dropped_total{reason=\"replayed\"} 3"), "{metrics}");
+    assert!(metrics.contains("kcpgate_datagrams_dropped_total{reason=\"mid_session\"} 1"), "{metrics}");
+}
+
+#[test]
+fn new_sessions_over_the_rates_are_refused_and_counted() {
+    // Per source: 1/s with a burst of 10; 15 clients on one host open 10 sessions.
+    let udp = free_udp_port("127.0.0.1");
+    let (_procs, admin) = server(udp, "-open-rate-per-source 1 -open-rate 0");
+    let sockets: Vec<UdpSocket> = (0..16).map(|_| socket("127.0.0.1")).collect();
+    for (i, s) in sockets.iter().take(15).enumerate() {
+        s.send_to(&next_datagram(&mut client(100 + i as u32), 0, &NOP), ("127.0.0.1", udp)).unwrap();
+    }
+    let st = until_stats(admin, "10 sessions, 5 refused", |s| s["dropped"]["source_limit"] == 5);
+    assert_eq!(st["sessions"]["open"], 10);
+    // Another host has its own bucket.
+    socket("127.0.0.3").send_to(&next_datagram(&mut client(200), 0, &NOP), ("127.0.0.1", udp)).unwrap();
+    until_stats(admin, "another host's session", |s| s["sessions"]["open"] == 11);
+
+    // In all: 2/s with a burst of 10; 20 hosts open 10 sessions.
+    let udp = free_udp_port("127.0.0.1");
+    let (_procs, admin) = server(udp, "-open-rate 2");
+    for host in 0..20u32 {
+        let s = socket(&format!("127.0.1.{}", host + 1));
+        s.send_to(&next_datagram(&mut client(300 + host), 0, &NOP), ("127.0.0.1", udp)).unwrap();
+    }
+    let st = until_stats(admin, "10 sessions, 10 refused", |s| s["dropped"]["opening_limit"] == 10);
+    assert_eq!(st["sessions"]["open"], 10);
+    let (_, config) = admin_get(admin, "/api/v1/config").expect("config");
+    let config: Value = serde_json::from_str(&config).unwrap();
+    assert_eq!((config["open_rate"].as_u64(), config["open_rate_per_source"].as_u64()), (Some(2), Some(50)));
+}
