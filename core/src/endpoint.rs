@@ -280,6 +280,9 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
         self.clock.set(now);
         self.settle();
         buf.clear();
+        if let Some(to) = self.listener.next_reset(buf) {
+            return Some(Transmit { destination: to, size: buf.len(), segment_size: None });
+        }
         while let Some((addr, session)) = self.closing.front_mut() {
             if let Some(t) = fill(session, addr, max_datagrams, buf) {
                 return Some(t);

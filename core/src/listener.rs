@@ -54,8 +54,9 @@ pub enum Drop {
     /// open a session, by the listener (a replay, or the network's duplicate).
     Replayed,
     /// From an address with no session, and not a session's first datagram (its
-    /// first segment's `sn ≠ 0`): the peer of a session this side no longer has (it
-    /// restarted), or a copy sent from elsewhere. kcp-go would open a session that
+    /// first segment is not data with `sn` 0): the peer of a session this side no
+    /// longer has (it restarted), a new peer whose first datagram was lost (it is
+    /// sent again), or a copy sent from elsewhere. kcp-go would open a session that
     /// can never carry data.
     MidSession,
     /// A new session from a source over its rate (see [`OpeningLimits`]).
@@ -141,6 +142,9 @@ pub struct ListenerStats {
     pub created: u64,
     /// Sessions replaced by a restarted peer.
     pub replaced: u64,
+    /// Resets sent: to a peer of a session this side does not have (see
+    /// [`crate::kcp::CMD_RESET`]).
+    pub resets: u64,
 }
 
 impl ListenerStats {
@@ -200,6 +204,7 @@ impl ListenerStats {
             not_accepting,
             created,
             replaced,
+            resets,
         } = other;
         self.too_short += too_short;
         self.checksum += checksum;
@@ -216,6 +221,7 @@ impl ListenerStats {
         self.not_accepting += not_accepting;
         self.created += created;
         self.replaced += replaced;
+        self.resets += resets;
     }
 
     /// Datagrams dropped, all reasons.
@@ -268,6 +274,8 @@ pub struct Listener<A, S = Connection> {
     refused: HashMap<A, (u32, u32)>,
     admission: Box<dyn Admission>,
     source_of: fn(&A) -> u64,
+    /// Peers to tell they have no session here: (address, conversation).
+    resets: VecDeque<(A, u32)>,
     /// Datagrams dropped before session lookup, and sessions made.
     pub stats: ListenerStats,
 }
@@ -305,6 +313,7 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
             refused: HashMap::new(),
             admission: Box::new(OpeningGate::new(OpeningLimits::default(), 0)),
             source_of: hash_address::<A>,
+            resets: VecDeque::new(),
             stats: ListenerStats::default(),
         })
     }
@@ -368,8 +377,9 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
                 return self.drop(Drop::Replayed);
             }
             match announced {
-                Some((conv, sn)) if conv != session.conv() => {
-                    if sn != 0 || !self.accepting {
+                Some((conv, _)) if conv != session.conv() => {
+                    let starts = datagram.kcp().and_then(|k| k.first_header()).is_some_and(|h| h.starts_session());
+                    if !starts || !self.accepting {
                         return self.drop(Drop::ConvMismatch);
                     }
                     if !datagram.may_open_session() {
@@ -399,6 +409,7 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         let Some((conv, _)) = announced else { return self.drop(Drop::NoConv) };
         if let Some(&(closed_conv, until)) = self.refused.get(from) {
             if conv == closed_conv && crate::kcp::diff(now, until) < 0 {
+                self.queue_reset(from, conv);
                 return self.drop(Drop::Closed);
             }
             self.refused.remove(from);
@@ -406,7 +417,13 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         if !datagram.may_open_session() {
             return self.drop(Drop::Malformed);
         }
-        if announced.is_some_and(|(_, sn)| sn != 0) {
+        let first = datagram.kcp().and_then(|k| k.first_header());
+        if !first.is_some_and(|h| h.starts_session()) {
+            // The sender has had data from a session here: tell it the session is
+            // gone. A new peer whose first datagram was lost is told nothing.
+            if first.is_some_and(|h| h.una != 0) {
+                self.queue_reset(from, conv);
+            }
             return self.drop(Drop::MidSession);
         }
         if self.backlog.len() >= ACCEPT_BACKLOG {
@@ -446,6 +463,35 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         let session = make(self.new_connection(u32::from_le_bytes(conv)));
         self.sessions.insert(remote, session);
         true
+    }
+
+    /// Resets waiting at most; more are not sent (the peer sends again, and is
+    /// answered then).
+    const MAX_RESETS: usize = 64;
+
+    fn queue_reset(&mut self, to: &A, conv: u32) {
+        if self.resets.len() < Self::MAX_RESETS && !self.resets.iter().any(|(a, c)| a == to && *c == conv) {
+            self.resets.push_back((to.clone(), conv));
+        }
+    }
+
+    /// Writes the next waiting reset, sealed, into `buf` (cleared first) and
+    /// returns its destination. A reset is one segment header with
+    /// [`crate::kcp::CMD_RESET`] and the conversation, nothing else; it is no
+    /// larger than the datagram that caused it, so it amplifies nothing.
+    pub fn next_reset(&mut self, buf: &mut Vec<u8>) -> Option<A> {
+        let (to, conv) = self.resets.pop_front()?;
+        let (head, tail) = (self.crypto.header_len(), self.crypto.tail_len());
+        buf.clear();
+        buf.resize(head + crate::kcp::HEADER_LEN + tail, 0);
+        buf[head..head + 4].copy_from_slice(&conv.to_le_bytes());
+        buf[head + 4] = crate::kcp::CMD_RESET;
+        let mut nonce = [0u8; 16];
+        let nonce = &mut nonce[..self.crypto.nonce_len()];
+        self.seeds.fill(nonce);
+        self.crypto.seal(buf, nonce);
+        self.stats.resets += 1;
+        Some(to)
     }
 
     /// Asks the [`Admission`] whether a datagram may open a session.

@@ -93,6 +93,8 @@ pub struct Connection {
     /// Nonces of the datagrams received last: a copy among them is dropped.
     recent: RecentNonces,
     replays: u64,
+    /// The peer said it has no such session ([`kcp::CMD_RESET`]).
+    reset_by_peer: bool,
 }
 
 impl core::fmt::Debug for Connection {
@@ -125,6 +127,7 @@ impl Connection {
             counters: Snmp::default(),
             recent: RecentNonces::new(SESSION_NONCES),
             replays: 0,
+            reset_by_peer: false,
         })
     }
 
@@ -268,6 +271,11 @@ impl Connection {
         fresh
     }
 
+    /// Whether the peer said it has no such session ([`kcp::CMD_RESET`]).
+    pub fn reset_by_peer(&self) -> bool {
+        self.reset_by_peer
+    }
+
     /// Copies of recent datagrams dropped (replays, or the network's duplicates).
     pub fn replays(&self) -> u64 {
         self.replays
@@ -282,6 +290,10 @@ impl Connection {
             self.counters.kcp_in_errors += 1;
             return;
         };
+        if datagram.kcp().is_some_and(|k| kcp::is_reset(k.bytes(), self.conv())) {
+            self.reset_by_peer = true;
+            return;
+        }
         self.arm_send_budget(now);
         let Connection { kcp, decoder, counters, .. } = self;
         if let Some(segments) = datagram.kcp() {

@@ -66,6 +66,8 @@ pub enum SessionEnd {
     Replaced,
     /// Plain KCP: the one stream ended (its application or backend closed it).
     StreamEnded,
+    /// The peer has no such session: it restarted, or closed it ([`crate::kcp::CMD_RESET`]).
+    Reset,
 }
 
 impl core::fmt::Display for SessionEnd {
@@ -75,6 +77,7 @@ impl core::fmt::Display for SessionEnd {
             SessionEnd::Closed => f.write_str("closed by the application"),
             SessionEnd::Replaced => f.write_str("replaced: the peer started a new session"),
             SessionEnd::StreamEnded => f.write_str("the message stream ended: its application or backend closed it"),
+            SessionEnd::Reset => f.write_str("the peer has no such session (it restarted, or closed it)"),
         }
     }
 }
@@ -342,6 +345,10 @@ impl Session {
     /// taking events or transmits.
     pub fn drive(&mut self, now: u32) {
         if self.ended.is_some() {
+            return;
+        }
+        if self.conn.reset_by_peer() {
+            self.end(SessionEnd::Reset);
             return;
         }
         if let Err(e) = layers!(&mut self.stack, l => l.pump(now, &mut self.conn)) {

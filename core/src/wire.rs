@@ -54,6 +54,16 @@ pub struct FirstHeader {
     pub cmd: u8,
     /// Sequence number.
     pub sn: u32,
+    /// The sender's next expected sequence number: 0 until it has had data.
+    pub una: u32,
+}
+
+impl FirstHeader {
+    /// Whether it starts a session: data with sequence number 0, which is what a
+    /// peer's first datagram begins with (nothing to acknowledge yet).
+    pub fn starts_session(&self) -> bool {
+        self.cmd == Command::Push as u8 && self.sn == 0
+    }
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -69,7 +79,12 @@ impl<'a> KcpPart<'a> {
     /// The first segment's header fields, if a whole header is there.
     pub fn first_header(&self) -> Option<FirstHeader> {
         let b = self.0;
-        (b.len() >= KCP_HEADER_LEN).then(|| FirstHeader { conv: u32_at(b, 0), cmd: b[4], sn: u32_at(b, 12) })
+        (b.len() >= KCP_HEADER_LEN).then(|| FirstHeader {
+            conv: u32_at(b, 0),
+            cmd: b[4],
+            sn: u32_at(b, 12),
+            una: u32_at(b, 16),
+        })
     }
 }
 

@@ -293,12 +293,17 @@ fn a_kicked_session_ends_every_stream_and_its_peer_reads_the_end() {
     });
     assert_eq!(closed, Some((sess, SessionEnd::Closed)));
     assert!(pair.server.is_empty());
-    let now = pair.now();
-    assert_eq!(read_all(&mut pair.client, now, client_session, csid), (Vec::new(), true), "the FIN was sent");
-    // The client's keep-alives carry the old conversation: refused, not a new session.
+    // The FIN, then the client's next datagram is refused and answered with a
+    // reset: the client's session ends at once rather than at its keep-alive.
+    assert!(rec.closed(Side::Client, csid).is_some(), "the client's stream ended");
+    let client_end = rec.events.iter().find_map(|(side, e)| match e {
+        Event::SessionClosed { id, reason, .. } if *side == Side::Client && *id == client_session => Some(*reason),
+        _ => None,
+    });
+    assert_eq!(client_end, Some(SessionEnd::Reset));
+    assert!(pair.server.listener_stats().closed > 0 && pair.server.listener_stats().resets > 0);
     pair.advance(&mut rec, 20_000);
     assert!(pair.server.is_empty(), "the kicked conversation stays out");
-    assert!(pair.server.listener_stats().closed > 0);
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Copies of datagrams and floods of new sessions, at the listener: what is dropped,
-//! what is counted, and what still gets through.
+//! Copies of datagrams, datagrams of sessions a server does not have, and floods
+//! of new sessions: what is dropped, what is counted, what the peer is told, and
+//! what still gets through.
 
 mod support;
 
@@ -7,9 +8,13 @@ use std::sync::{Arc, Mutex};
 
 use kcpgate_core::admission::{Admission, OpeningGate, OpeningLimits, Refusal};
 use kcpgate_core::crypto::Method;
+use kcpgate_core::endpoint::{Endpoint, EndpointConfig, Event};
 use kcpgate_core::kcp::Mode;
 use kcpgate_core::listener::{Drop, Listener, Outcome};
 use kcpgate_core::pipeline::{Connection, SessionConfig, SESSION_NONCES};
+use kcpgate_core::session::{Framing, SessionEnd, StreamConfig, StreamEvent};
+use kcpgate_core::smux;
+use kcpgate_core::stack::StackConfig;
 use support::{crypto, session_config};
 
 fn config() -> SessionConfig {
@@ -166,4 +171,75 @@ fn a_client_drops_copies_of_the_servers_datagrams_too() {
     c.handle_datagram(1, &mut reply.clone()).expect("genuine");
     c.handle_datagram(2, &mut reply.clone()).expect("a copy is no error");
     assert_eq!((c.replays(), c.snmp().in_pkts), (1, in_pkts + 1), "the copy is counted, not processed");
+}
+
+fn endpoint(role: smux::Role, seed: u8) -> Endpoint<u32> {
+    let stack = StackConfig { compression: true, smux: smux::Config::kcptun(), qpp: None };
+    let streams = StreamConfig { stack, close_wait_ms: 0, framing: Framing::Streams };
+    Endpoint::new(role, EndpointConfig { session: config(), streams }, crypto(Method::Aes256, "replay"), [seed; 32])
+        .expect("valid settings")
+}
+
+/// Delivers everything `from` (at `from_addr`) has to send to `to`; returns how many.
+fn pump(now: u32, from: &mut Endpoint<u32>, from_addr: u32, to: &mut Endpoint<u32>) -> usize {
+    let (mut buf, mut n) = (Vec::new(), 0);
+    while let Some(t) = from.poll_transmit(now, 1, &mut buf) {
+        to.handle_datagram(now, &from_addr, &mut buf[..t.size].to_vec());
+        n += 1;
+    }
+    n
+}
+
+/// A client of a server that restarted hears at once that its session is gone
+/// (once it has had data from it: a new client whose first datagram was lost is
+/// told nothing, and sends that datagram again).
+#[test]
+fn a_restarted_server_resets_its_old_clients_sessions() {
+    let (mut client, mut server) = (endpoint(smux::Role::Client, 1), endpoint(smux::Role::Server, 2));
+    let id = client.connect(0, 2).expect("a session");
+    let sid = client.open_stream(0, id).expect("a stream");
+    assert_eq!(client.write(id, sid, b"hello").expect("written"), 5);
+    for now in (0..200).step_by(10) {
+        client.handle_timeout(now);
+        server.handle_timeout(now);
+        pump(now, &mut client, 1, &mut server);
+        while let Some(event) = server.poll_event() {
+            if let Event::Stream { id, event: StreamEvent::Opened(sid) } = event {
+                server.write(id, sid, b"welcome").expect("written");
+            }
+        }
+        pump(now, &mut server, 2, &mut client);
+    }
+    assert_eq!(server.len(), 1);
+    while client.poll_event().is_some() {}
+
+    let mut restarted = endpoint(smux::Role::Server, 3);
+    assert_eq!(client.write(id, sid, b"are you there?").expect("written"), 14);
+    client.handle_timeout(300);
+    assert!(pump(300, &mut client, 1, &mut restarted) > 0);
+    assert_eq!((restarted.len(), restarted.listener_stats().mid_session), (0, 1));
+    assert_eq!(pump(300, &mut restarted, 2, &mut client), 1, "one reset");
+    assert_eq!(restarted.listener_stats().resets, 1);
+    let ended = std::iter::from_fn(|| client.poll_event()).find_map(|e| match e {
+        Event::SessionClosed { id: closed, reason, .. } if closed == id => Some(reason),
+        _ => None,
+    });
+    assert_eq!(ended, Some(SessionEnd::Reset));
+    assert!(client.is_empty(), "the client can open a new session now");
+}
+
+/// A new peer whose first datagram was lost: its second is refused (it cannot open a
+/// session) but not answered with a reset, and the first, sent again, opens one.
+#[test]
+fn a_new_peer_whose_first_datagram_was_lost_is_not_reset() {
+    let mut server = endpoint(smux::Role::Server, 2);
+    let mut c = client(9);
+    let _lost = next_datagram(&mut c, 0, b"first");
+    let second = next_datagram(&mut c, 10, b"second");
+    assert_eq!(server.handle_datagram(10, &1, &mut second.clone()), Outcome::Dropped(Drop::MidSession));
+    assert!(server.poll_transmit(10, 1, &mut Vec::new()).is_none(), "no reset");
+    assert_eq!(server.listener_stats().resets, 0);
+    c.handle_timeout(1_000); // the first segment's retransmission
+    let again = c.transmits().next().expect("a retransmission").to_vec();
+    assert_eq!(server.handle_datagram(1_000, &1, &mut again.clone()), Outcome::Created);
 }

@@ -128,3 +128,48 @@ fn new_sessions_over_the_rates_are_refused_and_counted() {
     let config: Value = serde_json::from_str(&config).unwrap();
     assert_eq!((config["open_rate"].as_u64(), config["open_rate_per_source"].as_u64()), (Some(2), Some(50)));
 }
+
+/// A server killed mid-transfer and started again: its kcpgate clients hear from
+/// the new one that their sessions are gone, their connections close at once, and
+/// new connections work (Debian's kcptun ignores the reset and recovers by its
+/// keep-alive, 30 to 60 s later).
+#[test]
+fn clients_of_a_killed_and_restarted_server_reconnect_at_once() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let backend = echo_backend();
+    let (udp, local) = (free_udp_port("127.0.0.1"), free_tcp_port());
+    let flags = format!("-key {KEY} -crypt aes -mode fast3");
+    let server = || kcpgate(&format!("server -l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags} -admin off"));
+    let mut procs = Procs(vec![server(), kcpgate(&format!("client -l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags}"))]);
+    let connect = || {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(c) = TcpStream::connect(("127.0.0.1", local)) {
+                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                return c;
+            }
+            assert!(Instant::now() < deadline, "the client never listened");
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let echo = |c: &mut TcpStream, what: &[u8]| -> bool {
+        let mut got = vec![0; what.len()];
+        c.write_all(what).is_ok() && c.read_exact(&mut got).is_ok() && got == what
+    };
+    let mut before = connect();
+    assert!(echo(&mut before, b"before the crash"));
+    procs.0[0].kill().unwrap();
+    procs.0[0].wait().unwrap();
+    procs.0[0] = server();
+    thread::sleep(Duration::from_millis(300)); // the new server binds its port
+    let killed = Instant::now();
+    // The old connection's next bytes reach the new server, which answers with a reset.
+    let _ = before.write_all(b"anyone?");
+    let mut rest = Vec::new();
+    let _ = before.read_to_end(&mut rest);
+    assert!(killed.elapsed() < Duration::from_secs(3), "the old connection closed after {:?}", killed.elapsed());
+    let mut after = connect();
+    assert!(echo(&mut after, b"after the restart"), "a new connection works");
+    assert!(killed.elapsed() < Duration::from_secs(5), "back after {:?}", killed.elapsed());
+}

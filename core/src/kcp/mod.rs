@@ -21,7 +21,7 @@ use std::collections::VecDeque;
 
 use crate::transmit::TransmitQueue;
 use recv_window::RecvWindow;
-pub use segment::{Command, Header, SegmentError, Segments, HEADER_LEN};
+pub use segment::{is_reset, Command, Header, SegmentError, Segments, CMD_RESET, HEADER_LEN};
 
 /// Minimum RTO with nodelay (ms).
 pub const RTO_NODELAY_MIN: u32 = 30;

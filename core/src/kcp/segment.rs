@@ -3,6 +3,19 @@
 /// Size of a segment header on the wire (`IKCP_OVERHEAD`).
 pub const HEADER_LEN: usize = 24;
 
+/// A kcpgate extension: a segment header with this command (and nothing else set)
+/// tells a peer that the sender has no session of that conversation (it restarted,
+/// or closed it), so the peer can start a new one at once instead of waiting for
+/// its keep-alive to give up. kcp-go counts it as an input error and ignores it.
+pub const CMD_RESET: u8 = 90;
+
+/// Whether `kcp` (a datagram's KCP part) is a reset of conversation `conv`: one
+/// header, that command, every other field zero. Anything else with the command is
+/// an ordinary bad segment.
+pub fn is_reset(kcp: &[u8], conv: u32) -> bool {
+    kcp.len() == HEADER_LEN && kcp[..4] == conv.to_le_bytes() && kcp[4] == CMD_RESET && kcp[5..].iter().all(|&b| b == 0)
+}
+
 /// Segment commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]

@@ -431,11 +431,14 @@ pub struct StreamStats {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"open": 10, "refused_datagrams": 0}))]
+#[schema(example = json!({"open": 10, "refused_datagrams": 0, "resets_sent": 2}))]
 pub struct SessionStats {
     pub open: u64,
     /// Datagrams dropped because `max_sessions` sessions were open.
     pub refused_datagrams: u64,
+    /// Resets sent to peers of sessions this gateway does not have (after a
+    /// restart, or a kick): a kcpgate client opens a new session at once.
+    pub resets_sent: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -582,6 +585,7 @@ pub(super) fn stats_of(
         sessions: SessionStats {
             open: state.plan.registry.open_sessions(),
             refused_datagrams: state.plan.registry.refused_datagrams(),
+            resets_sent: dropped.resets,
         },
         streams: StreamStats {
             open: opened.saturating_sub(closed),

@@ -100,6 +100,13 @@ pub(super) async fn render(state: &super::AdminState) -> String {
         None,
         stats.sessions.refused_datagrams,
     );
+    counter(
+        &mut registry,
+        "sessions_resets_sent",
+        "Resets sent to peers of sessions the gateway does not have (after a restart, or a kick)",
+        None,
+        stats.sessions.resets_sent,
+    );
     let drops: Family<Vec<(String, String)>, Counter> = Family::default();
     for (reason, n) in dropped.drops() {
         drops.get_or_create(&vec![("reason".to_string(), reason.to_string())]).inc_by(n);

@@ -114,8 +114,15 @@ pub fn openapi_json() -> String {
     text
 }
 
-/// The whole admin application.
-pub fn app(state: Shared) -> Router {
+/// The whole admin application for `plan`; `drain` turns true when it drains.
+pub fn app(plan: Arc<Plan>, drain: watch::Receiver<bool>) -> Router {
+    let state = Arc::new(AdminState {
+        plan,
+        drain,
+        started: Instant::now(),
+        sampler: Sampler::default(),
+        captures: Default::default(),
+    });
     let (guarded, public) = routes();
     let (guarded, _) = guarded.split_for_parts();
     let (public, _) = public.split_for_parts();
@@ -125,14 +132,7 @@ pub fn app(state: Shared) -> Router {
 
 /// Serves the admin API on `listener` until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, plan: Arc<Plan>, drain: watch::Receiver<bool>) {
-    let state = Arc::new(AdminState {
-        plan,
-        drain,
-        started: Instant::now(),
-        sampler: Sampler::default(),
-        captures: Default::default(),
-    });
-    if let Err(e) = axum::serve(listener, app(state)).await {
+    if let Err(e) = axum::serve(listener, app(plan, drain)).await {
         tracing::error!("the admin API stopped: {e}");
     }
 }
