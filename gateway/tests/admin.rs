@@ -469,6 +469,10 @@ fn every_api_route_needs_the_token() {
     assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'self'"), "{csp}");
     let (status, ..) = api.call("GET", "/api/v1/no-such-thing", None, None);
     assert_eq!(status, 401, "unknown /api paths are not revealed either");
+    // A method a route does not take is a problem document too (found by fuzzing).
+    let (status, kind, body) = api.call("DELETE", "/api/v1/stats", Some(TOKEN), None);
+    assert_eq!((status, kind.as_str()), (405, "application/problem+json"), "{body}");
+    assert!(body.contains("/api/v1/stats does not take DELETE"), "{body}");
 }
 
 #[test]

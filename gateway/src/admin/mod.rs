@@ -127,7 +127,12 @@ pub fn app(plan: Arc<Plan>, drain: watch::Receiver<bool>) -> Router {
     let (guarded, _) = guarded.split_for_parts();
     let (public, _) = public.split_for_parts();
     let guarded = guarded.layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
-    public.merge(guarded).merge(web::browser_routes()).fallback(fallback).with_state(state)
+    public
+        .merge(guarded)
+        .merge(web::browser_routes())
+        .fallback(fallback)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
 }
 
 /// Serves the admin API on `listener` until the process ends.
@@ -197,6 +202,13 @@ async fn fallback(State(state): State<Shared>, request: Request) -> Response {
         return Unauthorized::default().into_response();
     }
     Problem::new(StatusCode::NOT_FOUND, format!("no such resource: {}", request.uri().path())).into_response()
+}
+
+/// A known path with a method it does not take: a problem document like every
+/// other API error, not an empty 405.
+async fn method_not_allowed(request: Request) -> Response {
+    let (method, path) = (request.method(), request.uri().path());
+    Problem::new(StatusCode::METHOD_NOT_ALLOWED, format!("{path} does not take {method}")).into_response()
 }
 
 /// Whether the API needs a token.
