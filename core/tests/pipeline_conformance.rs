@@ -532,7 +532,11 @@ fn conformance_51_restarted_peer_replaces_its_session_only_at_sn_0() {
     assert_eq!(l.session(&1).unwrap().conv(), 100);
     let mut garbage = kcp_datagram(200, 0, 30);
     garbage[4] = 0x99;
-    assert_eq!(l.handle_datagram(0, &1, &mut garbage), Outcome::Dropped(Drop::ConvMismatch), "garbage cannot replace it");
+    assert_eq!(
+        l.handle_datagram(0, &1, &mut garbage),
+        Outcome::Dropped(Drop::ConvMismatch),
+        "garbage cannot replace it"
+    );
     assert_eq!(l.handle_datagram(0, &1, &mut kcp_datagram(200, 0, 30)), Outcome::Replaced { old_conv: 100 });
     assert_eq!(l.session(&1).unwrap().conv(), 200);
     let closed = l.take_closed();
