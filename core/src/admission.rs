@@ -140,11 +140,6 @@ impl OpeningGuard {
         OpeningGuard { limits, global: Bucket::full(limits.global_burst, now), sources: Vec::new() }
     }
 
-    /// The limits in force.
-    pub fn limits(&self) -> OpeningLimits {
-        self.limits
-    }
-
     /// Takes a token from `source`'s bucket and the global one, or says which was
     /// empty (and then takes none: a refused source does not spend the global budget).
     pub fn admit(&mut self, now: u32, source: u64) -> Result<(), Refusal> {

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{echo_backend, free_tcp_port, free_udp_port, incompressible, Procs};
+use support::{echo_backend, exit_status_within, free_tcp_port, free_udp_port, incompressible, Procs};
 
 const CONNECTIONS: usize = 8;
 const BYTES: usize = 4_000_000;
@@ -343,14 +343,7 @@ fn sigterm_drains_open_streams_then_exits_0() {
     thread::sleep(Duration::from_millis(300));
     assert!(Command::new("kill").args(["-TERM", &server_pid]).status().unwrap().success());
     transfer.join().expect("the open streams finished byte-exact after SIGTERM");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = procs.0[0].try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the server did not exit after draining");
-        thread::sleep(Duration::from_millis(50));
-    };
+    let status = exit_status_within(&mut procs.0[0], Duration::from_secs(10), "the server did not exit after draining");
     assert!(status.success(), "exit status {status}");
 }
 
@@ -399,14 +392,11 @@ fn sigterm_closes_idle_sessions_at_once_and_serves_busy_ones() {
     }
     round_trip(&mut busy, b"still served while draining");
     drop(busy);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = procs.0[0].try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the server did not exit once its last stream ended");
-        thread::sleep(Duration::from_millis(50));
-    };
+    let status = exit_status_within(
+        &mut procs.0[0],
+        Duration::from_secs(10),
+        "the server did not exit once its last stream ended",
+    );
     assert!(status.success(), "exit status {status}");
 }
 

@@ -59,6 +59,19 @@ pub fn listen_deep() -> TcpListener {
     socket.into()
 }
 
+/// `child`'s exit status once it exits; fails the test with `what` if it runs on
+/// past `within`.
+pub fn exit_status_within(child: &mut Child, within: std::time::Duration, what: &str) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Starts `kcpgate` with `args` (split at whitespace), its output discarded.
 pub fn kcpgate(args: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_kcpgate"))
