@@ -22,8 +22,18 @@ pub fn free_udp_port(host: &str) -> u16 {
     UdpSocket::bind((host, 0)).unwrap().local_addr().unwrap().port()
 }
 
+/// A free TCP port, never one this process was handed before (the OS may offer a
+/// released port again at once, and two servers of one test would then collide).
 pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A TCP echo backend on a thread; returns its port.
