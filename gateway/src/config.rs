@@ -44,6 +44,8 @@ pub struct Settings {
     /// Server: `-target`; client: `-remoteaddr`.
     pub target: String,
     pub key: Secret,
+    /// `-key-file`: read into `key` by [`Settings::read_secret_files`].
+    pub key_file: String,
     pub crypt: String,
     /// What may change while kcpgate runs: `-mode`, the manual KCP values, the
     /// windows, `-ratelimit` and `-max-sessions`, as given.
@@ -96,6 +98,8 @@ pub struct Settings {
     pub admin_explicit: bool,
     /// Bearer token for the admin API; empty for none (loopback only).
     pub admin_token: Secret,
+    /// `-admin-token-file`: read into `admin_token` by [`Settings::read_secret_files`].
+    pub admin_token_file: String,
     /// Server: the WebTransport listener's address, or `off`.
     pub webtransport: String,
     /// Server: PEM files of the WebTransport certificate; empty for a self-signed one.
@@ -248,6 +252,33 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ConfigError> {
     Err(ConfigError(msg.into()))
 }
 
+/// A secret file's contents without one trailing newline (editors add one).
+fn read_secret_file(flag: &str, path: &str, warnings: &mut Vec<String>) -> Result<String, ConfigError> {
+    // Far larger than any key; a bigger file is the wrong file.
+    const LARGEST: u64 = 64 * 1024;
+    let file = std::fs::File::open(path).map_err(|e| ConfigError(format!("{flag} {path}: cannot open it: {e}")))?;
+    let meta = file.metadata().map_err(|e| ConfigError(format!("{flag} {path}: {e}")))?;
+    if !meta.is_file() || meta.len() > LARGEST {
+        return err(format!("{flag} {path}: not a secret file (expected a regular file of at most {LARGEST} bytes)"));
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::BufReader::new(file), &mut text)
+        .map_err(|e| ConfigError(format!("{flag} {path}: cannot read it as UTF-8 text: {e}")))?;
+    let secret = text.strip_suffix('\n').map_or(text.as_str(), |t| t.strip_suffix('\r').unwrap_or(t));
+    if secret.is_empty() {
+        return err(format!("{flag} {path}: the file is empty; write the secret into it"));
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            warnings.push(format!("{flag} {path} can be read by other users (mode {mode:03o}); chmod 600 it"));
+        }
+    }
+    Ok(secret.to_string())
+}
+
 /// A flag: clap id (= JSON key where kcptun has one), aliases, help, default.
 struct Flag {
     name: &'static str,
@@ -274,7 +305,8 @@ const DEFAULT_KEY: &str = "it's a secrect";
 
 /// The flags both roles share, in kcptun's order.
 const SHARED: &[Flag] = &[
-    flag("key", Some("key"), Kind::Text(DEFAULT_KEY), "Pre-shared secret between client and server (env KCPTUN_KEY) [default: it's a secrect]"),
+    flag("key", Some("key"), Kind::Text(DEFAULT_KEY), "Pre-shared secret between client and server (env KCPTUN_KEY). [default: it's a secrect]"),
+    flag("key-file", Some("key-file"), Kind::Text(""), "Read the key from this file (one trailing newline is dropped) instead of -key, which every local user can see in the process list; keep the file chmod 600 (kcpgate only)"),
     flag("crypt", Some("crypt"), Kind::Text("aes"), "Packet encryption: aes, aes-128, aes-192, aes-128-gcm, sm4, twofish, blowfish, cast5, 3des, tea, xtea, salsa20, xor, none, null; unknown names mean aes"),
     flag("mode", Some("mode"), Kind::Text("fast"), "KCP profile: normal, fast, fast2, fast3, or manual (then -nodelay, -interval, -resend, -nc apply)"),
     flag("QPP", Some("qpp"), Kind::Bool, "Quantum Permutation Pads on every stream's payload (both ends must agree)"),
@@ -308,6 +340,7 @@ const SHARED: &[Flag] = &[
     flag("pprof", Some("pprof"), Kind::Bool, "Go profiler endpoint (not applicable to kcpgate; ignored with a warning)"),
     flag("drain-timeout", Some("drain-timeout"), Kind::Int(30, 30), "On SIGTERM or SIGINT, seconds to let open streams finish before exiting (kcpgate only)"),
     flag("admin-token", Some("admin-token"), Kind::Text(""), "Bearer token the admin API requires on every /api route (env KCPGATE_ADMIN_TOKEN); required when -admin is not a loopback address (kcpgate only)"),
+    flag("admin-token-file", Some("admin-token-file"), Kind::Text(""), "Read the admin token from this file (one trailing newline is dropped) instead of -admin-token, which every local user can see in the process list (kcpgate only)"),
 ];
 
 const ADMIN_HELP: &str = "Admin HTTP API, metrics and health (/api/v1, /metrics, /livez, /readyz): address to listen on, or off (kcpgate only)";
@@ -491,6 +524,7 @@ impl Settings {
             listen,
             target,
             key: Secret(text("key")),
+            key_file: text("key-file"),
             crypt: text("crypt"),
             tunables: Tunables {
                 mode: Profile::Fast,
@@ -536,6 +570,7 @@ impl Settings {
             admin: text("admin"),
             admin_explicit: m.value_source("admin") == Some(ValueSource::CommandLine),
             admin_token: Secret(text("admin-token")),
+            admin_token_file: text("admin-token-file"),
             webtransport: text_or_empty("webtransport"),
             webtransport_cert: text_or_empty("webtransport-cert"),
             webtransport_key: text_or_empty("webtransport-key"),
@@ -601,12 +636,14 @@ impl Settings {
             "listen" | "localaddr" => &mut self.listen,
             "target" | "remoteaddr" => &mut self.target,
             "key" => &mut self.key.0,
+            "key-file" => &mut self.key_file,
             "crypt" => &mut self.crypt,
             "snmplog" => &mut self.snmplog,
             "log" => &mut self.log,
             "log-format" => &mut self.log_format,
             "admin" => &mut self.admin,
             "admin-token" => &mut self.admin_token.0,
+            "admin-token-file" => &mut self.admin_token_file,
             "webtransport" => &mut self.webtransport,
             "webtransport-cert" => &mut self.webtransport_cert,
             "webtransport-key" => &mut self.webtransport_key,
@@ -781,6 +818,28 @@ impl Settings {
                 check("-remoteaddr", &self.target, true, false)
             }
         }
+    }
+
+    /// Reads `-key-file` and `-admin-token-file` into the key and the token, so that
+    /// neither need appear on the command line. A secret given both ways is refused
+    /// (which one wins would be a guess); a file others may read is a warning.
+    pub fn read_secret_files(&mut self) -> Result<Vec<String>, ConfigError> {
+        let mut warnings = Vec::new();
+        if !self.key_file.is_empty() {
+            if self.key.0 != DEFAULT_KEY {
+                return err("the key is given twice: use -key-file, or -key (or KCPTUN_KEY), not both");
+            }
+            self.key = Secret(read_secret_file("-key-file", &self.key_file, &mut warnings)?);
+        }
+        if !self.admin_token_file.is_empty() {
+            if !self.admin_token.is_empty() {
+                return err(
+                    "the admin token is given twice: use -admin-token-file, or -admin-token (or KCPGATE_ADMIN_TOKEN), not both",
+                );
+            }
+            self.admin_token = Secret(read_secret_file("-admin-token-file", &self.admin_token_file, &mut warnings)?);
+        }
+        Ok(warnings)
     }
 
     /// kcptun's startup checks, with messages that say what to change. Returns

@@ -69,7 +69,10 @@ fn main() -> ExitCode {
             }
         }
     }
-    match settings.validate() {
+    match settings.read_secret_files().and_then(|mut w| {
+        w.extend(settings.validate()?);
+        Ok(w)
+    }) {
         Ok(w) => warnings.extend(w),
         Err(e) => {
             eprintln!("kcpgate: {e}");

@@ -173,3 +173,93 @@ fn clients_of_a_killed_and_restarted_server_reconnect_at_once() {
     assert!(echo(&mut after, b"after the restart"), "a new connection works");
     assert!(killed.elapsed() < Duration::from_secs(5), "back after {:?}", killed.elapsed());
 }
+
+/// A key and an admin token given by file or environment appear nowhere a local
+/// user or a log reader could see them: not in the process's command line, its
+/// log, nor the admin API, while a stream flows with them.
+#[test]
+fn secrets_from_a_file_or_the_environment_stay_out_of_cmdline_logs_and_api() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+    const SECRET_KEY: &str = "k3y-only-in-a-file-5e1d";
+    const SECRET_TOKEN: &str = "t0ken-only-in-a-file-88c2";
+    let dir = std::env::temp_dir().join(format!("kcpgate-secrets-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let secret_file = |name: &str, text: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("{text}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        path.display().to_string()
+    };
+    let (key_file, token_file) = (secret_file("key", SECRET_KEY), secret_file("token", SECRET_TOKEN));
+    let (server_log, client_log) = (dir.join("server.log"), dir.join("client.log"));
+    let backend = echo_backend();
+    let (udp, local, admin) = (free_udp_port("127.0.0.1"), free_tcp_port(), free_tcp_port());
+    let spawn = |args: String, env: &[(&str, &str)]| {
+        Command::new(env!("CARGO_BIN_EXE_kcpgate"))
+            .args(args.split_whitespace())
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kcpgate starts")
+    };
+    let procs = Procs(vec![
+        spawn(
+            format!(
+                "server -l 127.0.0.1:{udp} -t 127.0.0.1:{backend} -key-file {key_file} -admin 127.0.0.1:{admin} \
+                 -admin-token-file {token_file} -log {}",
+                server_log.display()
+            ),
+            &[],
+        ),
+        spawn(
+            format!("client -l 127.0.0.1:{local} -r 127.0.0.1:{udp} -admin off -log {}", client_log.display()),
+            &[("KCPTUN_KEY", SECRET_KEY)],
+        ),
+    ]);
+    support::wait_ready(admin);
+    // The key from the file and the key from the environment agree: bytes flow.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut c = loop {
+        if let Ok(c) = TcpStream::connect(("127.0.0.1", local)) {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "the client never listened");
+        thread::sleep(Duration::from_millis(20));
+    };
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"through a keyed tunnel").unwrap();
+    let mut got = [0; 22];
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"through a keyed tunnel");
+
+    let (status, _) = support::admin_get(admin, "/api/v1/config").unwrap();
+    assert_eq!(status, 401, "the token from the file guards the API");
+    let mut seen = Vec::new();
+    for path in ["/api/v1/config", "/api/v1/stats", "/api/v1/sessions"] {
+        let (status, body) = support::admin_get_with(admin, path, Some(SECRET_TOKEN)).unwrap();
+        assert_eq!(status, 200, "{path}: {body}");
+        seen.push((path.to_string(), body));
+    }
+    for child in &procs.0 {
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", child.id())).unwrap();
+        seen.push(("cmdline".into(), String::from_utf8_lossy(&cmdline).replace('\0', " ")));
+    }
+    drop(c);
+    drop(procs);
+    for log in [&server_log, &client_log] {
+        let text = std::fs::read_to_string(log).unwrap();
+        assert!(text.contains("INFO") || text.contains("info"), "the log has lines: {text}");
+        seen.push((log.display().to_string(), text));
+    }
+    for (place, text) in &seen {
+        for secret in [SECRET_KEY, SECRET_TOKEN] {
+            assert!(!text.contains(secret), "{place} shows a secret:\n{text}");
+        }
+    }
+    assert!(seen.iter().any(|(p, t)| p == "cmdline" && t.contains(&key_file)), "cmdline read: {seen:?}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -202,3 +202,41 @@ fn version_names_the_commit_it_was_built_from() {
         assert!(text.contains(&format!("(commit {hash}, ")), "built in a repository at {hash}: {text}");
     }
 }
+
+#[test]
+fn secret_files_are_read_whole_and_a_secret_given_twice_or_empty_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("kcpgate-secret-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, text: &str, mode: u32| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path.display().to_string()
+    };
+    let key = write("key", "from a file \r\n", 0o600);
+    let token = write("token", "tok\n", 0o600);
+    let mut s = parse(Role::Server, &format!("-key-file {key} -admin-token-file {token}"));
+    assert!(s.read_secret_files().unwrap().is_empty());
+    assert_eq!(s.key, "from a file ", "only the trailing newline goes");
+    assert_eq!(s.admin_token, "tok");
+    assert!(!format!("{s:?}").contains("from a file"), "Debug (and so any panic message) redacts the key");
+
+    let open = write("open", "k\n", 0o644);
+    let mut s = parse(Role::Client, &format!("-key-file {open}"));
+    let warnings = s.read_secret_files().unwrap();
+    assert!(warnings.iter().any(|w| w.contains("mode 644") && w.contains("chmod 600")), "{warnings:?}");
+
+    let refused = |line: &str, want: &str| {
+        let out = run(line);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{line}: {stderr}");
+        assert!(stderr.contains(want), "{line}: {stderr}");
+    };
+    refused(&format!("server -key x -key-file {key} -admin off"), "the key is given twice");
+    refused(&format!("server -admin-token t -admin-token-file {token} -admin off"), "the admin token is given twice");
+    refused(&format!("client -key-file {} -admin off", write("empty", "\n", 0o600)), "the file is empty");
+    refused("client -key-file /nonexistent/key -admin off", "-key-file /nonexistent/key: cannot open it");
+    refused(&format!("client -key-file {} -admin off", dir.display()), "not a secret file");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
