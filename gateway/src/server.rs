@@ -30,7 +30,8 @@ pub async fn run(plan: Arc<Plan>, drain: watch::Receiver<bool>) -> std::io::Resu
         info!("listening on UDP {} ({} sockets)", sockets[0].local_addr()?, sockets.len());
         for socket in sockets {
             plan.tune_udp(&socket);
-            let socket = BatchSocket::new(socket, crate::udp::MAX_BATCH)?;
+            let mut socket = BatchSocket::new(socket, crate::udp::MAX_BATCH)?;
+            socket.reply_from_destination()?;
             tasks.push(tokio::spawn(Driver::server(socket, plan.clone(), Framing::Streams).run(drain.clone())));
         }
     }

@@ -118,4 +118,14 @@ impl Transport for BatchSocket {
     fn address(peer: &SocketAddr) -> SocketAddr {
         *peer
     }
+
+    fn observed(&mut self, from: &SocketAddr, outcome: &Outcome) {
+        if matches!(outcome, Outcome::Created | Outcome::Replaced { .. }) {
+            self.session_started(from);
+        }
+    }
+
+    fn session_ended(&mut self, peer: &SocketAddr, _reason: &str) {
+        BatchSocket::session_ended(self, peer);
+    }
 }

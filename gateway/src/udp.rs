@@ -12,10 +12,13 @@
 //! leaves it to the kernel (a `-mtu` above a VPN's or PPPoE link's MTU then works by
 //! fragmenting). And it asks for each datagram's timestamp, destination and TOS,
 //! which cost the kernel time per datagram (a tenth more idle CPU at 20,000
-//! sessions) and kcpgate does not use. Both are put back after its setup.
+//! sessions). Both are put back after its setup; a server socket bound to every
+//! address (`0.0.0.0`, `[::]`) asks for the destination again, to answer each
+//! peer from the address it sent to (see [`BatchSocket::reply_from_destination`]).
 
+use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
 
 use nix::errno::Errno;
@@ -46,6 +49,9 @@ pub struct BatchSocket {
     received: usize,
     /// Cleared when the kernel refuses GSO; then each datagram goes alone.
     gso: bool,
+    /// On a socket bound to every address: the local address each session's peer
+    /// sent its first datagram to, which answers it must come from.
+    reply_from: Option<HashMap<SocketAddr, IpAddr, foldhash::fast::FixedState>>,
 }
 
 /// What `quinn-udp`'s setup changes on a socket beyond GRO, to put back: it forbids
@@ -121,9 +127,45 @@ impl BatchSocket {
             meta: vec![RecvMeta::default(); slots],
             received: 0,
             gso: true,
+            reply_from: None,
             state,
             socket,
         })
+    }
+
+    /// On a socket bound to every address of a host with several, the kernel
+    /// would answer a peer from whichever address routes to it, and a client that
+    /// dialled another (a second public IP, 127.0.0.2) drops the answers. So the
+    /// socket learns the address each session's first datagram came to and answers
+    /// from it. Nothing to do for a socket bound to one address.
+    pub fn reply_from_destination(&mut self) -> std::io::Result<()> {
+        if !self.socket.local_addr()?.ip().is_unspecified() {
+            return Ok(());
+        }
+        match self.socket.local_addr()? {
+            SocketAddr::V4(_) => setsockopt(&self.socket, sockopt::Ipv4PacketInfo, &true)?,
+            // IPv4 peers of a dual-stack socket come with a v4-mapped destination.
+            SocketAddr::V6(_) => setsockopt(&self.socket, sockopt::Ipv6RecvPacketInfo, &true)?,
+        }
+        self.reply_from = Some(HashMap::default());
+        Ok(())
+    }
+
+    /// Remembers the local address `peer` reached, if this socket answers from it:
+    /// called when `peer` opens a session, from the current batch.
+    pub fn session_started(&mut self, peer: &SocketAddr) {
+        let Some(reply_from) = &mut self.reply_from else { return };
+        let dst = self.meta[..self.received].iter().rev().find(|m| m.addr == *peer).and_then(|m| m.dst_ip);
+        if let Some(dst) = dst {
+            reply_from.insert(*peer, dst);
+        }
+    }
+
+    /// Forgets `peer`'s local address (its session ended).
+    pub fn session_ended(&mut self, peer: &SocketAddr) {
+        if let Some(reply_from) = &mut self.reply_from {
+            reply_from.remove(peer);
+        }
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -161,29 +203,61 @@ impl BatchSocket {
     pub async fn send_segments(&mut self, to: SocketAddr, data: &[u8], segment: usize) -> std::io::Result<()> {
         let segment = segment.max(1);
         let most = segment * max_segments(segment);
+        let from = self.reply_from.as_ref().and_then(|r| r.get(&to)).map(|&ip| SourceAddress::of(ip));
         let mut rest = data;
         while !rest.is_empty() {
             let (batch, more) = rest.split_at(rest.len().min(most));
             rest = more;
-            if batch.len() > segment && self.gso && self.send_gso(to, batch, segment).await? {
+            if batch.len() > segment && self.gso && self.send_gso(to, batch, segment, from.as_ref()).await? {
                 continue;
             }
             for d in batch.chunks(segment) {
-                self.socket.send_to(d, to).await?;
+                match &from {
+                    None => {
+                        self.socket.send_to(d, to).await?;
+                    }
+                    Some(from) => self.send_one(to, d, from).await?,
+                }
             }
         }
         Ok(())
     }
 
+    /// One datagram from a chosen local address.
+    async fn send_one(&self, to: SocketAddr, datagram: &[u8], from: &SourceAddress) -> std::io::Result<()> {
+        let addr = SockaddrStorage::from(to);
+        self.socket
+            .async_io(Interest::WRITABLE, || {
+                sendmsg(
+                    self.socket.as_raw_fd(),
+                    &[IoSlice::new(datagram)],
+                    &[from.cmsg()],
+                    MsgFlags::empty(),
+                    Some(&addr),
+                )
+                .map_err(std::io::Error::from)
+            })
+            .await
+            .map(|_| ())
+    }
+
     /// One GSO send; false (and GSO off from now on) when the kernel refuses it.
-    async fn send_gso(&mut self, to: SocketAddr, batch: &[u8], segment: usize) -> std::io::Result<bool> {
+    async fn send_gso(
+        &mut self,
+        to: SocketAddr,
+        batch: &[u8],
+        segment: usize,
+        from: Option<&SourceAddress>,
+    ) -> std::io::Result<bool> {
         let addr = SockaddrStorage::from(to);
         let size = segment as u16;
         let sent = self
             .socket
             .async_io(Interest::WRITABLE, || {
-                let cmsg = [ControlMessage::UdpGsoSegments(&size)];
-                sendmsg(self.socket.as_raw_fd(), &[IoSlice::new(batch)], &cmsg, MsgFlags::empty(), Some(&addr))
+                let gso = ControlMessage::UdpGsoSegments(&size);
+                let cmsgs = [gso, from.map_or(gso, SourceAddress::cmsg)];
+                let cmsgs = if from.is_some() { &cmsgs[..] } else { &cmsgs[..1] };
+                sendmsg(self.socket.as_raw_fd(), &[IoSlice::new(batch)], cmsgs, MsgFlags::empty(), Some(&addr))
                     .map_err(std::io::Error::from)
             })
             .await;
@@ -193,6 +267,37 @@ impl BatchSocket {
                 Ok(false)
             }
             other => other.map(|_| true),
+        }
+    }
+}
+
+/// The local address a datagram goes out from, as the kernel takes it.
+enum SourceAddress {
+    V4(nix::libc::in_pktinfo),
+    V6(nix::libc::in6_pktinfo),
+}
+
+impl SourceAddress {
+    fn of(ip: IpAddr) -> SourceAddress {
+        match ip {
+            IpAddr::V4(v4) => SourceAddress::V4(nix::libc::in_pktinfo {
+                ipi_ifindex: 0,
+                ipi_spec_dst: nix::libc::in_addr { s_addr: u32::from_ne_bytes(v4.octets()) },
+                ipi_addr: nix::libc::in_addr { s_addr: 0 },
+            }),
+            // A v4-mapped address works too: Linux takes it for IPv4 peers of a
+            // dual-stack socket.
+            IpAddr::V6(v6) => SourceAddress::V6(nix::libc::in6_pktinfo {
+                ipi6_addr: nix::libc::in6_addr { s6_addr: v6.octets() },
+                ipi6_ifindex: 0,
+            }),
+        }
+    }
+
+    fn cmsg(&self) -> ControlMessage<'_> {
+        match self {
+            SourceAddress::V4(info) => ControlMessage::Ipv4PacketInfo(info),
+            SourceAddress::V6(info) => ControlMessage::Ipv6PacketInfo(info),
         }
     }
 }

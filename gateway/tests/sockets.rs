@@ -104,3 +104,38 @@ fn dscp_marks_the_datagrams_on_the_wire() {
         assert_eq!(tos, expected, "{host}: the server's datagram carries the DSCP");
     }
 }
+
+/// A server bound to every address answers each peer from the address it dialled,
+/// not from whichever address routes back to it: a client that reached a second
+/// address (127.0.0.2 here, a second public IP in life) would drop the answers.
+#[test]
+fn a_server_on_every_address_answers_from_the_address_each_client_dialled() {
+    use std::io::{Read, Write};
+    let backend = support::echo_backend();
+    for (listen, dial) in [("0.0.0.0", "127.0.0.2"), ("[::]", "127.0.0.2"), ("[::]", "[::1]"), ("0.0.0.0", "127.0.0.1")]
+    {
+        let udp = support::free_udp_port(&listen.replace(['[', ']'], ""));
+        let local = support::free_tcp_port();
+        let flags = "-key multihomed -crypt aes -admin off";
+        let _procs = Procs(vec![
+            kcpgate(&format!("server -l {listen}:{udp} -t 127.0.0.1:{backend} {flags}")),
+            kcpgate(&format!("client -l 127.0.0.1:{local} -r {dial}:{udp} {flags}")),
+        ]);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut c = loop {
+            if let Ok(c) = TcpStream::connect(("127.0.0.1", local)) {
+                break c;
+            }
+            assert!(std::time::Instant::now() < deadline, "the client never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c.write_all(b"which address answers?").unwrap();
+        let mut got = [0u8; 22];
+        let read = c.read_exact(&mut got);
+        assert!(
+            read.is_ok() && &got == b"which address answers?",
+            "server on {listen}, client dialling {dial}: {read:?}"
+        );
+    }
+}
