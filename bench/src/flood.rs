@@ -343,9 +343,12 @@ fn source(to: SocketAddr, seed: u64, rate: u64, stop: Arc<AtomicBool>) -> std::i
 }
 
 fn udp_opened(stats: &Value) -> u64 {
-    stats["transports"].as_array().into_iter().flatten().find(|t| t["transport"] == "udp").map_or(0, |t| {
-        t["sessions_opened"].as_u64().unwrap_or(0)
-    })
+    stats["transports"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|t| t["transport"] == "udp")
+        .map_or(0, |t| t["sessions_opened"].as_u64().unwrap_or(0))
 }
 
 fn dropped_total(stats: &Value) -> u64 {
@@ -423,14 +426,20 @@ pub fn run(
             thread::spawn(move || source(to, 0x5EED_0000 + i, stream_rate, stop))
         })
         .collect();
-    let offered = if stream_rate > 0 { format!("{:.1} MB/s each", stream_rate as f64 / 1e6) } else { "as fast as they can".into() };
+    let offered = if stream_rate > 0 {
+        format!("{:.1} MB/s each", stream_rate as f64 / 1e6)
+    } else {
+        "as fast as they can".into()
+    };
     eprintln!("flood: {sessions} streams over {sessions} sessions, {offered}; warming up 3 s");
     thread::sleep(Duration::from_secs(3));
     let before = admin(admin_port, "/api/v1/stats")?;
     let phase = |name: &str, flood: bool| -> Result<(f64, Option<Value>), String> {
         let from_bytes = sink.arrived.load(Ordering::Relaxed);
         let t = Instant::now();
-        let flood_report = if flood { Some(run_flood(target, Kind::Garbage, rate, seconds, from)?) } else {
+        let flood_report = if flood {
+            Some(run_flood(target, Kind::Garbage, rate, seconds, from)?)
+        } else {
             thread::sleep(Duration::from_secs(seconds));
             None
         };
@@ -494,8 +503,10 @@ pub fn run(
     // Part 2: genuine openings far beyond the limits.
     let (udp, admin_port) = (free_udp_port(), free_tcp_port());
     let target: SocketAddr = ([127, 0, 0, 1], udp).into();
-    let server =
-        start(kcpgate, &format!("server -l {target} -t {} -key {KEY} -admin 127.0.0.1:{admin_port} -quiet", sink.addr))?;
+    let server = start(
+        kcpgate,
+        &format!("server -l {target} -t {} -key {KEY} -admin 127.0.0.1:{admin_port} -quiet", sink.addr),
+    )?;
     wait_ready(admin_port)?;
     let rss_idle = crate::harness::rss_bytes(server.0.id());
     let peak = Arc::new(AtomicU64::new(rss_idle));

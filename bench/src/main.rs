@@ -3,6 +3,7 @@
 mod flood;
 mod harness;
 mod impair;
+mod isolation;
 mod plots;
 mod relay;
 mod traffic;
@@ -71,6 +72,21 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         from: u32,
     },
+    /// Thousands of concurrent sessions from Debian's kcptun and kcpgate clients,
+    /// one stream each with its own payload both ways, every byte checked at its
+    /// own backend connection and back; with the server on 127.0.0.1, 0.0.0.0 and
+    /// [::].
+    Isolation {
+        /// The kcpgate binary to test.
+        #[arg(long, default_value = "target/release/kcpgate")]
+        kcpgate: PathBuf,
+        /// Sessions (and streams), half from each client.
+        #[arg(long, default_value_t = 3000)]
+        sessions: usize,
+        /// Bytes each stream sends, and gets back.
+        #[arg(long, default_value_t = 32 * 1024)]
+        bytes: usize,
+    },
     /// The flood process of flood-test: sends datagrams to a loopback target at a
     /// set rate from many 127.x.y.z addresses, at most 120 s, then prints a JSON
     /// report of what it sent.
@@ -126,7 +142,10 @@ fn main() -> std::process::ExitCode {
     match Cli::parse().command {
         Cmd::FloodTest { kcpgate, sessions, stream_rate, seconds, rate, from } => {
             if !kcpgate.exists() {
-                eprintln!("kcpgate-bench: {} not found; build it first: cargo build --release -p kcpgate", kcpgate.display());
+                eprintln!(
+                    "kcpgate-bench: {} not found; build it first: cargo build --release -p kcpgate",
+                    kcpgate.display()
+                );
                 return std::process::ExitCode::from(2);
             }
             match flood::run(&kcpgate, sessions, stream_rate, seconds, rate, from) {
@@ -144,6 +163,20 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
+        Cmd::Isolation { kcpgate, sessions, bytes } => match isolation::run(&kcpgate, sessions, bytes) {
+            Ok((report, passed)) => {
+                print!("{report}");
+                if passed {
+                    std::process::ExitCode::SUCCESS
+                } else {
+                    std::process::ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("kcpgate-bench: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
         Cmd::Flood { target, kind, rate, seconds, from } => match flood::flood(target, kind, rate, seconds, from) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {

@@ -1,0 +1,241 @@
+//! Isolation under many sessions: thousands of concurrent KCP sessions from Debian's
+//! kcptun and kcpgate clients, one stream each, every stream carrying a payload of
+//! its own both ways; the backend checks each connection received exactly its
+//! stream's bytes, and each stream checks it got exactly its own reply. Run with
+//! the server bound to 127.0.0.1, 0.0.0.0 and [::] (reached over IPv4, IPv6 and
+//! v4-mapped addresses), since address handling bugs hide on 127.0.0.1.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::traffic::Pattern;
+
+/// A connection's id goes first on the wire, then its payload: the backend knows
+/// from the id what every following byte must be.
+const REPLY: u64 = 0x5245_504C_5900_0000;
+
+fn payload(id: u64, len: usize) -> Vec<u8> {
+    let mut v = vec![0u8; len];
+    Pattern::new(id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xA5A5).fill(&mut v);
+    v
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(program: &str, args: &str) -> Result<Proc, String> {
+    Command::new(program)
+        .args(args.split_whitespace())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Proc)
+        .map_err(|e| format!("cannot start {program}: {e} (Debian's kcptun: apt-get install -y kcptun)"))
+}
+
+fn free_udp(host: &str) -> u16 {
+    std::net::UdpSocket::bind((host, 0)).and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free UDP port")
+}
+
+fn free_tcp() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free TCP port")
+}
+
+async fn wait_listening(port: u16, what: &str) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !crate::harness::listening(port) {
+        if Instant::now() > deadline {
+            return Err(format!("{what} never listened on {port}"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Open sessions by the server's admin API.
+fn sessions_open(admin: u16) -> Result<u64, String> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", admin)).map_err(|e| e.to_string())?;
+    write!(c, "GET /api/v1/stats HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    c.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).ok_or("no body")?;
+    let v: serde_json::Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
+    Ok(v["sessions"]["open"].as_u64().unwrap_or(0))
+}
+
+/// One server binding and how each client reaches it.
+struct Binding {
+    listen: &'static str,
+    kcptun_dials: &'static str,
+    kcpgate_dials: &'static str,
+}
+
+const BINDINGS: [Binding; 3] = [
+    Binding { listen: "127.0.0.1", kcptun_dials: "127.0.0.1", kcpgate_dials: "127.0.0.1" },
+    // Other loopback addresses than the usual one: replies must come from them.
+    Binding { listen: "0.0.0.0", kcptun_dials: "127.0.0.2", kcpgate_dials: "127.0.0.3" },
+    // IPv6, and IPv4 through the dual-stack socket (v4-mapped addresses).
+    Binding { listen: "[::]", kcptun_dials: "[::1]", kcpgate_dials: "127.0.0.2" },
+];
+
+/// Runs the check for every binding; returns the report lines and whether all held.
+pub fn run(kcpgate: &Path, sessions: usize, bytes: usize) -> Result<(String, bool), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut report = String::new();
+    let mut passed = true;
+    for b in &BINDINGS {
+        let started = Instant::now();
+        let line = match rt.block_on(one_binding(kcpgate, b, sessions, bytes)) {
+            Ok(line) => format!("ok {line} in {:.1} s", started.elapsed().as_secs_f64()),
+            Err(e) => {
+                passed = false;
+                format!("**FAIL** server on {}: {e}", b.listen)
+            }
+        };
+        eprintln!("isolation: {line}");
+        report.push_str(&format!("- {line}\n"));
+    }
+    Ok((report, passed))
+}
+
+async fn one_binding(kcpgate: &Path, b: &Binding, sessions: usize, bytes: usize) -> Result<String, String> {
+    // The backend: reads a connection's id and checks every byte after it, then
+    // answers with the id's reply payload.
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
+    let backend_addr = backend.local_addr().map_err(|e| e.to_string())?;
+    let verified = Arc::new(Mutex::new(HashSet::new()));
+    let wrong = Arc::new(Mutex::new(Vec::<String>::new()));
+    let accept = {
+        let (verified, wrong) = (verified.clone(), wrong.clone());
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = backend.accept().await {
+                let (verified, wrong) = (verified.clone(), wrong.clone());
+                tokio::spawn(async move {
+                    let mut id = [0u8; 8];
+                    if c.read_exact(&mut id).await.is_err() {
+                        return;
+                    }
+                    let id = u64::from_le_bytes(id);
+                    let mut got = vec![0u8; bytes];
+                    let read = c.read_exact(&mut got).await;
+                    if read.is_err() || got != payload(id, bytes) {
+                        wrong.lock().unwrap().push(format!("backend connection of stream {id} got other bytes"));
+                        return;
+                    }
+                    verified.lock().unwrap().insert(id);
+                    let _ = c.write_all(&payload(id ^ REPLY, bytes)).await;
+                    // Held until the stream closes, so every session stays busy.
+                    let _ = c.read(&mut [0u8; 1]).await;
+                });
+            }
+        })
+    };
+    let (udp, admin) = (free_udp(&b.listen.replace(['[', ']'], "")), free_tcp());
+    let flags = "-key isolation -crypt aes -mode fast3";
+    let _server = spawn(
+        &kcpgate.display().to_string(),
+        &format!(
+            "server -l {}:{udp} -t {backend_addr} {flags} -open-rate 0 -open-rate-per-source 0 -admin 127.0.0.1:{admin} -quiet",
+            b.listen
+        ),
+    )?;
+    let halves = [sessions / 2, sessions - sessions / 2];
+    let (tun_port, gate_port) = (free_tcp(), free_tcp());
+    let _kcptun = spawn(
+        "kcptun-client",
+        &format!("-l 127.0.0.1:{tun_port} -r {}:{udp} {flags} -conn {} -quiet", b.kcptun_dials, halves[0]),
+    )?;
+    let _kcpgate = spawn(
+        &kcpgate.display().to_string(),
+        &format!("client -l 127.0.0.1:{gate_port} -r {}:{udp} {flags} -conn {} -quiet", b.kcpgate_dials, halves[1]),
+    )?;
+    wait_listening(tun_port, "kcptun-client").await?;
+    wait_listening(gate_port, "kcpgate client").await?;
+
+    // Every stream first: opened in waves (the clients' accept queues are finite),
+    // each to the next session of its client, all held open until the end.
+    let mut streams = Vec::with_capacity(sessions);
+    for wave in (0..sessions as u64).collect::<Vec<_>>().chunks(250) {
+        let opened: Vec<_> = wave
+            .iter()
+            .map(|&id| {
+                let port = if id % 2 == 0 { tun_port } else { gate_port };
+                tokio::spawn(async move {
+                    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+                    c.write_all(&id.to_le_bytes()).await?;
+                    std::io::Result::Ok((id, c))
+                })
+            })
+            .collect();
+        for s in opened {
+            streams.push(s.await.map_err(|e| e.to_string())?.map_err(|e| format!("opening a stream: {e}"))?);
+        }
+    }
+    // Then every payload at once, each checked against its reply.
+    let transfers: Vec<_> = streams
+        .into_iter()
+        .map(|(id, mut c)| {
+            tokio::spawn(async move {
+                let run = async {
+                    c.write_all(&payload(id, bytes)).await?;
+                    let mut reply = vec![0u8; bytes];
+                    c.read_exact(&mut reply).await?;
+                    std::io::Result::Ok(reply == payload(id ^ REPLY, bytes))
+                };
+                match tokio::time::timeout(Duration::from_secs(120), run).await {
+                    Ok(Ok(true)) => Ok(c),
+                    Ok(Ok(false)) => Err(format!("stream {id} got another stream's reply")),
+                    Ok(Err(e)) => Err(format!("stream {id}: {e}")),
+                    Err(_) => Err(format!("stream {id}: no whole reply in 120 s")),
+                }
+            })
+        })
+        .collect();
+    let mut held = Vec::with_capacity(sessions);
+    let mut failures = Vec::new();
+    for t in transfers {
+        match t.await.map_err(|e| e.to_string())? {
+            Ok(c) => held.push(c),
+            Err(e) => failures.push(e),
+        }
+    }
+    let open = sessions_open(admin)?;
+    drop(held);
+    accept.abort();
+    failures.extend(wrong.lock().unwrap().iter().cloned());
+    let verified = verified.lock().unwrap().len();
+    if !failures.is_empty() {
+        return Err(format!("{} of {sessions} streams failed, e.g. {}", failures.len(), failures[0]));
+    }
+    if verified != sessions || open < sessions as u64 {
+        return Err(format!("{verified} backend connections verified, {open} sessions open; want {sessions} of each"));
+    }
+    let sockaddr = |host: &str| -> SocketAddr { format!("{host}:{udp}").parse().expect("an address") };
+    Ok(format!(
+        "server on {}: {open} sessions open at once ({} kcptun via {}, {} kcpgate via {}), {sessions} streams, \
+         {:.1} MB each way, every byte at its own backend connection and back",
+        sockaddr(b.listen),
+        halves[0],
+        sockaddr(b.kcptun_dials),
+        halves[1],
+        sockaddr(b.kcpgate_dials),
+        (sessions * bytes) as f64 / 1e6
+    ))
+}
