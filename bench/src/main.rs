@@ -6,6 +6,7 @@ mod impair;
 mod isolation;
 mod plots;
 mod relay;
+mod soak;
 mod traffic;
 mod wt_echo;
 
@@ -87,6 +88,18 @@ enum Cmd {
         #[arg(long, default_value_t = 32 * 1024)]
         bytes: usize,
     },
+    /// A long run under churn: kcptun and kcpgate clients come and go, the relay's
+    /// impairments change every minute, the backend restarts and resets; reports
+    /// every stream's outcome and the server's RSS and file descriptors over time
+    /// (soak.md, soak.csv).
+    Soak {
+        #[arg(long, default_value = "target/release/kcpgate")]
+        kcpgate: PathBuf,
+        #[arg(long, default_value_t = 30)]
+        minutes: u64,
+        #[arg(long, default_value = "bench/results")]
+        out: PathBuf,
+    },
     /// The flood process of flood-test: sends datagrams to a loopback target at a
     /// set rate from many 127.x.y.z addresses, at most 120 s, then prints a JSON
     /// report of what it sent.
@@ -166,6 +179,21 @@ fn main() -> std::process::ExitCode {
         Cmd::Isolation { kcpgate, sessions, bytes } => match isolation::run(&kcpgate, sessions, bytes) {
             Ok((report, passed)) => {
                 print!("{report}");
+                if passed {
+                    std::process::ExitCode::SUCCESS
+                } else {
+                    std::process::ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("kcpgate-bench: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        Cmd::Soak { kcpgate, minutes, out } => match soak::run(&kcpgate, minutes, &out) {
+            Ok((report, passed)) => {
+                print!("{report}");
+                eprintln!("wrote {}", out.join("soak.md").display());
                 if passed {
                     std::process::ExitCode::SUCCESS
                 } else {

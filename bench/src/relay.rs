@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::impair::{Counters, Impairer, Spec};
 
@@ -46,9 +46,15 @@ pub struct Stats {
     pub down: Mutex<Counters>,
 }
 
+/// Both directions' impairments (up, down); the relay follows changes.
+pub type Specs = watch::Receiver<(Spec, Spec)>;
+
 /// One direction: impairs datagrams and sends them when due.
 struct Direction {
     impairer: Impairer,
+    specs: Specs,
+    up: bool,
+    seed: u64,
     start: Instant,
     queue: mpsc::UnboundedSender<Pending>,
     seq: u64,
@@ -56,15 +62,29 @@ struct Direction {
 }
 
 impl Direction {
-    fn new(spec: Spec, seed: u64, start: Instant) -> Direction {
+    fn new(mut specs: Specs, up: bool, seed: u64, start: Instant) -> Direction {
         let (queue, rx) = mpsc::unbounded_channel();
         tokio::spawn(deliver(rx, start));
-        Direction { impairer: Impairer::new(spec, seed), start, queue, seq: 0, scratch: Vec::new() }
+        let spec = Self::pick(&mut specs, up);
+        Direction { impairer: Impairer::new(spec, seed), specs, up, seed, start, queue, seq: 0, scratch: Vec::new() }
+    }
+
+    fn pick(specs: &mut Specs, up: bool) -> Spec {
+        let both = specs.borrow_and_update();
+        if up {
+            both.0.clone()
+        } else {
+            both.1.clone()
+        }
     }
 
     /// Impairs one datagram, queues what is left of it for `to`, and adds what
     /// happened to `totals`.
     fn push(&mut self, data: &[u8], socket: &Arc<UdpSocket>, to: SocketAddr, totals: &Mutex<Counters>) {
+        if self.specs.has_changed().unwrap_or(false) {
+            self.seed = self.seed.wrapping_add(1);
+            self.impairer = Impairer::new(Self::pick(&mut self.specs, self.up), self.seed);
+        }
         self.impairer.process(self.start.elapsed(), data, &mut self.scratch);
         for (at, data) in self.scratch.drain(..) {
             self.seq += 1;
@@ -103,9 +123,21 @@ pub async fn run(
     seed: u64,
     stats: Arc<Stats>,
 ) -> std::io::Result<()> {
+    let (_keep, specs) = watch::channel((up, down));
+    run_changing(listen, target, specs, seed, stats).await
+}
+
+/// [`run`] with impairments that may change while it runs.
+pub async fn run_changing(
+    listen: SocketAddr,
+    target: SocketAddr,
+    specs: Specs,
+    seed: u64,
+    stats: Arc<Stats>,
+) -> std::io::Result<()> {
     let front = Arc::new(UdpSocket::bind(listen).await?);
     let start = Instant::now();
-    let mut up_dir = Direction::new(up, seed, start);
+    let mut up_dir = Direction::new(specs.clone(), true, seed, start);
     let mut backs: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
     let mut buf = vec![0u8; 65536];
     let mut clients = 0u64;
@@ -117,7 +149,8 @@ pub async fn run(
                 let bind: SocketAddr = if target.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().expect("literal");
                 let back = Arc::new(UdpSocket::bind(bind).await?);
                 clients += 1;
-                let down_dir = Direction::new(down.clone(), seed ^ clients.wrapping_mul(0x9E37_79B9_7F4A_7C15), start);
+                let seed = seed ^ clients.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                let down_dir = Direction::new(specs.clone(), false, seed, start);
                 tokio::spawn(answers(back.clone(), front.clone(), from, down_dir, stats.clone()));
                 backs.insert(from, back.clone());
                 back
