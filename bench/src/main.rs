@@ -1,5 +1,6 @@
 //! `kcpgate-bench`: kcpgate against Debian's kcptun, on this machine, in one run.
 
+mod faults;
 mod flood;
 mod harness;
 mod impair;
@@ -87,6 +88,16 @@ enum Cmd {
         /// Bytes each stream sends, and gets back.
         #[arg(long, default_value_t = 32 * 1024)]
         bytes: usize,
+    },
+    /// Faults beside good sessions: backends that never read, reset, or read
+    /// slowly (over kcpgate and kcptun clients), then the server SIGKILLed
+    /// mid-transfer and restarted; every claim checked.
+    Faults {
+        #[arg(long, default_value = "target/release/kcpgate")]
+        kcpgate: PathBuf,
+        /// Seconds of good traffic alone (and twice that beside the bad backends).
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
     },
     /// A long run under churn: kcptun and kcpgate clients come and go, the relay's
     /// impairments change every minute, the backend restarts and resets; reports
@@ -180,6 +191,20 @@ fn main() -> std::process::ExitCode {
             Ok((report, passed)) => {
                 print!("{report}");
                 if passed {
+                    std::process::ExitCode::SUCCESS
+                } else {
+                    std::process::ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("kcpgate-bench: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
+        Cmd::Faults { kcpgate, seconds } => match faults::run(&kcpgate, seconds) {
+            Ok(outcome) => {
+                print!("{}", outcome.report);
+                if outcome.passed {
                     std::process::ExitCode::SUCCESS
                 } else {
                     std::process::ExitCode::FAILURE

@@ -1,0 +1,462 @@
+//! Faults a gateway meets in production, each checked against good sessions
+//! running beside it:
+//!
+//! - backends that accept and never read, that reset every connection, and that
+//!   read slowly, reached by kcpgate clients (smux v2) and Debian kcptun clients
+//!   (smux v1): the server's memory stays within the README's bound and the good
+//!   sessions keep their throughput, every byte checked;
+//! - the server SIGKILLed mid-transfer and started again: how long until each
+//!   client's new streams flow.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::traffic::Pattern;
+
+const KEY: &str = "faults";
+
+/// What the backend does with a connection, chosen by the stream's first byte.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Backend {
+    /// Reads and checks everything.
+    Good = 0,
+    /// Accepts and never reads.
+    NeverReads = 1,
+    /// Resets the connection at once.
+    Resets = 2,
+    /// Reads 1 KiB every 100 ms.
+    Slow = 3,
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(program: &str, args: &str) -> Result<Proc, String> {
+    Command::new(program)
+        .args(args.split_whitespace())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(Proc)
+        .map_err(|e| format!("cannot start {program}: {e} (Debian's kcptun: apt-get install -y kcptun)"))
+}
+
+fn free_tcp() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+fn free_udp() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+fn wait_listening(port: u16) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !crate::harness::listening(port) {
+        if Instant::now() > deadline {
+            return Err(format!("nothing listened on {port}"));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// The backend; good connections' intact bytes are added to `arrived`, and each
+/// good connection's (seed, bytes, intact) to `finished` when it ends.
+struct Backends {
+    addr: SocketAddr,
+    arrived: Arc<AtomicU64>,
+    finished: Arc<Mutex<Vec<(u64, u64, bool)>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Backends {
+    fn start() -> std::io::Result<Backends> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let (arrived, finished, stop) = (Arc::new(AtomicU64::new(0)), Arc::default(), Arc::new(AtomicBool::new(false)));
+        let (a, f, s) = (arrived.clone(), Arc::clone(&finished), stop.clone());
+        thread::spawn(move || {
+            for c in listener.incoming().flatten() {
+                let (a, f, s) = (a.clone(), Arc::clone(&f), s.clone());
+                thread::spawn(move || serve(c, &a, &f, &s));
+            }
+        });
+        Ok(Backends { addr, arrived, finished, stop })
+    }
+}
+
+fn serve(mut c: TcpStream, arrived: &AtomicU64, finished: &Mutex<Vec<(u64, u64, bool)>>, stop: &AtomicBool) {
+    let mut head = [0u8; 9];
+    if c.read_exact(&mut head).is_err() {
+        return;
+    }
+    let seed = u64::from_le_bytes(head[1..].try_into().expect("8 bytes"));
+    match head[0] {
+        0 | 3 => {
+            let slow = head[0] == 3;
+            let mut pattern = Pattern::new(seed);
+            let (mut want, mut buf) = (vec![0u8; 64 * 1024], vec![0u8; if slow { 1024 } else { 64 * 1024 }]);
+            pattern.fill(&mut want);
+            let (mut at, mut bytes, mut intact) = (0usize, 0u64, true);
+            loop {
+                let n = match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                let mut got = &buf[..n];
+                while !got.is_empty() && intact {
+                    let m = got.len().min(want.len() - at);
+                    intact &= got[..m] == want[at..at + m];
+                    (got, at, bytes) = (&got[m..], at + m, bytes + m as u64);
+                    if at == want.len() {
+                        pattern.fill(&mut want);
+                        at = 0;
+                    }
+                }
+                if !slow {
+                    arrived.fetch_add(n as u64, Ordering::Relaxed);
+                } else {
+                    thread::sleep(Duration::from_millis(100));
+                }
+                if !intact || (slow && stop.load(Ordering::Relaxed)) {
+                    break;
+                }
+            }
+            if !slow {
+                finished.lock().expect("results").push((seed, bytes, intact));
+            }
+        }
+        1 => {
+            while !stop.load(Ordering::Relaxed) {
+                thread::sleep(Duration::from_millis(100));
+            }
+        }
+        _ => {
+            // Dropped with unread data buffered: the kernel answers with a reset.
+        }
+    }
+}
+
+/// A stream that sends its header, then its pattern until `stop`; returns the
+/// pattern bytes written, how it ended, and how long its last write waited.
+fn push(to: SocketAddr, mode: Backend, seed: u64, rate: u64, stop: &AtomicBool) -> (u64, Result<(), String>) {
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let run = |sent: &mut u64| -> std::io::Result<()> {
+        let mut c = TcpStream::connect(to)?;
+        c.set_write_timeout(Some(Duration::from_millis(200)))?;
+        let mut head = vec![mode as u8];
+        head.extend_from_slice(&seed.to_le_bytes());
+        c.write_all(&head)?;
+        let mut pattern = Pattern::new(seed);
+        let mut buf = vec![0u8; 16 * 1024];
+        // The write timeout lets a stalled stream notice `stop` (a write that
+        // times out after a partial write reports what it wrote).
+        while !stop.load(Ordering::Relaxed) {
+            pattern.fill(&mut buf);
+            let mut rest = &buf[..];
+            while !rest.is_empty() {
+                match c.write(rest) {
+                    Ok(n) => {
+                        rest = &rest[n..];
+                        *sent += n as u64;
+                    }
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut =>
+                    {
+                        if stop.load(Ordering::Relaxed) {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if rate > 0 {
+                let due = Duration::from_secs_f64(*sent as f64 / rate as f64);
+                if let Some(wait) = due.checked_sub(started.elapsed()) {
+                    thread::sleep(wait);
+                }
+            }
+        }
+        c.shutdown(std::net::Shutdown::Write)?;
+        c.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut rest = [0u8; 64];
+        while c.read(&mut rest)? > 0 {}
+        Ok(())
+    };
+    let result = run(&mut sent).map_err(|e| e.to_string());
+    (sent, result)
+}
+
+/// The report lines and whether every claim held.
+pub struct Outcome {
+    pub report: String,
+    pub passed: bool,
+}
+
+/// The KCP receive window's worth of segments a session may hold: the server's
+/// `-rcvwnd` (1024) × `-mtu` (1350).
+const KCP_WINDOW: u64 = 1024 * 1350;
+/// Memory a stalled stream may hold in the server, bytes (stated in the README):
+/// its smux v2 window (`-streambuf`, 2 MiB) and its session's KCP window; with
+/// smux v1, which has no stream window, the session's buffer (`-smuxbuf`, 4 MiB)
+/// and KCP window stand for all its streams.
+const STALLED_V2_STREAM: u64 = 2 * 1024 * 1024 + KCP_WINDOW;
+const STALLED_V1_SESSION: u64 = 4 * 1024 * 1024 + KCP_WINDOW;
+/// The server's own growth under load besides the stalled streams (buffers of
+/// the good sessions, allocator slack), bytes.
+const BASE_SLACK: u64 = 24 * 1024 * 1024;
+
+pub fn run(kcpgate: &Path, seconds: u64) -> Result<Outcome, String> {
+    let mut report = String::new();
+    let mut passed = true;
+    let mut say = |ok: bool, line: String| {
+        eprintln!("{} {line}", if ok { "  ok  " } else { "  FAIL" });
+        report.push_str(&format!("- {} {line}\n", if ok { "ok" } else { "**FAIL**" }));
+        passed &= ok;
+    };
+    let gate = kcpgate.display().to_string();
+
+    // Part 1: bad backends beside good sessions.
+    let backends = Backends::start().map_err(|e| e.to_string())?;
+    let (udp, admin) = (free_udp(), free_tcp());
+    let server = spawn(
+        &gate,
+        &format!("server -l 127.0.0.1:{udp} -t {} -key {KEY} -admin 127.0.0.1:{admin} -quiet", backends.addr),
+    )?;
+    let (good_port, bad_v2_port, bad_v1_port) = (free_tcp(), free_tcp(), free_tcp());
+    let good_sessions = 10;
+    let bad_each = 5; // streams per bad kind and client
+    let _good = spawn(
+        &gate,
+        &format!("client -l 127.0.0.1:{good_port} -r 127.0.0.1:{udp} -key {KEY} -conn {good_sessions} -quiet"),
+    )?;
+    let _bad_v2 = spawn(
+        &gate,
+        &format!("client -l 127.0.0.1:{bad_v2_port} -r 127.0.0.1:{udp} -key {KEY} -conn {} -quiet", 3 * bad_each),
+    )?;
+    let _bad_v1 = spawn(
+        "kcptun-client",
+        &format!("-l 127.0.0.1:{bad_v1_port} -r 127.0.0.1:{udp} -key {KEY} -conn {} -quiet", 3 * bad_each),
+    )?;
+    for p in [good_port, bad_v2_port, bad_v1_port] {
+        wait_listening(p)?;
+    }
+    thread::sleep(Duration::from_millis(500));
+    let rss_before = crate::harness::rss_bytes(server.0.id());
+    let stop_good = Arc::new(AtomicBool::new(false));
+    let good_rate = 2_000_000;
+    let good: Vec<_> = (0..good_sessions as u64)
+        .map(|i| {
+            let stop = stop_good.clone();
+            let to: SocketAddr = ([127, 0, 0, 1], good_port).into();
+            thread::spawn(move || (0x600D_0000 + i, push(to, Backend::Good, 0x600D_0000 + i, good_rate, &stop)))
+        })
+        .collect();
+    eprintln!("faults: {good_sessions} good streams at {:.0} MB/s each; {seconds} s alone", good_rate as f64 / 1e6);
+    thread::sleep(Duration::from_secs(2));
+    let rate_over = |secs: u64| {
+        let from = backends.arrived.load(Ordering::Relaxed);
+        let t = Instant::now();
+        thread::sleep(Duration::from_secs(secs));
+        (backends.arrived.load(Ordering::Relaxed) - from) as f64 / t.elapsed().as_secs_f64()
+    };
+    let alone = rate_over(seconds);
+    // The bad streams: each kind over each client; reset ones reconnect in a loop.
+    let stop_bad = Arc::new(AtomicBool::new(false));
+    let resets = Arc::new(AtomicU64::new(0));
+    let reset_times = Arc::new(Mutex::new(Vec::<Duration>::new()));
+    let mut bad = Vec::new();
+    for (port, client) in [(bad_v2_port, "kcpgate"), (bad_v1_port, "kcptun")] {
+        let to: SocketAddr = ([127, 0, 0, 1], port).into();
+        for k in 0..bad_each as u64 {
+            for mode in [Backend::NeverReads, Backend::Slow] {
+                let stop = stop_bad.clone();
+                bad.push(thread::spawn(move || {
+                    let _ = push(to, mode, 0xBAD0_0000 + k, 0, &stop);
+                    let _ = client;
+                }));
+            }
+            let (stop, resets, times) = (stop_bad.clone(), resets.clone(), reset_times.clone());
+            bad.push(thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    let (_, ended) = push(to, Backend::Resets, 0xDEAD_0000 + k, 0, &stop);
+                    if !stop.load(Ordering::Relaxed) {
+                        let _ = ended;
+                        resets.fetch_add(1, Ordering::Relaxed);
+                        times.lock().expect("times").push(t.elapsed());
+                    }
+                    thread::sleep(Duration::from_millis(100));
+                }
+            }));
+        }
+    }
+    eprintln!("faults: + {} bad streams (never reading, resetting, slow) over kcpgate and kcptun clients", bad.len());
+    let peak = Arc::new(AtomicU64::new(0));
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = {
+        let (peak, watching, pid) = (peak.clone(), watching.clone(), server.0.id());
+        thread::spawn(move || {
+            while watching.load(Ordering::Relaxed) {
+                peak.fetch_max(crate::harness::rss_bytes(pid), Ordering::Relaxed);
+                thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    thread::sleep(Duration::from_secs(3)); // the stalled streams fill their windows
+    let beside = rate_over(seconds * 2);
+    watching.store(false, Ordering::Relaxed);
+    let _ = watcher.join();
+    stop_bad.store(true, Ordering::Relaxed);
+    stop_good.store(true, Ordering::Relaxed);
+    backends.stop.store(true, Ordering::Relaxed);
+    let mut sent = Vec::new();
+    for g in good {
+        let (seed, (bytes, result)) = g.join().map_err(|_| "a stream thread panicked")?;
+        sent.push((seed, bytes, result));
+    }
+    for b in bad {
+        let _ = b.join();
+    }
+    let finished = backends.finished.lock().expect("results").clone();
+    let intact =
+        sent.iter().all(|(seed, n, r)| r.is_ok() && finished.iter().any(|&(s, b, ok)| s == *seed && b == *n && ok));
+    say(
+        beside >= alone * 0.8,
+        format!(
+            "good sessions beside the bad backends: {:.1} MB/s, alone {:.1} MB/s ({:.0} %)",
+            beside / 1e6,
+            alone / 1e6,
+            beside / alone * 100.0
+        ),
+    );
+    say(
+        intact,
+        format!(
+            "every good byte arrived at its own backend connection: {} streams, {:.1} MB{}",
+            sent.len(),
+            sent.iter().map(|s| s.1).sum::<u64>() as f64 / 1e6,
+            if intact { String::new() } else { format!(": {sent:?}") }
+        ),
+    );
+    let times = reset_times.lock().expect("times");
+    let slowest = times.iter().max().copied().unwrap_or_default();
+    say(
+        resets.load(Ordering::Relaxed) > 0 && slowest < Duration::from_secs(2),
+        format!(
+            "a resetting backend: {} connections reset, each client saw its stream end within {:.0} ms",
+            resets.load(Ordering::Relaxed),
+            slowest.as_secs_f64() * 1000.0
+        ),
+    );
+    let peak = peak.load(Ordering::Relaxed);
+    // 2 × bad_each stalled v2 streams (never reading, slow) and 2 × bad_each v1 sessions.
+    let bound = rss_before + BASE_SLACK + 2 * bad_each as u64 * (STALLED_V2_STREAM + STALLED_V1_SESSION);
+    say(
+        peak <= bound,
+        format!(
+            "server memory with {} stalled streams (never reading or slow; half smux v2, half v1): {:.1} MB before, \
+             {:.1} MB at the peak; the bound is {:.1} MB",
+            4 * bad_each,
+            rss_before as f64 / 1e6,
+            peak as f64 / 1e6,
+            bound as f64 / 1e6
+        ),
+    );
+    drop(server);
+
+    // Part 2: SIGKILL and restart mid-transfer.
+    let sink = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    let sink_addr = sink.local_addr().map_err(|e| e.to_string())?;
+    thread::spawn(move || {
+        for mut c in sink.incoming().flatten() {
+            thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n @ 1..) = c.read(&mut buf) {
+                    // Answer the probes (short writes) so the client sees bytes flow.
+                    if n < 64 && c.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let udp = free_udp();
+    let start_server =
+        || spawn(&gate, &format!("server -l 127.0.0.1:{udp} -t {sink_addr} -key {KEY} -admin off -quiet"));
+    let mut server = start_server()?;
+    let (gate_port, tun_port) = (free_tcp(), free_tcp());
+    let _c1 = spawn(&gate, &format!("client -l 127.0.0.1:{gate_port} -r 127.0.0.1:{udp} -key {KEY} -quiet"))?;
+    let _c2 = spawn("kcptun-client", &format!("-l 127.0.0.1:{tun_port} -r 127.0.0.1:{udp} -key {KEY} -quiet"))?;
+    wait_listening(gate_port)?;
+    wait_listening(tun_port)?;
+    let transfers: Vec<_> = [gate_port, tun_port]
+        .into_iter()
+        .map(|port| {
+            thread::spawn(move || -> std::io::Result<u64> {
+                let mut c = TcpStream::connect(("127.0.0.1", port))?;
+                let buf = vec![7u8; 64 * 1024];
+                let mut sent = 0;
+                c.set_write_timeout(Some(Duration::from_secs(5)))?;
+                while sent < 10_000_000_000u64 {
+                    c.write_all(&buf)?;
+                    sent += buf.len() as u64;
+                }
+                Ok(sent)
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_secs(2));
+    drop(server);
+    thread::sleep(Duration::from_millis(200));
+    server = start_server()?;
+    let killed = Instant::now();
+    let probe = |port: u16| -> bool {
+        let Ok(mut c) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut got = [0u8; 5];
+        c.write_all(b"probe").is_ok() && c.read_exact(&mut got).is_ok() && &got == b"probe"
+    };
+    let mut back = [None, None];
+    while back.iter().any(Option::is_none) && killed.elapsed() < Duration::from_secs(90) {
+        for (i, port) in [gate_port, tun_port].into_iter().enumerate() {
+            if back[i].is_none() && probe(port) {
+                back[i] = Some(killed.elapsed());
+            }
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    let interrupted = transfers.into_iter().filter_map(|t| t.join().ok()).filter(Result::is_err).count();
+    drop(server);
+    let secs = |d: Option<Duration>| d.map_or("never (90 s)".to_string(), |d| format!("{:.1} s", d.as_secs_f64()));
+    say(
+        back[0].is_some_and(|d| d < Duration::from_secs(3)),
+        format!(
+            "server SIGKILLed mid-transfer ({interrupted} of 2 transfers cut) and restarted: a kcpgate client's new \
+             streams flow {} later",
+            secs(back[0])
+        ),
+    );
+    say(
+        back[1].is_some_and(|d| d < Duration::from_secs(70)),
+        format!(
+            "a Debian kcptun client's new streams flow {} later (its smux keep-alive notices the dead session 30–60 s \
+             after the last frame; it ignores resets)",
+            secs(back[1])
+        ),
+    );
+    Ok(Outcome { report, passed })
+}
