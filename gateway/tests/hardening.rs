@@ -95,9 +95,22 @@ fn copies_of_genuine_datagrams_open_nothing_and_are_counted() {
     assert_eq!(s["sessions"]["open"], 1, "no session for any copy");
     owner.send_to(&later, ("127.0.0.1", udp)).unwrap();
     until_stats(admin, "the original still reaches its session", |s| s["snmp"]["InPkts"] == 2);
+    // The session moves on; a second later the captured datagram comes back from
+    // its own address, and from another host again.
+    for i in 0..30 {
+        owner.send_to(&next_datagram(&mut c, 40 + i * 20, &NOP), ("127.0.0.1", udp)).unwrap();
+    }
+    until_stats(admin, "the session's own datagrams arrive", |s| s["snmp"]["InPkts"] == 32);
+    thread::sleep(Duration::from_secs(1));
+    owner.send_to(&later, ("127.0.0.1", udp)).unwrap();
+    third.send_to(&later, ("127.0.0.1", udp)).unwrap();
+    let s = until_stats(admin, "the late copies counted", |s| {
+        s["dropped"]["replayed"] == 4 && s["dropped"]["mid_session"] == 2
+    });
+    assert_eq!(s["snmp"]["InPkts"], 32, "no late copy reached the session");
     let (_, metrics) = admin_get(admin, "/metrics").expect("metrics");
-    assert!(metrics.contains("kcpgate_datagrams_dropped_total{reason=\"replayed\"} 3"), "{metrics}");
-    assert!(metrics.contains("kcpgate_datagrams_dropped_total{reason=\"mid_session\"} 1"), "{metrics}");
+    assert!(metrics.contains("kcpgate_datagrams_dropped_total{reason=\"replayed\"} 4"), "{metrics}");
+    assert!(metrics.contains("kcpgate_datagrams_dropped_total{reason=\"mid_session\"} 2"), "{metrics}");
 }
 
 #[test]
