@@ -276,3 +276,44 @@ fn secrets_from_a_file_or_the_environment_stay_out_of_cmdline_logs_and_api() {
     assert!(seen.iter().any(|(p, t)| p == "cmdline" && t.contains(&key_file)), "cmdline read: {seen:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// The same over WebTransport: a captured datagram sent again in its own
+/// WebTransport session, and in another, is dropped and counted; its copy opens
+/// no second session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_over_webtransport_open_nothing_and_are_counted() {
+    use wtransport::tls::Sha256Digest;
+    use wtransport::{ClientConfig, Endpoint};
+    let (udp, wt) = (free_udp_port("127.0.0.1"), free_udp_port("127.0.0.1"));
+    let (_procs, admin) = server(udp, &format!("-webtransport 127.0.0.1:{wt}"));
+    let (_, published) = admin_get(admin, "/webtransport/certificate").expect("the certificate's hash");
+    let published: Value = serde_json::from_str(&published).unwrap();
+    let hex = published["hashes"][0]["value"].as_str().expect("a hash").to_string();
+    let hash: [u8; 32] =
+        (0..64).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect::<Vec<_>>().try_into().unwrap();
+    let open = || async {
+        let config = ClientConfig::builder()
+            .with_bind_default()
+            .with_server_certificate_hashes([Sha256Digest::new(hash)])
+            .build();
+        Endpoint::client(config).unwrap().connect(format!("https://127.0.0.1:{wt}/")).await.expect("a session")
+    };
+    let mut c = client(5151);
+    let first = next_datagram(&mut c, 0, &NOP);
+    let later = next_datagram(&mut c, 20, &NOP);
+    let owner = open().await;
+    owner.send_datagram(first.clone()).unwrap();
+    until_stats(admin, "the session opens", |s| s["sessions"]["open"] == 1);
+    owner.send_datagram(later.clone()).unwrap();
+    until_stats(admin, "its next datagram arrives", |s| s["snmp"]["InPkts"] == 2);
+    owner.send_datagram(first.clone()).unwrap(); // in its own WebTransport session
+    owner.send_datagram(later.clone()).unwrap();
+    let stranger = open().await;
+    stranger.send_datagram(first.clone()).unwrap(); // in another
+    let s = until_stats(admin, "three copies counted", |s| s["dropped"]["replayed"] == 3);
+    assert_eq!(s["sessions"]["open"], 1, "no session for the copy: {s:#}");
+    assert_eq!(s["snmp"]["InPkts"], 2, "no copy reached the session");
+    let third = open().await;
+    third.send_datagram(later).unwrap(); // a later datagram, in a third session
+    until_stats(admin, "the stray counted", |s| s["dropped"]["mid_session"] == 1);
+}
