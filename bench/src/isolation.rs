@@ -76,6 +76,35 @@ fn sessions_open(admin: u16) -> Result<u64, String> {
     Ok(v["sessions"]["open"].as_u64().unwrap_or(0))
 }
 
+/// The self-signed WebTransport certificate's hash, from the admin listener.
+async fn certificate_hash(admin: u16) -> Result<[u8; 32], String> {
+    use std::io::{Read, Write};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let fetched = (|| -> Option<[u8; 32]> {
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", admin)).ok()?;
+            write!(c, "GET /webtransport/certificate HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+            let mut text = String::new();
+            c.read_to_string(&mut text).ok()?;
+            let v: serde_json::Value = serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()?;
+            let hex = v["hashes"][0]["value"].as_str()?;
+            (0..64)
+                .step_by(2)
+                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                .collect::<Option<Vec<u8>>>()?
+                .try_into()
+                .ok()
+        })();
+        if let Some(hash) = fetched {
+            return Ok(hash);
+        }
+        if Instant::now() > deadline {
+            return Err("the server published no WebTransport certificate hash".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// One server binding and how each client reaches it.
 struct Binding {
     listen: &'static str,
@@ -92,7 +121,7 @@ const BINDINGS: [Binding; 3] = [
 ];
 
 /// Runs the check for every binding; returns the report lines and whether all held.
-pub fn run(kcpgate: &Path, sessions: usize, bytes: usize) -> Result<(String, bool), String> {
+pub fn run(kcpgate: &Path, sessions: usize, bytes: usize, webtransport: usize) -> Result<(String, bool), String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -102,7 +131,7 @@ pub fn run(kcpgate: &Path, sessions: usize, bytes: usize) -> Result<(String, boo
     let mut passed = true;
     for b in &BINDINGS {
         let started = Instant::now();
-        let line = match rt.block_on(one_binding(kcpgate, b, sessions, bytes)) {
+        let line = match rt.block_on(one_binding(kcpgate, b, sessions, bytes, webtransport)) {
             Ok(line) => format!("ok {line} in {:.1} s", started.elapsed().as_secs_f64()),
             Err(e) => {
                 passed = false;
@@ -115,7 +144,13 @@ pub fn run(kcpgate: &Path, sessions: usize, bytes: usize) -> Result<(String, boo
     Ok((report, passed))
 }
 
-async fn one_binding(kcpgate: &Path, b: &Binding, sessions: usize, bytes: usize) -> Result<String, String> {
+async fn one_binding(
+    kcpgate: &Path,
+    b: &Binding,
+    sessions: usize,
+    bytes: usize,
+    webtransport: usize,
+) -> Result<String, String> {
     // The backend: reads a connection's id and checks every byte after it, then
     // answers with the id's reply payload.
     let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.map_err(|e| e.to_string())?;
@@ -147,13 +182,15 @@ async fn one_binding(kcpgate: &Path, b: &Binding, sessions: usize, bytes: usize)
             }
         })
     };
-    let (udp, admin) = (free_udp(&b.listen.replace(['[', ']'], "")), free_tcp());
+    let host = b.listen.replace(['[', ']'], "");
+    let (udp, wt, admin) = (free_udp(&host), free_udp(&host), free_tcp());
     let flags = "-key isolation -crypt aes -mode fast3";
     let _server = spawn(
         &kcpgate.display().to_string(),
         &format!(
-            "server -l {}:{udp} -t {backend_addr} {flags} -open-rate 0 -open-rate-per-source 0 -admin 127.0.0.1:{admin} -quiet",
-            b.listen
+            "server -l {listen}:{udp} -t {backend_addr} {flags} -open-rate 0 -open-rate-per-source 0 \
+             -admin 127.0.0.1:{admin} -webtransport {listen}:{wt} -quiet",
+            listen = b.listen
         ),
     )?;
     let halves = [sessions / 2, sessions - sessions / 2];
@@ -188,6 +225,43 @@ async fn one_binding(kcpgate: &Path, b: &Binding, sessions: usize, bytes: usize)
             streams.push(s.await.map_err(|e| e.to_string())?.map_err(|e| format!("opening a stream: {e}"))?);
         }
     }
+    // KCP over WebTransport beside them, one session per WebTransport session,
+    // ids after the UDP streams'.
+    let hash = certificate_hash(admin).await?;
+    let wt_dial = format!("https://{}:{wt}/", b.kcpgate_dials);
+    let mut wt_conns = Vec::with_capacity(webtransport);
+    for _ in 0..webtransport {
+        let config = wtransport::ClientConfig::builder()
+            .with_bind_default()
+            .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(hash)])
+            .build();
+        let endpoint = wtransport::Endpoint::client(config).map_err(|e| e.to_string())?;
+        let conn = tokio::time::timeout(Duration::from_secs(10), endpoint.connect(&wt_dial))
+            .await
+            .map_err(|_| format!("no WebTransport session from {wt_dial} in 10 s"))?
+            .map_err(|e| format!("WebTransport to {wt_dial}: {e}"))?;
+        wt_conns.push((endpoint, conn));
+    }
+    let (release_tx, release) = tokio::sync::watch::channel(false);
+    let wt_transfers: Vec<_> = wt_conns
+        .into_iter()
+        .enumerate()
+        .map(|(i, (endpoint, conn))| {
+            let id = (sessions + i) as u64;
+            let release = release.clone();
+            let (done_tx, done) = tokio::sync::oneshot::channel();
+            let session = tokio::spawn(async move {
+                let mut upload = id.to_le_bytes().to_vec();
+                upload.extend_from_slice(&payload(id, bytes));
+                // The session stays open, and alive, until every one is counted.
+                let timeout = Duration::from_secs(120);
+                let job = crate::wt_client::Job { key: "isolation", seed: id, upload: &upload, want: bytes, timeout };
+                crate::wt_client::exchange(&conn, job, done_tx, release).await;
+                drop((conn, endpoint));
+            });
+            (id, done, session)
+        })
+        .collect();
     // Then every payload at once, each checked against its reply.
     let transfers: Vec<_> = streams
         .into_iter()
@@ -216,7 +290,22 @@ async fn one_binding(kcpgate: &Path, b: &Binding, sessions: usize, bytes: usize)
             Err(e) => failures.push(e),
         }
     }
+    // Every UDP stream is done and held; so is every WebTransport one after this.
+    let mut sessions_wt = Vec::new();
+    for (id, done, session) in wt_transfers {
+        match done.await {
+            Ok(Ok(reply)) if reply == payload(id ^ REPLY, bytes) => {}
+            Ok(Ok(reply)) => failures.push(format!("WebTransport stream {id} got {} other bytes", reply.len())),
+            Ok(Err(e)) => failures.push(format!("WebTransport stream {id}: {e}")),
+            Err(_) => failures.push(format!("WebTransport stream {id}: its task ended")),
+        }
+        sessions_wt.push(session);
+    }
     let open = sessions_open(admin)?;
+    let _ = release_tx.send(true);
+    for s in sessions_wt {
+        let _ = s.await;
+    }
     drop(held);
     accept.abort();
     failures.extend(wrong.lock().unwrap().iter().cloned());
@@ -224,18 +313,20 @@ async fn one_binding(kcpgate: &Path, b: &Binding, sessions: usize, bytes: usize)
     if !failures.is_empty() {
         return Err(format!("{} of {sessions} streams failed, e.g. {}", failures.len(), failures[0]));
     }
-    if verified != sessions || open < sessions as u64 {
-        return Err(format!("{verified} backend connections verified, {open} sessions open; want {sessions} of each"));
+    let all = sessions + webtransport;
+    if verified != all || open < all as u64 {
+        return Err(format!("{verified} backend connections verified, {open} sessions open; want {all} of each"));
     }
     let sockaddr = |host: &str| -> SocketAddr { format!("{host}:{udp}").parse().expect("an address") };
     Ok(format!(
-        "server on {}: {open} sessions open at once ({} kcptun via {}, {} kcpgate via {}), {sessions} streams, \
-         {:.1} MB each way, every byte at its own backend connection and back",
+        "server on {}: {open} sessions open at once ({} kcptun via {}, {} kcpgate via {}, {webtransport} over \
+         WebTransport via {wt_dial}), {all} streams, {:.1} MB each way, every byte at its own backend connection \
+         and back",
         sockaddr(b.listen),
         halves[0],
         sockaddr(b.kcptun_dials),
         halves[1],
         sockaddr(b.kcpgate_dials),
-        (sessions * bytes) as f64 / 1e6
+        (all * bytes) as f64 / 1e6
     ))
 }

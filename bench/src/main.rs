@@ -9,6 +9,7 @@ mod plots;
 mod relay;
 mod soak;
 mod traffic;
+mod wt_client;
 mod wt_echo;
 
 use std::net::SocketAddr;
@@ -88,6 +89,10 @@ enum Cmd {
         /// Bytes each stream sends, and gets back.
         #[arg(long, default_value_t = 32 * 1024)]
         bytes: usize,
+        /// KCP sessions over WebTransport (one each) at the same time, from a
+        /// KCP client as the browser module runs it.
+        #[arg(long, default_value_t = 200)]
+        webtransport: usize,
     },
     /// Faults beside good sessions: backends that never read, reset, or read
     /// slowly (over kcpgate and kcptun clients), then the server SIGKILLed
@@ -187,20 +192,22 @@ fn main() -> std::process::ExitCode {
                 }
             }
         }
-        Cmd::Isolation { kcpgate, sessions, bytes } => match isolation::run(&kcpgate, sessions, bytes) {
-            Ok((report, passed)) => {
-                print!("{report}");
-                if passed {
-                    std::process::ExitCode::SUCCESS
-                } else {
+        Cmd::Isolation { kcpgate, sessions, bytes, webtransport } => {
+            match isolation::run(&kcpgate, sessions, bytes, webtransport) {
+                Ok((report, passed)) => {
+                    print!("{report}");
+                    if passed {
+                        std::process::ExitCode::SUCCESS
+                    } else {
+                        std::process::ExitCode::FAILURE
+                    }
+                }
+                Err(e) => {
+                    eprintln!("kcpgate-bench: {e}");
                     std::process::ExitCode::FAILURE
                 }
             }
-            Err(e) => {
-                eprintln!("kcpgate-bench: {e}");
-                std::process::ExitCode::FAILURE
-            }
-        },
+        }
         Cmd::Faults { kcpgate, seconds } => match faults::run(&kcpgate, seconds) {
             Ok(outcome) => {
                 print!("{}", outcome.report);

@@ -263,6 +263,10 @@ impl Transport for WebTransportPeers {
             // A peer with a session may send a stray datagram; one without has
             // nothing else to say.
             Outcome::Dropped(_) if from.0.has_session.load(Ordering::Relaxed) => {}
+            // Its opening datagram was lost or overtaken (by later data, or by
+            // parity): KCP sends it again, and the 30 s without a session still
+            // applies.
+            Outcome::Dropped(Drop::MidSession | Drop::NoConv) => {}
             // Datagrams keep coming while the close notice is on its way: one
             // refusal per session.
             Outcome::Dropped(Drop::Checksum) => {
@@ -270,7 +274,7 @@ impl Transport for WebTransportPeers {
                     count(&self.refusals.crypto);
                 }
             }
-            Outcome::Dropped(Drop::NotAccepting) => {
+            Outcome::Dropped(Drop::NotAccepting | Drop::SourceLimit | Drop::OpeningLimit) => {
                 if from.close("kcpgate: at its session limit or draining; try again later") {
                     count(&self.refusals.limit);
                 }

@@ -289,8 +289,12 @@ async fn copies_over_webtransport_open_nothing_and_are_counted() {
     let (_, published) = admin_get(admin, "/webtransport/certificate").expect("the certificate's hash");
     let published: Value = serde_json::from_str(&published).unwrap();
     let hex = published["hashes"][0]["value"].as_str().expect("a hash").to_string();
-    let hash: [u8; 32] =
-        (0..64).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect::<Vec<_>>().try_into().unwrap();
+    let hash: [u8; 32] = (0..64)
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+        .collect::<Vec<_>>()
+        .try_into()
+        .unwrap();
     let open = || async {
         let config = ClientConfig::builder()
             .with_bind_default()
@@ -316,4 +320,13 @@ async fn copies_over_webtransport_open_nothing_and_are_counted() {
     let third = open().await;
     third.send_datagram(later).unwrap(); // a later datagram, in a third session
     until_stats(admin, "the stray counted", |s| s["dropped"]["mid_session"] == 1);
+    // A browser whose opening datagram is overtaken by its next keeps its
+    // WebTransport session: the opening, when it comes, opens the KCP session.
+    let mut c = client(6161);
+    let (first, later) = (next_datagram(&mut c, 0, &NOP), next_datagram(&mut c, 20, &NOP));
+    let overtaken = open().await;
+    overtaken.send_datagram(later).unwrap();
+    until_stats(admin, "the early datagram counted", |s| s["dropped"]["mid_session"] == 2);
+    overtaken.send_datagram(first).unwrap();
+    until_stats(admin, "the session opens after all", |s| s["sessions"]["open"] == 2);
 }
