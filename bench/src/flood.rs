@@ -116,10 +116,12 @@ fn sources(n: u32, ports: u32) -> std::io::Result<Vec<UdpSocket>> {
 
 /// The flood process: sends `kind` datagrams to `target` at `rate` per second for
 /// `seconds` from `from` addresses, then prints one JSON line of what it sent.
-pub fn flood(target: SocketAddr, kind: Kind, rate: u64, seconds: u64, from: u32) -> Result<(), String> {
-    if !target.ip().is_loopback() {
-        return Err(format!("{target} is not a loopback address: floods stay on this machine"));
+pub fn flood(targets: &[SocketAddr], kind: Kind, rate: u64, seconds: u64, from: u32) -> Result<(), String> {
+    if let Some(t) = targets.iter().find(|t| !t.ip().is_loopback()) {
+        return Err(format!("{t} is not a loopback address: floods stay on this machine"));
     }
+    let target = *targets.first().ok_or("no target")?;
+    let targets: Arc<Vec<SocketAddr>> = Arc::new(targets.to_vec());
     let length = Duration::from_secs(seconds).min(LONGEST_FLOOD);
     let mut rng = SmallRng::seed_from_u64(7);
     let crypto = Arc::new(PacketCrypto::from_passphrase(Method::Aes256, KEY));
@@ -152,7 +154,7 @@ pub fn flood(target: SocketAddr, kind: Kind, rate: u64, seconds: u64, from: u32)
     let started = Instant::now();
     let handles: Vec<_> = (0..workers)
         .map(|w| {
-            let (sockets, pool) = (sockets.clone(), pool.clone());
+            let (sockets, pool, targets) = (sockets.clone(), pool.clone(), targets.clone());
             thread::spawn(move || {
                 let mut sent: BTreeMap<&'static str, u64> = BTreeMap::new();
                 let (mut errors, mut next) = (0u64, w as usize);
@@ -164,7 +166,9 @@ pub fn flood(target: SocketAddr, kind: Kind, rate: u64, seconds: u64, from: u32)
                         // Openings each go once; junk cycles.
                         let (class, d) = &pool[next % pool.len()];
                         let socket = &sockets[next % sockets.len()];
-                        match socket.send_to(d, target) {
+                        // Openings all go to the first target (the KCP port).
+                        let to = if *class == "opening" { target } else { targets[next / 3 % targets.len()] };
+                        match socket.send_to(d, to) {
                             Ok(_) => *sent.entry(class).or_default() += 1,
                             Err(_) => errors += 1,
                         }
@@ -233,14 +237,19 @@ fn start(program: &Path, args: &str) -> Result<Proc, String> {
 }
 
 /// Runs the flood process to its end and returns its report.
-fn run_flood(target: SocketAddr, kind: Kind, rate: u64, seconds: u64, from: u32) -> Result<Value, String> {
+fn run_flood(targets: &[SocketAddr], kind: Kind, rate: u64, seconds: u64, from: u32) -> Result<Value, String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let kind = match kind {
         Kind::Garbage => "garbage",
         Kind::Openings => "openings",
     };
-    let out = Command::new(me)
-        .args(["flood", "--target", &target.to_string(), "--kind", kind])
+    let mut cmd = Command::new(me);
+    cmd.arg("flood");
+    for t in targets {
+        cmd.args(["--target", &t.to_string()]);
+    }
+    let out = cmd
+        .args(["--kind", kind])
         .args(["--rate", &rate.to_string(), "--seconds", &seconds.to_string(), "--from", &from.to_string()])
         .stderr(Stdio::inherit())
         .output()
@@ -374,6 +383,60 @@ fn wait_ready(admin_port: u16) -> Result<(), String> {
     Ok(())
 }
 
+/// New KCP sessions over WebTransport, one after another for `seconds`, each
+/// sending 256 KiB of its own pattern to the sink and ending its stream: the
+/// (seed, bytes) of each that finished, or why it did not.
+fn browsers_during(admin_port: u16, wt: SocketAddr, seconds: u64) -> Vec<Result<(u64, u64), String>> {
+    const BYTES: usize = 256 * 1024;
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return vec![Err(e.to_string())],
+    };
+    rt.block_on(async {
+        let mut results = Vec::new();
+        let hash = match crate::isolation::certificate_hash(admin_port).await {
+            Ok(h) => h,
+            Err(e) => return vec![Err(e)],
+        };
+        let started = Instant::now();
+        let mut seed = 0xB205_0000u64;
+        while started.elapsed() < Duration::from_secs(seconds.saturating_sub(2).max(1)) {
+            seed += 1;
+            let config = wtransport::ClientConfig::builder()
+                .with_bind_default()
+                .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(hash)])
+                .build();
+            let result = async {
+                let endpoint = wtransport::Endpoint::client(config).map_err(|e| e.to_string())?;
+                let conn = tokio::time::timeout(Duration::from_secs(10), endpoint.connect(format!("https://{wt}/")))
+                    .await
+                    .map_err(|_| "no WebTransport session in 10 s".to_string())?
+                    .map_err(|e| e.to_string())?;
+                let mut upload = seed.to_le_bytes().to_vec();
+                let mut body = vec![0u8; BYTES];
+                Pattern::new(seed).fill(&mut body);
+                upload.extend_from_slice(&body);
+                let (done_tx, done) = tokio::sync::oneshot::channel();
+                let (_release_tx, release) = tokio::sync::watch::channel(true);
+                let job = crate::wt_client::Job {
+                    key: KEY,
+                    seed,
+                    upload: &upload,
+                    want: 0,
+                    finish: true,
+                    timeout: Duration::from_secs(30),
+                };
+                crate::wt_client::exchange(&conn, job, done_tx, release).await;
+                done.await.map_err(|_| "no result".to_string())??;
+                Ok((seed, BYTES as u64))
+            }
+            .await;
+            results.push(result);
+        }
+        results
+    })
+}
+
 /// What `run` measured; `passed` says whether every claim held.
 pub struct Outcome {
     pub report: String,
@@ -400,11 +463,16 @@ pub fn run(
 
     // Part 1: garbage while good sessions transfer.
     let sink = Sink::start().map_err(|e| e.to_string())?;
-    let (udp, admin_port, local) = (free_udp_port(), free_tcp_port(), free_tcp_port());
+    let (udp, wt, admin_port, local) = (free_udp_port(), free_udp_port(), free_tcp_port(), free_tcp_port());
     let target: SocketAddr = ([127, 0, 0, 1], udp).into();
+    // Junk goes to the WebTransport listener too; browsers' sessions must still open.
+    let wt_target: SocketAddr = ([127, 0, 0, 1], wt).into();
     let _server = start(
         kcpgate,
-        &format!("server -l {target} -t {} -key {KEY} -admin 127.0.0.1:{admin_port} -quiet", sink.addr),
+        &format!(
+            "server -l {target} -t {} -key {KEY} -admin 127.0.0.1:{admin_port} -webtransport {wt_target} -quiet",
+            sink.addr
+        ),
     )?;
     wait_ready(admin_port)?;
     let _client =
@@ -434,11 +502,14 @@ pub fn run(
     eprintln!("flood: {sessions} streams over {sessions} sessions, {offered}; warming up 3 s");
     thread::sleep(Duration::from_secs(3));
     let before = admin(admin_port, "/api/v1/stats")?;
-    let phase = |name: &str, flood: bool| -> Result<(f64, Option<Value>), String> {
+    type Flooded = Option<(Value, Vec<Result<(u64, u64), String>>)>;
+    let phase = |name: &str, flood: bool| -> Result<(f64, Flooded), String> {
         let from_bytes = sink.arrived.load(Ordering::Relaxed);
         let t = Instant::now();
         let flood_report = if flood {
-            Some(run_flood(target, Kind::Garbage, rate, seconds, from)?)
+            let browsers = thread::spawn(move || browsers_during(admin_port, wt_target, seconds));
+            let report = run_flood(&[target, wt_target], Kind::Garbage, rate, seconds, from)?;
+            Some((report, browsers.join().map_err(|_| "the WebTransport thread panicked")?))
         } else {
             thread::sleep(Duration::from_secs(seconds));
             None
@@ -458,10 +529,11 @@ pub fn run(
         sent.insert(0x5EED_0000 + i as u64, n);
     }
     let after = admin(admin_port, "/api/v1/stats")?;
-    let flood_report = flood_report.unwrap_or_default();
+    let (flood_report, browsers) = flood_report.unwrap_or_default();
     let baseline = (quiet_before + quiet_after) / 2.0;
     let finished = sink.finished.lock().expect("sink results").clone();
-    let intact = sent.iter().all(|(seed, n)| finished.iter().any(|&(s, b, ok)| s == *seed && b == *n && ok));
+    let intact = sent.iter().all(|(seed, n)| finished.iter().any(|&(s, b, ok)| s == *seed && b == *n && ok))
+        && browsers.iter().flatten().all(|(seed, n)| finished.iter().any(|&(s, b, ok)| s == *seed && b == *n && ok));
     let total_sent: u64 = sent.values().sum();
     let per_second = flood_report["per_second"].as_f64().unwrap_or(0.0);
     say(
@@ -477,6 +549,16 @@ pub fn run(
     say(format!("sessions opened during the flood: {opened} (the captured victim's own: at most 1)"), opened <= 1);
     let drops = dropped_total(&during) - dropped_total(&before);
     say(format!("datagrams dropped and counted: {drops}, by reason {}", during["dropped"]), drops > 0);
+    let browsers_ok = browsers.iter().filter(|b| b.is_ok()).count();
+    say(
+        format!(
+            "KCP over WebTransport during the flood: {browsers_ok} of {} new sessions carried 256 KiB each, every byte \
+             checked{}",
+            browsers.len(),
+            browsers.iter().find_map(|b| b.as_ref().err()).map_or(String::new(), |e| format!(" (e.g. {e})"))
+        ),
+        !browsers.is_empty() && browsers_ok == browsers.len(),
+    );
     let kept = flooded / baseline;
     say(
         format!(
@@ -522,7 +604,7 @@ pub fn run(
     };
     let opening_rate = 20_000;
     eprintln!("flood: {opening_rate} new sessions per second from {} addresses", from * OPENING_PORTS_PER_SOURCE);
-    let openings = run_flood(target, Kind::Openings, opening_rate, seconds, from)?;
+    let openings = run_flood(&[target], Kind::Openings, opening_rate, seconds, from)?;
     thread::sleep(Duration::from_millis(500));
     watching.store(false, Ordering::Relaxed);
     let _ = watcher.join();

@@ -77,7 +77,7 @@ fn sessions_open(admin: u16) -> Result<u64, String> {
 }
 
 /// The self-signed WebTransport certificate's hash, from the admin listener.
-async fn certificate_hash(admin: u16) -> Result<[u8; 32], String> {
+pub async fn certificate_hash(admin: u16) -> Result<[u8; 32], String> {
     use std::io::{Read, Write};
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -255,7 +255,14 @@ async fn one_binding(
                 upload.extend_from_slice(&payload(id, bytes));
                 // The session stays open, and alive, until every one is counted.
                 let timeout = Duration::from_secs(120);
-                let job = crate::wt_client::Job { key: "isolation", seed: id, upload: &upload, want: bytes, timeout };
+                let job = crate::wt_client::Job {
+                    key: "isolation",
+                    seed: id,
+                    upload: &upload,
+                    want: bytes,
+                    finish: false,
+                    timeout,
+                };
                 crate::wt_client::exchange(&conn, job, done_tx, release).await;
                 drop((conn, endpoint));
             });

@@ -120,8 +120,9 @@ enum Cmd {
     /// set rate from many 127.x.y.z addresses, at most 120 s, then prints a JSON
     /// report of what it sent.
     Flood {
-        #[arg(long)]
-        target: SocketAddr,
+        /// Where the datagrams go; given more than once, junk goes to each in turn.
+        #[arg(long, required = true)]
+        target: Vec<SocketAddr>,
         #[arg(long, value_enum)]
         kind: flood::Kind,
         #[arg(long, default_value_t = 200_000)]
@@ -237,7 +238,7 @@ fn main() -> std::process::ExitCode {
                 std::process::ExitCode::FAILURE
             }
         },
-        Cmd::Flood { target, kind, rate, seconds, from } => match flood::flood(target, kind, rate, seconds, from) {
+        Cmd::Flood { target, kind, rate, seconds, from } => match flood::flood(&target, kind, rate, seconds, from) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("kcpgate-bench flood: {e}");

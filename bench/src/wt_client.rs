@@ -21,8 +21,10 @@ pub struct Job<'a> {
     /// Seeds the session's conversation id and nonces.
     pub seed: u64,
     pub upload: &'a [u8],
-    /// Bytes expected back.
+    /// Bytes expected back; 0 waits for the stream's end instead.
     pub want: usize,
+    /// Whether to end the stream's sending side once `upload` is written.
+    pub finish: bool,
     pub timeout: Duration,
 }
 
@@ -36,14 +38,14 @@ pub async fn exchange(
     done: tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>,
     mut release: tokio::sync::watch::Receiver<bool>,
 ) {
-    let Job { key, seed, upload, want, timeout } = job;
+    let Job { key, seed, upload, want, finish: end_upload, timeout } = job;
     let mut done = Some(done);
     let mut finish = |result: Result<Vec<u8>, String>| {
         if let Some(d) = done.take() {
             let _ = d.send(result);
         }
     };
-    match run(conn, key, seed, upload, want, timeout, &mut finish, &mut release).await {
+    match run(conn, key, seed, upload, (want, end_upload), timeout, &mut finish, &mut release).await {
         Ok(()) => {}
         Err(e) => finish(Err(e)),
     }
@@ -55,7 +57,7 @@ async fn run(
     key: &str,
     seed: u64,
     upload: &[u8],
-    want: usize,
+    (want, end_upload): (usize, bool),
     timeout: Duration,
     finish: &mut impl FnMut(Result<Vec<u8>, String>),
     release: &mut tokio::sync::watch::Receiver<bool>,
@@ -92,6 +94,9 @@ async fn run(
         let t = now();
         if written < upload.len() {
             written += ep.write(id, sid, &upload[written..]).map_err(|e| e.to_string())?;
+            if written == upload.len() && end_upload {
+                ep.finish(t, id, sid).map_err(|e| e.to_string())?;
+            }
         }
         if ep.poll_timeout().is_some_and(|d| (t.wrapping_sub(d) as i32) >= 0) {
             ep.handle_timeout(t);
@@ -104,7 +109,7 @@ async fn run(
                 Ok(Read::WouldBlock) => break,
                 Err(e) => return Err(e.to_string()),
             }
-            if reply.len() >= want {
+            if want > 0 && reply.len() >= want {
                 finished = true;
             }
             if finished {
