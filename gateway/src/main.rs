@@ -1,5 +1,10 @@
 use std::process::ExitCode;
 
+/// See the note in Cargo.toml: jemalloc gives memory back when sessions end.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use clap::Command;
 use kcpgate::config::{command, Role, Settings};
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
