@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -27,6 +27,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
+use crate::local::{admin_json, free_tcp_port, free_udp_port, spawn};
 use crate::traffic::Pattern;
 
 /// The key every flood run uses between its good client and the server.
@@ -205,37 +206,6 @@ pub fn flood(targets: &[SocketAddr], kind: Kind, rate: u64, seconds: u64, from: 
     Ok(())
 }
 
-/// `GET path` on the admin listener, as JSON.
-fn admin(port: u16, path: &str) -> Result<Value, String> {
-    let mut c = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("admin API: {e}"))?;
-    c.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    write!(c, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut text = String::new();
-    c.read_to_string(&mut text).map_err(|e| format!("admin API: {e}"))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).ok_or("admin API: no body")?;
-    serde_json::from_str(body).map_err(|e| format!("admin API: {e}: {body}"))
-}
-
-/// A stopped-when-dropped child.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(program: &Path, args: &str) -> Result<Proc, String> {
-    Command::new(program)
-        .args(args.split_whitespace())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(Proc)
-        .map_err(|e| format!("cannot start {}: {e}", program.display()))
-}
-
 /// Runs the flood process to its end and returns its report.
 fn run_flood(targets: &[SocketAddr], kind: Kind, rate: u64, seconds: u64, from: u32) -> Result<Value, String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
@@ -364,17 +334,9 @@ fn dropped_total(stats: &Value) -> u64 {
     stats["dropped"].as_object().map_or(0, |o| o.values().filter_map(Value::as_u64).sum())
 }
 
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free UDP port")
-}
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free TCP port")
-}
-
 fn wait_ready(admin_port: u16) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(10);
-    while admin(admin_port, "/readyz").is_err() && admin(admin_port, "/api/v1/stats").is_err() {
+    while admin_json(admin_port, "/readyz").is_err() && admin_json(admin_port, "/api/v1/stats").is_err() {
         if Instant::now() > deadline {
             return Err("the server's admin API never answered".into());
         }
@@ -463,11 +425,12 @@ pub fn run(
 
     // Part 1: garbage while good sessions transfer.
     let sink = Sink::start().map_err(|e| e.to_string())?;
-    let (udp, wt, admin_port, local) = (free_udp_port(), free_udp_port(), free_tcp_port(), free_tcp_port());
+    let (udp, wt, admin_port, local) =
+        (free_udp_port("127.0.0.1"), free_udp_port("127.0.0.1"), free_tcp_port(), free_tcp_port());
     let target: SocketAddr = ([127, 0, 0, 1], udp).into();
     // Junk goes to the WebTransport listener too; browsers' sessions must still open.
     let wt_target: SocketAddr = ([127, 0, 0, 1], wt).into();
-    let _server = start(
+    let _server = spawn(
         kcpgate,
         &format!(
             "server -l {target} -t {} -key {KEY} -admin 127.0.0.1:{admin_port} -webtransport {wt_target} -quiet",
@@ -476,7 +439,7 @@ pub fn run(
     )?;
     wait_ready(admin_port)?;
     let _client =
-        start(kcpgate, &format!("client -l 127.0.0.1:{local} -r {target} -key {KEY} -conn {sessions} -quiet"))?;
+        spawn(kcpgate, &format!("client -l 127.0.0.1:{local} -r {target} -key {KEY} -conn {sessions} -quiet"))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect(("127.0.0.1", local)).is_err() {
         if Instant::now() > deadline {
@@ -501,7 +464,7 @@ pub fn run(
     };
     eprintln!("flood: {sessions} streams over {sessions} sessions, {offered}; warming up 3 s");
     thread::sleep(Duration::from_secs(3));
-    let before = admin(admin_port, "/api/v1/stats")?;
+    let before = admin_json(admin_port, "/api/v1/stats")?;
     type Flooded = Option<(Value, Vec<Result<(u64, u64), String>>)>;
     let phase = |name: &str, flood: bool| -> Result<(f64, Flooded), String> {
         let from_bytes = sink.arrived.load(Ordering::Relaxed);
@@ -520,7 +483,7 @@ pub fn run(
     };
     let (quiet_before, _) = phase("no flood", false)?;
     let (flooded, flood_report) = phase("garbage flood", true)?;
-    let during = admin(admin_port, "/api/v1/stats")?;
+    let during = admin_json(admin_port, "/api/v1/stats")?;
     let (quiet_after, _) = phase("no flood again", false)?;
     stop.store(true, Ordering::Relaxed);
     let mut sent = BTreeMap::new();
@@ -528,7 +491,7 @@ pub fn run(
         let n = s.join().map_err(|_| "a stream thread panicked")?.map_err(|e| format!("stream {i}: {e}"))?;
         sent.insert(0x5EED_0000 + i as u64, n);
     }
-    let after = admin(admin_port, "/api/v1/stats")?;
+    let after = admin_json(admin_port, "/api/v1/stats")?;
     let (flood_report, browsers) = flood_report.unwrap_or_default();
     let baseline = (quiet_before + quiet_after) / 2.0;
     let finished = sink.finished.lock().expect("sink results").clone();
@@ -583,9 +546,9 @@ pub fn run(
     drop(_server);
 
     // Part 2: genuine openings far beyond the limits.
-    let (udp, admin_port) = (free_udp_port(), free_tcp_port());
+    let (udp, admin_port) = (free_udp_port("127.0.0.1"), free_tcp_port());
     let target: SocketAddr = ([127, 0, 0, 1], udp).into();
-    let server = start(
+    let server = spawn(
         kcpgate,
         &format!("server -l {target} -t {} -key {KEY} -admin 127.0.0.1:{admin_port} -quiet", sink.addr),
     )?;
@@ -608,7 +571,7 @@ pub fn run(
     thread::sleep(Duration::from_millis(500));
     watching.store(false, Ordering::Relaxed);
     let _ = watcher.join();
-    let stats = admin(admin_port, "/api/v1/stats")?;
+    let stats = admin_json(admin_port, "/api/v1/stats")?;
     let opened = udp_opened(&stats);
     let open_now = stats["sessions"]["open"].as_u64().unwrap_or(0);
     let refused = stats["dropped"]["opening_limit"].as_u64().unwrap_or(0)
@@ -643,7 +606,7 @@ pub fn run(
     let mut open = open_now;
     while open > 0 && ended.elapsed() < Duration::from_secs(45) {
         thread::sleep(Duration::from_secs(1));
-        open = admin(admin_port, "/api/v1/stats")?["sessions"]["open"].as_u64().unwrap_or(0);
+        open = admin_json(admin_port, "/api/v1/stats")?["sessions"]["open"].as_u64().unwrap_or(0);
     }
     say(
         format!(

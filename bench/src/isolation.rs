@@ -8,12 +8,12 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::local::{admin_json, free_tcp_port, free_udp_port, spawn, wait_listening};
 use crate::traffic::Pattern;
 
 /// A connection's id goes first on the wire, then its payload: the backend knows
@@ -24,56 +24,6 @@ fn payload(id: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     Pattern::new(id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xA5A5).fill(&mut v);
     v
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(program: &str, args: &str) -> Result<Proc, String> {
-    Command::new(program)
-        .args(args.split_whitespace())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map(Proc)
-        .map_err(|e| format!("cannot start {program}: {e} (Debian's kcptun: apt-get install -y kcptun)"))
-}
-
-fn free_udp(host: &str) -> u16 {
-    std::net::UdpSocket::bind((host, 0)).and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free UDP port")
-}
-
-fn free_tcp() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free TCP port")
-}
-
-async fn wait_listening(port: u16, what: &str) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !crate::harness::listening(port) {
-        if Instant::now() > deadline {
-            return Err(format!("{what} never listened on {port}"));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
-}
-
-/// Open sessions by the server's admin API.
-fn sessions_open(admin: u16) -> Result<u64, String> {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", admin)).map_err(|e| e.to_string())?;
-    write!(c, "GET /api/v1/stats HTTP/1.0\r\nHost: localhost\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut text = String::new();
-    c.read_to_string(&mut text).map_err(|e| e.to_string())?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).ok_or("no body")?;
-    let v: serde_json::Value = serde_json::from_str(body).map_err(|e| e.to_string())?;
-    Ok(v["sessions"]["open"].as_u64().unwrap_or(0))
 }
 
 /// The self-signed WebTransport certificate's hash, from the admin listener.
@@ -183,10 +133,10 @@ async fn one_binding(
         })
     };
     let host = b.listen.replace(['[', ']'], "");
-    let (udp, wt, admin) = (free_udp(&host), free_udp(&host), free_tcp());
+    let (udp, wt, admin) = (free_udp_port(&host), free_udp_port(&host), free_tcp_port());
     let flags = "-key isolation -crypt aes -mode fast3";
     let _server = spawn(
-        &kcpgate.display().to_string(),
+        kcpgate,
         &format!(
             "server -l {listen}:{udp} -t {backend_addr} {flags} -open-rate 0 -open-rate-per-source 0 \
              -admin 127.0.0.1:{admin} -webtransport {listen}:{wt} -quiet",
@@ -194,17 +144,17 @@ async fn one_binding(
         ),
     )?;
     let halves = [sessions / 2, sessions - sessions / 2];
-    let (tun_port, gate_port) = (free_tcp(), free_tcp());
+    let (tun_port, gate_port) = (free_tcp_port(), free_tcp_port());
     let _kcptun = spawn(
         "kcptun-client",
         &format!("-l 127.0.0.1:{tun_port} -r {}:{udp} {flags} -conn {} -quiet", b.kcptun_dials, halves[0]),
     )?;
     let _kcpgate = spawn(
-        &kcpgate.display().to_string(),
+        kcpgate,
         &format!("client -l 127.0.0.1:{gate_port} -r {}:{udp} {flags} -conn {} -quiet", b.kcpgate_dials, halves[1]),
     )?;
-    wait_listening(tun_port, "kcptun-client").await?;
-    wait_listening(gate_port, "kcpgate client").await?;
+    wait_listening(tun_port, "kcptun-client")?;
+    wait_listening(gate_port, "kcpgate client")?;
 
     // Every stream first: opened in waves (the clients' accept queues are finite),
     // each to the next session of its client, all held open until the end.
@@ -308,7 +258,7 @@ async fn one_binding(
         }
         sessions_wt.push(session);
     }
-    let open = sessions_open(admin)?;
+    let open = admin_json(admin, "/api/v1/stats")?["sessions"]["open"].as_u64().unwrap_or(0);
     let _ = release_tx.send(true);
     for s in sessions_wt {
         let _ = s.await;

@@ -5,6 +5,7 @@ mod flood;
 mod harness;
 mod impair;
 mod isolation;
+mod local;
 mod plots;
 mod relay;
 mod soak;

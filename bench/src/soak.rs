@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -21,6 +21,7 @@ use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::impair::Spec;
+use crate::local::{admin_json, free_tcp_port, free_udp_port, Proc};
 use crate::traffic::Pattern;
 
 const KEY: &str = "soak";
@@ -66,23 +67,6 @@ impl BackendLog {
     fn down_during(&self, from: f64, to: f64) -> bool {
         self.down.iter().any(|&d| d < to && d + 5.5 > from)
     }
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free port")
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0").and_then(|s| s.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
@@ -185,15 +169,8 @@ struct Sample {
 }
 
 fn server_stats(admin: u16) -> (u64, u64) {
-    let get = || -> Option<serde_json::Value> {
-        let mut c = TcpStream::connect(("127.0.0.1", admin)).ok()?;
-        c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        write!(c, "GET /api/v1/stats HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-        let mut text = String::new();
-        c.read_to_string(&mut text).ok()?;
-        serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()
-    };
-    get().map_or((0, 0), |v| (v["sessions"]["open"].as_u64().unwrap_or(0), v["streams"]["open"].as_u64().unwrap_or(0)))
+    admin_json(admin, "/api/v1/stats")
+        .map_or((0, 0), |v| (v["sessions"]["open"].as_u64().unwrap_or(0), v["streams"]["open"].as_u64().unwrap_or(0)))
 }
 
 fn fds(pid: u32) -> usize {
@@ -220,10 +197,10 @@ pub fn run(kcpgate: &Path, minutes: u64, out: &Path) -> Result<(String, bool), S
         .map_err(|e| e.to_string())?;
     let stop = Arc::new(AtomicBool::new(false));
     let log = Arc::new(Mutex::new(BackendLog::default()));
-    let backend_port = free_port();
+    let backend_port = free_tcp_port();
     let epoch = Instant::now();
     rt.spawn(backend(backend_port, epoch, log.clone(), stop.clone()));
-    let (udp, relay_port, admin) = (free_udp_port(), free_udp_port(), free_port());
+    let (udp, relay_port, admin) = (free_udp_port("127.0.0.1"), free_udp_port("127.0.0.1"), free_tcp_port());
     let server = Proc(
         Command::new(kcpgate)
             .args(["server", "-l", &format!("127.0.0.1:{udp}"), "-t", &format!("127.0.0.1:{backend_port}")])
@@ -284,7 +261,7 @@ pub fn run(kcpgate: &Path, minutes: u64, out: &Path) -> Result<(String, bool), S
         while clients.len() < 4 && started.elapsed() + Duration::from_secs(30) < length {
             started_clients += 1;
             let kind = if started_clients % 2 == 0 { "kcptun" } else { "kcpgate" };
-            let local = free_port();
+            let local = free_tcp_port();
             let mut cmd = if kind == "kcptun" {
                 Command::new("kcptun-client")
             } else {
