@@ -10,8 +10,9 @@
 //!   what was refused and the server's memory.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::{IoSlice, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,6 +24,7 @@ use kcpgate_core::crypto::{Method, PacketCrypto};
 use kcpgate_core::fec::Shards;
 use kcpgate_core::kcp::{self, Mode};
 use kcpgate_core::pipeline::{Connection, SessionConfig};
+use nix::sys::socket::{sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -34,6 +36,8 @@ use crate::traffic::Pattern;
 const KEY: &str = "flood-test-key";
 /// Memory one session may take at most, bytes (stated in the README).
 const SESSION_MEMORY_BOUND: u64 = 16 * 1024;
+/// Datagrams per sendmmsg call in a flood (each call from one source).
+const BATCH: usize = 16;
 /// Sockets per source address in an opening flood (ulimit -n must allow them).
 const OPENING_PORTS_PER_SOURCE: u32 = 12;
 /// No flood may run longer than this, whatever is asked.
@@ -161,20 +165,36 @@ pub fn flood(targets: &[SocketAddr], kind: Kind, rate: u64, seconds: u64, from: 
                 let (mut errors, mut next) = (0u64, w as usize);
                 let per_ms = rate as f64 / workers as f64 / 1000.0;
                 let mut due = 0f64;
+                // Up to BATCH datagrams leave one source in one sendmmsg call.
+                let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
                 while started.elapsed() < length {
                     due += per_ms;
                     while due >= 1.0 {
-                        // Openings each go once; junk cycles.
-                        let (class, d) = &pool[next % pool.len()];
-                        let socket = &sockets[next % sockets.len()];
-                        // Openings all go to the first target (the KCP port).
-                        let to = if *class == "opening" { target } else { targets[next / 3 % targets.len()] };
-                        match socket.send_to(d, to) {
-                            Ok(_) => *sent.entry(class).or_default() += 1,
-                            Err(_) => errors += 1,
+                        let n = (due as usize).min(BATCH);
+                        let socket = &sockets[(next / BATCH) % sockets.len()];
+                        let mut batch: Vec<(&'static str, [IoSlice<'_>; 1], Option<SockaddrStorage>)> =
+                            Vec::with_capacity(n);
+                        for k in 0..n {
+                            let (class, d) = &pool[(next + k * workers as usize) % pool.len()];
+                            // Openings all go to the first target (the KCP port).
+                            let to = if *class == "opening" { target } else { targets[(next + k) / 3 % targets.len()] };
+                            batch.push((class, [IoSlice::new(d)], Some(SockaddrStorage::from(to))));
                         }
-                        next += workers as usize;
-                        due -= 1.0;
+                        let slices: Vec<[IoSlice<'_>; 1]> = batch.iter().map(|b| b.1).collect();
+                        let addrs: Vec<Option<SockaddrStorage>> = batch.iter().map(|b| b.2).collect();
+                        let cmsgs: [ControlMessage<'_>; 0] = [];
+                        match sendmmsg(socket.as_raw_fd(), &mut headers, &slices, &addrs, cmsgs, MsgFlags::empty()) {
+                            Ok(results) => {
+                                let sent_now = results.count();
+                                for b in &batch[..sent_now] {
+                                    *sent.entry(b.0).or_default() += 1;
+                                }
+                                errors += (n - sent_now) as u64;
+                            }
+                            Err(_) => errors += n as u64,
+                        }
+                        next += n * workers as usize;
+                        due -= n as f64;
                     }
                     let tick = Duration::from_millis(started.elapsed().as_millis() as u64 + 1);
                     if let Some(wait) = tick.checked_sub(started.elapsed()) {
