@@ -41,9 +41,11 @@ pub enum Drop {
     Runt,
     /// From an unknown address and carrying no conversation id (e.g. parity only).
     NoConv,
-    /// A header no honest peer sends (an unknown KCP command, or a data shard whose
-    /// size field contradicts its length) in a datagram that would open or replace a
-    /// session. kcp-go would act on it; that is a cheap way to make a server hold
+    /// What no honest peer sends: a datagram longer than any peer's MTU may be
+    /// (1,500 bytes; kcp-go reads no more), refused before it costs a decryption;
+    /// or a header (an unknown KCP command, or a data shard whose size field
+    /// contradicts its length) in a datagram that would open or replace a session.
+    /// kcp-go would act on such a header; that is a cheap way to make a server hold
     /// memory or drop a client, so it is refused.
     Malformed,
     /// From a known address with another conversation id and `sn ≠ 0`.
@@ -79,7 +81,7 @@ impl core::fmt::Display for Drop {
             Drop::Checksum => "failed the checksum or authentication (check -key and -crypt)",
             Drop::Runt => "too short for KCP after the crypto header",
             Drop::NoConv => "from an unknown address and carrying no conversation",
-            Drop::Malformed => "a header no honest peer sends",
+            Drop::Malformed => "longer than any MTU, or a header no honest peer sends",
             Drop::ConvMismatch => "another conversation than the address's session",
             Drop::BacklogFull => "the accept backlog is full",
             Drop::Replayed => "a copy of a recent datagram (replayed or duplicated)",
@@ -361,6 +363,9 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         datagram: &mut [u8],
         make: impl FnOnce(Connection) -> S,
     ) -> Outcome {
+        if datagram.len() > crate::pipeline::MTU_LIMIT {
+            return self.drop(Drop::Malformed);
+        }
         let plain = match self.crypto.open(datagram) {
             Ok(range) => range,
             Err(OpenError::TooShort) => return self.drop(Drop::TooShort),

@@ -384,6 +384,25 @@ fn conformance_41_crc_mismatch_counted_short_datagram_not() {
     assert!(listener.is_empty());
 }
 
+/// A datagram longer than any peer's MTU (kcp-go reads 1,500 bytes at most) is
+/// refused before decryption: even a genuine one sealed with the right key.
+#[test]
+fn datagrams_longer_than_any_mtu_are_refused_before_decryption() {
+    let c = crypto(Method::Aes256, "k");
+    let mut listener: Listener<u32> =
+        Listener::new(session_config(Mode::Fast, 32, 32, None), c.clone(), [0; 32]).unwrap();
+    let payload = kcp_datagram(1, 0, 1500 - 20);
+    let mut longest = sealed(Method::Aes256, &derive_key("k"), &[3; 16], &payload);
+    assert_eq!(longest.len(), 1500);
+    assert_eq!(listener.handle_datagram(0, &1, &mut longest), Outcome::Created, "1,500 bytes is a datagram");
+    let mut longer = sealed(Method::Aes256, &derive_key("k"), &[4; 16], &kcp_datagram(2, 0, 1500 - 20 + 1));
+    assert_eq!(longer.len(), 1501);
+    let before = longer.clone();
+    assert_eq!(listener.handle_datagram(0, &2, &mut longer), Outcome::Dropped(Drop::Malformed));
+    assert_eq!(longer, before, "not decrypted in place");
+    assert_eq!(listener.stats.malformed, 1);
+}
+
 #[test]
 fn conformance_42_aes_key_lengths() {
     let key = derive_key("key lengths");

@@ -93,7 +93,10 @@ impl Besieged {
                     let mut d = genuine.to_vec();
                     let extra = self.rng.gen_range(1..8000);
                     d.extend((0..extra).map(|_| self.rng.gen::<u8>()));
-                    self.expect(ep, now, from, d, Outcome::Dropped(Drop::Checksum));
+                    // Longer than any MTU: refused before decryption.
+                    let want =
+                        if d.len() > kcpgate_core::pipeline::MTU_LIMIT { Drop::Malformed } else { Drop::Checksum };
+                    self.expect(ep, now, from, d, Outcome::Dropped(want));
                 }
                 4 => {
                     // Bad type: not F1/F2/F3, so read as bare KCP with command 0xF4..0xFF.
