@@ -493,7 +493,7 @@ pub struct DroppedDatagrams {
     pub runt: u64,
     /// From an unknown address, with no conversation (FEC parity alone).
     pub no_conv: u64,
-    /// A header no honest peer sends, in a datagram that would open a session.
+    /// Longer than any MTU (1,500 bytes), or a header no honest peer sends in a datagram that would open a session.
     pub malformed: u64,
     /// Another conversation than the address's session, not a first segment.
     pub conv_mismatch: u64,
