@@ -156,15 +156,9 @@ fn clients_of_a_killed_and_restarted_server_reconnect_at_once() {
     let server = || kcpgate(&format!("server -l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags} -admin off"));
     let mut procs = Procs(vec![server(), kcpgate(&format!("client -l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags}"))]);
     let connect = || {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Ok(c) = TcpStream::connect(("127.0.0.1", local)) {
-                c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-                return c;
-            }
-            assert!(Instant::now() < deadline, "the client never listened");
-            thread::sleep(Duration::from_millis(20));
-        }
+        let c = support::connect_when_listening(local);
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        c
     };
     let echo = |c: &mut TcpStream, what: &[u8]| -> bool {
         let mut got = vec![0; what.len()];
@@ -193,7 +187,6 @@ fn clients_of_a_killed_and_restarted_server_reconnect_at_once() {
 #[test]
 fn secrets_from_a_file_or_the_environment_stay_out_of_cmdline_logs_and_api() {
     use std::io::{Read, Write};
-    use std::net::TcpStream;
     use std::os::unix::fs::PermissionsExt;
     use std::process::{Command, Stdio};
     const SECRET_KEY: &str = "k3y-only-in-a-file-5e1d";
@@ -235,14 +228,7 @@ fn secrets_from_a_file_or_the_environment_stay_out_of_cmdline_logs_and_api() {
     ]);
     support::wait_ready(admin);
     // The key from the file and the key from the environment agree: bytes flow.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut c = loop {
-        if let Ok(c) = TcpStream::connect(("127.0.0.1", local)) {
-            break c;
-        }
-        assert!(Instant::now() < deadline, "the client never listened");
-        thread::sleep(Duration::from_millis(20));
-    };
+    let mut c = support::connect_when_listening(local);
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     c.write_all(b"through a keyed tunnel").unwrap();
     let mut got = [0; 22];
@@ -288,13 +274,7 @@ async fn copies_over_webtransport_open_nothing_and_are_counted() {
     let (_procs, admin) = server(udp, &format!("-webtransport 127.0.0.1:{wt}"));
     let (_, published) = admin_get(admin, "/webtransport/certificate").expect("the certificate's hash");
     let published: Value = serde_json::from_str(&published).unwrap();
-    let hex = published["hashes"][0]["value"].as_str().expect("a hash").to_string();
-    let hash: [u8; 32] = (0..64)
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
-        .collect::<Vec<_>>()
-        .try_into()
-        .unwrap();
+    let hash = support::hex_hash(published["hashes"][0]["value"].as_str().expect("a hash"));
     let open = || async {
         let config = ClientConfig::builder()
             .with_bind_default()

@@ -11,7 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use support::{echo_backend, exit_status_within, free_tcp_port, free_udp_port, incompressible, Procs};
+use support::{
+    connect_when_listening, echo_backend, exit_status_within, free_tcp_port, free_udp_port, incompressible, Procs,
+};
 
 const CONNECTIONS: usize = 8;
 const BYTES: usize = 4_000_000;
@@ -40,18 +42,6 @@ fn kcpgate_run(role: &str, arguments: &str) -> Child {
 
 fn data_for(conn: usize) -> Vec<u8> {
     incompressible(conn as u64 + 1, BYTES)
-}
-
-/// Connects to the client's local port once it listens (up to 10 s).
-fn connect_when_listening(port: u16) -> TcpStream {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(c) = TcpStream::connect(("127.0.0.1", port)) {
-            return c;
-        }
-        assert!(Instant::now() < deadline, "the client never listened on {port}");
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// 8 concurrent connections through the client's port; each echo must match.

@@ -3,7 +3,7 @@
 mod support;
 
 use std::io::IoSliceMut;
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::{TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 
@@ -83,14 +83,7 @@ fn dscp_marks_the_datagrams_on_the_wire() {
             kcpgate(&format!("server -l {bracketed}:{server_port} -t 127.0.0.1:{target} {flags} -dscp 46")),
             kcpgate(&format!("client -l 127.0.0.1:{local} -r {bracketed}:{relay_port} {flags} -dscp 46")),
         ]);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let _tcp = loop {
-            if let Ok(c) = TcpStream::connect(("127.0.0.1", local)) {
-                break c;
-            }
-            assert!(std::time::Instant::now() < deadline, "the client never listened");
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let _tcp = support::connect_when_listening(local);
         let (first, _, tos) = recv_with_tos(&relay);
         assert_eq!(tos, expected, "{host}: the client's datagram carries the DSCP");
         relay.send_to(&first, (host, server_port)).unwrap();
@@ -121,14 +114,7 @@ fn a_server_on_every_address_answers_from_the_address_each_client_dialled() {
             kcpgate(&format!("server -l {listen}:{udp} -t 127.0.0.1:{backend} {flags}")),
             kcpgate(&format!("client -l 127.0.0.1:{local} -r {dial}:{udp} {flags}")),
         ]);
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let mut c = loop {
-            if let Ok(c) = TcpStream::connect(("127.0.0.1", local)) {
-                break c;
-            }
-            assert!(std::time::Instant::now() < deadline, "the client never listened");
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let mut c = support::connect_when_listening(local);
         c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         c.write_all(b"which address answers?").unwrap();
         let mut got = [0u8; 22];

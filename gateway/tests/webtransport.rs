@@ -37,12 +37,6 @@ async fn open(port: u16, path: &str, origin: Option<&str>, hash: [u8; 32]) -> Re
     }
 }
 
-fn hex_hash(value: &serde_json::Value) -> [u8; 32] {
-    let text = value.as_str().expect("a hex hash");
-    let bytes: Vec<u8> = (0..64).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect();
-    bytes.try_into().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operators_certificate_files_are_served_and_no_hash_is_published() {
     let dir = std::env::temp_dir().join(format!("kcpgate-wt-{}", std::process::id()));
@@ -86,7 +80,7 @@ async fn origins_and_paths_not_served_are_refused_and_counted() {
     assert_eq!(hashes[0]["algorithm"], "sha-256");
     let expires = published["expires_in_seconds"].as_u64().unwrap();
     assert!((12 * 86_400..14 * 86_400).contains(&expires), "valid under 14 days: {expires} s");
-    let hash = hex_hash(&hashes[0]["value"]);
+    let hash = support::hex_hash(hashes[0]["value"].as_str().expect("a hex hash"));
 
     open(wt, "/", Some("https://game.example"), hash).await.expect("an allowed origin");
     open(wt, "/messages", Some("https://staging.example"), hash).await.expect("an allowed origin, plain KCP");

@@ -128,6 +128,25 @@ pub fn admin_get_with(port: u16, path: &str, token: Option<&str>) -> Option<(u16
     Some((response.status().as_u16(), response.body_mut().read_to_string().ok()?))
 }
 
+/// Connects to a client's local TCP port once it listens (up to 10 s).
+pub fn connect_when_listening(port: u16) -> std::net::TcpStream {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        if let Ok(c) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            return c;
+        }
+        assert!(std::time::Instant::now() < deadline, "the client never listened on {port}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A SHA-256 hash given as 64 hex digits (the WebTransport certificate's, as the
+/// admin listener publishes it).
+pub fn hex_hash(text: &str) -> [u8; 32] {
+    let bytes: Vec<u8> = (0..64).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect();
+    bytes.try_into().unwrap()
+}
+
 /// Waits until the admin listener at `port` says ready (`/readyz`).
 pub fn wait_ready(port: u16) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
