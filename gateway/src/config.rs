@@ -305,7 +305,7 @@ const DEFAULT_KEY: &str = "it's a secrect";
 
 /// The flags both roles share, in kcptun's order.
 const SHARED: &[Flag] = &[
-    flag("key", Some("key"), Kind::Text(DEFAULT_KEY), "Pre-shared secret between client and server (env KCPTUN_KEY). [default: it's a secrect]"),
+    flag("key", Some("key"), Kind::Text(DEFAULT_KEY), "Pre-shared secret between client and server (env KCPTUN_KEY) [default: it's a secrect]"),
     flag("key-file", Some("key-file"), Kind::Text(""), "Read the key from this file (one trailing newline is dropped) instead of -key, which every local user can see in the process list; keep the file chmod 600 (kcpgate only)"),
     flag("crypt", Some("crypt"), Kind::Text("aes"), "Packet encryption: aes, aes-128, aes-192, aes-128-gcm, sm4, twofish, blowfish, cast5, 3des, tea, xtea, salsa20, xor, none, null; unknown names mean aes"),
     flag("mode", Some("mode"), Kind::Text("fast"), "KCP profile: normal, fast, fast2, fast3, or manual (then -nodelay, -interval, -resend, -nc apply)"),

@@ -139,10 +139,8 @@ impl BatchSocket {
     /// socket learns the address each session's first datagram came to and answers
     /// from it. Nothing to do for a socket bound to one address.
     pub fn reply_from_destination(&mut self) -> std::io::Result<()> {
-        if !self.socket.local_addr()?.ip().is_unspecified() {
-            return Ok(());
-        }
         match self.socket.local_addr()? {
+            local if !local.ip().is_unspecified() => return Ok(()),
             SocketAddr::V4(_) => setsockopt(&self.socket, sockopt::Ipv4PacketInfo, &true)?,
             // IPv4 peers of a dual-stack socket come with a v4-mapped destination.
             SocketAddr::V6(_) => setsockopt(&self.socket, sockopt::Ipv6RecvPacketInfo, &true)?,
@@ -255,8 +253,14 @@ impl BatchSocket {
             .socket
             .async_io(Interest::WRITABLE, || {
                 let gso = ControlMessage::UdpGsoSegments(&size);
-                let cmsgs = [gso, from.map_or(gso, SourceAddress::cmsg)];
-                let cmsgs = if from.is_some() { &cmsgs[..] } else { &cmsgs[..1] };
+                let with_source;
+                let cmsgs = match from {
+                    Some(from) => {
+                        with_source = [gso, from.cmsg()];
+                        &with_source[..]
+                    }
+                    None => std::slice::from_ref(&gso),
+                };
                 sendmsg(self.socket.as_raw_fd(), &[IoSlice::new(batch)], cmsgs, MsgFlags::empty(), Some(&addr))
                     .map_err(std::io::Error::from)
             })
