@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use crate::local::{free_tcp_port, free_udp_port, spawn, wait_listening};
+use crate::local::{free_tcp_port, free_udp_port, spawn, wait_listening, Claims};
 use crate::traffic::Pattern;
 
 const KEY: &str = "faults";
@@ -162,12 +162,6 @@ fn push(to: SocketAddr, mode: Backend, seed: u64, rate: u64, stop: &AtomicBool) 
     (sent, result)
 }
 
-/// The report lines and whether every claim held.
-pub struct Outcome {
-    pub report: String,
-    pub passed: bool,
-}
-
 /// What a stalled stream may cost the server in RSS, bytes (stated in the
 /// README). The data it holds is at most its smux v2 window (`-streambuf`, 2 MiB)
 /// and its session's KCP window (`-rcvwnd` 1024 × `-mtu` 1350); with smux v1,
@@ -209,14 +203,8 @@ impl Drop for PeakRss {
     }
 }
 
-pub fn run(kcpgate: &Path, seconds: u64) -> Result<Outcome, String> {
-    let mut report = String::new();
-    let mut passed = true;
-    let mut say = |ok: bool, line: String| {
-        eprintln!("{} {line}", if ok { "  ok  " } else { "  FAIL" });
-        report.push_str(&format!("- {} {line}\n", if ok { "ok" } else { "**FAIL**" }));
-        passed &= ok;
-    };
+pub fn run(kcpgate: &Path, seconds: u64) -> Result<Claims, String> {
+    let mut claims = Claims::new("");
     let gate = kcpgate.display().to_string();
 
     // Part 1: bad backends beside good sessions.
@@ -271,23 +259,21 @@ pub fn run(kcpgate: &Path, seconds: u64) -> Result<Outcome, String> {
     let resets = Arc::new(AtomicU64::new(0));
     let reset_times = Arc::new(Mutex::new(Vec::<Duration>::new()));
     let mut bad = Vec::new();
-    for (port, client) in [(bad_v2_port, "kcpgate"), (bad_v1_port, "kcptun")] {
+    for port in [bad_v2_port, bad_v1_port] {
         let to: SocketAddr = ([127, 0, 0, 1], port).into();
         for k in 0..bad_each as u64 {
             for mode in [Backend::NeverReads, Backend::Slow] {
                 let stop = stop_bad.clone();
                 bad.push(thread::spawn(move || {
                     let _ = push(to, mode, 0xBAD0_0000 + k, 0, &stop);
-                    let _ = client;
                 }));
             }
             let (stop, resets, times) = (stop_bad.clone(), resets.clone(), reset_times.clone());
             bad.push(thread::spawn(move || {
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
-                    let (_, ended) = push(to, Backend::Resets, 0xDEAD_0000 + k, 0, &stop);
+                    let _ = push(to, Backend::Resets, 0xDEAD_0000 + k, 0, &stop);
                     if !stop.load(Ordering::Relaxed) {
-                        let _ = ended;
                         resets.fetch_add(1, Ordering::Relaxed);
                         times.lock().expect("times").push(t.elapsed());
                     }
@@ -315,7 +301,7 @@ pub fn run(kcpgate: &Path, seconds: u64) -> Result<Outcome, String> {
     let finished = backends.finished.lock().expect("results").clone();
     let intact =
         sent.iter().all(|(seed, n, r)| r.is_ok() && finished.iter().any(|&(s, b, ok)| s == *seed && b == *n && ok));
-    say(
+    claims.claim(
         beside >= alone * 0.8,
         format!(
             "good sessions beside the bad backends: {:.1} MB/s, alone {:.1} MB/s ({:.0} %)",
@@ -324,7 +310,7 @@ pub fn run(kcpgate: &Path, seconds: u64) -> Result<Outcome, String> {
             beside / alone * 100.0
         ),
     );
-    say(
+    claims.claim(
         intact,
         format!(
             "every good byte arrived at its own backend connection: {} streams, {:.1} MB{}",
@@ -335,7 +321,7 @@ pub fn run(kcpgate: &Path, seconds: u64) -> Result<Outcome, String> {
     );
     let times = reset_times.lock().expect("times");
     let slowest = times.iter().max().copied().unwrap_or_default();
-    say(
+    claims.claim(
         resets.load(Ordering::Relaxed) > 0 && slowest < Duration::from_secs(2),
         format!(
             "a resetting backend: {} connections reset, each client saw its stream end within {:.0} ms",
@@ -345,7 +331,7 @@ pub fn run(kcpgate: &Path, seconds: u64) -> Result<Outcome, String> {
     );
     // 2 × bad_each stalled v2 streams (never reading, slow) and 2 × bad_each v1 sessions.
     let stalled = 2 * bad_each as u64 * (STALLED_V2_STREAM + STALLED_V1_SESSION);
-    say(
+    claims.claim(
         peak <= peak_alone + stalled + SLACK,
         format!(
             "server memory: {:.1} MB idle, {:.1} MB at the peak with the good sessions alone, {:.1} MB with {} stalled \
@@ -423,7 +409,7 @@ pub fn run(kcpgate: &Path, seconds: u64) -> Result<Outcome, String> {
     let interrupted = transfers.into_iter().filter_map(|t| t.join().ok()).filter(Result::is_err).count();
     drop(server);
     let secs = |d: Option<Duration>| d.map_or("never (90 s)".to_string(), |d| format!("{:.1} s", d.as_secs_f64()));
-    say(
+    claims.claim(
         back[0].is_some_and(|d| d < Duration::from_secs(3)),
         format!(
             "server SIGKILLed mid-transfer ({interrupted} of 2 transfers cut) and restarted: a kcpgate client's new \
@@ -431,7 +417,7 @@ pub fn run(kcpgate: &Path, seconds: u64) -> Result<Outcome, String> {
             secs(back[0])
         ),
     );
-    say(
+    claims.claim(
         back[1].is_some_and(|d| d < Duration::from_secs(70)),
         format!(
             "a Debian kcptun client's new streams flow {} later (its smux keep-alive notices the dead session 30–60 s \
@@ -439,5 +425,5 @@ pub fn run(kcpgate: &Path, seconds: u64) -> Result<Outcome, String> {
             secs(back[1])
         ),
     );
-    Ok(Outcome { report, passed })
+    Ok(claims)
 }

@@ -29,7 +29,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 
-use crate::local::{admin_json, free_tcp_port, free_udp_port, spawn};
+use crate::local::{admin_json, free_tcp_port, free_udp_port, spawn, Claims};
 use crate::traffic::Pattern;
 
 /// The key every flood run uses between its good client and the server.
@@ -376,7 +376,7 @@ fn browsers_during(admin_port: u16, wt: SocketAddr, seconds: u64) -> Vec<Result<
     };
     rt.block_on(async {
         let mut results = Vec::new();
-        let hash = match crate::isolation::certificate_hash(admin_port).await {
+        let hash = match crate::local::certificate_hash(admin_port).await {
             Ok(h) => h,
             Err(e) => return vec![Err(e)],
         };
@@ -419,12 +419,6 @@ fn browsers_during(admin_port: u16, wt: SocketAddr, seconds: u64) -> Vec<Result<
     })
 }
 
-/// What `run` measured; `passed` says whether every claim held.
-pub struct Outcome {
-    pub report: String,
-    pub passed: bool,
-}
-
 /// The whole flood check against `kcpgate` (a release build): good sessions with
 /// and without a garbage flood, then an opening flood.
 pub fn run(
@@ -434,14 +428,8 @@ pub fn run(
     seconds: u64,
     rate: u64,
     from: u32,
-) -> Result<Outcome, String> {
-    let mut report = String::new();
-    let mut passed = true;
-    let mut say = |line: String, ok: bool| {
-        eprintln!("{} {line}", if ok { "  ok  " } else { "  FAIL" });
-        report.push_str(&format!("- {} {line}\n", if ok { "ok" } else { "**FAIL**" }));
-        passed &= ok;
-    };
+) -> Result<Claims, String> {
+    let mut claims = Claims::new("");
 
     // Part 1: garbage while good sessions transfer.
     let sink = Sink::start().map_err(|e| e.to_string())?;
@@ -519,31 +507,35 @@ pub fn run(
         && browsers.iter().flatten().all(|(seed, n)| finished.iter().any(|&(s, b, ok)| s == *seed && b == *n && ok));
     let total_sent: u64 = sent.values().sum();
     let per_second = flood_report["per_second"].as_f64().unwrap_or(0.0);
-    say(
+    claims.claim(
+        per_second >= rate as f64 * 0.95,
         format!(
             "the flood process sent {} junk datagrams in {:.1} s ({per_second:.0}/s) from {from} addresses: {}",
             flood_report["sent"],
             flood_report["seconds"].as_f64().unwrap_or(0.0),
             flood_report["by_class"]
         ),
-        per_second >= rate as f64 * 0.95,
     );
     let opened = udp_opened(&after) - udp_opened(&before);
-    say(format!("sessions opened during the flood: {opened} (the captured victim's own: at most 1)"), opened <= 1);
+    claims.claim(
+        opened <= 1,
+        format!("sessions opened during the flood: {opened} (the captured victim's own: at most 1)"),
+    );
     let drops = dropped_total(&during) - dropped_total(&before);
-    say(format!("datagrams dropped and counted: {drops}, by reason {}", during["dropped"]), drops > 0);
+    claims.claim(drops > 0, format!("datagrams dropped and counted: {drops}, by reason {}", during["dropped"]));
     let browsers_ok = browsers.iter().filter(|b| b.is_ok()).count();
-    say(
+    claims.claim(
+        !browsers.is_empty() && browsers_ok == browsers.len(),
         format!(
             "KCP over WebTransport during the flood: {browsers_ok} of {} new sessions carried 256 KiB each, every byte \
              checked{}",
             browsers.len(),
             browsers.iter().find_map(|b| b.as_ref().err()).map_or(String::new(), |e| format!(" (e.g. {e})"))
         ),
-        !browsers.is_empty() && browsers_ok == browsers.len(),
     );
     let kept = flooded / baseline;
-    say(
+    claims.claim(
+        kept >= 0.8,
         format!(
             "good sessions kept {:.0} % of their throughput: {:.1} MB/s under the flood, {:.1} and {:.1} MB/s without",
             kept * 100.0,
@@ -551,16 +543,15 @@ pub fn run(
             quiet_before / 1e6,
             quiet_after / 1e6
         ),
-        kept >= 0.8,
     );
-    say(
+    claims.claim(
+        intact,
         format!(
             "every byte arrived, in order, at its own backend connection: {} streams, {:.1} MB, {}",
             sent.len(),
             total_sent as f64 / 1e6,
             if intact { "all intact" } else { "SOME LOST OR MIXED" }
         ),
-        intact,
     );
     drop(_client);
     drop(_server);
@@ -599,18 +590,19 @@ pub fn run(
     let length = openings["seconds"].as_f64().unwrap_or(0.0);
     // Default limits: 1000/s with a burst of 5000 in all.
     let allowed = 5000.0 + 1000.0 * length;
-    say(
+    claims.claim(
+        opened as f64 <= allowed * 1.02 && refused > 0,
         format!(
             "opening flood: {} new sessions sent in {length:.1} s from {from} addresses; {opened} opened (the limits \
              allow {allowed:.0}), {refused} refused and counted (opening_limit {}, source_limit {})",
             openings["sent"], stats["dropped"]["opening_limit"], stats["dropped"]["source_limit"]
         ),
-        opened as f64 <= allowed * 1.02 && refused > 0,
     );
     let peak = peak.load(Ordering::Relaxed);
     let per_session = peak.saturating_sub(rss_idle) as f64 / opened.max(1) as f64;
     let bound = rss_idle + SESSION_MEMORY_BOUND * opened;
-    say(
+    claims.claim(
+        peak <= bound,
         format!(
             "server memory: {:.1} MB idle, {:.1} MB at its peak with {opened} sessions opened, {open_now} still open: \
              {:.1} KiB per session opened (the README's bound: {} KiB)",
@@ -619,7 +611,6 @@ pub fn run(
             per_session / 1024.0,
             SESSION_MEMORY_BOUND / 1024
         ),
-        peak <= bound,
     );
     // Nothing answers a spoofed session: each closes at the keep-alive timeout.
     let ended = Instant::now();
@@ -628,12 +619,12 @@ pub fn run(
         thread::sleep(Duration::from_secs(1));
         open = admin_json(admin_port, "/api/v1/stats")?["sessions"]["open"].as_u64().unwrap_or(0);
     }
-    say(
+    claims.claim(
+        open == 0,
         format!(
             "the flood's sessions closed by themselves: {open} open {:.0} s after the flood (keep-alive timeout 30 s)",
             ended.elapsed().as_secs_f64()
         ),
-        open == 0,
     );
-    Ok(Outcome { report, passed })
+    Ok(claims)
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::local::{admin_json, free_tcp_port, free_udp_port, spawn, wait_listening};
+use crate::local::{admin_json, free_tcp_port, free_udp_port, spawn, wait_listening, Claims};
 use crate::traffic::Pattern;
 
 /// A connection's id goes first on the wire, then its payload: the backend knows
@@ -24,35 +24,6 @@ fn payload(id: u64, len: usize) -> Vec<u8> {
     let mut v = vec![0u8; len];
     Pattern::new(id.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xA5A5).fill(&mut v);
     v
-}
-
-/// The self-signed WebTransport certificate's hash, from the admin listener.
-pub async fn certificate_hash(admin: u16) -> Result<[u8; 32], String> {
-    use std::io::{Read, Write};
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let fetched = (|| -> Option<[u8; 32]> {
-            let mut c = std::net::TcpStream::connect(("127.0.0.1", admin)).ok()?;
-            write!(c, "GET /webtransport/certificate HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
-            let mut text = String::new();
-            c.read_to_string(&mut text).ok()?;
-            let v: serde_json::Value = serde_json::from_str(text.split_once("\r\n\r\n")?.1).ok()?;
-            let hex = v["hashes"][0]["value"].as_str()?;
-            (0..64)
-                .step_by(2)
-                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-                .collect::<Option<Vec<u8>>>()?
-                .try_into()
-                .ok()
-        })();
-        if let Some(hash) = fetched {
-            return Ok(hash);
-        }
-        if Instant::now() > deadline {
-            return Err("the server published no WebTransport certificate hash".into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// One server binding and how each client reaches it.
@@ -70,28 +41,22 @@ const BINDINGS: [Binding; 3] = [
     Binding { listen: "[::]", kcptun_dials: "[::1]", kcpgate_dials: "127.0.0.2" },
 ];
 
-/// Runs the check for every binding; returns the report lines and whether all held.
-pub fn run(kcpgate: &Path, sessions: usize, bytes: usize, webtransport: usize) -> Result<(String, bool), String> {
+/// Runs the check for every binding.
+pub fn run(kcpgate: &Path, sessions: usize, bytes: usize, webtransport: usize) -> Result<Claims, String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let mut report = String::new();
-    let mut passed = true;
+    let mut claims = Claims::new("");
     for b in &BINDINGS {
         let started = Instant::now();
-        let line = match rt.block_on(one_binding(kcpgate, b, sessions, bytes, webtransport)) {
-            Ok(line) => format!("ok {line} in {:.1} s", started.elapsed().as_secs_f64()),
-            Err(e) => {
-                passed = false;
-                format!("**FAIL** server on {}: {e}", b.listen)
-            }
-        };
-        eprintln!("isolation: {line}");
-        report.push_str(&format!("- {line}\n"));
+        match rt.block_on(one_binding(kcpgate, b, sessions, bytes, webtransport)) {
+            Ok(line) => claims.claim(true, format!("{line} in {:.1} s", started.elapsed().as_secs_f64())),
+            Err(e) => claims.claim(false, format!("server on {}: {e}", b.listen)),
+        }
     }
-    Ok((report, passed))
+    Ok(claims)
 }
 
 async fn one_binding(
@@ -177,7 +142,7 @@ async fn one_binding(
     }
     // KCP over WebTransport beside them, one session per WebTransport session,
     // ids after the UDP streams'.
-    let hash = certificate_hash(admin).await?;
+    let hash = crate::local::certificate_hash(admin).await?;
     let wt_dial = format!("https://{}:{wt}/", b.kcpgate_dials);
     let mut wt_conns = Vec::with_capacity(webtransport);
     for _ in 0..webtransport {

@@ -62,3 +62,60 @@ pub fn admin_json(port: u16, path: &str) -> Result<serde_json::Value, String> {
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b).ok_or("admin API: no body")?;
     serde_json::from_str(body).map_err(|e| format!("admin API: {e}: {body}"))
 }
+
+/// A check's report: a line per claim, `ok` or `FAIL`, also printed to stderr as
+/// it is judged, and whether every claim held.
+pub struct Claims {
+    report: String,
+    passed: bool,
+}
+
+impl Claims {
+    /// A report that starts with `heading` (markdown; may be empty).
+    pub fn new(heading: impl Into<String>) -> Claims {
+        Claims { report: heading.into(), passed: true }
+    }
+
+    pub fn claim(&mut self, ok: bool, line: impl std::fmt::Display) {
+        eprintln!("{} {line}", if ok { "  ok  " } else { "  FAIL" });
+        self.report.push_str(&format!("- {} {line}\n", if ok { "ok" } else { "**FAIL**" }));
+        self.passed &= ok;
+    }
+
+    /// Text between the claims (tables, headings).
+    pub fn add(&mut self, text: &str) {
+        self.report.push_str(text);
+    }
+
+    pub fn report(&self) -> &str {
+        &self.report
+    }
+
+    pub fn passed(&self) -> bool {
+        self.passed
+    }
+}
+
+/// The self-signed WebTransport certificate's hash, as the admin listener at
+/// 127.0.0.1:`admin` publishes it (waits up to 10 s for it).
+pub async fn certificate_hash(admin: u16) -> Result<[u8; 32], String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let published = admin_json(admin, "/webtransport/certificate").ok();
+        let hash = published.as_ref().and_then(|v| v["hashes"][0]["value"].as_str()).and_then(|hex| {
+            (0..64)
+                .step_by(2)
+                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                .collect::<Option<Vec<u8>>>()?
+                .try_into()
+                .ok()
+        });
+        if let Some(hash) = hash {
+            return Ok(hash);
+        }
+        if Instant::now() > deadline {
+            return Err("the server published no WebTransport certificate hash".into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

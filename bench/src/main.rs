@@ -169,6 +169,24 @@ enum Cmd {
     },
 }
 
+/// A check's report on stdout; the exit status says whether every claim held.
+fn conclude(checked: Result<local::Claims, String>) -> std::process::ExitCode {
+    match checked {
+        Ok(claims) => {
+            print!("{}", claims.report());
+            if claims.passed() {
+                std::process::ExitCode::SUCCESS
+            } else {
+                std::process::ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("kcpgate-bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> std::process::ExitCode {
     match Cli::parse().command {
         Cmd::FloodTest { kcpgate, sessions, stream_rate, seconds, rate, from } => {
@@ -179,66 +197,13 @@ fn main() -> std::process::ExitCode {
                 );
                 return std::process::ExitCode::from(2);
             }
-            match flood::run(&kcpgate, sessions, stream_rate, seconds, rate, from) {
-                Ok(outcome) => {
-                    print!("{}", outcome.report);
-                    if outcome.passed {
-                        std::process::ExitCode::SUCCESS
-                    } else {
-                        std::process::ExitCode::FAILURE
-                    }
-                }
-                Err(e) => {
-                    eprintln!("kcpgate-bench: {e}");
-                    std::process::ExitCode::FAILURE
-                }
-            }
+            conclude(flood::run(&kcpgate, sessions, stream_rate, seconds, rate, from))
         }
         Cmd::Isolation { kcpgate, sessions, bytes, webtransport } => {
-            match isolation::run(&kcpgate, sessions, bytes, webtransport) {
-                Ok((report, passed)) => {
-                    print!("{report}");
-                    if passed {
-                        std::process::ExitCode::SUCCESS
-                    } else {
-                        std::process::ExitCode::FAILURE
-                    }
-                }
-                Err(e) => {
-                    eprintln!("kcpgate-bench: {e}");
-                    std::process::ExitCode::FAILURE
-                }
-            }
+            conclude(isolation::run(&kcpgate, sessions, bytes, webtransport))
         }
-        Cmd::Faults { kcpgate, seconds } => match faults::run(&kcpgate, seconds) {
-            Ok(outcome) => {
-                print!("{}", outcome.report);
-                if outcome.passed {
-                    std::process::ExitCode::SUCCESS
-                } else {
-                    std::process::ExitCode::FAILURE
-                }
-            }
-            Err(e) => {
-                eprintln!("kcpgate-bench: {e}");
-                std::process::ExitCode::FAILURE
-            }
-        },
-        Cmd::Soak { kcpgate, minutes, out } => match soak::run(&kcpgate, minutes, &out) {
-            Ok((report, passed)) => {
-                print!("{report}");
-                eprintln!("wrote {}", out.join("soak.md").display());
-                if passed {
-                    std::process::ExitCode::SUCCESS
-                } else {
-                    std::process::ExitCode::FAILURE
-                }
-            }
-            Err(e) => {
-                eprintln!("kcpgate-bench: {e}");
-                std::process::ExitCode::FAILURE
-            }
-        },
+        Cmd::Faults { kcpgate, seconds } => conclude(faults::run(&kcpgate, seconds)),
+        Cmd::Soak { kcpgate, minutes, out } => conclude(soak::run(&kcpgate, minutes, &out)),
         Cmd::Flood { target, kind, rate, seconds, from } => match flood::flood(&target, kind, rate, seconds, from) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {

@@ -21,7 +21,7 @@ use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::impair::Spec;
-use crate::local::{admin_json, free_tcp_port, free_udp_port, Proc};
+use crate::local::{admin_json, free_tcp_port, free_udp_port, Claims, Proc};
 use crate::traffic::Pattern;
 
 const KEY: &str = "soak";
@@ -92,7 +92,6 @@ async fn backend(port: u16, epoch: Instant, log: Arc<Mutex<BackendLog>>, stop: A
                 continue;
             }
         };
-        let went_up = epoch.elapsed().as_secs_f64();
         while phase(90) < 85 && !stop.load(Ordering::Relaxed) {
             let accepted = tokio::select! {
                 a = listener.accept() => a,
@@ -128,7 +127,6 @@ async fn backend(port: u16, epoch: Instant, log: Arc<Mutex<BackendLog>>, stop: A
                 }
             });
         }
-        let _ = went_up;
         log.lock().expect("log").down.push(epoch.elapsed().as_secs_f64());
         drop(listener);
     }
@@ -168,6 +166,22 @@ struct Sample {
     weather: &'static str,
 }
 
+impl Sample {
+    /// The server (process `pid`, admin API on `admin`) now.
+    fn take(started: Instant, pid: u32, admin: u16, clients: usize, weather: &'static str) -> Sample {
+        let (sessions, streams) = server_stats(admin);
+        Sample {
+            at: started.elapsed().as_secs_f64(),
+            rss: crate::harness::rss_bytes(pid),
+            fds: fds(pid),
+            sessions,
+            streams,
+            clients,
+            weather,
+        }
+    }
+}
+
 fn server_stats(admin: u16) -> (u64, u64) {
     admin_json(admin, "/api/v1/stats")
         .map_or((0, 0), |v| (v["sessions"]["open"].as_u64().unwrap_or(0), v["streams"]["open"].as_u64().unwrap_or(0)))
@@ -180,16 +194,15 @@ fn fds(pid: u32) -> usize {
 /// A client process and its workers.
 struct Client {
     proc: Proc,
-    kind: &'static str,
     stopping: Arc<AtomicBool>,
     workers: Vec<thread::JoinHandle<()>>,
     ends_at: Instant,
 }
 
-/// Runs the soak for `minutes` and writes `out/soak.md` and `out/soak.csv`;
-/// returns the report and whether it passed (no byte lost on a clean stream,
-/// memory and descriptors flat after warm-up).
-pub fn run(kcpgate: &Path, minutes: u64, out: &Path) -> Result<(String, bool), String> {
+/// Runs the soak for `minutes`, writes `out/soak.md` and `out/soak.csv`, and returns
+/// the claims: no byte lost on a clean stream, memory and descriptors flat after
+/// warm-up.
+pub fn run(kcpgate: &Path, minutes: u64, out: &Path) -> Result<Claims, String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -243,7 +256,7 @@ pub fn run(kcpgate: &Path, minutes: u64, out: &Path) -> Result<(String, bool), S
             let spec: Spec = weather_now.parse().map_err(|e: String| e)?;
             let _ = weather_tx.send((spec.clone(), spec));
         }
-        // Clients end when their time is up (half of them killed outright).
+        // Clients end when their time is up: killed, mid-stream or not.
         let now = Instant::now();
         for c in clients.iter_mut().filter(|c| c.ends_at <= now) {
             c.stopping.store(true, Ordering::Relaxed);
@@ -252,7 +265,6 @@ pub fn run(kcpgate: &Path, minutes: u64, out: &Path) -> Result<(String, bool), S
         let (ended, alive): (Vec<Client>, Vec<Client>) = clients.into_iter().partition(|c| c.ends_at <= now);
         clients = alive;
         for c in ended {
-            let _ = c.proc;
             for w in c.workers {
                 let _ = w.join();
             }
@@ -309,19 +321,10 @@ pub fn run(kcpgate: &Path, minutes: u64, out: &Path) -> Result<(String, bool), S
                 })
                 .collect();
             let life = Duration::from_secs(rng.random_range(60..240));
-            clients.push(Client { proc, kind, stopping, workers, ends_at: Instant::now() + life });
+            clients.push(Client { proc, stopping, workers, ends_at: Instant::now() + life });
         }
         if started.elapsed() >= next_sample {
-            let (sessions, streams) = server_stats(admin);
-            let s = Sample {
-                at: started.elapsed().as_secs_f64(),
-                rss: crate::harness::rss_bytes(pid),
-                fds: fds(pid),
-                sessions,
-                streams,
-                clients: clients.len(),
-                weather: weather_now,
-            };
+            let s = Sample::take(started, pid, admin, clients.len(), weather_now);
             eprintln!(
                 "soak: {:>5.0} s  rss {:>6.1} MB  fds {:>4}  sessions {:>3}  streams {:>3}  moved {:>7.1} MB  streams done {:>6}  weather {:?}",
                 s.at,
@@ -343,12 +346,10 @@ pub fn run(kcpgate: &Path, minutes: u64, out: &Path) -> Result<(String, bool), S
         c.stopping.store(true, Ordering::Relaxed);
     }
     for c in clients {
-        let kind = c.kind;
         drop(c.proc);
         for w in c.workers {
             let _ = w.join();
         }
-        let _ = kind;
     }
     let _ = weather_tx.send((Spec::default(), Spec::default()));
     let quiet = Instant::now();
@@ -357,15 +358,7 @@ pub fn run(kcpgate: &Path, minutes: u64, out: &Path) -> Result<(String, bool), S
         thread::sleep(Duration::from_secs(1));
         (sessions, streams) = server_stats(admin);
     }
-    let end = Sample {
-        at: started.elapsed().as_secs_f64(),
-        rss: crate::harness::rss_bytes(pid),
-        fds: fds(pid),
-        sessions,
-        streams,
-        clients: 0,
-        weather: "",
-    };
+    let end = Sample::take(started, pid, admin, 0, "");
     stop.store(true, Ordering::Relaxed);
     drop(server);
 
@@ -399,7 +392,7 @@ pub fn run(kcpgate: &Path, minutes: u64, out: &Path) -> Result<(String, bool), S
     let growth = mean(last_third) / mean(first_third).max(1.0) - 1.0;
     let fds_start = samples.first().map_or(0, |s| s.fds);
 
-    let mut report = format!(
+    let mut claims = Claims::new(format!(
         "# Soak: {minutes} minutes\n\nkcpgate server behind the impairment relay (weather changing every minute: {}), \
          backend down 5 s every 90 s and resetting every connection 5 s every 70 s, {started_clients} clients \
          (Debian kcptun and kcpgate in turn, 60–240 s each, then killed), 3 streams at a time each.\n\n",
@@ -408,18 +401,13 @@ pub fn run(kcpgate: &Path, minutes: u64, out: &Path) -> Result<(String, bool), S
             .map(|w| if w.is_empty() { "clean".to_string() } else { format!("`{w}`") })
             .collect::<Vec<_>>()
             .join(", ")
-    );
-    report.push_str("| outcome | client | streams |\n|---|---|---|\n");
+    ));
+    claims.add("| outcome | client | streams |\n|---|---|---|\n");
     for ((o, kind), n) in &by_outcome {
-        report.push_str(&format!("| {o:?} | {kind} | {n} |\n"));
+        claims.add(&format!("| {o:?} | {kind} | {n} |\n"));
     }
-    report.push('\n');
-    let mut passed = true;
-    let mut claim = |ok: bool, text: String| {
-        passed &= ok;
-        report.push_str(&format!("- {} {text}\n", if ok { "ok" } else { "**FAIL**" }));
-    };
-    claim(
+    claims.add("\n");
+    claims.claim(
         log.corrupted.is_empty() && failed_ids.is_empty(),
         format!(
             "bytes lost: 0 expected. {clean} streams closed cleanly with every byte both ways ({:.1} MB checked); \
@@ -434,7 +422,7 @@ pub fn run(kcpgate: &Path, minutes: u64, out: &Path) -> Result<(String, bool), S
             }
         ),
     );
-    claim(
+    claims.claim(
         growth < 0.10,
         format!(
             "RSS after warm-up: {:.1}–{:.1} MB; the last third's mean is {:+.1} % of the first third's",
@@ -443,7 +431,7 @@ pub fn run(kcpgate: &Path, minutes: u64, out: &Path) -> Result<(String, bool), S
             growth * 100.0
         ),
     );
-    claim(
+    claims.claim(
         end.fds <= fds_start && end.sessions == 0 && end.streams == 0,
         format!(
             "file descriptors: {fds_start} at the start, {}–{} under load, {} at the end with {} sessions and {} \
@@ -455,11 +443,11 @@ pub fn run(kcpgate: &Path, minutes: u64, out: &Path) -> Result<(String, bool), S
             end.streams
         ),
     );
-    report.push_str(
+    claims.add(
         "\n| time (s) | RSS (MB) | fds | sessions | streams | clients | weather |\n|---|---|---|---|---|---|---|\n",
     );
     for s in samples.iter().step_by(6).chain(std::iter::once(&end)) {
-        report.push_str(&format!(
+        claims.add(&format!(
             "| {:.0} | {:.1} | {} | {} | {} | {} | {} |\n",
             s.at,
             s.rss as f64 / 1e6,
@@ -479,6 +467,7 @@ pub fn run(kcpgate: &Path, minutes: u64, out: &Path) -> Result<(String, bool), S
         ));
     }
     std::fs::write(out.join("soak.csv"), csv).map_err(|e| e.to_string())?;
-    std::fs::write(out.join("soak.md"), &report).map_err(|e| e.to_string())?;
-    Ok((report, passed))
+    std::fs::write(out.join("soak.md"), claims.report()).map_err(|e| e.to_string())?;
+    eprintln!("wrote {} and soak.csv", out.join("soak.md").display());
+    Ok(claims)
 }

@@ -38,30 +38,22 @@ pub async fn exchange(
     done: tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>,
     mut release: tokio::sync::watch::Receiver<bool>,
 ) {
-    let Job { key, seed, upload, want, finish: end_upload, timeout } = job;
     let mut done = Some(done);
-    let mut finish = |result: Result<Vec<u8>, String>| {
-        if let Some(d) = done.take() {
-            let _ = d.send(result);
+    if let Err(e) = run(conn, &job, &mut done, &mut release).await {
+        if let Some(done) = done.take() {
+            let _ = done.send(Err(e));
         }
-    };
-    match run(conn, key, seed, upload, (want, end_upload), timeout, &mut finish, &mut release).await {
-        Ok(()) => {}
-        Err(e) => finish(Err(e)),
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// [`exchange`]; `done` is taken when the reply is complete.
 async fn run(
     conn: &wtransport::Connection,
-    key: &str,
-    seed: u64,
-    upload: &[u8],
-    (want, end_upload): (usize, bool),
-    timeout: Duration,
-    finish: &mut impl FnMut(Result<Vec<u8>, String>),
+    job: &Job<'_>,
+    done: &mut Option<tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>>,
     release: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), String> {
+    let Job { key, seed, upload, want, finish: end_upload, timeout } = *job;
     let mtu = conn.max_datagram_size().unwrap_or(1200).min(1350);
     let mut kcp = kcp::Config { snd_wnd: 128, rcv_wnd: 512, stream: true, ..kcp::Config::default() };
     Mode::Fast3.apply(&mut kcp);
@@ -114,7 +106,9 @@ async fn run(
             }
             if finished {
                 // Held open (keep-alives and all) until released.
-                finish(Ok(std::mem::take(&mut reply)));
+                if let Some(done) = done.take() {
+                    let _ = done.send(Ok(std::mem::take(&mut reply)));
+                }
             }
         }
         while let Some(tx) = ep.poll_transmit(t, 1, &mut out) {
