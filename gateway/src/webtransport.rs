@@ -205,6 +205,10 @@ impl Transport for WebTransportPeers {
         }
         for input in self.batch.drain(..) {
             match input {
+                // A session this side closed has nothing more to say, and an
+                // answer (a reset for its ended KCP session) would overtake the
+                // close notice the page is about to read.
+                Input::Datagram(peer, _) if peer.0.closed.load(Ordering::Relaxed) => {}
                 Input::Datagram(peer, bytes) => {
                     self.arena.extend_from_slice(&bytes);
                     self.spans.push((peer, bytes.len()));

@@ -263,25 +263,41 @@ fn secrets_from_a_file_or_the_environment_stay_out_of_cmdline_logs_and_api() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// A server with a WebTransport listener: its processes, admin port, and a way
+/// to open WebTransport sessions to it.
+fn webtransport_server() -> (Procs, u16, WtDialer) {
+    let (udp, wt) = (free_udp_port("127.0.0.1"), free_udp_port("127.0.0.1"));
+    let (procs, admin) = server(udp, &format!("-webtransport 127.0.0.1:{wt}"));
+    let (_, published) = admin_get(admin, "/webtransport/certificate").expect("the certificate's hash");
+    let published: Value = serde_json::from_str(&published).unwrap();
+    let hash = support::hex_hash(published["hashes"][0]["value"].as_str().expect("a hash"));
+    (procs, admin, WtDialer { port: wt, hash })
+}
+
+struct WtDialer {
+    port: u16,
+    hash: [u8; 32],
+}
+
+impl WtDialer {
+    async fn open(&self) -> wtransport::Connection {
+        use wtransport::tls::Sha256Digest;
+        use wtransport::{ClientConfig, Endpoint};
+        let config = ClientConfig::builder()
+            .with_bind_default()
+            .with_server_certificate_hashes([Sha256Digest::new(self.hash)])
+            .build();
+        Endpoint::client(config).unwrap().connect(format!("https://127.0.0.1:{}/", self.port)).await.expect("a session")
+    }
+}
+
 /// The same over WebTransport: a captured datagram sent again in its own
 /// WebTransport session, and in another, is dropped and counted; its copy opens
 /// no second session.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn copies_over_webtransport_open_nothing_and_are_counted() {
-    use wtransport::tls::Sha256Digest;
-    use wtransport::{ClientConfig, Endpoint};
-    let (udp, wt) = (free_udp_port("127.0.0.1"), free_udp_port("127.0.0.1"));
-    let (_procs, admin) = server(udp, &format!("-webtransport 127.0.0.1:{wt}"));
-    let (_, published) = admin_get(admin, "/webtransport/certificate").expect("the certificate's hash");
-    let published: Value = serde_json::from_str(&published).unwrap();
-    let hash = support::hex_hash(published["hashes"][0]["value"].as_str().expect("a hash"));
-    let open = || async {
-        let config = ClientConfig::builder()
-            .with_bind_default()
-            .with_server_certificate_hashes([Sha256Digest::new(hash)])
-            .build();
-        Endpoint::client(config).unwrap().connect(format!("https://127.0.0.1:{wt}/")).await.expect("a session")
-    };
+    let (_procs, admin, wt) = webtransport_server();
+    let open = || wt.open();
     let mut c = client(5151);
     let first = next_datagram(&mut c, 0, &NOP);
     let later = next_datagram(&mut c, 20, &NOP);
@@ -309,4 +325,36 @@ async fn copies_over_webtransport_open_nothing_and_are_counted() {
     until_stats(admin, "the early datagram counted", |s| s["dropped"]["mid_session"] == 2);
     overtaken.send_datagram(first).unwrap();
     until_stats(admin, "the session opens after all", |s| s["sessions"]["open"] == 2);
+}
+
+/// A WebTransport session kicked over the API reads why. Datagrams its page sends
+/// meanwhile get no reset: one would end the page's session, with "no such
+/// session", before it reads the notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kicked_webtransport_session_reads_why_and_gets_no_reset() {
+    let (_procs, admin, wt) = webtransport_server();
+    let mut c = client(7171);
+    let page = wt.open().await;
+    page.send_datagram(next_datagram(&mut c, 0, &NOP)).unwrap();
+    let s = until_stats(admin, "the session opens", |s| s["sessions"]["open"] == 1);
+    let (_, listed) = admin_get(admin, "/api/v1/sessions").expect("the admin API answers");
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    let id = listed["sessions"][0]["id"].as_u64().expect("the session's id");
+    // The session's own answers (its acks) come before the kick.
+    while let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), page.receive_datagram()).await {}
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let kicked = agent.delete(format!("http://127.0.0.1:{admin}/api/v1/sessions/{id}?reason=test")).call().unwrap();
+    assert_eq!(kicked.status().as_u16(), 204);
+    for at in [20, 40, 60] {
+        page.send_datagram(next_datagram(&mut c, at, &NOP)).unwrap();
+    }
+    let mut notice = page.accept_uni().await.expect("a close notice");
+    let mut reason = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut notice, &mut reason).await.unwrap();
+    assert!(String::from_utf8_lossy(&reason).contains("kicked: test"), "{}", String::from_utf8_lossy(&reason));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let answer = tokio::time::timeout(Duration::from_millis(10), page.receive_datagram()).await;
+    assert!(!matches!(answer, Ok(Ok(_))), "a datagram came back after the kick");
+    let after = stats(admin);
+    assert_eq!(after["sessions"]["resets_sent"], s["sessions"]["resets_sent"], "{after:#}");
 }
