@@ -144,8 +144,12 @@ async fn one_binding(
     // ids after the UDP streams'.
     let hash = crate::local::certificate_hash(admin).await?;
     let wt_dial = format!("https://{}:{wt}/", b.kcpgate_dials);
-    let mut wt_conns = Vec::with_capacity(webtransport);
-    for _ in 0..webtransport {
+    // Each starts its KCP session as soon as it is open, as a page does: the
+    // gateway closes a WebTransport session that opens none within 30 s, and
+    // opening hundreds under this load takes longer than that.
+    let (release_tx, release) = tokio::sync::watch::channel(false);
+    let mut wt_transfers = Vec::with_capacity(webtransport);
+    for i in 0..webtransport {
         let config = wtransport::ClientConfig::builder()
             .with_bind_default()
             .with_server_certificate_hashes([wtransport::tls::Sha256Digest::new(hash)])
@@ -155,35 +159,21 @@ async fn one_binding(
             .await
             .map_err(|_| format!("no WebTransport session from {wt_dial} in 10 s"))?
             .map_err(|e| format!("WebTransport to {wt_dial}: {e}"))?;
-        wt_conns.push((endpoint, conn));
+        let id = (sessions + i) as u64;
+        let release = release.clone();
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let session = tokio::spawn(async move {
+            let mut upload = id.to_le_bytes().to_vec();
+            upload.extend_from_slice(&payload(id, bytes));
+            // The session stays open, and alive, until every one is counted.
+            let timeout = Duration::from_secs(120);
+            let job =
+                crate::wt_client::Job { key: "isolation", seed: id, upload: &upload, want: bytes, finish: false, timeout };
+            crate::wt_client::exchange(&conn, job, done_tx, release).await;
+            drop((conn, endpoint));
+        });
+        wt_transfers.push((id, done, session));
     }
-    let (release_tx, release) = tokio::sync::watch::channel(false);
-    let wt_transfers: Vec<_> = wt_conns
-        .into_iter()
-        .enumerate()
-        .map(|(i, (endpoint, conn))| {
-            let id = (sessions + i) as u64;
-            let release = release.clone();
-            let (done_tx, done) = tokio::sync::oneshot::channel();
-            let session = tokio::spawn(async move {
-                let mut upload = id.to_le_bytes().to_vec();
-                upload.extend_from_slice(&payload(id, bytes));
-                // The session stays open, and alive, until every one is counted.
-                let timeout = Duration::from_secs(120);
-                let job = crate::wt_client::Job {
-                    key: "isolation",
-                    seed: id,
-                    upload: &upload,
-                    want: bytes,
-                    finish: false,
-                    timeout,
-                };
-                crate::wt_client::exchange(&conn, job, done_tx, release).await;
-                drop((conn, endpoint));
-            });
-            (id, done, session)
-        })
-        .collect();
     // Then every payload at once, each checked against its reply.
     let transfers: Vec<_> = streams
         .into_iter()
