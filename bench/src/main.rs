@@ -32,7 +32,7 @@ enum Cmd {
     /// Runs the suite: bulk throughput and CPU, ping-pong latency under loss; both
     /// implementations alternate, run after run. Writes results.md and results.csv.
     Run {
-        /// A quick pass: every scenario once, small sizes (for CI).
+        /// A quick pass: every scenario once, small sizes (for CI; bench/run builds it in debug).
         #[arg(long)]
         smoke: bool,
         /// Runs per scenario and implementation (default 3, smoke 1).
