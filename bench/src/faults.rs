@@ -373,10 +373,8 @@ pub fn run(kcpgate: &Path, seconds: u64) -> Result<Claims, String> {
     let (gate_port, tun_port, baseline_port) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
     let _c1 = spawn(&gate, &format!("client -l 127.0.0.1:{gate_port} -r 127.0.0.1:{udp} -key {KEY} -quiet"))?;
     let _c2 = spawn("kcptun-client", &format!("-l 127.0.0.1:{tun_port} -r 127.0.0.1:{udp} -key {KEY} -quiet"))?;
-    let _c3 = spawn(
-        "kcptun-client",
-        &format!("-l 127.0.0.1:{baseline_port} -r 127.0.0.1:{baseline_udp} -key {KEY} -quiet"),
-    )?;
+    let _c3 =
+        spawn("kcptun-client", &format!("-l 127.0.0.1:{baseline_port} -r 127.0.0.1:{baseline_udp} -key {KEY} -quiet"))?;
     for port in [gate_port, tun_port, baseline_port] {
         wait_listening(port, "a client")?;
     }

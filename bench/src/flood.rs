@@ -40,6 +40,8 @@ const SESSION_MEMORY_BOUND: u64 = 16 * 1024;
 const BATCH: usize = 16;
 /// Sockets per source address in an opening flood (ulimit -n must allow them).
 const OPENING_PORTS_PER_SOURCE: u32 = 12;
+/// How far behind its schedule a flood thread kept off the CPU may catch up.
+const MAX_LAG: Duration = Duration::from_millis(100);
 /// No flood may run longer than this, whatever is asked.
 const LONGEST_FLOOD: Duration = Duration::from_secs(120);
 
@@ -164,11 +166,19 @@ pub fn flood(targets: &[SocketAddr], kind: Kind, rate: u64, seconds: u64, from: 
                 let mut sent: BTreeMap<&'static str, u64> = BTreeMap::new();
                 let (mut errors, mut next) = (0u64, w as usize);
                 let per_ms = rate as f64 / workers as f64 / 1000.0;
-                let mut due = 0f64;
+                // On schedule: a thread owes the rate times the time gone, less
+                // what it settled (sent, or gave up catching up on).
+                let mut settled = 0f64;
                 // Up to BATCH datagrams leave one source in one sendmmsg call.
                 let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
                 while started.elapsed() < length {
-                    due += per_ms;
+                    let mut due = started.elapsed().as_secs_f64() * 1000.0 * per_ms - settled;
+                    // A thread kept off the CPU catches up on at most MAX_LAG.
+                    let most = MAX_LAG.as_secs_f64() * 1000.0 * per_ms;
+                    if due > most {
+                        settled += due - most;
+                        due = most;
+                    }
                     while due >= 1.0 {
                         let n = (due as usize).min(BATCH);
                         let socket = &sockets[(next / BATCH) % sockets.len()];
@@ -195,13 +205,12 @@ pub fn flood(targets: &[SocketAddr], kind: Kind, rate: u64, seconds: u64, from: 
                         }
                         next += n * workers as usize;
                         due -= n as f64;
+                        settled += n as f64;
                     }
                     let tick = Duration::from_millis(started.elapsed().as_millis() as u64 + 1);
                     if let Some(wait) = tick.checked_sub(started.elapsed()) {
                         thread::sleep(wait);
                     }
-                    // A sender that falls behind does not try to catch up in a burst.
-                    due = due.min((per_ms * 5.0).max(1.0));
                 }
                 (sent, errors)
             })
@@ -577,7 +586,10 @@ pub fn run(
         })
     };
     let opening_rate = 20_000;
-    eprintln!("flood: {opening_rate} new sessions per second from {} addresses", from * OPENING_PORTS_PER_SOURCE);
+    eprintln!(
+        "flood: {opening_rate} new sessions per second from {} addresses ({from} IPs, {OPENING_PORTS_PER_SOURCE} ports each)",
+        from * OPENING_PORTS_PER_SOURCE
+    );
     let openings = run_flood(&[target], Kind::Openings, opening_rate, seconds, from)?;
     thread::sleep(Duration::from_millis(500));
     watching.store(false, Ordering::Relaxed);
@@ -593,9 +605,12 @@ pub fn run(
     claims.claim(
         opened as f64 <= allowed * 1.02 && refused > 0,
         format!(
-            "opening flood: {} new sessions sent in {length:.1} s from {from} addresses; {opened} opened (the limits \
+            "opening flood: {} new sessions sent in {length:.1} s from {} addresses; {opened} opened (the limits \
              allow {allowed:.0}), {refused} refused and counted (opening_limit {}, source_limit {})",
-            openings["sent"], stats["dropped"]["opening_limit"], stats["dropped"]["source_limit"]
+            openings["sent"],
+            from * OPENING_PORTS_PER_SOURCE,
+            stats["dropped"]["opening_limit"],
+            stats["dropped"]["source_limit"]
         ),
     );
     let peak = peak.load(Ordering::Relaxed);

@@ -167,8 +167,14 @@ async fn one_binding(
             upload.extend_from_slice(&payload(id, bytes));
             // The session stays open, and alive, until every one is counted.
             let timeout = Duration::from_secs(120);
-            let job =
-                crate::wt_client::Job { key: "isolation", seed: id, upload: &upload, want: bytes, finish: false, timeout };
+            let job = crate::wt_client::Job {
+                key: "isolation",
+                seed: id,
+                upload: &upload,
+                want: bytes,
+                finish: false,
+                timeout,
+            };
             crate::wt_client::exchange(&conn, job, done_tx, release).await;
             drop((conn, endpoint));
         });

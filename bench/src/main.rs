@@ -69,8 +69,9 @@ enum Cmd {
         /// Length of each phase (before, during and after the flood), seconds.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
-        /// Junk datagrams per second.
-        #[arg(long, default_value_t = 200_000)]
+        /// Junk datagrams per second asked of the flood process (a margin over
+        /// 200,000, which the check must show it sent).
+        #[arg(long, default_value_t = 205_000)]
         rate: u64,
         /// Source addresses (127.1.x.y) the flood comes from.
         #[arg(long, default_value_t = 1000)]
