@@ -21,6 +21,10 @@ use crate::local::{free_tcp_port, free_udp_port, spawn, wait_listening, Claims};
 use crate::traffic::Pattern;
 
 const KEY: &str = "faults";
+/// kcptun's smux keep-alive timeout (fixed in its client), seconds.
+const KCPTUN_KEEPALIVE_TIMEOUT: u64 = 30;
+/// `-autoexpire` for the kcptun client that shows kcptun's own quick way back.
+const KCPTUN_AUTOEXPIRE: u64 = 10;
 
 /// What the backend does with a connection, chosen by the stream's first byte.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -370,15 +374,22 @@ pub fn run(kcpgate: &Path, seconds: u64) -> Result<Claims, String> {
     let start_baseline =
         || spawn("kcptun-server", &format!("-l 127.0.0.1:{baseline_udp} -t {sink_addr} -key {KEY} -quiet"));
     let (mut server, mut baseline) = (start_server()?, start_baseline()?);
-    let (gate_port, tun_port, baseline_port) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
+    let (gate_port, tun_port, baseline_port, expiring_port) =
+        (free_tcp_port(), free_tcp_port(), free_tcp_port(), free_tcp_port());
     let _c1 = spawn(&gate, &format!("client -l 127.0.0.1:{gate_port} -r 127.0.0.1:{udp} -key {KEY} -quiet"))?;
     let _c2 = spawn("kcptun-client", &format!("-l 127.0.0.1:{tun_port} -r 127.0.0.1:{udp} -key {KEY} -quiet"))?;
     let _c3 =
         spawn("kcptun-client", &format!("-l 127.0.0.1:{baseline_port} -r 127.0.0.1:{baseline_udp} -key {KEY} -quiet"))?;
-    for port in [gate_port, tun_port, baseline_port] {
+    // kcptun's own way back sooner: a connection to a session older than
+    // -autoexpire gets a new session.
+    let _c4 = spawn(
+        "kcptun-client",
+        &format!("-l 127.0.0.1:{expiring_port} -r 127.0.0.1:{udp} -key {KEY} -autoexpire {KCPTUN_AUTOEXPIRE} -quiet"),
+    )?;
+    for port in [gate_port, tun_port, baseline_port, expiring_port] {
         wait_listening(port, "a client")?;
     }
-    let clients = [gate_port, tun_port, baseline_port];
+    let clients = [gate_port, tun_port, baseline_port, expiring_port];
     let transfers: Vec<_> = clients
         .into_iter()
         .map(|port| {
@@ -406,7 +417,7 @@ pub fn run(kcpgate: &Path, seconds: u64) -> Result<Claims, String> {
         let mut got = [0u8; 5];
         c.write_all(b"probe").is_ok() && c.read_exact(&mut got).is_ok() && &got == b"probe"
     };
-    let mut back = [None; 3];
+    let mut back = [None; 4];
     while back.iter().any(Option::is_none) && killed.elapsed() < Duration::from_secs(90) {
         for (i, port) in clients.into_iter().enumerate() {
             if back[i].is_none() && probe(port) {
@@ -419,9 +430,9 @@ pub fn run(kcpgate: &Path, seconds: u64) -> Result<Claims, String> {
     drop((server, baseline));
     let secs = |d: Option<Duration>| d.map_or("never (90 s)".to_string(), |d| format!("{:.1} s", d.as_secs_f64()));
     claims.claim(
-        back[0].is_some_and(|d| d < Duration::from_secs(3)),
+        back[0].is_some_and(|d| d < Duration::from_secs(5)),
         format!(
-            "server SIGKILLed mid-transfer ({interrupted} of 3 transfers cut) and restarted: a kcpgate client's new \
+            "server SIGKILLed mid-transfer ({interrupted} of 4 transfers cut) and restarted: a kcpgate client's new \
              streams flow {} later",
             secs(back[0])
         ),
@@ -430,12 +441,20 @@ pub fn run(kcpgate: &Path, seconds: u64) -> Result<Claims, String> {
     // arrived since the one before: 30–60 s after the last frame. It ignores
     // resets, so a kcpgate server can do no better than kcptun's own.
     claims.claim(
-        back[1].is_some_and(|d| d < Duration::from_secs(62)),
+        back[1].is_some_and(|d| d < Duration::from_secs(2 * KCPTUN_KEEPALIVE_TIMEOUT + 2)),
         format!(
             "a Debian kcptun client's new streams flow {} later; behind kcptun's own server, killed and restarted \
              with it, {} later",
             secs(back[1]),
             secs(back[2])
+        ),
+    );
+    claims.claim(
+        back[3].is_some_and(|d| d < Duration::from_secs(KCPTUN_KEEPALIVE_TIMEOUT)),
+        format!(
+            "a Debian kcptun client with -autoexpire {KCPTUN_AUTOEXPIRE}: new streams flow {} later (within its \
+             {KCPTUN_KEEPALIVE_TIMEOUT} s keep-alive timeout)",
+            secs(back[3])
         ),
     );
     Ok(claims)
