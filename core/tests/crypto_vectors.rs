@@ -1,4 +1,4 @@
-//! Packet crypto against `../shared/vectors/crypt.json`: key derivation, and every
+//! Packet crypto against `core/tests/vectors/crypt.json`: key derivation, and every
 //! kcptun `-crypt` method in both directions.
 
 mod support;

@@ -1,4 +1,4 @@
-//! FEC against `../shared/vectors/fec.json`: encoder output byte for byte, and the
+//! FEC against `core/tests/vectors/fec.json`: encoder output byte for byte, and the
 //! decoder's recoveries step by step.
 
 mod support;

@@ -1,5 +1,5 @@
 //! KCP against the golden recordings of real kcp-go sessions
-//! (`../shared/vectors/kcp-session.json` and `kcptun-capture.json`).
+//! (`core/tests/vectors/kcp-session.json` and `kcptun-capture.json`).
 
 mod support;
 

@@ -1,4 +1,4 @@
-//! QPP against `../shared/vectors/qpp.json`: pads, PRNG state and ciphertexts.
+//! QPP against `core/tests/vectors/qpp.json`: pads, PRNG state and ciphertexts.
 
 mod support;
 

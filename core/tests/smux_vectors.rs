@@ -1,4 +1,4 @@
-//! smux against `../shared/vectors/smux.json`: replaying the recorded exchange with
+//! smux against `core/tests/vectors/smux.json`: replaying the recorded exchange with
 //! the recorded read pattern, our sessions produce exactly the recorded byte
 //! streams, and read exactly the recorded payloads out of the peer's.
 

@@ -1,4 +1,4 @@
-//! Snappy framing against `../shared/vectors/snappy.json`.
+//! Snappy framing against `core/tests/vectors/snappy.json`.
 
 mod support;
 

@@ -1,5 +1,5 @@
 // The browser module's codec against a real kcptun capture: every datagram of
-// ../shared/vectors/kcptun-capture.json decodes to the recorded fields with the
+// core/tests/vectors/kcptun-capture.json decodes to the recorded fields with the
 // right key, builds back to the same bytes, and a wrong key is a verdict, not an
 // exception. Run after wasm/build: node --test wasm/test/
 import assert from 'node:assert/strict';
@@ -12,8 +12,8 @@ import { initSync, Codec, deriveKey } from '../pkg/kcpgate_wasm.js';
 
 const here = (path) => fileURLToPath(new URL(path, import.meta.url));
 initSync({ module: readFileSync(here('../pkg/kcpgate_wasm_bg.wasm')) });
-const capture = JSON.parse(readFileSync(here('../../../shared/vectors/kcptun-capture.json'), 'utf8'));
-const crypt = JSON.parse(readFileSync(here('../../../shared/vectors/crypt.json'), 'utf8'));
+const capture = JSON.parse(readFileSync(here('../../core/tests/vectors/kcptun-capture.json'), 'utf8'));
+const crypt = JSON.parse(readFileSync(here('../../core/tests/vectors/crypt.json'), 'utf8'));
 
 const hex = (bytes) => Buffer.from(bytes).toString('hex');
 const bytes = (text) => Uint8Array.from(Buffer.from(text, 'hex'));

@@ -1,13 +1,12 @@
-//! Golden vectors recorded from the Go implementation, at `../shared/vectors`
-//! relative to the repository root.
+//! Golden vectors recorded from the Go implementation, in `core/tests/vectors`
+//! (see its README).
 
 use std::path::PathBuf;
 
 use serde_json::Value;
 
 pub fn dir() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    root.join("..").join("shared").join("vectors")
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("vectors")
 }
 
 /// Parses one vector file; panics with the path when it is missing.
@@ -15,7 +14,7 @@ pub fn load(name: &str) -> Value {
     let path = dir().join(name);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
         panic!(
-            "cannot read golden vectors at {}: {e} (the repository expects ../shared/vectors beside it)",
+            "cannot read golden vectors at {}: {e} (they are part of the repository: is the checkout whole?)",
             path.display()
         )
     });
