@@ -199,6 +199,11 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
         self.listener.set_accepting(accepting && self.role == Role::Server);
     }
 
+    /// See [`Listener::set_reset_refused`].
+    pub fn set_reset_refused(&mut self, reset: bool) {
+        self.listener.set_reset_refused(reset);
+    }
+
     /// See [`Listener::set_admission`].
     pub fn set_admission(&mut self, admission: Box<dyn Admission>) {
         self.listener.set_admission(admission);

@@ -272,6 +272,8 @@ pub struct Listener<A, S = Connection> {
     seeds: NonceSource,
     closed: Vec<(A, S)>,
     accepting: bool,
+    /// While not accepting, answer a refused opening with a reset.
+    reset_refused: bool,
     /// Sessions closed by the application: address → (conversation, refused until).
     refused: HashMap<A, (u32, u32)>,
     admission: Box<dyn Admission>,
@@ -312,6 +314,7 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
             seeds: NonceSource::from_seed(seed),
             closed: Vec::new(),
             accepting: true,
+            reset_refused: false,
             refused: HashMap::new(),
             admission: Box::new(OpeningGate::new(OpeningLimits::default(), 0)),
             source_of: hash_address::<A>,
@@ -347,6 +350,14 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
     /// address unless set; the gateway takes the IP address alone).
     pub fn set_source_key(&mut self, source_of: fn(&A) -> u64) {
         self.source_of = source_of;
+    }
+
+    /// While not accepting, whether an opening is answered with a reset (a
+    /// draining server: the peer learns at once that no session will come; no
+    /// larger than the opening, so it amplifies nothing) or dropped silently (a
+    /// full server, which may have room again by the peer's next try).
+    pub fn set_reset_refused(&mut self, reset: bool) {
+        self.reset_refused = reset;
     }
 
     /// Whether peers may open sessions.
@@ -409,6 +420,9 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
             }
         }
         if !self.accepting {
+            if let Some((conv, _)) = announced.filter(|_| self.reset_refused) {
+                self.queue_reset(from, conv);
+            }
             return self.drop(Drop::NotAccepting);
         }
         let Some((conv, _)) = announced else { return self.drop(Drop::NoConv) };

@@ -38,7 +38,7 @@ pub async fn run(plan: Arc<Plan>, mut drain: watch::Receiver<bool>) -> std::io::
             a = listener.accept() => a,
             _ = drain.changed() => {
                 if *drain.borrow() {
-                    finish(slots, sessions).await;
+                    finish(listener, slots, sessions).await;
                     return Ok(());
                 }
                 continue;
@@ -75,7 +75,7 @@ pub async fn run(plan: Arc<Plan>, mut drain: watch::Receiver<bool>) -> std::io::
                                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
                                 _ = drain.changed() => {
                                     if *drain.borrow() {
-                                        finish(slots, sessions).await;
+                                        finish(listener, slots, sessions).await;
                         return Ok(());
                                     }
                                 }
@@ -91,9 +91,11 @@ pub async fn run(plan: Arc<Plan>, mut drain: watch::Receiver<bool>) -> std::io::
     }
 }
 
-/// Draining: dropping the slots tells every session to retire once its streams
-/// end; returns when they all have.
-async fn finish(slots: Vec<Option<Slot>>, sessions: Vec<tokio::task::JoinHandle<()>>) {
+/// Draining: the listener is closed, so new connections are refused at once
+/// (not left waiting in its queue), and dropping the slots tells every session to
+/// retire once its streams end; returns when they all have.
+async fn finish(listener: LocalListener, slots: Vec<Option<Slot>>, sessions: Vec<tokio::task::JoinHandle<()>>) {
+    drop(listener);
     drop(slots);
     for s in sessions {
         let _ = s.await;

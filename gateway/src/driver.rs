@@ -192,6 +192,7 @@ impl<T: Transport> Driver<T> {
         let limit = self.max_sessions;
         let full = limit > 0 && self.plan.registry.open_sessions() >= limit;
         self.endpoint.set_accepting(!self.draining && !full);
+        self.endpoint.set_reset_refused(self.draining);
         let Driver { endpoint, transport, wrong_key, plan, outcomes, captures, .. } = self;
         for (from, datagram) in transport.datagrams() {
             if !captures.is_empty() {
@@ -281,6 +282,11 @@ impl<T: Transport> Driver<T> {
             Event::Stream { id, event } => {
                 let Some(tracked) = self.sessions.get_mut(&id) else { return };
                 match event {
+                    // Draining takes no new work: the client sees the stream end at once.
+                    StreamEvent::Opened(sid) if self.draining => {
+                        info!(id = tracked.meta.id, sid, "stream refused: draining");
+                        let _ = self.endpoint.reset(id, sid);
+                    }
                     StreamEvent::Opened(sid) if self.endpoint.role() == Role::Server => {
                         let stream = tracked.links.add(sid, None);
                         let remote = self.endpoint.session(id).map(|(a, _)| T::address(a));

@@ -390,6 +390,101 @@ fn sigterm_closes_idle_sessions_at_once_and_serves_busy_ones() {
     assert!(status.success(), "exit status {status}");
 }
 
+/// A transfer through `port` that runs for a few seconds: `bytes` of its own
+/// data in paced chunks, the echo read back whole. Returns whether every byte
+/// came back, once the thread ends; `started` turns true once echo flows.
+fn paced_transfer(
+    port: u16,
+    seed: u64,
+    bytes: usize,
+    started: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> thread::JoinHandle<bool> {
+    thread::spawn(move || {
+        let data = incompressible(seed, bytes);
+        let mut conn = connect_when_listening(port);
+        conn.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut writer = conn.try_clone().unwrap();
+        let sent = data.clone();
+        let pacer = thread::spawn(move || {
+            for chunk in sent.chunks(32 * 1024) {
+                writer.write_all(chunk).unwrap();
+                thread::sleep(Duration::from_millis(40));
+            }
+        });
+        let mut got = vec![0u8; bytes];
+        conn.read_exact(&mut got[..1]).unwrap();
+        started.store(true, std::sync::atomic::Ordering::Relaxed);
+        let whole = conn.read_exact(&mut got[1..]).is_ok();
+        pacer.join().unwrap();
+        whole && got == data
+    })
+}
+
+/// A connection through `port` that the tunnel refuses: it closes (EOF or a
+/// reset) within `within` and echoes nothing. Panics otherwise, naming `what`.
+fn refused_within(port: u16, within: Duration, what: &str) {
+    let mut conn = connect_when_listening(port);
+    conn.set_read_timeout(Some(within)).unwrap();
+    let _ = conn.write_all(b"hello while draining");
+    let mut buf = [0u8; 64];
+    match conn.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Ok(n) => panic!("{what}: served while draining ({:?})", String::from_utf8_lossy(&buf[..n])),
+        Err(e) => panic!("{what}: not refused within {within:?} ({e})"),
+    }
+}
+
+/// Draining takes no new work anywhere: after SIGTERM a server refuses new
+/// sessions and new streams on its open sessions (the client's connection closes
+/// at once), a client refuses new connections, and the streams already open
+/// finish byte for byte on both.
+#[test]
+fn draining_refuses_new_sessions_streams_and_connections_and_finishes_open_streams() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let backend = echo_backend();
+    let udp = free_udp_port("127.0.0.1");
+    let (a_port, b_port, c_port) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
+    let flags = "-key drain -crypt aes -mode fast3";
+    let server = format!("-l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags} -admin off");
+    let client = |port: u16| format!("-l 127.0.0.1:{port} -r 127.0.0.1:{udp} {flags} -conn 1");
+    let mut procs = Procs(vec![
+        kcpgate_run("server", &server),
+        kcpgate_run("client", &client(a_port)),
+        kcpgate_run("client", &client(c_port)),
+    ]);
+    let (a_started, c_started) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let on_a = paced_transfer(a_port, 11, 3_000_000, a_started.clone());
+    let on_c = paced_transfer(c_port, 12, 3_000_000, c_started.clone());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(a_started.load(Ordering::Relaxed) && c_started.load(Ordering::Relaxed)) {
+        assert!(Instant::now() < deadline, "both transfers flowing within 10 s");
+        thread::sleep(Duration::from_millis(10));
+    }
+    for child in [&procs.0[0], &procs.0[2]] {
+        assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
+    }
+    thread::sleep(Duration::from_millis(200));
+    // A new stream on client A's open session: the server resets it.
+    refused_within(a_port, Duration::from_secs(3), "a new stream on an open session");
+    // A new client's session: the server answers its opening with a reset.
+    procs.0.push(kcpgate_run("client", &client(b_port)));
+    refused_within(b_port, Duration::from_secs(3), "a new session");
+    // Client C drains: its port refuses connections outright.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while TcpStream::connect(("127.0.0.1", c_port)).is_ok() {
+        assert!(Instant::now() < deadline, "the draining client still accepts connections 2 s after SIGTERM");
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert!(on_a.join().unwrap(), "the open stream through client A came back whole");
+    assert!(on_c.join().unwrap(), "the open stream through the draining client C came back whole");
+    for (i, what) in [(0, "the server"), (2, "client C")] {
+        let status = exit_status_within(&mut procs.0[i], Duration::from_secs(10), what);
+        assert!(status.success(), "{what}: exit status {status}");
+    }
+}
+
 #[test]
 fn a_thousand_streams_over_one_session_lose_no_byte() {
     const STREAMS: usize = 1000;
