@@ -1,35 +1,42 @@
-//! Embeds the browser demo (wasm/demo) and the browser module (wasm/pkg, made by
-//! wasm/build) into the binary, so that the admin listener serves them at /demo/,
-//! and the dashboard (web-ui/dist, built and committed), served at /.
-//! Without wasm/pkg the binary still builds; /demo/ and the dashboard's packet
-//! inspector then say how to add it.
+//! Embeds the files the binary serves: the demo page (wasm/demo) and the browser
+//! module (wasm/pkg, built by wasm/build and committed) for the public listener,
+//! the module and the dashboard (web-ui/dist, built and committed) for the admin
+//! listener.
 
 use std::fmt::Write;
 use std::path::Path;
 
-const ASSETS: [(&str, &str, &str); 4] = [
+/// (name served, file, content type) of the demo page and of the browser module.
+const DEMO: [(&str, &str, &str); 2] = [
     ("index.html", "wasm/demo/index.html", "text/html; charset=utf-8"),
     ("demo.js", "wasm/demo/demo.js", "text/javascript; charset=utf-8"),
+];
+const MODULE: [(&str, &str, &str); 3] = [
     ("kcpgate_wasm.js", "wasm/pkg/kcpgate_wasm.js", "text/javascript; charset=utf-8"),
     ("kcpgate_wasm_bg.wasm", "wasm/pkg/kcpgate_wasm_bg.wasm", "application/wasm"),
+    ("kcpgate_wasm.d.ts", "wasm/pkg/kcpgate_wasm.d.ts", "text/plain; charset=utf-8"),
 ];
 
 fn main() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     println!("cargo:rustc-env=KCPGATE_COMMIT={}", commit(&root));
-    let mut code = String::from(
-        "/// The demo's files: (name, content type, bytes).\npub static DEMO: &[(&str, &str, &[u8])] = &[\n",
-    );
-    for (name, path, kind) in ASSETS {
-        let file = root.join(path);
-        println!("cargo:rerun-if-changed={}", file.display());
-        if file.is_file() {
-            let file = file.canonicalize().expect("an existing file has a canonical path");
+    let mut code = String::new();
+    for (set, files, what) in [("DEMO", &DEMO[..], "The demo page's"), ("MODULE", &MODULE[..], "The browser module's")]
+    {
+        writeln!(code, "/// {what} files: (name, content type, bytes).\npub static {set}: &[(&str, &str, &[u8])] = &[")
+            .expect("a String takes writes");
+        for (name, path, kind) in files {
+            let file = root.join(path);
+            println!("cargo:rerun-if-changed={}", file.display());
+            // Part of the repository: a checkout without it is not whole.
+            let file = file.canonicalize().unwrap_or_else(|e| {
+                panic!("{path} is missing ({e}): it is part of the repository; restore it with git, or run wasm/build")
+            });
             writeln!(code, "    ({name:?}, {kind:?}, include_bytes!({:?})),", file.display())
                 .expect("a String takes writes");
         }
+        code.push_str("];\n");
     }
-    code.push_str("];\n");
     code.push_str("/// The dashboard's files: (path under /, content type, bytes).\npub static DASHBOARD: &[(&str, &str, &[u8])] = &[\n");
     let dist = root.join("web-ui/dist");
     println!("cargo:rerun-if-changed={}", dist.display());
@@ -51,7 +58,7 @@ fn main() {
             .expect("a String takes writes");
     }
     code.push_str("];\n");
-    let out = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("demo_assets.rs");
+    let out = Path::new(&std::env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("assets.rs");
     std::fs::write(out, code).expect("OUT_DIR is writable");
 }
 

@@ -114,7 +114,7 @@ test(`sessions opened in a loop are held by -max-sessions ${LIMIT}, as UDP sessi
   const before = (await refusals()).limit;
   const { page, errors } = await openDemo();
   const outcomes = await page.evaluate(async ({ key, tries }) => {
-    const { default: init, Client } = await import('/demo/kcpgate_wasm.js');
+    const { default: init, Client } = await import('/module/kcpgate_wasm.js');
     await init();
     const { port, hashes } = await (await fetch('/webtransport/certificate')).json();
     const options = { key, certificateHashes: hashes.map((h) => h.value) };

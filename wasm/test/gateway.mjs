@@ -6,10 +6,12 @@ import { createSocket } from 'node:dgram';
 import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
+import puppeteer from 'puppeteer-core';
 
 export const KCPGATE = process.env.KCPGATE_BIN ?? fileURLToPath(new URL('../../target/debug/kcpgate', import.meta.url));
 export const BENCH = process.env.KCPGATE_BENCH_BIN ?? fileURLToPath(new URL('../../target/debug/kcpgate-bench', import.meta.url));
 export const CHROMIUM = process.env.CHROMIUM_BIN ?? '/usr/bin/chromium';
+export const FIREFOX = process.env.FIREFOX_BIN ?? '/usr/bin/firefox-esr';
 
 /** Ports this process handed out: the OS may offer a released port again at once. */
 const given = new Set();
@@ -54,14 +56,15 @@ export async function echoServer() {
   };
 }
 
-/** `kcpgate server` (`bin`) in front of `target`, with WebTransport; resolves
- * once /readyz answers. `args` adds flags. */
+/** `kcpgate server` (`bin`) in front of `target`, with WebTransport and the
+ * public listener for game pages; resolves once /readyz answers. `args` adds
+ * flags. `base` is the admin listener's address, `public` the game pages'. */
 export async function startGateway({ target, key = 'browser-test-key', crypt = 'aes', args = [], bin = KCPGATE }) {
-  const [udp, webtransport, admin] = [await freePort(), await freePort(), await freePort()];
+  const [udp, webtransport, admin, pub] = [await freePort(), await freePort(), await freePort(), await freePort()];
   const argv = [
     'server', '--listen', `127.0.0.1:${udp}`, '--target', target, '--key', key, '--crypt', crypt,
     '--datashard', '10', '--parityshard', '3', '--webtransport', `127.0.0.1:${webtransport}`,
-    '--admin', `127.0.0.1:${admin}`, '--quiet', ...args,
+    '--admin', `127.0.0.1:${admin}`, '--public', `127.0.0.1:${pub}`, '--quiet', ...args,
   ];
   const child = spawn(bin, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
   let log = '';
@@ -78,11 +81,16 @@ export async function startGateway({ target, key = 'browser-test-key', crypt = '
     await new Promise((r) => setTimeout(r, 100));
   }
   return {
-    base, udp, webtransport, key, crypt,
+    base, public: `http://127.0.0.1:${pub}`, udp, webtransport, key, crypt,
     log: () => log,
     api: async (path, init) => {
       const response = await fetch(`${base}${path}`, init);
       return response.status === 204 ? null : response.json();
+    },
+    /** WebTransport sessions refused, by reason, from /metrics. */
+    metrics: async () => {
+      const text = await (await fetch(`${base}/metrics`)).text();
+      return Object.fromEntries([...text.matchAll(/kcpgate_webtransport_refused_sessions_total\{reason="(\w+)"\} (\d+)/g)].map((m) => [m[1], Number(m[2])]));
     },
     stop: async () => {
       child.kill('SIGINT');
@@ -103,13 +111,20 @@ export function launchBrowser() {
   });
 }
 
+/** Headless Firefox with a fresh profile, driven over WebDriver BiDi (Puppeteer):
+ * `newPage()`, `page.goto(url)`, `page.evaluate(fn, arg)` and `close()` as with
+ * Playwright. */
+export function launchFirefox() {
+  return puppeteer.launch({ browser: 'firefox', executablePath: FIREFOX, headless: true });
+}
+
 /** The demo page of `gateway` in a new page of `browser`, preset by `query`;
  * `errors` collects uncaught exceptions and unhandled rejections. */
 export async function openDemo(browser, gateway, query = {}) {
   const page = await browser.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(e.message));
-  await page.goto(`${gateway.base}/demo/?${new URLSearchParams(query)}`);
+  await page.goto(`${gateway.public}/demo/?${new URLSearchParams(query)}`);
   await page.waitForFunction(() => window.kcpgateDemo);
   return { page, errors };
 }

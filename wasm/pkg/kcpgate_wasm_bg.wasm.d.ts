@@ -1,0 +1,37 @@
+/* tslint:disable */
+/* eslint-disable */
+export const memory: WebAssembly.Memory;
+export const __wbg_client_free: (a: number, b: number) => void;
+export const __wbg_codec_free: (a: number, b: number) => void;
+export const __wbg_stream_free: (a: number, b: number) => void;
+export const client_close: (a: number) => void;
+export const client_closed: (a: number) => any;
+export const client_connect: (a: number, b: number, c: any) => any;
+export const client_openStream: (a: number) => [number, number, number];
+export const client_receive: (a: number) => any;
+export const client_send: (a: number, b: number, c: number) => any;
+export const client_stats: (a: number) => any;
+export const codec_crypt: (a: number) => [number, number];
+export const codec_decode: (a: number, b: number, c: number) => any;
+export const codec_encode: (a: number, b: any) => [number, number, number];
+export const codec_new: (a: any) => [number, number, number];
+export const deriveKey: (a: number, b: number) => [number, number];
+export const stream_finish: (a: number) => any;
+export const stream_id: (a: number) => number;
+export const stream_read: (a: number) => any;
+export const stream_reset: (a: number) => void;
+export const stream_write: (a: number, b: number, c: number) => any;
+export const wasm_bindgen__convert__closures_____invoke__h146dba2cb6658f18: (a: number, b: number, c: any) => [number, number];
+export const wasm_bindgen__convert__closures_____invoke__h2168dc5eb797a543: (a: number, b: number, c: any) => [number, number];
+export const wasm_bindgen__convert__closures_____invoke__h9dd8cc5d39ef0842: (a: number, b: number, c: any, d: any) => void;
+export const wasm_bindgen__convert__closures_____invoke__h5714a8b631a00c56: (a: number, b: number, c: any) => void;
+export const wasm_bindgen__convert__closures_____invoke__h74d222a90bb78273: (a: number, b: number) => void;
+export const __wbindgen_malloc: (a: number, b: number) => number;
+export const __wbindgen_realloc: (a: number, b: number, c: number, d: number) => number;
+export const __wbindgen_free: (a: number, b: number, c: number) => void;
+export const __wbindgen_exn_store: (a: number) => void;
+export const __externref_table_alloc: () => number;
+export const __wbindgen_externrefs: WebAssembly.Table;
+export const __wbindgen_destroy_closure: (a: number, b: number) => void;
+export const __externref_table_dealloc: (a: number) => void;
+export const __wbindgen_start: () => void;
