@@ -169,7 +169,7 @@ async function main() {
   log(`kcpgate server: UDP ${gateway.udp}, WebTransport ${gateway.webtransport}`);
   const browser = await chromium.launch({ executablePath: opts.chromium, headless: true, args: process.getuid?.() === 0 ? ['--no-sandbox'] : [] });
   const page = await browser.newPage();
-  await page.goto(`${gateway.base}/demo/?key=${KEY}&crypt=aes&ds=10&ps=3&mode=fast3`);
+  await page.goto(`${gateway.public}/demo/?key=${KEY}&crypt=aes&ds=10&ps=3&mode=fast3`);
   await page.waitForFunction(() => window.kcpgateDemo);
   const connectVia = (url) => page.evaluate((url) => window.kcpgateDemo.connect(url ? { url } : {}), url);
   const disconnect = () => page.evaluate(() => window.kcpgateDemo.disconnect());

@@ -377,7 +377,7 @@ fn wait_ready(admin_port: u16) -> Result<(), String> {
 /// New KCP sessions over WebTransport, one after another for `seconds`, each
 /// sending 256 KiB of its own pattern to the sink and ending its stream: the
 /// (seed, bytes) of each that finished, or why it did not.
-fn browsers_during(admin_port: u16, wt: SocketAddr, seconds: u64) -> Vec<Result<(u64, u64), String>> {
+fn browsers_during(public_port: u16, wt: SocketAddr, seconds: u64) -> Vec<Result<(u64, u64), String>> {
     const BYTES: usize = 256 * 1024;
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -385,7 +385,7 @@ fn browsers_during(admin_port: u16, wt: SocketAddr, seconds: u64) -> Vec<Result<
     };
     rt.block_on(async {
         let mut results = Vec::new();
-        let hash = match crate::local::certificate_hash(admin_port).await {
+        let hash = match crate::local::certificate_hash(public_port).await {
             Ok(h) => h,
             Err(e) => return vec![Err(e)],
         };
@@ -442,15 +442,16 @@ pub fn run(
 
     // Part 1: garbage while good sessions transfer.
     let sink = Sink::start().map_err(|e| e.to_string())?;
-    let (udp, wt, admin_port, local) =
-        (free_udp_port("127.0.0.1"), free_udp_port("127.0.0.1"), free_tcp_port(), free_tcp_port());
+    let (udp, wt, admin_port, local, public) =
+        (free_udp_port("127.0.0.1"), free_udp_port("127.0.0.1"), free_tcp_port(), free_tcp_port(), free_tcp_port());
     let target: SocketAddr = ([127, 0, 0, 1], udp).into();
     // Junk goes to the WebTransport listener too; browsers' sessions must still open.
     let wt_target: SocketAddr = ([127, 0, 0, 1], wt).into();
     let _server = spawn(
         kcpgate,
         &format!(
-            "server -l {target} -t {} -key {KEY} -admin 127.0.0.1:{admin_port} -webtransport {wt_target} -quiet",
+            "server -l {target} -t {} -key {KEY} -admin 127.0.0.1:{admin_port} -webtransport {wt_target} \
+             -public 127.0.0.1:{public} -quiet",
             sink.addr
         ),
     )?;
@@ -487,7 +488,7 @@ pub fn run(
         let from_bytes = sink.arrived.load(Ordering::Relaxed);
         let t = Instant::now();
         let flood_report = if flood {
-            let browsers = thread::spawn(move || browsers_during(admin_port, wt_target, seconds));
+            let browsers = thread::spawn(move || browsers_during(public, wt_target, seconds));
             let report = run_flood(&[target, wt_target], Kind::Garbage, rate, seconds, from)?;
             Some((report, browsers.join().map_err(|_| "the WebTransport thread panicked")?))
         } else {

@@ -98,13 +98,13 @@ async fn one_binding(
         })
     };
     let host = b.listen.replace(['[', ']'], "");
-    let (udp, wt, admin) = (free_udp_port(&host), free_udp_port(&host), free_tcp_port());
+    let (udp, wt, admin, public) = (free_udp_port(&host), free_udp_port(&host), free_tcp_port(), free_tcp_port());
     let flags = "-key isolation -crypt aes -mode fast3";
     let _server = spawn(
         kcpgate,
         &format!(
             "server -l {listen}:{udp} -t {backend_addr} {flags} -open-rate 0 -open-rate-per-source 0 \
-             -admin 127.0.0.1:{admin} -webtransport {listen}:{wt} -quiet",
+             -admin 127.0.0.1:{admin} -webtransport {listen}:{wt} -public 127.0.0.1:{public} -quiet",
             listen = b.listen
         ),
     )?;
@@ -142,7 +142,7 @@ async fn one_binding(
     }
     // KCP over WebTransport beside them, one session per WebTransport session,
     // ids after the UDP streams'.
-    let hash = crate::local::certificate_hash(admin).await?;
+    let hash = crate::local::certificate_hash(public).await?;
     let wt_dial = format!("https://{}:{wt}/", b.kcpgate_dials);
     // Each starts its KCP session as soon as it is open, as a page does: the
     // gateway closes a WebTransport session that opens none within 30 s, and

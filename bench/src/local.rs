@@ -96,12 +96,12 @@ impl Claims {
     }
 }
 
-/// The self-signed WebTransport certificate's hash, as the admin listener at
-/// 127.0.0.1:`admin` publishes it (waits up to 10 s for it).
-pub async fn certificate_hash(admin: u16) -> Result<[u8; 32], String> {
+/// The self-signed WebTransport certificate's hash, as the public listener at
+/// 127.0.0.1:`public` publishes it (waits up to 10 s for it).
+pub async fn certificate_hash(public: u16) -> Result<[u8; 32], String> {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let published = admin_json(admin, "/webtransport/certificate").ok();
+        let published = admin_json(public, "/webtransport/certificate").ok();
         let hash = published.as_ref().and_then(|v| v["hashes"][0]["value"].as_str()).and_then(|hex| {
             (0..64)
                 .step_by(2)

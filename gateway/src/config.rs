@@ -107,6 +107,14 @@ pub struct Settings {
     pub webtransport_key: String,
     /// Server: comma-separated origins allowed; empty allows any.
     pub webtransport_origin: String,
+    /// Server: where pages are told to connect for WebTransport, `host:port` or
+    /// `:port`; empty for the listener's port on the host the page asked.
+    pub webtransport_advertise: String,
+    /// Server: the public HTTP listener for game pages, or `off`.
+    pub public: String,
+    /// Server: PEM files that make the public listener serve HTTPS; empty for HTTP.
+    pub public_cert: String,
+    pub public_key: String,
     pub config_file: Option<PathBuf>,
 }
 
@@ -279,6 +287,17 @@ fn read_secret_file(flag: &str, path: &str, warnings: &mut Vec<String>) -> Resul
     Ok(secret.to_string())
 }
 
+/// Whether `host` can stand in a URL as it is: a DNS name, an IPv4 address, or an
+/// IPv6 address in brackets.
+pub fn is_url_host(host: &str) -> bool {
+    let name = !host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
+    let ipv6 = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok());
+    name || ipv6
+}
+
 /// A flag: clap id (= JSON key where kcptun has one), aliases, help, default.
 struct Flag {
     name: &'static str,
@@ -305,7 +324,7 @@ const DEFAULT_KEY: &str = "it's a secrect";
 
 /// The flags both roles share, in kcptun's order.
 const SHARED: &[Flag] = &[
-    flag("key", Some("key"), Kind::Text(DEFAULT_KEY), "Pre-shared secret between client and server (env KCPTUN_KEY) [default: it's a secrect]"),
+    flag("key", Some("key"), Kind::Text(DEFAULT_KEY), "Pre-shared secret between client and server (env KCPTUN_KEY)"),
     flag("key-file", Some("key-file"), Kind::Text(""), "Read the key from this file (one trailing newline is dropped) instead of -key, which every local user can see in the process list; keep the file chmod 600 (kcpgate only)"),
     flag("crypt", Some("crypt"), Kind::Text("aes"), "Packet encryption: aes, aes-128, aes-192, aes-128-gcm, sm4, twofish, blowfish, cast5, 3des, tea, xtea, salsa20, xor, none, null; unknown names mean aes"),
     flag("mode", Some("mode"), Kind::Text("fast"), "KCP profile: normal, fast, fast2, fast3, or manual (then -nodelay, -interval, -resend, -nc apply)"),
@@ -369,9 +388,13 @@ const SERVER: &[Flag] = &[
     flag("open-rate", Some("open-rate"), Kind::Int(1000, 1000), "New sessions per second from all sources together, with bursts of 5 seconds' worth; more are dropped and counted (opening_limit). 0 is unlimited (kcpgate only)"),
     flag("open-rate-per-source", Some("open-rate-per-source"), Kind::Int(50, 50), "New sessions per second from one IP address, with bursts of 10 seconds' worth; more are dropped and counted (source_limit). 0 is unlimited (kcpgate only)"),
     flag("webtransport", Some("webtransport"), Kind::Text("off"), "WebTransport listener for browsers: UDP host:port (e.g. :4433), or off. Each WebTransport session carries one KCP session in its datagrams, proxied like a UDP one (kcpgate only)"),
-    flag("webtransport-cert", Some("webtransport-cert"), Kind::Text(""), "PEM certificate chain of the WebTransport listener. Without it kcpgate makes a self-signed ECDSA P-256 certificate valid 13 days, replaces it every 12, and serves its SHA-256 hash at /webtransport/certificate on the admin listener for serverCertificateHashes (kcpgate only)"),
+    flag("webtransport-cert", Some("webtransport-cert"), Kind::Text(""), "PEM certificate chain of the WebTransport listener. Without it kcpgate makes a self-signed ECDSA P-256 certificate valid 13 days, replaces it every 12, and serves its SHA-256 hash at /webtransport/certificate on the -public listener for serverCertificateHashes (kcpgate only)"),
     flag("webtransport-key", Some("webtransport-key"), Kind::Text(""), "PEM private key of -webtransport-cert (kcpgate only)"),
-    flag("webtransport-origin", Some("webtransport-origin"), Kind::Text(""), "Comma-separated page origins allowed to open WebTransport sessions, e.g. https://game.example; empty allows every origin (kcpgate only)"),
+    flag("webtransport-origin", Some("webtransport-origin"), Kind::Text(""), "Comma-separated page origins allowed to open WebTransport sessions and to read the -public listener (CORS), e.g. https://game.example; empty allows every origin (kcpgate only)"),
+    flag("webtransport-advertise", Some("webtransport-advertise"), Kind::Text(""), "Where pages are told to connect for WebTransport, host:port or :port, when that differs from -webtransport (a published container port, a DNS name, a balancer); empty: -webtransport's port on the host the page fetched /webtransport/certificate from (kcpgate only)"),
+    flag("public", Some("public"), Kind::Text("off"), "HTTP listener for game pages, apart from the admin API: the WebTransport address and certificate hashes (/webtransport/certificate), the browser module (/module/) and the demo page (/demo/), answering CORS for -webtransport-origin. TCP host:port (e.g. :8090), or off (kcpgate only)"),
+    flag("public-cert", Some("public-cert"), Kind::Text(""), "PEM certificate chain that makes -public serve HTTPS, so that an https game page can fetch from it (kcpgate only)"),
+    flag("public-key", Some("public-key"), Kind::Text(""), "PEM private key of -public-cert (kcpgate only)"),
 ];
 
 const CLIENT: &[Flag] = &[
@@ -428,7 +451,8 @@ fn arg(f: &Flag, role: Role) -> Arg {
     match f.kind {
         Kind::Bool => a.action(ArgAction::SetTrue),
         Kind::Text(d) => {
-            let a = a.value_name("VALUE").default_value(d);
+            // As Go's flag package: the word after a text flag is its value, dash or not.
+            let a = a.value_name("VALUE").default_value(d).allow_hyphen_values(true);
             match f.name {
                 "key" => a.env("KCPTUN_KEY").hide_env_values(true),
                 "admin-token" => a.env("KCPGATE_ADMIN_TOKEN").hide_env_values(true).hide_default_value(true),
@@ -484,24 +508,77 @@ pub fn help_text(role: Role) -> String {
 }
 
 /// Rewrites urfave/cli-style single-dash long flags (`-key`, `-crypt=aes`, `-ds`) to
-/// clap's `--key`; everything else passes unchanged.
-pub fn normalize_args(role: Role, args: impl IntoIterator<Item = String>) -> Vec<String> {
-    let known = |name: &str| role_flags(role).any(|f| f.name == name || f.aliases.contains(&name));
-    args.into_iter()
-        .map(|a| {
-            let body = a.strip_prefix('-').filter(|b| !b.starts_with('-'));
-            match body {
-                Some(b) if b.len() > 1 && known(b.split('=').next().unwrap_or(b)) => format!("-{a}"),
-                _ => a,
+/// clap's `--key`; everything else passes unchanged. A single-dash word that is no
+/// flag of `role` (`-sndwindow`) is an error naming it, with the closest flag,
+/// rather than clap's reading of it as short flags (`-s`).
+pub fn normalize_args(role: Role, args: impl IntoIterator<Item = String>) -> Result<Vec<String>, clap::Error> {
+    let find = |name: &str| role_flags(role).find(|f| f.name == name || f.aliases.contains(&name));
+    let mut out = Vec::new();
+    // The previous word was a flag that takes the next word as its value.
+    let mut value_next = false;
+    for a in args {
+        let takes_value = std::mem::take(&mut value_next);
+        let body = a.strip_prefix('-').filter(|b| !b.starts_with('-') && !takes_value);
+        let Some(body) = body else {
+            if let Some(f) = a.strip_prefix("--").and_then(&find) {
+                value_next = !matches!(f.kind, Kind::Bool);
             }
-        })
-        .collect()
+            out.push(a);
+            continue;
+        };
+        let (name, inline_value) = body.split_once('=').map_or((body, false), |(n, _)| (n, true));
+        match find(name) {
+            Some(f) if body.len() > 1 => {
+                value_next = !inline_value && !matches!(f.kind, Kind::Bool);
+                out.push(format!("-{a}"));
+            }
+            None if name.len() > 1 && name.starts_with(|c: char| c.is_ascii_alphabetic()) => {
+                return Err(unknown_flag(role, name));
+            }
+            _ => {
+                // `-c FILE` and kcptun's one-letter flags take a value too.
+                value_next = !inline_value && name.len() == 1 && name != "h" && name != "V";
+                out.push(a);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// An unknown flag, with the known one closest in spelling when there is one.
+fn unknown_flag(role: Role, name: &str) -> clap::Error {
+    let names = role_flags(role).flat_map(|f| std::iter::once(f.name).chain(f.aliases.iter().copied()));
+    let closest = names
+        .map(|known| (edit_distance(&name.to_ascii_lowercase(), &known.to_ascii_lowercase()), known))
+        .min()
+        .filter(|(d, known)| *d <= known.len().max(name.len()) / 2);
+    let hint = closest.map_or(String::new(), |(_, known)| format!("; did you mean -{known}?"));
+    clap::Error::raw(
+        clap::error::ErrorKind::UnknownArgument,
+        format!("kcpgate {0} has no flag -{name}{hint} (kcpgate {0} --help lists every flag)\n", role.name()),
+    )
+}
+
+/// Levenshtein distance between two short ASCII words.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b = b.as_bytes();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.bytes().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (diagonal + usize::from(ca != cb)).min(row[j] + 1).min(above + 1);
+            diagonal = above;
+        }
+    }
+    row[b.len()]
 }
 
 impl Settings {
     /// Parses a command line of `role` (without the program and subcommand names).
     pub fn parse(role: Role, args: impl IntoIterator<Item = String>) -> Result<Settings, clap::Error> {
-        let argv = std::iter::once(format!("kcpgate {}", role.name())).chain(normalize_args(role, args));
+        let argv = std::iter::once(format!("kcpgate {}", role.name())).chain(normalize_args(role, args)?);
         let m = command(role).try_get_matches_from(argv)?;
         Settings::from_matches(role, &m)
             .map_err(|e| clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n")))
@@ -575,6 +652,10 @@ impl Settings {
             webtransport_cert: text_or_empty("webtransport-cert"),
             webtransport_key: text_or_empty("webtransport-key"),
             webtransport_origin: text_or_empty("webtransport-origin"),
+            webtransport_advertise: text_or_empty("webtransport-advertise"),
+            public: text_or_empty("public"),
+            public_cert: text_or_empty("public-cert"),
+            public_key: text_or_empty("public-key"),
             config_file: m.get_one::<PathBuf>("c").cloned(),
         };
         settings.set_mode(&text("mode"));
@@ -648,6 +729,10 @@ impl Settings {
             "webtransport-cert" => &mut self.webtransport_cert,
             "webtransport-key" => &mut self.webtransport_key,
             "webtransport-origin" => &mut self.webtransport_origin,
+            "webtransport-advertise" => &mut self.webtransport_advertise,
+            "public" => &mut self.public,
+            "public-cert" => &mut self.public_cert,
+            "public-key" => &mut self.public_key,
             other => unreachable!("no text setting {other}"),
         }
     }
@@ -752,6 +837,46 @@ impl Settings {
                 "-webtransport must be a UDP address such as :4433, 0.0.0.0:4433 or [::1]:4433, or off (got {text:?})"
             )),
         }
+    }
+
+    /// The public listener's address; `None` when it is off. An empty host means
+    /// every interface.
+    pub fn public_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        let text = self.public.trim();
+        if text.eq_ignore_ascii_case("off") || text.is_empty() {
+            return Ok(None);
+        }
+        let full = if text.starts_with(':') { format!("[::]{text}") } else { text.to_string() };
+        match full.parse() {
+            Ok(addr) => Ok(Some(addr)),
+            Err(_) => err(format!(
+                "-public must be a TCP address such as :8090, 0.0.0.0:8090 or 127.0.0.1:8090, or off (got {text:?})"
+            )),
+        }
+    }
+
+    /// `-webtransport-advertise` as (host, port); an empty host means the host
+    /// the page asked. `None` when not set.
+    pub fn webtransport_advertised(&self) -> Result<Option<(String, u16)>, ConfigError> {
+        let text = self.webtransport_advertise.trim();
+        if text.is_empty() {
+            return Ok(None);
+        }
+        let bad = || {
+            err(format!(
+                "-webtransport-advertise must be host:port or :port, such as game.example:4433, [2001:db8::1]:4433 \
+                 or :14433 (got {text:?})"
+            ))
+        };
+        let Some((host, port)) = text.rsplit_once(':') else { return bad() };
+        let port = match port.parse::<u16>() {
+            Ok(p) if p > 0 => p,
+            _ => return bad(),
+        };
+        if !host.is_empty() && !is_url_host(host) {
+            return bad();
+        }
+        Ok(Some((host.to_string(), port)))
     }
 
     /// The origins allowed to open WebTransport sessions; empty allows any.
@@ -889,6 +1014,22 @@ impl Settings {
         self.webtransport_origins()?;
         if self.webtransport_cert.is_empty() != self.webtransport_key.is_empty() {
             return err("-webtransport-cert and -webtransport-key go together: give both PEM files, or neither for a self-signed certificate");
+        }
+        let public = self.public_addr()?;
+        self.webtransport_advertised()?;
+        if self.public_cert.is_empty() != self.public_key.is_empty() {
+            return err("-public-cert and -public-key go together: give both PEM files for HTTPS, or neither for HTTP");
+        }
+        if !self.public_cert.is_empty() && public.is_none() {
+            return err("-public-cert and -public-key need -public ADDR, the listener they are for");
+        }
+        let self_signed = self.webtransport_addr()?.is_some() && self.webtransport_cert.is_empty();
+        if self_signed && public.is_none() {
+            warnings.push(
+                "-webtransport has a self-signed certificate, which browsers accept only by its hash: set -public ADDR \
+                 (e.g. -public :8090) so that game pages can fetch it from /webtransport/certificate"
+                    .to_string(),
+            );
         }
         if self.role == Role::Client && self.autoexpire != 0 && self.scavengettl > self.autoexpire {
             warnings.push("-scavengettl is longer than -autoexpire: expired sessions will linger".to_string());

@@ -2,12 +2,14 @@
 //! built on the sans-IO core.
 
 pub mod admin;
+pub mod assets;
 pub mod client;
 pub mod config;
 pub mod conn;
 pub mod control;
 pub mod demo;
 pub mod driver;
+pub mod public;
 pub mod runtime;
 pub mod server;
 pub mod snmp;

@@ -69,7 +69,7 @@ fn main() -> ExitCode {
         match applied {
             Ok(w) => warnings.extend(w),
             Err(e) => {
-                eprintln!("kcpgate: {e}");
+                eprintln!("error: {e}");
                 return ExitCode::from(2);
             }
         }
@@ -80,7 +80,7 @@ fn main() -> ExitCode {
     }) {
         Ok(w) => warnings.extend(w),
         Err(e) => {
-            eprintln!("kcpgate: {e}");
+            eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     }
@@ -112,6 +112,10 @@ fn main() -> ExitCode {
                 Err(e) => return Err(e),
             }
         }
+        if let Some(listener) = kcpgate::public::bind(&plan).await? {
+            kcpgate::public::announce(&listener);
+            tokio::spawn(kcpgate::public::serve(listener, plan.clone()));
+        }
         let work = async {
             match role {
                 Role::Server => kcpgate::server::run(plan, drain).await,
@@ -133,13 +137,13 @@ fn main() -> ExitCode {
             }
         }
     });
-    exit_code("kcpgate", result)
+    exit_code(result)
 }
 
 /// The matches of subcommand `name`, as [`cli`] defines it; a mistake is reported
 /// by clap, which exits.
 fn subcommand_matches(name: &str, args: impl Iterator<Item = String>) -> clap::ArgMatches {
-    let command = cli().find_subcommand(name).expect("a listed subcommand").clone();
+    let command = cli().find_subcommand(name).expect("a listed subcommand").clone().bin_name(format!("kcpgate {name}"));
     command.try_get_matches_from(std::iter::once(name.to_string()).chain(args)).unwrap_or_else(|e| e.exit())
 }
 
@@ -162,15 +166,15 @@ fn demo(name: &str, args: impl Iterator<Item = String>) -> ExitCode {
         }
     });
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
-    exit_code(&format!("kcpgate {name}"), result)
+    exit_code(result)
 }
 
-/// Success, or the error after `what`, and failure.
-fn exit_code(what: &str, result: std::io::Result<()>) -> ExitCode {
+/// Success, or the error (as clap writes its own: `error: ...`), and failure.
+fn exit_code(result: std::io::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{what}: {e}");
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -183,10 +187,10 @@ fn healthcheck(args: impl Iterator<Item = String>) -> ExitCode {
     match kcpgate::admin::probe(url, std::time::Duration::from_secs(3)) {
         Ok(200) => ExitCode::SUCCESS,
         Ok(status) => {
-            eprintln!("kcpgate healthcheck: {url} answered {status}");
+            eprintln!("error: {url} answered {status}");
             ExitCode::FAILURE
         }
-        Err(e) => exit_code(&format!("kcpgate healthcheck: {url}"), Err(e)),
+        Err(e) => exit_code(Err(std::io::Error::new(e.kind(), format!("{url}: {e}")))),
     }
 }
 
@@ -206,7 +210,7 @@ fn exit_nonzero_on_panic() {
     let report = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         report(info);
-        eprintln!("kcpgate: internal error (a bug): exiting with status 70");
+        eprintln!("error: kcpgate stopped on an internal error (a bug; please report it with the lines above): exiting with status 70");
         std::process::exit(70);
     }));
 }

@@ -39,7 +39,7 @@ pub struct Plan {
     pub streams: Arc<crate::tunnel::StreamCounters>,
     pub crypto: Arc<PacketCrypto>,
     pub stack: StackConfig,
-    /// The WebTransport listener's port and certificate hashes, for the admin listener.
+    /// The WebTransport listener's port and certificate hashes, for the public listener.
     pub webtransport: RwLock<crate::webtransport::Published>,
     pub webtransport_refusals: Arc<crate::webtransport::Refusals>,
     /// WebTransport sessions that have no KCP session yet (they count against

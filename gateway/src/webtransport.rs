@@ -14,7 +14,7 @@
 //! Without operator certificate files, kcpgate makes a self-signed ECDSA P-256
 //! certificate (browsers accept one by hash, `serverCertificateHashes`, only if it
 //! is valid for at most 14 days), replaces it before it expires, and publishes the
-//! hashes for the admin listener's `/webtransport/certificate`.
+//! hashes for the public listener's `/webtransport/certificate` ([`crate::public`]).
 
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -59,7 +59,7 @@ const NOTICE_GRACE: Duration = Duration::from_secs(2);
 /// Browser datagrams queued for the driver before the QUIC buffers take over.
 const QUEUE: usize = 4096;
 
-/// What the admin listener publishes about the WebTransport listener.
+/// What the public listener publishes about the WebTransport listener.
 #[derive(Debug, Default)]
 pub struct Published {
     /// The listener's port, once it listens.

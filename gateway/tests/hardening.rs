@@ -266,9 +266,9 @@ fn secrets_from_a_file_or_the_environment_stay_out_of_cmdline_logs_and_api() {
 /// A server with a WebTransport listener: its processes, admin port, and a way
 /// to open WebTransport sessions to it.
 fn webtransport_server() -> (Procs, u16, WtDialer) {
-    let (udp, wt) = (free_udp_port("127.0.0.1"), free_udp_port("127.0.0.1"));
-    let (procs, admin) = server(udp, &format!("-webtransport 127.0.0.1:{wt}"));
-    let (_, published) = admin_get(admin, "/webtransport/certificate").expect("the certificate's hash");
+    let (udp, wt, public) = (free_udp_port("127.0.0.1"), free_udp_port("127.0.0.1"), free_tcp_port());
+    let (procs, admin) = server(udp, &format!("-webtransport 127.0.0.1:{wt} -public 127.0.0.1:{public}"));
+    let (_, published) = admin_get(public, "/webtransport/certificate").expect("the certificate's hash");
     let published: Value = serde_json::from_str(&published).unwrap();
     let hash = support::hex_hash(published["hashes"][0]["value"].as_str().expect("a hash"));
     (procs, admin, WtDialer { port: wt, hash })

@@ -161,7 +161,7 @@ fn help_spells_flags_as_kcptun_does_and_lists_every_flag_with_honest_defaults() 
         assert!(help.contains(flag), "{flag} missing:\n{help}");
     }
     assert!(!help.contains("--key") && !help.contains("--mtu"), "double dashes:\n{help}");
-    assert!(help.contains("[default: it's a secrect]"), "the key's default is shown:\n{help}");
+    assert_eq!(help.matches("it's a secrect").count(), 1, "the key's default is shown once:\n{help}");
     let paragraph = |help: &str, flag: &str| {
         let lines = help.lines().skip_while(|l| !l.trim_start().starts_with(flag)).skip(1);
         lines.take_while(|l| !l.trim_start().starts_with('-')).collect::<Vec<_>>().join("\n")
@@ -239,4 +239,74 @@ fn secret_files_are_read_whole_and_a_secret_given_twice_or_empty_is_refused() {
     refused("client -key-file /nonexistent/key -admin off", "-key-file /nonexistent/key: cannot open it");
     refused(&format!("client -key-file {} -admin off", dir.display()), "not a secret file");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A mistyped kcptun flag is named, with the flag meant, instead of clap's reading
+/// of it as a cluster of short flags; every error starts with `error:`.
+#[test]
+fn a_mistyped_flag_is_named_with_the_closest_one_and_errors_share_one_prefix() {
+    for (line, meant) in [
+        ("server -sndwindow 512", "did you mean -sndwnd?"),
+        ("server -datashards 3", "did you mean -datashard?"),
+        ("client -nocompress", "did you mean -nocomp?"),
+        ("server -nosuchthing", "(kcpgate server --help lists every flag)"),
+    ] {
+        let out = run(line);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{line}: {stderr}");
+        let flag = line.split_whitespace().nth(1).unwrap();
+        assert!(stderr.starts_with(&format!("error: kcpgate {} has no flag {flag}", &line[..6])), "{line}: {stderr}");
+        assert!(stderr.contains(meant), "{line}: {stderr}");
+    }
+    // Values that start with a dash are values, not flags.
+    parse(Role::Server, "-ratelimit -1 -key -notaflag").validate().expect("dashed values");
+    // Startup errors (ours and clap's) and runtime ones share the prefix.
+    for line in ["server -mtu 40 -admin off", "server --no-such", "client -admin nowhere"] {
+        let stderr = String::from_utf8_lossy(&run(line).stderr).to_string();
+        assert!(stderr.starts_with("error: "), "{line}: {stderr}");
+    }
+}
+
+#[test]
+fn every_subcommands_help_names_the_whole_command() {
+    for sub in ["demo", "bot", "game-server", "healthcheck"] {
+        let out = run(&format!("{sub} --help"));
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains(&format!("Usage: kcpgate {sub}")), "{sub}: {help}");
+    }
+}
+
+/// The public listener's and the advertised address's bad values stop the start,
+/// saying what to give instead; a self-signed WebTransport listener without a
+/// public listener warns that pages cannot get its hash.
+#[test]
+fn public_listener_and_advertised_address_are_checked_at_startup() {
+    for (flags, needle) in [
+        ("-public nowhere", "-public must be a TCP address"),
+        ("-webtransport-advertise game.example", "-webtransport-advertise must be host:port or :port"),
+        ("-webtransport-advertise game.example:0", "-webtransport-advertise must be host:port"),
+        ("-webtransport-advertise bad/host:443", "-webtransport-advertise must be host:port"),
+        ("-public :0 -public-cert cert.pem", "-public-cert and -public-key go together"),
+        ("-public-cert c.pem -public-key k.pem", "need -public ADDR"),
+    ] {
+        let Err(e) = parse(Role::Server, flags).validate() else { panic!("{flags} is refused") };
+        assert!(e.to_string().contains(needle), "{flags}: {e}");
+    }
+    for ok in ["-webtransport-advertise :14433", "-webtransport-advertise [2001:db8::1]:443", "-public 127.0.0.1:0"] {
+        parse(Role::Server, ok).validate().unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
+    let warnings = parse(Role::Server, "-webtransport :0").validate().unwrap();
+    assert!(warnings.iter().any(|w| w.contains("set -public ADDR")), "{warnings:?}");
+    let warnings = parse(Role::Server, "-webtransport :0 -public :0").validate().unwrap();
+    assert!(!warnings.iter().any(|w| w.contains("-public")), "{warnings:?}");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = taken.local_addr().unwrap();
+    let udp = support::free_udp_port("127.0.0.1");
+    let out = run(&format!("server -admin off -public {at} -l 127.0.0.1:{udp}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen for game pages on TCP {at}")) && stderr.contains("-public"),
+        "{stderr}"
+    );
 }

@@ -6,7 +6,7 @@
 // and connect=1 connects at once. Everything the page does is also reachable as
 // window.kcpgateDemo, for scripts and tests.
 
-import init, { Client } from './kcpgate_wasm.js';
+import init, { Client } from '/module/kcpgate_wasm.js';
 
 const CRYPTS = ['aes', 'aes-128', 'aes-192', 'aes-128-gcm', 'salsa20', 'blowfish', 'twofish', 'cast5', '3des', 'tea', 'xtea', 'xor', 'sm4', 'none', 'null'];
 const PING_BYTES = 64;
@@ -49,7 +49,7 @@ function formOptions() {
   };
 }
 
-/** The WebTransport listener's port and certificate hashes, from this gateway. */
+/** The WebTransport listener's address and certificate hashes, from this gateway's public listener. */
 async function listener() {
   const response = await fetch('/webtransport/certificate');
   const body = await response.json();
@@ -68,7 +68,7 @@ async function connect(overrides = {}) {
     await init();
     const info = await listener();
     const options = { ...formOptions(), certificateHashes: info.hashes.map((h) => h.value), ...overrides };
-    const url = options.url ?? `https://${location.hostname}:${info.port}/`;
+    const url = options.url ?? info.url;
     const client = await Client.connect(url, options);
     state.client = client;
     client.closed.then((reason) => closed(client, reason));

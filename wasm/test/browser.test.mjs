@@ -25,6 +25,21 @@ after(async () => {
 
 const openDemo = (query) => openDemoOf(browser, gateway, query);
 
+test('the demo page loads without a request that fails (a favicon included)', async () => {
+  const page = await browser.newPage();
+  const failed = [];
+  page.on('response', (r) => { if (r.status() >= 400) failed.push(`${r.status()} ${r.url()}`); });
+  page.on('requestfailed', (r) => failed.push(`${r.failure()?.errorText} ${r.url()}`));
+  await page.goto(`${gateway.public}/demo/`);
+  await page.waitForFunction(() => window.kcpgateDemo);
+  await page.waitForLoadState('networkidle');
+  assert.deepEqual(failed, []);
+  // Headless Chromium never asks for /favicon.ico; a browser with a tab bar does,
+  // unless the page names its icon.
+  assert.equal(await page.evaluate(() => document.querySelector('link[rel="icon"]')?.getAttribute('href')), 'data:,');
+  await page.close();
+});
+
 test('4 streams of 1 MB echo byte for byte over KCP in WebTransport (aes, FEC 10/3); the API lists and kicks the session', async () => {
   const { page, errors } = await openDemo({ key: gateway.key, crypt: 'aes', ds: 10, ps: 3 });
   await page.evaluate(() => window.kcpgateDemo.connect());

@@ -137,6 +137,20 @@ for (const { name, launch } of BROWSERS) {
       assert.equal((await strict.metrics()).origin, before + 1, 'the refusal is counted by its reason');
     });
 
+    test('the demo page from the public listener connects and echoes on two streams', async () => {
+      const page = await browser.newPage();
+      await page.goto(`${open.public}/demo/?key=${open.key}&crypt=aes&ds=10&ps=3`);
+      await page.waitForFunction(() => window.kcpgateDemo);
+      await page.evaluate(() => window.kcpgateDemo.connect());
+      const status = await page.evaluate(() => [window.kcpgateDemo.state.status, window.kcpgateDemo.state.lastError]);
+      const bulk = await page.evaluate(() => window.kcpgateDemo.bulk({ streams: 2, bytes: 256 << 10 }));
+      await page.evaluate(() => window.kcpgateDemo.disconnect());
+      await page.close();
+      console.log(`${name}: demo ${JSON.stringify(status)}, bulk ok: ${bulk.ok}`);
+      assert.equal(status[1], null, status[1]);
+      assert.ok(bulk.ok, JSON.stringify(bulk));
+    });
+
     test('the admin API is not reachable through the public listener', async () => {
       const page = await browser.newPage();
       await page.goto(`${site.origin}/`);

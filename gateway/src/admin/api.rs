@@ -831,11 +831,15 @@ pub async fn patch_config(
     }
     let patch: TunablesPatch = serde_json::from_value(serde_json::Value::Object(valid))
         .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("the body is not a valid change: {e}")))?;
+    let before = state.plan.tuning().tunables.clone();
     let result =
         if wrong.is_empty() { state.plan.retune(&patch) } else { state.plan.tuning().tunables.patched(&patch) };
     match result {
         Ok(tunables) if wrong.is_empty() => {
-            tracing::info!(?tunables, "tunables changed for new sessions");
+            match changes(&before, &tunables) {
+                changed if changed.is_empty() => tracing::info!("PATCH /api/v1/config: nothing changed"),
+                changed => tracing::info!("tunables changed for new sessions: {changed}"),
+            }
             state.plan.registry.retune().await;
             Ok(Json(running_config(&state)))
         }
@@ -959,6 +963,22 @@ pub async fn events(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
+/// What differs between two sets of tunables, as the API names them:
+/// "sndwnd 1024 → 512, mode fast → fast3"; empty when nothing does.
+fn changes(before: &crate::config::Tunables, after: &crate::config::Tunables) -> String {
+    let (serde_json::Value::Object(old), serde_json::Value::Object(new)) =
+        (serde_json::json!(before.clone().effective()), serde_json::json!(after.clone().effective()))
+    else {
+        return String::new();
+    };
+    let show = |v: &serde_json::Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    new.iter()
+        .filter(|(name, value)| old.get(*name) != Some(value))
+        .map(|(name, value)| format!("{name} {} → {}", old.get(name).map_or_else(String::new, show), show(value)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -983,5 +1003,18 @@ mod tests {
         assert_eq!((r.window_seconds, r.bytes_in_per_second), (22.0, 0.0), "none in 10 s: the newest before");
         let r = sampler.observe(at(200), &bytes_in(15_000));
         assert_eq!(r.window_seconds, 0.0, "readings older than a minute are forgotten");
+    }
+
+    #[test]
+    fn a_change_is_logged_field_by_field_and_no_change_as_none() {
+        use crate::config::{Profile, Role, Settings};
+        let before = Settings::parse(Role::Server, Vec::<String>::new()).unwrap().tunables;
+        assert_eq!(super::changes(&before, &before), "", "PATCH {{}} changes nothing");
+        let mut after = before.clone();
+        after.sndwnd = 512;
+        after.mode = Profile::Fast3;
+        let text = super::changes(&before, &after);
+        assert!(text.contains("sndwnd 1024 → 512") && text.contains("mode fast → fast3"), "{text}");
+        assert!(!text.contains("Tunables") && !text.contains("rcvwnd"), "{text}");
     }
 }

@@ -60,7 +60,6 @@ type Shared = Arc<AdminState>;
         (name = "config", description = "The running configuration"),
         (name = "events", description = "Server-Sent Events for dashboards"),
         (name = "operations", description = "Metrics, health and this document"),
-        (name = "browser", description = "What web pages need to reach the WebTransport listener"),
     )
 )]
 struct ApiDoc;
@@ -96,8 +95,7 @@ fn routes() -> (OpenApiRouter<Shared>, OpenApiRouter<Shared>) {
         .routes(routes!(metrics::livez))
         .routes(routes!(metrics::readyz))
         .routes(routes!(openapi_document))
-        .routes(routes!(auth))
-        .routes(routes!(web::webtransport_certificate));
+        .routes(routes!(auth));
     (guarded, public)
 }
 

@@ -106,8 +106,8 @@ pub fn incompressible(seed: u64, len: usize) -> Vec<u8> {
         .collect()
 }
 
-/// (status, body) of `GET path` on the admin listener at `port`; `None` while it
-/// does not listen.
+/// (status, body) of `GET path` on a kcpgate HTTP listener (admin or public) at
+/// `port`; `None` while it does not listen.
 pub fn admin_get(port: u16, path: &str) -> Option<(u16, String)> {
     admin_get_with(port, path, None)
 }
@@ -141,7 +141,7 @@ pub fn connect_when_listening(port: u16) -> std::net::TcpStream {
 }
 
 /// A SHA-256 hash given as 64 hex digits (the WebTransport certificate's, as the
-/// admin listener publishes it).
+/// public listener publishes it).
 pub fn hex_hash(text: &str) -> [u8; 32] {
     let bytes: Vec<u8> = (0..64).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap()).collect();
     bytes.try_into().unwrap()

@@ -41,7 +41,7 @@ interface CodecModule {
 }
 
 /** Where the gateway serves the browser module (the demo page uses it too). */
-const MODULE_URL = '/demo/kcpgate_wasm.js';
+const MODULE_URL = '/module/kcpgate_wasm.js';
 let codecModule: Promise<CodecModule> | null = null;
 
 function loadCodec(): Promise<CodecModule> {
@@ -132,8 +132,8 @@ export class InspectorView implements View {
     setText(this.status, `Capturing up to ${wanted} datagrams of session ${id}…`);
     this.status.classList.remove('warn');
     try {
-      const module = await loadCodec().catch(() => {
-        throw new Error('this kcpgate was built without the browser module, which decodes the packets: run wasm/build, then build kcpgate again');
+      const module = await loadCodec().catch((e: unknown) => {
+        throw new Error(`cannot load the browser module, which decodes the packets (${MODULE_URL}): ${e instanceof Error ? e.message : String(e)}`);
       });
       const result = await call<CaptureResult>('POST', `/api/v1/sessions/${id}/capture?count=${wanted}&timeout_ms=5000`);
       const codec = new module.Codec({ crypt: result.session.crypt, key });
