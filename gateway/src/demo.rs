@@ -32,8 +32,9 @@ pub fn command() -> Command {
         .about("Run a gateway, a small game server and bot players on this machine, and show them live")
         .long_about(
             "Run a gateway, a small game server and bot players on this machine, and show them live.\n\n\
-             The gateway listens on UDP (aes on --listen, salsa20 on the next port), on WebTransport and \
-             on the admin address, which serves the dashboard. Four bots (kcpgate clients in fast3, \
+             The gateway listens on UDP (aes on --listen, salsa20 on the next port), on WebTransport, \
+             on the public address, which serves the browser demo page, and on the admin address, which \
+             serves the dashboard. Four bots (kcpgate clients in fast3, \
              normal, fast and fast2 modes; one through a link that loses 5 % of datagrams each way) \
              play on the game server: they join, chat and move. Connections that do not start with \
              HELLO are echoed, so kcptun clients can test the path too. Ctrl-C stops everything.",
@@ -61,6 +62,14 @@ pub fn command() -> Command {
                 .default_value("127.0.0.1:4433")
                 .value_parser(clap::value_parser!(SocketAddr))
                 .help("UDP address of the WebTransport listener, for the browser demo page"),
+        )
+        .arg(
+            Arg::new("public")
+                .long("public")
+                .value_name("ADDR")
+                .default_value("127.0.0.1:8090")
+                .value_parser(clap::value_parser!(SocketAddr))
+                .help("TCP address of the public listener for game pages: the browser demo page and the certificate hashes"),
         )
 }
 
@@ -141,12 +150,7 @@ pub async fn run_bot(m: &clap::ArgMatches, stop: impl std::future::Future<Output
     let plan = Arc::new(plan(Role::Client, &line)?);
     let (drain_tx, drain) = watch::channel(false);
     let client = tokio::spawn(crate::client::run(plan, drain.clone()));
-    let player = tokio::spawn(async move {
-        while !*drain.borrow() {
-            play(&name, local, drain.clone()).await;
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    });
+    let player = tokio::spawn(async move { keep_playing(&name, local, drain).await });
     stop.await;
     let _ = drain_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(3), async {
@@ -163,12 +167,13 @@ pub struct Options {
     pub listen: SocketAddr,
     pub admin: SocketAddr,
     pub webtransport: SocketAddr,
+    pub public: SocketAddr,
 }
 
 impl Options {
     pub fn from_matches(m: &clap::ArgMatches) -> Options {
         let get = |name: &str| *m.get_one::<SocketAddr>(name).expect("a default is set");
-        Options { listen: get("listen"), admin: get("admin"), webtransport: get("webtransport") }
+        Options { listen: get("listen"), admin: get("admin"), webtransport: get("webtransport"), public: get("public") }
     }
 }
 
@@ -217,8 +222,8 @@ pub async fn run(options: Options, stop: impl std::future::Future<Output = ()>) 
     let aes = plan(
         Role::Server,
         &format!(
-            "-l {} -crypt aes {common} -admin {} -admin-token {token} -webtransport {} -drain-timeout 2",
-            options.listen, options.admin, options.webtransport
+            "-l {} -crypt aes {common} -admin {} -admin-token {token} -webtransport {} -public {} -drain-timeout 2",
+            options.listen, options.admin, options.webtransport, options.public
         ),
     )?;
     let mut salsa = plan(Role::Server, &format!("-l {salsa_addr} -crypt salsa20 {common} -admin off"))?;
@@ -227,8 +232,10 @@ pub async fn run(options: Options, stop: impl std::future::Future<Output = ()>) 
     let (aes, salsa) = (Arc::new(aes), Arc::new(salsa));
 
     let admin = crate::admin::bind(options.admin).await?;
+    let public = crate::public::bind(&aes).await?.expect("the demo sets -public");
     let (drain_tx, drain) = watch::channel(false);
     tokio::spawn(crate::admin::serve(admin, aes.clone(), drain.clone()));
+    tokio::spawn(crate::public::serve(public, aes.clone()));
     let mut tasks = vec![
         tokio::spawn(report_failure("the aes listener", crate::server::run(aes.clone(), drain.clone()))),
         tokio::spawn(report_failure("the salsa20 listener", crate::server::run(salsa, drain.clone()))),
@@ -244,14 +251,14 @@ pub async fn run(options: Options, stop: impl std::future::Future<Output = ()>) 
         let plan =
             plan(Role::Client, &format!("-l {local} -r {remote} -key {DEMO_KEY} {} -quiet -admin off", bot.flags))?;
         tasks.push(tokio::spawn(report_failure(bot.name, crate::client::run(Arc::new(plan), drain.clone()))));
-        tasks.push(tokio::spawn(play(bot.name, local, drain.clone())));
+        tasks.push(tokio::spawn(keep_playing(bot.name, local, drain.clone())));
     }
 
     let host = options.admin;
     println!("kcpgate demo: a gateway, a game server and {} bot players on this machine.\n", BOTS.len());
     println!("  Dashboard     http://{host}/#token={token}");
     println!("                (the admin token is new each run; the link signs you in)");
-    println!("  Browser demo  http://{host}/demo/?key={DEMO_KEY}   (Chrome or Chromium)");
+    println!("  Browser demo  http://{}/demo/?key={DEMO_KEY}   (Chrome, Chromium or Firefox)", options.public);
     println!("  kcptun        kcptun-client -r {} -l 127.0.0.1:7000 -key {DEMO_KEY} -crypt aes", options.listen);
     println!("                then anything sent to 127.0.0.1:7000 comes back from the game server");
     println!("  Bots          ada (fast3, aes), bob (normal, aes, smux v1), cyd (fast, salsa20 on {salsa_addr}),");
@@ -278,7 +285,7 @@ pub async fn run(options: Options, stop: impl std::future::Future<Output = ()>) 
 /// Logs a task's error: the demo goes on without it.
 async fn report_failure(what: &'static str, work: impl std::future::Future<Output = std::io::Result<()>>) {
     if let Err(e) = work.await {
-        eprintln!("kcpgate demo: {what} stopped: {e}");
+        eprintln!("error: {what} stopped: {e}");
     }
 }
 
@@ -442,6 +449,19 @@ const CHAT: [&str; 6] = ["gg", "anyone up for a match?", "lag is fine here", "ni
 
 /// A bot's player: joins through its kcpgate client, moves ten times a second and
 /// chats every few seconds, until the demo stops.
+/// A player who rejoins a second after its connection ends (a kick, a gateway
+/// restart), until `stop` turns true.
+async fn keep_playing(name: &str, via: SocketAddr, stop: watch::Receiver<bool>) {
+    while !*stop.borrow() {
+        play(name, via, stop.clone()).await;
+        let mut stop = stop.clone();
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => {}
+        }
+    }
+}
+
 async fn play(name: &str, via: SocketAddr, mut stop: watch::Receiver<bool>) {
     let mut socket = loop {
         if *stop.borrow() {

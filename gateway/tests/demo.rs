@@ -36,6 +36,24 @@ fn children_of(pid: u32) -> Vec<u32> {
     found
 }
 
+/// (content type, body) of a 200 answer to `GET path` on `port`.
+fn fetch_bytes(port: u16, path: &str) -> (String, Vec<u8>) {
+    let mut response = ureq::get(format!("http://127.0.0.1:{port}{path}")).call().expect("200");
+    let kind = response.headers()["content-type"].to_str().unwrap().to_string();
+    (kind, response.body_mut().with_config().limit(16 << 20).read_to_vec().unwrap())
+}
+
+/// (status, body) of `DELETE path` with the admin token.
+fn api_delete(admin: u16, path: &str, token: &str) -> (u16, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut response = agent
+        .delete(format!("http://127.0.0.1:{admin}{path}"))
+        .header("Authorization", format!("Bearer {token}"))
+        .call()
+        .expect("the API answers");
+    (response.status().as_u16(), response.body_mut().read_to_string().unwrap_or_default())
+}
+
 fn sessions(admin: u16, token: &str) -> Vec<Value> {
     let (status, text) = support::admin_get_with(admin, "/api/v1/sessions", Some(token)).expect("the API answers");
     assert_eq!(status, 200);
@@ -45,7 +63,7 @@ fn sessions(admin: u16, token: &str) -> Vec<Value> {
 
 #[test]
 fn the_demo_prints_where_to_look_its_bots_play_and_ctrl_c_ends_it_cleanly() {
-    let (udp, admin) = (free_udp_pair(), free_tcp_port());
+    let (udp, admin, public) = (free_udp_pair(), free_tcp_port(), free_tcp_port());
     // The OS may hand a released port out again: the WebTransport port must differ.
     let webtransport = loop {
         let port = support::free_udp_port("127.0.0.1");
@@ -55,7 +73,7 @@ fn the_demo_prints_where_to_look_its_bots_play_and_ctrl_c_ends_it_cleanly() {
     };
     let mut child = Command::new(env!("CARGO_BIN_EXE_kcpgate"))
         .args(["demo", "--listen", &format!("127.0.0.1:{udp}"), "--admin", &format!("127.0.0.1:{admin}")])
-        .args(["--webtransport", &format!("127.0.0.1:{webtransport}")])
+        .args(["--webtransport", &format!("127.0.0.1:{webtransport}"), "--public", &format!("127.0.0.1:{public}")])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -83,11 +101,26 @@ fn the_demo_prints_where_to_look_its_bots_play_and_ctrl_c_ends_it_cleanly() {
     let dashboard = format!("http://127.0.0.1:{admin}/#token=");
     let token = text.split(&dashboard).nth(1).and_then(|t| t.split_whitespace().next()).expect(&text).to_string();
     assert_eq!(token.len(), 32, "{text}");
-    assert!(text.contains(&format!("http://127.0.0.1:{admin}/demo/?key=demo-key")), "{text}");
+    assert!(text.contains(&format!("http://127.0.0.1:{public}/demo/?key=demo-key")), "{text}");
     assert!(text.contains(&format!("kcptun-client -r 127.0.0.1:{udp}")), "{text}");
     let (status, page) = support::admin_get(admin, "/").expect("the dashboard answers");
     assert_eq!(status, 200);
     assert!(page.contains("kcpgate dashboard"));
+    // The browser demo and the module it runs, with nothing built beforehand: the
+    // public listener serves the page, both listeners the module (the dashboard's
+    // packet inspector runs it too).
+    let (status, page) = support::admin_get(public, "/demo/").expect("the demo page answers");
+    assert_eq!(status, 200);
+    assert!(page.contains("KCP in the browser") && page.contains("demo.js"), "{page}");
+    let (status, script) = support::admin_get(public, "/demo/demo.js").unwrap();
+    assert!(status == 200 && script.contains("/module/kcpgate_wasm.js"), "{status}");
+    for port in [public, admin] {
+        let (kind, module) = fetch_bytes(port, "/module/kcpgate_wasm_bg.wasm");
+        assert_eq!(kind, "application/wasm");
+        assert!(module.starts_with(b"\0asm") && module.len() > 100_000, "{} bytes", module.len());
+        let (kind, glue) = fetch_bytes(port, "/module/kcpgate_wasm.js");
+        assert!(kind.starts_with("text/javascript") && glue.windows(6).any(|w| w == b"Client"), "{kind}");
+    }
 
     // The bots' four sessions, both crypts, and their byte counts rise.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -118,6 +151,31 @@ fn the_demo_prints_where_to_look_its_bots_play_and_ctrl_c_ends_it_cleanly() {
     };
     assert!(progress.contains("kB/s"), "{progress}");
     assert!(children_of(pid).is_empty(), "the demo runs in one process: {:?}", children_of(pid));
+
+    // A kicked bot (bob, smux v1) is told at once, opens a new session well within
+    // its keep-alive period (10 s), and plays again: four players once more.
+    let bob = later.iter().find(|s| s["smux_version"] == 1).expect("bob's session").clone();
+    let kicked = Instant::now();
+    let (status, _) = api_delete(admin, &format!("/api/v1/sessions/{}?reason=test", bob["id"]), &token);
+    assert_eq!(status, 204);
+    let back = loop {
+        let s = sessions(admin, &token);
+        if s.len() == 4 && s.iter().all(|s| s["id"] != bob["id"]) {
+            break kicked.elapsed();
+        }
+        assert!(kicked.elapsed() < Duration::from_secs(10), "bob back within 10 s: {s:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!("the kicked bot had a new session {back:?} after the kick");
+    // Progress printed from now on: bob plays again.
+    while rx.try_recv().is_ok() {}
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("a progress line");
+        if line.starts_with("sessions 4 · players 4 (ada, bob, cyd, dee)") {
+            break;
+        }
+    }
 
     // Ctrl-C: exit 0 within 5 s, and the ports are free again.
     assert!(Command::new("kill").args(["-INT", &pid.to_string()]).status().unwrap().success());
