@@ -52,6 +52,17 @@ export function duration(ms: number): string {
   return `${m} min ${sec} s`;
 }
 
+/** A moment as a 24-hour wall-clock time, "14:03:27", as the charts' axes read. */
+export function clock(at: number | Date): string {
+  return new Date(at).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit', hourCycle: 'h23' });
+}
+
+/** A congestion window: "off" when it is 0, as it stays with congestion control
+ * disabled (kcptun's nc=1, which every -mode preset sets). */
+export function cwnd(segments: number): string {
+  return segments === 0 ? 'off' : count(segments);
+}
+
 /** A round-trip time in milliseconds. */
 export function millis(ms: number): string {
   return Number.isFinite(ms) ? `${Math.round(ms)} ms` : '–';

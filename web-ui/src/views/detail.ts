@@ -49,7 +49,7 @@ export class DetailView implements View {
       ], byteRate, KEEP),
     ];
     const groups: [string, [string, string][]][] = [
-      ['Session', [['remote', 'Remote'], ['local', 'Local'], ['transport', 'Transport'], ['conv', 'Conversation'], ['age', 'Age'], ['idle', 'Idle'], ['crypt', 'Crypt'], ['fec', 'FEC'], ['mode', 'Mode'], ['framing', 'Framing']]],
+      ['Session', [['remote', 'Remote'], ['local', 'Local'], ['transport', 'Transport'], ['conv', 'Conversation'], ['age', 'Age'], ['idle', 'Idle'], ['crypt', 'Crypt'], ['fec', 'FEC'], ['mode', 'Mode (the gateway\'s; the client sets its own)'], ['framing', 'Framing']]],
       ['KCP', [['srtt', 'SRTT'], ['rttvar', 'RTT variance'], ['rto', 'RTO'], ['cwnd', 'cwnd'], ['ssthresh', 'ssthresh'], ['wnd', 'Windows (send / receive / peer)'], ['flight', 'In flight'], ['queues', 'Queued (send / receive / out of order)'], ['mtu', 'MTU'], ['dead', 'Link']]],
       ['Traffic', [['bytes', 'Bytes (in / out)'], ['packets', 'Datagrams (in / out)'], ['retrans', 'Retransmitted (fast / early / lost)'], ['fecstats', 'FEC (recovered / errors)']]],
     ];
@@ -135,7 +135,7 @@ export class DetailView implements View {
     set('srtt', millis(k.srtt_ms));
     set('rttvar', millis(k.rttvar_ms));
     set('rto', millis(k.rto_ms));
-    set('cwnd', count(k.cwnd));
+    set('cwnd', k.cwnd === 0 ? 'off (congestion control disabled: nc=1)' : count(k.cwnd));
     set('ssthresh', count(k.ssthresh));
     set('wnd', `${count(k.snd_wnd)} / ${count(k.rcv_wnd)} / ${count(k.remote_wnd)}`);
     set('flight', count(k.in_flight));

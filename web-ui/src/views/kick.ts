@@ -16,7 +16,7 @@ export function confirmKick(id: number, remote: string): Promise<boolean> {
         'form',
         { method: 'dialog' },
         h('h2', { id: 'kick-title' }, `Kick session ${id}?`),
-        h('p', {}, `${remote} loses its connections at once, and the gateway refuses its datagrams for 60 s, so the client notices and opens a new session.`),
+        h('p', {}, `${remote} loses its connections at once. A kcpgate client is told at once and opens a new session with its next connection; a kcptun client notices within its 30 s keep-alive timeout. The old session's datagrams are refused for 60 s.`),
         h('label', {}, 'Reason (for the log and the event stream) ', reason),
         error,
         h(

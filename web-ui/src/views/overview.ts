@@ -1,6 +1,6 @@
 import { Chart } from '../chart';
 import { h, setText } from '../dom';
-import { byteRate, count, duration, bytes, percent, perSecond } from '../format';
+import { byteRate, clock, count, duration, bytes, percent, perSecond } from '../format';
 import type { Context, View } from '../view';
 
 /** Live charts of the whole gateway, by transport, over the last five minutes. */
@@ -90,7 +90,7 @@ export class OverviewView implements View {
 
   private renderLog(): void {
     const items = this.cx.model.recent.slice(0, 12).map((e) => {
-      const when = new Date(e.at).toLocaleTimeString();
+      const when = clock(e.at);
       const link = h('a', { href: `#/sessions/${e.id}` }, `session ${e.id}`);
       const what = e.type === 'session_opened' ? ` opened from ${e.remote} (${e.transport})` : ` closed: ${e.reason}`;
       return h('li', { class: e.type }, h('time', {}, when), ' ', link, what);

@@ -1,6 +1,6 @@
 import { ApiError, get } from '../api';
 import { h, setText } from '../dom';
-import { byteRate, bytes, count, duration, millis } from '../format';
+import { byteRate, bytes, count, cwnd, duration, millis } from '../format';
 import { RateTracker } from '../rates';
 import type { SessionInfo, SessionPage } from '../types';
 import type { Context, View } from '../view';
@@ -16,6 +16,8 @@ interface Column {
   /** The API's sort key, when the column sorts. */
   sort?: string;
   numeric?: boolean;
+  /** What the column means, shown on hover and read by screen readers. */
+  hint?: string;
   cell(s: SessionInfo, rates: Record<string, number | null> | undefined): string;
 }
 
@@ -26,7 +28,7 @@ const COLUMNS: Column[] = [
   { title: 'Age', sort: 'age_ms', numeric: true, cell: (s) => duration(s.age_ms) },
   { title: 'SRTT', sort: 'srtt_ms', numeric: true, cell: (s) => millis(s.kcp.srtt_ms) },
   { title: 'RTO', sort: 'rto_ms', numeric: true, cell: (s) => millis(s.kcp.rto_ms) },
-  { title: 'cwnd', sort: 'cwnd', numeric: true, cell: (s) => count(s.kcp.cwnd) },
+  { title: 'cwnd', hint: 'Congestion window, segments; off when congestion control is disabled (nc=1, as in every -mode preset)', sort: 'cwnd', numeric: true, cell: (s) => cwnd(s.kcp.cwnd) },
   { title: 'Bytes in', sort: 'bytes_in', numeric: true, cell: (s) => bytes(s.traffic.bytes_in) },
   { title: 'Bytes out', sort: 'bytes_out', numeric: true, cell: (s) => bytes(s.traffic.bytes_out) },
   { title: 'In/s', numeric: true, cell: (_s, r) => (r?.bytes_in == null ? '–' : byteRate(r.bytes_in)) },
@@ -97,12 +99,12 @@ export class SessionsView implements View {
       'tr',
       {},
       ...COLUMNS.map((c) => {
-        if (!c.sort) return h('th', { scope: 'col', class: c.numeric ? 'num' : undefined }, c.title);
-        const button = h('button', { type: 'button', class: 'sort', 'data-sort': c.sort, onclick: () => this.sortBy(c.sort!) }, c.title);
+        if (!c.sort) return h('th', { scope: 'col', class: c.numeric ? 'num' : undefined, title: c.hint }, c.title);
+        const button = h('button', { type: 'button', class: 'sort', 'data-sort': c.sort, title: c.hint, onclick: () => this.sortBy(c.sort!) }, c.title);
         this.headers.push(button);
         return h('th', { scope: 'col', class: c.numeric ? 'num' : undefined }, button);
       }),
-      h('th', { scope: 'col' }, h('span', { class: 'visually-hidden' }, 'Actions')),
+      h('th', { scope: 'col', class: 'actions' }, h('span', { class: 'visually-hidden' }, 'Actions')),
     );
     this.tbody = h('tbody');
     this.table = h('table', { class: 'sessions', 'aria-describedby': 'session-status' }, h('thead', {}, head), this.tbody);
@@ -225,7 +227,7 @@ export class SessionsView implements View {
         }
       },
     }, 'Kick');
-    const tr = h('tr', { 'data-session': s.id }, ...cells, h('td', {}, kick));
+    const tr = h('tr', { 'data-session': s.id }, ...cells, h('td', { class: 'actions' }, kick));
     const row = { tr, cells: [link, ...cells.slice(1)], remote: s.remote };
     this.rows.set(s.id, row);
     return row;

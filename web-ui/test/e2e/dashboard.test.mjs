@@ -173,6 +173,9 @@ test('dark, at phone width: readable without sideways scrolling', async () => {
   await page.goto(`${gateway.base}/#/sessions`);
   await page.locator('table.sessions tbody tr').first().waitFor();
   assert.ok((await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth)) <= 0, 'the table scrolls in its own box');
+  // The Kick button is in view without scrolling the table sideways.
+  const kickBox = await page.locator('table.sessions tbody tr').first().getByRole('button', { name: /^Kick session/ }).boundingBox();
+  assert.ok(kickBox && kickBox.x >= 0 && kickBox.x + kickBox.width <= 390, `the Kick button at ${JSON.stringify(kickBox)}`);
   await page.screenshot({ path: `${SHOTS}/sessions-phone-dark.png` });
   // Keyboard: Tab from the top of a fresh load reaches the skip link first.
   await page.reload();

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { byteRate, bytes, count, duration, hex, millis, percent, perSecond } from '../../src/format';
+import { byteRate, bytes, clock, count, cwnd, duration, hex, millis, percent, perSecond } from '../../src/format';
 
 describe('format', () => {
   it('gives bytes three significant digits in decimal units', () => {
@@ -38,5 +38,17 @@ describe('format', () => {
   it('shows bytes as hex, cut with an ellipsis', () => {
     expect(hex(new Uint8Array([0, 15, 255]))).toBe('00 0f ff');
     expect(hex(new Uint8Array(10), 4)).toBe('00 00 00 00 …');
+  });
+});
+
+describe('clock and congestion window', () => {
+  it('writes times on a 24-hour clock, as the charts do', () => {
+    const afternoon = new Date(2026, 11, 7, 14, 3, 27);
+    expect(clock(afternoon)).toMatch(/^14.03.27$/);
+    expect(clock(new Date(2026, 11, 7, 0, 5, 9))).toMatch(/^00.05.09$/);
+  });
+  it('says off for a window congestion control never set', () => {
+    expect(cwnd(0)).toBe('off');
+    expect(cwnd(32)).toBe('32');
   });
 });
