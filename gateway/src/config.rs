@@ -287,6 +287,21 @@ fn read_secret_file(flag: &str, path: &str, warnings: &mut Vec<String>) -> Resul
     Ok(secret.to_string())
 }
 
+/// A listener's address given as `host:port`, `:port` (every interface) or `off`
+/// (also empty): `None` when off; else the address, or an error naming `flag`
+/// and what it takes (`example`).
+fn optional_listen_addr(flag: &str, value: &str, example: &str) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    let text = value.trim();
+    if text.eq_ignore_ascii_case("off") || text.is_empty() {
+        return Ok(None);
+    }
+    let full = if text.starts_with(':') { format!("[::]{text}") } else { text.to_string() };
+    match full.parse() {
+        Ok(addr) => Ok(Some(addr)),
+        Err(_) => err(format!("{flag} must be {example}, or off (got {text:?})")),
+    }
+}
+
 /// Whether `host` can stand in a URL as it is: a DNS name, an IPv4 address, or an
 /// IPv6 address in brackets.
 pub fn is_url_host(host: &str) -> bool {
@@ -826,33 +841,17 @@ impl Settings {
     /// The WebTransport listener's address; `None` when it is off. An empty host
     /// means every interface.
     pub fn webtransport_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
-        let text = self.webtransport.trim();
-        if text.eq_ignore_ascii_case("off") || text.is_empty() {
-            return Ok(None);
-        }
-        let full = if text.starts_with(':') { format!("[::]{text}") } else { text.to_string() };
-        match full.parse() {
-            Ok(addr) => Ok(Some(addr)),
-            Err(_) => err(format!(
-                "-webtransport must be a UDP address such as :4433, 0.0.0.0:4433 or [::1]:4433, or off (got {text:?})"
-            )),
-        }
+        optional_listen_addr(
+            "-webtransport",
+            &self.webtransport,
+            "a UDP address such as :4433, 0.0.0.0:4433 or [::1]:4433",
+        )
     }
 
     /// The public listener's address; `None` when it is off. An empty host means
     /// every interface.
     pub fn public_addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
-        let text = self.public.trim();
-        if text.eq_ignore_ascii_case("off") || text.is_empty() {
-            return Ok(None);
-        }
-        let full = if text.starts_with(':') { format!("[::]{text}") } else { text.to_string() };
-        match full.parse() {
-            Ok(addr) => Ok(Some(addr)),
-            Err(_) => err(format!(
-                "-public must be a TCP address such as :8090, 0.0.0.0:8090 or 127.0.0.1:8090, or off (got {text:?})"
-            )),
-        }
+        optional_listen_addr("-public", &self.public, "a TCP address such as :8090, 0.0.0.0:8090 or 127.0.0.1:8090")
     }
 
     /// `-webtransport-advertise` as (host, port); an empty host means the host
