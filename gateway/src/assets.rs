@@ -8,6 +8,12 @@ use crate::admin::Problem;
 
 include!(concat!(env!("OUT_DIR"), "/assets.rs"));
 
+/// The browser module's file `name`, at `/module/` on both listeners (game pages
+/// and the dashboard's packet inspector run it).
+pub fn module_file(name: &str) -> Response {
+    serve(MODULE, name, &format!("/module/{name}"), "no-cache", &[])
+}
+
 /// `name` of `set` with its content type and `headers`, or a 404 problem naming
 /// `path`.
 pub fn serve(

@@ -1009,7 +1009,7 @@ impl Settings {
             warnings.push(format!("unknown -crypt {:?}: using aes, as kcptun does", self.crypt));
         }
         self.admin_addr()?;
-        self.webtransport_addr()?;
+        let webtransport = self.webtransport_addr()?;
         self.webtransport_origins()?;
         if self.webtransport_cert.is_empty() != self.webtransport_key.is_empty() {
             return err("-webtransport-cert and -webtransport-key go together: give both PEM files, or neither for a self-signed certificate");
@@ -1022,7 +1022,7 @@ impl Settings {
         if !self.public_cert.is_empty() && public.is_none() {
             return err("-public-cert and -public-key need -public ADDR, the listener they are for");
         }
-        let self_signed = self.webtransport_addr()?.is_some() && self.webtransport_cert.is_empty();
+        let self_signed = webtransport.is_some() && self.webtransport_cert.is_empty();
         if self_signed && public.is_none() {
             warnings.push(
                 "-webtransport has a self-signed certificate, which browsers accept only by its hash: set -public ADDR \

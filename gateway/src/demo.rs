@@ -235,7 +235,7 @@ pub async fn run(options: Options, stop: impl std::future::Future<Output = ()>) 
     let public = crate::public::bind(&aes).await?.expect("the demo sets -public");
     let (drain_tx, drain) = watch::channel(false);
     tokio::spawn(crate::admin::serve(admin, aes.clone(), drain.clone()));
-    tokio::spawn(crate::public::serve(public, aes.clone()));
+    tokio::spawn(crate::public::serve(public));
     let mut tasks = vec![
         tokio::spawn(report_failure("the aes listener", crate::server::run(aes.clone(), drain.clone()))),
         tokio::spawn(report_failure("the salsa20 listener", crate::server::run(salsa, drain.clone()))),

@@ -114,7 +114,7 @@ fn main() -> ExitCode {
         }
         if let Some(listener) = kcpgate::public::bind(&plan).await? {
             kcpgate::public::announce(&listener);
-            tokio::spawn(kcpgate::public::serve(listener, plan.clone()));
+            tokio::spawn(kcpgate::public::serve(listener));
         }
         let work = async {
             match role {

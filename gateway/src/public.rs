@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::admin::Problem;
-use crate::assets::{self, DEMO, MODULE};
+use crate::assets::{self, DEMO};
 use crate::runtime::Plan;
 
 /// How a page reaches the WebTransport listener (`GET /webtransport/certificate`).
@@ -56,24 +56,25 @@ const PREFLIGHT_MAX_AGE: &str = "600";
 /// How long a client may take over the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What every handler shares: the settings it reads, parsed once at bind.
 struct PublicState {
     plan: Arc<Plan>,
     /// Origins allowed; empty allows every origin.
     origins: Vec<String>,
+    /// `-webtransport-advertise`: (host, empty for the one the page asked; port).
+    advertised: Option<(String, u16)>,
 }
 
 type Shared = Arc<PublicState>;
 
-/// The public application for `plan`.
-pub fn app(plan: Arc<Plan>) -> Router {
-    let origins = plan.settings.webtransport_origins().unwrap_or_default();
-    let state = Arc::new(PublicState { plan, origins });
+/// The public application.
+fn app(state: Shared) -> Router {
     Router::new()
         .route("/webtransport/certificate", get(webtransport_certificate))
         .route("/demo", get(|| async { Redirect::permanent("/demo/") }))
         .route("/demo/", get(|| async { demo_file("index.html") }))
         .route("/demo/{file}", get(|Path(file): Path<String>| async move { demo_file(&file) }))
-        .route("/module/{file}", get(|Path(file): Path<String>| async move { module_file(&file) }))
+        .route("/module/{file}", get(|Path(file): Path<String>| async move { assets::module_file(&file) }))
         .fallback(|request: Request| async move {
             let path = request.uri().path().to_string();
             Problem::new(StatusCode::NOT_FOUND, format!("no such resource here: {path} (this is kcpgate's public listener for game pages; the admin API has an address of its own)"))
@@ -142,10 +143,9 @@ async fn webtransport_certificate(State(state): State<Shared>, headers: HeaderMa
         )
         .into_response();
     };
-    let advertised = state.plan.settings.webtransport_advertised().ok().flatten();
-    let (host, port) = match advertised {
-        Some((host, advertised_port)) if !host.is_empty() => (host, advertised_port),
-        Some((_, advertised_port)) => (asked_host(&headers), advertised_port),
+    let (host, port) = match &state.advertised {
+        Some((host, advertised_port)) if !host.is_empty() => (host.clone(), *advertised_port),
+        Some((_, advertised_port)) => (asked_host(&headers), *advertised_port),
         None => (asked_host(&headers), port),
     };
     let hashes = published
@@ -178,14 +178,11 @@ fn demo_file(name: &str) -> Response {
     assets::serve(DEMO, name, &format!("/demo/{name}"), "no-cache", &[(header::REFERRER_POLICY, "no-referrer")])
 }
 
-fn module_file(name: &str) -> Response {
-    assets::serve(MODULE, name, &format!("/module/{name}"), "no-cache", &[])
-}
-
-/// A bound public listener: plain TCP, or TCP with TLS.
+/// A bound public listener: plain TCP, or TCP with TLS, and what it serves from.
 pub struct Listener {
     tcp: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    state: Shared,
 }
 
 impl Listener {
@@ -203,12 +200,17 @@ impl Listener {
     }
 }
 
-/// Binds `-public` (with TLS when `-public-cert` is set); `None` when it is off.
-pub async fn bind(plan: &Plan) -> std::io::Result<Option<Listener>> {
+/// Binds `-public` (with TLS when `-public-cert` is set) for `plan`; `None` when
+/// it is off.
+pub async fn bind(plan: &Arc<Plan>) -> std::io::Result<Option<Listener>> {
     let settings = &plan.settings;
-    let Some(addr) = settings.public_addr().map_err(|e| std::io::Error::other(e.0))? else {
+    let invalid = |e: crate::config::ConfigError| std::io::Error::other(e.0);
+    let Some(addr) = settings.public_addr().map_err(invalid)? else {
         return Ok(None);
     };
+    let origins = settings.webtransport_origins().map_err(invalid)?;
+    let advertised = settings.webtransport_advertised().map_err(invalid)?;
+    let state = Arc::new(PublicState { plan: plan.clone(), origins, advertised });
     let tls = if settings.public_cert.is_empty() {
         None
     } else {
@@ -222,7 +224,7 @@ pub async fn bind(plan: &Plan) -> std::io::Result<Option<Listener>> {
             ),
         )
     })?;
-    Ok(Some(Listener { tcp, tls }))
+    Ok(Some(Listener { tcp, tls, state }))
 }
 
 fn tls_acceptor(cert: &str, key: &str) -> std::io::Result<tokio_rustls::TlsAcceptor> {
@@ -245,8 +247,8 @@ fn tls_acceptor(cert: &str, key: &str) -> std::io::Result<tokio_rustls::TlsAccep
 }
 
 /// Serves game pages on `listener` until the process ends.
-pub async fn serve(listener: Listener, plan: Arc<Plan>) {
-    let app = app(plan);
+pub async fn serve(listener: Listener) {
+    let app = app(listener.state);
     let result = match listener.tls {
         None => axum::serve(listener.tcp, app).await,
         Some(acceptor) => axum::serve(TlsListener::new(listener.tcp, acceptor), app).await,

@@ -41,13 +41,8 @@ function tryConnect(page, options = {}) {
   }, options);
 }
 
-async function refusals() {
-  const text = await (await fetch(`${gateway.base}/metrics`)).text();
-  return Object.fromEntries([...text.matchAll(/kcpgate_webtransport_refused_sessions_total\{reason="(\w+)"\} (\d+)/g)].map((m) => [m[1], Number(m[2])]));
-}
-
 test('a wrong key: the page hears why from the gateway within 5 s, and the refusal is counted', async () => {
-  const before = (await refusals()).crypto;
+  const before = (await gateway.refusals()).crypto;
   const { page, errors } = await openDemo({ key: 'not-the-gateways-key' });
   const { error } = await tryConnect(page);
   assert.equal(error, null, 'the WebTransport session itself opens');
@@ -57,7 +52,7 @@ test('a wrong key: the page hears why from the gateway within 5 s, and the refus
   assert.match(reason, /crypto check: the key or crypt differ/);
   assert.ok(Date.now() - start < 5000);
   assert.match(await page.textContent('#status'), /key or crypt differ/);
-  assert.equal((await refusals()).crypto, before + 1);
+  assert.equal((await gateway.refusals()).crypto, before + 1);
   assert.deepEqual(errors, []);
   await page.close();
 });
@@ -111,7 +106,7 @@ test('datagrams that fail decryption or are malformed are counted, never thrown'
 });
 
 test(`sessions opened in a loop are held by -max-sessions ${LIMIT}, as UDP sessions are`, async () => {
-  const before = (await refusals()).limit;
+  const before = (await gateway.refusals()).limit;
   const { page, errors } = await openDemo();
   const outcomes = await page.evaluate(async ({ key, tries }) => {
     const { default: init, Client } = await import('/module/kcpgate_wasm.js');
@@ -137,7 +132,7 @@ test(`sessions opened in a loop are held by -max-sessions ${LIMIT}, as UDP sessi
   }, { key: gateway.key, tries: LIMIT + 4 });
   assert.equal(outcomes.filter((o) => o === 'served').length, LIMIT, outcomes.join('\n'));
   for (const o of outcomes.slice(LIMIT)) assert.match(o, /refused: .*(session limit|refused the connection or did not answer)/, o);
-  assert.ok((await refusals()).limit >= before + 4, JSON.stringify(await refusals()));
+  assert.ok((await gateway.refusals()).limit >= before + 4, JSON.stringify(await gateway.refusals()));
   assert.deepEqual(errors, []);
   await page.close();
 });

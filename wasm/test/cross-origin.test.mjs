@@ -126,7 +126,7 @@ for (const { name, launch } of BROWSERS) {
 
     test('a page of an origin not allowed is refused by CORS and by the WebTransport listener', async () => {
       const info = await (await fetch(`${strict.public}/webtransport/certificate`, { headers: { Origin: 'https://game.example' } })).json();
-      const before = (await strict.metrics()).origin ?? 0;
+      const before = (await strict.refusals()).origin ?? 0;
       const page = await browser.newPage();
       await page.goto(`${site.origin}/`);
       const result = await page.evaluate(refusedPage, { gateway: strict.public, url: info.url, hashes: info.hashes.map((h) => h.value) });
@@ -134,7 +134,7 @@ for (const { name, launch } of BROWSERS) {
       console.log(`${name}: ${JSON.stringify(result)}`);
       assert.notEqual(result.fetch, 'allowed', 'CORS refuses the fetch');
       assert.notEqual(result.webtransport, 'opened', 'the WebTransport listener refuses the session');
-      assert.equal((await strict.metrics()).origin, before + 1, 'the refusal is counted by its reason');
+      assert.equal((await strict.refusals()).origin, before + 1, 'the refusal is counted by its reason');
     });
 
     test('the demo page from the public listener connects and echoes on two streams', async () => {

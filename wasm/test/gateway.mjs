@@ -88,7 +88,7 @@ export async function startGateway({ target, key = 'browser-test-key', crypt = '
       return response.status === 204 ? null : response.json();
     },
     /** WebTransport sessions refused, by reason, from /metrics. */
-    metrics: async () => {
+    refusals: async () => {
       const text = await (await fetch(`${base}/metrics`)).text();
       return Object.fromEntries([...text.matchAll(/kcpgate_webtransport_refused_sessions_total\{reason="(\w+)"\} (\d+)/g)].map((m) => [m[1], Number(m[2])]));
     },

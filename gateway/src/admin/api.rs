@@ -832,8 +832,7 @@ pub async fn patch_config(
     let patch: TunablesPatch = serde_json::from_value(serde_json::Value::Object(valid))
         .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("the body is not a valid change: {e}")))?;
     let before = state.plan.tuning().tunables.clone();
-    let result =
-        if wrong.is_empty() { state.plan.retune(&patch) } else { state.plan.tuning().tunables.patched(&patch) };
+    let result = if wrong.is_empty() { state.plan.retune(&patch) } else { before.patched(&patch) };
     match result {
         Ok(tunables) if wrong.is_empty() => {
             match changes(&before, &tunables) {

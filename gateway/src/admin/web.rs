@@ -9,7 +9,7 @@ use axum::routing::get;
 use axum::Router;
 
 use super::Shared;
-use crate::assets::{self, DASHBOARD, MODULE};
+use crate::assets::{self, DASHBOARD};
 
 /// What the dashboard's pages may load: only their own files and the same
 /// origin's API (and the browser module for the inspector, compiled in place).
@@ -24,12 +24,7 @@ pub fn browser_routes() -> Router<Shared> {
             "/assets/{file}",
             get(|Path(file): Path<String>| async move { dashboard_file(&format!("assets/{file}")) }),
         )
-        .route(
-            "/module/{file}",
-            get(|Path(file): Path<String>| async move {
-                assets::serve(MODULE, &file, &format!("/module/{file}"), "no-cache", &[])
-            }),
-        )
+        .route("/module/{file}", get(|Path(file): Path<String>| async move { assets::module_file(&file) }))
 }
 
 fn dashboard_file(name: &str) -> Response {
