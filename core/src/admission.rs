@@ -8,8 +8,9 @@
 //! bucket of their own, so the global bucket is what bounds a flood from many
 //! addresses; a source's own bucket keeps one address (a misbehaving client, a
 //! replayer) from taking the whole global budget. Sources are 64-bit keys the
-//! driver chooses (the gateway uses the IP address, so every port of one host is
-//! one source).
+//! driver chooses (the gateway uses the IPv4 address, or an IPv6 address's /64,
+//! so every port of one host, and every address of one IPv6 subnet, is one
+//! source).
 
 use crate::replay::RecentNonces;
 
@@ -54,7 +55,7 @@ pub enum Refusal {
 /// The decision whether a datagram may open a session.
 pub trait Admission: Send {
     /// Whether a datagram from `source` (see [`crate::listener::Listener::set_source_key`])
-    /// whose nonce has `fingerprint` may open a session at `now`. An admitted
+    /// whose nonce has `fingerprint` may open a session at `now`. Only an admitted
     /// datagram's fingerprint is remembered.
     fn admit(&mut self, now: u32, source: u64, fingerprint: Option<u64>) -> Result<(), Refusal>;
 }
@@ -72,25 +73,34 @@ pub struct OpeningGate {
 }
 
 impl OpeningGate {
-    /// A gate with `limits`, its buckets full at `now`.
-    pub fn new(limits: OpeningLimits, now: u32) -> OpeningGate {
-        OpeningGate { openings: RecentNonces::new(OPENING_NONCES), guard: OpeningGuard::new(limits, now) }
+    /// A gate with `limits`, its buckets full at `now`; `seed` keys the hash that
+    /// places sources in slots (take it from the OS).
+    pub fn new(limits: OpeningLimits, now: u32, seed: u64) -> OpeningGate {
+        OpeningGate { openings: RecentNonces::new(OPENING_NONCES), guard: OpeningGuard::new(limits, now, seed) }
     }
 }
 
 impl Admission for OpeningGate {
-    /// Copies are refused first, so they spend no tokens. A copy's nonce is
-    /// remembered even when the buckets then refuse it: a later copy is still a copy.
+    /// Copies are refused first, so they spend no tokens. A nonce is remembered
+    /// only once the buckets admit it: refused openings (a flood over the rates)
+    /// cannot push the nonces of real openings out of the log, and a copy of a
+    /// refused one is no copy of a session.
     fn admit(&mut self, now: u32, source: u64, fingerprint: Option<u64>) -> Result<(), Refusal> {
-        if fingerprint.is_some_and(|f| !self.openings.insert(f)) {
+        if fingerprint.is_some_and(|f| self.openings.contains(f)) {
             return Err(Refusal::Replayed);
         }
-        self.guard.admit(now, source)
+        self.guard.admit(now, source)?;
+        if let Some(f) = fingerprint {
+            self.openings.insert(f);
+        }
+        Ok(())
     }
 }
 
-/// Sources tracked at once. A source whose slot another took starts again with a
-/// full bucket: spoofing gains nothing the global bucket does not bound.
+/// Source slots. A source whose slot another holds takes the bucket over as it
+/// is, not a full one: cycling through addresses gains no fresh bursts, and the
+/// per-process seed keeps an attacker from choosing addresses that share a
+/// victim's slot.
 const SOURCE_SLOTS: usize = 4096;
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -132,12 +142,18 @@ pub struct OpeningGuard {
     limits: OpeningLimits,
     global: Bucket,
     sources: Vec<Option<(u64, Bucket)>>,
+    slot_hash: foldhash::quality::FixedState,
 }
 
 impl OpeningGuard {
-    /// Buckets for `limits`, full at `now`.
-    pub fn new(limits: OpeningLimits, now: u32) -> OpeningGuard {
-        OpeningGuard { limits, global: Bucket::full(limits.global_burst, now), sources: Vec::new() }
+    /// Buckets for `limits`, full at `now`; `seed` keys the slot hash.
+    pub fn new(limits: OpeningLimits, now: u32, seed: u64) -> OpeningGuard {
+        OpeningGuard {
+            limits,
+            global: Bucket::full(limits.global_burst, now),
+            sources: Vec::new(),
+            slot_hash: foldhash::quality::FixedState::with_seed(seed),
+        }
     }
 
     /// Takes a token from `source`'s bucket and the global one, or says which was
@@ -148,12 +164,10 @@ impl OpeningGuard {
             if self.sources.is_empty() {
                 self.sources = vec![None; SOURCE_SLOTS];
             }
-            let slot = (source.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) as usize % SOURCE_SLOTS;
+            let slot = std::hash::BuildHasher::hash_one(&self.slot_hash, source) as usize % SOURCE_SLOTS;
             let entry = &mut self.sources[slot];
-            if entry.is_some_and(|(key, _)| key != source) {
-                *entry = None;
-            }
-            let (_, bucket) = entry.get_or_insert((source, Bucket::full(l.per_source_burst, now)));
+            let (key, bucket) = entry.get_or_insert((source, Bucket::full(l.per_source_burst, now)));
+            *key = source;
             // Peek first: only spend the source's token once the global one is there.
             let mut trial = *bucket;
             if !trial.take(now, l.per_source_rate, l.per_source_burst) {
@@ -183,7 +197,7 @@ mod tests {
 
     #[test]
     fn a_source_gets_its_burst_then_its_rate() {
-        let mut g = OpeningGuard::new(limits(10, 5, 0, 0), 1_000);
+        let mut g = OpeningGuard::new(limits(10, 5, 0, 0), 1_000, 1);
         for _ in 0..5 {
             assert_eq!(g.admit(1_000, 7), Ok(()));
         }
@@ -199,7 +213,7 @@ mod tests {
 
     #[test]
     fn the_global_bucket_bounds_many_sources() {
-        let mut g = OpeningGuard::new(limits(10, 5, 100, 50), 0);
+        let mut g = OpeningGuard::new(limits(10, 5, 100, 50), 0, 2);
         let admitted = (0..10_000u64).filter(|&s| g.admit(0, s).is_ok()).count();
         assert_eq!(admitted, 50, "one each from 10,000 sources, the global burst of 50");
         // One second later: 100 more in all.
@@ -211,7 +225,7 @@ mod tests {
 
     #[test]
     fn a_refused_source_spends_nothing_of_the_global_budget() {
-        let mut g = OpeningGuard::new(limits(1, 1, 1, 2), 0);
+        let mut g = OpeningGuard::new(limits(1, 1, 1, 2), 0, 3);
         assert_eq!(g.admit(0, 1), Ok(()));
         for _ in 0..100 {
             assert_eq!(g.admit(0, 1), Err(Refusal::Source));
@@ -222,17 +236,63 @@ mod tests {
 
     #[test]
     fn no_limit_admits_everything_and_allocates_nothing() {
-        let mut g = OpeningGuard::new(OpeningLimits::NONE, 0);
+        let mut g = OpeningGuard::new(OpeningLimits::NONE, 0, 4);
         assert!((0..100_000u64).all(|s| g.admit(0, s % 3).is_ok()));
         assert!(g.sources.is_empty());
     }
 
     #[test]
     fn time_going_backwards_or_wrapping_refills_nothing_and_panics_nowhere() {
-        let mut g = OpeningGuard::new(limits(1, 1, 0, 0), u32::MAX - 10);
+        let mut g = OpeningGuard::new(limits(1, 1, 0, 0), u32::MAX - 10, 5);
         assert_eq!(g.admit(u32::MAX - 10, 1), Ok(()));
         assert_eq!(g.admit(u32::MAX - 500, 1), Err(Refusal::Source), "earlier: no refill");
         assert_eq!(g.admit(u32::MAX - 20, 1), Err(Refusal::Source));
         assert_eq!(g.admit(1_000, 1), Ok(()), "a second later across the wrap: one token");
+    }
+
+    #[test]
+    fn a_source_taking_over_a_slot_gets_no_fresh_burst() {
+        let mut g = OpeningGuard::new(limits(1, 10, 0, 0), 0, 6);
+        let admitted = (0..100).filter(|_| g.admit(0, 1).is_ok()).count();
+        assert_eq!(admitted, 10);
+        // Sources that share source 1's slot find its bucket as source 1 left it.
+        let hash = |s: u64| std::hash::BuildHasher::hash_one(&g.slot_hash, s) as usize % SOURCE_SLOTS;
+        let same_slot: Vec<u64> = (2..).filter(|&s| hash(s) == hash(1)).take(50).collect();
+        let admitted = same_slot.iter().filter(|&&s| g.admit(0, s).is_ok()).count();
+        assert_eq!(admitted, 0, "50 sources cycling through one slot get nothing of a drained bucket");
+        // And refills go on at the rate, whoever holds the slot.
+        assert_eq!(g.admit(1_000, same_slot[0]), Ok(()));
+        assert_eq!(g.admit(1_000, 1), Err(Refusal::Source));
+    }
+
+    #[test]
+    fn the_slot_hash_depends_on_the_seed() {
+        let slots = |seed| {
+            let g = OpeningGuard::new(limits(1, 1, 0, 0), 0, seed);
+            (0..64u64)
+                .map(|s| std::hash::BuildHasher::hash_one(&g.slot_hash, s) as usize % SOURCE_SLOTS)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(slots(7), slots(7));
+        assert_ne!(slots(7), slots(8), "another process places sources elsewhere");
+    }
+
+    #[test]
+    fn only_admitted_openings_are_remembered() {
+        let mut gate = OpeningGate::new(limits(1, 2, 0, 0), 0, 9);
+        assert_eq!(gate.admit(0, 1, Some(100)), Ok(()));
+        assert_eq!(gate.admit(0, 1, Some(100)), Err(Refusal::Replayed), "a copy of an admitted opening");
+        assert_eq!(gate.admit(0, 1, Some(101)), Ok(()));
+        // Over the rate: refused, and not remembered.
+        for f in 200..10_200 {
+            assert_eq!(gate.admit(0, 1, Some(f)), Err(Refusal::Source));
+        }
+        assert_eq!(gate.openings.len(), 2, "refused openings fill nothing of the log");
+        assert_eq!(gate.admit(1_000, 1, Some(100)), Err(Refusal::Replayed), "the admitted ones are still known");
+        assert_eq!(
+            gate.admit(1_000, 1, Some(200)),
+            Ok(()),
+            "a refused opening sent again is admitted once there is room"
+        );
     }
 }

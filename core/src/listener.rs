@@ -306,6 +306,7 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         seed: [u8; 32],
     ) -> Result<Listener<A, S>, ConfigError> {
         config.kcp_config(&crypto)?;
+        let gate_seed = u64::from_le_bytes(seed[..8].try_into().expect("8 of 32 bytes")) ^ 0x6b63_7067_6174_6521;
         Ok(Listener {
             crypto,
             config,
@@ -316,7 +317,7 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
             accepting: true,
             reset_refused: false,
             refused: HashMap::new(),
-            admission: Box::new(OpeningGate::new(OpeningLimits::default(), 0)),
+            admission: Box::new(OpeningGate::new(OpeningLimits::default(), 0, gate_seed)),
             source_of: hash_address::<A>,
             resets: VecDeque::new(),
             stats: ListenerStats::default(),

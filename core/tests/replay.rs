@@ -109,7 +109,7 @@ impl Admission for Shared {
 
 #[test]
 fn listeners_sharing_a_gate_refuse_each_others_copies() {
-    let gate = Arc::new(Mutex::new(OpeningGate::new(OpeningLimits::default(), 0)));
+    let gate = Arc::new(Mutex::new(OpeningGate::new(OpeningLimits::default(), 0, 1)));
     let (mut a, mut b) = (server(), server());
     a.set_admission(Box::new(Shared(gate.clone())));
     b.set_admission(Box::new(Shared(gate)));
@@ -127,7 +127,7 @@ fn listeners_sharing_a_gate_refuse_each_others_copies() {
 fn session_floods_are_refused_and_counted_per_source_and_in_all() {
     let mut l = server();
     let limits = OpeningLimits { per_source_rate: 2, per_source_burst: 3, global_rate: 10, global_burst: 10 };
-    l.set_admission(Box::new(OpeningGate::new(limits, 0)));
+    l.set_admission(Box::new(OpeningGate::new(limits, 0, 1)));
     // Addresses are host * 1000 + port; a host is the source.
     l.set_source_key(|addr| u64::from(addr / 1000));
     let mut conv = 100;

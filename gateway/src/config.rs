@@ -100,6 +100,11 @@ pub struct Settings {
     pub admin_token: Secret,
     /// `-admin-token-file`: read into `admin_token` by [`Settings::read_secret_files`].
     pub admin_token_file: String,
+    /// PEM files that make the admin listener serve HTTPS; empty for HTTP.
+    pub admin_cert: String,
+    pub admin_key: String,
+    /// `/metrics` needs the admin token too.
+    pub metrics_auth: bool,
     /// Server: the WebTransport listener's address, or `off`.
     pub webtransport: String,
     /// Server: PEM files of the WebTransport certificate; empty for a self-signed one.
@@ -107,6 +112,8 @@ pub struct Settings {
     pub webtransport_key: String,
     /// Server: comma-separated origins allowed; empty allows any.
     pub webtransport_origin: String,
+    /// Server: WebTransport connections at once from one IPv4 address or IPv6 /64; 0: no limit.
+    pub webtransport_per_address: u32,
     /// Server: where pages are told to connect for WebTransport, `host:port` or
     /// `:port`; empty for the listener's port on the host the page asked.
     pub webtransport_advertise: String,
@@ -287,6 +294,33 @@ fn read_secret_file(flag: &str, path: &str, warnings: &mut Vec<String>) -> Resul
     Ok(secret.to_string())
 }
 
+/// A warning when the `-c` file at `path` holds a secret (`key`, `admin-token`)
+/// and other users may read it.
+pub fn config_file_exposure(path: &std::path::Path, text: &str) -> Option<String> {
+    let object: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text).ok()?;
+    let secrets: Vec<&str> = object
+        .keys()
+        .filter(|k| k.eq_ignore_ascii_case("key") || k.eq_ignore_ascii_case("admin-token"))
+        .map(String::as_str)
+        .collect();
+    if secrets.is_empty() {
+        return None;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Some(format!(
+                "config file {} holds {} and can be read by other users (mode {mode:03o}); chmod 600 it",
+                path.display(),
+                secrets.join(" and ")
+            ));
+        }
+    }
+    None
+}
+
 /// A listener's address given as `host:port`, `:port` (every interface) or `off`
 /// (also empty): `None` when off; else the address, or an error naming `flag`
 /// and what it takes (`example`).
@@ -336,6 +370,11 @@ const fn flag(name: &'static str, json: Option<&'static str>, kind: Kind, help: 
 }
 
 const DEFAULT_KEY: &str = "it's a secrect";
+/// The placeholders of `.env.example`, refused or warned about like defaults.
+const EXAMPLE_KEY: &str = "change-me-to-a-long-random-secret";
+const EXAMPLE_ADMIN_TOKEN: &str = "change-me-too";
+/// The shortest admin token accepted on an address other hosts can reach.
+const MIN_REMOTE_TOKEN: usize = 16;
 
 /// The flags both roles share, in kcptun's order.
 const SHARED: &[Flag] = &[
@@ -375,6 +414,9 @@ const SHARED: &[Flag] = &[
     flag("drain-timeout", Some("drain-timeout"), Kind::Int(30, 30), "On SIGTERM or SIGINT, seconds to let open streams finish before exiting (kcpgate only)"),
     flag("admin-token", Some("admin-token"), Kind::Text(""), "Bearer token the admin API requires on every /api route (env KCPGATE_ADMIN_TOKEN); required when -admin is not a loopback address (kcpgate only)"),
     flag("admin-token-file", Some("admin-token-file"), Kind::Text(""), "Read the admin token from this file (one trailing newline is dropped) instead of -admin-token, which every local user can see in the process list (kcpgate only)"),
+    flag("admin-cert", Some("admin-cert"), Kind::Text(""), "PEM certificate chain that makes -admin serve HTTPS, for an admin API reached over a network; read again when the file changes (kcpgate only)"),
+    flag("admin-key", Some("admin-key"), Kind::Text(""), "PEM private key of -admin-cert (kcpgate only)"),
+    flag("metrics-auth", Some("metrics-auth"), Kind::Bool, "/metrics needs the admin token too (Prometheus: authorization: {credentials_file: ...}); /livez and /readyz stay open (kcpgate only)"),
 ];
 
 const ADMIN_HELP: &str = "Admin HTTP API, metrics and health (/api/v1, /metrics, /livez, /readyz): address to listen on, or off (kcpgate only)";
@@ -403,12 +445,13 @@ const SERVER: &[Flag] = &[
     flag("open-rate", Some("open-rate"), Kind::Int(1000, 1000), "New sessions per second from all sources together, with bursts of 5 seconds' worth; more are dropped and counted (opening_limit). 0 is unlimited (kcpgate only)"),
     flag("open-rate-per-source", Some("open-rate-per-source"), Kind::Int(50, 50), "New sessions per second from one IP address, with bursts of 10 seconds' worth; more are dropped and counted (source_limit). 0 is unlimited (kcpgate only)"),
     flag("webtransport", Some("webtransport"), Kind::Text("off"), "WebTransport listener for browsers: UDP host:port (e.g. :4433), or off. Each WebTransport session carries one KCP session in its datagrams, proxied like a UDP one (kcpgate only)"),
-    flag("webtransport-cert", Some("webtransport-cert"), Kind::Text(""), "PEM certificate chain of the WebTransport listener. Without it kcpgate makes a self-signed ECDSA P-256 certificate valid 13 days, replaces it every 12, and serves its SHA-256 hash at /webtransport/certificate on the -public listener for serverCertificateHashes (kcpgate only)"),
+    flag("webtransport-cert", Some("webtransport-cert"), Kind::Text(""), "PEM certificate chain of the WebTransport listener, read again when the file changes. Without it kcpgate makes a self-signed ECDSA P-256 certificate valid 13 days, replaces it every 12, and serves its SHA-256 hash at /webtransport/certificate on the -public listener for serverCertificateHashes (kcpgate only)"),
     flag("webtransport-key", Some("webtransport-key"), Kind::Text(""), "PEM private key of -webtransport-cert (kcpgate only)"),
     flag("webtransport-origin", Some("webtransport-origin"), Kind::Text(""), "Comma-separated page origins allowed to open WebTransport sessions and to read the -public listener (CORS), e.g. https://game.example; empty allows every origin (kcpgate only)"),
+    flag("webtransport-per-address", Some("webtransport-per-address"), Kind::Int(64, 64), "WebTransport connections at once from one IPv4 address or IPv6 /64 (players behind one NAT share it); more are refused before their handshake and counted (reason=\"address\"). 0 is unlimited (kcpgate only)"),
     flag("webtransport-advertise", Some("webtransport-advertise"), Kind::Text(""), "Where pages are told to connect for WebTransport, host:port or :port, when that differs from -webtransport (a published container port, a DNS name, a balancer); empty: -webtransport's port on the host the page fetched /webtransport/certificate from (kcpgate only)"),
     flag("public", Some("public"), Kind::Text("off"), "HTTP listener for game pages, apart from the admin API: the WebTransport address and certificate hashes (/webtransport/certificate), the browser module (/module/) and the demo page (/demo/), answering CORS for -webtransport-origin. TCP host:port (e.g. :8090), or off (kcpgate only)"),
-    flag("public-cert", Some("public-cert"), Kind::Text(""), "PEM certificate chain that makes -public serve HTTPS, so that an https game page can fetch from it (kcpgate only)"),
+    flag("public-cert", Some("public-cert"), Kind::Text(""), "PEM certificate chain that makes -public serve HTTPS, so that an https game page can fetch from it; read again when the file changes (kcpgate only)"),
     flag("public-key", Some("public-key"), Kind::Text(""), "PEM private key of -public-cert (kcpgate only)"),
 ];
 
@@ -663,10 +706,14 @@ impl Settings {
             admin_explicit: m.value_source("admin") == Some(ValueSource::CommandLine),
             admin_token: Secret(text("admin-token")),
             admin_token_file: text("admin-token-file"),
+            admin_cert: text("admin-cert"),
+            admin_key: text("admin-key"),
+            metrics_auth: flag("metrics-auth"),
             webtransport: text_or_empty("webtransport"),
             webtransport_cert: text_or_empty("webtransport-cert"),
             webtransport_key: text_or_empty("webtransport-key"),
             webtransport_origin: text_or_empty("webtransport-origin"),
+            webtransport_per_address: 0,
             webtransport_advertise: text_or_empty("webtransport-advertise"),
             public: text_or_empty("public"),
             public_cert: text_or_empty("public-cert"),
@@ -740,6 +787,8 @@ impl Settings {
             "admin" => &mut self.admin,
             "admin-token" => &mut self.admin_token.0,
             "admin-token-file" => &mut self.admin_token_file,
+            "admin-cert" => &mut self.admin_cert,
+            "admin-key" => &mut self.admin_key,
             "webtransport" => &mut self.webtransport,
             "webtransport-cert" => &mut self.webtransport_cert,
             "webtransport-key" => &mut self.webtransport_key,
@@ -764,6 +813,7 @@ impl Settings {
             "nocomp" => &mut self.nocomp,
             "acknodelay" => &mut self.acknodelay,
             "quiet" => &mut self.quiet,
+            "metrics-auth" => &mut self.metrics_auth,
             "tcp" => &mut self.tcp,
             "pprof" => &mut self.pprof,
             other => unreachable!("no boolean setting {other}"),
@@ -811,6 +861,9 @@ impl Settings {
             "autoexpire" => self.autoexpire = within(name, v, 0, i64::MAX, " seconds")?,
             "scavengettl" => self.scavengettl = within(name, v, 0, i64::MAX, " seconds")?,
             "max-sessions" => self.tunables.max_sessions = within(name, v, 0, 10_000_000, " sessions")?,
+            "webtransport-per-address" => {
+                self.webtransport_per_address = within(name, v, 0, 1_000_000, " connections")?
+            }
             other => unreachable!("no integer setting {other}"),
         }
         Ok(())
@@ -910,6 +963,19 @@ impl Settings {
             return err(format!(
                 "-admin {addr} can be reached from other hosts, so the API needs a token: set -admin-token or \
                  KCPGATE_ADMIN_TOKEN, or listen on 127.0.0.1"
+            ));
+        }
+        if !addr.ip().is_loopback() && self.admin_token.0 == EXAMPLE_ADMIN_TOKEN {
+            return err(format!(
+                "-admin {addr} can be reached from other hosts and its token is the example's placeholder: make one \
+                 with head -c 24 /dev/urandom | base64"
+            ));
+        }
+        if !addr.ip().is_loopback() && self.admin_token.0.len() < MIN_REMOTE_TOKEN {
+            return err(format!(
+                "-admin {addr} can be reached from other hosts, so its token must be at least {MIN_REMOTE_TOKEN} \
+                 bytes (got {}): make one with head -c 24 /dev/urandom | base64",
+                self.admin_token.0.len()
             ));
         }
         Ok(Some(addr))
@@ -1029,6 +1095,40 @@ impl Settings {
                  (e.g. -public :8090) so that game pages can fetch it from /webtransport/certificate"
                     .to_string(),
             );
+        }
+        if self.admin_cert.is_empty() != self.admin_key.is_empty() {
+            return err("-admin-cert and -admin-key go together: give both PEM files for HTTPS, or neither for HTTP");
+        }
+        if !self.admin_cert.is_empty() && self.admin_addr()?.is_none() {
+            return err("-admin-cert and -admin-key need -admin ADDR, the listener they are for");
+        }
+        if self.metrics_auth && self.admin_token.is_empty() {
+            return err(
+                "-metrics-auth needs an admin token (-admin-token-file or KCPGATE_ADMIN_TOKEN) for /metrics to ask for",
+            );
+        }
+        if self.key.0 == DEFAULT_KEY || self.key.0 == EXAMPLE_KEY {
+            warnings.push(
+                "the key is kcptun's default or the example's, which anyone can look up: every peer that knows it can \
+                 open sessions; set your own with -key-file"
+                    .to_string(),
+            );
+        }
+        if Method::from_name(&self.crypt) == Some(Method::None) {
+            warnings.push(
+                "-crypt none: datagrams are neither encrypted nor checked, so anyone on the path reads them and \
+                 anyone who can reach the port can forge them; use -crypt aes"
+                    .to_string(),
+            );
+        }
+        if let Some(addr) = public.filter(|a| !a.ip().is_loopback()) {
+            if self.public_cert.is_empty() && self_signed {
+                warnings.push(format!(
+                    "-public {addr} serves the WebTransport certificate hashes over plain HTTP: someone on the path \
+                     can swap them for their own and read the sessions; give it -public-cert/-public-key, or put it \
+                     behind your HTTPS proxy"
+                ));
+            }
         }
         if self.role == Role::Client && self.autoexpire != 0 && self.scavengettl > self.autoexpire {
             warnings.push("-scavengettl is longer than -autoexpire: expired sessions will linger".to_string());

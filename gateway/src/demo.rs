@@ -231,7 +231,7 @@ pub async fn run(options: Options, stop: impl std::future::Future<Output = ()>) 
     salsa.streams = aes.streams.clone();
     let (aes, salsa) = (Arc::new(aes), Arc::new(salsa));
 
-    let admin = crate::admin::bind(options.admin).await?;
+    let admin = crate::admin::bind(options.admin, &aes).await?;
     let public = crate::public::bind(&aes).await?.expect("the demo sets -public");
     let (drain_tx, drain) = watch::channel(false);
     tokio::spawn(crate::admin::serve(admin, aes.clone(), drain.clone()));
@@ -309,7 +309,7 @@ async fn lossy_relay(target: SocketAddr, loss: f64) -> std::io::Result<SocketAdd
     inner.connect(target).await?;
     let addr = outer.local_addr()?;
     let client = Arc::new(Mutex::new(None::<SocketAddr>));
-    let seed = u64::from_le_bytes(random_seed()[..8].try_into().expect("8 bytes"));
+    let seed = crate::runtime::random_u64();
     let (up, down) = (Arc::new(AtomicU64::new(seed | 1)), Arc::new(AtomicU64::new(seed.rotate_left(17) | 1)));
     let keep = move |state: &AtomicU64| {
         // xorshift64: enough to pick which datagrams to drop.

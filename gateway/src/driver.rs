@@ -75,10 +75,18 @@ pub struct Driver<T: Transport> {
     captures: Vec<(SessionId, Arc<Capture>)>,
 }
 
-/// The per-source limit's key of a peer: its IP address, whatever the port.
+/// The per-source limit's key of a peer: its IPv4 address whatever the port, or
+/// its IPv6 address's /64 (one host or home network is given a whole /64, so
+/// every address in it is one source).
 fn source_ip<T: Transport>(peer: &T::Peer) -> u64 {
-    use std::hash::BuildHasher;
-    foldhash::fast::FixedState::with_seed(0).hash_one(T::address(peer).ip())
+    source_key(T::address(peer).ip())
+}
+
+pub(crate) fn source_key(ip: std::net::IpAddr) -> u64 {
+    match ip.to_canonical() {
+        std::net::IpAddr::V4(v4) => u64::from(u32::from(v4)),
+        std::net::IpAddr::V6(v6) => (u128::from(v6) >> 64) as u64,
+    }
 }
 
 impl<T: Transport> Driver<T> {
@@ -524,5 +532,34 @@ async fn dial(
             plan.streams.dial_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let _ = tx.send((id, sid, FromStream::Closed)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod source_tests {
+    use super::source_key;
+    use kcpgate_core::admission::{OpeningGuard, OpeningLimits, Refusal};
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    #[test]
+    fn every_address_of_one_ipv6_64_shares_one_budget() {
+        let limits = OpeningLimits { per_source_rate: 1, per_source_burst: 16, global_rate: 0, global_burst: 0 };
+        let mut guard = OpeningGuard::new(limits, 0, 42);
+        let subnet = u128::from("2001:db8:1:2::".parse::<Ipv6Addr>().unwrap());
+        let admitted = (0..256u128)
+            .map(|host| IpAddr::V6(Ipv6Addr::from(subnet | host << 40 | host)))
+            .filter(|&ip| guard.admit(0, source_key(ip)).is_ok())
+            .count();
+        assert_eq!(admitted, 16, "2^8 addresses of one /64: one burst between them");
+        let neighbour = IpAddr::V6("2001:db8:1:3::1".parse().unwrap());
+        assert_eq!(guard.admit(0, source_key(neighbour)), Ok(()), "the next /64 is another source");
+        assert_eq!(guard.admit(0, source_key(IpAddr::V6(Ipv6Addr::from(subnet | 7)))), Err(Refusal::Source));
+    }
+
+    #[test]
+    fn ipv4_counts_by_address_and_its_mapped_form_is_the_same_source() {
+        let v4 = Ipv4Addr::new(192, 0, 2, 7);
+        assert_eq!(source_key(IpAddr::V4(v4)), source_key(IpAddr::V6(v4.to_ipv6_mapped())));
+        assert_ne!(source_key(IpAddr::V4(v4)), source_key(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 8))));
     }
 }

@@ -9,6 +9,7 @@ pub mod conn;
 pub mod control;
 pub mod demo;
 pub mod driver;
+pub mod http;
 pub mod public;
 pub mod runtime;
 pub mod server;

@@ -65,7 +65,10 @@ fn main() -> ExitCode {
     if let Some(path) = settings.config_file.clone() {
         let applied = std::fs::read_to_string(&path)
             .map_err(|e| format!("cannot read config file {}: {e}", path.display()))
-            .and_then(|text| settings.apply_json(&text).map_err(|e| format!("{}: {e}", path.display())));
+            .and_then(|text| {
+                warnings.extend(kcpgate::config::config_file_exposure(&path, &text));
+                settings.apply_json(&text).map_err(|e| format!("{}: {e}", path.display()))
+            });
         match applied {
             Ok(w) => warnings.extend(w),
             Err(e) => {
@@ -88,6 +91,13 @@ fn main() -> ExitCode {
     for w in warnings {
         tracing::warn!("{w}");
     }
+    let files = kcpgate::http::raise_file_limit();
+    if files < 4096 {
+        tracing::warn!(
+            "this process may open only {files} files (ulimit -n): each stream to a backend takes one; raise the \
+             limit (LimitNOFILE=, ulimits: nofile:) for more than a few hundred streams"
+        );
+    }
     let plan = std::sync::Arc::new(kcpgate::runtime::Plan::new(settings));
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let drain_timeout = std::time::Duration::from_secs(plan.settings.drain_timeout);
@@ -99,11 +109,13 @@ fn main() -> ExitCode {
             tokio::spawn(kcpgate::snmp::csv_logger(plan.registry.clone(), path, period));
         }
         if let Some(addr) = plan.settings.admin_addr().map_err(|e| std::io::Error::other(e.0))? {
-            match kcpgate::admin::bind(addr).await {
+            match kcpgate::admin::bind(addr, &plan).await {
                 Ok(listener) => {
                     let guarded = if plan.settings.admin_token.is_empty() { "no token" } else { "token required" };
-                    let at = listener.local_addr()?;
-                    tracing::info!("admin API on http://{at} ({guarded}): dashboard at /, OpenAPI at /openapi.json");
+                    let (at, scheme) = (listener.local_addr()?, listener.scheme());
+                    tracing::info!(
+                        "admin API on {scheme}://{at} ({guarded}): dashboard at /, OpenAPI at /openapi.json"
+                    );
                     tokio::spawn(kcpgate::admin::serve(listener, plan.clone(), drain.clone()));
                 }
                 // The default address may be taken by another program: run without the
@@ -152,6 +164,7 @@ fn subcommand_matches(name: &str, args: impl Iterator<Item = String>) -> clap::A
 fn demo(name: &str, args: impl Iterator<Item = String>) -> ExitCode {
     let matches = subcommand_matches(name, args);
     exit_nonzero_on_panic();
+    kcpgate::http::raise_file_limit();
     // Warnings and errors only: the demo's progress line is its output.
     init_logging("", false, "warn");
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");

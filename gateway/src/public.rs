@@ -8,7 +8,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -17,9 +16,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 use axum::Router;
 use serde::Serialize;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tokio::net::TcpListener;
+use tracing::{debug, info};
 
 use crate::admin::Problem;
 use crate::assets::{self, DEMO};
@@ -53,8 +51,8 @@ pub struct CertificateHash {
 
 /// A page may cache a preflight's answer this long.
 const PREFLIGHT_MAX_AGE: &str = "600";
-/// How long a client may take over the TLS handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections the public listener holds at most (fewer under a low file limit).
+const PUBLIC_CONNECTIONS: usize = 4096;
 
 /// What every handler shares: the settings it reads, parsed once at bind.
 struct PublicState {
@@ -163,10 +161,7 @@ async fn webtransport_certificate(State(state): State<Shared>, headers: HeaderMa
 /// brackets); `localhost` when it has none a URL could carry.
 fn asked_host(headers: &HeaderMap) -> String {
     let authority = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-    let host = match authority.rfind(':') {
-        Some(i) if !authority[i..].contains(']') => &authority[..i],
-        _ => authority,
-    };
+    let host = crate::http::host_of(authority);
     if crate::config::is_url_host(host) {
         host.to_string()
     } else {
@@ -180,23 +175,18 @@ fn demo_file(name: &str) -> Response {
 
 /// A bound public listener: plain TCP, or TCP with TLS, and what it serves from.
 pub struct Listener {
-    tcp: TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    server: crate::http::Server,
     state: Shared,
 }
 
 impl Listener {
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.tcp.local_addr()
+        self.server.local_addr()
     }
 
     /// `http` or `https`.
     pub fn scheme(&self) -> &'static str {
-        if self.tls.is_some() {
-            "https"
-        } else {
-            "http"
-        }
+        self.server.scheme()
     }
 }
 
@@ -214,7 +204,7 @@ pub async fn bind(plan: &Arc<Plan>) -> std::io::Result<Option<Listener>> {
     let tls = if settings.public_cert.is_empty() {
         None
     } else {
-        Some(tls_acceptor(&settings.public_cert, &settings.public_key)?)
+        Some(crate::http::Tls::load(&settings.public_cert, &settings.public_key, "-public-cert / -public-key")?)
     };
     let tcp = TcpListener::bind(addr).await.map_err(|e| {
         std::io::Error::new(
@@ -224,95 +214,20 @@ pub async fn bind(plan: &Arc<Plan>) -> std::io::Result<Option<Listener>> {
             ),
         )
     })?;
-    Ok(Some(Listener { tcp, tls, state }))
-}
-
-fn tls_acceptor(cert: &str, key: &str) -> std::io::Result<tokio_rustls::TlsAcceptor> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let failed = |what: &str, e: &dyn std::fmt::Display| {
-        std::io::Error::other(format!("cannot load -public-cert {cert} / -public-key {key}: {what}: {e}"))
+    let server = crate::http::Server {
+        tcp,
+        tls,
+        cap: crate::http::connection_cap(PUBLIC_CONNECTIONS),
+        counters: plan.http_counters.public.clone(),
+        name: "public listener",
     };
-    let chain = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| failed("the certificate chain", &e))?;
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| failed("the private key", &e))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| failed("TLS versions", &e))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| failed("the pair", &e))?;
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+    Ok(Some(Listener { server, state }))
 }
 
 /// Serves game pages on `listener` until the process ends.
 pub async fn serve(listener: Listener) {
     let app = app(listener.state);
-    let result = match listener.tls {
-        None => axum::serve(listener.tcp, app).await,
-        Some(acceptor) => axum::serve(TlsListener::new(listener.tcp, acceptor), app).await,
-    };
-    if let Err(e) = result {
-        warn!("the public listener stopped: {e}");
-    }
-}
-
-/// TCP connections after their TLS handshake, which runs in a task of its own so
-/// a slow client holds up nobody.
-struct TlsListener {
-    ready: mpsc::Receiver<(tokio_rustls::server::TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    fn new(tcp: TcpListener, acceptor: tokio_rustls::TlsAcceptor) -> TlsListener {
-        let local = tcp.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-        let (tx, ready) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                let (stream, remote) = match tcp.accept().await {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        debug!("public listener: accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                if tx.is_closed() {
-                    return;
-                }
-                let (acceptor, tx) = (acceptor.clone(), tx.clone());
-                tokio::spawn(async move {
-                    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let _ = tx.send((tls, remote)).await;
-                        }
-                        Ok(Err(e)) => debug!(%remote, "public listener: TLS handshake failed: {e}"),
-                        Err(_) => debug!(%remote, "public listener: TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        TlsListener { ready, local }
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.ready.recv().await {
-            Some(accepted) => accepted,
-            // The accepting task ends only with the runtime.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local)
-    }
+    listener.server.serve(app).await;
 }
 
 /// Logs where game pages find the gateway.

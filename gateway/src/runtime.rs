@@ -24,6 +24,11 @@ pub fn random_seed() -> [u8; 32] {
     seed
 }
 
+/// 8 bytes from the OS: a per-process hash seed.
+pub fn random_u64() -> u64 {
+    u64::from_le_bytes(random_seed()[..8].try_into().expect("8 of 32 bytes"))
+}
+
 /// Lowercase hex of `bytes`: tokens, certificate hashes.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -49,7 +54,16 @@ pub struct Plan {
     /// from another address is refused whichever socket it reaches, and the rates
     /// are the gateway's.
     pub admission: SharedAdmission,
+    /// What the HTTP listeners count (closed at the cap, timed out).
+    pub http_counters: HttpCounters,
     tuning: RwLock<Arc<Tuning>>,
+}
+
+/// The HTTP listeners' counters.
+#[derive(Debug, Default)]
+pub struct HttpCounters {
+    pub admin: Arc<crate::http::ListenerCounters>,
+    pub public: Arc<crate::http::ListenerCounters>,
 }
 
 /// One [`OpeningGate`] for every listener, on a clock of its own (each driver's
@@ -64,7 +78,7 @@ pub struct SharedAdmission {
 impl SharedAdmission {
     fn new(limits: OpeningLimits) -> SharedAdmission {
         SharedAdmission {
-            gate: Arc::new(std::sync::Mutex::new(OpeningGate::new(limits, 0))),
+            gate: Arc::new(std::sync::Mutex::new(OpeningGate::new(limits, 0, random_u64()))),
             start: std::time::Instant::now(),
         }
     }
@@ -107,7 +121,7 @@ fn session_config(settings: &Settings, tunables: &Tunables) -> SessionConfig {
 }
 
 /// `-open-rate` and `-open-rate-per-source`, with bursts of 5 and 10 seconds' worth.
-fn opening_limits(settings: &Settings) -> OpeningLimits {
+pub(crate) fn opening_limits(settings: &Settings) -> OpeningLimits {
     let (global, per_source) = (settings.open_rate, settings.open_rate_per_source);
     OpeningLimits {
         per_source_rate: per_source,
@@ -139,6 +153,7 @@ impl Plan {
             webtransport_refusals: Arc::default(),
             webtransport_waiting: Default::default(),
             admission: SharedAdmission::new(opening_limits),
+            http_counters: HttpCounters::default(),
             tuning: RwLock::new(Arc::new(tuning)),
         }
     }

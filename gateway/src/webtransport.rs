@@ -11,6 +11,13 @@
 //! crypt), a gateway at its session limit or draining, no KCP session within
 //! [`FIRST_SESSION_TIMEOUT`], or an origin not allowed.
 //!
+//! Nobody needs the key to open a WebTransport session, so what one may cost is
+//! bounded before the handshake: connections per source (an IPv4 address or an
+//! IPv6 /64, `-webtransport-per-address`), handshakes per second (the opening
+//! rates), connections without a KCP session in all ([`MAX_WAITING`]); and after
+//! it by QUIC limits fitted to what kcpgate uses, datagrams: a client may open
+//! only the streams HTTP/3 needs, with small windows (`transport_config`).
+//!
 //! Without operator certificate files, kcpgate makes a self-signed ECDSA P-256
 //! certificate (browsers accept one by hash, `serverCertificateHashes`, only if it
 //! is valid for at most 14 days), replaces it before it expires, and publishes the
@@ -58,6 +65,25 @@ const ROTATE_EVERY: Duration = Duration::from_secs(12 * 24 * 3600);
 const NOTICE_GRACE: Duration = Duration::from_secs(2);
 /// Browser datagrams queued for the driver before the QUIC buffers take over.
 const QUEUE: usize = 4096;
+/// WebTransport connections in their handshake or without a KCP session yet, in
+/// all; more are refused before their handshake.
+pub const MAX_WAITING: u64 = 1024;
+/// Streams a client may open: the CONNECT request's, and HTTP/3's control and
+/// two QPACK streams. kcpgate reads no other stream, so it grants no more.
+const CLIENT_BIDI_STREAMS: u32 = 1;
+const CLIENT_UNI_STREAMS: u32 = 3;
+/// Flow-control windows for what a client sends on streams (headers, settings,
+/// capsules: a few hundred bytes), per stream and per connection.
+const STREAM_WINDOW: u32 = 16 * 1024;
+const CONNECTION_WINDOW: u32 = 64 * 1024;
+/// Received datagrams a connection buffers while its task hands earlier ones on,
+/// and datagrams it holds for sending while congestion control waits; beyond
+/// them the oldest are dropped, as a network would, and KCP resends.
+const DATAGRAM_RECEIVE_BUFFER: usize = 256 * 1024;
+const DATAGRAM_SEND_BUFFER: usize = 256 * 1024;
+/// Bytes of early packets quinn holds for connections not yet accepted.
+const INCOMING_BUFFER: u64 = 16 * 1024;
+const INCOMING_BUFFER_TOTAL: u64 = 4 * 1024 * 1024;
 
 /// What the public listener publishes about the WebTransport listener.
 #[derive(Debug, Default)]
@@ -82,13 +108,21 @@ pub struct Refusals {
     pub malformed: AtomicU64,
     pub idle: AtomicU64,
     pub handshake: AtomicU64,
+    /// Refused before the handshake: the source had `-webtransport-per-address`
+    /// connections already.
+    pub address: AtomicU64,
+    /// Refused before the handshake: over the handshake rates (`-open-rate`,
+    /// `-open-rate-per-source`).
+    pub rate: AtomicU64,
+    /// Refused before the handshake: [`MAX_WAITING`] connections had no KCP session yet.
+    pub waiting: AtomicU64,
     /// Datagrams larger than the connection could send (lost, as on UDP).
     pub oversized: AtomicU64,
 }
 
 impl Refusals {
     /// (reason label, count) for metrics.
-    pub fn counts(&self) -> [(&'static str, u64); 8] {
+    pub fn counts(&self) -> [(&'static str, u64); 11] {
         let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("origin", n(&self.origin)),
@@ -99,6 +133,9 @@ impl Refusals {
             ("malformed", n(&self.malformed)),
             ("idle", n(&self.idle)),
             ("handshake", n(&self.handshake)),
+            ("address", n(&self.address)),
+            ("rate", n(&self.rate)),
+            ("waiting", n(&self.waiting)),
         ]
     }
 }
@@ -313,12 +350,168 @@ fn hash_of(identity: &Identity) -> [u8; 32] {
     *identity.certificate_chain().as_slice()[0].hash().as_ref()
 }
 
-fn server_config(addr: SocketAddr, identity: Identity) -> ServerConfig {
+/// QUIC settings: what a client may send is fitted to what kcpgate reads.
+fn transport_config() -> wtransport::quinn::TransportConfig {
+    use wtransport::quinn::VarInt as QuicVarInt;
     let mut transport = wtransport::quinn::TransportConfig::default();
     transport.initial_mtu(INITIAL_QUIC_MTU);
     transport.max_idle_timeout(Some(Duration::from_secs(60).try_into().expect("60 s is a valid idle timeout")));
     transport.keep_alive_interval(Some(Duration::from_secs(15)));
-    ServerConfig::builder().with_bind_address(addr).with_custom_transport(identity, transport).build()
+    transport.max_concurrent_bidi_streams(QuicVarInt::from_u32(CLIENT_BIDI_STREAMS));
+    transport.max_concurrent_uni_streams(QuicVarInt::from_u32(CLIENT_UNI_STREAMS));
+    transport.stream_receive_window(QuicVarInt::from_u32(STREAM_WINDOW));
+    transport.receive_window(QuicVarInt::from_u32(CONNECTION_WINDOW));
+    transport.datagram_receive_buffer_size(Some(DATAGRAM_RECEIVE_BUFFER));
+    transport.datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
+    transport
+}
+
+fn server_config(addr: SocketAddr, identity: Identity) -> ServerConfig {
+    let mut config =
+        ServerConfig::builder().with_bind_address(addr).with_custom_transport(identity, transport_config()).build();
+    let quic = config.quic_config_mut();
+    quic.incoming_buffer_size(INCOMING_BUFFER);
+    quic.incoming_buffer_size_total(INCOMING_BUFFER_TOTAL);
+    quic.max_incoming(MAX_WAITING as usize);
+    config
+}
+
+/// Who may start a handshake: at most `per_address` connections per source at
+/// once (0: no limit), the opening rates, and [`MAX_WAITING`] connections
+/// without a KCP session in all. A client whose address is not yet proven (its
+/// first packet could come from anyone) is asked to prove it (a QUIC Retry)
+/// instead of being refused, and while unproven it holds at most
+/// [`UNPROVEN_PER_SOURCE`] places of its source and [`UNPROVEN_IN_ALL`] in all: packets
+/// forged with a player's address can neither fill that address's places nor
+/// spend its rate.
+struct Gate {
+    per_address: u32,
+    /// Per source: (connections, of which unproven).
+    open: std::sync::Mutex<std::collections::HashMap<u64, (u32, u32)>>,
+    unproven: AtomicU64,
+    rates: std::sync::Mutex<kcpgate_core::admission::OpeningGuard>,
+    start: std::time::Instant,
+}
+
+/// Handshakes from addresses not yet proven, per source and in all.
+const UNPROVEN_PER_SOURCE: u32 = 8;
+const UNPROVEN_IN_ALL: u64 = 256;
+
+/// What the [`Gate`] says to a connection attempt.
+enum Verdict<'r> {
+    Enter(Ticket),
+    /// Prove the address first (QUIC Retry).
+    Prove,
+    /// Refused; the counter of the limit it hit.
+    Refuse(&'r AtomicU64),
+}
+
+/// A connection's place under the [`Gate`]'s limits, given back when it ends.
+struct Ticket {
+    gate: Arc<Gate>,
+    plan: Arc<Plan>,
+    source: u64,
+    /// Still counted in [`Plan::webtransport_waiting`].
+    waiting: bool,
+    /// Still counted as unproven.
+    unproven: bool,
+}
+
+impl Gate {
+    fn new(plan: &Plan) -> Gate {
+        let limits = crate::runtime::opening_limits(&plan.settings);
+        Gate {
+            per_address: plan.settings.webtransport_per_address,
+            open: Default::default(),
+            unproven: AtomicU64::new(0),
+            rates: std::sync::Mutex::new(kcpgate_core::admission::OpeningGuard::new(
+                limits,
+                0,
+                crate::runtime::random_u64(),
+            )),
+            start: std::time::Instant::now(),
+        }
+    }
+
+    /// The verdict on a connection attempt from `remote`, whose address is
+    /// `proven` or not.
+    fn enter<'r>(
+        self: &Arc<Gate>,
+        plan: &Arc<Plan>,
+        remote: SocketAddr,
+        proven: bool,
+        refusals: &'r Refusals,
+    ) -> Verdict<'r> {
+        let source = crate::driver::source_key(remote.ip());
+        let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (count, unproven) = open.get(&source).copied().unwrap_or((0, 0));
+        let refused = if plan.webtransport_waiting.load(Ordering::Relaxed) >= MAX_WAITING {
+            Some(&refusals.waiting)
+        } else if self.per_address > 0 && count >= self.per_address {
+            Some(&refusals.address)
+        } else if !proven
+            && (unproven >= UNPROVEN_PER_SOURCE || self.unproven.load(Ordering::Relaxed) >= UNPROVEN_IN_ALL)
+        {
+            return Verdict::Prove;
+        } else {
+            let now = self.start.elapsed().as_millis() as u32;
+            let mut rates = self.rates.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            rates.admit(now, source).is_err().then_some(&refusals.rate)
+        };
+        match refused {
+            // Whoever sent it may not be who the address says.
+            Some(_) if !proven => Verdict::Prove,
+            Some(counter) => Verdict::Refuse(counter),
+            None => {
+                open.insert(source, (count + 1, unproven + u32::from(!proven)));
+                if !proven {
+                    self.unproven.fetch_add(1, Ordering::Relaxed);
+                }
+                plan.webtransport_waiting.fetch_add(1, Ordering::Relaxed);
+                Verdict::Enter(Ticket {
+                    gate: self.clone(),
+                    plan: plan.clone(),
+                    source,
+                    waiting: true,
+                    unproven: !proven,
+                })
+            }
+        }
+    }
+}
+
+impl Ticket {
+    /// Its connection has a KCP session: it no longer counts as waiting.
+    fn has_session(&mut self) {
+        if std::mem::take(&mut self.waiting) {
+            self.plan.webtransport_waiting.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Its handshake completed, which proves its address.
+    fn proven(&mut self) {
+        if std::mem::take(&mut self.unproven) {
+            self.gate.unproven.fetch_sub(1, Ordering::Relaxed);
+            let mut open = self.gate.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((_, unproven)) = open.get_mut(&self.source) {
+                *unproven = unproven.saturating_sub(1);
+            }
+        }
+    }
+}
+
+impl std::ops::Drop for Ticket {
+    fn drop(&mut self) {
+        self.has_session();
+        self.proven();
+        let mut open = self.gate.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let std::collections::hash_map::Entry::Occupied(mut entry) = open.entry(self.source) {
+            entry.get_mut().0 -= 1;
+            if entry.get().0 == 0 {
+                entry.remove();
+            }
+        }
+    }
 }
 
 /// A bound WebTransport listener, ready to serve.
@@ -326,6 +519,8 @@ pub struct Listener {
     endpoint: Endpoint<Server>,
     addr: SocketAddr,
     self_signed: bool,
+    /// The operator's certificate files, read again when they change.
+    operator: Option<crate::http::CertFiles>,
     origins: Arc<[String]>,
 }
 
@@ -360,7 +555,8 @@ pub async fn bind(plan: &Plan) -> std::io::Result<Option<Listener>> {
         published.expires = Some(expires);
     }
     info!("listening for WebTransport on UDP {local}");
-    Ok(Some(Listener { endpoint, addr: local, self_signed: expires.is_some(), origins: origins.into() }))
+    let operator = expires.is_none().then(|| crate::http::CertFiles::new(&s.webtransport_cert, &s.webtransport_key));
+    Ok(Some(Listener { endpoint, addr: local, self_signed: expires.is_some(), operator, origins: origins.into() }))
 }
 
 /// The URL path of plain-KCP sessions (message mode, no smux); every other
@@ -392,7 +588,7 @@ fn peers(local: SocketAddr, plan: &Plan) -> (mpsc::Sender<Input>, WebTransportPe
 
 /// Serves WebTransport sessions until `drain` turns true and their streams are
 /// done: kcptun's stream stack at `/`, plain KCP at [`MESSAGES_PATH`].
-pub async fn serve(listener: Listener, plan: Arc<Plan>, mut drain: watch::Receiver<bool>) {
+pub async fn serve(mut listener: Listener, plan: Arc<Plan>, mut drain: watch::Receiver<bool>) {
     let (streams, stream_peers) = peers(listener.addr, &plan);
     let (messages, message_peers) = peers(listener.addr, &plan);
     let drivers = [
@@ -400,15 +596,30 @@ pub async fn serve(listener: Listener, plan: Arc<Plan>, mut drain: watch::Receiv
         tokio::spawn(Driver::server(message_peers, plan.clone(), Framing::Messages).run(drain.clone())),
     ];
     let admission = Admission { origins: listener.origins.clone(), streams, messages };
+    let gate = Arc::new(Gate::new(&plan));
     let next_id = Arc::new(AtomicU64::new(1));
     let mut rotate = tokio::time::interval_at(tokio::time::Instant::now() + ROTATE_EVERY, ROTATE_EVERY);
+    let mut check = tokio::time::interval(crate::http::CERTIFICATE_CHECK);
     loop {
         tokio::select! {
             incoming = listener.endpoint.accept() => {
-                let id = next_id.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(admit(incoming, id, plan.clone(), drain.clone(), admission.clone()));
+                let remote = incoming.remote_address();
+                let proven = incoming.remote_address_validated();
+                match gate.enter(&plan, remote, proven, &plan.webtransport_refusals) {
+                    Verdict::Enter(ticket) => {
+                        let id = next_id.fetch_add(1, Ordering::Relaxed);
+                        tokio::spawn(admit(incoming, id, ticket, drain.clone(), admission.clone()));
+                    }
+                    Verdict::Prove => incoming.retry(),
+                    Verdict::Refuse(counter) => {
+                        count(counter);
+                        debug!(%remote, "WebTransport connection refused before its handshake");
+                        incoming.refuse();
+                    }
+                }
             }
             _ = rotate.tick(), if listener.self_signed => rotate_certificate(&listener, &plan),
+            _ = check.tick(), if listener.operator.is_some() => reload_operator_certificate(&mut listener).await,
             _ = drain.changed() => if *drain.borrow() { break },
         }
     }
@@ -417,6 +628,27 @@ pub async fn serve(listener: Listener, plan: Arc<Plan>, mut drain: watch::Receiv
         let _ = driver.await;
     }
     listener.endpoint.close(VarInt::from_u32(0), b"kcpgate stopped");
+}
+
+/// Reads the operator's certificate files again if they changed (a renewal): new
+/// sessions get the new certificate, open ones keep theirs. A pair that does not
+/// load is logged, and the certificate in use stays.
+async fn reload_operator_certificate(listener: &mut Listener) {
+    let Some(files) = listener.operator.as_mut() else { return };
+    if !files.changed() {
+        return;
+    }
+    let (cert, key) = (files.cert.clone(), files.key.clone());
+    let identity = match Identity::load_pemfiles(&cert, &key).await {
+        Ok(identity) => identity,
+        Err(e) => {
+            return warn!("-webtransport-cert {cert} / -webtransport-key {key}: {e}; the certificate in use stays")
+        }
+    };
+    match listener.endpoint.reload_config(server_config(listener.addr, identity), false) {
+        Ok(()) => info!("-webtransport-cert: certificate read again ({cert})"),
+        Err(e) => warn!("-webtransport-cert {cert}: not taken: {e}; the certificate in use stays"),
+    }
 }
 
 /// Replaces the self-signed certificate; the old one's hash stays published
@@ -442,13 +674,17 @@ fn rotate_certificate(listener: &Listener, plan: &Plan) {
 async fn admit(
     incoming: IncomingSession,
     id: u64,
-    plan: Arc<Plan>,
+    mut ticket: Ticket,
     drain: watch::Receiver<bool>,
     admission: Admission,
 ) {
+    let plan = ticket.plan.clone();
     let refusals = &plan.webtransport_refusals;
     let request = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
-        Ok(Ok(request)) => request,
+        Ok(Ok(request)) => {
+            ticket.proven();
+            request
+        }
         Ok(Err(e)) => return debug!("WebTransport handshake failed: {e}"),
         Err(_) => return count(&refusals.handshake),
     };
@@ -471,7 +707,8 @@ async fn admit(
         return request.too_many_requests().await;
     }
     let limit = plan.tuning().tunables.max_sessions;
-    let waiting = plan.webtransport_waiting.load(Ordering::Relaxed);
+    // Less this one, which is counted as waiting already.
+    let waiting = plan.webtransport_waiting.load(Ordering::Relaxed).saturating_sub(1);
     if limit > 0 && plan.registry.open_sessions() + waiting >= limit {
         count(&refusals.limit);
         return request.too_many_requests().await;
@@ -493,15 +730,13 @@ async fn admit(
         closed: AtomicBool::new(false),
     }));
     debug!(%peer, "WebTransport session accepted");
-    plan.webtransport_waiting.fetch_add(1, Ordering::Relaxed);
-    let mut waiting = true;
     let give_up = tokio::time::sleep(FIRST_SESSION_TIMEOUT);
     tokio::pin!(give_up);
     loop {
-        if waiting && peer.0.has_session.load(Ordering::Relaxed) {
-            waiting = false;
-            plan.webtransport_waiting.fetch_sub(1, Ordering::Relaxed);
+        if ticket.waiting && peer.0.has_session.load(Ordering::Relaxed) {
+            ticket.has_session();
         }
+        let waiting = ticket.waiting;
         tokio::select! {
             datagram = peer.0.conn.receive_datagram() => match datagram {
                 Ok(d) => {
@@ -522,10 +757,8 @@ async fn admit(
             }
         }
     }
-    if waiting {
-        plan.webtransport_waiting.fetch_sub(1, Ordering::Relaxed);
-    }
     let _ = tx.send(Input::Gone(peer)).await;
+    drop(ticket);
 }
 
 #[cfg(test)]
@@ -548,5 +781,38 @@ mod tests {
         assert_ne!(published.hashes[0], published.hashes[1]);
         let left = published.expires.unwrap().duration_since(SystemTime::now()).unwrap();
         assert!(left > Duration::from_secs(12 * 86_400) && left < Duration::from_secs(13 * 86_400), "{left:?}");
+    }
+
+    #[test]
+    fn unproven_addresses_are_asked_to_prove_themselves_and_cannot_fill_a_players_places() {
+        let args = ["-l", "127.0.0.1:1", "-webtransport-per-address", "20"].map(String::from);
+        let plan = Arc::new(Plan::new(Settings::parse(Role::Server, args).expect("settings")));
+        let gate = Arc::new(Gate::new(&plan));
+        let refusals = Refusals::default();
+        let player: SocketAddr = "198.51.100.7:4000".parse().unwrap();
+        let mut tickets = Vec::new();
+        // Forged first packets with the player's address take at most 8 places.
+        for _ in 0..UNPROVEN_PER_SOURCE {
+            let Verdict::Enter(t) = gate.enter(&plan, player, false, &refusals) else { panic!("an unproven place") };
+            tickets.push(t);
+        }
+        assert!(matches!(gate.enter(&plan, player, false, &refusals), Verdict::Prove));
+        // The player, proven by a Retry, still gets the other 12.
+        for _ in 0..12 {
+            let Verdict::Enter(t) = gate.enter(&plan, player, true, &refusals) else { panic!("a proven place") };
+            tickets.push(t);
+        }
+        assert!(
+            matches!(gate.enter(&plan, player, true, &refusals), Verdict::Refuse(c) if std::ptr::eq(c, &refusals.address))
+        );
+        assert!(matches!(gate.enter(&plan, player, false, &refusals), Verdict::Prove), "never refused unproven");
+        assert_eq!(plan.webtransport_waiting.load(Ordering::Relaxed), 20);
+        // A handshake that completes proves its address: an unproven place frees.
+        tickets[0].proven();
+        tickets.pop();
+        let Verdict::Enter(_t) = gate.enter(&plan, player, false, &refusals) else { panic!("a place freed") };
+        drop(tickets);
+        assert_eq!(gate.unproven.load(Ordering::Relaxed), 1, "the one still held");
+        assert_eq!(plan.webtransport_waiting.load(Ordering::Relaxed), 1);
     }
 }

@@ -284,6 +284,10 @@ fn the_api_lists_kicks_and_retunes_the_sessions_of_real_clients() {
     assert_eq!(missing.0, 404, "{}", missing.2);
     let too_many = api.call("POST", &format!("/api/v1/sessions/{gate_id}/capture?count=5000"), Some(TOKEN), None);
     assert_eq!(too_many.0, 400, "{}", too_many.2);
+    for timeout_ms in [99, 30_001] {
+        let refused = api.call("POST", &format!("/api/v1/sessions/{gate_id}/capture?count=1&timeout_ms={timeout_ms}"), Some(TOKEN), None);
+        assert_eq!(refused.0, 400, "timeout_ms={timeout_ms}: {}", refused.2);
+    }
     let stats = api.get("/api/v1/stats");
     let udp_stats = stats["transports"].as_array().unwrap().iter().find(|t| t["transport"] == "udp").unwrap().clone();
     assert_eq!(n(&udp_stats["sessions_open"]), 2, "{udp_stats}");
@@ -486,6 +490,23 @@ fn an_admin_address_other_hosts_can_reach_needs_a_token() {
         assert_eq!(out.status.code(), Some(2), "{addr}: {stderr}");
         assert!(stderr.contains("-admin-token") && stderr.contains("KCPGATE_ADMIN_TOKEN"), "{stderr}");
     }
+    // Not the example's placeholder, and not a short one.
+    for (token, needle) in [("change-me-too", "placeholder"), ("fifteen-bytes..", "at least 16 bytes (got 15)")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_kcpgate"))
+            .args(["server", "-admin", "0.0.0.0:0"])
+            .env("KCPGATE_ADMIN_TOKEN", token)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{token}: {stderr}");
+        assert!(stderr.contains(needle), "{stderr}");
+    }
+    let out = Command::new(env!("CARGO_BIN_EXE_kcpgate"))
+        .args(["server", "-admin", "127.0.0.1:0", "-tcp"])
+        .env("KCPGATE_ADMIN_TOKEN", "short")
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("16 bytes"), "on loopback any token will do");
     // With a token (from the environment) it starts.
     let (udp, admin) = (free_udp_port("127.0.0.1"), free_tcp_port());
     let _procs = Procs(vec![Command::new(env!("CARGO_BIN_EXE_kcpgate"))

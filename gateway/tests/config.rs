@@ -99,6 +99,15 @@ fn session_opening_rates_default_to_a_guard_and_zero_lifts_them() {
 }
 
 #[test]
+fn webtransport_connections_per_address_default_to_64_and_zero_lifts_them() {
+    assert_eq!(parse(Role::Server, "").webtransport_per_address, 64);
+    assert_eq!(parse(Role::Server, "-webtransport-per-address 0").webtransport_per_address, 0);
+    let mut s = parse(Role::Server, "");
+    s.apply_json(r#"{"webtransport-per-address": 8}"#).expect("a valid key");
+    assert_eq!(s.webtransport_per_address, 8);
+}
+
+#[test]
 fn server_detects_smux_version_unless_pinned() {
     assert_eq!(parse(Role::Server, "").smux_config().version, Version::Detect);
     assert_eq!(parse(Role::Server, "-smuxver 2").smux_config().version, Version::V2);
@@ -125,6 +134,7 @@ fn startup_checks_refuse_with_a_reason() {
         (Role::Server, "-max-sessions -1", "-max-sessions must be between 0"),
         (Role::Server, "-open-rate -1", "-open-rate must be between 0 and 1000000 sessions per second"),
         (Role::Server, "-open-rate-per-source 2000000", "-open-rate-per-source must be between 0 and 1000000"),
+        (Role::Server, "-webtransport-per-address -1", "-webtransport-per-address must be between 0 and 1000000"),
         (Role::Server, "-closewait -3", "-closewait must be between 0 and 86400"),
         (Role::Server, "-sockbuf 3000000000", "-sockbuf must be between 0 and 2147483647"),
         (Role::Server, "-webtransport 4433", "-webtransport must be a UDP address such as :4433"),

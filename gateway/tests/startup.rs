@@ -125,6 +125,62 @@ fn the_json_file_takes_kcpgate_keys_and_warns_of_unknown_ones() {
 }
 
 #[test]
+fn well_known_keys_no_crypto_and_readable_secrets_are_warned_about() {
+    let warned = |line: &str, needle: &str| {
+        let w = parse(Role::Server, line).validate().expect("it starts");
+        w.iter().any(|w| w.contains(needle))
+    };
+    assert!(warned("", "kcptun's default"), "kcptun's default key");
+    assert!(warned("-key change-me-to-a-long-random-secret", "kcptun's default or the example's"));
+    assert!(!warned("-key a-key-of-our-own", "kcptun's default"));
+    assert!(warned("-key k -crypt none", "-crypt none"));
+    assert!(!warned("-key k -crypt aes", "-crypt none"));
+
+    let dir = std::env::temp_dir().join(format!("kcpgate-config-mode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("kcpgate.json");
+    let text = r#"{"key": "k", "admin-token": "a-token-of-24-characters"}"#;
+    std::fs::write(&file, text).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let warning = kcpgate::config::config_file_exposure(&file, text).expect("a warning at 0644");
+    assert!(warning.contains("holds admin-token and key") && warning.contains("chmod 600"), "{warning}");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(kcpgate::config::config_file_exposure(&file, text), None);
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(kcpgate::config::config_file_exposure(&file, r#"{"mtu": 1200}"#), None, "no secret in it");
+    // As kcpgate logs it (then stops: its admin address is taken).
+    let udp = support::free_udp_port("127.0.0.1");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = taken.local_addr().unwrap();
+    std::fs::write(&file, format!(r#"{{"key": "k", "listen": "127.0.0.1:{udp}", "admin": "{admin}"}}"#)).unwrap();
+    let out = run(&format!("server -c {}", file.display()));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(stderr.contains("holds key and can be read by other users (mode 644)"), "{stderr}");
+}
+
+#[test]
+fn admin_tls_and_metrics_auth_are_checked_at_startup() {
+    for (flags, needle) in [
+        ("-admin-cert c.pem", "-admin-cert and -admin-key go together"),
+        ("-admin off -admin-cert c.pem -admin-key k.pem", "need -admin ADDR"),
+        ("-metrics-auth", "-metrics-auth needs an admin token"),
+    ] {
+        let Err(e) = parse(Role::Server, flags).validate() else { panic!("{flags} is refused") };
+        assert!(e.to_string().contains(needle), "{flags}: {e}");
+    }
+    parse(Role::Server, "-metrics-auth -admin-token a-token-of-24-characters").validate().expect("with a token");
+    let udp = support::free_udp_port("127.0.0.1");
+    let out = run(&format!(
+        "server -l 127.0.0.1:{udp} -admin 127.0.0.1:0 -admin-cert /nonexistent.pem -admin-key /nonexistent.key"
+    ));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("cannot load -admin-cert / -admin-key"), "{stderr}");
+}
+
+#[test]
 fn an_unknown_mode_warns_like_an_unknown_crypt() {
     let w = parse(Role::Server, "-mode fastest").validate().expect("kcptun accepts it");
     assert!(w.iter().any(|w| w.contains("unknown -mode \"fastest\"")), "{w:?}");
@@ -298,7 +354,12 @@ fn public_listener_and_advertised_address_are_checked_at_startup() {
     let warnings = parse(Role::Server, "-webtransport :0").validate().unwrap();
     assert!(warnings.iter().any(|w| w.contains("set -public ADDR")), "{warnings:?}");
     let warnings = parse(Role::Server, "-webtransport :0 -public :0").validate().unwrap();
-    assert!(!warnings.iter().any(|w| w.contains("-public")), "{warnings:?}");
+    assert!(!warnings.iter().any(|w| w.contains("set -public ADDR")), "{warnings:?}");
+    assert!(warnings.iter().any(|w| w.contains("over plain HTTP")), "hashes others can swap: {warnings:?}");
+    for quiet in ["-webtransport :0 -public 127.0.0.1:0", "-public :0"] {
+        let warnings = parse(Role::Server, quiet).validate().unwrap();
+        assert!(!warnings.iter().any(|w| w.contains("over plain HTTP")), "{quiet}: {warnings:?}");
+    }
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let at = taken.local_addr().unwrap();
     let udp = support::free_udp_port("127.0.0.1");

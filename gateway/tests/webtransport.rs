@@ -38,7 +38,7 @@ async fn open(port: u16, path: &str, origin: Option<&str>, hash: [u8; 32]) -> Re
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_operators_certificate_files_are_served_and_no_hash_is_published() {
+async fn the_operators_certificate_files_are_served_renewed_without_a_restart_and_no_hash_is_published() {
     let dir = std::env::temp_dir().join(format!("kcpgate-wt-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let identity = Identity::self_signed(["localhost", "127.0.0.1"]).unwrap();
@@ -64,6 +64,18 @@ async fn the_operators_certificate_files_are_served_and_no_hash_is_published() {
     assert_eq!(published["hashes"], serde_json::json!([]), "the operator's certificate needs no hash");
     assert!(published["expires_in_seconds"].is_null());
     open(wt, "/", None, hash).await.expect("the operator's certificate is the one presented");
+
+    // A renewed certificate is taken without a restart.
+    let renewed = Identity::self_signed(["localhost", "127.0.0.1"]).unwrap();
+    renewed.certificate_chain().store_pemfile(&cert).await.unwrap();
+    renewed.private_key().store_secret_pemfile(&key).await.unwrap();
+    let renewed_hash = *renewed.certificate_chain().as_slice()[0].hash().as_ref();
+    let started = std::time::Instant::now();
+    while open(wt, "/", None, renewed_hash).await.is_err() {
+        assert!(started.elapsed() < Duration::from_secs(15), "the renewed certificate was never presented");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(open(wt, "/", None, hash).await.is_err(), "the old certificate is no longer presented");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -228,4 +240,59 @@ async fn the_public_listener_serves_https_with_the_operators_certificate() {
     let plain = admin_get(public, "/webtransport/certificate");
     assert!(plain.as_ref().is_none_or(|(status, _)| *status != 200), "{plain:?}");
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `kcpgate_webtransport_refused_sessions_total{reason}` from /metrics.
+fn refused(admin: u16, reason: &str) -> u64 {
+    support::metric(admin, &format!("kcpgate_webtransport_refused_sessions_total{{reason=\"{reason}\"}}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_connections_from_one_address_stop_at_the_per_address_cap_and_are_counted() {
+    let (udp, wt, admin, public) =
+        (free_udp_port("127.0.0.1"), free_udp_port("127.0.0.1"), free_tcp_port(), free_tcp_port());
+    let target = echo_backend();
+    // The default cap (64) and opening rates (a burst of 500 per source).
+    let _procs = Procs(vec![kcpgate(&format!(
+        "server -l 127.0.0.1:{udp} -t 127.0.0.1:{target} -admin 127.0.0.1:{admin} -webtransport 127.0.0.1:{wt} \
+         -public 127.0.0.1:{public}"
+    ))]);
+    wait_ready(admin);
+    let (_, published) = get(public, "/webtransport/certificate");
+    let hash = support::hex_hash(published["hashes"][0]["value"].as_str().unwrap());
+    let config =
+        ClientConfig::builder().with_bind_default().with_server_certificate_hashes([Sha256Digest::new(hash)]).build();
+    // One client socket: every connection from one address and port.
+    let client = Endpoint::client(config).expect("a client endpoint");
+    let mut held = Vec::new();
+    let mut refused_here = 0;
+    for batch in 0..10 {
+        let attempts = (0..100).map(|_| {
+            let connecting = client.connect(format!("https://127.0.0.1:{wt}/"));
+            async move { tokio::time::timeout(Duration::from_secs(10), connecting).await }
+        });
+        for outcome in futures_util::future::join_all(attempts).await {
+            match outcome {
+                Ok(Ok(conn)) => held.push(conn),
+                Ok(Err(_)) => refused_here += 1,
+                Err(_) => panic!("batch {batch}: a connection attempt had no answer in 10 s"),
+            }
+        }
+    }
+    assert_eq!(held.len(), 64, "the per-address cap holds; {refused_here} refused");
+    let counted = refused(admin, "address") + refused(admin, "rate");
+    // A client resends its first packet when the refusal is slow to come: each
+    // copy is refused and counted again.
+    assert!(counted >= 936, "every refusal is counted (address or rate): {counted}");
+    // A connection that ends gives its place back.
+    held.pop().unwrap().close(0u32.into(), b"");
+    let mut reopened = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(conn) = client.connect(format!("https://127.0.0.1:{wt}/")).await {
+            reopened = Some(conn);
+            break;
+        }
+    }
+    assert!(reopened.is_some(), "a place freed is taken again");
 }

@@ -3,6 +3,7 @@
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
 import { createSocket } from 'node:dgram';
+import { readFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 
 import { chromium } from 'playwright-core';
@@ -83,6 +84,12 @@ export async function startGateway({ target, key = 'browser-test-key', crypt = '
   return {
     base, public: `http://127.0.0.1:${pub}`, udp, webtransport, key, crypt,
     log: () => log,
+    /** The gateway's resident memory now, and its peak, in bytes (Linux). */
+    memory: async () => {
+      const status = await readFile(`/proc/${child.pid}/status`, 'utf8');
+      const kib = (name) => Number(status.match(new RegExp(`^${name}:\\s+(\\d+) kB`, 'm'))[1]) * 1024;
+      return { rss: kib('VmRSS'), peak: kib('VmHWM') };
+    },
     api: async (path, init) => {
       const response = await fetch(`${base}${path}`, init);
       return response.status === 204 ? null : response.json();

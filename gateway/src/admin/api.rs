@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiJson, ApiPath, ApiQuery, FieldError, Problem, Shared, Unauthorized};
+use super::{ApiJson, ApiPath, ApiQuery, FieldError, Problem, Shared, Throttled, Unauthorized};
 use crate::config::Role;
 use crate::control::{Capture, Direction, Event, SessionInfo, Tunables, TunablesPatch};
 use crate::transport::TransportKind;
@@ -142,6 +142,7 @@ pub struct SessionPage {
         (status = 200, description = "A page of sessions", body = SessionPage),
         (status = 400, description = "A bad query parameter", content_type = "application/problem+json", body = Problem),
         Unauthorized,
+        Throttled,
     )
 )]
 pub async fn list_sessions(
@@ -182,6 +183,7 @@ pub async fn list_sessions(
         (status = 400, description = "The id is not a number", content_type = "application/problem+json", body = Problem),
         (status = 404, description = "No live session has this id", content_type = "application/problem+json", body = Problem),
         Unauthorized,
+        Throttled,
     )
 )]
 pub async fn get_session(State(state): State<Shared>, ApiPath(id): ApiPath<u64>) -> Result<Json<SessionInfo>, Problem> {
@@ -229,6 +231,7 @@ pub struct KickQuery {
         (status = 400, description = "A bad id or reason", content_type = "application/problem+json", body = Problem),
         (status = 404, description = "No live session has this id", content_type = "application/problem+json", body = Problem),
         Unauthorized,
+        Throttled,
     )
 )]
 pub async fn kick_session(
@@ -303,6 +306,7 @@ pub struct CaptureResult {
         (status = 404, description = "No live session has this id", content_type = "application/problem+json", body = Problem),
         (status = 429, description = "Four captures are running already", content_type = "application/problem+json", body = Problem),
         Unauthorized,
+        Throttled,
     )
 )]
 pub async fn capture_session(
@@ -556,6 +560,7 @@ pub struct Stats {
     responses(
         (status = 200, description = "The counters", body = Stats),
         Unauthorized,
+        Throttled,
     )
 )]
 pub async fn get_stats(State(state): State<Shared>) -> Json<Stats> {
@@ -783,6 +788,7 @@ fn running_config(state: &super::AdminState) -> RunningConfig {
     responses(
         (status = 200, description = "The configuration", body = RunningConfig),
         Unauthorized,
+        Throttled,
     )
 )]
 pub async fn get_config(State(state): State<Shared>) -> Json<RunningConfig> {
@@ -803,6 +809,7 @@ pub async fn get_config(State(state): State<Shared>) -> Json<RunningConfig> {
         (status = 415, description = "The body is not application/json", content_type = "application/problem+json", body = Problem),
         (status = 422, description = "A value is of the wrong type or out of range; each such field is named", content_type = "application/problem+json", body = Problem),
         Unauthorized,
+        Throttled,
     )
 )]
 pub async fn patch_config(
@@ -918,7 +925,9 @@ pub struct StreamEvent {
             example = "event: session_opened\ndata: {\"type\":\"session_opened\",\"id\":42,\"conv\":3541092111,\"remote\":\"203.0.113.7:50812\"}\n\n"
         ),
         (status = 400, description = "A bad query parameter", content_type = "application/problem+json", body = Problem),
+        (status = 503, description = "As many event streams are open as the gateway serves (32)", content_type = "application/problem+json", body = Problem),
         Unauthorized,
+        Throttled,
     )
 )]
 pub async fn events(
@@ -929,13 +938,22 @@ pub async fn events(
     if let Some(n) = q.max_events {
         within("max_events", n, 1..=10_000)?;
     }
+    let slot = EventStreamSlot::take(&state).ok_or_else(|| {
+        Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "{} event streams are open, the most this gateway serves: close a dashboard",
+                super::MAX_EVENT_STREAMS
+            ),
+        )
+    })?;
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let changes = state.plan.registry.subscribe();
     let left = q.max_events;
     let stream = futures_util::stream::unfold(
-        (state, tick, changes, left),
-        |(state, mut tick, mut changes, left)| async move {
+        (state, tick, changes, left, slot),
+        |(state, mut tick, mut changes, left, slot)| async move {
             if left == Some(0) {
                 return None;
             }
@@ -956,10 +974,29 @@ pub async fn events(
                 },
             };
             let event = event.unwrap_or_else(|e| SseEvent::default().event("error").data(e.to_string()));
-            Some((Ok(event), (state, tick, changes, left.map(|n| n - 1))))
+            Some((Ok(event), (state, tick, changes, left.map(|n| n - 1), slot)))
         },
     );
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// One of the [`super::MAX_EVENT_STREAMS`] places for event streams, given back
+/// when its stream ends.
+struct EventStreamSlot(Shared);
+
+impl EventStreamSlot {
+    fn take(state: &Shared) -> Option<EventStreamSlot> {
+        let open = &state.event_streams;
+        open.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < super::MAX_EVENT_STREAMS).then_some(n + 1))
+            .ok()
+            .map(|_| EventStreamSlot(state.clone()))
+    }
+}
+
+impl Drop for EventStreamSlot {
+    fn drop(&mut self) {
+        self.0.event_streams.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// What differs between two sets of tunables, as the API names them:

@@ -1,6 +1,8 @@
 //! `/metrics` for Prometheus, and the health checks.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -10,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::Shared;
+use super::{Problem, Shared};
 
 /// Whether a figure only grows (a counter) or goes up and down (a gauge).
 #[derive(Clone, Copy)]
@@ -134,7 +136,8 @@ pub(super) async fn render(state: &super::AdminState) -> String {
             "webtransport_refused_sessions",
             "WebTransport sessions the gateway refused or closed before a KCP session: origin, limit, draining, \
              path (not / or /messages), crypto (wrong key or crypt), malformed, idle (no KCP session in 30 s), \
-             handshake (timed out)",
+             handshake (timed out); before the handshake: address (-webtransport-per-address), rate (the \
+             opening rates), waiting (1,024 connections without a KCP session)",
             refused,
         );
         counter(
@@ -143,6 +146,22 @@ pub(super) async fn render(state: &super::AdminState) -> String {
             "Datagrams larger than a WebTransport session could send at the time (lost, as on UDP)",
             None,
             state.plan.webtransport_refusals.oversized.load(std::sync::atomic::Ordering::Relaxed),
+        );
+    }
+    let http = &state.plan.http_counters;
+    for (listener, counters) in [("admin", &http.admin), ("public", &http.public)] {
+        let closed: Family<Vec<(String, String)>, Counter> = Family::default();
+        let n = |c: &AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        for (reason, count) in [("timeout", n(&counters.timed_out)), ("cap", n(&counters.evicted))] {
+            closed.get_or_create(&vec![("reason".to_string(), reason.to_string())]).inc_by(count);
+        }
+        registry.register(
+            format!("{listener}_connections_closed"),
+            format!(
+                "HTTP connections the {listener} listener closed: timeout (no full request header in 10 s, or no \
+                 byte either way for 60 s), cap (the quietest, to make room at the connection cap)"
+            ),
+            closed,
         );
     }
     let p = &stats.process;
@@ -171,10 +190,109 @@ pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; char
         content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8",
         body = String,
         example = "# HELP kcpgate_sessions_open Sessions open now.\n# TYPE kcpgate_sessions_open gauge\nkcpgate_sessions_open 3.0\n# EOF\n"
+    ), (
+        status = 429,
+        description = "Scraped too often: past 5 a second from one address or 20 in all, a scrape waits its turn, and is refused after 10 s",
+        content_type = "application/problem+json",
+        body = Problem
     ))
 )]
-pub async fn metrics(State(state): State<Shared>) -> Response {
-    ([(header::CONTENT_TYPE, OPENMETRICS)], render(&state).await).into_response()
+pub async fn metrics(State(state): State<Shared>, request: axum::extract::Request) -> Response {
+    let arrived = Instant::now();
+    if !state.scrapes.wait_turn(super::source_key(&request)).await {
+        let mut refused = Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "/metrics is scraped too often: at most {} times a second from one address and {} in all",
+                ScrapePacer::PER_SOURCE,
+                ScrapePacer::IN_ALL
+            ),
+        )
+        .into_response();
+        refused.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return refused;
+    }
+    ([(header::CONTENT_TYPE, OPENMETRICS)], snapshot(&state, arrived).await).into_response()
+}
+
+/// The metrics text as of after `arrived` (so a scrape never reads figures older
+/// than itself), rendered once for every scrape that was waiting when it began.
+async fn snapshot(state: &Shared, arrived: Instant) -> bytes::Bytes {
+    let mut last = state.metrics_snapshot.lock().await;
+    if let Some((began, text)) = last.as_ref() {
+        if *began >= arrived {
+            return text.clone();
+        }
+    }
+    let began = Instant::now();
+    let text = bytes::Bytes::from(render(state).await);
+    *last = Some((began, text.clone()));
+    text
+}
+
+/// Paces `/metrics`, which anyone who reaches the admin listener may scrape:
+/// [`Self::PER_SOURCE`] scrapes a second from one source (an IPv4 address or an
+/// IPv6 /64) and [`Self::IN_ALL`] in all, each with a burst of a second's worth.
+/// A scrape past its turn waits for it (a client on keep-alive connections
+/// gets no more than its share, however fast it asks), up to [`Self::LONGEST_WAIT`];
+/// one that would wait longer waits that long and is refused.
+#[derive(Debug, Default)]
+pub struct ScrapePacer {
+    turns: std::sync::Mutex<Turns>,
+}
+
+#[derive(Debug, Default)]
+struct Turns {
+    /// When each source's and everybody's next turn is due (GCRA's theoretical
+    /// arrival time).
+    sources: HashMap<u64, Instant>,
+    all: Option<Instant>,
+}
+
+impl ScrapePacer {
+    pub const PER_SOURCE: u32 = 5;
+    pub const IN_ALL: u32 = 20;
+    pub const LONGEST_WAIT: Duration = Duration::from_secs(10);
+    const SOURCES: usize = 4096;
+
+    /// Waits for `source`'s turn; false (after [`Self::LONGEST_WAIT`]) when it is
+    /// further off.
+    pub async fn wait_turn(&self, source: u64) -> bool {
+        let wait = self.take_turn(source, Instant::now());
+        tokio::time::sleep(wait.unwrap_or(Self::LONGEST_WAIT)).await;
+        wait.is_some()
+    }
+
+    /// Takes the next turn of `source` and of everybody at `now`, and says how long
+    /// until it; `None` (and nothing taken) when that is past [`Self::LONGEST_WAIT`].
+    fn take_turn(&self, source: u64, now: Instant) -> Option<Duration> {
+        let mut turns = self.turns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if turns.sources.len() >= Self::SOURCES && !turns.sources.contains_key(&source) {
+            turns.sources.retain(|_, due| *due > now);
+            if turns.sources.len() >= Self::SOURCES {
+                return None;
+            }
+        }
+        let (source_due, source_wait) = Self::turn(turns.sources.get(&source).copied(), now, Self::PER_SOURCE);
+        let (all_due, all_wait) = Self::turn(turns.all, now, Self::IN_ALL);
+        let wait = source_wait.max(all_wait);
+        if wait > Self::LONGEST_WAIT {
+            return None;
+        }
+        turns.sources.insert(source, source_due);
+        turns.all = Some(all_due);
+        Some(wait)
+    }
+
+    /// One GCRA step at `rate` a second with a burst of `rate`: the next due time
+    /// after taking a turn, and the wait until the turn taken.
+    fn turn(due: Option<Instant>, now: Instant, rate: u32) -> (Instant, Duration) {
+        let interval = Duration::from_secs(1) / rate;
+        let tolerance = interval * (rate - 1);
+        let due = due.map_or(now, |d| d.max(now));
+        let wait = due.checked_sub(tolerance).map_or(Duration::ZERO, |start| start.saturating_duration_since(now));
+        (due + interval, wait)
+    }
 }
 
 /// Liveness: the process answers.
@@ -206,5 +324,33 @@ pub async fn readyz(State(state): State<Shared>) -> Response {
         (StatusCode::SERVICE_UNAVAILABLE, "not listening yet").into_response()
     } else {
         "ready".into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrapes_are_paced_per_source_and_in_all() {
+        let pacer = ScrapePacer::default();
+        let now = Instant::now();
+        let waits: Vec<_> = (0..7).map(|_| pacer.take_turn(1, now).unwrap()).collect();
+        assert_eq!(&waits[..5], &[Duration::ZERO; 5], "a second's worth at once");
+        assert_eq!(waits[5], Duration::from_millis(200), "then one every 200 ms");
+        assert_eq!(waits[6], Duration::from_millis(400));
+        // Other sources have turns of their own, until the 20 a second in all.
+        let others: Vec<_> = (2..20).map(|s| pacer.take_turn(s, now).unwrap()).collect();
+        assert!(others[..13].iter().all(|w| w.is_zero()), "{others:?}");
+        assert_eq!(others[13], Duration::from_millis(50), "past 20 in all, one every 50 ms");
+        // A source far behind its turn is refused and takes nothing.
+        let mut last = Duration::ZERO;
+        while let Some(wait) = pacer.take_turn(1, now) {
+            last = wait;
+        }
+        assert!(last <= ScrapePacer::LONGEST_WAIT && last > Duration::from_secs(9), "{last:?}");
+        assert_eq!(pacer.take_turn(1, now), None);
+        let later = pacer.take_turn(1, now + Duration::from_secs(1)).expect("a second later, turns came closer");
+        assert!(later > Duration::from_secs(9), "{later:?}");
     }
 }

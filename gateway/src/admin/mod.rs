@@ -3,17 +3,27 @@
 //!
 //! It runs beside the data path and reaches it only through the
 //! [`Registry`](crate::control::Registry)'s queries, so a request costs the data path
-//! one answer per task and nothing while nobody asks.
+//! one answer per task and nothing while nobody asks; `/metrics`, which needs no
+//! token, is paced (`metrics::ScrapePacer`), so scraping it however fast costs
+//! a bounded amount.
+//!
+//! Guards, besides the token: the HTTP limits of [`crate::http`]; wrong tokens
+//! throttled per source ([`TokenThrottle`]); without a token (loopback only) only
+//! requests addressed to a loopback name, so a web page cannot reach the API by
+//! pointing its own DNS name at 127.0.0.1; and no change from a page of another
+//! site (`same_site_only`).
 
 mod api;
 mod metrics;
 mod web;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -38,7 +48,64 @@ pub struct AdminState {
     pub started: Instant,
     pub sampler: Sampler,
     /// Packet captures running now (each holds up to 1,000 datagrams).
-    pub captures: std::sync::atomic::AtomicUsize,
+    pub captures: AtomicUsize,
+    /// Event streams open now (`/api/v1/events`), at most [`MAX_EVENT_STREAMS`].
+    pub event_streams: AtomicUsize,
+    pub throttle: TokenThrottle,
+    /// The last `/metrics` text and when its rendering began.
+    pub metrics_snapshot: tokio::sync::Mutex<Option<(Instant, bytes::Bytes)>>,
+    pub scrapes: metrics::ScrapePacer,
+}
+
+/// Event streams open at once; more are refused with 503.
+pub const MAX_EVENT_STREAMS: usize = 32;
+
+/// Wrong tokens per source (an IPv4 address or an IPv6 /64; not loopback): a burst of
+/// `BURST`, then one a second; past that the source's requests are
+/// answered 429 without a look at their token. Sources are forgotten once their
+/// bucket is full again; at `SOURCES` the fullest is dropped.
+#[derive(Debug, Default)]
+pub struct TokenThrottle {
+    sources: Mutex<HashMap<u64, (f64, Instant)>>,
+}
+
+impl TokenThrottle {
+    const BURST: f64 = 10.0;
+    const PER_SECOND: f64 = 1.0;
+    const SOURCES: usize = 4096;
+
+    /// Tokens left for `source` now (refilled since its last failure).
+    fn left(entry: &(f64, Instant), now: Instant) -> f64 {
+        (entry.0 + now.duration_since(entry.1).as_secs_f64() * Self::PER_SECOND).min(Self::BURST)
+    }
+
+    /// Seconds `source` must wait before its token is looked at again; `None`
+    /// when it may try now.
+    pub fn wait(&self, source: u64) -> Option<u64> {
+        let sources = self.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let left = Self::left(sources.get(&source)?, Instant::now());
+        (left < 1.0).then(|| ((1.0 - left) / Self::PER_SECOND).ceil().max(1.0) as u64)
+    }
+
+    /// Notes a wrong token from `source`.
+    pub fn failed(&self, source: u64) {
+        let now = Instant::now();
+        let mut sources = self.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if sources.len() >= Self::SOURCES && !sources.contains_key(&source) {
+            sources.retain(|_, e| Self::left(e, now) < Self::BURST);
+            if sources.len() >= Self::SOURCES {
+                let fullest = sources
+                    .iter()
+                    .max_by(|a, b| Self::left(a.1, now).total_cmp(&Self::left(b.1, now)))
+                    .map(|(&k, _)| k);
+                if let Some(k) = fullest {
+                    sources.remove(&k);
+                }
+            }
+        }
+        let entry = sources.entry(source).or_insert((Self::BURST, now));
+        *entry = ((Self::left(entry, now) - 1.0).max(0.0), now);
+    }
 }
 
 type Shared = Arc<AdminState>;
@@ -81,8 +148,9 @@ impl utoipa::Modify for BearerAuth {
     }
 }
 
-/// The routes that need the token, and the public ones.
-fn routes() -> (OpenApiRouter<Shared>, OpenApiRouter<Shared>) {
+/// The routes that need the token, `/metrics` (which needs it with
+/// `-metrics-auth`), and the public ones.
+fn routes() -> (OpenApiRouter<Shared>, OpenApiRouter<Shared>, OpenApiRouter<Shared>) {
     let guarded = OpenApiRouter::new()
         .routes(routes!(api::list_sessions))
         .routes(routes!(api::get_session, api::kick_session))
@@ -90,19 +158,19 @@ fn routes() -> (OpenApiRouter<Shared>, OpenApiRouter<Shared>) {
         .routes(routes!(api::get_stats))
         .routes(routes!(api::get_config, api::patch_config))
         .routes(routes!(api::events));
+    let metrics = OpenApiRouter::new().routes(routes!(metrics::metrics));
     let public = OpenApiRouter::new()
-        .routes(routes!(metrics::metrics))
         .routes(routes!(metrics::livez))
         .routes(routes!(metrics::readyz))
         .routes(routes!(openapi_document))
         .routes(routes!(auth));
-    (guarded, public)
+    (guarded, metrics, public)
 }
 
 /// The OpenAPI document, as `kcpgate openapi` prints it.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (guarded, public) = routes();
-    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(guarded).merge(public).split_for_parts().1
+    let (guarded, metrics, public) = routes();
+    OpenApiRouter::with_openapi(ApiDoc::openapi()).merge(guarded).merge(metrics).merge(public).split_for_parts().1
 }
 
 /// [`openapi`] as pretty JSON with a final newline.
@@ -120,24 +188,33 @@ pub fn app(plan: Arc<Plan>, drain: watch::Receiver<bool>) -> Router {
         started: Instant::now(),
         sampler: Sampler::default(),
         captures: Default::default(),
+        event_streams: Default::default(),
+        throttle: TokenThrottle::default(),
+        metrics_snapshot: Default::default(),
+        scrapes: Default::default(),
     });
-    let (guarded, public) = routes();
+    let (guarded, metrics, public) = routes();
     let (guarded, _) = guarded.split_for_parts();
+    let (metrics, _) = metrics.split_for_parts();
     let (public, _) = public.split_for_parts();
     let guarded = guarded.layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
+    let metrics = metrics.layer(axum::middleware::from_fn_with_state(state.clone(), require_token_for_metrics));
     public
+        .merge(metrics)
         .merge(guarded)
         .merge(web::browser_routes())
         .fallback(fallback)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), same_site_only))
         .with_state(state)
 }
 
+/// Connections the admin listener holds at most (fewer under a low file limit).
+const ADMIN_CONNECTIONS: usize = 256;
+
 /// Serves the admin API on `listener` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, plan: Arc<Plan>, drain: watch::Receiver<bool>) {
-    if let Err(e) = axum::serve(listener, app(plan, drain)).await {
-        tracing::error!("the admin API stopped: {e}");
-    }
+pub async fn serve(listener: AdminListener, plan: Arc<Plan>, drain: watch::Receiver<bool>) {
+    listener.0.serve(app(plan, drain)).await;
 }
 
 /// The status `GET url` answers (plain `http://host:port/path` only), for health
@@ -158,46 +235,178 @@ pub fn probe(url: &str, timeout: std::time::Duration) -> std::io::Result<u16> {
     std::str::from_utf8(&head[9..12]).ok().and_then(|s| s.parse().ok()).ok_or_else(|| invalid("not an HTTP answer"))
 }
 
-/// Binds the admin listener, with an error that says what to do.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+/// The admin listener, bound, with its limits and TLS.
+pub struct AdminListener(crate::http::Server);
+
+impl AdminListener {
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        self.0.scheme()
+    }
+}
+
+/// Binds the admin listener (HTTPS with `-admin-cert`), with an error that says
+/// what to do.
+pub async fn bind(addr: SocketAddr, plan: &Plan) -> std::io::Result<AdminListener> {
+    let settings = &plan.settings;
+    let tls = if settings.admin_cert.is_empty() {
+        None
+    } else {
+        Some(crate::http::Tls::load(&settings.admin_cert, &settings.admin_key, "-admin-cert / -admin-key")?)
+    };
+    let tcp = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
         std::io::Error::new(
             e.kind(),
             format!(
                 "cannot listen for the admin API on {addr}: {e}; choose another address with -admin, or -admin off"
             ),
         )
-    })
+    })?;
+    Ok(AdminListener(crate::http::Server {
+        tcp,
+        tls,
+        cap: crate::http::connection_cap(ADMIN_CONNECTIONS),
+        counters: plan.http_counters.admin.clone(),
+        name: "admin API",
+    }))
 }
 
-/// Whether the request carries the admin token (always true when none is set).
-fn authorized(state: &AdminState, headers: &axum::http::HeaderMap) -> bool {
+/// The source (an IPv4 address or an IPv6 /64) a request comes from; 0 when
+/// unknown.
+fn source_key(request: &Request) -> u64 {
+    peer(request).map_or(0, |a| crate::driver::source_key(a.ip()))
+}
+
+/// The peer's address, as the HTTP server records it.
+fn peer(request: &Request) -> Option<SocketAddr> {
+    request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(a)| *a)
+}
+
+/// The source a request counts against in the token throttle; `None` for a
+/// client on this machine (loopback), which is not throttled: a browser cannot
+/// send it a token without the CORS preflight this API never grants, and a local
+/// process is where the token file is.
+fn source_of(request: &Request) -> Option<u64> {
+    match peer(request) {
+        Some(addr) if addr.ip().to_canonical().is_loopback() => None,
+        _ => Some(source_key(request)),
+    }
+}
+
+/// Whether `request` may pass: always when no token is set; else with the token,
+/// unless its source sent too many wrong ones lately (429).
+fn check_token(state: &AdminState, request: &Request) -> Result<(), Box<Response>> {
     let token = state.plan.settings.admin_token.as_bytes();
     if token.is_empty() {
-        return true;
+        return Ok(());
     }
-    let given = headers
+    let source = source_of(request);
+    if let Some(wait) = source.and_then(|s| state.throttle.wait(s)) {
+        let mut refused = Throttled(Problem::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many wrong admin tokens from your address: try again in {wait} s"),
+        ))
+        .into_response();
+        refused.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait));
+        return Err(Box::new(refused));
+    }
+    let given = request
+        .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("")
         .trim();
     // Constant time in the token's contents (its length is not secret).
-    bool::from(given.as_bytes().ct_eq(token))
+    if bool::from(given.as_bytes().ct_eq(token)) {
+        Ok(())
+    } else {
+        if let Some(source) = source {
+            state.throttle.failed(source);
+        }
+        Err(Box::new(Unauthorized::default().into_response()))
+    }
 }
 
 async fn require_token(State(state): State<Shared>, request: Request, next: Next) -> Response {
-    if authorized(&state, request.headers()) {
-        next.run(request).await
-    } else {
-        Unauthorized::default().into_response()
+    match check_token(&state, &request) {
+        Ok(()) => next.run(request).await,
+        Err(refused) => *refused,
     }
+}
+
+/// `/metrics` with `-metrics-auth`: the token, as for /api.
+async fn require_token_for_metrics(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    if !state.plan.settings.metrics_auth {
+        return next.run(request).await;
+    }
+    require_token(State(state), request, next).await
+}
+
+/// Whether `host` (a Host header: name or address, maybe a port) names this
+/// machine's loopback: `localhost`, a name under `.localhost`, 127.0.0.0/8 or `[::1]`.
+fn is_loopback_host(host: &str) -> bool {
+    let name = crate::http::host_of(host).trim_end_matches('.').to_ascii_lowercase();
+    if name == "localhost" || name.ends_with(".localhost") {
+        return true;
+    }
+    let literal = name.strip_prefix('[').and_then(|n| n.strip_suffix(']')).unwrap_or(&name);
+    literal.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Refuses what a web page of another site could make a browser send:
+/// - without a token (loopback only), a request addressed to another name than a
+///   loopback one (DNS rebinding: a page whose name resolves to 127.0.0.1);
+/// - a change (POST, PATCH, DELETE, ...) sent from another origin (a form or a
+///   `text/plain` fetch needs no preflight).
+async fn same_site_only(State(state): State<Shared>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    if state.plan.settings.admin_token.is_empty() {
+        if let Some(host) = host.filter(|h| !is_loopback_host(h)) {
+            tracing::debug!(host, "admin API: request for another host refused");
+            return Problem::new(
+                StatusCode::MISDIRECTED_REQUEST,
+                format!(
+                    "this admin API has no token, so it answers only requests addressed to localhost, 127.0.0.1 or \
+                     [::1] (not {host}); to reach it by another name, set -admin-token"
+                ),
+            )
+            .into_response();
+        }
+    }
+    let changes =
+        !matches!(*request.method(), axum::http::Method::GET | axum::http::Method::HEAD | axum::http::Method::OPTIONS);
+    if changes {
+        let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+        let origin_host = headers
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+            .map(|o| o.split_once("://").map_or(o, |(_, rest)| rest));
+        let cross_site = matches!(fetch_site, Some("cross-site" | "same-site"))
+            || origin_host.is_some_and(|o| o == "null" || Some(o) != host);
+        if cross_site {
+            return Problem::new(
+                StatusCode::FORBIDDEN,
+                "a change sent by a page of another site is refused: use the dashboard this listener serves, or a \
+                 client that is not a browser",
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 /// Unknown paths: 401 under /api without the token (routes are not revealed), else 404.
 async fn fallback(State(state): State<Shared>, request: Request) -> Response {
-    if request.uri().path().starts_with("/api") && !authorized(&state, request.headers()) {
-        return Unauthorized::default().into_response();
+    if request.uri().path().starts_with("/api") {
+        if let Err(refused) = check_token(&state, &request) {
+            return *refused;
+        }
     }
     Problem::new(StatusCode::NOT_FOUND, format!("no such resource: {}", request.uri().path())).into_response()
 }
@@ -305,6 +514,22 @@ impl Default for Unauthorized {
             StatusCode::UNAUTHORIZED,
             "this API needs the admin token: send the header 'Authorization: Bearer <token>'",
         ))
+    }
+}
+
+/// The answer every /api route gives to a client (not on loopback) that sent too
+/// many wrong tokens lately, for the document.
+#[derive(utoipa::IntoResponses)]
+#[response(
+    status = 429,
+    description = "Too many wrong admin tokens from this address lately: try again after Retry-After seconds",
+    content_type = "application/problem+json"
+)]
+pub struct Throttled(Problem);
+
+impl IntoResponse for Throttled {
+    fn into_response(self) -> Response {
+        self.0.into_response()
     }
 }
 

@@ -128,6 +128,16 @@ pub fn admin_get_with(port: u16, path: &str, token: Option<&str>) -> Option<(u16
     Some((response.status().as_u16(), response.body_mut().read_to_string().ok()?))
 }
 
+/// The value of the sample `name` (with its labels) in `/metrics` of the admin
+/// listener at `admin`; 0 when absent.
+pub fn metric(admin: u16, name: &str) -> u64 {
+    let (_, text) = admin_get(admin, "/metrics").expect("metrics answer");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .map_or(0, |n| n as u64)
+}
+
 /// Connects to a client's local TCP port once it listens (up to 10 s).
 pub fn connect_when_listening(port: u16) -> std::net::TcpStream {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
