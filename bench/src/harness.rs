@@ -149,10 +149,17 @@ impl Tunnel {
 
 /// User + system CPU seconds of a process (from /proc).
 pub fn cpu_seconds(pid: u32) -> f64 {
+    let (user, system) = user_and_system_seconds(pid);
+    user + system
+}
+
+/// User and system CPU seconds of a process, apart (from /proc).
+pub fn user_and_system_seconds(pid: u32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, r)| r).split_whitespace().collect();
-    let ticks: f64 = [11, 12].iter().filter_map(|&i| fields.get(i)?.parse::<f64>().ok()).sum();
-    ticks / 100.0 // USER_HZ is 100 on Linux
+    // USER_HZ is 100 on Linux.
+    let seconds = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0) / 100.0;
+    (seconds(11), seconds(12))
 }
 
 /// One measured value.

@@ -104,6 +104,7 @@ async fn one_binding(
         kcpgate,
         &format!(
             "server -l {listen}:{udp} -t {backend_addr} {flags} -open-rate 0 -open-rate-per-source 0 \
+             -webtransport-per-address 0 \
              -admin 127.0.0.1:{admin} -webtransport {listen}:{wt} -public 127.0.0.1:{public} -quiet",
             listen = b.listen
         ),

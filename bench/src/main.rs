@@ -8,6 +8,7 @@ mod isolation;
 mod local;
 mod plots;
 mod relay;
+mod scrape;
 mod soak;
 mod traffic;
 mod wt_client;
@@ -118,6 +119,20 @@ enum Cmd {
         #[arg(long, default_value = "bench/results")]
         out: PathBuf,
     },
+    /// Scrapes a kcpgate server's /metrics far more often than Prometheus would
+    /// (keep-alive connections, paced) and checks what it costs the gateway's CPU.
+    MetricsLoad {
+        #[arg(long, default_value = "target/release/kcpgate")]
+        kcpgate: PathBuf,
+        /// Scrapes a second.
+        #[arg(long, default_value_t = 5000)]
+        rate: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// The most of a core the gateway may use meanwhile (0.1: 10 %).
+        #[arg(long, default_value_t = 0.10)]
+        budget: f64,
+    },
     /// The flood process of flood-test: sends datagrams to a loopback target at a
     /// set rate from many 127.x.y.z addresses, at most 120 s, then prints a JSON
     /// report of what it sent.
@@ -204,6 +219,7 @@ fn main() -> std::process::ExitCode {
             conclude(isolation::run(&kcpgate, sessions, bytes, webtransport))
         }
         Cmd::Faults { kcpgate, seconds } => conclude(faults::run(&kcpgate, seconds)),
+        Cmd::MetricsLoad { kcpgate, rate, seconds, budget } => conclude(scrape::run(&kcpgate, rate, seconds, budget)),
         Cmd::Soak { kcpgate, minutes, out } => conclude(soak::run(&kcpgate, minutes, &out)),
         Cmd::Flood { target, kind, rate, seconds, from } => match flood::flood(&target, kind, rate, seconds, from) {
             Ok(()) => std::process::ExitCode::SUCCESS,
