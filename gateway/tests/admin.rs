@@ -285,7 +285,12 @@ fn the_api_lists_kicks_and_retunes_the_sessions_of_real_clients() {
     let too_many = api.call("POST", &format!("/api/v1/sessions/{gate_id}/capture?count=5000"), Some(TOKEN), None);
     assert_eq!(too_many.0, 400, "{}", too_many.2);
     for timeout_ms in [99, 30_001] {
-        let refused = api.call("POST", &format!("/api/v1/sessions/{gate_id}/capture?count=1&timeout_ms={timeout_ms}"), Some(TOKEN), None);
+        let refused = api.call(
+            "POST",
+            &format!("/api/v1/sessions/{gate_id}/capture?count=1&timeout_ms={timeout_ms}"),
+            Some(TOKEN),
+            None,
+        );
         assert_eq!(refused.0, 400, "timeout_ms={timeout_ms}: {}", refused.2);
     }
     let stats = api.get("/api/v1/stats");
