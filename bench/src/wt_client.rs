@@ -6,13 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kcpgate_core::crypto::{Method, PacketCrypto};
-use kcpgate_core::endpoint::{Endpoint, EndpointConfig};
-use kcpgate_core::fec::Shards;
-use kcpgate_core::kcp::{self, Mode};
-use kcpgate_core::pipeline::SessionConfig;
-use kcpgate_core::session::{Framing, StreamConfig};
-use kcpgate_core::smux::{self, Read, Role};
-use kcpgate_core::stack::StackConfig;
+use kcpgate_core::endpoint::Endpoint;
+use kcpgate_core::kcp::Mode;
+use kcpgate_core::settings::SessionSettings;
+use kcpgate_core::smux::{Read, Role};
 use tokio::time::Instant;
 
 /// What one session sends and expects.
@@ -55,16 +52,10 @@ async fn run(
 ) -> Result<(), String> {
     let Job { key, seed, upload, want, finish: end_upload, timeout } = *job;
     let mtu = conn.max_datagram_size().unwrap_or(1200).min(1350);
-    let mut kcp = kcp::Config { snd_wnd: 128, rcv_wnd: 512, stream: true, ..kcp::Config::default() };
-    Mode::Fast3.apply(&mut kcp);
-    let config = EndpointConfig {
-        session: SessionConfig { mtu, kcp, fec: Shards::new(10, 3), write_delay: false, rate_limit: 0 },
-        streams: StreamConfig {
-            stack: StackConfig { compression: true, smux: smux::Config::kcptun(), qpp: None },
-            close_wait_ms: 0,
-            framing: Framing::Streams,
-        },
-    };
+    let mut settings = SessionSettings::kcptun(Role::Client);
+    settings.mode = Some(Mode::Fast3);
+    settings.set_number("mtu", mtu as i64).map_err(|e| e.to_string())?;
+    let config = settings.endpoint_config(key).map_err(|e| e.to_string())?;
     let crypto = Arc::new(PacketCrypto::from_passphrase(Method::Aes256, key));
     let mut endpoint_seed = [0u8; 32];
     endpoint_seed[..8].copy_from_slice(&seed.to_le_bytes());

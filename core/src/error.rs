@@ -5,6 +5,28 @@
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// A number outside its setting's range ([`crate::settings::NUMBERS`]).
+    OutOfRange {
+        /// The setting, as kcptun names it.
+        setting: &'static str,
+        /// The value given.
+        value: i64,
+        /// The smallest value allowed.
+        min: i64,
+        /// The largest value allowed.
+        max: i64,
+        /// What it counts, or empty.
+        unit: &'static str,
+    },
+    /// No setting of that name.
+    UnknownSetting,
+    /// FEC data and parity shards over 255 in all.
+    TooManyShards {
+        /// Data shards given.
+        data: u8,
+        /// Parity shards given.
+        parity: u8,
+    },
     /// The MTU leaves no room for a KCP segment once the crypto and FEC headers are
     /// taken off.
     MtuTooSmall {
@@ -30,6 +52,14 @@ pub enum ConfigError {
 impl core::fmt::Display for ConfigError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
+            ConfigError::OutOfRange { setting, value, min, max, unit } => {
+                let unit = if unit.is_empty() { String::new() } else { format!(" {unit}") };
+                write!(f, "{setting} must be between {min} and {max}{unit} (got {value})")
+            }
+            ConfigError::UnknownSetting => f.write_str("no such setting"),
+            ConfigError::TooManyShards { data, parity } => {
+                write!(f, "datashard and parityshard must add up to at most 255 (got {data}/{parity})")
+            }
             ConfigError::MtuTooSmall { mtu, smallest } => write!(
                 f,
                 "MTU {mtu} is too small: the crypto and FEC headers and a KCP segment need at least {smallest}"

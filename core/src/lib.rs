@@ -23,6 +23,7 @@ pub mod pipeline;
 pub mod qpp;
 pub mod replay;
 pub mod session;
+pub mod settings;
 pub mod smux;
 pub mod snappy;
 pub mod snmp;

@@ -92,7 +92,7 @@ impl MessageLink {
         while self.inbox.len() - self.inbox_at < READ_BUDGET {
             let Some(size) = conn.peek_message() else { break };
             if size > MAX_MESSAGE {
-                return Err(StackError::MessageTooLarge(size));
+                return Err(StackError::MessageTooLarge { len: size, max: MAX_MESSAGE });
             }
             if self.role == Role::Server && self.stream == StreamState::Unopened {
                 self.stream = StreamState::Open;
@@ -118,7 +118,7 @@ impl MessageLink {
         while let Some(length) = self.outbox.get(at..at + LENGTH_BYTES) {
             let len = u32::from_be_bytes([length[0], length[1], length[2], length[3]]) as usize;
             if len > MAX_MESSAGE {
-                return Err(StackError::MessageTooLarge(len));
+                return Err(StackError::MessageTooLarge { len, max: MAX_MESSAGE });
             }
             let Some(message) = self.outbox.get(at + LENGTH_BYTES..at + LENGTH_BYTES + len) else { break };
             // KCP cannot carry an empty message; there is nothing to deliver anyway.
@@ -226,7 +226,7 @@ impl Deframer {
         let length = held.get(..LENGTH_BYTES)?;
         let len = u32::from_be_bytes([length[0], length[1], length[2], length[3]]) as usize;
         if len > MAX_MESSAGE {
-            return Some(Err(StackError::MessageTooLarge(len)));
+            return Some(Err(StackError::MessageTooLarge { len, max: MAX_MESSAGE }));
         }
         held.get(LENGTH_BYTES..LENGTH_BYTES + len)?;
         let start = self.at + LENGTH_BYTES;
@@ -264,6 +264,6 @@ mod tests {
         }
         let mut d = Deframer::default();
         d.push(&((MAX_MESSAGE + 1) as u32).to_be_bytes());
-        assert_eq!(d.next_message(), Some(Err(StackError::MessageTooLarge(MAX_MESSAGE + 1))));
+        assert_eq!(d.next_message(), Some(Err(StackError::MessageTooLarge { len: MAX_MESSAGE + 1, max: MAX_MESSAGE })));
     }
 }

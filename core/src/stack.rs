@@ -61,8 +61,13 @@ pub enum StackError {
     Snappy(SnappyError),
     /// smux failed.
     Smux(SmuxError),
-    /// Plain KCP: a message longer than [`crate::messages::MAX_MESSAGE`].
-    MessageTooLarge(usize),
+    /// Plain KCP: a message longer than its framing carries.
+    MessageTooLarge {
+        /// The message's length.
+        len: usize,
+        /// The longest the framing carries ([`crate::messages::MAX_MESSAGE`]).
+        max: usize,
+    },
 }
 
 impl core::fmt::Display for StackError {
@@ -70,11 +75,9 @@ impl core::fmt::Display for StackError {
         match self {
             StackError::Snappy(e) => write!(f, "{e}"),
             StackError::Smux(e) => write!(f, "{e}"),
-            StackError::MessageTooLarge(n) => write!(
-                f,
-                "a message of {n} bytes is longer than plain KCP carries ({} at most)",
-                crate::messages::MAX_MESSAGE
-            ),
+            StackError::MessageTooLarge { len, max } => {
+                write!(f, "a message of {len} bytes is longer than plain KCP carries ({max} at most)")
+            }
         }
     }
 }

@@ -134,7 +134,7 @@ fn half_close_from_the_server_lets_the_client_keep_writing() {
 
 #[test]
 fn a_stream_half_open_past_the_close_wait_is_closed_fully() {
-    let layers = Layers { close_wait_ms: 30_000, ..Layers::kcptun() };
+    let layers = Layers { closewait: 30, ..Layers::kcptun() };
     let (mut pair, mut rec, csid, sess, ssid) = pair_with_stream(&layers);
     let (now, client_session) = (pair.now(), pair.session);
     pair.client.finish(now, client_session, csid).expect("finish");
@@ -155,7 +155,7 @@ fn a_stream_half_open_past_the_close_wait_is_closed_fully() {
 
 #[test]
 fn the_close_wait_runs_from_when_the_first_direction_ended() {
-    let layers = Layers { close_wait_ms: 30_000, ..Layers::kcptun() };
+    let layers = Layers { closewait: 30, ..Layers::kcptun() };
     let (mut pair, mut rec, csid, sess, ssid) = pair_with_stream(&layers);
     let client_session = pair.session;
     pair.advance(&mut rec, 20_000);
@@ -397,7 +397,7 @@ fn sixty_four_streams_each_way_through_every_layer_under_loss_byte_exact_and_det
         ("aes, FEC 10/3, snappy, smux v1, QPP", Layers { smux: smux::Version::V1, qpp: true, ..Layers::kcptun() }),
         (
             "aes, FEC 10/3, smux v2, QPP, close-wait",
-            Layers { compression: false, qpp: true, close_wait_ms: 5_000, ..Layers::kcptun() },
+            Layers { compression: false, qpp: true, closewait: 5, ..Layers::kcptun() },
         ),
     ] {
         let first = full_stack(&layers, 7);

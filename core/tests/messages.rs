@@ -129,7 +129,10 @@ fn a_length_over_the_limit_ends_the_session() {
     bad.extend_from_slice(&((MAX_MESSAGE + 1) as u32).to_be_bytes());
     assert_eq!(pair.client.write(session, STREAM_ID, &bad), Ok(bad.len()));
     pair.run(&mut app, 5_000, |_, app| !app.ended.is_empty() && !app.opened.is_empty());
-    assert_eq!(app.ended, [(Side::Client, SessionEnd::Stack(StackError::MessageTooLarge(MAX_MESSAGE + 1)))]);
+    assert_eq!(
+        app.ended,
+        [(Side::Client, SessionEnd::Stack(StackError::MessageTooLarge { len: MAX_MESSAGE + 1, max: MAX_MESSAGE }))]
+    );
     assert_eq!(app.opened, [STREAM_ID], "what came before the bad length went");
 }
 

@@ -8,13 +8,13 @@ use std::sync::{Arc, Mutex};
 
 use kcpgate_core::admission::{Admission, OpeningGate, OpeningLimits, Refusal};
 use kcpgate_core::crypto::Method;
-use kcpgate_core::endpoint::{Endpoint, EndpointConfig, Event};
+use kcpgate_core::endpoint::{Endpoint, Event};
 use kcpgate_core::kcp::Mode;
 use kcpgate_core::listener::{Drop, Listener, Outcome};
 use kcpgate_core::pipeline::{Connection, SessionConfig, SESSION_NONCES};
-use kcpgate_core::session::{Framing, SessionEnd, StreamConfig, StreamEvent};
+use kcpgate_core::session::{SessionEnd, StreamEvent};
+use kcpgate_core::settings::SessionSettings;
 use kcpgate_core::smux;
-use kcpgate_core::stack::StackConfig;
 use support::{crypto, session_config};
 
 fn config() -> SessionConfig {
@@ -174,10 +174,12 @@ fn a_client_drops_copies_of_the_servers_datagrams_too() {
 }
 
 fn endpoint(role: smux::Role, seed: u8) -> Endpoint<u32> {
-    let stack = StackConfig { compression: true, smux: smux::Config::kcptun(), qpp: None };
-    let streams = StreamConfig { stack, close_wait_ms: 0, framing: Framing::Streams };
-    Endpoint::new(role, EndpointConfig { session: config(), streams }, crypto(Method::Aes256, "replay"), [seed; 32])
-        .expect("valid settings")
+    let mut settings = SessionSettings::kcptun(role);
+    settings.mode = Some(Mode::Fast3);
+    settings.set_number("sndwnd", 1024).expect("a valid window");
+    settings.set_number("rcvwnd", 1024).expect("a valid window");
+    let config = settings.endpoint_config("replay").expect("valid settings");
+    Endpoint::new(role, config, crypto(Method::Aes256, "replay"), [seed; 32]).expect("valid settings")
 }
 
 /// Delivers everything `from` (at `from_addr`) has to send to `to`; returns how many.

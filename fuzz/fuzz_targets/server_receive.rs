@@ -7,13 +7,11 @@
 use std::sync::{Arc, OnceLock};
 
 use kcpgate_core::crypto::{Method, PacketCrypto};
-use kcpgate_core::endpoint::{Endpoint, EndpointConfig, Event};
-use kcpgate_core::fec::Shards;
-use kcpgate_core::kcp::{Config, Mode};
-use kcpgate_core::pipeline::SessionConfig;
-use kcpgate_core::session::{Framing, StreamConfig, StreamEvent};
-use kcpgate_core::smux::{self, Role};
-use kcpgate_core::stack::StackConfig;
+use kcpgate_core::endpoint::{Endpoint, Event};
+use kcpgate_core::kcp::Mode;
+use kcpgate_core::session::StreamEvent;
+use kcpgate_core::settings::SessionSettings;
+use kcpgate_core::smux::Role;
 use libfuzzer_sys::fuzz_target;
 
 fn crypto() -> Arc<PacketCrypto> {
@@ -22,12 +20,15 @@ fn crypto() -> Arc<PacketCrypto> {
 }
 
 fn endpoint(compression: bool) -> Endpoint<u8> {
-    let mut kcp = Config { mtu: 1350, snd_wnd: 64, rcv_wnd: 64, stream: true, ..Config::default() };
-    Mode::Fast3.apply(&mut kcp);
-    let session = SessionConfig { mtu: 1350, kcp, fec: Shards::new(10, 3), write_delay: false, rate_limit: 0 };
-    let stack = StackConfig { compression, smux: smux::Config::kcptun(), qpp: None };
-    let streams = StreamConfig { stack, close_wait_ms: 1000, framing: Framing::Streams };
-    Endpoint::new(Role::Server, EndpointConfig { session, streams }, crypto(), [7; 32]).expect("valid settings")
+    let mut settings = SessionSettings::kcptun(Role::Server);
+    settings.crypt = Method::Null;
+    settings.mode = Some(Mode::Fast3);
+    settings.nocomp = !compression;
+    for (name, value) in [("sndwnd", 64), ("rcvwnd", 64), ("closewait", 1)] {
+        settings.set_number(name, value).expect("a valid setting");
+    }
+    let config = settings.endpoint_config("").expect("valid settings");
+    Endpoint::new(Role::Server, config, crypto(), [7; 32]).expect("valid settings")
 }
 
 fuzz_target!(|data: &[u8]| {

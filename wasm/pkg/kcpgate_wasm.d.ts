@@ -129,7 +129,7 @@ export interface ClientOptions {
     noComp?: boolean;
     /** smux version (default 2; Debian's kcptun speaks 1). */
     smuxVersion?: 1 | 2;
-    /** smux keep-alive, seconds (default 10; 0 turns it off). */
+    /** smux keep-alive, seconds (default 10, 1 to 30: the gateway ends a session silent for 30 s). */
     keepAlive?: number;
     /** QPP on stream payloads (kcptun `-QPP`, `-QPPCount`, default 61 pads). */
     qpp?: boolean;

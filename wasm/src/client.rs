@@ -16,15 +16,12 @@ use foldhash::{HashMap, HashMapExt};
 use js_sys::{Array, Function, Promise, Reflect, Uint8Array};
 use kcpgate_core::crypto::PacketCrypto;
 use kcpgate_core::endpoint::{Endpoint, EndpointConfig, Event, SessionId};
-use kcpgate_core::fec::Shards;
-use kcpgate_core::kcp::{self, diff, Mode};
+use kcpgate_core::kcp::{diff, Mode};
 use kcpgate_core::listener::{Drop, Outcome};
 use kcpgate_core::messages::{frame, Deframer, MAX_MESSAGE, STREAM_ID as MESSAGE_STREAM};
-use kcpgate_core::pipeline::SessionConfig;
-use kcpgate_core::qpp::PadGeneration;
-use kcpgate_core::session::{Framing, SessionEnd, StreamConfig, StreamEnd, StreamEvent};
-use kcpgate_core::smux::{self, Read, Role};
-use kcpgate_core::stack::{QppSetup, StackConfig};
+use kcpgate_core::session::{Framing, SessionEnd, StreamEnd, StreamEvent};
+use kcpgate_core::settings::SessionSettings;
+use kcpgate_core::smux::{Read, Role};
 use wasm_bindgen::prelude::*;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
@@ -74,7 +71,7 @@ export interface ClientOptions {
   noComp?: boolean;
   /** smux version (default 2; Debian's kcptun speaks 1). */
   smuxVersion?: 1 | 2;
-  /** smux keep-alive, seconds (default 10; 0 turns it off). */
+  /** smux keep-alive, seconds (default 10, 1 to 30: the gateway ends a session silent for 30 s). */
   keepAlive?: number;
   /** QPP on stream payloads (kcptun `-QPP`, `-QPPCount`, default 61 pads). */
   qpp?: boolean;
@@ -510,56 +507,47 @@ struct Settings {
     connect_timeout_ms: u32,
 }
 
+/// The options that are kcptun's numbers, as the page names them and as the
+/// settings table does.
+const NUMBER_OPTIONS: [(&str, &str); 8] = [
+    ("mtu", "mtu"),
+    ("sndwnd", "sndwnd"),
+    ("rcvwnd", "rcvwnd"),
+    ("dataShards", "datashard"),
+    ("parityShards", "parityshard"),
+    ("smuxVersion", "smuxver"),
+    ("keepAlive", "keepalive"),
+    ("qppCount", "QPPCount"),
+];
+
 fn settings(options: &JsValue) -> Result<Settings, JsValue> {
     let key = js::string(options, "key")?.ok_or_else(|| js::bad_option("key", "given (kcptun's -key)"))?;
     let crypt = js::string(options, "crypt")?.unwrap_or_else(|| "aes".into());
+    let mut session = SessionSettings::kcptun(Role::Client);
+    session.crypt = method_of(&crypt)?;
     let mode_name = js::string(options, "mode")?.unwrap_or_else(|| "fast".into());
-    let mode = Mode::from_name(&mode_name).ok_or_else(|| js::bad_option("mode", "normal, fast, fast2 or fast3"))?;
-    let mut kcp = kcp::Config {
-        snd_wnd: js::number(options, "sndwnd", 1..=65535)?.unwrap_or(128) as u32,
-        rcv_wnd: js::number(options, "rcvwnd", 1..=65535)?.unwrap_or(512) as u32,
-        stream: true,
-        ack_nodelay: boolean(options, "ackNodelay")?.unwrap_or(false),
-        ..kcp::Config::default()
-    };
-    mode.apply(&mut kcp);
-    let data = js::number(options, "dataShards", 0..=255)?.unwrap_or(10) as usize;
-    let parity = js::number(options, "parityShards", 0..=255)?.unwrap_or(3) as usize;
-    let session = SessionConfig {
-        mtu: js::number(options, "mtu", 64..=1500)?.unwrap_or(1350) as usize,
-        kcp,
-        fec: Shards::new(data, parity),
-        write_delay: false,
-        rate_limit: 0,
-    };
-    let version = match js::number(options, "smuxVersion", 1..=2)?.unwrap_or(2) {
-        1 => smux::Version::V1,
-        _ => smux::Version::V2,
-    };
-    let smux = smux::Config {
-        version,
-        keepalive_interval_ms: js::number(options, "keepAlive", 0..=3600)?.unwrap_or(10) as u32 * 1000,
-        ..smux::Config::kcptun()
-    };
-    let qpp = match boolean(options, "qpp")?.unwrap_or(false) {
-        true => {
-            let count = js::number(options, "qppCount", 1..=65535)?.unwrap_or(61) as u16;
-            Some(QppSetup::new(key.as_bytes(), count, PadGeneration::Current))
-        }
-        false => None,
-    };
-    let compression = !boolean(options, "noComp")?.unwrap_or(false);
-    let framing = if boolean(options, "messages")?.unwrap_or(false) { Framing::Messages } else { Framing::Streams };
+    session.mode =
+        Some(Mode::from_name(&mode_name).ok_or_else(|| js::bad_option("mode", "normal, fast, fast2 or fast3"))?);
+    for (option, setting) in NUMBER_OPTIONS {
+        let Some(value) = js::field(options, option) else { continue };
+        let refused = |why: &str| -> JsValue { js_sys::TypeError::new(&format!("option `{option}`: {why}")).into() };
+        let n = value.as_f64().filter(|n| n.fract() == 0.0).ok_or_else(|| refused("must be a whole number"))?;
+        session.set_number(setting, n as i64).map_err(|e| refused(&e.to_string()))?;
+    }
+    session.acknodelay = boolean(options, "ackNodelay")?.unwrap_or(false);
+    session.nocomp = boolean(options, "noComp")?.unwrap_or(false);
+    session.qpp = boolean(options, "qpp")?.unwrap_or(false);
+    session.framing = if boolean(options, "messages")?.unwrap_or(false) { Framing::Messages } else { Framing::Streams };
+    let endpoint = session
+        .endpoint_config(&key)
+        .map_err(|e| -> JsValue { js_sys::TypeError::new(&format!("options: {e}")).into() })?;
     let hashes = match js::field(options, "certificateHashes") {
         None => Vec::new(),
         Some(list) => Array::from(&list).iter().map(|h| certificate_hash(&h)).collect::<Result<_, _>>()?,
     };
     Ok(Settings {
-        endpoint: EndpointConfig {
-            session,
-            streams: StreamConfig { stack: StackConfig { compression, smux, qpp }, close_wait_ms: 0, framing },
-        },
-        crypto: PacketCrypto::from_passphrase(method_of(&crypt)?, &key),
+        endpoint,
+        crypto: PacketCrypto::from_passphrase(session.crypt, &key),
         hashes,
         connect_timeout_ms: js::number(options, "connectTimeout", 1..=600_000)?.unwrap_or(5000) as u32,
     })

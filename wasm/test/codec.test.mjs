@@ -8,7 +8,7 @@ import { gzipSync } from 'node:zlib';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
-import { initSync, Codec, deriveKey } from '../pkg/kcpgate_wasm.js';
+import { initSync, Client, Codec, deriveKey } from '../pkg/kcpgate_wasm.js';
 
 const here = (path) => fileURLToPath(new URL(path, import.meta.url));
 initSync({ module: readFileSync(here('../pkg/kcpgate_wasm_bg.wasm')) });
@@ -142,6 +142,24 @@ test('bad options are refused with a TypeError that names them', () => {
   assert.throws(() => codec.encode({ segments: [{ conv: -1, cmd: 'PUSH' }] }), { name: 'TypeError', message: /conv/ });
   assert.throws(() => codec.encode({ segments: [{ conv: 1, cmd: 'JUMP' }] }), { name: 'TypeError', message: /cmd/ });
   assert.throws(() => codec.encode({ nonce: new Uint8Array(3) }), { name: 'TypeError', message: /nonce/ });
+});
+
+test("a client's numbers are checked against the gateway's table before any connection", async () => {
+  // The same ranges and words as the gateway's flags (kcpgate server -sndwnd 0).
+  const refused = [
+    [{ sndwnd: 0 }, 'option `sndwnd`: sndwnd must be between 1 and 65535 segments (got 0)'],
+    [{ keepAlive: 0 }, 'option `keepAlive`: keepalive must be between 1 and 30 seconds (got 0)'],
+    [{ keepAlive: 31 }, 'option `keepAlive`: keepalive must be between 1 and 30 seconds (got 31)'],
+    [{ dataShards: 256 }, 'option `dataShards`: datashard must be between 0 and 255 shards (got 256)'],
+    [{ mtu: 1501 }, 'option `mtu`: mtu must be between 1 and 1500 bytes (got 1501)'],
+    [{ smuxVersion: 3 }, 'option `smuxVersion`: smuxver must be between 1 and 2 (got 3)'],
+    [{ rcvwnd: 1.5 }, 'option `rcvwnd`: must be a whole number'],
+    [{ mtu: 40 }, /^options: MTU 40 is too small/],
+    [{ dataShards: 200, parityShards: 100 }, /^options: datashard and parityshard must add up to at most 255/],
+  ];
+  for (const [options, message] of refused) {
+    await assert.rejects(Client.connect('https://127.0.0.1:1/', { key: 'k', ...options }), { name: 'TypeError', message });
+  }
 });
 
 test('the module stays under 300 KB gzipped', () => {

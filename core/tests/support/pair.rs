@@ -15,15 +15,12 @@ use std::sync::Arc;
 use kcpgate_core::crypto::{Method, PacketCrypto};
 use kcpgate_core::endpoint::{Endpoint, EndpointConfig, Event, SessionId};
 use kcpgate_core::kcp::{diff, Mode};
-use kcpgate_core::pipeline::SessionConfig;
-use kcpgate_core::qpp::PadGeneration;
-use kcpgate_core::session::{Framing, StreamConfig, StreamEnd, StreamEvent};
+use kcpgate_core::session::{Framing, StreamEnd, StreamEvent};
+use kcpgate_core::settings::SessionSettings;
 use kcpgate_core::smux::{self, Read, Role};
-use kcpgate_core::stack::{QppSetup, StackConfig};
 
 use super::counting::counted;
 use super::netsim::{pattern_byte, Link, LinkConfig, Transfer};
-use super::session_config;
 
 pub const CLIENT: u32 = 1;
 pub const SERVER: u32 = 2;
@@ -45,7 +42,8 @@ pub struct Layers {
     pub compression: bool,
     pub smux: smux::Version,
     pub qpp: bool,
-    pub close_wait_ms: u32,
+    /// Seconds (kcptun's -closewait).
+    pub closewait: i64,
     pub mode: Mode,
     pub framing: Framing,
 }
@@ -60,7 +58,7 @@ impl Layers {
             compression: true,
             smux: smux::Version::V2,
             qpp: false,
-            close_wait_ms: 0,
+            closewait: 0,
             mode: Mode::Fast3,
             framing: Framing::Streams,
         }
@@ -74,18 +72,24 @@ impl Layers {
 
     /// The configuration of an endpoint of `role`: kcptun's windows for it.
     pub fn config(&self, role: Role) -> EndpointConfig {
-        let (snd, rcv) = if role == Role::Server { (1024, 1024) } else { (128, 512) };
-        let session: SessionConfig = session_config(self.mode, snd, rcv, self.fec);
-        let version = if role == Role::Server { smux::Version::Detect } else { self.smux };
-        let stack = StackConfig {
-            compression: self.compression,
-            smux: smux::Config { version, ..smux::Config::kcptun() },
-            qpp: self.qpp.then(|| QppSetup::new(b"pair key", 61, PadGeneration::Current)),
-        };
-        EndpointConfig {
-            session,
-            streams: StreamConfig { stack, close_wait_ms: self.close_wait_ms, framing: self.framing },
+        let mut settings = SessionSettings::kcptun(role);
+        settings.crypt = self.method;
+        settings.mode = Some(self.mode);
+        settings.nocomp = !self.compression;
+        settings.qpp = self.qpp;
+        settings.framing = self.framing;
+        settings.smux_detect = role == Role::Server;
+        let smuxver = if self.smux == smux::Version::V1 { 1 } else { 2 };
+        let (data, parity) = self.fec.unwrap_or((0, 0));
+        for (name, value) in [
+            ("smuxver", smuxver),
+            ("datashard", data as i64),
+            ("parityshard", parity as i64),
+            ("closewait", self.closewait),
+        ] {
+            settings.set_number(name, value).expect("a valid setting");
         }
+        settings.endpoint_config(KEY).expect("valid settings")
     }
 }
 
