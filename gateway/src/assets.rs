@@ -4,7 +4,7 @@
 use axum::http::{header, HeaderName, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::admin::Problem;
+use crate::http::Problem;
 
 include!(concat!(env!("OUT_DIR"), "/assets.rs"));
 

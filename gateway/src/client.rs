@@ -9,9 +9,10 @@ use tokio::net::{lookup_host, UdpSocket};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
+use crate::config::split_port_range;
 use crate::conn::{is_unix_path, Conn, LocalListener};
 use crate::driver::{ClientSession, Driver};
-use crate::runtime::{random_seed, split_port_range, Plan};
+use crate::runtime::{random_seed, Plan};
 use crate::udp::BatchSocket;
 
 /// A session slot: where to hand new connections, and when it stops taking them.

@@ -12,8 +12,10 @@ use std::path::PathBuf;
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use kcpgate_core::crypto::Method;
+use kcpgate_core::error::ConfigError as CoreConfigError;
 use kcpgate_core::kcp::Mode;
 use kcpgate_core::qpp::{self, PadGeneration};
+use kcpgate_core::settings::{self as core_settings, Number, SessionSettings};
 use kcpgate_core::smux;
 use serde::{Deserialize, Serialize, Serializer};
 use utoipa::ToSchema;
@@ -46,33 +48,19 @@ pub struct Settings {
     pub key: Secret,
     /// `-key-file`: read into `key` by [`Settings::read_secret_files`].
     pub key_file: String,
-    pub crypt: String,
-    /// What may change while kcpgate runs: `-mode`, the manual KCP values, the
-    /// windows, `-ratelimit` and `-max-sessions`, as given.
-    pub tunables: Tunables,
+    /// Everything that shapes the sessions: crypt, KCP mode and windows, FEC,
+    /// snappy, smux, QPP, close-wait, rate limit (the mode, the manual KCP values,
+    /// the windows and the rate limit may change while kcpgate runs).
+    pub session: SessionSettings,
+    /// A `-crypt` kcptun does not know (it means aes there too), for the warning.
+    pub unknown_crypt: Option<String>,
     /// A `-mode` kcptun does not know (it means manual there too), for the warning.
     pub unknown_mode: Option<String>,
-    pub qpp: bool,
-    /// As kcptun takes it: positive, used modulo 65536 (checked by `validate`).
-    pub qpp_count: i64,
-    pub mtu: u16,
-    pub datashard: u8,
-    pub parityshard: u8,
+    /// Server: sessions open at most at once; 0 is unlimited (may change while
+    /// kcpgate runs).
+    pub max_sessions: u64,
     pub dscp: u8,
-    pub nocomp: bool,
-    pub acknodelay: bool,
     pub sockbuf: u32,
-    pub smuxver: u8,
-    /// Whether `-smuxver` was given (flag or JSON); a server without it detects the
-    /// client's version.
-    pub smuxver_explicit: bool,
-    pub smuxbuf: u32,
-    pub framesize: u16,
-    pub streambuf: u32,
-    /// Seconds.
-    pub keepalive: u32,
-    /// Seconds.
-    pub closewait: u32,
     pub snmplog: String,
     /// Seconds.
     pub snmpperiod: u32,
@@ -168,19 +156,22 @@ fn zero_or_one<S: Serializer>(on: &bool, s: S) -> Result<S::Ok, S::Error> {
 }
 
 impl Tunables {
-    /// (nodelay, interval, resend, nc) as sessions use them: a preset's own, which
-    /// kcptun applies after the JSON file; the given values count only in manual mode.
-    pub fn kcp_params(&self) -> (bool, u32, u32, bool) {
-        match self.mode.preset() {
-            Some(m) => m.params(),
-            None => (self.nodelay, self.interval, self.resend, self.nc),
+    /// The tunables of `session` (with the values in effect: a preset's own, which
+    /// kcptun applies after the JSON file) and the session limit.
+    pub fn of(session: &SessionSettings, max_sessions: u64) -> Tunables {
+        let (nodelay, interval, resend, nc) = session.kcp_params();
+        let n = &session.numbers;
+        Tunables {
+            mode: Profile::of(session.mode),
+            nodelay,
+            interval,
+            resend,
+            nc,
+            sndwnd: n.sndwnd,
+            rcvwnd: n.rcvwnd,
+            ratelimit: n.ratelimit,
+            max_sessions,
         }
-    }
-
-    /// These tunables with the values in effect in place of the manual ones.
-    pub fn effective(mut self) -> Tunables {
-        (self.nodelay, self.interval, self.resend, self.nc) = self.kcp_params();
-        self
     }
 }
 
@@ -197,10 +188,9 @@ pub enum Profile {
 }
 
 impl Profile {
-    /// The profile of a `-mode` value: names other than the presets mean manual,
-    /// as in kcptun.
-    pub fn from_mode(mode: &str) -> Profile {
-        match Mode::from_name(mode) {
+    /// The profile of a preset, or manual.
+    pub fn of(mode: Option<Mode>) -> Profile {
+        match mode {
             Some(Mode::Normal) => Profile::Normal,
             Some(Mode::Fast) => Profile::Fast,
             Some(Mode::Fast2) => Profile::Fast2,
@@ -360,9 +350,56 @@ struct Flag {
 #[derive(Clone, Copy)]
 enum Kind {
     Text(&'static str),
-    /// Default differs by role: (server, client).
-    Int(i64, i64),
+    /// A number: its range and defaults are in [`number_spec`]'s tables.
+    Number,
     Bool,
+}
+
+/// The numbers of the process and of a listener's socket, beside the core's
+/// numbers of its sessions ([`core_settings::NUMBERS`]): together, the one table
+/// of every number kcpgate takes.
+pub const GATEWAY_NUMBERS: &[Number] = &[
+    Number { name: "sockbuf", min: 0, max: 2_147_483_647, unit: "bytes", server: 4_194_304, client: 4_194_304 },
+    Number { name: "dscp", min: 0, max: 63, unit: "", server: 0, client: 0 },
+    Number { name: "snmpperiod", min: 0, max: 4_294_967_295, unit: "seconds", server: 60, client: 60 },
+    Number { name: "drain-timeout", min: 0, max: 86_400, unit: "seconds", server: 30, client: 30 },
+    Number { name: "max-sessions", min: 0, max: 10_000_000, unit: "sessions", server: 0, client: 0 },
+    Number { name: "open-rate", min: 0, max: 1_000_000, unit: "sessions per second", server: 1000, client: 1000 },
+    Number {
+        name: "open-rate-per-source",
+        min: 0,
+        max: 1_000_000,
+        unit: "sessions per second",
+        server: 50,
+        client: 50,
+    },
+    Number { name: "webtransport-per-address", min: 0, max: 1_000_000, unit: "connections", server: 64, client: 64 },
+    Number { name: "conn", min: 1, max: 65_535, unit: "sessions", server: 1, client: 1 },
+    Number { name: "autoexpire", min: 0, max: 31_536_000, unit: "seconds", server: 0, client: 0 },
+    Number { name: "scavengettl", min: 0, max: 31_536_000, unit: "seconds", server: 600, client: 600 },
+];
+
+/// The range, unit and defaults of the number `name`: a session's (the core's
+/// table, shared with the browser module) or the gateway's own.
+pub fn number_spec(name: &str) -> Option<&'static Number> {
+    core_settings::number(name).or_else(|| GATEWAY_NUMBERS.iter().find(|n| n.name == name))
+}
+
+/// The core's name for a role.
+fn role_of(role: Role) -> smux::Role {
+    match role {
+        Role::Server => smux::Role::Server,
+        Role::Client => smux::Role::Client,
+    }
+}
+
+/// The environment variable of a flag: `KCPGATE_` and its name in capitals
+/// (`-open-rate` is `KCPGATE_OPEN_RATE`); the key keeps kcptun's `KCPTUN_KEY`.
+pub fn env_var(flag: &str) -> String {
+    match flag {
+        "key" => "KCPTUN_KEY".to_string(),
+        _ => format!("KCPGATE_{}", flag.to_ascii_uppercase().replace('-', "_")),
+    }
 }
 
 const fn flag(name: &'static str, json: Option<&'static str>, kind: Kind, help: &'static str) -> Flag {
@@ -383,35 +420,35 @@ const SHARED: &[Flag] = &[
     flag("crypt", Some("crypt"), Kind::Text("aes"), "Packet encryption: aes, aes-128, aes-192, aes-128-gcm, sm4, twofish, blowfish, cast5, 3des, tea, xtea, salsa20, xor, none, null; unknown names mean aes"),
     flag("mode", Some("mode"), Kind::Text("fast"), "KCP profile: normal, fast, fast2, fast3, or manual (then -nodelay, -interval, -resend, -nc apply)"),
     flag("QPP", Some("qpp"), Kind::Bool, "Quantum Permutation Pads on every stream's payload (both ends must agree)"),
-    flag("QPPCount", Some("qpp-count"), Kind::Int(61, 61), "Number of QPP pads; a prime is recommended"),
-    flag("mtu", Some("mtu"), Kind::Int(1350, 1350), "Largest UDP payload, headers included (at most 1500)"),
-    flag("ratelimit", Some("ratelimit"), Kind::Int(0, 0), "Outgoing bytes per second per KCP session; 0 is unlimited"),
-    flag("sndwnd", Some("sndwnd"), Kind::Int(1024, 128), "KCP send window in segments"),
-    flag("rcvwnd", Some("rcvwnd"), Kind::Int(1024, 512), "KCP receive window in segments"),
-    Flag { aliases: &["ds"], ..flag("datashard", Some("datashard"), Kind::Int(10, 10), "FEC data shards (0 with -parityshard 0 turns FEC off)") },
-    Flag { aliases: &["ps"], ..flag("parityshard", Some("parityshard"), Kind::Int(3, 3), "FEC parity shards") },
-    flag("dscp", Some("dscp"), Kind::Int(0, 0), "DSCP value for outgoing UDP packets (6 bits)"),
+    flag("QPPCount", Some("qpp-count"), Kind::Number, "Number of QPP pads; a prime is recommended"),
+    flag("mtu", Some("mtu"), Kind::Number, "Largest UDP payload, headers included; the crypt and FEC headers set its floor"),
+    flag("ratelimit", Some("ratelimit"), Kind::Number, "Outgoing bytes per second per KCP session; 0 is unlimited"),
+    flag("sndwnd", Some("sndwnd"), Kind::Number, "KCP send window in segments"),
+    flag("rcvwnd", Some("rcvwnd"), Kind::Number, "KCP receive window in segments"),
+    Flag { aliases: &["ds"], ..flag("datashard", Some("datashard"), Kind::Number, "FEC data shards (0 with -parityshard 0 turns FEC off)") },
+    Flag { aliases: &["ps"], ..flag("parityshard", Some("parityshard"), Kind::Number, "FEC parity shards") },
+    flag("dscp", Some("dscp"), Kind::Number, "DSCP value for outgoing UDP packets (6 bits)"),
     flag("nocomp", Some("nocomp"), Kind::Bool, "Turn off snappy compression (both ends must agree)"),
     flag("acknodelay", Some("acknodelay"), Kind::Bool, "Send every ACK at once instead of with the next flush"),
-    flag("nodelay", Some("nodelay"), Kind::Int(0, 0), "With -mode manual: 1 turns KCP's nodelay on (RTO grows 1.5× instead of 2×)"),
-    flag("interval", Some("interval"), Kind::Int(50, 50), "With -mode manual: KCP's flush interval, ms"),
-    flag("resend", Some("resend"), Kind::Int(0, 0), "With -mode manual: resend a segment skipped by this many ACKs (0: off)"),
-    flag("nc", Some("nc"), Kind::Int(0, 0), "With -mode manual: 1 turns congestion control off"),
-    flag("sockbuf", Some("sockbuf"), Kind::Int(4_194_304, 4_194_304), "UDP socket send and receive buffer, bytes"),
-    flag("smuxver", Some("smuxver"), Kind::Int(2, 2), "smux version, 1 or 2. Debian's kcptun 20210922 defaults to 1, current kcptun to 2. A server given no -smuxver serves both"),
-    flag("smuxbuf", Some("smuxbuf"), Kind::Int(4_194_304, 4_194_304), "smux session receive buffer, bytes"),
-    flag("framesize", Some("framesize"), Kind::Int(8192, 8192), "smux largest frame, bytes"),
-    flag("streambuf", Some("streambuf"), Kind::Int(2_097_152, 2_097_152), "smux v2 per-stream window, bytes"),
-    flag("keepalive", Some("keepalive"), Kind::Int(10, 10), "Seconds between smux keep-alives (at most 30)"),
-    flag("closewait", Some("closewait"), Kind::Int(30, 0), "Seconds a connection may stay half-open once one direction has ended; then both ends are closed. 0 keeps it open until the other direction ends too"),
+    flag("nodelay", Some("nodelay"), Kind::Number, "With -mode manual: 1 turns KCP's nodelay on (RTO grows 1.5× instead of 2×)"),
+    flag("interval", Some("interval"), Kind::Number, "With -mode manual: KCP's flush interval, ms"),
+    flag("resend", Some("resend"), Kind::Number, "With -mode manual: resend a segment skipped by this many ACKs (0: off)"),
+    flag("nc", Some("nc"), Kind::Number, "With -mode manual: 1 turns congestion control off"),
+    flag("sockbuf", Some("sockbuf"), Kind::Number, "UDP socket send and receive buffer, bytes"),
+    flag("smuxver", Some("smuxver"), Kind::Number, "smux version, 1 or 2. Debian's kcptun 20210922 defaults to 1, current kcptun to 2. A server given no -smuxver serves both"),
+    flag("smuxbuf", Some("smuxbuf"), Kind::Number, "smux session receive buffer, bytes"),
+    flag("framesize", Some("framesize"), Kind::Number, "smux largest frame, bytes"),
+    flag("streambuf", Some("streambuf"), Kind::Number, "smux v2 per-stream window, bytes"),
+    flag("keepalive", Some("keepalive"), Kind::Number, "Seconds between smux keep-alives (smux closes a session silent for 30 s)"),
+    flag("closewait", Some("closewait"), Kind::Number, "Seconds a connection may stay half-open once one direction has ended; then both ends are closed. 0 keeps it open until the other direction ends too"),
     flag("snmplog", Some("snmplog"), Kind::Text(""), "Write SNMP counters as CSV to this file; the file name takes Go time layout, e.g. ./snmp-20060102.log"),
-    flag("snmpperiod", Some("snmpperiod"), Kind::Int(60, 60), "Seconds between SNMP CSV rows"),
+    flag("snmpperiod", Some("snmpperiod"), Kind::Number, "Seconds between SNMP CSV rows"),
     flag("log", Some("log"), Kind::Text(""), "Append the log to this file instead of stderr"),
     flag("quiet", Some("quiet"), Kind::Bool, "Do not log each stream's open and close"),
     flag("log-format", Some("log-format"), Kind::Text("text"), "Log lines as text (coloured only on a terminal, and never with NO_COLOR set) or json, one object per line (kcpgate only)"),
     flag("tcp", Some("tcp"), Kind::Bool, "kcptun's fake-TCP transport (not supported by kcpgate)"),
     flag("pprof", Some("pprof"), Kind::Bool, "Go profiler endpoint (not applicable to kcpgate; ignored with a warning)"),
-    flag("drain-timeout", Some("drain-timeout"), Kind::Int(30, 30), "On SIGTERM or SIGINT, seconds to let open streams finish before exiting (kcpgate only)"),
+    flag("drain-timeout", Some("drain-timeout"), Kind::Number, "On SIGTERM or SIGINT, seconds to let open streams finish before exiting (kcpgate only)"),
     flag("admin-token", Some("admin-token"), Kind::Text(""), "Bearer token the admin API requires on every /api route (env KCPGATE_ADMIN_TOKEN); required when -admin is not a loopback address (kcpgate only)"),
     flag("admin-token-file", Some("admin-token-file"), Kind::Text(""), "Read the admin token from this file (one trailing newline is dropped) instead of -admin-token, which every local user can see in the process list (kcpgate only)"),
     flag("admin-cert", Some("admin-cert"), Kind::Text(""), "PEM certificate chain that makes -admin serve HTTPS, for an admin API reached over a network; read again when the file changes (kcpgate only)"),
@@ -441,14 +478,14 @@ const SERVER: &[Flag] = &[
         )
     },
     flag("admin", Some("admin"), Kind::Text("127.0.0.1:8080"), ADMIN_HELP),
-    flag("max-sessions", Some("max-sessions"), Kind::Int(0, 0), "Sessions open at most at once; datagrams that would open more are dropped and counted. 0 is unlimited (kcpgate only)"),
-    flag("open-rate", Some("open-rate"), Kind::Int(1000, 1000), "New sessions per second from all sources together, with bursts of 5 seconds' worth; more are dropped and counted (opening_limit). 0 is unlimited (kcpgate only)"),
-    flag("open-rate-per-source", Some("open-rate-per-source"), Kind::Int(50, 50), "New sessions per second from one IP address, with bursts of 10 seconds' worth; more are dropped and counted (source_limit). 0 is unlimited (kcpgate only)"),
+    flag("max-sessions", Some("max-sessions"), Kind::Number, "Sessions open at most at once; datagrams that would open more are dropped and counted. 0 is unlimited (kcpgate only)"),
+    flag("open-rate", Some("open-rate"), Kind::Number, "New sessions per second from all sources together, with bursts of 5 seconds' worth; more are dropped and counted (opening_limit). 0 is unlimited (kcpgate only)"),
+    flag("open-rate-per-source", Some("open-rate-per-source"), Kind::Number, "New sessions per second from one IP address, with bursts of 10 seconds' worth; more are dropped and counted (source_limit). 0 is unlimited (kcpgate only)"),
     flag("webtransport", Some("webtransport"), Kind::Text("off"), "WebTransport listener for browsers: UDP host:port (e.g. :4433), or off. Each WebTransport session carries one KCP session in its datagrams, proxied like a UDP one (kcpgate only)"),
     flag("webtransport-cert", Some("webtransport-cert"), Kind::Text(""), "PEM certificate chain of the WebTransport listener, read again when the file changes. Without it kcpgate makes a self-signed ECDSA P-256 certificate valid 13 days, replaces it every 12, and serves its SHA-256 hash at /webtransport/certificate on the -public listener for serverCertificateHashes (kcpgate only)"),
     flag("webtransport-key", Some("webtransport-key"), Kind::Text(""), "PEM private key of -webtransport-cert (kcpgate only)"),
     flag("webtransport-origin", Some("webtransport-origin"), Kind::Text(""), "Comma-separated page origins allowed to open WebTransport sessions and to read the -public listener (CORS), e.g. https://game.example; empty allows every origin (kcpgate only)"),
-    flag("webtransport-per-address", Some("webtransport-per-address"), Kind::Int(64, 64), "WebTransport connections at once from one IPv4 address or IPv6 /64 (players behind one NAT share it); more are refused before their handshake and counted (reason=\"address\"). 0 is unlimited (kcpgate only)"),
+    flag("webtransport-per-address", Some("webtransport-per-address"), Kind::Number, "WebTransport connections at once from one IPv4 address or IPv6 /64 (players behind one NAT share it); more are refused before their handshake and counted (reason=\"address\"). 0 is unlimited (kcpgate only)"),
     flag("webtransport-advertise", Some("webtransport-advertise"), Kind::Text(""), "Where pages are told to connect for WebTransport, host:port or :port, when that differs from -webtransport (a published container port, a DNS name, a balancer); empty: -webtransport's port on the host the page fetched /webtransport/certificate from (kcpgate only)"),
     flag("public", Some("public"), Kind::Text("off"), "HTTP listener for game pages, apart from the admin API: the WebTransport address and certificate hashes (/webtransport/certificate), the browser module (/module/) and the demo page (/demo/), answering CORS for -webtransport-origin. TCP host:port (e.g. :8090), or off (kcpgate only)"),
     flag("public-cert", Some("public-cert"), Kind::Text(""), "PEM certificate chain that makes -public serve HTTPS, so that an https game page can fetch from it; read again when the file changes (kcpgate only)"),
@@ -474,17 +511,17 @@ const CLIENT: &[Flag] = &[
             "kcptun server: host:port or host:minport-maxport",
         )
     },
-    flag("conn", Some("conn"), Kind::Int(1, 1), "Number of KCP sessions to spread connections over"),
+    flag("conn", Some("conn"), Kind::Number, "Number of KCP sessions to spread connections over"),
     flag(
         "autoexpire",
         Some("autoexpire"),
-        Kind::Int(0, 0),
+        Kind::Number,
         "Seconds after which a session takes no new connections; 0 is never",
     ),
     flag(
         "scavengettl",
         Some("scavengettl"),
-        Kind::Int(600, 600),
+        Kind::Number,
         "Seconds an expired session may live on before it is closed",
     ),
     flag("admin", Some("admin"), Kind::Text("off"), ADMIN_HELP),
@@ -499,7 +536,15 @@ fn role_flags(role: Role) -> impl Iterator<Item = &'static Flag> {
 }
 
 fn arg(f: &Flag, role: Role) -> Arg {
-    let mut a = Arg::new(f.name).long(f.name).help(f.help);
+    let help = match f.kind {
+        Kind::Number => {
+            let spec = number_spec(f.name).expect("every numeric flag is in a table (a test checks)");
+            let unit = if spec.unit.is_empty() { String::new() } else { format!(" {}", spec.unit) };
+            format!("{} [range: {} to {}{unit}]", f.help, spec.min, spec.max)
+        }
+        _ => f.help.to_string(),
+    };
+    let mut a = Arg::new(f.name).long(f.name).help(help).env(env_var(f.name));
     if let Some(s) = f.short {
         a = a.short(s);
     }
@@ -512,13 +557,15 @@ fn arg(f: &Flag, role: Role) -> Arg {
             // As Go's flag package: the word after a text flag is its value, dash or not.
             let a = a.value_name("VALUE").default_value(d).allow_hyphen_values(true);
             match f.name {
-                "key" => a.env("KCPTUN_KEY").hide_env_values(true),
-                "admin-token" => a.env("KCPGATE_ADMIN_TOKEN").hide_env_values(true).hide_default_value(true),
+                "key" => a.hide_env_values(true),
+                "admin-token" => a.hide_env_values(true).hide_default_value(true),
                 _ => a,
             }
         }
-        Kind::Int(server, client) => {
-            let d = if role == Role::Server { server } else { client };
+        Kind::Number => {
+            let d = number_spec(f.name)
+                .expect("every numeric flag is in a table (a test checks)")
+                .default_for(role_of(role));
             a.value_name("N")
                 .value_parser(clap::value_parser!(i64))
                 .allow_negative_numbers(true)
@@ -527,6 +574,12 @@ fn arg(f: &Flag, role: Role) -> Arg {
                 .hide_default_value(role == Role::Server && f.name == "smuxver")
         }
     }
+}
+
+/// Every numeric flag of `role` with its key in kcptun's JSON: the numbers a
+/// user of that role can set.
+pub fn numeric_flags(role: Role) -> Vec<(&'static str, &'static str)> {
+    role_flags(role).filter(|f| matches!(f.kind, Kind::Number)).map(|f| (f.name, f.json.unwrap_or(f.name))).collect()
 }
 
 /// The clap command for one role.
@@ -642,53 +695,35 @@ impl Settings {
             .map_err(|e| clap::Error::raw(clap::error::ErrorKind::ValueValidation, format!("{e}\n")))
     }
 
-    /// Settings from parsed flags: every number is checked and stored in its own
-    /// type here, once.
+    /// Settings from parsed flags and environment variables: every number is
+    /// checked against its table and stored in its own type here, once.
     fn from_matches(role: Role, m: &ArgMatches) -> Result<Settings, ConfigError> {
         let text = |n: &str| m.get_one::<String>(n).cloned().unwrap_or_default();
         // A setting only one role has.
         let text_or_empty = |n: &str| m.try_get_one::<String>(n).ok().flatten().cloned().unwrap_or_default();
-        let int = |n: &str| m.get_one::<i64>(n).copied().unwrap_or_default();
         let flag = |n: &str| m.get_flag(n);
+        let given = |n: &str| matches!(m.value_source(n), Some(ValueSource::CommandLine | ValueSource::EnvVariable));
         let (listen, target) = match role {
             Role::Server => (text("listen"), text("target")),
             Role::Client => (text("localaddr"), text("remoteaddr")),
         };
+        let mut session = SessionSettings::kcptun(role_of(role));
+        session.acknodelay = flag("acknodelay");
+        session.nocomp = flag("nocomp");
+        session.qpp = flag("QPP");
+        session.smux_detect = role == Role::Server && !given("smuxver");
         let mut settings = Settings {
             role,
             listen,
             target,
             key: Secret(text("key")),
             key_file: text("key-file"),
-            crypt: text("crypt"),
-            tunables: Tunables {
-                mode: Profile::Fast,
-                nodelay: false,
-                interval: 0,
-                resend: 0,
-                nc: false,
-                sndwnd: 0,
-                rcvwnd: 0,
-                ratelimit: 0,
-                max_sessions: 0,
-            },
+            session,
+            unknown_crypt: None,
             unknown_mode: None,
-            qpp: flag("QPP"),
-            qpp_count: 0,
-            mtu: 0,
-            datashard: 0,
-            parityshard: 0,
+            max_sessions: 0,
             dscp: 0,
-            nocomp: flag("nocomp"),
-            acknodelay: flag("acknodelay"),
             sockbuf: 0,
-            smuxver: 2,
-            smuxver_explicit: m.value_source("smuxver") == Some(ValueSource::CommandLine),
-            smuxbuf: 0,
-            framesize: 0,
-            streambuf: 0,
-            keepalive: 0,
-            closewait: 0,
             snmplog: text("snmplog"),
             snmpperiod: 0,
             log: text("log"),
@@ -703,7 +738,7 @@ impl Settings {
             autoexpire: 0,
             scavengettl: 600,
             admin: text("admin"),
-            admin_explicit: m.value_source("admin") == Some(ValueSource::CommandLine),
+            admin_explicit: given("admin"),
             admin_token: Secret(text("admin-token")),
             admin_token_file: text("admin-token-file"),
             admin_cert: text("admin-cert"),
@@ -720,9 +755,14 @@ impl Settings {
             public_key: text_or_empty("public-key"),
             config_file: m.get_one::<PathBuf>("c").cloned(),
         };
+        settings.set_crypt(&text("crypt"));
         settings.set_mode(&text("mode"));
-        for f in role_flags(role).filter(|f| matches!(f.kind, Kind::Int(..))) {
-            settings.set_int(f.name, int(f.name))?;
+        for f in role_flags(role).filter(|f| matches!(f.kind, Kind::Number)) {
+            let value = m.get_one::<i64>(f.name).copied().unwrap_or_default();
+            settings.set_number(f.name, value).map_err(|e| match m.value_source(f.name) {
+                Some(ValueSource::EnvVariable) => ConfigError(format!("{}={value}: {e}", env_var(f.name))),
+                _ => ConfigError(format!("-{e}")),
+            })?;
         }
         Ok(settings)
     }
@@ -749,21 +789,17 @@ impl Settings {
             match f.kind {
                 Kind::Bool => {
                     let b = v.as_bool().ok_or_else(|| mismatch("true or false"))?;
-                    *self.bool_mut(name) = b;
+                    self.set_bool(name, b)?;
                 }
                 Kind::Text(_) => {
                     let s = v.as_str().ok_or_else(|| mismatch("a string"))?;
-                    if name == "mode" {
-                        self.set_mode(s);
-                    } else {
-                        *self.text_mut(name) = s.to_string();
-                    }
+                    self.set_text(name, s)?;
                 }
-                Kind::Int(..) => {
+                Kind::Number => {
                     let n = v.as_i64().ok_or_else(|| mismatch("an integer"))?;
-                    self.set_int(name, n).map_err(|e| ConfigError(format!("config file: {e}")))?;
+                    self.set_number(name, n).map_err(|e| ConfigError(format!("config file: {e}")))?;
                     if name == "smuxver" {
-                        self.smuxver_explicit = true;
+                        self.session.smux_detect = false;
                     }
                 }
             }
@@ -774,13 +810,21 @@ impl Settings {
         Ok(warnings)
     }
 
-    fn text_mut(&mut self, name: &str) -> &mut String {
-        match name {
+    /// Sets the text setting `name`.
+    fn set_text(&mut self, name: &str, value: &str) -> Result<(), ConfigError> {
+        let slot = match name {
+            "crypt" => {
+                self.set_crypt(value);
+                return Ok(());
+            }
+            "mode" => {
+                self.set_mode(value);
+                return Ok(());
+            }
             "listen" | "localaddr" => &mut self.listen,
             "target" | "remoteaddr" => &mut self.target,
             "key" => &mut self.key.0,
             "key-file" => &mut self.key_file,
-            "crypt" => &mut self.crypt,
             "snmplog" => &mut self.snmplog,
             "log" => &mut self.log,
             "log-format" => &mut self.log_format,
@@ -797,98 +841,69 @@ impl Settings {
             "public" => &mut self.public,
             "public-cert" => &mut self.public_cert,
             "public-key" => &mut self.public_key,
-            other => unreachable!("no text setting {other}"),
-        }
+            other => return err(format!("{other} is no text setting")),
+        };
+        *slot = value.to_string();
+        Ok(())
+    }
+
+    fn set_crypt(&mut self, name: &str) {
+        self.session.crypt = Method::from_name_or_aes(name);
+        self.unknown_crypt = Method::from_name(name).is_none().then(|| name.to_string());
     }
 
     fn set_mode(&mut self, name: &str) {
-        self.tunables.mode = Profile::from_mode(name);
-        let unknown = self.tunables.mode == Profile::Manual && name != "manual";
+        self.session.mode = Mode::from_name(name);
+        let unknown = self.session.mode.is_none() && name != "manual";
         self.unknown_mode = unknown.then(|| name.to_string());
     }
 
-    fn bool_mut(&mut self, name: &str) -> &mut bool {
-        match name {
-            "QPP" => &mut self.qpp,
-            "nocomp" => &mut self.nocomp,
-            "acknodelay" => &mut self.acknodelay,
+    /// Sets the boolean setting `name`.
+    fn set_bool(&mut self, name: &str, value: bool) -> Result<(), ConfigError> {
+        let slot = match name {
+            "QPP" => &mut self.session.qpp,
+            "nocomp" => &mut self.session.nocomp,
+            "acknodelay" => &mut self.session.acknodelay,
             "quiet" => &mut self.quiet,
             "metrics-auth" => &mut self.metrics_auth,
             "tcp" => &mut self.tcp,
             "pprof" => &mut self.pprof,
-            other => unreachable!("no boolean setting {other}"),
-        }
+            other => return err(format!("{other} is no boolean setting")),
+        };
+        *slot = value;
+        Ok(())
     }
 
-    /// Stores the number `v` of flag `name` in its setting's type, refusing a value
-    /// out of the setting's range with a message that names the flag.
-    fn set_int(&mut self, name: &str, v: i64) -> Result<(), ConfigError> {
-        fn within<T: TryFrom<i64>>(name: &str, v: i64, lo: i64, hi: i64, unit: &str) -> Result<T, ConfigError> {
-            match T::try_from(v) {
-                Ok(t) if (lo..=hi).contains(&v) => Ok(t),
-                _ => err(format!("-{name} must be between {lo} and {hi}{unit} (got {v})")),
-            }
+    /// Sets the number `name` when its table allows `value`; the message of a
+    /// refusal is the table's (`sndwnd must be between 1 and 65535 segments (got 0)`),
+    /// to which each source adds where the value came from.
+    pub fn set_number(&mut self, name: &str, value: i64) -> Result<(), ConfigError> {
+        if core_settings::number(name).is_some() {
+            return self.session.set_number(name, value).map_err(|e| ConfigError(e.to_string()));
         }
-        let (int_max, u32_max) = (i64::from(i32::MAX), i64::from(u32::MAX));
+        let spec = number_spec(name).ok_or_else(|| ConfigError(format!("{name} is no numeric setting")))?;
+        let v = spec.check(value).map_err(|e| ConfigError(e.to_string()))?;
+        // Within the table's range, which lies within each field's type (a test checks).
         match name {
-            "QPPCount" => self.qpp_count = v,
-            "mtu" => self.mtu = within(name, v, 1, 1500, " bytes")?,
-            // kcptun treats a negative rate limit as none.
-            "ratelimit" => self.tunables.ratelimit = within(name, v.max(0), 0, u32_max, " bytes per second")?,
-            "sndwnd" => self.tunables.sndwnd = within(name, v, 1, 65535, " segments")?,
-            "rcvwnd" => self.tunables.rcvwnd = within(name, v, 1, 65535, " segments")?,
-            "datashard" => self.datashard = within(name, v, 0, 255, " shards")?,
-            "parityshard" => self.parityshard = within(name, v, 0, 255, " shards")?,
-            "dscp" => self.dscp = within(name, v, 0, 63, "")?,
-            "nodelay" => self.tunables.nodelay = v != 0,
-            "interval" => self.tunables.interval = within(name, v, 0, u32_max, " ms")?,
-            "resend" => self.tunables.resend = within(name, v, 0, u32_max, "")?,
-            "nc" => self.tunables.nc = v != 0,
-            "sockbuf" => self.sockbuf = within(name, v, 0, int_max, " bytes")?,
-            "smuxver" => self.smuxver = within(name, v, 1, 2, "")?,
-            "smuxbuf" => self.smuxbuf = within(name, v, 1, int_max, " bytes")?,
-            "framesize" => self.framesize = within(name, v, 1, 65535, " bytes")?,
-            "streambuf" => self.streambuf = within(name, v, 1, int_max, " bytes")?,
-            "keepalive" => self.keepalive = within(name, v, 1, 30, " seconds")?,
-            "closewait" => self.closewait = within(name, v, 0, 86_400, " seconds")?,
-            "snmpperiod" => self.snmpperiod = within(name, v, 0, u32_max, " seconds")?,
-            "drain-timeout" => self.drain_timeout = within(name, v, 0, 86_400, " seconds")?,
-            "open-rate" => self.open_rate = within(name, v, 0, 1_000_000, " sessions per second")?,
-            "open-rate-per-source" => {
-                self.open_rate_per_source = within(name, v, 0, 1_000_000, " sessions per second")?
-            }
-            "conn" => self.conn = within(name, v, 1, 65_535, " sessions")?,
-            "autoexpire" => self.autoexpire = within(name, v, 0, i64::MAX, " seconds")?,
-            "scavengettl" => self.scavengettl = within(name, v, 0, i64::MAX, " seconds")?,
-            "max-sessions" => self.tunables.max_sessions = within(name, v, 0, 10_000_000, " sessions")?,
-            "webtransport-per-address" => {
-                self.webtransport_per_address = within(name, v, 0, 1_000_000, " connections")?
-            }
-            other => unreachable!("no integer setting {other}"),
+            "sockbuf" => self.sockbuf = v as u32,
+            "dscp" => self.dscp = v as u8,
+            "snmpperiod" => self.snmpperiod = v as u32,
+            "drain-timeout" => self.drain_timeout = v as u64,
+            "max-sessions" => self.max_sessions = v as u64,
+            "open-rate" => self.open_rate = v as u32,
+            "open-rate-per-source" => self.open_rate_per_source = v as u32,
+            "webtransport-per-address" => self.webtransport_per_address = v as u32,
+            "conn" => self.conn = v as u32,
+            "autoexpire" => self.autoexpire = v as u64,
+            "scavengettl" => self.scavengettl = v as u64,
+            other => return err(format!("{other} is no numeric setting")),
         }
         Ok(())
     }
 
     /// The cipher; unknown names mean aes, as in kcptun.
     pub fn method(&self) -> Method {
-        Method::from_name_or_aes(&self.crypt)
-    }
-
-    /// The smux settings; a server without an explicit `-smuxver` detects it.
-    pub fn smux_config(&self) -> smux::Config {
-        let version = match (self.role, self.smuxver_explicit, self.smuxver) {
-            (Role::Server, false, _) => smux::Version::Detect,
-            (_, _, 1) => smux::Version::V1,
-            _ => smux::Version::V2,
-        };
-        smux::Config {
-            version,
-            keepalive_interval_ms: self.keepalive.saturating_mul(1000),
-            keepalive_timeout_ms: 30_000,
-            max_frame_size: usize::from(self.framesize),
-            max_receive_buffer: self.smuxbuf as usize,
-            max_stream_buffer: self.streambuf as usize,
-        }
+        self.session.crypt
     }
 
     /// The WebTransport listener's address; `None` when it is off. An empty host
@@ -993,7 +1008,7 @@ impl Settings {
             if unix_ok {
                 example += ", or a unix socket path (with a /)";
             }
-            match crate::runtime::split_port_range(value) {
+            match split_port_range(value) {
                 Ok((_, ports)) if range_ok || ports.start() == ports.end() => Ok(()),
                 _ => err(format!("{flag} must be {example}, such as 127.0.0.1:7000 (got {value:?})")),
             }
@@ -1045,23 +1060,24 @@ impl Settings {
         if self.pprof {
             warnings.push("-pprof is a Go profiler option and has no effect in kcpgate".to_string());
         }
-        let fec = self.datashard > 0 && self.parityshard > 0;
-        let min_mtu = kcpgate_core::pipeline::min_mtu(self.method(), fec);
-        if usize::from(self.mtu) < min_mtu {
-            let fec = if fec { "with FEC" } else { "without FEC" };
-            return err(format!(
-                "-mtu must be between {min_mtu} and 1500 with -crypt {} {fec} (got {}): the crypto and FEC headers \
-                 and a KCP segment must fit",
-                self.crypt, self.mtu
-            ));
+        let session = &self.session;
+        match session.validate() {
+            Ok(()) => {}
+            Err(CoreConfigError::MtuTooSmall { mtu, smallest }) => {
+                let fec = if session.fec() { "with FEC" } else { "without FEC" };
+                return err(format!(
+                    "-mtu must be between {smallest} and 1500 with -crypt {} {fec} (got {mtu}): the crypto and FEC \
+                     headers and a KCP segment must fit",
+                    session.crypt.name()
+                ));
+            }
+            Err(e @ (CoreConfigError::QppNoPads(_) | CoreConfigError::QppWrapsToZero(_))) => return err(e.to_string()),
+            Err(e @ CoreConfigError::TooManyShards { .. }) => return err(format!("-{e}")),
+            Err(e) => return err(format!("smux settings: {e}")),
         }
-        let shards = (u16::from(self.datashard), u16::from(self.parityshard));
-        if shards.0 + shards.1 > 255 {
-            return err(format!("-datashard/-parityshard must add up to at most 255 (got {}/{})", shards.0, shards.1));
-        }
-        self.smux_config().validate().map_err(|e| ConfigError(format!("smux settings: {e}")))?;
-        if self.qpp {
-            let (_, w) = qpp::check_parameters(self.key.as_bytes(), self.qpp_count, PadGeneration::Current)
+        if session.qpp {
+            let count = i64::from(session.numbers.qpp_count);
+            let (_, w) = qpp::check_parameters(self.key.as_bytes(), count, PadGeneration::Current)
                 .map_err(|e| ConfigError(e.to_string()))?;
             warnings.extend(w.iter().map(ToString::to_string));
         }
@@ -1071,8 +1087,8 @@ impl Settings {
             ));
         }
         self.check_addresses()?;
-        if Method::from_name(&self.crypt).is_none() {
-            warnings.push(format!("unknown -crypt {:?}: using aes, as kcptun does", self.crypt));
+        if let Some(crypt) = &self.unknown_crypt {
+            warnings.push(format!("unknown -crypt {crypt:?}: using aes, as kcptun does"));
         }
         self.admin_addr()?;
         let webtransport = self.webtransport_addr()?;
@@ -1114,7 +1130,7 @@ impl Settings {
                     .to_string(),
             );
         }
-        if Method::from_name(&self.crypt) == Some(Method::None) {
+        if self.session.crypt == Method::None {
             warnings.push(
                 "-crypt none: datagrams are neither encrypted nor checked, so anyone on the path reads them and \
                  anyone who can reach the port can forge them; use -crypt aes"
@@ -1135,4 +1151,27 @@ impl Settings {
         }
         Ok(warnings)
     }
+}
+
+/// Splits `host:port` or `host:min-max` at the last colon (kcptun's rule).
+pub fn split_port_range(addr: &str) -> std::io::Result<(&str, std::ops::RangeInclusive<u16>)> {
+    let bad = || {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("address {addr:?} is not host:port or host:min-max"),
+        )
+    };
+    let (host, ports) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let (lo, hi) = match ports.split_once('-') {
+        Some((a, b)) => (a.parse::<u16>().map_err(|_| bad())?, b.parse::<u16>().map_err(|_| bad())?),
+        None => {
+            let p = ports.parse::<u16>().map_err(|_| bad())?;
+            (p, p)
+        }
+    };
+    if lo == 0 || lo > hi {
+        return Err(bad());
+    }
+    Ok((host, lo..=hi))
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use kcpgate_core::kcp::diff;
 use kcpgate_core::listener::ListenerStats;
 use kcpgate_core::session::{Framing, Session};
+use kcpgate_core::settings::SessionSettings;
 use kcpgate_core::snmp::Snmp;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -596,94 +597,104 @@ pub struct TunablesPatch {
     pub mode: Option<Profile>,
     #[schema(minimum = 0, maximum = 1)]
     #[serde(default, deserialize_with = "whole_number")]
-    pub nodelay: Option<u32>,
+    pub nodelay: Option<i64>,
     #[schema(minimum = 10, maximum = 5000)]
     #[serde(default, deserialize_with = "whole_number")]
-    pub interval: Option<u32>,
-    #[schema(maximum = 65535)]
+    pub interval: Option<i64>,
+    #[schema(minimum = 0, maximum = 65535)]
     #[serde(default, deserialize_with = "whole_number")]
-    pub resend: Option<u32>,
+    pub resend: Option<i64>,
     #[schema(minimum = 0, maximum = 1)]
     #[serde(default, deserialize_with = "whole_number")]
-    pub nc: Option<u32>,
+    pub nc: Option<i64>,
     #[schema(minimum = 1, maximum = 65535)]
     #[serde(default, deserialize_with = "whole_number")]
-    pub sndwnd: Option<u32>,
+    pub sndwnd: Option<i64>,
     #[schema(minimum = 1, maximum = 65535)]
     #[serde(default, deserialize_with = "whole_number")]
-    pub rcvwnd: Option<u32>,
-    #[schema(format = Int64, maximum = 4_294_967_295_u64)]
+    pub rcvwnd: Option<i64>,
+    #[schema(minimum = 0, maximum = 4_294_967_295_i64)]
     #[serde(default, deserialize_with = "whole_number")]
-    pub ratelimit: Option<u32>,
-    #[schema(maximum = 10_000_000)]
+    pub ratelimit: Option<i64>,
+    #[schema(minimum = 0, maximum = 10_000_000)]
     #[serde(default, deserialize_with = "whole_number")]
-    pub max_sessions: Option<u64>,
+    pub max_sessions: Option<i64>,
 }
 
 impl TunablesPatch {
     /// The fields a change may have, as JSON names them.
     pub const FIELDS: &'static [&'static str] =
         &["mode", "nodelay", "interval", "resend", "nc", "sndwnd", "rcvwnd", "ratelimit", "max_sessions"];
+
+    /// The numbers given, by the name the settings table (and the flag) has.
+    fn numbers(&self) -> [(&'static str, &'static str, Option<i64>); 8] {
+        [
+            ("nodelay", "nodelay", self.nodelay),
+            ("interval", "interval", self.interval),
+            ("resend", "resend", self.resend),
+            ("nc", "nc", self.nc),
+            ("sndwnd", "sndwnd", self.sndwnd),
+            ("rcvwnd", "rcvwnd", self.rcvwnd),
+            ("ratelimit", "ratelimit", self.ratelimit),
+            ("max_sessions", "max-sessions", self.max_sessions),
+        ]
+    }
+
+    /// Applies this change to `session` and `max_sessions`, each number checked by
+    /// the settings table, as a flag is; on error nothing changed and each entry
+    /// names a wrong field and says why (the table's words).
+    pub fn apply(
+        &self,
+        session: &mut SessionSettings,
+        max_sessions: &mut u64,
+    ) -> Result<(), Vec<(&'static str, String)>> {
+        let (mut next, mut limit) = (session.clone(), *max_sessions);
+        if let Some(mode) = self.mode {
+            // Manual starts from the values in effect, as the API showed them.
+            if let (None, Some(preset)) = (mode.preset(), next.mode) {
+                let (nodelay, interval, resend, nc) = preset.params();
+                let n = &mut next.numbers;
+                (n.nodelay, n.interval, n.resend, n.nc) = (u8::from(nodelay), interval, resend, u8::from(nc));
+            }
+            next.mode = mode.preset();
+        }
+        let mut wrong = Vec::new();
+        for (field, name, value) in self.numbers() {
+            let Some(value) = value else { continue };
+            let checked = match name {
+                "max-sessions" => crate::config::number_spec(name)
+                    .expect("in the gateway's table")
+                    .check(value)
+                    .map(|v| limit = v as u64),
+                _ => next.set_number(name, value),
+            };
+            if let Err(e) = checked {
+                wrong.push((field, e.to_string()));
+            }
+        }
+        if !wrong.is_empty() {
+            return Err(wrong);
+        }
+        (*session, *max_sessions) = (next, limit);
+        Ok(())
+    }
 }
 
 /// A JSON integer, also when written with a zero fraction (`5.0`), which JSON
 /// Schema counts as an integer too.
-fn whole_number<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+fn whole_number<'de, D>(d: D) -> Result<Option<i64>, D::Error>
 where
     D: serde::Deserializer<'de>,
-    T: TryFrom<u64>,
 {
     use serde::de::Error;
     let Some(number) = Option::<serde_json::Number>::deserialize(d)? else { return Ok(None) };
-    let whole = number.as_u64().or_else(|| {
-        number.as_f64().filter(|f| f.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(f)).map(|f| f as u64)
+    let whole = number.as_i64().or_else(|| {
+        number
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && (i64::MIN as f64..=i64::MAX as f64).contains(f))
+            .map(|f| f as i64)
     });
-    whole
-        .and_then(|v| T::try_from(v).ok())
-        .map(Some)
-        .ok_or_else(|| D::Error::custom(format!("{number} is not a whole number in range")))
-}
-
-impl Tunables {
-    /// `patch` applied over these, or what is wrong with it (field, reason); the
-    /// result shows the values in effect ([`Tunables::effective`]).
-    pub fn patched(&self, patch: &TunablesPatch) -> Result<Tunables, Vec<(&'static str, String)>> {
-        fn set<T: Copy + PartialOrd + core::fmt::Display>(
-            wrong: &mut Vec<(&'static str, String)>,
-            field: &'static str,
-            value: Option<T>,
-            range: std::ops::RangeInclusive<T>,
-            slot: &mut T,
-        ) {
-            match value {
-                Some(v) if range.contains(&v) => *slot = v,
-                Some(v) => {
-                    wrong.push((field, format!("must be between {} and {} (got {v})", range.start(), range.end())))
-                }
-                None => {}
-            }
-        }
-        let mut next = self.clone();
-        let mut wrong = Vec::new();
-        let (mut nodelay, mut nc) = (u32::from(next.nodelay), u32::from(next.nc));
-        set(&mut wrong, "nodelay", patch.nodelay, 0..=1, &mut nodelay);
-        set(&mut wrong, "interval", patch.interval, 10..=5000, &mut next.interval);
-        set(&mut wrong, "resend", patch.resend, 0..=65535, &mut next.resend);
-        set(&mut wrong, "nc", patch.nc, 0..=1, &mut nc);
-        set(&mut wrong, "sndwnd", patch.sndwnd, 1..=65535, &mut next.sndwnd);
-        set(&mut wrong, "rcvwnd", patch.rcvwnd, 1..=65535, &mut next.rcvwnd);
-        set(&mut wrong, "ratelimit", patch.ratelimit, 0..=u32::MAX, &mut next.ratelimit);
-        set(&mut wrong, "max_sessions", patch.max_sessions, 0..=10_000_000, &mut next.max_sessions);
-        (next.nodelay, next.nc) = (nodelay != 0, nc != 0);
-        if let Some(mode) = patch.mode {
-            next.mode = mode;
-        }
-        if wrong.is_empty() {
-            Ok(next.effective())
-        } else {
-            Err(wrong)
-        }
-    }
+    whole.map(Some).ok_or_else(|| D::Error::custom(format!("{number} is not a whole number in range")))
 }
 
 #[cfg(test)]
@@ -768,40 +779,39 @@ mod tests {
 
     #[test]
     fn a_patch_changes_only_its_fields_and_names_every_bad_one() {
-        let t = Tunables {
-            mode: Profile::Fast,
-            nodelay: false,
-            interval: 50,
-            resend: 0,
-            nc: false,
-            sndwnd: 128,
-            rcvwnd: 512,
-            ratelimit: 0,
-            max_sessions: 0,
-        };
+        let mut session = SessionSettings::kcptun(kcpgate_core::smux::Role::Client);
+        let mut limit = 0;
         let p = TunablesPatch { mode: Some(Profile::Fast3), sndwnd: Some(256), ..TunablesPatch::default() };
-        let next = t.patched(&p).expect("a valid patch");
+        p.apply(&mut session, &mut limit).expect("a valid patch");
+        let next = Tunables::of(&session, limit);
         assert_eq!((next.mode, next.sndwnd, next.rcvwnd), (Profile::Fast3, 256, 512));
         let params = (next.nodelay, next.interval, next.resend, next.nc);
         assert_eq!(params, (true, 10, 2, true), "fast3's own values are shown, not the manual ones");
         let manual = TunablesPatch { mode: Some(Profile::Manual), interval: Some(25), ..TunablesPatch::default() };
-        let next = next.patched(&manual).expect("a valid patch");
+        manual.apply(&mut session, &mut limit).expect("a valid patch");
+        let next = Tunables::of(&session, limit);
         assert_eq!(
             (next.nodelay, next.interval, next.resend, next.nc),
             (true, 25, 2, true),
-            "manual keeps what it is given"
+            "manual keeps the values in effect but those given"
         );
         let bad = TunablesPatch {
-            mode: Some(Profile::Manual),
+            mode: Some(Profile::Fast),
             nodelay: Some(2),
             interval: Some(5),
             sndwnd: Some(0),
+            max_sessions: Some(-1),
             ..TunablesPatch::default()
         };
-        let wrong: Vec<&str> = t.patched(&bad).expect_err("invalid").iter().map(|(f, _)| *f).collect();
-        assert_eq!(wrong, ["nodelay", "interval", "sndwnd"]);
-        let too_fast = serde_json::from_str::<TunablesPatch>(r#"{"ratelimit": 4294967296}"#);
-        assert!(too_fast.is_err(), "a rate limit beyond u32 is refused");
+        let before = session.clone();
+        let wrong = bad.apply(&mut session, &mut limit).expect_err("invalid");
+        let fields: Vec<&str> = wrong.iter().map(|(f, _)| *f).collect();
+        assert_eq!(fields, ["nodelay", "interval", "sndwnd", "max_sessions"]);
+        assert_eq!(wrong[1].1, "interval must be between 10 and 5000 ms (got 5)", "the settings table's words");
+        assert_eq!((session, limit), (before, 0), "nothing changed, the mode neither");
+        let too_fast = serde_json::from_str::<TunablesPatch>(r#"{"ratelimit": 4294967296}"#).expect("a whole number");
+        let e = too_fast.apply(&mut SessionSettings::kcptun(kcpgate_core::smux::Role::Server), &mut 0).unwrap_err();
+        assert_eq!(e[0].1, "ratelimit must be between 0 and 4294967295 bytes per second (got 4294967296)");
         let unknown = serde_json::from_str::<TunablesPatch>(r#"{"mode": "turbo"}"#);
         assert!(unknown.is_err(), "only known profiles");
         let whole =

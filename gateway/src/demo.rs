@@ -293,7 +293,7 @@ fn plan(role: Role, line: &str) -> std::io::Result<Plan> {
     let settings = Settings::parse(role, line.split_whitespace().map(str::to_string))
         .map_err(|e| std::io::Error::other(format!("demo settings {line:?}: {e}")))?;
     settings.validate().map_err(|e| std::io::Error::other(e.0))?;
-    Ok(Plan::new(settings))
+    Plan::new(settings).map_err(|e| std::io::Error::other(e.0))
 }
 
 async fn free_tcp_port() -> std::io::Result<SocketAddr> {

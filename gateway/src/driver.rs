@@ -113,7 +113,7 @@ impl<T: Transport> Driver<T> {
             from_streams,
             out: Vec::with_capacity(GSO_BYTES),
             max_datagrams,
-            max_sessions: plan.tuning().tunables.max_sessions,
+            max_sessions: plan.tuning().max_sessions,
             draining: false,
             wrong_key: WrongKeyWarning::default(),
             client: None,
@@ -452,8 +452,8 @@ impl<T: Transport> Driver<T> {
             }
             Query::Retune(done) => {
                 let tuning = self.plan.tuning();
-                *self.endpoint.session_config_mut() = fitted(tuning.session.clone(), &self.transport);
-                self.max_sessions = tuning.tunables.max_sessions;
+                *self.endpoint.session_config_mut() = fitted(tuning.endpoint.session.clone(), &self.transport);
+                self.max_sessions = tuning.max_sessions;
                 let _ = done.send(());
             }
         }

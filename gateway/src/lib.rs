@@ -18,6 +18,7 @@ pub mod transport;
 pub mod tunnel;
 pub mod udp;
 pub mod webtransport;
+pub mod webtransport_state;
 
 /// kcpgate's version and the commit it was built from: "0.1.0 (commit 2825101, 2026-11-30)".
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("KCPGATE_COMMIT"), ")");

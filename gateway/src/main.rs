@@ -98,7 +98,13 @@ fn main() -> ExitCode {
              limit (LimitNOFILE=, ulimits: nofile:) for more than a few hundred streams"
         );
     }
-    let plan = std::sync::Arc::new(kcpgate::runtime::Plan::new(settings));
+    let plan = match kcpgate::runtime::Plan::new(settings) {
+        Ok(plan) => std::sync::Arc::new(plan),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let drain_timeout = std::time::Duration::from_secs(plan.settings.drain_timeout);
     let result = runtime.block_on(async move {

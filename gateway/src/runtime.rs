@@ -6,15 +6,10 @@ use std::sync::{Arc, RwLock};
 use kcpgate_core::admission::{Admission, OpeningGate, OpeningLimits, Refusal};
 use kcpgate_core::crypto::PacketCrypto;
 use kcpgate_core::endpoint::EndpointConfig;
-use kcpgate_core::fec::Shards;
-use kcpgate_core::kcp;
-use kcpgate_core::pipeline::SessionConfig;
-use kcpgate_core::qpp::PadGeneration;
-use kcpgate_core::session::{Framing, StreamConfig};
-use kcpgate_core::stack::{QppSetup, StackConfig};
+use kcpgate_core::settings::SessionSettings;
 
-use crate::config::Settings;
-use crate::control::{FecShards, Registry, SessionMeta, Tunables, TunablesPatch, ViewContext};
+use crate::config::{split_port_range, ConfigError, Settings};
+use crate::control::{FecShards, Profile, Registry, SessionMeta, Tunables, TunablesPatch, ViewContext};
 use crate::transport::TransportKind;
 
 /// 32 bytes from the OS, to seed the core's CSPRNGs (conv ids, nonces).
@@ -43,10 +38,9 @@ pub struct Plan {
     pub registry: Arc<Registry>,
     pub streams: Arc<crate::tunnel::StreamCounters>,
     pub crypto: Arc<PacketCrypto>,
-    pub stack: StackConfig,
     /// The WebTransport listener's port and certificate hashes, for the public listener.
-    pub webtransport: RwLock<crate::webtransport::Published>,
-    pub webtransport_refusals: Arc<crate::webtransport::Refusals>,
+    pub webtransport: RwLock<crate::webtransport_state::Published>,
+    pub webtransport_refusals: Arc<crate::webtransport_state::Refusals>,
     /// WebTransport sessions that have no KCP session yet (they count against
     /// the session limit).
     pub webtransport_waiting: std::sync::atomic::AtomicU64,
@@ -91,32 +85,18 @@ impl Admission for SharedAdmission {
     }
 }
 
-/// The tunables and the session configuration they make.
+/// The session settings of sessions opened now (the tunables' current values)
+/// and the endpoint configuration they make.
 pub struct Tuning {
-    pub tunables: Tunables,
-    pub session: SessionConfig,
+    pub session: SessionSettings,
+    pub max_sessions: u64,
+    pub endpoint: EndpointConfig,
 }
 
-/// The session configuration `settings` give with `tunables`.
-fn session_config(settings: &Settings, tunables: &Tunables) -> SessionConfig {
-    let (nodelay, interval, fast_resend, no_cwnd) = tunables.kcp_params();
-    let kcp = kcp::Config {
-        snd_wnd: tunables.sndwnd,
-        rcv_wnd: tunables.rcvwnd,
-        nodelay,
-        interval,
-        fast_resend,
-        no_cwnd,
-        stream: true,
-        ack_nodelay: settings.acknodelay,
-        ..kcp::Config::default()
-    };
-    SessionConfig {
-        mtu: usize::from(settings.mtu),
-        kcp,
-        fec: Shards::new(usize::from(settings.datashard), usize::from(settings.parityshard)),
-        write_delay: false,
-        rate_limit: tunables.ratelimit,
+impl Tuning {
+    /// What `PATCH /api/v1/config` may change, as now in effect.
+    pub fn tunables(&self) -> Tunables {
+        Tunables::of(&self.session, self.max_sessions)
     }
 }
 
@@ -132,20 +112,17 @@ pub(crate) fn opening_limits(settings: &Settings) -> OpeningLimits {
 }
 
 impl Plan {
-    pub fn new(settings: Settings) -> Plan {
-        let qpp = settings
-            .qpp
-            // kcptun uses the count modulo 65536; `validate` refused counts that give 0.
-            .then(|| QppSetup::new(settings.key.as_bytes(), settings.qpp_count as u16, PadGeneration::Current));
-        let stack = StackConfig { compression: !settings.nocomp, smux: settings.smux_config(), qpp };
-        let tuning = Tuning {
-            tunables: settings.tunables.clone().effective(),
-            session: session_config(&settings, &settings.tunables),
-        };
+    /// The plan of `settings`; refused when the session settings do not make an
+    /// endpoint configuration (`Settings::validate` says why first, in flag terms).
+    pub fn new(settings: Settings) -> Result<Plan, ConfigError> {
+        let endpoint = settings
+            .session
+            .endpoint_config(&settings.key)
+            .map_err(|e| ConfigError(format!("session settings: {e}")))?;
+        let tuning = Tuning { session: settings.session.clone(), max_sessions: settings.max_sessions, endpoint };
         let opening_limits = opening_limits(&settings);
-        Plan {
+        Ok(Plan {
             crypto: Arc::new(PacketCrypto::from_passphrase(settings.method(), &settings.key)),
-            stack,
             settings,
             registry: Arc::default(),
             streams: Arc::default(),
@@ -155,7 +132,7 @@ impl Plan {
             admission: SharedAdmission::new(opening_limits),
             http_counters: HttpCounters::default(),
             tuning: RwLock::new(Arc::new(tuning)),
-        }
+        })
     }
 
     /// The current tunables and the configuration of sessions opened now.
@@ -168,9 +145,13 @@ impl Plan {
     /// nothing changed and each entry says which field is wrong and why.
     pub fn retune(&self, patch: &TunablesPatch) -> Result<Tunables, Vec<(&'static str, String)>> {
         let mut current = self.tuning.write().expect("tuning lock");
-        let tunables = current.tunables.patched(patch)?;
-        let session = session_config(&self.settings, &tunables);
-        *current = Arc::new(Tuning { tunables: tunables.clone(), session });
+        let (mut session, mut max_sessions) = (current.session.clone(), current.max_sessions);
+        patch.apply(&mut session, &mut max_sessions)?;
+        let endpoint =
+            session.endpoint_config(&self.settings.key).map_err(|e| vec![("session settings", e.to_string())])?;
+        let next = Tuning { session, max_sessions, endpoint };
+        let tunables = next.tunables();
+        *current = Arc::new(next);
         Ok(tunables)
     }
 
@@ -183,24 +164,21 @@ impl Plan {
 
     /// The core endpoint's settings for sessions opened now.
     pub fn endpoint_config(&self) -> EndpointConfig {
-        let close_wait_ms = self.settings.closewait * 1000; // at most a day: fits
-        EndpointConfig {
-            session: self.tuning().session.clone(),
-            streams: StreamConfig { stack: self.stack.clone(), close_wait_ms, framing: Framing::Streams },
-        }
+        self.tuning().endpoint.clone()
     }
 
     /// The admin API's record of a session opened at `now_ms` (the owning task's
     /// clock), with a new process-wide id.
     pub fn session_meta(&self, now_ms: u64) -> SessionMeta {
-        SessionMeta { id: self.registry.session_id(), opened_ms: now_ms, mode: self.tuning().tunables.mode }
+        SessionMeta { id: self.registry.session_id(), opened_ms: now_ms, mode: Profile::of(self.tuning().session.mode) }
     }
 
     /// What the session views of a task on `local` share.
     pub fn view_context(&self, local: SocketAddr, transport: TransportKind) -> ViewContext<'_> {
-        let (data, parity) = (self.settings.datashard, self.settings.parityshard);
-        let fec = (data > 0 && parity > 0).then_some(FecShards { data: data.into(), parity: parity.into() });
-        ViewContext { local, transport, crypt: &self.settings.crypt, fec }
+        let n = &self.settings.session.numbers;
+        let fec =
+            self.settings.session.fec().then_some(FecShards { data: n.datashard.into(), parity: n.parityshard.into() });
+        ViewContext { local, transport, crypt: self.settings.session.crypt.name(), fec }
     }
 
     /// Every address of `-listen`, with `host:N-M` expanded to each port and an empty
@@ -216,29 +194,6 @@ impl Plan {
         }
         Ok(out)
     }
-}
-
-/// Splits `host:port` or `host:min-max` at the last colon (kcptun's rule).
-pub fn split_port_range(addr: &str) -> std::io::Result<(&str, std::ops::RangeInclusive<u16>)> {
-    let bad = || {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("address {addr:?} is not host:port or host:min-max"),
-        )
-    };
-    let (host, ports) = addr.rsplit_once(':').ok_or_else(bad)?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let (lo, hi) = match ports.split_once('-') {
-        Some((a, b)) => (a.parse::<u16>().map_err(|_| bad())?, b.parse::<u16>().map_err(|_| bad())?),
-        None => {
-            let p = ports.parse::<u16>().map_err(|_| bad())?;
-            (p, p)
-        }
-    };
-    if lo == 0 || lo > hi {
-        return Err(bad());
-    }
-    Ok((host, lo..=hi))
 }
 
 /// Applies `-sockbuf` (send and receive buffer, bytes) and `-dscp` (IPv4 TOS = d << 2,

@@ -493,7 +493,8 @@ mod tests {
     #[tokio::test]
     async fn a_stream_blocked_towards_tcp_wakes_its_session_when_tcp_takes_a_chunk() {
         let args = ["-key", "k", "-crypt", "aes", "-mode", "fast3", "-nocomp", "-sndwnd", "1024", "-rcvwnd", "1024"];
-        let plan = Plan::new(Settings::parse(Side::Server, args.map(String::from)).expect("valid flags"));
+        let plan = Plan::new(Settings::parse(Side::Server, args.map(String::from)).expect("valid flags"))
+            .expect("valid settings");
         let (mut client, mut server) = (End::new(&plan, Role::Client), End::new(&plan, Role::Server));
         let session = client.ep.connect(0, 2).expect("a session");
         let payload: Vec<u8> = (0..2_000_000u32).map(|i| (i % 251) as u8).collect();

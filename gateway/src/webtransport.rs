@@ -85,60 +85,7 @@ const DATAGRAM_SEND_BUFFER: usize = 256 * 1024;
 const INCOMING_BUFFER: u64 = 16 * 1024;
 const INCOMING_BUFFER_TOTAL: u64 = 4 * 1024 * 1024;
 
-/// What the public listener publishes about the WebTransport listener.
-#[derive(Debug, Default)]
-pub struct Published {
-    /// The listener's port, once it listens.
-    pub port: Option<u16>,
-    /// SHA-256 hashes of the certificates a page may be given: the current one
-    /// first (self-signed only; empty with operator certificates).
-    pub hashes: Vec<[u8; 32]>,
-    /// When the current self-signed certificate expires.
-    pub expires: Option<SystemTime>,
-}
-
-/// WebTransport sessions refused or closed by the gateway, by reason.
-#[derive(Debug, Default)]
-pub struct Refusals {
-    pub origin: AtomicU64,
-    pub path: AtomicU64,
-    pub limit: AtomicU64,
-    pub draining: AtomicU64,
-    pub crypto: AtomicU64,
-    pub malformed: AtomicU64,
-    pub idle: AtomicU64,
-    pub handshake: AtomicU64,
-    /// Refused before the handshake: the source had `-webtransport-per-address`
-    /// connections already.
-    pub address: AtomicU64,
-    /// Refused before the handshake: over the handshake rates (`-open-rate`,
-    /// `-open-rate-per-source`).
-    pub rate: AtomicU64,
-    /// Refused before the handshake: [`MAX_WAITING`] connections had no KCP session yet.
-    pub waiting: AtomicU64,
-    /// Datagrams larger than the connection could send (lost, as on UDP).
-    pub oversized: AtomicU64,
-}
-
-impl Refusals {
-    /// (reason label, count) for metrics.
-    pub fn counts(&self) -> [(&'static str, u64); 11] {
-        let n = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        [
-            ("origin", n(&self.origin)),
-            ("path", n(&self.path)),
-            ("limit", n(&self.limit)),
-            ("draining", n(&self.draining)),
-            ("crypto", n(&self.crypto)),
-            ("malformed", n(&self.malformed)),
-            ("idle", n(&self.idle)),
-            ("handshake", n(&self.handshake)),
-            ("address", n(&self.address)),
-            ("rate", n(&self.rate)),
-            ("waiting", n(&self.waiting)),
-        ]
-    }
-}
+pub use crate::webtransport_state::{Published, Refusals};
 
 fn count(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
@@ -706,7 +653,7 @@ async fn admit(
         count(&refusals.draining);
         return request.too_many_requests().await;
     }
-    let limit = plan.tuning().tunables.max_sessions;
+    let limit = plan.tuning().max_sessions;
     // Less this one, which is counted as waiting already.
     let waiting = plan.webtransport_waiting.load(Ordering::Relaxed).saturating_sub(1);
     if limit > 0 && plan.registry.open_sessions() + waiting >= limit {
@@ -769,7 +716,7 @@ mod tests {
     #[tokio::test]
     async fn a_replaced_self_signed_certificate_is_published_first_and_the_old_one_kept() {
         let args = ["-l", "127.0.0.1:1", "-webtransport", "127.0.0.1:0"].map(String::from);
-        let plan = Plan::new(Settings::parse(Role::Server, args).expect("settings"));
+        let plan = Plan::new(Settings::parse(Role::Server, args).expect("settings")).expect("valid settings");
         let listener = bind(&plan).await.expect("binds").expect("on");
         let first = plan.webtransport.read().unwrap().hashes.clone();
         assert_eq!(first.len(), 1);
@@ -786,7 +733,7 @@ mod tests {
     #[test]
     fn unproven_addresses_are_asked_to_prove_themselves_and_cannot_fill_a_players_places() {
         let args = ["-l", "127.0.0.1:1", "-webtransport-per-address", "20"].map(String::from);
-        let plan = Arc::new(Plan::new(Settings::parse(Role::Server, args).expect("settings")));
+        let plan = Arc::new(Plan::new(Settings::parse(Role::Server, args).expect("settings")).expect("valid settings"));
         let gate = Arc::new(Gate::new(&plan));
         let refusals = Refusals::default();
         let player: SocketAddr = "198.51.100.7:4000".parse().unwrap();

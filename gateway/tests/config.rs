@@ -1,6 +1,7 @@
 //! kcptun's command line and JSON configuration (PROTOCOL.md §8.1–§8.2).
 
 use kcpgate::config::{Role, Settings};
+use kcpgate_core::crypto::Method;
 use kcpgate_core::smux::Version;
 
 fn args(line: &str) -> Vec<String> {
@@ -20,9 +21,10 @@ fn kcptun_command_lines_parse_unchanged() {
         Role::Client,
         "-l :1 -r h:2 -key k -crypt=salsa20 -mode fast2 -ds 5 -ps=2 -nocomp -QPP -QPPCount 7 -conn 4 -smuxver 1",
     );
-    assert_eq!((s.listen.as_str(), s.target.as_str(), &*s.key, s.crypt.as_str()), (":1", "h:2", "k", "salsa20"));
+    assert_eq!((s.listen.as_str(), s.target.as_str(), &*s.key, s.method()), (":1", "h:2", "k", Method::Salsa20));
+    let n = &s.session.numbers;
     assert_eq!(
-        (s.datashard, s.parityshard, s.nocomp, s.qpp, s.qpp_count, s.conn, s.smuxver),
+        (n.datashard, n.parityshard, s.session.nocomp, s.session.qpp, n.qpp_count, s.conn, n.smuxver),
         (5, 2, true, true, 7, 4, 1)
     );
     assert!(Settings::parse(Role::Server, args("-bogus 1")).is_err(), "unknown flags are errors");
@@ -38,12 +40,12 @@ fn conformance_76_mode_presets() {
         ("fast3", (true, 10, 2, true)),
     ] {
         let s = parse(Role::Server, &format!("-mode {mode} -nodelay 1 -interval 99 -resend 7 -nc 0"));
-        assert_eq!(s.tunables.kcp_params(), params, "{mode} ignores the manual values");
+        assert_eq!(s.session.kcp_params(), params, "{mode} ignores the manual values");
     }
     let s = parse(Role::Server, "-mode manual -nodelay 1 -interval 99 -resend 7 -nc 0");
-    assert_eq!(s.tunables.kcp_params(), (true, 99, 7, false));
+    assert_eq!(s.session.kcp_params(), (true, 99, 7, false));
     let s = parse(Role::Server, "-mode whatever -nodelay 0 -interval 15 -resend 1 -nc 1");
-    assert_eq!(s.tunables.kcp_params(), (false, 15, 1, true), "unknown modes are manual");
+    assert_eq!(s.session.kcp_params(), (false, 15, 1, true), "unknown modes are manual");
 }
 
 #[test]
@@ -51,36 +53,36 @@ fn conformance_77_json_overrides_present_keys_then_the_mode_preset() {
     let mut s = parse(Role::Client, "-key flag-key -mtu 1200 -mode manual -interval 25");
     s.apply_json(r#"{"KEY": "json-key", "SndWnd": 64, "mode": "fast3", "interval": 99, "unknown": [1, 2]}"#).unwrap();
     assert_eq!(s.key, "json-key", "keys match case-insensitively");
-    assert_eq!(s.tunables.sndwnd, 64);
-    assert_eq!(s.mtu, 1200, "absent keys leave the flags alone");
-    assert_eq!(s.tunables.kcp_params(), (true, 10, 2, true), "the preset wins over interval from flags and JSON");
+    assert_eq!(s.session.numbers.sndwnd, 64);
+    assert_eq!(s.session.numbers.mtu, 1200, "absent keys leave the flags alone");
+    assert_eq!(s.session.kcp_params(), (true, 10, 2, true), "the preset wins over interval from flags and JSON");
     let e = s.apply_json(r#"{"mtu": "big"}"#).unwrap_err();
     assert!(e.to_string().contains("\"mtu\" must be an integer"), "{e}");
     assert!(s.apply_json("[1]").is_err());
     assert!(s.apply_json("{oops").unwrap_err().to_string().contains("not valid JSON"));
     let mut s = parse(Role::Server, "");
     s.apply_json(r#"{"smuxver": 1, "qpp-count": 13, "qpp": true}"#).unwrap();
-    assert_eq!((s.smux_config().version, s.qpp, s.qpp_count), (Version::V1, true, 13));
+    assert_eq!((s.session.smux_config().version, s.session.qpp, s.session.numbers.qpp_count), (Version::V1, true, 13));
 }
 
 #[test]
 fn conformance_78_defaults() {
     let c = parse(Role::Client, "");
     assert_eq!((c.listen.as_str(), c.target.as_str()), (":12948", "vps:29900"));
-    assert_eq!(
-        (c.tunables.sndwnd, c.tunables.rcvwnd, c.closewait, c.conn, c.autoexpire, c.scavengettl),
-        (128, 512, 0, 1, 0, 600)
-    );
+    let n = &c.session.numbers;
+    assert_eq!((n.sndwnd, n.rcvwnd, n.closewait, c.conn, c.autoexpire, c.scavengettl), (128, 512, 0, 1, 0, 600));
     let s = parse(Role::Server, "");
     assert_eq!((s.listen.as_str(), s.target.as_str()), (":29900", "127.0.0.1:12948"));
-    assert_eq!((s.tunables.sndwnd, s.tunables.rcvwnd, s.closewait), (1024, 1024, 30));
+    let n = &s.session.numbers;
+    assert_eq!((n.sndwnd, n.rcvwnd, n.closewait), (1024, 1024, 30));
     for x in [&c, &s] {
+        let n = &x.session.numbers;
         assert_eq!(
-            (x.mtu, x.datashard, x.parityshard, x.crypt.as_str(), x.tunables.mode.name(), x.smuxver),
-            (1350, 10, 3, "aes", "fast", 2)
+            (n.mtu, n.datashard, n.parityshard, x.method(), x.session.mode, n.smuxver),
+            (1350, 10, 3, Method::Aes256, Some(kcpgate_core::kcp::Mode::Fast), 2)
         );
         assert_eq!(
-            (x.framesize, x.smuxbuf, x.streambuf, x.sockbuf, x.keepalive, x.qpp_count, x.snmpperiod),
+            (n.framesize, n.smuxbuf, n.streambuf, x.sockbuf, n.keepalive, n.qpp_count, x.snmpperiod),
             (8192, 4_194_304, 2_097_152, 4_194_304, 10, 61, 60)
         );
         assert!(x.key == "it's a secrect" || std::env::var("KCPTUN_KEY").is_ok());
@@ -109,10 +111,10 @@ fn webtransport_connections_per_address_default_to_64_and_zero_lifts_them() {
 
 #[test]
 fn server_detects_smux_version_unless_pinned() {
-    assert_eq!(parse(Role::Server, "").smux_config().version, Version::Detect);
-    assert_eq!(parse(Role::Server, "-smuxver 2").smux_config().version, Version::V2);
-    assert_eq!(parse(Role::Server, "-smuxver 1").smux_config().version, Version::V1);
-    assert_eq!(parse(Role::Client, "").smux_config().version, Version::V2);
+    assert_eq!(parse(Role::Server, "").session.smux_config().version, Version::Detect);
+    assert_eq!(parse(Role::Server, "-smuxver 2").session.smux_config().version, Version::V2);
+    assert_eq!(parse(Role::Server, "-smuxver 1").session.smux_config().version, Version::V1);
+    assert_eq!(parse(Role::Client, "").session.smux_config().version, Version::V2);
 }
 
 #[test]
@@ -159,10 +161,11 @@ fn startup_checks_refuse_with_a_reason() {
     }
     let mut json = parse(Role::Server, "");
     let e = json.apply_json(r#"{"sndwnd": 70000}"#).expect_err("out of range");
-    assert!(e.to_string().contains("config file: -sndwnd must be between 1 and 65535"), "{e}");
-    let s = parse(Role::Server, "-crypt rot13 -ratelimit -5 -QPP -QPPCount 8");
+    assert_eq!(e.to_string(), "config file: sndwnd must be between 1 and 65535 segments (got 70000)");
+    let e = Settings::parse(Role::Server, args("-ratelimit -5")).unwrap_err().to_string();
+    assert!(e.contains("-ratelimit must be between 0 and 4294967295 bytes per second (got -5)"), "{e}");
+    let s = parse(Role::Server, "-crypt rot13 -QPP -QPPCount 8");
     let w = s.validate().unwrap();
-    assert_eq!(s.tunables.ratelimit, 0, "negative rate limits mean off");
     assert!(w.iter().any(|w| w.contains("rot13")), "{w:?}");
     assert!(w.iter().any(|w| w.contains("even")), "{w:?}");
 }
@@ -186,7 +189,7 @@ fn webtransport_settings_parse_from_flags_and_json() {
 
 #[test]
 fn port_ranges_expand_and_bad_ones_are_refused() {
-    use kcpgate::runtime::split_port_range;
+    use kcpgate::config::split_port_range;
     let (host, ports) = split_port_range("example.com:3000-3003").unwrap();
     assert_eq!((host, ports.collect::<Vec<_>>()), ("example.com", vec![3000, 3001, 3002, 3003]));
     let (host, ports) = split_port_range("[::1]:29900").unwrap();
@@ -197,7 +200,7 @@ fn port_ranges_expand_and_bad_ones_are_refused() {
     }
     let s = parse(Role::Server, "-l 127.0.0.1:4000-4002");
     s.validate().unwrap();
-    let plan = kcpgate::runtime::Plan::new(s);
+    let plan = kcpgate::runtime::Plan::new(s).unwrap();
     let addrs: Vec<String> = plan.listen_addrs().unwrap().iter().map(ToString::to_string).collect();
     assert_eq!(addrs, ["127.0.0.1:4000", "127.0.0.1:4001", "127.0.0.1:4002"]);
 }
@@ -210,4 +213,25 @@ fn secrets_never_show_in_debug_output() {
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(shown.contains("key: (redacted)") && shown.contains("admin_token: (redacted)"), "{shown}");
     assert_eq!((&*s.key, &*s.admin_token), ("hunter2-key", "hunter2-token"), "the values themselves are kept");
+}
+
+#[test]
+fn every_numeric_flag_takes_its_range_and_says_it_in_help() {
+    use kcpgate::config::{help_text, number_spec, numeric_flags};
+    for role in [Role::Server, Role::Client] {
+        // Words only: clap wraps long lines.
+        let help = help_text(role).split_whitespace().collect::<Vec<_>>().join(" ");
+        for (name, _) in numeric_flags(role) {
+            let spec = number_spec(name).unwrap_or_else(|| panic!("-{name} is in the table"));
+            let unit = if spec.unit.is_empty() { String::new() } else { format!(" {}", spec.unit) };
+            let shown = format!("[range: {} to {}{unit}]", spec.min, spec.max);
+            assert!(help.contains(&shown), "{role:?} --help shows {shown} for -{name}");
+            let default = if role == Role::Server { spec.server } else { spec.client };
+            assert!(spec.check(default).is_ok(), "-{name}'s default {default} lies in its range");
+            for edge in [spec.min, spec.max] {
+                let mut s = parse(role, "");
+                s.set_number(name, edge).unwrap_or_else(|e| panic!("-{name} {edge}: {e}"));
+            }
+        }
+    }
 }

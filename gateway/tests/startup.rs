@@ -71,8 +71,8 @@ fn an_mtu_too_small_for_the_headers_is_refused_at_startup_naming_the_smallest_th
         assert!(e.to_string().contains(&format!("between {smallest} and 1500")), "{line}: {e}");
         let s = parse(Role::Server, &format!("{line} -mtu {smallest}"));
         let crypto = kcpgate_core::crypto::PacketCrypto::from_passphrase(s.method(), "k");
-        let plan = kcpgate::runtime::Plan::new(s);
-        assert!(plan.tuning().session.kcp_config(&crypto).is_ok(), "{line}: the core takes -mtu {smallest}");
+        let plan = kcpgate::runtime::Plan::new(s).unwrap();
+        assert!(plan.tuning().endpoint.session.kcp_config(&crypto).is_ok(), "{line}: the core takes -mtu {smallest}");
     }
 }
 
@@ -100,7 +100,7 @@ fn a_webtransport_listener_that_cannot_start_stops_kcpgate_saying_why() {
 #[test]
 fn a_flag_given_twice_takes_the_last_value_as_kcptun_does() {
     let s = parse(Role::Server, "-key first -mtu 1000 -key second -mtu=1200 -nocomp -nocomp");
-    assert_eq!((&*s.key, s.mtu, s.nocomp), ("second", 1200, true));
+    assert_eq!((&*s.key, s.session.numbers.mtu, s.session.nocomp), ("second", 1200, true));
     let c = parse(Role::Client, "-r h:1 -r h:2 -l :3 --localaddr :4");
     assert_eq!((c.target.as_str(), c.listen.as_str()), ("h:2", ":4"));
 }
@@ -114,10 +114,7 @@ fn the_json_file_takes_kcpgate_keys_and_warns_of_unknown_ones() {
                 "log-format": "json", "targett": "oops:1"}"#,
         )
         .expect("valid JSON");
-    assert_eq!(
-        (s.admin.as_str(), &*s.admin_token, s.tunables.max_sessions, s.drain_timeout),
-        ("127.0.0.1:9999", "t0k", 5, 3)
-    );
+    assert_eq!((s.admin.as_str(), &*s.admin_token, s.max_sessions, s.drain_timeout), ("127.0.0.1:9999", "t0k", 5, 3));
     assert!(s.admin_explicit, "an admin address from the file is as explicit as a flag");
     assert_eq!(s.log_format, "json");
     assert_eq!(warnings.len(), 1, "{warnings:?}");
@@ -315,7 +312,9 @@ fn a_mistyped_flag_is_named_with_the_closest_one_and_errors_share_one_prefix() {
         assert!(stderr.contains(meant), "{line}: {stderr}");
     }
     // Values that start with a dash are values, not flags.
-    parse(Role::Server, "-ratelimit -1 -key -notaflag").validate().expect("dashed values");
+    parse(Role::Server, "-key -notaflag").validate().expect("a dashed value");
+    let negative = Settings::parse(Role::Server, args("-ratelimit -1")).unwrap_err().to_string();
+    assert!(negative.contains("-ratelimit must be between 0 and 4294967295 bytes per second (got -1)"), "{negative}");
     // Startup errors (ours and clap's) and runtime ones share the prefix.
     for line in ["server -mtu 40 -admin off", "server --no-such", "client -admin nowhere"] {
         let stderr = String::from_utf8_lossy(&run(line).stderr).to_string();

@@ -18,7 +18,6 @@ use tokio::sync::broadcast;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiJson, ApiPath, ApiQuery, FieldError, Problem, Shared, Throttled, Unauthorized};
-use crate::config::Role;
 use crate::control::{Capture, Direction, Event, SessionInfo, Tunables, TunablesPatch};
 use crate::transport::TransportKind;
 
@@ -727,7 +726,7 @@ pub struct RunningConfig {
     pub keepalive: u32,
     pub closewait: u32,
     pub qpp: bool,
-    pub qpp_count: i64,
+    pub qpp_count: u32,
     /// Client: sessions to spread connections over.
     pub conn: u32,
     pub autoexpire: u64,
@@ -751,22 +750,22 @@ fn running_config(state: &super::AdminState) -> RunningConfig {
         listen: s.listen.clone(),
         target: s.target.clone(),
         key: "(redacted)".into(),
-        crypt: s.crypt.clone(),
-        mtu: s.mtu,
-        datashard: s.datashard,
-        parityshard: s.parityshard,
+        crypt: s.session.crypt.name().into(),
+        mtu: s.session.numbers.mtu,
+        datashard: s.session.numbers.datashard,
+        parityshard: s.session.numbers.parityshard,
         dscp: s.dscp,
-        nocomp: s.nocomp,
-        acknodelay: s.acknodelay,
+        nocomp: s.session.nocomp,
+        acknodelay: s.session.acknodelay,
         sockbuf: s.sockbuf,
-        smuxver: (s.role == Role::Client || s.smuxver_explicit).then_some(s.smuxver),
-        smuxbuf: s.smuxbuf,
-        framesize: s.framesize,
-        streambuf: s.streambuf,
-        keepalive: s.keepalive,
-        closewait: s.closewait,
-        qpp: s.qpp,
-        qpp_count: s.qpp_count,
+        smuxver: (!s.session.smux_detect).then_some(s.session.numbers.smuxver),
+        smuxbuf: s.session.numbers.smuxbuf,
+        framesize: s.session.numbers.framesize,
+        streambuf: s.session.numbers.streambuf,
+        keepalive: s.session.numbers.keepalive,
+        closewait: s.session.numbers.closewait,
+        qpp: s.session.qpp,
+        qpp_count: s.session.numbers.qpp_count,
         conn: s.conn,
         autoexpire: s.autoexpire,
         scavengettl: s.scavengettl,
@@ -775,7 +774,7 @@ fn running_config(state: &super::AdminState) -> RunningConfig {
         open_rate_per_source: s.open_rate_per_source,
         admin: s.admin.clone(),
         admin_token_set: !s.admin_token.is_empty(),
-        tunables: state.plan.tuning().tunables.clone(),
+        tunables: state.plan.tuning().tunables(),
     }
 }
 
@@ -838,8 +837,15 @@ pub async fn patch_config(
     }
     let patch: TunablesPatch = serde_json::from_value(serde_json::Value::Object(valid))
         .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("the body is not a valid change: {e}")))?;
-    let before = state.plan.tuning().tunables.clone();
-    let result = if wrong.is_empty() { state.plan.retune(&patch) } else { before.patched(&patch) };
+    let current = state.plan.tuning();
+    let before = current.tunables();
+    let result = if wrong.is_empty() {
+        state.plan.retune(&patch)
+    } else {
+        // Only to name the fields out of range as well; nothing changes.
+        let (mut session, mut max_sessions) = (current.session.clone(), current.max_sessions);
+        patch.apply(&mut session, &mut max_sessions).map(|()| before.clone())
+    };
     match result {
         Ok(tunables) if wrong.is_empty() => {
             match changes(&before, &tunables) {
@@ -1003,7 +1009,7 @@ impl Drop for EventStreamSlot {
 /// "sndwnd 1024 → 512, mode fast → fast3"; empty when nothing does.
 fn changes(before: &crate::config::Tunables, after: &crate::config::Tunables) -> String {
     let (serde_json::Value::Object(old), serde_json::Value::Object(new)) =
-        (serde_json::json!(before.clone().effective()), serde_json::json!(after.clone().effective()))
+        (serde_json::json!(before), serde_json::json!(after))
     else {
         return String::new();
     };
@@ -1043,8 +1049,9 @@ mod tests {
 
     #[test]
     fn a_change_is_logged_field_by_field_and_no_change_as_none() {
-        use crate::config::{Profile, Role, Settings};
-        let before = Settings::parse(Role::Server, Vec::<String>::new()).unwrap().tunables;
+        use crate::config::{Profile, Role, Settings, Tunables};
+        let settings = Settings::parse(Role::Server, Vec::<String>::new()).unwrap();
+        let before = Tunables::of(&settings.session, settings.max_sessions);
         assert_eq!(super::changes(&before, &before), "", "PATCH {{}} changes nothing");
         let mut after = before.clone();
         after.sndwnd = 512;

@@ -450,54 +450,7 @@ async fn openapi_document() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
 }
 
-/// An error, as RFC 9457 problem details.
-#[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"type": "about:blank", "title": "Not Found", "status": 404, "detail": "no session 42"}))]
-pub struct Problem {
-    /// Always `about:blank`: the status says what kind of problem it is.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub title: String,
-    pub status: u16,
-    /// What went wrong, and what to do about it.
-    pub detail: String,
-    /// Per-field reasons, for a request body that failed validation.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<FieldError>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct FieldError {
-    #[schema(example = "sndwnd")]
-    pub field: String,
-    #[schema(example = "must be between 1 and 65535 (got 0)")]
-    pub message: String,
-}
-
-impl Problem {
-    pub fn new(status: StatusCode, detail: impl Into<String>) -> Problem {
-        Problem {
-            kind: "about:blank".into(),
-            title: status.canonical_reason().unwrap_or("Error").into(),
-            status: status.as_u16(),
-            detail: detail.into(),
-            errors: Vec::new(),
-        }
-    }
-}
-
-impl IntoResponse for Problem {
-    fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = (status, axum::Json(&self)).into_response();
-        let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-        if status == StatusCode::UNAUTHORIZED {
-            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"kcpgate\""));
-        }
-        response
-    }
-}
+pub use crate::http::{FieldError, Problem};
 
 /// The answer every /api route gives without the token, for the document.
 #[derive(utoipa::IntoResponses)]
