@@ -110,7 +110,14 @@ pub struct Settings {
     /// Server: PEM files that make the public listener serve HTTPS; empty for HTTP.
     pub public_cert: String,
     pub public_key: String,
-    pub config_file: Option<PathBuf>,
+    /// `-c`: kcptun's JSON file, read over the flags.
+    pub kcptun_json: Option<PathBuf>,
+    /// Server: `-config`, kcpgate's TOML file of process settings and listeners;
+    /// empty for none.
+    pub config: String,
+    /// The flags given on the command line or by their environment variables,
+    /// which a `-config` file does not override.
+    pub given: std::collections::BTreeSet<&'static str>,
 }
 
 /// What can change while kcpgate runs (`PATCH /api/v1/config`): part of the
@@ -293,6 +300,12 @@ pub fn config_file_exposure(path: &std::path::Path, text: &str) -> Option<String
         .filter(|k| k.eq_ignore_ascii_case("key") || k.eq_ignore_ascii_case("admin-token"))
         .map(String::as_str)
         .collect();
+    readable_by_others(path, &secrets)
+}
+
+/// A warning when the configuration file at `path` holds `secrets` and other
+/// users may read it.
+pub fn readable_by_others(path: &std::path::Path, secrets: &[&str]) -> Option<String> {
     if secrets.is_empty() {
         return None;
     }
@@ -459,6 +472,7 @@ const SHARED: &[Flag] = &[
 const ADMIN_HELP: &str = "Admin HTTP API, metrics and health (/api/v1, /metrics, /livez, /readyz): address to listen on, or off (kcpgate only)";
 
 const SERVER: &[Flag] = &[
+    flag("config", None, Kind::Text(""), "kcpgate's TOML configuration: process settings and one or more [[listener]] tables, each with its own address, target, key and session settings (see deploy/kcpgate.example.toml). Flags and KCPGATE_* variables win over it; with several listeners, a flag that sets a listener's setting is refused (kcpgate only)"),
     Flag {
         short: Some('l'),
         ..flag(
@@ -574,6 +588,36 @@ fn arg(f: &Flag, role: Role) -> Arg {
                 .hide_default_value(role == Role::Server && f.name == "smuxver")
         }
     }
+}
+
+/// What a setting takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValueKind {
+    Text,
+    Number,
+    Bool,
+}
+
+/// The flag `name` of `role` (its own name, as `--help` spells it) and what it
+/// takes; `None` for no such flag.
+pub fn flag_kind(role: Role, name: &str) -> Option<(&'static str, ValueKind)> {
+    role_flags(role).find(|f| f.name == name).map(|f| {
+        let kind = match f.kind {
+            Kind::Text(_) => ValueKind::Text,
+            Kind::Number => ValueKind::Number,
+            Kind::Bool => ValueKind::Bool,
+        };
+        (f.name, kind)
+    })
+}
+
+/// The flag names of `role` closest in spelling to `name`, for "did you mean".
+pub fn closest_flag(role: Role, name: &str) -> Option<&'static str> {
+    role_flags(role)
+        .map(|f| (edit_distance(&name.to_ascii_lowercase(), &f.name.to_ascii_lowercase()), f.name))
+        .min()
+        .filter(|(d, known)| *d <= known.len().max(name.len()) / 2)
+        .map(|(_, known)| known)
 }
 
 /// Every numeric flag of `role` with its key in kcptun's JSON: the numbers a
@@ -753,7 +797,9 @@ impl Settings {
             public: text_or_empty("public"),
             public_cert: text_or_empty("public-cert"),
             public_key: text_or_empty("public-key"),
-            config_file: m.get_one::<PathBuf>("c").cloned(),
+            kcptun_json: m.get_one::<PathBuf>("c").cloned(),
+            config: text_or_empty("config"),
+            given: role_flags(role).map(|f| f.name).filter(|n| given(n)).collect(),
         };
         settings.set_crypt(&text("crypt"));
         settings.set_mode(&text("mode"));
@@ -811,7 +857,7 @@ impl Settings {
     }
 
     /// Sets the text setting `name`.
-    fn set_text(&mut self, name: &str, value: &str) -> Result<(), ConfigError> {
+    pub(crate) fn set_text(&mut self, name: &str, value: &str) -> Result<(), ConfigError> {
         let slot = match name {
             "crypt" => {
                 self.set_crypt(value);
@@ -859,7 +905,7 @@ impl Settings {
     }
 
     /// Sets the boolean setting `name`.
-    fn set_bool(&mut self, name: &str, value: bool) -> Result<(), ConfigError> {
+    pub(crate) fn set_bool(&mut self, name: &str, value: bool) -> Result<(), ConfigError> {
         let slot = match name {
             "QPP" => &mut self.session.qpp,
             "nocomp" => &mut self.session.nocomp,

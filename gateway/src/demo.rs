@@ -226,9 +226,8 @@ pub async fn run(options: Options, stop: impl std::future::Future<Output = ()>) 
             options.listen, options.admin, options.webtransport, options.public
         ),
     )?;
-    let mut salsa = plan(Role::Server, &format!("-l {salsa_addr} -crypt salsa20 {common} -admin off"))?;
-    salsa.registry = aes.registry.clone(); // one API and dashboard for both listeners
-    salsa.streams = aes.streams.clone();
+    // One API and dashboard for both listeners.
+    let salsa = sibling(&aes, &format!("-l {salsa_addr} -crypt salsa20 {common} -admin off"))?;
     let (aes, salsa) = (Arc::new(aes), Arc::new(salsa));
 
     let admin = crate::admin::bind(options.admin, &aes).await?;
@@ -287,6 +286,14 @@ async fn report_failure(what: &'static str, work: impl std::future::Future<Outpu
     if let Err(e) = work.await {
         eprintln!("error: {what} stopped: {e}");
     }
+}
+
+/// The plan of a second server listener beside `first`, from its command line.
+fn sibling(first: &Plan, line: &str) -> std::io::Result<Plan> {
+    let settings = Settings::parse(Role::Server, line.split_whitespace().map(str::to_string))
+        .map_err(|e| std::io::Error::other(format!("demo settings {line:?}: {e}")))?;
+    settings.validate().map_err(|e| std::io::Error::other(e.0))?;
+    Plan::sibling(settings, first).map_err(|e| std::io::Error::other(e.0))
 }
 
 fn plan(role: Role, line: &str) -> std::io::Result<Plan> {

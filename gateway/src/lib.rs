@@ -5,6 +5,7 @@ pub mod admin;
 pub mod assets;
 pub mod client;
 pub mod config;
+pub mod config_file;
 pub mod conn;
 pub mod control;
 pub mod demo;

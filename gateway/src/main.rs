@@ -53,7 +53,7 @@ fn main() -> ExitCode {
         }
     };
     exit_nonzero_on_panic();
-    let mut settings = match Settings::parse(role, args) {
+    let settings = match Settings::parse(role, args) {
         Ok(s) => s,
         Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => {
             print!("{}", kcpgate::config::help_text(role));
@@ -61,34 +61,16 @@ fn main() -> ExitCode {
         }
         Err(e) => e.exit(),
     };
-    let mut warnings = Vec::new();
-    if let Some(path) = settings.config_file.clone() {
-        let applied = std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))
-            .and_then(|text| {
-                warnings.extend(kcpgate::config::config_file_exposure(&path, &text));
-                settings.apply_json(&text).map_err(|e| format!("{}: {e}", path.display()))
-            });
-        match applied {
-            Ok(w) => warnings.extend(w),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    match settings.read_secret_files().and_then(|mut w| {
-        w.extend(settings.validate()?);
-        Ok(w)
-    }) {
-        Ok(w) => warnings.extend(w),
+    let loaded = match kcpgate::config_file::resolve(settings) {
+        Ok(loaded) => loaded,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
-    }
-    init_logging(&settings.log, settings.log_format == "json", "info");
-    for w in warnings {
+    };
+    let process = &loaded.listeners[0].settings;
+    init_logging(&process.log, process.log_format == "json", "info");
+    for w in &loaded.warnings {
         tracing::warn!("{w}");
     }
     let files = kcpgate::http::raise_file_limit();
@@ -98,13 +80,25 @@ fn main() -> ExitCode {
              limit (LimitNOFILE=, ulimits: nofile:) for more than a few hundred streams"
         );
     }
-    let plan = match kcpgate::runtime::Plan::new(settings) {
-        Ok(plan) => std::sync::Arc::new(plan),
+    let mut listeners = loaded.listeners.into_iter();
+    let first = listeners.next().expect("at least one listener");
+    let plans = kcpgate::runtime::Plan::new(first.settings).and_then(|plan| {
+        let mut plans = vec![std::sync::Arc::new(plan)];
+        for listener in listeners {
+            let sibling = kcpgate::runtime::Plan::sibling(listener.settings, &plans[0])
+                .map_err(|e| kcpgate::config::ConfigError(format!("listener {}: {e}", listener.name)))?;
+            plans.push(std::sync::Arc::new(sibling));
+        }
+        Ok(plans)
+    });
+    let plans = match plans {
+        Ok(plans) => plans,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(2);
         }
     };
+    let plan = plans[0].clone();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let drain_timeout = std::time::Duration::from_secs(plan.settings.drain_timeout);
     let result = runtime.block_on(async move {
@@ -136,7 +130,10 @@ fn main() -> ExitCode {
         }
         let work = async {
             match role {
-                Role::Server => kcpgate::server::run(plan, drain).await,
+                Role::Server => {
+                    let servers = plans.iter().map(|plan| kcpgate::server::run(plan.clone(), drain.clone()));
+                    futures_util::future::try_join_all(servers).await.map(drop)
+                }
                 Role::Client => kcpgate::client::run(plan, drain).await,
             }
         };

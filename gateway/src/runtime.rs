@@ -135,6 +135,20 @@ impl Plan {
         })
     }
 
+    /// The plan of another listener of the same process: its own settings,
+    /// crypto and tunables, and `first`'s session ids, counters and opening
+    /// limits, so that the API, the metrics and the limits see one gateway. Its
+    /// WebTransport listener is off (the process has one, on `first`).
+    pub fn sibling(mut settings: Settings, first: &Plan) -> Result<Plan, ConfigError> {
+        settings.webtransport = "off".to_string();
+        let mut plan = Plan::new(settings)?;
+        plan.registry = first.registry.clone();
+        plan.streams = first.streams.clone();
+        plan.admission = first.admission.clone();
+        plan.webtransport_refusals = first.webtransport_refusals.clone();
+        Ok(plan)
+    }
+
     /// The current tunables and the configuration of sessions opened now.
     pub fn tuning(&self) -> Arc<Tuning> {
         self.tuning.read().expect("tuning lock").clone()

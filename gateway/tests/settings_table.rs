@@ -1,6 +1,7 @@
 //! One table of ranges, units and defaults: every number kcpgate takes gets the
 //! same verdict and the same words from each way of setting it (a flag, kcptun's
-//! JSON file, a `KCPGATE_*` environment variable, `PATCH /api/v1/config`), at
+//! JSON file, kcpgate's `-config` file, a `KCPGATE_*` environment variable,
+//! `PATCH /api/v1/config`), at
 //! each edge of its range and one step outside. One test in its own process: it
 //! sets environment variables, which every parse in the process would read.
 
@@ -19,6 +20,18 @@ fn by_flag(role: Role, name: &str, value: i64) -> Verdict {
 fn by_json(role: Role, key: &str, value: i64) -> Verdict {
     let mut settings = Settings::parse(role, Vec::<String>::new()).expect("defaults parse");
     settings.apply_json(&format!("{{\"{key}\": {value}}}")).map(drop).map_err(|e| e.to_string())
+}
+
+/// A `-config` file (servers only): a listener's setting in its `[[listener]]`
+/// table, a process setting at the top.
+fn by_file(name: &str, value: i64) -> Verdict {
+    let listener = "[[listener]]\nlisten = \":29900\"\n";
+    let text = match kcpgate::config_file::LISTENER_KEYS.contains(&name) {
+        true => format!("{listener}{name} = {value}\n"),
+        false => format!("{name} = {value}\n{listener}"),
+    };
+    let base = Settings::parse(Role::Server, Vec::<String>::new()).expect("defaults parse");
+    kcpgate::config_file::parse("kcpgate.toml", &text, &base).map(drop).map_err(|e| e.to_string())
 }
 
 fn by_env(role: Role, name: &str, value: i64) -> Verdict {
@@ -68,6 +81,9 @@ fn every_number_gets_the_same_verdict_and_words_from_every_source() {
                     ("JSON", by_json(role, json_key, value)),
                     ("environment", by_env(role, name, value)),
                 ];
+                if role == Role::Server {
+                    sources.push(("config file", by_file(name, value)));
+                }
                 if role == Role::Server && patchable.contains(&name) {
                     sources.push(("PATCH", by_patch(admin, &name.replace('-', "_"), value)));
                 }
