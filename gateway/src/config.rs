@@ -43,6 +43,9 @@ pub struct Settings {
     pub role: Role,
     /// Server: `-listen`; client: `-localaddr`.
     pub listen: String,
+    /// Server: whether `listen` is a UDP listener; a `-config` file's WebTransport
+    /// listener has only `webtransport`.
+    pub listen_udp: bool,
     /// Server: `-target`; client: `-remoteaddr`.
     pub target: String,
     pub key: Secret,
@@ -759,6 +762,7 @@ impl Settings {
         let mut settings = Settings {
             role,
             listen,
+            listen_udp: role == Role::Server,
             target,
             key: Secret(text("key")),
             key_file: text("key-file"),
@@ -1061,7 +1065,9 @@ impl Settings {
         };
         match self.role {
             Role::Server => {
-                check("-listen", &self.listen, true, false)?;
+                if self.listen_udp {
+                    check("-listen", &self.listen, true, false)?;
+                }
                 check("-target", &self.target, false, true)
             }
             Role::Client => {

@@ -48,9 +48,9 @@ pub const LISTENER_KEYS: &[&str] = &[
     "max-sessions",
 ];
 
-/// Keys only a listener table has: its name, and the environment variable its
-/// key is read from.
-const LISTENER_ONLY: &[&str] = &["name", "key-env"];
+/// Keys only a listener table has: its name, its transport (`udp`, the default,
+/// or `webtransport`), and the environment variable its key is read from.
+const LISTENER_ONLY: &[&str] = &["name", "transport", "key-env"];
 
 /// One listener of the file: its name (for messages and the API) and its
 /// settings, the process's included.
@@ -133,12 +133,24 @@ pub fn parse(origin: &str, text: &str, base: &Settings) -> Result<Loaded, Config
     for (number, (place, table)) in tables.into_iter().enumerate() {
         let mut settings = process.clone();
         let mut name = None;
+        let mut webtransport = false;
         let mut has_listen = base.given.contains("listen");
         for (key, value) in table {
             let key_name = key.get_ref().as_ref();
             let place = at(key.span());
             match key_name {
                 "name" => name = Some(text_value(key_name, value, &place)?),
+                "transport" => {
+                    webtransport = match text_value(key_name, value, &place)?.as_str() {
+                        "udp" => false,
+                        "webtransport" => true,
+                        other => {
+                            return Err(ConfigError(format!(
+                                "{place}: transport must be \"udp\" or \"webtransport\" (got {other:?})"
+                            )))
+                        }
+                    }
+                }
                 "key-env" => {
                     let var = text_value(key_name, value, &place)?;
                     let key = std::env::var(&var).map_err(|_| {
@@ -173,11 +185,34 @@ pub fn parse(origin: &str, text: &str, base: &Settings) -> Result<Loaded, Config
         if !has_listen {
             return Err(ConfigError(format!("{place}: this listener has no listen address: add listen = \":29900\"")));
         }
+        if webtransport {
+            // Browsers reach it over QUIC: its address is the WebTransport listener's.
+            settings.webtransport = settings.listen.clone();
+            settings.listen_udp = false;
+        } else if number > 0 {
+            settings.webtransport = "off".to_string(); // a process setting: the first listener's
+        }
         let name = name.unwrap_or_else(|| format!("listener {}", number + 1));
         if !names.insert(name.clone()) {
             return Err(ConfigError(format!("{place}: two listeners are named {name:?}: give each its own name")));
         }
         listeners.push(Listener { name, settings });
+    }
+    let browsers: Vec<&Listener> = listeners.iter().filter(|l| !l.settings.listen_udp).collect();
+    if browsers.len() > 1 {
+        return Err(ConfigError(format!(
+            "{origin}: listeners {:?} and {:?} both have transport = \"webtransport\": kcpgate runs one WebTransport \
+             listener",
+            browsers[0].name, browsers[1].name
+        )));
+    }
+    let top = process.webtransport.trim();
+    if let (Some(browser), false) = (browsers.first(), top.is_empty() || top.eq_ignore_ascii_case("off")) {
+        return Err(ConfigError(format!(
+            "{origin}: webtransport = {top:?} at the top (or -webtransport) and listener {:?} with transport = \
+             \"webtransport\" are two WebTransport listeners: keep the listener",
+            browser.name
+        )));
     }
     Ok(Loaded { listeners, warnings: Vec::new(), inline_secrets })
 }

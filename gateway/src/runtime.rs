@@ -39,7 +39,7 @@ pub struct Plan {
     pub streams: Arc<crate::tunnel::StreamCounters>,
     pub crypto: Arc<PacketCrypto>,
     /// The WebTransport listener's port and certificate hashes, for the public listener.
-    pub webtransport: RwLock<crate::webtransport_state::Published>,
+    pub webtransport: Arc<RwLock<crate::webtransport_state::Published>>,
     pub webtransport_refusals: Arc<crate::webtransport_state::Refusals>,
     /// WebTransport sessions that have no KCP session yet (they count against
     /// the session limit).
@@ -126,7 +126,7 @@ impl Plan {
             settings,
             registry: Arc::default(),
             streams: Arc::default(),
-            webtransport: RwLock::default(),
+            webtransport: Arc::default(),
             webtransport_refusals: Arc::default(),
             webtransport_waiting: Default::default(),
             admission: SharedAdmission::new(opening_limits),
@@ -136,16 +136,16 @@ impl Plan {
     }
 
     /// The plan of another listener of the same process: its own settings,
-    /// crypto and tunables, and `first`'s session ids, counters and opening
-    /// limits, so that the API, the metrics and the limits see one gateway. Its
-    /// WebTransport listener is off (the process has one, on `first`).
-    pub fn sibling(mut settings: Settings, first: &Plan) -> Result<Plan, ConfigError> {
-        settings.webtransport = "off".to_string();
+    /// crypto and tunables, and `first`'s session ids, counters, opening limits
+    /// and WebTransport state, so that the API, the metrics, the limits and the
+    /// public listener see one gateway.
+    pub fn sibling(settings: Settings, first: &Plan) -> Result<Plan, ConfigError> {
         let mut plan = Plan::new(settings)?;
         plan.registry = first.registry.clone();
         plan.streams = first.streams.clone();
         plan.admission = first.admission.clone();
         plan.webtransport_refusals = first.webtransport_refusals.clone();
+        plan.webtransport = first.webtransport.clone();
         Ok(plan)
     }
 

@@ -24,7 +24,8 @@ pub async fn run(plan: Arc<Plan>, drain: watch::Receiver<bool>) -> std::io::Resu
     let mut tasks = Vec::new();
     let webtransport = crate::webtransport::bind(&plan).await?;
     let per_port = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for addr in plan.listen_addrs()? {
+    let udp = if plan.settings.listen_udp { plan.listen_addrs()? } else { Vec::new() };
+    for addr in udp {
         let sockets = bind_shared(addr, per_port)
             .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on UDP {addr}: {e}")))?;
         info!("listening on UDP {} ({} sockets)", sockets[0].local_addr()?, sockets.len());

@@ -18,12 +18,16 @@ fn flags(line: &str) -> Settings {
 }
 
 #[test]
-fn the_example_file_gives_two_listeners_with_their_own_settings() {
+fn the_example_file_gives_three_listeners_with_their_own_settings() {
     std::env::set_var("KCPGATE_LEGACY_KEY", "legacy secret");
+    std::env::set_var("KCPGATE_BROWSER_KEY", "browser secret");
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kcpgate.example.toml")).unwrap();
     let loaded = parse("kcpgate.example.toml", &text, &flags("")).unwrap_or_else(|e| panic!("{e}"));
     let names: Vec<&str> = loaded.listeners.iter().map(|l| l.name.as_str()).collect();
-    assert_eq!(names, ["native", "legacy"]);
+    assert_eq!(names, ["native", "legacy", "browser"]);
+    let browser = &loaded.listeners[2].settings;
+    assert_eq!((browser.listen_udp, browser.webtransport.as_str(), &*browser.key), (false, ":4433", "browser secret"));
+    assert!(loaded.listeners[..2].iter().all(|l| l.settings.listen_udp && l.settings.webtransport == "off"));
     let (native, legacy) = (&loaded.listeners[0].settings, &loaded.listeners[1].settings);
     assert_eq!(
         (native.listen.as_str(), native.method(), native.session.mode),
@@ -35,7 +39,7 @@ fn the_example_file_gives_two_listeners_with_their_own_settings() {
         (":30000-30003", Method::Salsa20, Some(Mode::Fast2))
     );
     assert_eq!((legacy.session.numbers.sndwnd, &*legacy.key, legacy.max_sessions), (512, "legacy secret", 0));
-    for s in [native, legacy] {
+    for s in [native, legacy, browser] {
         assert_eq!(
             (s.admin.as_str(), s.quiet, s.drain_timeout),
             ("127.0.0.1:8080", true, 30),
@@ -71,6 +75,18 @@ fn a_bad_file_is_refused_with_its_line_key_and_what_is_allowed() {
             "f.toml:3: key-env names KCPGATE_TEST_NEVER_SET, which is not set",
         ),
         ("[[listener]\n".to_string(), "f.toml: not valid TOML"),
+        (
+            format!("{one}transport = \"tcp\"\n"),
+            "f.toml:3: transport must be \"udp\" or \"webtransport\" (got \"tcp\")",
+        ),
+        (
+            format!("{one}transport = \"webtransport\"\n{one}transport = \"webtransport\"\nname = \"b\"\n"),
+            "both have transport = \"webtransport\": kcpgate runs one WebTransport listener",
+        ),
+        (
+            format!("webtransport = \":4433\"\n{one}transport = \"webtransport\"\n"),
+            "are two WebTransport listeners: keep the listener",
+        ),
     ] {
         let e = parse("f.toml", &text, &flags("")).expect_err(&text).to_string();
         assert!(e.contains(said), "{text:?}: {e}");

@@ -127,7 +127,7 @@ pub(super) async fn render(state: &super::AdminState) -> String {
     }
     registry.register("transport_sessions_open", "Sessions open now, by transport (udp, webtransport)", open);
     registry.register("transport_sessions_opened", "Sessions opened since the start, by transport", opened);
-    if state.plan.settings.webtransport_addr().ok().flatten().is_some() {
+    if state.plan.webtransport.read().expect("published lock").port.is_some() {
         let refused: Family<Vec<(String, String)>, Counter> = Family::default();
         for (reason, n) in state.plan.webtransport_refusals.counts() {
             refused.get_or_create(&vec![("reason".to_string(), reason.to_string())]).inc_by(n);

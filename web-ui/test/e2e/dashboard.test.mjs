@@ -127,7 +127,7 @@ test('a bad tunable shows the API\'s error on its field, a good one is saved', a
   await page.getByRole('button', { name: 'Apply to new sessions' }).click();
   const sndError = page.locator('#tunable-sndwnd-error');
   await until('the field errors', async () => (await sndError.textContent()) !== '');
-  assert.equal(await sndError.textContent(), 'must be between 1 and 65535 (got 0)');
+  assert.equal(await sndError.textContent(), 'sndwnd must be between 1 and 65535 segments (got 0)', 'the settings table\'s words');
   assert.match(await page.locator('#tunable-rcvwnd-error').textContent(), /big/);
   assert.equal(await sndwnd.getAttribute('aria-invalid'), 'true');
   assert.equal(await page.locator('#tunable-interval-error').textContent(), '', 'only the wrong fields are marked');
