@@ -219,7 +219,7 @@ pub async fn run(options: Options, stop: impl std::future::Future<Output = ()>) 
         })?);
     }
     let common = format!("-t {backend_addr} -key {DEMO_KEY} -mode fast3 -quiet");
-    let aes = plan(
+    let mut aes = plan(
         Role::Server,
         &format!(
             "-l {} -crypt aes {common} -admin {} -admin-token {token} -webtransport {} -public {} -drain-timeout 2",
@@ -227,13 +227,14 @@ pub async fn run(options: Options, stop: impl std::future::Future<Output = ()>) 
         ),
     )?;
     // One API and dashboard for both listeners.
-    let salsa = sibling(&aes, &format!("-l {salsa_addr} -crypt salsa20 {common} -admin off"))?;
+    let mut salsa = sibling(&aes, &format!("-l {salsa_addr} -crypt salsa20 {common} -admin off"))?;
+    (aes.name, salsa.name) = ("aes".to_string(), "salsa20".to_string());
     let (aes, salsa) = (Arc::new(aes), Arc::new(salsa));
 
     let admin = crate::admin::bind(options.admin, &aes).await?;
     let public = crate::public::bind(&aes).await?.expect("the demo sets -public");
     let (drain_tx, drain) = watch::channel(false);
-    tokio::spawn(crate::admin::serve(admin, aes.clone(), drain.clone()));
+    tokio::spawn(crate::admin::serve(admin, vec![aes.clone(), salsa.clone()], drain.clone()));
     tokio::spawn(crate::public::serve(public));
     let mut tasks = vec![
         tokio::spawn(report_failure("the aes listener", crate::server::run(aes.clone(), drain.clone()))),

@@ -82,11 +82,13 @@ fn main() -> ExitCode {
     }
     let mut listeners = loaded.listeners.into_iter();
     let first = listeners.next().expect("at least one listener");
-    let plans = kcpgate::runtime::Plan::new(first.settings).and_then(|plan| {
+    let plans = kcpgate::runtime::Plan::new(first.settings).and_then(|mut plan| {
+        plan.name = first.name;
         let mut plans = vec![std::sync::Arc::new(plan)];
         for listener in listeners {
-            let sibling = kcpgate::runtime::Plan::sibling(listener.settings, &plans[0])
+            let mut sibling = kcpgate::runtime::Plan::sibling(listener.settings, &plans[0])
                 .map_err(|e| kcpgate::config::ConfigError(format!("listener {}: {e}", listener.name)))?;
+            sibling.name = listener.name;
             plans.push(std::sync::Arc::new(sibling));
         }
         Ok(plans)
@@ -116,7 +118,7 @@ fn main() -> ExitCode {
                     tracing::info!(
                         "admin API on {scheme}://{at} ({guarded}): dashboard at /, OpenAPI at /openapi.json"
                     );
-                    tokio::spawn(kcpgate::admin::serve(listener, plan.clone(), drain.clone()));
+                    tokio::spawn(kcpgate::admin::serve(listener, plans.clone(), drain.clone()));
                 }
                 // The default address may be taken by another program: run without the
                 // API rather than refuse a command line that works with kcptun.

@@ -31,6 +31,8 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// Settings turned into the core's configuration.
 pub struct Plan {
+    /// The listener's name: `-config`'s, else its address.
+    pub name: String,
     /// The settings kcpgate started with (the tunables' current values are in
     /// [`Plan::tuning`]).
     pub settings: Settings,
@@ -122,6 +124,7 @@ impl Plan {
         let tuning = Tuning { session: settings.session.clone(), max_sessions: settings.max_sessions, endpoint };
         let opening_limits = opening_limits(&settings);
         Ok(Plan {
+            name: settings.listen.clone(),
             crypto: Arc::new(PacketCrypto::from_passphrase(settings.method(), &settings.key)),
             settings,
             registry: Arc::default(),

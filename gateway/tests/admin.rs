@@ -327,7 +327,13 @@ fn the_api_lists_kicks_and_retunes_the_sessions_of_real_clients() {
     let unknown = api.call("PATCH", "/api/v1/config", Some(TOKEN), Some(&serde_json::json!({"sndwin": 5})));
     assert_eq!(unknown.0, 400, "{}", unknown.2);
     assert!(unknown.2.contains("sndwnd"), "the answer lists the fields: {}", unknown.2);
-    assert_eq!(api.get("/api/v1/config")["key"], "(redacted)");
+    let config = api.get("/api/v1/config");
+    assert_eq!(config["listeners"][0]["key"], "(redacted)");
+    assert_eq!(config["listeners"][0]["tunables"], config["tunables"], "one listener: its tunables are the first's");
+    assert!(config["process"].get("conn").is_none(), "a server shows no client settings: {config}");
+    let named =
+        api.call("PATCH", "/api/v1/config?listener=nobody", Some(TOKEN), Some(&serde_json::json!({"sndwnd": 5})));
+    assert_eq!(named.0, 404, "{}", named.2);
     procs.0.push(kcpgate(&format!("client -r 127.0.0.1:{udp} -l 127.0.0.1:{late_port} {crypt}")));
     let _via_late = connect(late_port, &payload(9, 1000));
     let late_id = n(&next_event(&events, "session_opened", Duration::from_secs(5))["id"]);

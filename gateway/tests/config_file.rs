@@ -185,6 +185,34 @@ fn two_listeners_of_one_file_serve_kcptun_and_kcpgate_clients_at_once() {
     let (_, sessions) = support::admin_get(admin, "/api/v1/sessions").expect("the admin API answers");
     let sessions: serde_json::Value = serde_json::from_str(&sessions).unwrap();
     assert_eq!(sessions["total"], 2, "one API for both listeners: {sessions}");
+    let (_, config) = support::admin_get(admin, "/api/v1/config").expect("the admin API answers");
+    let config: serde_json::Value = serde_json::from_str(&config).unwrap();
+    let listed: Vec<(&str, &str, &str)> = config["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["name"].as_str().unwrap(), l["crypt"].as_str().unwrap(), l["transport"].as_str().unwrap()))
+        .collect();
+    assert_eq!(listed, [("native", "aes", "udp"), ("legacy", "salsa20", "udp")], "{config}");
+    assert_eq!(config["listeners"][1]["datashard"], 0);
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let patch = |query: &str| {
+        let mut r = agent
+            .patch(format!("http://127.0.0.1:{admin}/api/v1/config{query}"))
+            .header("Content-Type", "application/json")
+            .send("{\"sndwnd\": 256}")
+            .unwrap();
+        (r.status().as_u16(), r.body_mut().read_to_string().unwrap())
+    };
+    let (status, answer) = patch("");
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.contains("say which with ?listener=NAME (native, legacy)"), "{answer}");
+    let (status, answer) = patch("?listener=legacy");
+    assert_eq!(status, 200, "{answer}");
+    let changed: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let windows: Vec<u64> =
+        changed["listeners"].as_array().unwrap().iter().map(|l| l["tunables"]["sndwnd"].as_u64().unwrap()).collect();
+    assert_eq!(windows, [1024, 256], "only the named listener changed");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

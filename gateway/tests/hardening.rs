@@ -139,7 +139,8 @@ fn new_sessions_over_the_rates_are_refused_and_counted() {
     assert_eq!(st["sessions"]["open"], 10);
     let (_, config) = admin_get(admin, "/api/v1/config").expect("config");
     let config: Value = serde_json::from_str(&config).unwrap();
-    assert_eq!((config["open_rate"].as_u64(), config["open_rate_per_source"].as_u64()), (Some(2), Some(50)));
+    let process = &config["process"];
+    assert_eq!((process["open_rate"].as_u64(), process["open_rate_per_source"].as_u64()), (Some(2), Some(50)));
 }
 
 /// A server killed mid-transfer and started again: its kcpgate clients hear from

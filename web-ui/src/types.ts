@@ -98,10 +98,18 @@ export interface Tunables {
   max_sessions: number;
 }
 
-export interface RunningConfig {
-  role: string;
+export interface ListenerConfig {
+  name: string;
+  transport: string;
   tunables: Tunables;
   [setting: string]: unknown;
+}
+
+export interface RunningConfig {
+  role: string;
+  process: Record<string, unknown>;
+  listeners: ListenerConfig[];
+  tunables: Tunables;
 }
 
 export interface CaptureResult {

@@ -18,6 +18,7 @@ use tokio::sync::broadcast;
 use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiJson, ApiPath, ApiQuery, FieldError, Problem, Shared, Throttled, Unauthorized};
+use crate::config::Role;
 use crate::control::{Capture, Direction, Event, SessionInfo, Tunables, TunablesPatch};
 use crate::transport::TransportKind;
 
@@ -689,18 +690,66 @@ impl Sampler {
 /// The running configuration. Secrets are redacted.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(example = json!({
-    "role": "server", "listen": ":29900", "target": "127.0.0.1:7000", "key": "(redacted)", "crypt": "aes",
-    "mtu": 1350, "datashard": 10, "parityshard": 3, "dscp": 46, "nocomp": false, "acknodelay": false,
-    "sockbuf": 4_194_304, "smuxver": null, "smuxbuf": 4_194_304, "framesize": 8192, "streambuf": 2_097_152,
-    "keepalive": 10, "closewait": 30, "qpp": false, "qpp_count": 61, "conn": 1, "autoexpire": 0,
-    "scavengettl": 600, "drain_timeout": 30, "open_rate": 1000, "open_rate_per_source": 50, "admin": "0.0.0.0:8080", "admin_token_set": true,
+    "role": "server",
+    "process": {"admin": "0.0.0.0:8080", "admin_token_set": true, "drain_timeout": 30, "open_rate": 1000,
+                "open_rate_per_source": 50},
+    "listeners": [{
+        "name": "native", "transport": "udp", "listen": ":29900", "target": "127.0.0.1:7000", "key": "(redacted)",
+        "crypt": "aes", "mtu": 1350, "datashard": 10, "parityshard": 3, "dscp": 46, "nocomp": false,
+        "acknodelay": false, "sockbuf": 4_194_304, "smuxver": null, "smuxbuf": 4_194_304, "framesize": 8192,
+        "streambuf": 2_097_152, "keepalive": 10, "closewait": 30, "qpp": false, "qpp_count": 61,
+        "tunables": {"mode": "fast3", "nodelay": 1, "interval": 10, "resend": 2, "nc": 1, "sndwnd": 1024,
+                     "rcvwnd": 1024, "ratelimit": 0, "max_sessions": 5000}
+    }],
     "tunables": {"mode": "fast3", "nodelay": 1, "interval": 10, "resend": 2, "nc": 1, "sndwnd": 1024,
                  "rcvwnd": 1024, "ratelimit": 0, "max_sessions": 5000}
 }))]
 pub struct RunningConfig {
     #[schema(example = "server")]
     pub role: String,
-    /// Server: UDP address; client: local TCP address.
+    /// What the whole process shares.
+    pub process: ProcessConfig,
+    /// Every listener with its own settings (a client: its one connection).
+    pub listeners: Vec<ListenerConfig>,
+    /// The first listener's run-time tunables (the fields `PATCH` takes).
+    pub tunables: Tunables,
+}
+
+/// The settings of the whole process; each role shows only its own.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ProcessConfig {
+    #[schema(example = "127.0.0.1:8080")]
+    pub admin: String,
+    /// Whether the admin API needs a token (the token itself is never shown).
+    pub admin_token_set: bool,
+    /// Seconds open streams may run on after SIGTERM.
+    pub drain_timeout: u64,
+    /// Server: new sessions per second in all, and from one IP address (0: no limit).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_rate: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub open_rate_per_source: Option<u32>,
+    /// Client: sessions to spread connections over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conn: Option<u32>,
+    /// Client: seconds after which a session takes no new connections (0: never).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub autoexpire: Option<u64>,
+    /// Client: seconds an expired session may live on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub scavengettl: Option<u64>,
+}
+
+/// One listener's settings (a client's: its connection to the server).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ListenerConfig {
+    /// The name `-config` gave it (else its address); `PATCH ?listener=` takes it.
+    #[schema(example = "native")]
+    pub name: String,
+    /// `udp`, or `webtransport` for browsers; a client's local side is `tcp`.
+    #[schema(example = "udp")]
+    pub transport: String,
+    /// Server: the UDP (or WebTransport) address; client: the local TCP address.
     #[schema(example = ":29900")]
     pub listen: String,
     /// Server: backend address; client: the server's address.
@@ -727,53 +776,60 @@ pub struct RunningConfig {
     pub closewait: u32,
     pub qpp: bool,
     pub qpp_count: u32,
-    /// Client: sessions to spread connections over.
-    pub conn: u32,
-    pub autoexpire: u64,
-    pub scavengettl: u64,
-    pub drain_timeout: u64,
-    /// Server: new sessions per second in all, and from one IP address (0: no limit).
-    pub open_rate: u32,
-    pub open_rate_per_source: u32,
-    #[schema(example = "127.0.0.1:8080")]
-    pub admin: String,
-    /// Whether the admin API needs a token (the token itself is never shown).
-    pub admin_token_set: bool,
-    /// What can change at run time (PATCH this object's fields).
+    /// What can change at run time (`PATCH ?listener=` this listener's name).
     pub tunables: Tunables,
 }
 
-fn running_config(state: &super::AdminState) -> RunningConfig {
-    let s = &state.plan.settings;
-    RunningConfig {
-        role: s.role.name().into(),
-        listen: s.listen.clone(),
+fn listener_config(plan: &crate::runtime::Plan) -> ListenerConfig {
+    let s = &plan.settings;
+    let n = &s.session.numbers;
+    let (transport, listen) = match (s.role, s.listen_udp) {
+        (Role::Client, _) => ("tcp", s.listen.clone()),
+        (Role::Server, true) => ("udp", s.listen.clone()),
+        (Role::Server, false) => ("webtransport", s.webtransport.clone()),
+    };
+    ListenerConfig {
+        name: plan.name.clone(),
+        transport: transport.into(),
+        listen,
         target: s.target.clone(),
         key: "(redacted)".into(),
         crypt: s.session.crypt.name().into(),
-        mtu: s.session.numbers.mtu,
-        datashard: s.session.numbers.datashard,
-        parityshard: s.session.numbers.parityshard,
+        mtu: n.mtu,
+        datashard: n.datashard,
+        parityshard: n.parityshard,
         dscp: s.dscp,
         nocomp: s.session.nocomp,
         acknodelay: s.session.acknodelay,
         sockbuf: s.sockbuf,
-        smuxver: (!s.session.smux_detect).then_some(s.session.numbers.smuxver),
-        smuxbuf: s.session.numbers.smuxbuf,
-        framesize: s.session.numbers.framesize,
-        streambuf: s.session.numbers.streambuf,
-        keepalive: s.session.numbers.keepalive,
-        closewait: s.session.numbers.closewait,
+        smuxver: (!s.session.smux_detect).then_some(n.smuxver),
+        smuxbuf: n.smuxbuf,
+        framesize: n.framesize,
+        streambuf: n.streambuf,
+        keepalive: n.keepalive,
+        closewait: n.closewait,
         qpp: s.session.qpp,
-        qpp_count: s.session.numbers.qpp_count,
-        conn: s.conn,
-        autoexpire: s.autoexpire,
-        scavengettl: s.scavengettl,
-        drain_timeout: s.drain_timeout,
-        open_rate: s.open_rate,
-        open_rate_per_source: s.open_rate_per_source,
-        admin: s.admin.clone(),
-        admin_token_set: !s.admin_token.is_empty(),
+        qpp_count: n.qpp_count,
+        tunables: plan.tuning().tunables(),
+    }
+}
+
+fn running_config(state: &super::AdminState) -> RunningConfig {
+    let s = &state.plan.settings;
+    let (server, client) = (s.role == Role::Server, s.role == Role::Client);
+    RunningConfig {
+        role: s.role.name().into(),
+        process: ProcessConfig {
+            admin: s.admin.clone(),
+            admin_token_set: !s.admin_token.is_empty(),
+            drain_timeout: s.drain_timeout,
+            open_rate: server.then_some(s.open_rate),
+            open_rate_per_source: server.then_some(s.open_rate_per_source),
+            conn: client.then_some(s.conn),
+            autoexpire: client.then_some(s.autoexpire),
+            scavengettl: client.then_some(s.scavengettl),
+        },
+        listeners: state.listeners.iter().map(|plan| listener_config(plan)).collect(),
         tunables: state.plan.tuning().tunables(),
     }
 }
@@ -794,17 +850,29 @@ pub async fn get_config(State(state): State<Shared>) -> Json<RunningConfig> {
     Json(running_config(&state))
 }
 
-/// Changes tunables for sessions opened from now on. Only the fields given change;
-/// a bad value changes nothing and is named in the answer.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct PatchQuery {
+    /// The listener to change, by name (`GET /api/v1/config` lists them); needed
+    /// only when there are several.
+    #[param(max_length = 200, example = "native")]
+    listener: Option<String>,
+}
+
+/// Changes one listener's tunables for sessions opened from now on. Only the
+/// fields given change; a bad value changes nothing and is named in the answer.
 #[utoipa::path(
     patch,
     path = "/api/v1/config",
     tag = "config",
+    params(PatchQuery),
     request_body(content = TunablesPatch, content_type = "application/json"),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The changed configuration", body = RunningConfig),
-        (status = 400, description = "The body is not a JSON object of known fields", content_type = "application/problem+json", body = Problem),
+        (status = 400, description = "The body is not a JSON object of known fields, or the listener is not named while there are several", content_type = "application/problem+json", body = Problem),
+        (status = 404, description = "No listener has this name", content_type = "application/problem+json", body = Problem),
         (status = 415, description = "The body is not application/json", content_type = "application/problem+json", body = Problem),
         (status = 422, description = "A value is of the wrong type or out of range; each such field is named", content_type = "application/problem+json", body = Problem),
         Unauthorized,
@@ -813,8 +881,26 @@ pub async fn get_config(State(state): State<Shared>) -> Json<RunningConfig> {
 )]
 pub async fn patch_config(
     State(state): State<Shared>,
+    ApiQuery(q): ApiQuery<PatchQuery>,
     ApiJson(body): ApiJson<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Json<RunningConfig>, Problem> {
+    let names = || state.listeners.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
+    let plan = match &q.listener {
+        Some(name) => state.listeners.iter().find(|p| &p.name == name).ok_or_else(|| {
+            Problem::new(StatusCode::NOT_FOUND, format!("no listener is named {name:?}; the listeners are {}", names()))
+        })?,
+        None if state.listeners.len() == 1 => &state.listeners[0],
+        None => {
+            return Err(Problem::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "this gateway has {} listeners: say which with ?listener=NAME ({})",
+                    state.listeners.len(),
+                    names()
+                ),
+            ))
+        }
+    };
     // Field by field, through a map (serde would also take a struct from a JSON
     // array), so that every wrong field is named, not only the first.
     let mut wrong = Vec::new();
@@ -837,10 +923,10 @@ pub async fn patch_config(
     }
     let patch: TunablesPatch = serde_json::from_value(serde_json::Value::Object(valid))
         .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("the body is not a valid change: {e}")))?;
-    let current = state.plan.tuning();
+    let current = plan.tuning();
     let before = current.tunables();
     let result = if wrong.is_empty() {
-        state.plan.retune(&patch)
+        plan.retune(&patch)
     } else {
         // Only to name the fields out of range as well; nothing changes.
         let (mut session, mut max_sessions) = (current.session.clone(), current.max_sessions);
@@ -850,7 +936,7 @@ pub async fn patch_config(
         Ok(tunables) if wrong.is_empty() => {
             match changes(&before, &tunables) {
                 changed if changed.is_empty() => tracing::info!("PATCH /api/v1/config: nothing changed"),
-                changed => tracing::info!("tunables changed for new sessions: {changed}"),
+                changed => tracing::info!(listener = %plan.name, "tunables changed for new sessions: {changed}"),
             }
             state.plan.registry.retune().await;
             Ok(Json(running_config(&state)))

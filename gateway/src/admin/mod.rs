@@ -43,7 +43,10 @@ pub use api::Sampler;
 
 /// What every handler shares.
 pub struct AdminState {
+    /// The first listener's plan: the process's settings and session table.
     pub plan: Arc<Plan>,
+    /// Every listener's plan, the first one first.
+    pub listeners: Vec<Arc<Plan>>,
     pub drain: watch::Receiver<bool>,
     pub started: Instant,
     pub sampler: Sampler,
@@ -180,10 +183,12 @@ pub fn openapi_json() -> String {
     text
 }
 
-/// The whole admin application for `plan`; `drain` turns true when it drains.
-pub fn app(plan: Arc<Plan>, drain: watch::Receiver<bool>) -> Router {
+/// The whole admin application for the listeners of `plans` (the first one's
+/// settings are the process's); `drain` turns true when it drains.
+pub fn app(plans: Vec<Arc<Plan>>, drain: watch::Receiver<bool>) -> Router {
     let state = Arc::new(AdminState {
-        plan,
+        plan: plans.first().expect("at least one listener").clone(),
+        listeners: plans,
         drain,
         started: Instant::now(),
         sampler: Sampler::default(),
@@ -213,8 +218,8 @@ pub fn app(plan: Arc<Plan>, drain: watch::Receiver<bool>) -> Router {
 const ADMIN_CONNECTIONS: usize = 256;
 
 /// Serves the admin API on `listener` until the process ends.
-pub async fn serve(listener: AdminListener, plan: Arc<Plan>, drain: watch::Receiver<bool>) {
-    listener.0.serve(app(plan, drain)).await;
+pub async fn serve(listener: AdminListener, plans: Vec<Arc<Plan>>, drain: watch::Receiver<bool>) {
+    listener.0.serve(app(plans, drain)).await;
 }
 
 /// The status `GET url` answers (plain `http://host:port/path` only), for health

@@ -1,6 +1,6 @@
 import { ApiError, call, get } from '../api';
 import { h, setText } from '../dom';
-import type { RunningConfig, Tunables } from '../types';
+import type { ListenerConfig, RunningConfig, Tunables } from '../types';
 import type { Context, View } from '../view';
 
 const MODES = ['normal', 'fast', 'fast2', 'fast3', 'manual'];
@@ -33,8 +33,11 @@ export class ConfigView implements View {
   private inputs = new Map<string, HTMLInputElement | HTMLSelectElement>();
   private errors = new Map<string, HTMLElement>();
   private current: Tunables | null = null;
+  private config: RunningConfig | null = null;
   private status!: HTMLElement;
   private fixed!: HTMLElement;
+  private chooser!: HTMLElement;
+  private listener!: HTMLSelectElement;
 
   constructor(private readonly cx: Context) {}
 
@@ -51,12 +54,15 @@ export class ConfigView implements View {
       this.errors.set(field, error);
       return h('div', { class: 'field', 'data-field': field }, h('label', { for: id }, label), input, h('p', { class: 'help', id: `${id}-help` }, help), error);
     });
-    const form = h('form', { class: 'tunables', novalidate: true }, ...fields, h('div', { class: 'actions' }, h('button', { type: 'submit' }, 'Apply to new sessions')));
+    this.listener = h('select', { id: 'tunable-listener', name: 'listener' }) as HTMLSelectElement;
+    this.listener.addEventListener('change', () => this.config && this.fill(this.config));
+    this.chooser = h('div', { class: 'field' }, h('label', { for: 'tunable-listener' }, 'Listener'), this.listener);
+    const form = h('form', { class: 'tunables', novalidate: true }, this.chooser, ...fields, h('div', { class: 'actions' }, h('button', { type: 'submit' }, 'Apply to new sessions')));
     form.addEventListener('submit', (e) => {
       e.preventDefault();
       void this.save();
     });
-    this.fixed = h('dl', { class: 'facts' });
+    this.fixed = h('div', { class: 'facts-grid' });
     root.append(
       h('h1', {}, 'Configuration'),
       h('section', { class: 'panel' }, h('h2', {}, 'Run-time tunables'), h('p', { class: 'muted' }, 'A change applies to sessions opened afterwards; open sessions keep what they started with.'), form, this.status),
@@ -73,13 +79,28 @@ export class ConfigView implements View {
     }
   }
 
+  /** The listener the form changes: the one chosen, else the first. */
+  private chosen(config: RunningConfig): ListenerConfig {
+    return config.listeners.find((l) => l.name === this.listener.value) ?? config.listeners[0];
+  }
+
   private fill(config: RunningConfig): void {
-    this.current = config.tunables;
-    for (const [field, input] of this.inputs) input.value = shown(config.tunables[field as keyof Tunables]);
-    const rows = Object.entries(config)
-      .filter(([k]) => k !== 'tunables')
-      .flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v === null ? '—' : String(v))]);
-    this.fixed.replaceChildren(...rows);
+    this.config = config;
+    const names = config.listeners.map((l) => l.name);
+    if ([...this.listener.options].map((o) => o.value).join('\n') !== names.join('\n')) {
+      this.listener.replaceChildren(...names.map((n) => h('option', { value: n }, n)));
+    }
+    // Shown only when there is a choice (.field's grid would override `hidden`).
+    this.chooser.style.display = names.length < 2 ? 'none' : '';
+    const tunables = this.chosen(config).tunables;
+    this.current = tunables;
+    for (const [field, input] of this.inputs) input.value = shown(tunables[field as keyof Tunables]);
+    const facts = (title: string, entries: [string, unknown][]) =>
+      h('div', {}, h('h3', {}, title), h('dl', { class: 'facts' }, ...entries.flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v === null ? '—' : String(v))])));
+    this.fixed.replaceChildren(
+      facts(`Process (${config.role})`, Object.entries(config.process)),
+      ...config.listeners.map((l) => facts(`Listener ${l.name}`, Object.entries(l).filter(([k]) => k !== 'tunables' && k !== 'name'))),
+    );
   }
 
   private async save(): Promise<void> {
@@ -97,7 +118,9 @@ export class ConfigView implements View {
       return;
     }
     try {
-      const config = await call<RunningConfig>('PATCH', '/api/v1/config', change);
+      const name = this.config ? this.chosen(this.config).name : '';
+      const query = this.config && this.config.listeners.length > 1 ? `?listener=${encodeURIComponent(name)}` : '';
+      const config = await call<RunningConfig>('PATCH', `/api/v1/config${query}`, change);
       this.fill(config);
       setText(this.status, `Saved ${Object.keys(change).join(', ')}: sessions opened from now on use them.`);
       this.cx.announce('The tunables were saved.');
