@@ -39,6 +39,7 @@ use utoipa_axum::routes;
 
 use crate::runtime::Plan;
 
+pub use crate::http::{FieldError, Problem};
 pub use api::Sampler;
 
 /// What every handler shares.
@@ -454,8 +455,6 @@ async fn auth(State(state): State<Shared>) -> axum::Json<AuthInfo> {
 async fn openapi_document() -> Response {
     ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
 }
-
-pub use crate::http::{FieldError, Problem};
 
 /// The answer every /api route gives without the token, for the document.
 #[derive(utoipa::IntoResponses)]
