@@ -4,7 +4,6 @@
 // byte comes back. Needs Debian's kcptun (kcptun-client) besides what the other
 // browser tests need.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { createSocket } from 'node:dgram';
 import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -13,7 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { KCPGATE, echoServer, freePort, launchBrowser, openDemo } from './gateway.mjs';
+import { KCPGATE, echoServer, freePort, launchBrowser, openDemo, spawnReady, untilReady } from './gateway.mjs';
 
 const KEYS = { native: 'native-key-0123456789', legacy: 'legacy-key-0123456789', browser: 'browser-key-0123456789' };
 const children = [];
@@ -36,9 +35,7 @@ async function freePair() {
 }
 
 function run(bin, args, env = {}) {
-  const child = spawn(bin, args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
-  child.log = '';
-  child.stderr.on('data', (d) => { child.log += d; });
+  const child = spawnReady(bin, args, env);
   children.push(child);
   return child;
 }
@@ -89,15 +86,7 @@ before(async () => {
   const gateway = run(KCPGATE, ['server', '-config', file], {
     TEST_NATIVE_KEY: KEYS.native, TEST_LEGACY_KEY: KEYS.legacy, TEST_BROWSER_KEY: KEYS.browser,
   });
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    if (gateway.exitCode !== null) throw new Error(`kcpgate exited with ${gateway.exitCode}:\n${gateway.log}`);
-    try {
-      if ((await fetch(`http://127.0.0.1:${ports.admin}/readyz`)).ok) break;
-    } catch {}
-    if (Date.now() > deadline) throw new Error(`kcpgate not ready in 20 s:\n${gateway.log}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  await untilReady(gateway, `http://127.0.0.1:${ports.admin}`);
   browser = await launchBrowser();
 });
 

@@ -57,6 +57,28 @@ export async function echoServer() {
   };
 }
 
+/** `bin` with `argv` (and `env` besides the test's), its stderr kept in `child.log`. */
+export function spawnReady(bin, argv, env = {}) {
+  const child = spawn(bin, argv, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, ...env } });
+  child.log = '';
+  child.stderr.on('data', (d) => { child.log += d; });
+  return child;
+}
+
+/** Resolves once the admin listener at `base` answers /readyz; fails with the
+ * gateway's log if it exits first or is not ready in 20 s. */
+export async function untilReady(child, base) {
+  const deadline = Date.now() + 20_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`kcpgate exited with ${child.exitCode}:\n${child.log}`);
+    try {
+      if ((await fetch(`${base}/readyz`)).ok) return;
+    } catch {}
+    if (Date.now() > deadline) throw new Error(`kcpgate not ready in 20 s:\n${child.log}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 /** `kcpgate server` (`bin`) in front of `target`, with WebTransport and the
  * public listener for game pages; resolves once /readyz answers. `args` adds
  * flags. `base` is the admin listener's address, `public` the game pages'. */
@@ -67,23 +89,14 @@ export async function startGateway({ target, key = 'browser-test-key', crypt = '
     '--datashard', '10', '--parityshard', '3', '--webtransport', `127.0.0.1:${webtransport}`,
     '--admin', `127.0.0.1:${admin}`, '--public', `127.0.0.1:${pub}`, '--quiet', ...args,
   ];
-  const child = spawn(bin, argv, { stdio: ['ignore', 'ignore', 'pipe'] });
-  let log = '';
-  child.stderr.on('data', (d) => { log += d; });
+  const child = spawnReady(bin, argv);
   const exited = new Promise((resolve) => child.on('exit', resolve));
   const base = `http://127.0.0.1:${admin}`;
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    if (child.exitCode !== null) throw new Error(`kcpgate exited with ${child.exitCode}:\n${log}`);
-    try {
-      if ((await fetch(`${base}/readyz`)).ok) break;
-    } catch {}
-    if (Date.now() > deadline) throw new Error(`kcpgate not ready in 20 s:\n${log}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  await untilReady(child, base);
+  const log = () => child.log;
   return {
     base, public: `http://127.0.0.1:${pub}`, udp, webtransport, key, crypt,
-    log: () => log,
+    log,
     /** The gateway's resident memory now, and its peak, in bytes (Linux). */
     memory: async () => {
       const status = await readFile(`/proc/${child.pid}/status`, 'utf8');

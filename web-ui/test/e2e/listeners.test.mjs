@@ -1,13 +1,12 @@
 // The Configuration view of a gateway with two listeners (`kcpgate server -config`):
 // both are shown, and a change goes to the listener chosen, not the other.
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
 
-import { KCPGATE, SHOTS, freePort, launchBrowser } from './support.mjs';
+import { KCPGATE, SHOTS, freePort, launchBrowser, spawnReady, untilReady } from './support.mjs';
 
 let gateway;
 let browser;
@@ -25,18 +24,8 @@ before(async () => {
     '[[listener]]', 'name = "legacy"', `listen = "127.0.0.1:${legacy}"`, 'target = "127.0.0.1:9"', 'key = "legacy-key"',
     'crypt = "salsa20"', 'sndwnd = 256',
   ].join('\n'));
-  gateway = spawn(KCPGATE, ['server', '-config', file], { stdio: ['ignore', 'ignore', 'pipe'] });
-  let log = '';
-  gateway.stderr.on('data', (d) => { log += d; });
-  const deadline = Date.now() + 20_000;
-  for (;;) {
-    if (gateway.exitCode !== null) throw new Error(`kcpgate exited with ${gateway.exitCode}:\n${log}`);
-    try {
-      if ((await fetch(`${base}/readyz`)).ok) break;
-    } catch {}
-    if (Date.now() > deadline) throw new Error(`kcpgate not ready in 20 s:\n${log}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  gateway = spawnReady(KCPGATE, ['server', '-config', file]);
+  await untilReady(gateway, base);
   browser = await launchBrowser();
 });
 

@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 
 import { KCPGATE, freePort, startGateway } from '../../../wasm/test/gateway.mjs';
 
-export { KCPGATE, echoServer, freePort, launchBrowser, startGateway } from '../../../wasm/test/gateway.mjs';
+export { KCPGATE, echoServer, freePort, launchBrowser, spawnReady, startGateway, untilReady } from '../../../wasm/test/gateway.mjs';
 
 export const TOKEN = 'dashboard-test-token';
 export const KEY = 'dashboard-key';
