@@ -616,11 +616,16 @@ pub fn flag_kind(role: Role, name: &str) -> Option<(&'static str, ValueKind)> {
 
 /// The flag names of `role` closest in spelling to `name`, for "did you mean".
 pub fn closest_flag(role: Role, name: &str) -> Option<&'static str> {
-    role_flags(role)
-        .map(|f| (edit_distance(&name.to_ascii_lowercase(), &f.name.to_ascii_lowercase()), f.name))
+    closest(name, role_flags(role).map(|f| f.name))
+}
+
+/// The word of `known` closest in spelling to `name`, if close enough to be a typo.
+fn closest(name: &str, known: impl Iterator<Item = &'static str>) -> Option<&'static str> {
+    known
+        .map(|k| (edit_distance(&name.to_ascii_lowercase(), &k.to_ascii_lowercase()), k))
         .min()
-        .filter(|(d, known)| *d <= known.len().max(name.len()) / 2)
-        .map(|(_, known)| known)
+        .filter(|(d, k)| *d <= k.len().max(name.len()) / 2)
+        .map(|(_, k)| k)
 }
 
 /// Every numeric flag of `role` with its key in kcptun's JSON: the numbers a
@@ -706,11 +711,7 @@ pub fn normalize_args(role: Role, args: impl IntoIterator<Item = String>) -> Res
 /// An unknown flag, with the known one closest in spelling when there is one.
 fn unknown_flag(role: Role, name: &str) -> clap::Error {
     let names = role_flags(role).flat_map(|f| std::iter::once(f.name).chain(f.aliases.iter().copied()));
-    let closest = names
-        .map(|known| (edit_distance(&name.to_ascii_lowercase(), &known.to_ascii_lowercase()), known))
-        .min()
-        .filter(|(d, known)| *d <= known.len().max(name.len()) / 2);
-    let hint = closest.map_or(String::new(), |(_, known)| format!("; did you mean -{known}?"));
+    let hint = closest(name, names).map_or(String::new(), |known| format!("; did you mean -{known}?"));
     clap::Error::raw(
         clap::error::ErrorKind::UnknownArgument,
         format!("kcpgate {0} has no flag -{name}{hint} (kcpgate {0} --help lists every flag)\n", role.name()),
