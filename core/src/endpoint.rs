@@ -124,6 +124,10 @@ impl Routed for Entry {
         self.session.first_sight(fingerprint)
     }
 
+    fn crypto(&self) -> &Arc<PacketCrypto> {
+        self.session.connection().crypto()
+    }
+
     fn snmp(&self) -> Snmp {
         self.session.snmp()
     }
@@ -191,6 +195,12 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
     /// Settings for sessions opened from now on.
     pub fn session_config_mut(&mut self) -> &mut SessionConfig {
         self.listener.config_mut()
+    }
+
+    /// See [`Listener::set_crypto`]: a new key or crypt for sessions opened from
+    /// now on; open sessions keep theirs.
+    pub fn set_crypto(&mut self, crypto: Arc<PacketCrypto>) -> Result<(), ConfigError> {
+        self.listener.set_crypto(crypto)
     }
 
     /// Whether peers may open sessions (a server's default). A draining server, or

@@ -241,6 +241,8 @@ pub trait Routed {
     /// Records a received datagram's nonce fingerprint; false if the session saw
     /// it recently (the datagram is a copy and is dropped).
     fn first_sight(&mut self, fingerprint: u64) -> bool;
+    /// The crypto the session was opened with.
+    fn crypto(&self) -> &Arc<PacketCrypto>;
     /// The session's counters.
     fn snmp(&self) -> Snmp;
 }
@@ -256,6 +258,10 @@ impl Routed for Connection {
 
     fn first_sight(&mut self, fingerprint: u64) -> bool {
         Connection::first_sight(self, fingerprint)
+    }
+
+    fn crypto(&self) -> &Arc<PacketCrypto> {
+        Connection::crypto(self)
     }
 
     fn snmp(&self) -> Snmp {
@@ -280,6 +286,9 @@ pub struct Listener<A, S = Connection> {
     source_of: fn(&A) -> u64,
     /// Peers to tell they have no session here: (address, conversation).
     resets: VecDeque<(A, u32)>,
+    /// Some session keeps a crypto the listener no longer opens sessions with
+    /// (the key or crypt changed): its datagrams are opened with its own.
+    rotated: bool,
     /// Datagrams dropped before session lookup, and sessions made.
     pub stats: ListenerStats,
 }
@@ -320,6 +329,7 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
             admission: Box::new(OpeningGate::new(OpeningLimits::default(), 0, gate_seed)),
             source_of: hash_address::<A>,
             resets: VecDeque::new(),
+            rotated: false,
             stats: ListenerStats::default(),
         })
     }
@@ -332,6 +342,17 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
     /// Settings for sessions created from now on.
     pub fn config_mut(&mut self) -> &mut SessionConfig {
         &mut self.config
+    }
+
+    /// Opens sessions from now on with `crypto` (a new key or crypt); open
+    /// sessions keep theirs, and their datagrams are still opened with it.
+    /// Refused, changing nothing, when the session settings do not fit it (an
+    /// MTU too small for its header).
+    pub fn set_crypto(&mut self, crypto: Arc<PacketCrypto>) -> Result<(), ConfigError> {
+        self.config.kcp_config(&crypto)?;
+        self.crypto = crypto;
+        self.rotated = self.sessions.values().any(|s| !Arc::ptr_eq(s.crypto(), &self.crypto));
+        Ok(())
     }
 
     /// Whether datagrams from new addresses may open sessions (and a restarted peer
@@ -378,12 +399,22 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         if datagram.len() > crate::pipeline::MTU_LIMIT {
             return self.drop(Drop::Malformed);
         }
-        let plain = match self.crypto.open(datagram) {
+        // After a key change an older session's datagrams are opened with its own
+        // crypto (one more lookup, only then); a restarted peer at its address
+        // is heard once that session has ended.
+        let (opened, fingerprint) = {
+            let crypto = match self.rotated {
+                true => self.sessions.get(from).map_or(&self.crypto, |s| s.crypto()),
+                false => &self.crypto,
+            };
+            let opened = crypto.open(datagram);
+            (opened, replay::fingerprint(crypto.nonce(datagram)))
+        };
+        let plain = match opened {
             Ok(range) => range,
             Err(OpenError::TooShort) => return self.drop(Drop::TooShort),
             Err(OpenError::Checksum) => return self.drop(Drop::Checksum),
         };
-        let fingerprint = replay::fingerprint(self.crypto.nonce(datagram));
         let plain = &datagram[plain];
         let Ok(datagram) = Datagram::parse(plain) else { return self.drop(Drop::Runt) };
         let announced = datagram.announced();
@@ -571,7 +602,11 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
     /// Removes a session (the application closed it). Nothing is sent to the peer.
     pub fn remove(&mut self, addr: &A) -> Option<S> {
         self.backlog.retain(|a| a != addr);
-        self.sessions.remove(addr)
+        let removed = self.sessions.remove(addr);
+        if self.rotated && removed.is_some() {
+            self.rotated = self.sessions.values().any(|s| !Arc::ptr_eq(s.crypto(), &self.crypto));
+        }
+        removed
     }
 
     /// Closes a session on the application's behalf (an operator's kick). For

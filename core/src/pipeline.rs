@@ -104,6 +104,12 @@ impl core::fmt::Debug for Connection {
 }
 
 impl Connection {
+    /// The crypto this session seals and opens with (the listener's when it
+    /// opened; a later key change leaves it as it is).
+    pub fn crypto(&self) -> &Arc<PacketCrypto> {
+        &self.crypto
+    }
+
     /// A session with conversation `conv`. `nonce_seed` seeds the CSPRNG of this
     /// session's packet nonces (take it from the OS).
     pub fn new(

@@ -558,6 +558,10 @@ impl crate::listener::Routed for Session {
         Session::first_sight(self, fingerprint)
     }
 
+    fn crypto(&self) -> &std::sync::Arc<crate::crypto::PacketCrypto> {
+        self.conn.crypto()
+    }
+
     fn snmp(&self) -> Snmp {
         self.conn.snmp()
     }

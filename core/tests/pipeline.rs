@@ -5,7 +5,7 @@ mod support;
 
 use kcpgate_core::crypto::{Method, PacketCrypto};
 use kcpgate_core::kcp::{Mode, Segments};
-use kcpgate_core::listener::{Listener, Outcome};
+use kcpgate_core::listener::{Drop, Listener, Outcome};
 use kcpgate_core::wire::Datagram;
 use serde_json::Value;
 use support::netsim::{Link, LinkConfig, Transfer};
@@ -186,4 +186,69 @@ fn full_stack_bulk_both_ways_is_byte_exact() {
         assert!(s.fec_recovered > 0, "{}: FEC recovered some of the 2 % loss", method.name());
         assert_eq!(pair.server.len(), 1, "exactly one session");
     }
+}
+
+/// A client's datagrams carrying `text` on its session to the server (address 2).
+fn sent(client: &mut Listener<u32>, now: u32, text: &[u8]) -> Vec<Vec<u8>> {
+    let session = client.session_mut(&2).expect("dialled");
+    assert_eq!(session.write(now, text), text.len());
+    session.flush(now);
+    let out = session.transmits().map(<[u8]>::to_vec).collect();
+    session.clear_transmits();
+    out
+}
+
+/// What the server's session at `from` has received.
+fn received(server: &mut Listener<u32>, from: u32) -> Vec<u8> {
+    let mut buf = [0u8; 256];
+    let n = server.session_mut(&from).expect("a session").read(&mut buf);
+    buf[..n].to_vec()
+}
+
+#[test]
+fn a_key_change_opens_new_sessions_with_the_new_key_while_open_ones_keep_theirs() {
+    let cfg = session_config(Mode::Fast3, 128, 128, None);
+    let (old, new) = (crypto(Method::Aes256, "old key"), crypto(Method::Salsa20, "new key"));
+    let mut server: Listener<u32> = Listener::new(cfg.clone(), old.clone(), [1; 32]).unwrap();
+    let feed = |server: &mut Listener<u32>, from: u32, datagrams: Vec<Vec<u8>>| -> Vec<Outcome> {
+        datagrams.into_iter().map(|mut d| server.handle_datagram(0, &from, &mut d)).collect()
+    };
+    let mut early = support::dialled(cfg.clone(), old.clone(), 3);
+    assert_eq!(feed(&mut server, 10, sent(&mut early, 0, b"before")), [Outcome::Created]);
+    assert_eq!(received(&mut server, 10), b"before");
+
+    server.set_crypto(new.clone()).expect("the settings fit the new crypto");
+    assert_eq!(feed(&mut server, 10, sent(&mut early, 10, b"after")), [Outcome::Delivered], "the open session");
+    assert_eq!(received(&mut server, 10), b"after");
+    let reply = server.session_mut(&10).unwrap();
+    reply.write(10, b"reply");
+    reply.flush(10);
+    let replies: Vec<Vec<u8>> = reply.transmits().map(<[u8]>::to_vec).collect();
+    for mut d in replies {
+        assert_eq!(early.handle_datagram(10, &2, &mut d), Outcome::Delivered, "answered under the old key");
+    }
+
+    let mut late_old = support::dialled(cfg.clone(), old.clone(), 4);
+    assert_eq!(feed(&mut server, 11, sent(&mut late_old, 20, b"x")), [Outcome::Dropped(Drop::Checksum)]);
+    let mut late_new = support::dialled(cfg.clone(), new.clone(), 5);
+    assert_eq!(feed(&mut server, 12, sent(&mut late_new, 20, b"new")), [Outcome::Created]);
+    assert_eq!(received(&mut server, 12), b"new");
+
+    // Once the old session is gone its address opens sessions with the new key only.
+    assert!(server.remove(&10).is_some());
+    let mut returning = support::dialled(cfg.clone(), old, 6);
+    assert_eq!(feed(&mut server, 10, sent(&mut returning, 30, b"y")), [Outcome::Dropped(Drop::Checksum)]);
+    let mut returning = support::dialled(cfg, new, 7);
+    assert_eq!(feed(&mut server, 10, sent(&mut returning, 30, b"z")), [Outcome::Created]);
+}
+
+#[test]
+fn a_key_change_whose_header_leaves_no_room_for_the_mtu_is_refused_and_changes_nothing() {
+    let mut cfg = session_config(Mode::Fast3, 128, 128, None);
+    cfg.mtu = kcpgate_core::pipeline::min_mtu(Method::Null, false);
+    let mut server: Listener<u32> = Listener::new(cfg, crypto(Method::Null, ""), [1; 32]).unwrap();
+    assert!(server.set_crypto(crypto(Method::Aes256, "k")).is_err());
+    let mut plain = vec![0u8; 24];
+    plain[4] = 81; // a push at sn 0 of conv 0
+    assert_eq!(server.handle_datagram(0, &1, &mut plain), Outcome::Created, "still the null crypto");
 }
