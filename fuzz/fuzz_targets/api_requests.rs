@@ -38,7 +38,7 @@ fn app() -> axum::Router {
         Arc::new(Plan::new(Settings::parse(Role::Server, args).expect("valid flags")).expect("valid settings"))
     });
     let (_tx, drain) = tokio::sync::watch::channel(false);
-    kcpgate::admin::app(vec![plan.clone()], drain)
+    kcpgate::admin::app(kcpgate::listeners::Listeners::idle(vec![plan.clone()]), drain)
 }
 
 fuzz_target!(|data: &[u8]| {

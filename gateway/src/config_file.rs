@@ -67,6 +67,9 @@ pub struct Loaded {
     pub warnings: Vec<String>,
     /// Secrets written in the file itself (`key`, `admin-token`).
     pub inline_secrets: BTreeSet<&'static str>,
+    /// What the file was read over (defaults, variables and flags): a reload
+    /// reads the new file over it again.
+    pub base: Settings,
 }
 
 /// The file's listeners, with `base` (defaults, variables and flags) under the
@@ -214,7 +217,7 @@ pub fn parse(origin: &str, text: &str, base: &Settings) -> Result<Loaded, Config
             browser.name
         )));
     }
-    Ok(Loaded { listeners, warnings: Vec::new(), inline_secrets })
+    Ok(Loaded { listeners, warnings: Vec::new(), inline_secrets, base: base.clone() })
 }
 
 /// [`parse`] of the file at `path`, with a warning when other users may read it
@@ -275,13 +278,32 @@ pub fn resolve(mut settings: Settings) -> Result<Loaded, ConfigError> {
         warnings.extend(crate::config::config_file_exposure(&path, &text));
         warnings.extend(settings.apply_json(&text).map_err(|e| ConfigError(format!("{}: {e}", path.display())))?);
     }
-    let mut loaded = if settings.config.is_empty() {
-        let name = settings.listen.clone();
-        Loaded { listeners: vec![Listener { name, settings }], warnings: Vec::new(), inline_secrets: BTreeSet::new() }
+    let loaded = if settings.config.is_empty() {
+        let (name, base) = (settings.listen.clone(), settings.clone());
+        let listeners = vec![Listener { name, settings }];
+        Loaded { listeners, warnings: Vec::new(), inline_secrets: BTreeSet::new(), base }
     } else {
         let path = settings.config.clone();
         load(&path, &settings)?
     };
+    checked(loaded, warnings)
+}
+
+/// The listeners of `text`, a `-config` file's content (named
+/// `origin` in messages; a reload's new version), read over `base` and checked as
+/// at start.
+pub fn read_text(base: &Settings, origin: &str, text: &str) -> Result<Loaded, ConfigError> {
+    checked(parse(origin, text, base)?, Vec::new())
+}
+
+/// The listeners of the file at `path` (a reload's new version), read over `base` and checked as at start.
+pub fn read_file(base: &Settings, path: &str) -> Result<Loaded, ConfigError> {
+    checked(load(path, base)?, Vec::new())
+}
+
+/// `loaded` with its secret files read and every listener checked, and
+/// `warnings` before its own.
+fn checked(mut loaded: Loaded, mut warnings: Vec<String>) -> Result<Loaded, ConfigError> {
     warnings.append(&mut loaded.warnings);
     let several = loaded.listeners.len() > 1;
     let mut each = Vec::new();

@@ -503,11 +503,10 @@ pub struct SessionMeta {
 }
 
 /// What the sessions of one task share, for their views.
-pub struct ViewContext<'a> {
+pub struct ViewContext {
     /// The task's UDP socket address.
     pub local: SocketAddr,
     pub transport: TransportKind,
-    pub crypt: &'a str,
     pub fec: Option<FecShards>,
 }
 
@@ -537,7 +536,7 @@ impl SessionInfo {
                 Framing::Messages => SessionFraming::Messages,
             },
             smux_version: session.stack().and_then(|s| s.mux().version()),
-            crypt: cx.crypt.to_string(),
+            crypt: conn.crypto().method().name().to_string(),
             fec: cx.fec,
             mode: meta.mode,
             kcp: KcpInfo {

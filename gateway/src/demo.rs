@@ -21,6 +21,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::{Role, Settings};
+use crate::listeners::Listeners;
 use crate::runtime::{hex, random_seed, Plan};
 
 /// The pre-shared key of the demo's sessions (printed: it is a demo).
@@ -218,28 +219,23 @@ pub async fn run(options: Options, stop: impl std::future::Future<Output = ()>) 
             std::io::Error::new(e.kind(), format!("cannot listen on UDP {addr} ({e}): choose other ports with {flag}"))
         })?);
     }
-    let common = format!("-t {backend_addr} -key {DEMO_KEY} -mode fast3 -quiet");
-    let mut aes = plan(
-        Role::Server,
-        &format!(
-            "-l {} -crypt aes {common} -admin {} -admin-token {token} -webtransport {} -public {} -drain-timeout 2",
-            options.listen, options.admin, options.webtransport, options.public
-        ),
-    )?;
-    // One API and dashboard for both listeners.
-    let mut salsa = sibling(&aes, &format!("-l {salsa_addr} -crypt salsa20 {common} -admin off"))?;
-    (aes.name, salsa.name) = ("aes".to_string(), "salsa20".to_string());
-    let (aes, salsa) = (Arc::new(aes), Arc::new(salsa));
+    // The gateway is configured as `kcpgate server -config` would be.
+    let text = gateway_config(&options, backend_addr, salsa_addr, &token);
+    let base = Settings::parse(Role::Server, std::iter::empty())
+        .map_err(|e| std::io::Error::other(format!("the demo's settings: {e}")))?;
+    let demo_error = |e: crate::config::ConfigError| std::io::Error::other(format!("the demo's configuration: {e}"));
+    let loaded = crate::config_file::read_text(&base, "the demo's configuration", &text).map_err(demo_error)?;
+    let (base, plans) = Listeners::plans(loaded).map_err(demo_error)?;
+    let listeners = Listeners::start(base, plans).await?;
+    let aes = listeners.process().clone();
 
     let admin = crate::admin::bind(options.admin, &aes).await?;
     let public = crate::public::bind(&aes).await?.expect("the demo sets -public");
-    let (drain_tx, drain) = watch::channel(false);
-    tokio::spawn(crate::admin::serve(admin, vec![aes.clone(), salsa.clone()], drain.clone()));
+    let drain = listeners.draining();
+    tokio::spawn(crate::admin::serve(admin, listeners.clone(), drain.clone()));
     tokio::spawn(crate::public::serve(public));
-    let mut tasks = vec![
-        tokio::spawn(report_failure("the aes listener", crate::server::run(aes.clone(), drain.clone()))),
-        tokio::spawn(report_failure("the salsa20 listener", crate::server::run(salsa, drain.clone()))),
-    ];
+    let gateway = listeners.clone();
+    let mut tasks = vec![tokio::spawn(report_failure("the gateway", async move { gateway.run().await }))];
     let lossy = lossy_relay(options.listen, LOSS).await?;
     for bot in &BOTS {
         let remote = match bot.to {
@@ -272,7 +268,7 @@ pub async fn run(options: Options, stop: impl std::future::Future<Output = ()>) 
         () = progress => {}
     }
     println!("\nstopping: the bots leave, the gateway drains");
-    let _ = drain_tx.send(true);
+    listeners.drain();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
     for task in tasks {
         if tokio::time::timeout_at(deadline, task).await.is_err() {
@@ -289,12 +285,24 @@ async fn report_failure(what: &'static str, work: impl std::future::Future<Outpu
     }
 }
 
-/// The plan of a second server listener beside `first`, from its command line.
-fn sibling(first: &Plan, line: &str) -> std::io::Result<Plan> {
-    let settings = Settings::parse(Role::Server, line.split_whitespace().map(str::to_string))
-        .map_err(|e| std::io::Error::other(format!("demo settings {line:?}: {e}")))?;
-    settings.validate().map_err(|e| std::io::Error::other(e.0))?;
-    Plan::sibling(settings, first).map_err(|e| std::io::Error::other(e.0))
+/// The demo gateway's `-config` file: an aes listener with the WebTransport
+/// listener and the public one, and a salsa20 listener, one API and dashboard.
+fn gateway_config(options: &Options, backend: SocketAddr, salsa: SocketAddr, token: &str) -> String {
+    let listener = |name: &str, listen: SocketAddr| {
+        format!(
+            "[[listener]]\nname = \"{name}\"\nlisten = \"{listen}\"\ntarget = \"{backend}\"\nkey = \"{DEMO_KEY}\"\n\
+             crypt = \"{name}\"\nmode = \"fast3\"\n\n"
+        )
+    };
+    format!(
+        "admin = \"{}\"\nadmin-token = \"{token}\"\nwebtransport = \"{}\"\npublic = \"{}\"\ndrain-timeout = 2\n\
+         quiet = true\n\n{}{}",
+        options.admin,
+        options.webtransport,
+        options.public,
+        listener("aes", options.listen),
+        listener("salsa20", salsa)
+    )
 }
 
 fn plan(role: Role, line: &str) -> std::io::Result<Plan> {

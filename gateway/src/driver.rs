@@ -65,6 +65,9 @@ pub struct Driver<T: Transport> {
     /// The tunables' session limit (0 for none), kept here off the shared lock.
     max_sessions: u64,
     draining: bool,
+    /// Draining: when the streams still open are closed (`-drain-timeout` after
+    /// draining began), so a listener a reload removed ends on time.
+    drain_until: Option<Instant>,
     wrong_key: WrongKeyWarning,
     /// Client: the session, and what feeds it.
     client: Option<(SessionId, ClientSession)>,
@@ -91,11 +94,12 @@ pub(crate) fn source_key(ip: std::net::IpAddr) -> u64 {
 
 impl<T: Transport> Driver<T> {
     fn new(role: Role, transport: T, plan: Arc<Plan>, framing: Framing) -> Driver<T> {
-        let mut config = plan.endpoint_config();
+        let tuning = plan.tuning();
+        let mut config = tuning.endpoint.clone();
         config.streams.framing = framing;
         config.session = fitted(config.session, &transport);
         let max_datagrams = transport.max_segments(config.session.mtu);
-        let mut endpoint = Endpoint::new(role, config, plan.crypto.clone(), random_seed())
+        let mut endpoint = Endpoint::new(role, config, tuning.crypto.clone(), random_seed())
             .expect("the session settings were validated at startup");
         if role == Role::Server {
             endpoint.set_admission(Box::new(plan.admission.clone()));
@@ -113,8 +117,9 @@ impl<T: Transport> Driver<T> {
             from_streams,
             out: Vec::with_capacity(GSO_BYTES),
             max_datagrams,
-            max_sessions: plan.tuning().max_sessions,
+            max_sessions: tuning.max_sessions(),
             draining: false,
+            drain_until: None,
             wrong_key: WrongKeyWarning::default(),
             client: None,
             outcomes: Vec::new(),
@@ -141,7 +146,7 @@ impl<T: Transport> Driver<T> {
     /// is left; a client's once its session has ended.
     pub async fn run(mut self, mut drain: watch::Receiver<bool>) {
         let mut inbox = self.plan.registry.register(T::KIND);
-        self.draining = *drain.borrow();
+        self.set_draining(*drain.borrow());
         loop {
             // Queries first (a busy loop may not reach the select).
             while let Some(query) = inbox.try_recv() {
@@ -152,6 +157,7 @@ impl<T: Transport> Driver<T> {
             self.endpoint.handle_timeout(now);
             self.client_duties();
             self.close_idle_when_draining();
+            self.close_all_past_drain_timeout();
             self.flush().await;
             if self.done() {
                 self.retire(inbox);
@@ -161,7 +167,7 @@ impl<T: Transport> Driver<T> {
             let accepting = self.client.as_ref().is_some_and(|(_, c)| !c.connections.is_closed());
             let mut received = false;
             tokio::select! {
-                _ = drain.changed(), if !self.draining => self.draining = *drain.borrow(),
+                _ = drain.changed(), if !self.draining => self.set_draining(*drain.borrow()),
                 Some(query) = inbox.recv() => self.answer(query),
                 r = self.transport.recv() => match r {
                     Ok(()) => received = true,
@@ -191,7 +197,15 @@ impl<T: Transport> Driver<T> {
             .as_ref()
             .and_then(|(_, c)| c.close_at)
             .map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64);
-        Duration::from_millis([timer, close].into_iter().flatten().min().unwrap_or(3_600_000))
+        let drained = self.drain_until.map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64);
+        Duration::from_millis([timer, close, drained].into_iter().flatten().min().unwrap_or(3_600_000))
+    }
+
+    fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
+        if draining && self.drain_until.is_none() {
+            self.drain_until = Some(Instant::now() + Duration::from_secs(self.plan.settings.drain_timeout));
+        }
     }
 
     /// Hands the received batch to the endpoint.
@@ -387,6 +401,21 @@ impl<T: Transport> Driver<T> {
         }
     }
 
+    /// Server, draining for `-drain-timeout`: the streams still open are closed
+    /// with their sessions.
+    fn close_all_past_drain_timeout(&mut self) {
+        if self.client.is_some() || self.drain_until.is_none_or(|t| Instant::now() < t) {
+            return;
+        }
+        let now = self.now();
+        for (id, tracked) in &mut self.sessions {
+            if tracked.closing_reason.is_none() {
+                tracked.closing_reason = Some("draining: -drain-timeout reached".to_string());
+                self.endpoint.close_session(now, *id, None);
+            }
+        }
+    }
+
     /// Whether the loop is over: a client's session ended, or a draining server has
     /// no stream left.
     fn done(&self) -> bool {
@@ -453,7 +482,11 @@ impl<T: Transport> Driver<T> {
             Query::Retune(done) => {
                 let tuning = self.plan.tuning();
                 *self.endpoint.session_config_mut() = fitted(tuning.endpoint.session.clone(), &self.transport);
-                self.max_sessions = tuning.max_sessions;
+                // A reload's new key or crypt: new sessions only (open ones keep theirs).
+                if let Err(e) = self.endpoint.set_crypto(tuning.crypto.clone()) {
+                    warn!("the new crypt does not fit the session settings, sessions keep the old one: {e}");
+                }
+                self.max_sessions = tuning.max_sessions();
                 let _ = done.send(());
             }
         }
@@ -512,9 +545,9 @@ async fn dial(
     tx: mpsc::Sender<StreamMessage>,
 ) {
     let sid = stream.sid;
-    let target = &plan.settings.target;
+    let target = plan.tuning().settings.target.clone(); // a reload may move it for new streams
     let remote = remote.map_or_else(String::new, |r| r.to_string());
-    match Conn::connect(target).await {
+    match Conn::connect(&target).await {
         Ok(conn) => {
             if let Some(peer) = conn.peer() {
                 let _ = tx.send((id, sid, FromStream::Connected(peer))).await;

@@ -11,6 +11,7 @@ pub mod control;
 pub mod demo;
 pub mod driver;
 pub mod http;
+pub mod listeners;
 pub mod public;
 pub mod runtime;
 pub mod server;

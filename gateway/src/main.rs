@@ -80,20 +80,7 @@ fn main() -> ExitCode {
              limit (LimitNOFILE=, ulimits: nofile:) for more than a few hundred streams"
         );
     }
-    let mut listeners = loaded.listeners.into_iter();
-    let first = listeners.next().expect("at least one listener");
-    let plans = kcpgate::runtime::Plan::new(first.settings).and_then(|mut plan| {
-        plan.name = first.name;
-        let mut plans = vec![std::sync::Arc::new(plan)];
-        for listener in listeners {
-            let mut sibling = kcpgate::runtime::Plan::sibling(listener.settings, &plans[0])
-                .map_err(|e| kcpgate::config::ConfigError(format!("listener {}: {e}", listener.name)))?;
-            sibling.name = listener.name;
-            plans.push(std::sync::Arc::new(sibling));
-        }
-        Ok(plans)
-    });
-    let plans = match plans {
+    let (base, plans) = match kcpgate::listeners::Listeners::plans(loaded) {
         Ok(plans) => plans,
         Err(e) => {
             eprintln!("error: {e}");
@@ -104,7 +91,8 @@ fn main() -> ExitCode {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let drain_timeout = std::time::Duration::from_secs(plan.settings.drain_timeout);
     let result = runtime.block_on(async move {
-        let (drain_tx, drain) = tokio::sync::watch::channel(false);
+        let listeners = kcpgate::listeners::Listeners::start(base, plans).await?;
+        let drain = listeners.draining();
         tokio::spawn(kcpgate::snmp::dump_on_sigusr1(plan.registry.clone(), plan.streams.clone()));
         if !plan.settings.snmplog.is_empty() && plan.settings.snmpperiod > 0 {
             let (path, period) = (plan.settings.snmplog.clone(), u64::from(plan.settings.snmpperiod));
@@ -118,7 +106,7 @@ fn main() -> ExitCode {
                     tracing::info!(
                         "admin API on {scheme}://{at} ({guarded}): dashboard at /, OpenAPI at /openapi.json"
                     );
-                    tokio::spawn(kcpgate::admin::serve(listener, plans.clone(), drain.clone()));
+                    tokio::spawn(kcpgate::admin::serve(listener, listeners.clone(), drain.clone()));
                 }
                 // The default address may be taken by another program: run without the
                 // API rather than refuse a command line that works with kcptun.
@@ -130,22 +118,17 @@ fn main() -> ExitCode {
             kcpgate::public::announce(&listener);
             tokio::spawn(kcpgate::public::serve(listener));
         }
-        let work = async {
-            match role {
-                Role::Server => {
-                    let servers = plans.iter().map(|plan| kcpgate::server::run(plan.clone(), drain.clone()));
-                    futures_util::future::try_join_all(servers).await.map(drop)
-                }
-                Role::Client => kcpgate::client::run(plan, drain).await,
-            }
-        };
+        if role == Role::Server {
+            tokio::spawn(listeners.clone().reload_on_sighup());
+        }
+        let work = listeners.run();
         tokio::pin!(work);
         tokio::select! {
             r = &mut work => return r,
             () = shutdown_signal() => {}
         }
         tracing::info!("shutting down: no new sessions, waiting up to {drain_timeout:?} for open streams");
-        let _ = drain_tx.send(true);
+        listeners.drain();
         match tokio::time::timeout(drain_timeout, work).await {
             Ok(r) => r,
             Err(_) => {

@@ -33,13 +33,13 @@ pub fn hex(bytes: &[u8]) -> String {
 pub struct Plan {
     /// The listener's name: `-config`'s, else its address.
     pub name: String,
-    /// The settings kcpgate started with (the tunables' current values are in
-    /// [`Plan::tuning`]).
+    /// The settings the listener started with: its addresses and sockets, and the
+    /// process's settings. What sessions and streams opened now use (a reload or
+    /// `PATCH` may have changed it) is [`Plan::tuning`].
     pub settings: Settings,
     /// Every task's inbox, session ids and events.
     pub registry: Arc<Registry>,
     pub streams: Arc<crate::tunnel::StreamCounters>,
-    pub crypto: Arc<PacketCrypto>,
     /// The WebTransport listener's port and certificate hashes, for the public listener.
     pub webtransport: Arc<RwLock<crate::webtransport_state::Published>>,
     pub webtransport_refusals: Arc<crate::webtransport_state::Refusals>,
@@ -87,18 +87,45 @@ impl Admission for SharedAdmission {
     }
 }
 
-/// The session settings of sessions opened now (the tunables' current values)
-/// and the endpoint configuration they make.
+/// A listener's settings for sessions and streams opened now (the tunables'
+/// current values, a reload's key, crypt and target), with the endpoint
+/// configuration and the crypto they make. Open sessions keep what they opened
+/// with.
 pub struct Tuning {
-    pub session: SessionSettings,
-    pub max_sessions: u64,
+    pub settings: Settings,
     pub endpoint: EndpointConfig,
+    pub crypto: Arc<PacketCrypto>,
 }
 
 impl Tuning {
+    /// The tuning of `settings`; refused when they do not make an endpoint
+    /// configuration. `crypto` is reused when the key and crypt are the same,
+    /// so open sessions and new ones share it.
+    fn of(settings: Settings, previous: Option<&Tuning>) -> Result<Tuning, ConfigError> {
+        let endpoint = settings
+            .session
+            .endpoint_config(&settings.key)
+            .map_err(|e| ConfigError(format!("session settings: {e}")))?;
+        let crypto = match previous {
+            Some(p) if p.settings.key == settings.key && p.settings.method() == settings.method() => p.crypto.clone(),
+            _ => Arc::new(PacketCrypto::from_passphrase(settings.method(), &settings.key)),
+        };
+        Ok(Tuning { settings, endpoint, crypto })
+    }
+
     /// What `PATCH /api/v1/config` may change, as now in effect.
     pub fn tunables(&self) -> Tunables {
-        Tunables::of(&self.session, self.max_sessions)
+        Tunables::of(&self.settings.session, self.settings.max_sessions)
+    }
+
+    /// The session settings of sessions opened now.
+    pub fn session(&self) -> &SessionSettings {
+        &self.settings.session
+    }
+
+    /// The session limit (0 for none).
+    pub fn max_sessions(&self) -> u64 {
+        self.settings.max_sessions
     }
 }
 
@@ -117,15 +144,10 @@ impl Plan {
     /// The plan of `settings`; refused when the session settings do not make an
     /// endpoint configuration (`Settings::validate` says why first, in flag terms).
     pub fn new(settings: Settings) -> Result<Plan, ConfigError> {
-        let endpoint = settings
-            .session
-            .endpoint_config(&settings.key)
-            .map_err(|e| ConfigError(format!("session settings: {e}")))?;
-        let tuning = Tuning { session: settings.session.clone(), max_sessions: settings.max_sessions, endpoint };
+        let tuning = Tuning::of(settings.clone(), None)?;
         let opening_limits = opening_limits(&settings);
         Ok(Plan {
             name: settings.listen.clone(),
-            crypto: Arc::new(PacketCrypto::from_passphrase(settings.method(), &settings.key)),
             settings,
             registry: Arc::default(),
             streams: Arc::default(),
@@ -152,6 +174,12 @@ impl Plan {
         Ok(plan)
     }
 
+    /// Whether `settings` make a listener's tuning (as [`Plan::reload`] would
+    /// take them), changing nothing.
+    pub fn check(settings: &Settings) -> Result<(), ConfigError> {
+        Tuning::of(settings.clone(), None).map(drop)
+    }
+
     /// The current tunables and the configuration of sessions opened now.
     pub fn tuning(&self) -> Arc<Tuning> {
         self.tuning.read().expect("tuning lock").clone()
@@ -162,14 +190,23 @@ impl Plan {
     /// nothing changed and each entry says which field is wrong and why.
     pub fn retune(&self, patch: &TunablesPatch) -> Result<Tunables, Vec<(&'static str, String)>> {
         let mut current = self.tuning.write().expect("tuning lock");
-        let (mut session, mut max_sessions) = (current.session.clone(), current.max_sessions);
-        patch.apply(&mut session, &mut max_sessions)?;
-        let endpoint =
-            session.endpoint_config(&self.settings.key).map_err(|e| vec![("session settings", e.to_string())])?;
-        let next = Tuning { session, max_sessions, endpoint };
+        let mut settings = current.settings.clone();
+        patch.apply(&mut settings.session, &mut settings.max_sessions)?;
+        let next = Tuning::of(settings, Some(&current)).map_err(|e| vec![("session settings", e.0)])?;
         let tunables = next.tunables();
         *current = Arc::new(next);
         Ok(tunables)
+    }
+
+    /// Takes a reload's settings for this listener: sessions and streams opened
+    /// from now on use them (the caller then has the tasks pick them up, as after
+    /// [`Plan::retune`]); open sessions keep their key, crypt and settings. Its
+    /// addresses and sockets stay as they started. On error nothing changed.
+    pub fn reload(&self, settings: Settings) -> Result<(), ConfigError> {
+        let mut current = self.tuning.write().expect("tuning lock");
+        let next = Tuning::of(settings, Some(&current))?;
+        *current = Arc::new(next);
+        Ok(())
     }
 
     /// Applies `-sockbuf` and `-dscp` to a UDP socket, logging what failed.
@@ -179,23 +216,23 @@ impl Plan {
         }
     }
 
-    /// The core endpoint's settings for sessions opened now.
-    pub fn endpoint_config(&self) -> EndpointConfig {
-        self.tuning().endpoint.clone()
-    }
-
     /// The admin API's record of a session opened at `now_ms` (the owning task's
     /// clock), with a new process-wide id.
     pub fn session_meta(&self, now_ms: u64) -> SessionMeta {
-        SessionMeta { id: self.registry.session_id(), opened_ms: now_ms, mode: Profile::of(self.tuning().session.mode) }
+        SessionMeta {
+            id: self.registry.session_id(),
+            opened_ms: now_ms,
+            mode: Profile::of(self.tuning().session().mode),
+        }
     }
 
     /// What the session views of a task on `local` share.
-    pub fn view_context(&self, local: SocketAddr, transport: TransportKind) -> ViewContext<'_> {
-        let n = &self.settings.session.numbers;
-        let fec =
-            self.settings.session.fec().then_some(FecShards { data: n.datashard.into(), parity: n.parityshard.into() });
-        ViewContext { local, transport, crypt: self.settings.session.crypt.name(), fec }
+    pub fn view_context(&self, local: SocketAddr, transport: TransportKind) -> ViewContext {
+        let tuning = self.tuning();
+        let session = tuning.session();
+        let n = &session.numbers;
+        let fec = session.fec().then_some(FecShards { data: n.datashard.into(), parity: n.parityshard.into() });
+        ViewContext { local, transport, fec }
     }
 
     /// Every address of `-listen`, with `host:N-M` expanded to each port and an empty

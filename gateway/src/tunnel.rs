@@ -455,7 +455,9 @@ mod tests {
 
     impl End {
         fn new(plan: &Plan, role: Role) -> End {
-            let ep = Endpoint::new(role, plan.endpoint_config(), plan.crypto.clone(), random_seed()).expect("config");
+            let tuning = plan.tuning();
+            let ep =
+                Endpoint::new(role, tuning.endpoint.clone(), tuning.crypto.clone(), random_seed()).expect("config");
             End { ep, links: Links::new(plan.streams.clone()), session: None, out: Vec::new() }
         }
 

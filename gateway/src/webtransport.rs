@@ -575,6 +575,12 @@ pub async fn serve(mut listener: Listener, plan: Arc<Plan>, mut drain: watch::Re
         let _ = driver.await;
     }
     listener.endpoint.close(VarInt::from_u32(0), b"kcpgate stopped");
+    // Removed by a reload: pages are no longer sent here (a listener that
+    // replaced it has published its own port).
+    let mut published = plan.webtransport.write().expect("published lock");
+    if published.port == Some(listener.addr.port()) {
+        *published = Default::default();
+    }
 }
 
 /// Reads the operator's certificate files again if they changed (a renewal): new
@@ -653,7 +659,7 @@ async fn admit(
         count(&refusals.draining);
         return request.too_many_requests().await;
     }
-    let limit = plan.tuning().max_sessions;
+    let limit = plan.tuning().max_sessions();
     // Less this one, which is counted as waiting already.
     let waiting = plan.webtransport_waiting.load(Ordering::Relaxed).saturating_sub(1);
     if limit > 0 && plan.registry.open_sessions() + waiting >= limit {

@@ -474,7 +474,7 @@ fn every_api_route_needs_the_token() {
             }
         }
     }
-    assert_eq!(guarded, 8, "every /api operation was tried");
+    assert_eq!(guarded, 9, "every /api operation was tried");
     // The dashboard is public (it asks for the token itself) and locked down by its CSP.
     let page = api.agent.get(format!("{}/", api.base)).call().unwrap();
     assert_eq!(page.status(), 200);

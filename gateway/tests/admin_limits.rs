@@ -152,7 +152,7 @@ fn app(token: &str, extra: &[&str]) -> axum::Router {
     let plan = Arc::new(Plan::new(Settings::parse(Role::Server, args.into_iter().map(String::from)).unwrap()).unwrap());
     let (tx, drain) = tokio::sync::watch::channel(false);
     std::mem::forget(tx);
-    kcpgate::admin::app(vec![plan], drain)
+    kcpgate::admin::app(kcpgate::listeners::Listeners::idle(vec![plan]), drain)
 }
 
 async fn get(app: &axum::Router, path: &str, from: &str, token: &str) -> axum::response::Response {

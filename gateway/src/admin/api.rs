@@ -781,7 +781,8 @@ pub struct ListenerConfig {
 }
 
 fn listener_config(plan: &crate::runtime::Plan) -> ListenerConfig {
-    let s = &plan.settings;
+    let tuning = plan.tuning(); // a reload's settings, for sessions opened now
+    let s = &tuning.settings;
     let n = &s.session.numbers;
     let (transport, listen) = match (s.role, s.listen_udp) {
         (Role::Client, _) => ("tcp", s.listen.clone()),
@@ -810,12 +811,13 @@ fn listener_config(plan: &crate::runtime::Plan) -> ListenerConfig {
         closewait: n.closewait,
         qpp: s.session.qpp,
         qpp_count: n.qpp_count,
-        tunables: plan.tuning().tunables(),
+        tunables: tuning.tunables(),
     }
 }
 
 fn running_config(state: &super::AdminState) -> RunningConfig {
     let s = &state.plan.settings;
+    let listeners = state.listeners.plans_now();
     let (server, client) = (s.role == Role::Server, s.role == Role::Client);
     RunningConfig {
         role: s.role.name().into(),
@@ -829,8 +831,8 @@ fn running_config(state: &super::AdminState) -> RunningConfig {
             autoexpire: client.then_some(s.autoexpire),
             scavengettl: client.then_some(s.scavengettl),
         },
-        listeners: state.listeners.iter().map(|plan| listener_config(plan)).collect(),
-        tunables: state.plan.tuning().tunables(),
+        listeners: listeners.iter().map(|plan| listener_config(plan)).collect(),
+        tunables: listeners[0].tuning().tunables(),
     }
 }
 
@@ -884,20 +886,17 @@ pub async fn patch_config(
     ApiQuery(q): ApiQuery<PatchQuery>,
     ApiJson(body): ApiJson<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Json<RunningConfig>, Problem> {
-    let names = || state.listeners.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
+    let listeners = state.listeners.plans_now();
+    let names = || listeners.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
     let plan = match &q.listener {
-        Some(name) => state.listeners.iter().find(|p| &p.name == name).ok_or_else(|| {
+        Some(name) => listeners.iter().find(|p| &p.name == name).ok_or_else(|| {
             Problem::new(StatusCode::NOT_FOUND, format!("no listener is named {name:?}; the listeners are {}", names()))
         })?,
-        None if state.listeners.len() == 1 => &state.listeners[0],
+        None if listeners.len() == 1 => &listeners[0],
         None => {
             return Err(Problem::new(
                 StatusCode::BAD_REQUEST,
-                format!(
-                    "this gateway has {} listeners: say which with ?listener=NAME ({})",
-                    state.listeners.len(),
-                    names()
-                ),
+                format!("this gateway has {} listeners: say which with ?listener=NAME ({})", listeners.len(), names()),
             ))
         }
     };
@@ -929,7 +928,7 @@ pub async fn patch_config(
         plan.retune(&patch)
     } else {
         // Only to name the fields out of range as well; nothing changes.
-        let (mut session, mut max_sessions) = (current.session.clone(), current.max_sessions);
+        let (mut session, mut max_sessions) = (current.session().clone(), current.max_sessions());
         patch.apply(&mut session, &mut max_sessions).map(|()| before.clone())
     };
     match result {
@@ -1145,5 +1144,45 @@ mod tests {
         let text = super::changes(&before, &after);
         assert!(text.contains("sndwnd 1024 → 512") && text.contains("mode fast → fast3"), "{text}");
         assert!(!text.contains("Tunables") && !text.contains("rcvwnd"), "{text}");
+    }
+}
+
+/// What `PUT /api/v1/config` did: each listener's fate, and the configuration now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReloadAnswer {
+    pub reload: crate::listeners::Reloaded,
+    pub config: RunningConfig,
+}
+
+/// Replaces the configuration with a new version of the `-config` file (its
+/// TOML text, as `SIGHUP` would read it): checked whole first, then listeners
+/// the file adds start, removed ones drain (their open streams run on for
+/// `-drain-timeout`), and the others take their new settings for sessions and
+/// streams opened from now on; open sessions keep their key, crypt and settings.
+/// A file that is wrong changes nothing, and the answer says where and why.
+#[utoipa::path(
+    put,
+    path = "/api/v1/config",
+    tag = "config",
+    request_body(content = String, content_type = "application/toml", description = "The configuration file's text"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Applied: what changed, and the configuration now", body = ReloadAnswer),
+        (status = 400, description = "The body is not UTF-8 text", content_type = "application/problem+json", body = Problem),
+        (status = 409, description = "No reload now: a client, or a gateway that is stopping", content_type = "application/problem+json", body = Problem),
+        (status = 422, description = "The file is wrong (its line, key and what is allowed) or a listener cannot start; nothing changed", content_type = "application/problem+json", body = Problem),
+        Unauthorized,
+        Throttled,
+    )
+)]
+pub async fn put_config(State(state): State<Shared>, body: axum::body::Bytes) -> Result<Json<ReloadAnswer>, Problem> {
+    let text = std::str::from_utf8(&body)
+        .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("the body is not UTF-8 text: {e}")))?;
+    match state.listeners.reload_text("PUT /api/v1/config", text).await {
+        Ok(reload) => Ok(Json(ReloadAnswer { reload, config: running_config(&state) })),
+        Err(e @ crate::listeners::ReloadError::Refused(_)) => {
+            Err(Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
+        }
+        Err(e) => Err(Problem::new(StatusCode::CONFLICT, e.to_string())),
     }
 }

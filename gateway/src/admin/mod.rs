@@ -37,6 +37,7 @@ use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::listeners::Listeners;
 use crate::runtime::Plan;
 
 pub use crate::http::{FieldError, Problem};
@@ -44,10 +45,10 @@ pub use api::Sampler;
 
 /// What every handler shares.
 pub struct AdminState {
-    /// The first listener's plan: the process's settings and session table.
+    /// The first listener's plan at start: the process's settings and session table.
     pub plan: Arc<Plan>,
-    /// Every listener's plan, the first one first.
-    pub listeners: Vec<Arc<Plan>>,
+    /// Every listener, as configured now.
+    pub listeners: Arc<Listeners>,
     pub drain: watch::Receiver<bool>,
     pub started: Instant,
     pub sampler: Sampler,
@@ -160,7 +161,7 @@ fn routes() -> (OpenApiRouter<Shared>, OpenApiRouter<Shared>, OpenApiRouter<Shar
         .routes(routes!(api::get_session, api::kick_session))
         .routes(routes!(api::capture_session))
         .routes(routes!(api::get_stats))
-        .routes(routes!(api::get_config, api::patch_config))
+        .routes(routes!(api::get_config, api::patch_config, api::put_config))
         .routes(routes!(api::events));
     let metrics = OpenApiRouter::new().routes(routes!(metrics::metrics));
     let public = OpenApiRouter::new()
@@ -184,12 +185,12 @@ pub fn openapi_json() -> String {
     text
 }
 
-/// The whole admin application for the listeners of `plans` (the first one's
-/// settings are the process's); `drain` turns true when it drains.
-pub fn app(plans: Vec<Arc<Plan>>, drain: watch::Receiver<bool>) -> Router {
+/// The whole admin application for `listeners`; `drain` turns true when the
+/// process drains.
+pub fn app(listeners: Arc<Listeners>, drain: watch::Receiver<bool>) -> Router {
     let state = Arc::new(AdminState {
-        plan: plans.first().expect("at least one listener").clone(),
-        listeners: plans,
+        plan: listeners.process().clone(),
+        listeners,
         drain,
         started: Instant::now(),
         sampler: Sampler::default(),
@@ -219,8 +220,8 @@ pub fn app(plans: Vec<Arc<Plan>>, drain: watch::Receiver<bool>) -> Router {
 const ADMIN_CONNECTIONS: usize = 256;
 
 /// Serves the admin API on `listener` until the process ends.
-pub async fn serve(listener: AdminListener, plans: Vec<Arc<Plan>>, drain: watch::Receiver<bool>) {
-    listener.0.serve(app(plans, drain)).await;
+pub async fn serve(listener: AdminListener, listeners: Arc<Listeners>, drain: watch::Receiver<bool>) {
+    listener.0.serve(app(listeners, drain)).await;
 }
 
 /// The status `GET url` answers (plain `http://host:port/path` only), for health
