@@ -138,7 +138,7 @@ fn put(admin: u16, text: &str) -> (u16, String) {
     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
     let mut r = agent
         .put(format!("http://127.0.0.1:{admin}/api/v1/config"))
-        .header("Content-Type", "application/toml")
+        .header("Content-Type", "text/plain")
         .send(text)
         .unwrap();
     (r.status().as_u16(), r.body_mut().read_to_string().unwrap())

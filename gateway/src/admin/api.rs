@@ -1164,7 +1164,7 @@ pub struct ReloadAnswer {
     put,
     path = "/api/v1/config",
     tag = "config",
-    request_body(content = String, content_type = "application/toml", description = "The configuration file's text"),
+    request_body(content = String, content_type = "text/plain", description = "The configuration file's TOML text"),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Applied: what changed, and the configuration now", body = ReloadAnswer),
