@@ -35,7 +35,7 @@ fn app() -> axum::Router {
     static PLAN: OnceLock<Arc<Plan>> = OnceLock::new();
     let plan = PLAN.get_or_init(|| {
         let args = ["-key", "fuzz", "-admin-token", TOKEN].map(String::from);
-        Arc::new(Plan::new(Settings::parse(Role::Server, args).expect("valid flags")).expect("valid settings"))
+        Arc::new(Plan::alone(Settings::parse(Role::Server, args).expect("valid flags")).expect("valid settings"))
     });
     let (_tx, drain) = tokio::sync::watch::channel(false);
     kcpgate::admin::app(kcpgate::listeners::Listeners::idle(vec![plan.clone()]), drain)

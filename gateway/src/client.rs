@@ -29,7 +29,7 @@ pub async fn run(plan: Arc<Plan>, mut drain: watch::Receiver<bool>) -> std::io::
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {local}: {e}")))?;
     info!("listening on {}, forwarding to {}", listener.describe(), plan.settings.target);
-    plan.registry.set_serving();
+    plan.shared.registry.set_serving();
     let conns = plan.settings.conn as usize;
     let mut slots: Vec<Option<Slot>> = (0..conns).map(|_| None).collect();
     let mut rr: u16 = 0;

@@ -309,7 +309,7 @@ fn plan(role: Role, line: &str) -> std::io::Result<Plan> {
     let settings = Settings::parse(role, line.split_whitespace().map(str::to_string))
         .map_err(|e| std::io::Error::other(format!("demo settings {line:?}: {e}")))?;
     settings.validate().map_err(|e| std::io::Error::other(e.0))?;
-    Plan::new(settings).map_err(|e| std::io::Error::other(e.0))
+    Plan::alone(settings).map_err(|e| std::io::Error::other(e.0))
 }
 
 async fn free_tcp_port() -> std::io::Result<SocketAddr> {
@@ -525,7 +525,7 @@ async fn report_progress(plan: Arc<Plan>, game: Arc<Game>) {
     let mut last: Option<(Instant, u64, u64)> = None;
     loop {
         every.tick().await;
-        let snmp = plan.registry.counters().await;
+        let snmp = plan.shared.registry.counters().await;
         let now = Instant::now();
         let rates = last.map(|(at, i, o)| {
             let secs = now.duration_since(at).as_secs_f64().max(0.001);
@@ -537,7 +537,7 @@ async fn report_progress(plan: Arc<Plan>, game: Arc<Game>) {
         let (rate_in, rate_out) = rates.unwrap_or_default();
         let line = format!(
             "sessions {} · players {} ({}) · chat lines {} · in {:.1} kB/s · out {:.1} kB/s · retransmitted {:.1} % · echoed {} kB",
-            plan.registry.open_sessions(),
+            plan.shared.registry.open_sessions(),
             players.len(),
             players.join(", "),
             game.chat_lines.load(Ordering::Relaxed),

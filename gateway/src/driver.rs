@@ -102,7 +102,7 @@ impl<T: Transport> Driver<T> {
         let mut endpoint = Endpoint::new(role, config, tuning.crypto.clone(), random_seed())
             .expect("the session settings were validated at startup");
         if role == Role::Server {
-            endpoint.set_admission(Box::new(plan.admission.clone()));
+            endpoint.set_admission(Box::new(plan.shared.admission.clone()));
             endpoint.set_source_key(source_ip::<T>);
         }
         let local = transport.local_addr();
@@ -145,7 +145,7 @@ impl<T: Transport> Driver<T> {
     /// Runs until the work is done: a server's once `drain` turns true and no stream
     /// is left; a client's once its session has ended.
     pub async fn run(mut self, mut drain: watch::Receiver<bool>) {
-        let mut inbox = self.plan.registry.register(T::KIND);
+        let mut inbox = self.plan.shared.registry.register(T::KIND);
         self.set_draining(*drain.borrow());
         loop {
             // Queries first (a busy loop may not reach the select).
@@ -212,7 +212,7 @@ impl<T: Transport> Driver<T> {
     fn receive(&mut self) {
         let now = self.now();
         let limit = self.max_sessions;
-        let full = limit > 0 && self.plan.registry.open_sessions() >= limit;
+        let full = limit > 0 && self.plan.shared.registry.open_sessions() >= limit;
         self.endpoint.set_accepting(!self.draining && !full);
         self.endpoint.set_reset_refused(self.draining);
         let Driver { endpoint, transport, wrong_key, plan, outcomes, captures, .. } = self;
@@ -226,7 +226,7 @@ impl<T: Transport> Driver<T> {
                 Outcome::Created | Outcome::Replaced { .. } => {}
                 Outcome::Dropped(Drop::Checksum) => wrong_key.datagram_failed(T::address(&from)),
                 Outcome::Dropped(Drop::NotAccepting) if full && !self.draining => {
-                    plan.registry.count_refused_datagram();
+                    plan.shared.registry.count_refused_datagram();
                 }
                 Outcome::Dropped(reason) => debug!(remote = %from, ?reason, "datagram dropped"),
             }
@@ -279,8 +279,8 @@ impl<T: Transport> Driver<T> {
                 let transport = T::KIND;
                 info!(%remote, id = meta.id, conv, transport = transport.name(), "session opened");
                 let remote = T::address(&remote);
-                self.plan.registry.opened(ApiEvent::SessionOpened { id: meta.id, conv, remote, transport });
-                let links = Links::new(self.plan.streams.clone());
+                self.plan.shared.registry.opened(ApiEvent::SessionOpened { id: meta.id, conv, remote, transport });
+                let links = Links::new(self.plan.shared.streams.clone());
                 self.sessions.insert(id, Tracked { meta, links, closing_reason: None });
             }
             Event::SessionClosed { id, remote, conv, reason } => {
@@ -299,7 +299,7 @@ impl<T: Transport> Driver<T> {
                 self.transport.session_ended(&remote, &reason);
                 let (remote, transport) = (T::address(&remote), T::KIND);
                 let event = ApiEvent::SessionClosed { id: tracked.meta.id, conv, remote, reason, transport };
-                self.plan.registry.closed(event);
+                self.plan.shared.registry.closed(event);
             }
             Event::Stream { id, event } => {
                 let Some(tracked) = self.sessions.get_mut(&id) else { return };
@@ -426,7 +426,7 @@ impl<T: Transport> Driver<T> {
     }
 
     fn retire(self, inbox: Inbox) {
-        self.plan.registry.retire(inbox, self.endpoint.snmp(), self.endpoint.listener_stats());
+        self.plan.shared.registry.retire(inbox, self.endpoint.snmp(), self.endpoint.listener_stats());
     }
 
     fn answer(&mut self, query: Query) {
@@ -562,7 +562,7 @@ async fn dial(
         }
         Err(e) => {
             warn!(%remote, sid, %target, "cannot reach the target: {e}");
-            plan.streams.dial_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            plan.shared.streams.dial_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let _ = tx.send((id, sid, FromStream::Closed)).await;
         }
     }

@@ -20,7 +20,7 @@ use utoipa::ToSchema;
 
 use crate::config::{ConfigError, Role, Settings};
 use crate::config_file::Loaded;
-use crate::runtime::Plan;
+use crate::runtime::{Plan, Shared};
 
 /// The listeners of one process. See the module docs.
 pub struct Listeners {
@@ -90,16 +90,15 @@ impl Listeners {
     /// session table, counters and limits. Refused when a listener's session
     /// settings do not make an endpoint configuration.
     pub fn plans(loaded: Loaded) -> Result<(Settings, Vec<Arc<Plan>>), ConfigError> {
-        let mut plans: Vec<Arc<Plan>> = Vec::new();
+        let shared = Shared::new(&loaded.listeners[0].settings);
+        let several = loaded.listeners.len() > 1;
+        let mut plans = Vec::new();
         for listener in loaded.listeners {
-            let name = listener.name;
-            let mut plan = match plans.first() {
-                None => Plan::new(listener.settings)?,
-                Some(first) => {
-                    Plan::sibling(listener.settings, first).map_err(|e| ConfigError(format!("listener {name}: {e}")))?
-                }
-            };
-            plan.name = name;
+            let name = listener.name.clone();
+            let plan = Plan::new(listener.name, listener.settings, shared.clone()).map_err(|e| match several {
+                true => ConfigError(format!("listener {name}: {e}")),
+                false => e,
+            })?;
             plans.push(Arc::new(plan));
         }
         Ok((loaded.base, plans))
@@ -261,8 +260,8 @@ impl Listeners {
                     kept.push((plan.clone(), listener.settings));
                 }
                 found => {
-                    let mut plan = Plan::sibling(listener.settings, &self.process).map_err(refused)?;
-                    plan.name = listener.name;
+                    let shared = self.process.shared.clone();
+                    let plan = Plan::new(listener.name.clone(), listener.settings, shared).map_err(refused)?;
                     added.push((Arc::new(plan), found.is_some()));
                 }
             }
@@ -279,7 +278,7 @@ impl Listeners {
         }
 
         self.apply(kept, added, bound, &mut report);
-        self.process.registry.retune().await;
+        self.process.shared.registry.retune().await;
         tracing::info!(
             added = ?report.added, removed = ?report.removed, replaced = ?report.replaced,
             changed = ?report.changed, "configuration reloaded"

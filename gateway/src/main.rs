@@ -93,10 +93,10 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         let listeners = kcpgate::listeners::Listeners::start(base, plans).await?;
         let drain = listeners.draining();
-        tokio::spawn(kcpgate::snmp::dump_on_sigusr1(plan.registry.clone(), plan.streams.clone()));
+        tokio::spawn(kcpgate::snmp::dump_on_sigusr1(plan.shared.registry.clone(), plan.shared.streams.clone()));
         if !plan.settings.snmplog.is_empty() && plan.settings.snmpperiod > 0 {
             let (path, period) = (plan.settings.snmplog.clone(), u64::from(plan.settings.snmpperiod));
-            tokio::spawn(kcpgate::snmp::csv_logger(plan.registry.clone(), path, period));
+            tokio::spawn(kcpgate::snmp::csv_logger(plan.shared.registry.clone(), path, period));
         }
         if let Some(addr) = plan.settings.admin_addr().map_err(|e| std::io::Error::other(e.0))? {
             match kcpgate::admin::bind(addr, &plan).await {

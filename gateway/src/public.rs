@@ -133,7 +133,7 @@ fn allow_origin(headers: &mut HeaderMap, origin: Option<&str>, any: bool) {
 
 /// The WebTransport listener's address and certificate hashes.
 async fn webtransport_certificate(State(state): State<Shared>, headers: HeaderMap) -> Response {
-    let published = state.plan.webtransport.read().expect("published lock");
+    let published = state.plan.shared.webtransport.read().expect("published lock");
     let Some(port) = published.port else {
         return Problem::new(
             StatusCode::NOT_FOUND,
@@ -218,7 +218,7 @@ pub async fn bind(plan: &Arc<Plan>) -> std::io::Result<Option<Listener>> {
         tcp,
         tls,
         cap: crate::http::connection_cap(PUBLIC_CONNECTIONS),
-        counters: plan.http_counters.public.clone(),
+        counters: plan.shared.http_counters.public.clone(),
         name: "public listener",
     };
     Ok(Some(Listener { server, state }))

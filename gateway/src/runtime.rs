@@ -29,7 +29,8 @@ pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Settings turned into the core's configuration.
+/// One listener: its name, the settings it started with, what sessions opened
+/// now use, and what it shares with the process's other listeners.
 pub struct Plan {
     /// The listener's name: `-config`'s, else its address.
     pub name: String,
@@ -37,22 +38,42 @@ pub struct Plan {
     /// process's settings. What sessions and streams opened now use (a reload or
     /// `PATCH` may have changed it) is [`Plan::tuning`].
     pub settings: Settings,
+    /// What every listener of the process shares.
+    pub shared: Arc<Shared>,
+    /// WebTransport sessions that have no KCP session yet (they count against
+    /// the session limit).
+    pub webtransport_waiting: std::sync::atomic::AtomicU64,
+    tuning: RwLock<Arc<Tuning>>,
+}
+
+/// What every listener of one process shares, so that the API, the metrics, the
+/// limits and the public listener see one gateway.
+pub struct Shared {
     /// Every task's inbox, session ids and events.
     pub registry: Arc<Registry>,
     pub streams: Arc<crate::tunnel::StreamCounters>,
     /// The WebTransport listener's port and certificate hashes, for the public listener.
-    pub webtransport: Arc<RwLock<crate::webtransport_state::Published>>,
+    pub webtransport: RwLock<crate::webtransport_state::Published>,
     pub webtransport_refusals: Arc<crate::webtransport_state::Refusals>,
-    /// WebTransport sessions that have no KCP session yet (they count against
-    /// the session limit).
-    pub webtransport_waiting: std::sync::atomic::AtomicU64,
-    /// Which datagrams may open sessions, shared by every listener, so a copy sent
-    /// from another address is refused whichever socket it reaches, and the rates
-    /// are the gateway's.
+    /// Which datagrams may open sessions, so a copy sent from another address is
+    /// refused whichever socket it reaches, and the rates are the gateway's.
     pub admission: SharedAdmission,
     /// What the HTTP listeners count (closed at the cap, timed out).
     pub http_counters: HttpCounters,
-    tuning: RwLock<Arc<Tuning>>,
+}
+
+impl Shared {
+    /// The shared parts of a process started with `process` (its opening rates).
+    pub fn new(process: &Settings) -> Arc<Shared> {
+        Arc::new(Shared {
+            registry: Arc::default(),
+            streams: Arc::default(),
+            webtransport: RwLock::default(),
+            webtransport_refusals: Arc::default(),
+            admission: SharedAdmission::new(opening_limits(process)),
+            http_counters: HttpCounters::default(),
+        })
+    }
 }
 
 /// The HTTP listeners' counters.
@@ -141,37 +162,24 @@ pub(crate) fn opening_limits(settings: &Settings) -> OpeningLimits {
 }
 
 impl Plan {
-    /// The plan of `settings`; refused when the session settings do not make an
-    /// endpoint configuration (`Settings::validate` says why first, in flag terms).
-    pub fn new(settings: Settings) -> Result<Plan, ConfigError> {
+    /// The listener `name` of `settings` in the process that shares `shared`;
+    /// refused when the session settings do not make an endpoint configuration
+    /// (`Settings::validate` says why first, in flag terms).
+    pub fn new(name: String, settings: Settings, shared: Arc<Shared>) -> Result<Plan, ConfigError> {
         let tuning = Tuning::of(settings.clone(), None)?;
-        let opening_limits = opening_limits(&settings);
         Ok(Plan {
-            name: settings.listen.clone(),
+            name,
             settings,
-            registry: Arc::default(),
-            streams: Arc::default(),
-            webtransport: Arc::default(),
-            webtransport_refusals: Arc::default(),
+            shared,
             webtransport_waiting: Default::default(),
-            admission: SharedAdmission::new(opening_limits),
-            http_counters: HttpCounters::default(),
             tuning: RwLock::new(Arc::new(tuning)),
         })
     }
 
-    /// The plan of another listener of the same process: its own settings,
-    /// crypto and tunables, and `first`'s session ids, counters, opening limits
-    /// and WebTransport state, so that the API, the metrics, the limits and the
-    /// public listener see one gateway.
-    pub fn sibling(settings: Settings, first: &Plan) -> Result<Plan, ConfigError> {
-        let mut plan = Plan::new(settings)?;
-        plan.registry = first.registry.clone();
-        plan.streams = first.streams.clone();
-        plan.admission = first.admission.clone();
-        plan.webtransport_refusals = first.webtransport_refusals.clone();
-        plan.webtransport = first.webtransport.clone();
-        Ok(plan)
+    /// The one listener of a process started with `settings`, named by its address.
+    pub fn alone(settings: Settings) -> Result<Plan, ConfigError> {
+        let shared = Shared::new(&settings);
+        Plan::new(settings.listen.clone(), settings, shared)
     }
 
     /// Whether `settings` make a listener's tuning (as [`Plan::reload`] would
@@ -220,7 +228,7 @@ impl Plan {
     /// clock), with a new process-wide id.
     pub fn session_meta(&self, now_ms: u64) -> SessionMeta {
         SessionMeta {
-            id: self.registry.session_id(),
+            id: self.shared.registry.session_id(),
             opened_ms: now_ms,
             mode: Profile::of(self.tuning().session().mode),
         }

@@ -62,7 +62,7 @@ impl Bound {
         if let Some(listener) = self.webtransport {
             tasks.push(tokio::spawn(crate::webtransport::serve(listener, plan.clone(), drain.clone())));
         }
-        plan.registry.set_serving();
+        plan.shared.registry.set_serving();
         for t in tasks {
             let _ = t.await;
         }

@@ -458,7 +458,7 @@ mod tests {
             let tuning = plan.tuning();
             let ep =
                 Endpoint::new(role, tuning.endpoint.clone(), tuning.crypto.clone(), random_seed()).expect("config");
-            End { ep, links: Links::new(plan.streams.clone()), session: None, out: Vec::new() }
+            End { ep, links: Links::new(plan.shared.streams.clone()), session: None, out: Vec::new() }
         }
 
         /// Runs due timers, acts on events and hands every datagram to `peer`;
@@ -495,7 +495,7 @@ mod tests {
     #[tokio::test]
     async fn a_stream_blocked_towards_tcp_wakes_its_session_when_tcp_takes_a_chunk() {
         let args = ["-key", "k", "-crypt", "aes", "-mode", "fast3", "-nocomp", "-sndwnd", "1024", "-rcvwnd", "1024"];
-        let plan = Plan::new(Settings::parse(Side::Server, args.map(String::from)).expect("valid flags"))
+        let plan = Plan::alone(Settings::parse(Side::Server, args.map(String::from)).expect("valid flags"))
             .expect("valid settings");
         let (mut client, mut server) = (End::new(&plan, Role::Client), End::new(&plan, Role::Server));
         let session = client.ep.connect(0, 2).expect("a session");

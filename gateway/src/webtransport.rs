@@ -495,7 +495,7 @@ pub async fn bind(plan: &Plan) -> std::io::Result<Option<Listener>> {
     let endpoint = Endpoint::server(server_config(addr, identity))
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen for WebTransport on UDP {addr}: {e}")))?;
     let local = endpoint.local_addr()?;
-    let mut published = plan.webtransport.write().expect("published lock");
+    let mut published = plan.shared.webtransport.write().expect("published lock");
     published.port = Some(local.port());
     if let Some(expires) = expires {
         published.hashes = vec![hash];
@@ -528,7 +528,7 @@ fn peers(local: SocketAddr, plan: &Plan) -> (mpsc::Sender<Input>, WebTransportPe
         spans: Vec::new(),
         gone: Vec::new(),
         local,
-        refusals: plan.webtransport_refusals.clone(),
+        refusals: plan.shared.webtransport_refusals.clone(),
     };
     (tx, peers)
 }
@@ -552,7 +552,7 @@ pub async fn serve(mut listener: Listener, plan: Arc<Plan>, mut drain: watch::Re
             incoming = listener.endpoint.accept() => {
                 let remote = incoming.remote_address();
                 let proven = incoming.remote_address_validated();
-                match gate.enter(&plan, remote, proven, &plan.webtransport_refusals) {
+                match gate.enter(&plan, remote, proven, &plan.shared.webtransport_refusals) {
                     Verdict::Enter(ticket) => {
                         let id = next_id.fetch_add(1, Ordering::Relaxed);
                         tokio::spawn(admit(incoming, id, ticket, drain.clone(), admission.clone()));
@@ -577,7 +577,7 @@ pub async fn serve(mut listener: Listener, plan: Arc<Plan>, mut drain: watch::Re
     listener.endpoint.close(VarInt::from_u32(0), b"kcpgate stopped");
     // Removed by a reload: pages are no longer sent here (a listener that
     // replaced it has published its own port).
-    let mut published = plan.webtransport.write().expect("published lock");
+    let mut published = plan.shared.webtransport.write().expect("published lock");
     if published.port == Some(listener.addr.port()) {
         *published = Default::default();
     }
@@ -615,7 +615,7 @@ fn rotate_certificate(listener: &Listener, plan: &Plan) {
     if let Err(e) = listener.endpoint.reload_config(server_config(listener.addr, identity), false) {
         return warn!("WebTransport certificate not replaced: {e}");
     }
-    let mut published = plan.webtransport.write().expect("published lock");
+    let mut published = plan.shared.webtransport.write().expect("published lock");
     published.hashes.truncate(1);
     published.hashes.insert(0, hash);
     published.expires = Some(expires);
@@ -632,7 +632,7 @@ async fn admit(
     admission: Admission,
 ) {
     let plan = ticket.plan.clone();
-    let refusals = &plan.webtransport_refusals;
+    let refusals = &plan.shared.webtransport_refusals;
     let request = match tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await {
         Ok(Ok(request)) => {
             ticket.proven();
@@ -662,7 +662,7 @@ async fn admit(
     let limit = plan.tuning().max_sessions();
     // Less this one, which is counted as waiting already.
     let waiting = plan.webtransport_waiting.load(Ordering::Relaxed).saturating_sub(1);
-    if limit > 0 && plan.registry.open_sessions() + waiting >= limit {
+    if limit > 0 && plan.shared.registry.open_sessions() + waiting >= limit {
         count(&refusals.limit);
         return request.too_many_requests().await;
     }
@@ -722,13 +722,13 @@ mod tests {
     #[tokio::test]
     async fn a_replaced_self_signed_certificate_is_published_first_and_the_old_one_kept() {
         let args = ["-l", "127.0.0.1:1", "-webtransport", "127.0.0.1:0"].map(String::from);
-        let plan = Plan::new(Settings::parse(Role::Server, args).expect("settings")).expect("valid settings");
+        let plan = Plan::alone(Settings::parse(Role::Server, args).expect("settings")).expect("valid settings");
         let listener = bind(&plan).await.expect("binds").expect("on");
-        let first = plan.webtransport.read().unwrap().hashes.clone();
+        let first = plan.shared.webtransport.read().unwrap().hashes.clone();
         assert_eq!(first.len(), 1);
         rotate_certificate(&listener, &plan);
         rotate_certificate(&listener, &plan);
-        let published = plan.webtransport.read().unwrap();
+        let published = plan.shared.webtransport.read().unwrap();
         assert_eq!(published.hashes.len(), 2, "the current and the one before");
         assert!(!published.hashes.contains(&first[0]), "two replacements later the first is gone");
         assert_ne!(published.hashes[0], published.hashes[1]);
@@ -739,7 +739,8 @@ mod tests {
     #[test]
     fn unproven_addresses_are_asked_to_prove_themselves_and_cannot_fill_a_players_places() {
         let args = ["-l", "127.0.0.1:1", "-webtransport-per-address", "20"].map(String::from);
-        let plan = Arc::new(Plan::new(Settings::parse(Role::Server, args).expect("settings")).expect("valid settings"));
+        let plan =
+            Arc::new(Plan::alone(Settings::parse(Role::Server, args).expect("settings")).expect("valid settings"));
         let gate = Arc::new(Gate::new(&plan));
         let refusals = Refusals::default();
         let player: SocketAddr = "198.51.100.7:4000".parse().unwrap();

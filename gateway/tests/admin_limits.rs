@@ -149,7 +149,8 @@ fn a_tokenless_admin_answers_only_loopback_names_and_no_change_from_another_site
 fn app(token: &str, extra: &[&str]) -> axum::Router {
     let mut args = vec!["-key", "k", "-admin-token", token];
     args.extend_from_slice(extra);
-    let plan = Arc::new(Plan::new(Settings::parse(Role::Server, args.into_iter().map(String::from)).unwrap()).unwrap());
+    let plan =
+        Arc::new(Plan::alone(Settings::parse(Role::Server, args.into_iter().map(String::from)).unwrap()).unwrap());
     let (tx, drain) = tokio::sync::watch::channel(false);
     std::mem::forget(tx);
     kcpgate::admin::app(kcpgate::listeners::Listeners::idle(vec![plan]), drain)

@@ -200,7 +200,7 @@ fn port_ranges_expand_and_bad_ones_are_refused() {
     }
     let s = parse(Role::Server, "-l 127.0.0.1:4000-4002");
     s.validate().unwrap();
-    let plan = kcpgate::runtime::Plan::new(s).unwrap();
+    let plan = kcpgate::runtime::Plan::alone(s).unwrap();
     let addrs: Vec<String> = plan.listen_addrs().unwrap().iter().map(ToString::to_string).collect();
     assert_eq!(addrs, ["127.0.0.1:4000", "127.0.0.1:4001", "127.0.0.1:4002"]);
 }

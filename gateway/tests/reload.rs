@@ -306,3 +306,40 @@ fn reload_under_load_adds_drains_and_rekeys_without_losing_a_byte_and_a_bad_file
     eprintln!("80 streams through both reloads: {total} bytes verified");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_webtransport_listener_added_by_a_reload_is_published_and_unpublished_once_removed() {
+    let backend = support::echo_backend();
+    let (admin, public) = (support::free_tcp_port(), support::free_tcp_port());
+    let (udp, webtransport) = (support::free_udp_port("127.0.0.1"), support::free_udp_port("127.0.0.1"));
+    let native = Listener { name: "native", port: udp, key: "k", crypt: "aes" };
+    let without =
+        file_text(admin, backend, &[&native]).replacen("quiet", &format!("public = \"127.0.0.1:{public}\"\nquiet"), 1);
+    let with = format!(
+        "{without}[[listener]]\nname = \"browser\"\ntransport = \"webtransport\"\nlisten = \"127.0.0.1:{webtransport}\"\n\
+         target = \"127.0.0.1:{backend}\"\nkey = \"k\"\n"
+    );
+    let dir = std::env::temp_dir().join(format!("kcpgate-reload-wt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gateway.toml");
+    write(&file, &without);
+    let _procs = support::Procs(vec![support::kcpgate(&format!("server -config {}", file.display()))]);
+    support::wait_ready(admin);
+    let certificate = || support::admin_get(public, "/webtransport/certificate").expect("the public listener answers");
+    assert_eq!(certificate().0, 404, "no WebTransport listener yet");
+
+    let (status, answer) = put(admin, &with);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("\"added\":[\"browser\"]"), "{answer}");
+    let (status, published) = certificate();
+    assert_eq!(status, 200, "{published}");
+    let published: serde_json::Value = serde_json::from_str(&published).unwrap();
+    assert_eq!(published["port"], webtransport, "{published}");
+
+    let (status, answer) = put(admin, &without);
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("\"removed\":[\"browser\"]"), "{answer}");
+    released_within(webtransport, Duration::from_secs(DRAIN_TIMEOUT + 5));
+    assert_eq!(certificate().0, 404, "a removed WebTransport listener is still published");
+    let _ = std::fs::remove_dir_all(&dir);
+}

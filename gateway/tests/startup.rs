@@ -71,7 +71,7 @@ fn an_mtu_too_small_for_the_headers_is_refused_at_startup_naming_the_smallest_th
         assert!(e.to_string().contains(&format!("between {smallest} and 1500")), "{line}: {e}");
         let s = parse(Role::Server, &format!("{line} -mtu {smallest}"));
         let crypto = kcpgate_core::crypto::PacketCrypto::from_passphrase(s.method(), "k");
-        let plan = kcpgate::runtime::Plan::new(s).unwrap();
+        let plan = kcpgate::runtime::Plan::alone(s).unwrap();
         assert!(plan.tuning().endpoint.session.kcp_config(&crypto).is_ok(), "{line}: the core takes -mtu {smallest}");
     }
 }

@@ -157,7 +157,7 @@ pub async fn list_sessions(
             format!("offset must be at most {MAX_OFFSET} (got {offset})"),
         ));
     }
-    let mut sessions = state.plan.registry.sessions().await;
+    let mut sessions = state.plan.shared.registry.sessions().await;
     if let Some(text) = q.remote.as_deref().filter(|t| !t.is_empty()) {
         sessions.retain(|s| s.remote.to_string().contains(text));
     }
@@ -187,7 +187,7 @@ pub async fn list_sessions(
     )
 )]
 pub async fn get_session(State(state): State<Shared>, ApiPath(id): ApiPath<u64>) -> Result<Json<SessionInfo>, Problem> {
-    let sessions = state.plan.registry.sessions().await;
+    let sessions = state.plan.shared.registry.sessions().await;
     sessions.into_iter().find(|s| s.id == id).map(Json).ok_or_else(|| no_session(id))
 }
 
@@ -243,7 +243,7 @@ pub async fn kick_session(
     if reason.chars().count() > 200 {
         return Err(Problem::new(StatusCode::BAD_REQUEST, "reason must be at most 200 characters"));
     }
-    if state.plan.registry.kick(id, &reason).await {
+    if state.plan.shared.registry.kick(id, &reason).await {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(no_session(id))
@@ -334,7 +334,7 @@ pub async fn capture_session(
     }
     let _running = Running(running);
     let capture = std::sync::Arc::new(Capture::new(count as usize));
-    let session = state.plan.registry.capture(id, &capture).await.ok_or_else(|| no_session(id))?;
+    let session = state.plan.shared.registry.capture(id, &capture).await.ok_or_else(|| no_session(id))?;
     let taken = capture.finish(Duration::from_millis(timeout_ms)).await;
     let datagrams: Vec<CapturedDatagramView> = taken
         .into_iter()
@@ -568,8 +568,8 @@ pub async fn get_stats(State(state): State<Shared>) -> Json<Stats> {
 }
 
 pub(super) async fn stats(state: &super::AdminState) -> Stats {
-    let by_transport = state.plan.registry.counters_by_transport().await;
-    let dropped = state.plan.registry.dropped().await;
+    let by_transport = state.plan.shared.registry.counters_by_transport().await;
+    let dropped = state.plan.shared.registry.dropped().await;
     stats_of(state, &crate::control::total(&by_transport), &by_transport, &dropped)
 }
 
@@ -581,15 +581,15 @@ pub(super) fn stats_of(
     by_transport: &[Snmp; 2],
     dropped: &ListenerStats,
 ) -> Stats {
-    let streams = &state.plan.streams;
+    let streams = &state.plan.shared.streams;
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let (opened, closed) = (get(&streams.opened), get(&streams.closed));
     Stats {
         snmp: SnmpCounters::from(snmp),
         rates: state.sampler.observe(Instant::now(), snmp),
         sessions: SessionStats {
-            open: state.plan.registry.open_sessions(),
-            refused_datagrams: state.plan.registry.refused_datagrams(),
+            open: state.plan.shared.registry.open_sessions(),
+            refused_datagrams: state.plan.shared.registry.refused_datagrams(),
             resets_sent: dropped.resets,
         },
         streams: StreamStats {
@@ -602,6 +602,7 @@ pub(super) fn stats_of(
         process: process_stats(state),
         transports: state
             .plan
+            .shared
             .registry
             .sessions_by_transport()
             .zip(by_transport)
@@ -937,7 +938,7 @@ pub async fn patch_config(
                 changed if changed.is_empty() => tracing::info!("PATCH /api/v1/config: nothing changed"),
                 changed => tracing::info!(listener = %plan.name, "tunables changed for new sessions: {changed}"),
             }
-            state.plan.registry.retune().await;
+            state.plan.shared.registry.retune().await;
             Ok(Json(running_config(&state)))
         }
         checked => {
@@ -1040,7 +1041,7 @@ pub async fn events(
     })?;
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let changes = state.plan.registry.subscribe();
+    let changes = state.plan.shared.registry.subscribe();
     let left = q.max_events;
     let stream = futures_util::stream::unfold(
         (state, tick, changes, left, slot),

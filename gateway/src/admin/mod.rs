@@ -277,7 +277,7 @@ pub async fn bind(addr: SocketAddr, plan: &Plan) -> std::io::Result<AdminListene
         tcp,
         tls,
         cap: crate::http::connection_cap(ADMIN_CONNECTIONS),
-        counters: plan.http_counters.admin.clone(),
+        counters: plan.shared.http_counters.admin.clone(),
         name: "admin API",
     }))
 }
