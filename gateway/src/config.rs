@@ -363,8 +363,10 @@ struct Flag {
     kind: Kind,
 }
 
-#[derive(Clone, Copy)]
-enum Kind {
+/// What a flag takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Text, with its default.
     Text(&'static str),
     /// A number: its range and defaults are in [`number_spec`]'s tables.
     Number,
@@ -593,25 +595,10 @@ fn arg(f: &Flag, role: Role) -> Arg {
     }
 }
 
-/// What a setting takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ValueKind {
-    Text,
-    Number,
-    Bool,
-}
-
 /// The flag `name` of `role` (its own name, as `--help` spells it) and what it
 /// takes; `None` for no such flag.
-pub fn flag_kind(role: Role, name: &str) -> Option<(&'static str, ValueKind)> {
-    role_flags(role).find(|f| f.name == name).map(|f| {
-        let kind = match f.kind {
-            Kind::Text(_) => ValueKind::Text,
-            Kind::Number => ValueKind::Number,
-            Kind::Bool => ValueKind::Bool,
-        };
-        (f.name, kind)
-    })
+pub fn flag_kind(role: Role, name: &str) -> Option<(&'static str, Kind)> {
+    role_flags(role).find(|f| f.name == name).map(|f| (f.name, f.kind))
 }
 
 /// The flag names of `role` closest in spelling to `name`, for "did you mean".

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use crate::config::{closest_flag, env_var, flag_kind, ConfigError, Role, Secret, Settings, ValueKind};
+use crate::config::{closest_flag, env_var, flag_kind, ConfigError, Kind, Role, Secret, Settings};
 
 /// The settings of one listener; every other setting is the process's.
 pub const LISTENER_KEYS: &[&str] = &[
@@ -236,15 +236,15 @@ fn set(settings: &mut Settings, name: &str, value: &Spanned<DeValue<'_>>, place:
     let Some((_, kind)) = flag_kind(Role::Server, name) else { return Err(unknown_key(place, name)) };
     let wrong = |want: &str| ConfigError(format!("{place}: {name} must be {want}"));
     let result = match (kind, value.get_ref()) {
-        (ValueKind::Text, DeValue::String(s)) => settings.set_text(name, s),
-        (ValueKind::Bool, DeValue::Boolean(b)) => settings.set_bool(name, *b),
-        (ValueKind::Number, DeValue::Integer(n)) => {
+        (Kind::Text(_), DeValue::String(s)) => settings.set_text(name, s),
+        (Kind::Bool, DeValue::Boolean(b)) => settings.set_bool(name, *b),
+        (Kind::Number, DeValue::Integer(n)) => {
             let number = i64::from_str_radix(n.as_str(), n.radix()).map_err(|_| wrong("a whole number"))?;
             settings.set_number(name, number)
         }
-        (ValueKind::Text, _) => return Err(wrong("a string")),
-        (ValueKind::Bool, _) => return Err(wrong("true or false")),
-        (ValueKind::Number, _) => return Err(wrong("a whole number")),
+        (Kind::Text(_), _) => return Err(wrong("a string")),
+        (Kind::Bool, _) => return Err(wrong("true or false")),
+        (Kind::Number, _) => return Err(wrong("a whole number")),
     };
     result.map_err(|e| ConfigError(format!("{place}: {e}")))
 }

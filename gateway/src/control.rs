@@ -621,22 +621,37 @@ pub struct TunablesPatch {
 }
 
 impl TunablesPatch {
-    /// The fields a change may have, as JSON names them.
-    pub const FIELDS: &'static [&'static str] =
-        &["mode", "nodelay", "interval", "resend", "nc", "sndwnd", "rcvwnd", "ratelimit", "max_sessions"];
+    /// The numbers a change may have: their JSON names and the settings
+    /// table's (the flags'), in the order of [`TunablesPatch::numbers`].
+    pub const NUMBERS: [(&'static str, &'static str); 8] = [
+        ("nodelay", "nodelay"),
+        ("interval", "interval"),
+        ("resend", "resend"),
+        ("nc", "nc"),
+        ("sndwnd", "sndwnd"),
+        ("rcvwnd", "rcvwnd"),
+        ("ratelimit", "ratelimit"),
+        ("max_sessions", "max-sessions"),
+    ];
 
-    /// The numbers given, by the name the settings table (and the flag) has.
+    /// The fields a change may have, as JSON names them.
+    pub fn fields() -> Vec<&'static str> {
+        std::iter::once("mode").chain(Self::NUMBERS.iter().map(|(json, _)| *json)).collect()
+    }
+
+    /// The numbers given, with their JSON and table names.
     fn numbers(&self) -> [(&'static str, &'static str, Option<i64>); 8] {
-        [
-            ("nodelay", "nodelay", self.nodelay),
-            ("interval", "interval", self.interval),
-            ("resend", "resend", self.resend),
-            ("nc", "nc", self.nc),
-            ("sndwnd", "sndwnd", self.sndwnd),
-            ("rcvwnd", "rcvwnd", self.rcvwnd),
-            ("ratelimit", "ratelimit", self.ratelimit),
-            ("max_sessions", "max-sessions", self.max_sessions),
-        ]
+        let given = [
+            self.nodelay,
+            self.interval,
+            self.resend,
+            self.nc,
+            self.sndwnd,
+            self.rcvwnd,
+            self.ratelimit,
+            self.max_sessions,
+        ];
+        std::array::from_fn(|i| (Self::NUMBERS[i].0, Self::NUMBERS[i].1, given[i]))
     }
 
     /// Applies this change to `session` and `max_sessions`, each number checked by
@@ -752,7 +767,7 @@ mod tests {
 
     #[test]
     fn every_field_of_a_change_is_listed() {
-        for field in TunablesPatch::FIELDS {
+        for field in &TunablesPatch::fields() {
             let value = if *field == "mode" { serde_json::json!("fast") } else { serde_json::json!(1) };
             let one = serde_json::json!({ *field: value });
             assert!(serde_json::from_value::<TunablesPatch>(one).is_ok(), "{field} is a field");
@@ -770,7 +785,7 @@ mod tests {
         })
         .expect("JSON");
         let mut all: Vec<&str> = fields.as_object().expect("an object").keys().map(String::as_str).collect();
-        let mut listed = TunablesPatch::FIELDS.to_vec();
+        let mut listed = TunablesPatch::fields();
         all.sort_unstable();
         listed.sort_unstable();
         assert_eq!(all, listed, "every tunable can be changed, and nothing else");

@@ -66,7 +66,7 @@ fn every_number_gets_the_same_verdict_and_words_from_every_source() {
         "server -l 127.0.0.1:{udp} -t 127.0.0.1:9 -admin 127.0.0.1:{admin} -key settings-table"
     ))]);
     support::wait_ready(admin);
-    let patchable = ["nodelay", "interval", "resend", "nc", "sndwnd", "rcvwnd", "ratelimit", "max-sessions"];
+    let patchable = kcpgate::control::TunablesPatch::NUMBERS.map(|(_, table)| table);
     let mut checked = 0;
     for role in [Role::Server, Role::Client] {
         for (name, json_key) in numeric_flags(role) {

@@ -906,8 +906,9 @@ pub async fn patch_config(
     let mut wrong = Vec::new();
     let mut valid = serde_json::Map::new();
     for (field, value) in body {
-        if !TunablesPatch::FIELDS.contains(&field.as_str()) {
-            let known = TunablesPatch::FIELDS.join(", ");
+        let fields = TunablesPatch::fields();
+        if !fields.contains(&field.as_str()) {
+            let known = fields.join(", ");
             return Err(Problem::new(
                 StatusCode::BAD_REQUEST,
                 format!("unknown field {field:?}: the fields are {known}"),
