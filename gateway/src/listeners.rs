@@ -257,6 +257,14 @@ impl Listeners {
             match running.iter().find(|p| p.name == listener.name) {
                 Some(plan) if same_place(&plan.settings, &listener.settings) => {
                     Plan::check(&listener.settings).map_err(refused)?;
+                    let (old, new) = (&plan.tuning().settings, &listener.settings);
+                    if (old.sockbuf, old.dscp) != (new.sockbuf, new.dscp) {
+                        report.warnings.push(format!(
+                            "listener {}: sockbuf and dscp apply to its sockets as they open: restart kcpgate to \
+                             change them",
+                            listener.name
+                        ));
+                    }
                     kept.push((plan.clone(), listener.settings));
                 }
                 found => {
@@ -354,7 +362,6 @@ impl Listeners {
 /// same way: then the listener keeps its sockets and takes the new settings.
 fn same_place(old: &Settings, new: &Settings) -> bool {
     (&old.listen, old.listen_udp, &old.webtransport) == (&new.listen, new.listen_udp, &new.webtransport)
-        && (old.sockbuf, old.dscp) == (new.sockbuf, new.dscp)
 }
 
 /// The process settings `new` (a reloaded file's) gives differently from the

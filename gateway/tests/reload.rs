@@ -341,5 +341,11 @@ fn a_webtransport_listener_added_by_a_reload_is_published_and_unpublished_once_r
     assert!(answer.contains("\"removed\":[\"browser\"]"), "{answer}");
     released_within(webtransport, Duration::from_secs(DRAIN_TIMEOUT + 5));
     assert_eq!(certificate().0, 404, "a removed WebTransport listener is still published");
+
+    // A socket setting of a listener that stays is not applied, and the answer says so.
+    let (status, answer) = put(admin, &without.replace("mode = \"fast3\"", "mode = \"fast3\"\nsockbuf = 1048576"));
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer.contains("listener native: sockbuf and dscp apply to its sockets as they open"), "{answer}");
+    assert_eq!(config(admin)["listeners"][0]["sockbuf"], 4_194_304, "the sockets' own size is shown");
     let _ = std::fs::remove_dir_all(&dir);
 }

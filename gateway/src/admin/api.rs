@@ -800,10 +800,10 @@ fn listener_config(plan: &crate::runtime::Plan) -> ListenerConfig {
         mtu: n.mtu,
         datashard: n.datashard,
         parityshard: n.parityshard,
-        dscp: s.dscp,
+        dscp: plan.settings.dscp, // the sockets' own: they keep what they opened with
         nocomp: s.session.nocomp,
         acknodelay: s.session.acknodelay,
-        sockbuf: s.sockbuf,
+        sockbuf: plan.settings.sockbuf,
         smuxver: (!s.session.smux_detect).then_some(n.smuxver),
         smuxbuf: n.smuxbuf,
         framesize: n.framesize,
