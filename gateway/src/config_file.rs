@@ -79,7 +79,12 @@ pub fn parse(origin: &str, text: &str, base: &Settings) -> Result<Loaded, Config
     let at = |span: std::ops::Range<usize>| {
         format!("{origin}:{}", text[..span.start.min(text.len())].matches('\n').count() + 1)
     };
-    let table = DeTable::parse(text).map_err(|e| ConfigError(format!("{origin}: not valid TOML: {e}")))?;
+    // The parser's message only, at its line: its own report quotes the line,
+    // which may hold a key.
+    let table = DeTable::parse(text).map_err(|e| {
+        let place = e.span().map_or_else(|| origin.to_string(), |span| at(span));
+        ConfigError(format!("{place}: not valid TOML: {}", e.message().trim_end()))
+    })?;
     let mut process = base.clone();
     let mut tables = Vec::new();
     let mut inline_secrets = BTreeSet::new();

@@ -74,7 +74,7 @@ fn a_bad_file_is_refused_with_its_line_key_and_what_is_allowed() {
             format!("{one}key-env = \"KCPGATE_TEST_NEVER_SET\"\n"),
             "f.toml:3: key-env names KCPGATE_TEST_NEVER_SET, which is not set",
         ),
-        ("[[listener]\n".to_string(), "f.toml: not valid TOML"),
+        ("[[listener]\n".to_string(), "f.toml:1: not valid TOML"),
         (
             format!("{one}transport = \"tcp\"\n"),
             "f.toml:3: transport must be \"udp\" or \"webtransport\" (got \"tcp\")",
@@ -91,6 +91,14 @@ fn a_bad_file_is_refused_with_its_line_key_and_what_is_allowed() {
         let e = parse("f.toml", &text, &flags("")).expect_err(&text).to_string();
         assert!(e.contains(said), "{text:?}: {e}");
     }
+}
+
+#[test]
+fn a_file_that_is_not_toml_is_refused_at_its_line_without_quoting_it() {
+    let text = "[[listener]]\nlisten = \":1\"\nkey = \"a secret never shown\n";
+    let e = parse("f.toml", text, &flags("")).expect_err("an unterminated string").to_string();
+    assert!(e.starts_with("f.toml:3: not valid TOML: "), "{e}");
+    assert!(!e.contains("secret"), "the line is quoted: {e}");
 }
 
 #[test]
