@@ -56,7 +56,7 @@ const PUBLIC_CONNECTIONS: usize = 4096;
 
 /// What every handler shares: the settings it reads, parsed once at bind.
 struct PublicState {
-    plan: Arc<Plan>,
+    shared: Arc<crate::runtime::Shared>,
     /// Origins allowed; empty allows every origin.
     origins: Vec<String>,
     /// `-webtransport-advertise`: (host, empty for the one the page asked; port).
@@ -133,7 +133,7 @@ fn allow_origin(headers: &mut HeaderMap, origin: Option<&str>, any: bool) {
 
 /// The WebTransport listener's address and certificate hashes.
 async fn webtransport_certificate(State(state): State<Shared>, headers: HeaderMap) -> Response {
-    let published = state.plan.shared.webtransport.read().expect("published lock");
+    let published = state.shared.webtransport.read().expect("published lock");
     let Some(port) = published.port else {
         return Problem::new(
             StatusCode::NOT_FOUND,
@@ -200,7 +200,7 @@ pub async fn bind(plan: &Arc<Plan>) -> std::io::Result<Option<Listener>> {
     };
     let origins = settings.webtransport_origins().map_err(invalid)?;
     let advertised = settings.webtransport_advertised().map_err(invalid)?;
-    let state = Arc::new(PublicState { plan: plan.clone(), origins, advertised });
+    let state = Arc::new(PublicState { shared: plan.shared.clone(), origins, advertised });
     let tls = if settings.public_cert.is_empty() {
         None
     } else {

@@ -157,7 +157,7 @@ pub async fn list_sessions(
             format!("offset must be at most {MAX_OFFSET} (got {offset})"),
         ));
     }
-    let mut sessions = state.plan.shared.registry.sessions().await;
+    let mut sessions = state.shared.registry.sessions().await;
     if let Some(text) = q.remote.as_deref().filter(|t| !t.is_empty()) {
         sessions.retain(|s| s.remote.to_string().contains(text));
     }
@@ -187,7 +187,7 @@ pub async fn list_sessions(
     )
 )]
 pub async fn get_session(State(state): State<Shared>, ApiPath(id): ApiPath<u64>) -> Result<Json<SessionInfo>, Problem> {
-    let sessions = state.plan.shared.registry.sessions().await;
+    let sessions = state.shared.registry.sessions().await;
     sessions.into_iter().find(|s| s.id == id).map(Json).ok_or_else(|| no_session(id))
 }
 
@@ -243,7 +243,7 @@ pub async fn kick_session(
     if reason.chars().count() > 200 {
         return Err(Problem::new(StatusCode::BAD_REQUEST, "reason must be at most 200 characters"));
     }
-    if state.plan.shared.registry.kick(id, &reason).await {
+    if state.shared.registry.kick(id, &reason).await {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(no_session(id))
@@ -334,7 +334,7 @@ pub async fn capture_session(
     }
     let _running = Running(running);
     let capture = std::sync::Arc::new(Capture::new(count as usize));
-    let session = state.plan.shared.registry.capture(id, &capture).await.ok_or_else(|| no_session(id))?;
+    let session = state.shared.registry.capture(id, &capture).await.ok_or_else(|| no_session(id))?;
     let taken = capture.finish(Duration::from_millis(timeout_ms)).await;
     let datagrams: Vec<CapturedDatagramView> = taken
         .into_iter()
@@ -568,8 +568,8 @@ pub async fn get_stats(State(state): State<Shared>) -> Json<Stats> {
 }
 
 pub(super) async fn stats(state: &super::AdminState) -> Stats {
-    let by_transport = state.plan.shared.registry.counters_by_transport().await;
-    let dropped = state.plan.shared.registry.dropped().await;
+    let by_transport = state.shared.registry.counters_by_transport().await;
+    let dropped = state.shared.registry.dropped().await;
     stats_of(state, &crate::control::total(&by_transport), &by_transport, &dropped)
 }
 
@@ -581,15 +581,15 @@ pub(super) fn stats_of(
     by_transport: &[Snmp; 2],
     dropped: &ListenerStats,
 ) -> Stats {
-    let streams = &state.plan.shared.streams;
+    let streams = &state.shared.streams;
     let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let (opened, closed) = (get(&streams.opened), get(&streams.closed));
     Stats {
         snmp: SnmpCounters::from(snmp),
         rates: state.sampler.observe(Instant::now(), snmp),
         sessions: SessionStats {
-            open: state.plan.shared.registry.open_sessions(),
-            refused_datagrams: state.plan.shared.registry.refused_datagrams(),
+            open: state.shared.registry.open_sessions(),
+            refused_datagrams: state.shared.registry.refused_datagrams(),
             resets_sent: dropped.resets,
         },
         streams: StreamStats {
@@ -601,7 +601,6 @@ pub(super) fn stats_of(
         },
         process: process_stats(state),
         transports: state
-            .plan
             .shared
             .registry
             .sessions_by_transport()
@@ -636,7 +635,7 @@ fn process_stats(state: &super::AdminState) -> ProcessStats {
     });
     ProcessStats {
         version: crate::VERSION.into(),
-        role: state.plan.settings.role.name().into(),
+        role: state.process.role.name().into(),
         uptime_seconds: state.started.elapsed().as_secs_f64(),
         rss_bytes: rss_pages * page,
         cpu_seconds,
@@ -817,7 +816,7 @@ fn listener_config(plan: &crate::runtime::Plan) -> ListenerConfig {
 }
 
 fn running_config(state: &super::AdminState) -> RunningConfig {
-    let s = &state.plan.settings;
+    let s = &state.process;
     let listeners = state.listeners.plans_now();
     let (server, client) = (s.role == Role::Server, s.role == Role::Client);
     RunningConfig {
@@ -939,7 +938,7 @@ pub async fn patch_config(
                 changed if changed.is_empty() => tracing::info!("PATCH /api/v1/config: nothing changed"),
                 changed => tracing::info!(listener = %plan.name, "tunables changed for new sessions: {changed}"),
             }
-            state.plan.shared.registry.retune().await;
+            state.shared.registry.retune().await;
             Ok(Json(running_config(&state)))
         }
         checked => {
@@ -1042,7 +1041,7 @@ pub async fn events(
     })?;
     let mut tick = tokio::time::interval(Duration::from_millis(interval_ms));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let changes = state.plan.shared.registry.subscribe();
+    let changes = state.shared.registry.subscribe();
     let left = q.max_events;
     let stream = futures_util::stream::unfold(
         (state, tick, changes, left, slot),

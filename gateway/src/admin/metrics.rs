@@ -76,9 +76,9 @@ fn gauge(registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>, va
 
 /// The metrics text: the same figures as `/api/v1/stats`, fresh.
 pub(super) async fn render(state: &super::AdminState) -> String {
-    let by_transport = state.plan.shared.registry.counters_by_transport().await;
+    let by_transport = state.shared.registry.counters_by_transport().await;
     let snmp = crate::control::total(&by_transport);
-    let dropped = state.plan.shared.registry.dropped().await;
+    let dropped = state.shared.registry.dropped().await;
     let stats = super::api::stats_of(state, &snmp, &by_transport, &dropped);
     let mut registry = Registry::with_prefix("kcpgate");
     for ((go, value), (name_go, name, help, kind, bytes)) in snmp.fields().zip(SNMP_METRICS) {
@@ -120,16 +120,16 @@ pub(super) async fn render(state: &super::AdminState) -> String {
     );
     let open: Family<Vec<(String, String)>, Gauge> = Family::default();
     let opened: Family<Vec<(String, String)>, Counter> = Family::default();
-    for (transport, now, total) in state.plan.shared.registry.sessions_by_transport() {
+    for (transport, now, total) in state.shared.registry.sessions_by_transport() {
         let labels = vec![("transport".to_string(), transport.name().to_string())];
         open.get_or_create(&labels).set(now as i64);
         opened.get_or_create(&labels).inc_by(total);
     }
     registry.register("transport_sessions_open", "Sessions open now, by transport (udp, webtransport)", open);
     registry.register("transport_sessions_opened", "Sessions opened since the start, by transport", opened);
-    if state.plan.shared.webtransport.read().expect("published lock").port.is_some() {
+    if state.shared.webtransport.read().expect("published lock").port.is_some() {
         let refused: Family<Vec<(String, String)>, Counter> = Family::default();
-        for (reason, n) in state.plan.shared.webtransport_refusals.counts() {
+        for (reason, n) in state.shared.webtransport_refusals.counts() {
             refused.get_or_create(&vec![("reason".to_string(), reason.to_string())]).inc_by(n);
         }
         registry.register(
@@ -145,10 +145,10 @@ pub(super) async fn render(state: &super::AdminState) -> String {
             "webtransport_oversized_datagrams",
             "Datagrams larger than a WebTransport session could send at the time (lost, as on UDP)",
             None,
-            state.plan.shared.webtransport_refusals.oversized.load(std::sync::atomic::Ordering::Relaxed),
+            state.shared.webtransport_refusals.oversized.load(std::sync::atomic::Ordering::Relaxed),
         );
     }
-    let http = &state.plan.shared.http_counters;
+    let http = &state.shared.http_counters;
     for (listener, counters) in [("admin", &http.admin), ("public", &http.public)] {
         let closed: Family<Vec<(String, String)>, Counter> = Family::default();
         let n = |c: &AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
@@ -320,7 +320,7 @@ pub async fn livez() -> &'static str {
 pub async fn readyz(State(state): State<Shared>) -> Response {
     if *state.drain.borrow() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
-    } else if !state.plan.shared.registry.is_serving() {
+    } else if !state.shared.registry.is_serving() {
         (StatusCode::SERVICE_UNAVAILABLE, "not listening yet").into_response()
     } else {
         "ready".into_response()

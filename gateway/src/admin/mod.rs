@@ -37,6 +37,7 @@ use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::config::Settings;
 use crate::listeners::Listeners;
 use crate::runtime::Plan;
 
@@ -45,8 +46,10 @@ pub use api::Sampler;
 
 /// What every handler shares.
 pub struct AdminState {
-    /// The first listener's plan at start: the process's settings and session table.
-    pub plan: Arc<Plan>,
+    /// The process's settings (the first listener's at start).
+    pub process: Settings,
+    /// What every listener shares: the session table, counters and limits.
+    pub shared: Arc<crate::runtime::Shared>,
     /// Every listener, as configured now.
     pub listeners: Arc<Listeners>,
     pub drain: watch::Receiver<bool>,
@@ -189,7 +192,8 @@ pub fn openapi_json() -> String {
 /// process drains.
 pub fn app(listeners: Arc<Listeners>, drain: watch::Receiver<bool>) -> Router {
     let state = Arc::new(AdminState {
-        plan: listeners.process().clone(),
+        process: listeners.process().settings.clone(),
+        shared: listeners.process().shared.clone(),
         listeners,
         drain,
         started: Instant::now(),
@@ -307,7 +311,7 @@ fn source_of(request: &Request) -> Option<u64> {
 /// Whether `request` may pass: always when no token is set; else with the token,
 /// unless its source sent too many wrong ones lately (429).
 fn check_token(state: &AdminState, request: &Request) -> Result<(), Box<Response>> {
-    let token = state.plan.settings.admin_token.as_bytes();
+    let token = state.process.admin_token.as_bytes();
     if token.is_empty() {
         return Ok(());
     }
@@ -348,7 +352,7 @@ async fn require_token(State(state): State<Shared>, request: Request, next: Next
 
 /// `/metrics` with `-metrics-auth`: the token, as for /api.
 async fn require_token_for_metrics(State(state): State<Shared>, request: Request, next: Next) -> Response {
-    if !state.plan.settings.metrics_auth {
+    if !state.process.metrics_auth {
         return next.run(request).await;
     }
     require_token(State(state), request, next).await
@@ -373,7 +377,7 @@ fn is_loopback_host(host: &str) -> bool {
 async fn same_site_only(State(state): State<Shared>, request: Request, next: Next) -> Response {
     let headers = request.headers();
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    if state.plan.settings.admin_token.is_empty() {
+    if state.process.admin_token.is_empty() {
         if let Some(host) = host.filter(|h| !is_loopback_host(h)) {
             tracing::debug!(host, "admin API: request for another host refused");
             return Problem::new(
@@ -443,7 +447,7 @@ pub struct AuthInfo {
     responses((status = 200, description = "Whether a token is needed", body = AuthInfo))
 )]
 async fn auth(State(state): State<Shared>) -> axum::Json<AuthInfo> {
-    axum::Json(AuthInfo { token_required: !state.plan.settings.admin_token.is_empty() })
+    axum::Json(AuthInfo { token_required: !state.process.admin_token.is_empty() })
 }
 
 /// The OpenAPI 3.1 document of this API.
