@@ -82,7 +82,7 @@ pub fn parse(origin: &str, text: &str, base: &Settings) -> Result<Loaded, Config
     // The parser's message only, at its line: its own report quotes the line,
     // which may hold a key.
     let table = DeTable::parse(text).map_err(|e| {
-        let place = e.span().map_or_else(|| origin.to_string(), |span| at(span));
+        let place = e.span().map_or_else(|| origin.to_string(), &at);
         ConfigError(format!("{place}: not valid TOML: {}", e.message().trim_end()))
     })?;
     let mut process = base.clone();
