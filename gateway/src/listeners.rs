@@ -35,6 +35,8 @@ pub struct Listeners {
     started: bool,
     /// One reload at a time.
     reloading: tokio::sync::Mutex<()>,
+    /// Reloads applied and refused, for `/metrics`.
+    pub reloads: ReloadCounters,
     /// True once the process drains: every listener does, and a reload is refused.
     stopping: watch::Sender<bool>,
     /// Listener tasks not yet ended, removed ones still draining included.
@@ -64,6 +66,23 @@ pub struct Reloaded {
     pub unchanged: Vec<String>,
     /// What the file says that is not applied, and the file's own warnings.
     pub warnings: Vec<String>,
+}
+
+/// Reloads applied and refused since start.
+#[derive(Debug, Default)]
+pub struct ReloadCounters {
+    pub applied: AtomicUsize,
+    pub refused: AtomicUsize,
+    /// Whether the last reload was applied (true before any).
+    pub last_failed: std::sync::atomic::AtomicBool,
+}
+
+impl ReloadCounters {
+    fn count<T, E>(&self, result: &Result<T, E>) {
+        let counter = if result.is_ok() { &self.applied } else { &self.refused };
+        counter.fetch_add(1, Ordering::Relaxed);
+        self.last_failed.store(result.is_err(), Ordering::Relaxed);
+    }
 }
 
 /// Why a reload changed nothing.
@@ -128,6 +147,7 @@ impl Listeners {
             running: Mutex::new(running),
             started,
             reloading: Default::default(),
+            reloads: ReloadCounters::default(),
             stopping: watch::channel(false).0,
             tasks: AtomicUsize::new(0),
             ended,
@@ -243,6 +263,15 @@ impl Listeners {
         if *self.stopping.borrow() {
             return Err(ReloadError::NotNow("kcpgate is stopping: no reload".into()));
         }
+        let result = self.checked_reload(read).await;
+        self.reloads.count(&result);
+        result
+    }
+
+    async fn checked_reload(
+        &self,
+        read: impl FnOnce(&Settings) -> Result<Loaded, ConfigError>,
+    ) -> Result<Reloaded, ReloadError> {
         let loaded = read(&self.base).map_err(ReloadError::Refused)?;
         let mut report = Reloaded { warnings: loaded.warnings.clone(), ..Reloaded::default() };
         report.warnings.extend(process_changes(&self.process.settings, &loaded.listeners[0].settings));

@@ -235,6 +235,9 @@ fn reload_under_load_adds_drains_and_rekeys_without_losing_a_byte_and_a_bad_file
     }
     assert!(log_of(&log).contains("gateway.toml:"), "the refusal says where: {}", log_of(&log));
     assert_eq!(listed(admin), names(&[&stays, &goes, &rekeyed]), "a bad file changed the listeners");
+    let refused = r#"kcpgate_config_reloads_total{result="refused"}"#;
+    assert_eq!(support::metric(admin, refused), 2, "both refusals counted");
+    assert_eq!(support::metric(admin, "kcpgate_config_last_reload_successful"), 0);
     all_moving(&kept, "after the bad reloads");
     all_moving(&removed, "after the bad reloads");
 
@@ -243,6 +246,8 @@ fn reload_under_load_adds_drains_and_rekeys_without_losing_a_byte_and_a_bad_file
     let reloaded = Instant::now();
     hangup(pid);
     listed_within(admin, &[&stays, &rekeyed_new, &added], "after SIGHUP");
+    assert_eq!(support::metric(admin, r#"kcpgate_config_reloads_total{result="applied"}"#), 1);
+    assert_eq!(support::metric(admin, "kcpgate_config_last_reload_successful"), 1);
     all_moving(&kept, "after SIGHUP");
     all_moving(&removed, "the removed listener's streams, draining");
     let removed_bytes = finish(removed, "the removed listener's streams");

@@ -164,6 +164,25 @@ pub(super) async fn render(state: &super::AdminState) -> String {
             closed,
         );
     }
+    let reloads = &state.listeners.reloads;
+    let reloaded: Family<Vec<(String, String)>, Counter> = Family::default();
+    let n = |c: &std::sync::atomic::AtomicUsize| c.load(std::sync::atomic::Ordering::Relaxed) as u64;
+    for (result, count) in [("applied", n(&reloads.applied)), ("refused", n(&reloads.refused))] {
+        reloaded.get_or_create(&vec![("result".to_string(), result.to_string())]).inc_by(count);
+    }
+    registry.register(
+        "config_reloads",
+        "Reloads of the configuration (SIGHUP, PUT /api/v1/config): applied, or refused (nothing changed)",
+        reloaded,
+    );
+    let failed = reloads.last_failed.load(std::sync::atomic::Ordering::Relaxed);
+    gauge(
+        &mut registry,
+        "config_last_reload_successful",
+        "1 unless the last reload was refused (the running configuration is not the file's)",
+        None,
+        if failed { 0.0 } else { 1.0 },
+    );
     let p = &stats.process;
     gauge(&mut registry, "uptime", "Time since the admin API started", Some(Unit::Seconds), p.uptime_seconds);
     gauge(&mut registry, "process_resident_memory", "Resident memory", Some(Unit::Bytes), p.rss_bytes as f64);
