@@ -1,4 +1,4 @@
-//! Reed–Solomon FEC, wire-compatible with kcp-go (PROTOCOL.md §2).
+//! Reed–Solomon FEC, wire-compatible with kcp-go (docs/protocol.md §4).
 //!
 //! A data shard is `seqid u32 | 0x00F1 u16 | size u16 | KCP datagram`, with
 //! `size = 2 + datagram length`; a parity shard is `seqid u32 | 0x00F2 u16 | parity`.
@@ -529,7 +529,7 @@ impl FecDecoder {
     }
 }
 
-/// The auto-tuner's detection (§2.8): `None` if the samples do not show one full
+/// The auto-tuner's detection (docs/protocol.md §4): `None` if the samples do not show one full
 /// data run followed by a parity run over consecutive seqids.
 fn detect_shards(samples: &[(u16, u32)]) -> Option<Shards> {
     let mut sorted: Vec<(u32, u16)> = samples.iter().map(|&(k, s)| (s, k)).collect();

@@ -1,4 +1,4 @@
-//! Which datagram belongs to which session (PROTOCOL.md §4.7), sans-IO.
+//! Which datagram belongs to which session (docs/protocol.md §8), sans-IO.
 //!
 //! [`Listener`] is kcp-go's listener without the socket: one table from remote
 //! address to session (a bare [`Connection`], or anything built around one, see

@@ -1,5 +1,5 @@
 //! One KCP session with its lower layers: crypto, FEC and KCP composed into a sans-IO
-//! connection (kcp-go's `UDPSession` without the socket), PROTOCOL.md §4.
+//! connection (kcp-go's `UDPSession` without the socket), docs/protocol.md §1 and §8.
 //!
 //! Outgoing: KCP writes each datagram into its transmit arena with room in front;
 //! the connection writes the FEC header into that room, adds parity shards, and

@@ -1,5 +1,5 @@
 //! QPP (Quantum Permutation Pad) as kcptun applies it to smux stream payloads
-//! (PROTOCOL.md §7): a set of byte permutations derived from the raw `-key`, and per
+//! (docs/protocol.md §7): a set of byte permutations derived from the raw `-key`, and per
 //! stream and direction a PRNG that picks the pad and a mask for every byte.
 
 use aes::Aes256;
@@ -245,7 +245,7 @@ impl core::fmt::Display for QppWarning {
     }
 }
 
-/// kcptun's startup checks for `-QPP` (§7.7): a count ≤ 0 is refused; a short key,
+/// kcptun's startup checks for `-QPP` (docs/protocol.md §7): a count ≤ 0 is refused; a short key,
 /// few pads or an even count only warn. Returns the count as the u16 QPP uses
 /// (larger values wrap, as in kcptun).
 pub fn check_parameters(

@@ -1,5 +1,5 @@
 //! smux v1 and v2, the stream multiplexer kcptun runs over each KCP session
-//! (PROTOCOL.md §5), as a sans-IO state machine.
+//! (docs/protocol.md §5), as a sans-IO state machine.
 //!
 //! Bytes from the transport go into [`Session::handle_input`], which stops early —
 //! leaving the rest for later — while the receive budget is spent: that is how

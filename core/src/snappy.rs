@@ -1,4 +1,4 @@
-//! The snappy framing format as kcptun's compression layer uses it (PROTOCOL.md §6):
+//! The snappy framing format as kcptun's compression layer uses it (docs/protocol.md §6):
 //! one direction of a KCP session is one framed stream; every write (one smux frame)
 //! is flushed as its own chunk. Blocks are compressed by the `snap` crate; the
 //! framing is here so that the reader works on partial input without blocking and

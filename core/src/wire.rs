@@ -1,5 +1,5 @@
 //! A view of one datagram once its crypto layer is removed: an FEC shard or bare
-//! KCP (PROTOCOL.md §2–§3). [`Datagram::parse`] checks the lengths once; every
+//! KCP (docs/protocol.md §3–§4). [`Datagram::parse`] checks the lengths once; every
 //! field read after it is in bounds, so nothing that reads the outer framing can
 //! panic on a short or forged datagram.
 

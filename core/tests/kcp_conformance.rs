@@ -1,4 +1,4 @@
-//! PROTOCOL.md §10, statements 1–28: the KCP header and ARQ. Each test carries the
+//! docs/protocol.md §12, statements 1–28: the KCP header and ARQ. Each test carries the
 //! number of the statement it checks.
 
 use kcpgate_core::kcp::{Command, Compat, Config, Header, Kcp, SegmentError, Segments, HEADER_LEN};
@@ -306,7 +306,7 @@ fn conformance_14_one_rtt_sample_per_datagram_from_its_last_ack() {
     assert_eq!((k.state().srtt, k.state().rto), (0, 200), "FEC-recovered datagrams give no sample");
 }
 
-/// kcpgate's one departure from §1.7: an ACK repeated for a segment already
+/// kcpgate's one departure from docs/protocol.md §2.2: an ACK repeated for a segment already
 /// acknowledged (FEC recovering the first transmission of a segment whose
 /// retransmission got through) echoes a stale send time and is not a sample.
 #[test]
@@ -596,7 +596,7 @@ fn conformance_27_stream_mode_merges_small_writes() {
 
 #[test]
 fn conformance_28_mss_from_session_mtu_and_lower_headers() {
-    // (crypto header + FEC header, AEAD tag) → mss, for kcptun's MTU 1350 (§4.3).
+    // (crypto header + FEC header, AEAD tag) → mss, for kcptun's MTU 1350 (docs/protocol.md §2.4).
     for (room, tail, mss) in [(20 + 8, 0, 1298), (12 + 8, 16, 1290), (8, 0, 1318), (20, 0, 1306), (0, 0, 1326)] {
         let cfg = Config { stream: true, ..cfg() }.fit_session_mtu(1350, room, tail);
         let mut k = Kcp::new(CONV, cfg);

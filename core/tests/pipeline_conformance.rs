@@ -1,4 +1,4 @@
-//! PROTOCOL.md §10, statements 29–52 and 55: FEC, packet crypto, the listener and
+//! docs/protocol.md §12, statements 29–52 and 55: FEC, packet crypto, the listener and
 //! the rate limit. Each test carries the number of the statement it checks.
 
 mod support;
@@ -213,7 +213,7 @@ fn conformance_34_slow_group_gets_no_parity_but_consumes_seqids() {
     assert_eq!(parity.len(), 2, "499 ms is quick enough");
 }
 
-/// kcpgate's addition to §2.5: a group that took 5 s or more from its first data
+/// kcpgate's addition to docs/protocol.md §4 (slow groups): a group that took 5 s or more from its first data
 /// shard to its last gets no parity either, however short its last gap.
 #[test]
 fn a_group_slower_than_five_seconds_gets_no_parity_but_consumes_seqids() {

@@ -1,4 +1,4 @@
-//! PROTOCOL.md §10, statements 57–75: smux, compression and QPP. Each test carries
+//! docs/protocol.md §12, statements 57–75: smux, compression and QPP. Each test carries
 //! the number of the statement it checks.
 
 mod support;

@@ -1,5 +1,5 @@
 //! `kcpgate client`: accepts local TCP (or unix-socket) connections and carries each as a smux
-//! stream over one of `-conn` KCP sessions to the server (PROTOCOL.md §8.4).
+//! stream over one of `-conn` KCP sessions to the server (docs/protocol.md §11).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

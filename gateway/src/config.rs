@@ -1,4 +1,4 @@
-//! kcptun's command line and JSON configuration (PROTOCOL.md §8.1–§8.2), resolved
+//! kcptun's command line and JSON configuration (docs/protocol.md §11), resolved
 //! into one [`Settings`] value.
 //!
 //! kcptun command lines work unchanged: urfave/cli accepts `-name value`,

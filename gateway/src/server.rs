@@ -1,5 +1,5 @@
 //! `kcpgate server`: accepts KCP sessions on UDP and dials the target for every
-//! stream (kcptun server behaviour, PROTOCOL.md §8.5).
+//! stream (kcptun server behaviour, docs/protocol.md §11).
 
 use std::net::SocketAddr;
 use std::sync::Arc;

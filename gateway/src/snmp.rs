@@ -1,4 +1,4 @@
-//! kcptun's SNMP CSV log (`-snmplog`, §8.9) and the `SIGUSR1` dump (§8.10).
+//! kcptun's SNMP CSV log (`-snmplog`) and the `SIGUSR1` dump (docs/protocol.md §8.5).
 
 use std::io::Write;
 use std::path::Path;

@@ -1,4 +1,4 @@
-//! kcptun's command line and JSON configuration (PROTOCOL.md §8.1–§8.2).
+//! kcptun's command line and JSON configuration (docs/protocol.md §11).
 
 use kcpgate::config::{Role, Settings};
 use kcpgate_core::crypto::Method;

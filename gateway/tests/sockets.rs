@@ -1,4 +1,4 @@
-//! Socket options kcptun sets on its UDP sockets (§4.5, §8.8).
+//! Socket options kcptun sets on its UDP sockets (docs/protocol.md §11).
 
 mod support;
 

@@ -1,4 +1,4 @@
-//! Packet crypto, wire-compatible with kcp-go and kcptun's `-crypt` (PROTOCOL.md §3).
+//! Packet crypto, wire-compatible with kcp-go and kcptun's `-crypt` (docs/protocol.md §3).
 //!
 //! Three packet formats:
 //! * CFB + CRC (every block cipher, `salsa20`, `xor`, `none`):

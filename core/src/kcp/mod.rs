@@ -59,7 +59,7 @@ pub fn earliest(a: u32, b: u32) -> u32 {
     }
 }
 
-/// Which kcp-go generation to behave like where the two differ on the wire (§1.15).
+/// Which kcp-go generation to behave like where the two differ on the wire (docs/protocol.md §2.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Compat {
     /// kcp-go v5.6.72 (what the latest kcptun links).
@@ -79,7 +79,7 @@ impl Compat {
     }
 }
 
-/// kcptun's `-mode` presets (§8.2): (nodelay, interval, resend, nc).
+/// kcptun's `-mode` presets (docs/protocol.md §2.3): (nodelay, interval, resend, nc).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// kcptun `-mode normal`.
@@ -169,7 +169,7 @@ pub struct Config {
 impl Config {
     /// Sizes KCP for a session MTU: the lower layers add `header_room` bytes in front
     /// of every KCP datagram (FEC and crypto headers) and `tail_room` bytes after it
-    /// (an AEAD tag), and the whole must fit `session_mtu` (kcp-go §4.3).
+    /// (an AEAD tag), and the whole must fit `session_mtu` (docs/protocol.md §2.4).
     pub fn fit_session_mtu(mut self, session_mtu: usize, header_room: usize, tail_room: usize) -> Config {
         self.mtu = session_mtu.saturating_sub(header_room + tail_room);
         self.header_room = header_room;

@@ -14,7 +14,7 @@ use kcpgate_core::kcp::{Config, Mode};
 use kcpgate_core::listener::Listener;
 use kcpgate_core::pipeline::SessionConfig;
 
-/// kcptun's KCP settings for a session with null crypto and no FEC (§8.3):
+/// kcptun's KCP settings for a session with null crypto and no FEC (docs/protocol.md §11):
 /// stream mode, the mode preset, the side's windows, MTU 1350.
 pub fn kcptun_config(mode: Mode, snd_wnd: u32, rcv_wnd: u32) -> Config {
     let mut cfg = Config { mtu: 1350, snd_wnd, rcv_wnd, stream: true, ..Config::default() };

@@ -349,7 +349,7 @@ pub async fn capture_session(
 
 macro_rules! snmp_counters {
     ($($go:tt $field:ident),* $(,)?) => {
-        /// kcp-go's SNMP counters (PROTOCOL.md §4.9), summed over every session, with
+        /// kcp-go's SNMP counters (docs/protocol.md §8.5), summed over every session, with
         /// kcp-go's names.
         #[derive(Debug, Serialize, ToSchema)]
         #[schema(example = json!({
