@@ -544,25 +544,3 @@ impl StreamState {
         }
     }
 }
-
-impl crate::listener::Routed for Session {
-    fn conv(&self) -> u32 {
-        self.conn.conv()
-    }
-
-    fn handle_plain(&mut self, now: u32, plain: &[u8]) {
-        Session::handle_plain(self, now, plain);
-    }
-
-    fn first_sight(&mut self, fingerprint: u64) -> bool {
-        Session::first_sight(self, fingerprint)
-    }
-
-    fn crypto(&self) -> &std::sync::Arc<crate::crypto::PacketCrypto> {
-        self.conn.crypto()
-    }
-
-    fn snmp(&self) -> Snmp {
-        self.conn.snmp()
-    }
-}
