@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kcpgate_core::endpoint::SessionId;
 use kcpgate_core::kcp::diff;
 use kcpgate_core::listener::ListenerStats;
 use kcpgate_core::session::{Framing, Session};
@@ -40,6 +41,8 @@ pub enum Query {
     Sessions(oneshot::Sender<Vec<SessionInfo>>),
     /// Close session `id` if the task owns it; answers whether it did.
     Kick { id: u64, reason: String, done: oneshot::Sender<bool> },
+    /// A view of session `id`, if the task owns it.
+    Session { id: u64, done: oneshot::Sender<Option<SessionInfo>> },
     /// Copy session `id`'s next datagrams into `capture`, if the task owns it;
     /// answers the session's view when it does.
     Capture { id: u64, capture: Arc<Capture>, done: oneshot::Sender<Option<SessionInfo>> },
@@ -53,7 +56,29 @@ pub struct Inbox {
     queries: mpsc::Receiver<Query>,
 }
 
+/// A session's id in the API and events: its id in its task's endpoint times
+/// [`TASK_SPAN`], plus the number of the task that owns it, so a query about one
+/// session goes to that task alone. In decimal the task is the last six digits:
+/// session 42 of task 3 is 42000003.
+pub fn session_id(task: usize, session: SessionId) -> u64 {
+    session.0 * TASK_SPAN + task as u64
+}
+
+/// The task that owns session `id` and the session's id in that task's endpoint.
+pub fn owner_of(id: u64) -> (usize, SessionId) {
+    ((id % TASK_SPAN) as usize, SessionId(id / TASK_SPAN))
+}
+
+/// Tasks a process may start over its lifetime (task numbers are not reused, so
+/// a session id never names a later task's session).
+pub const TASK_SPAN: u64 = 1_000_000;
+
 impl Inbox {
+    /// The task's number, for its sessions' ids ([`session_id`]).
+    pub fn task(&self) -> usize {
+        self.slot
+    }
+
     /// The next query, waiting for one.
     pub async fn recv(&mut self) -> Option<Query> {
         self.queries.recv().await
@@ -76,7 +101,6 @@ pub struct Registry {
     ended: Mutex<[Snmp; 2]>,
     /// Datagrams the ended tasks dropped.
     ended_dropped: Mutex<ListenerStats>,
-    next_id: AtomicU64,
     events: broadcast::Sender<Event>,
     open_sessions: AtomicU64,
     /// Sessions open now and opened so far, per transport ([`TransportKind::ALL`] order).
@@ -93,7 +117,6 @@ impl Default for Registry {
             tasks: Mutex::default(),
             ended: Mutex::default(),
             ended_dropped: Mutex::default(),
-            next_id: AtomicU64::new(1),
             events: broadcast::channel(1024).0,
             open_sessions: AtomicU64::new(0),
             open_by_transport: Default::default(),
@@ -105,20 +128,14 @@ impl Default for Registry {
 }
 
 impl Registry {
-    /// An inbox for a new task whose sessions `kind` carries.
+    /// An inbox for a new task whose sessions `kind` carries, with the next
+    /// task number.
     pub fn register(&self, kind: TransportKind) -> Inbox {
         let (tx, queries) = mpsc::channel(INBOX_DEPTH);
         let mut tasks = self.tasks.lock().expect("registry lock");
-        let slot = match tasks.iter().position(Option::is_none) {
-            Some(i) => {
-                tasks[i] = Some((kind, tx));
-                i
-            }
-            None => {
-                tasks.push(Some((kind, tx)));
-                tasks.len() - 1
-            }
-        };
+        tasks.push(Some((kind, tx)));
+        let slot = tasks.len() - 1;
+        assert!((slot as u64) < TASK_SPAN, "a process starts fewer than {TASK_SPAN} tasks");
         Inbox { slot, queries }
     }
 
@@ -130,11 +147,6 @@ impl Registry {
         let ended = &mut self.ended.lock().expect("registry lock")[kind as usize];
         merge(ended, &totals);
         ended.curr_estab = 0;
-    }
-
-    /// An id for a new session, unique in this process.
-    pub fn session_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
     /// A session opened ([`Event::SessionOpened`]).
@@ -253,18 +265,32 @@ impl Registry {
         self.ask(Query::Sessions).await.into_iter().flat_map(|(_, s)| s).collect()
     }
 
+    /// Asks the task that owns session `id` alone; None when that task is gone or
+    /// does not answer within [`ANSWER_WAIT`].
+    async fn ask_owner<T>(&self, id: u64, make: impl FnOnce(oneshot::Sender<T>) -> Query) -> Option<T> {
+        let (task, _) = owner_of(id);
+        let inbox = self.tasks.lock().expect("registry lock").get(task).cloned().flatten()?.1;
+        let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
+        let (tx, rx) = oneshot::channel();
+        inbox.send_timeout(make(tx), ANSWER_WAIT).await.ok()?;
+        tokio::time::timeout_at(deadline, rx).await.ok()?.ok()
+    }
+
+    /// The view of session `id`, built by its task alone.
+    pub async fn session(&self, id: u64) -> Option<SessionInfo> {
+        self.ask_owner(id, |done| Query::Session { id, done }).await.flatten()
+    }
+
     /// Closes session `id`; false if no task owns it.
     pub async fn kick(&self, id: u64, reason: &str) -> bool {
         let reason = reason.to_string();
-        let done = self.ask(|done| Query::Kick { id, reason: reason.clone(), done }).await;
-        done.into_iter().any(|(_, kicked)| kicked)
+        self.ask_owner(id, |done| Query::Kick { id, reason, done }).await.unwrap_or(false)
     }
 
     /// Starts copying session `id`'s datagrams into `capture`; the session's view,
     /// or None if no task owns it.
     pub async fn capture(&self, id: u64, capture: &Arc<Capture>) -> Option<SessionInfo> {
-        let found = self.ask(|done| Query::Capture { id, capture: capture.clone(), done }).await;
-        found.into_iter().find_map(|(_, view)| view)
+        self.ask_owner(id, |done| Query::Capture { id, capture: capture.clone(), done }).await.flatten()
     }
 
     /// Has every task pick up new tunables; returns once they all have.
@@ -388,8 +414,11 @@ pub enum SessionFraming {
 /// What the API shows of one session.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct SessionInfo {
-    /// Unique in this process; what `DELETE /api/v1/sessions/{id}` takes.
-    #[schema(example = 42)]
+    /// Unique in this process; what `DELETE /api/v1/sessions/{id}` takes. Its last
+    /// six decimal digits number the gateway task that owns the session (the
+    /// rest is the session's number in that task), so a query about one session
+    /// goes to that task alone.
+    #[schema(example = 42000003)]
     pub id: u64,
     /// The KCP conversation id.
     #[schema(example = 3_541_092_111_u32)]
@@ -714,6 +743,43 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A query about one session reaches the task its id names, and no other;
+    /// ids of other tasks, or of sessions a task does not have, find nothing.
+    #[tokio::test]
+    async fn a_query_about_one_session_goes_to_its_task_alone() {
+        let registry = std::sync::Arc::new(Registry::default());
+        let inboxes: Vec<Inbox> = (0..3).map(|_| registry.register(TransportKind::Udp)).collect();
+        assert_eq!(inboxes.iter().map(Inbox::task).collect::<Vec<_>>(), [0, 1, 2]);
+        let asked: std::sync::Arc<[AtomicU64; 3]> = std::sync::Arc::default();
+        for mut inbox in inboxes {
+            let asked = asked.clone();
+            tokio::spawn(async move {
+                // Each task owns its sessions 1 to 10; kicks succeed, views are none.
+                while let Some(query) = inbox.recv().await {
+                    asked[inbox.task()].fetch_add(1, Ordering::Relaxed);
+                    match query {
+                        Query::Kick { id, done, .. } => {
+                            let (task, session) = owner_of(id);
+                            let _ = done.send(task == inbox.task() && (1..=10).contains(&session.0));
+                        }
+                        Query::Session { done, .. } => {
+                            let _ = done.send(None);
+                        }
+                        _ => {}
+                    }
+                }
+            });
+        }
+        assert_eq!(session_id(2, SessionId(7)), 7_000_002);
+        assert_eq!(owner_of(7_000_002), (2, SessionId(7)));
+        assert!(registry.kick(session_id(2, SessionId(7)), "test").await);
+        assert!(!registry.kick(session_id(1, SessionId(11)), "test").await, "task 1 has no session 11");
+        assert!(!registry.kick(session_id(5, SessionId(1)), "test").await, "there is no task 5");
+        assert!(registry.session(session_id(0, SessionId(3))).await.is_none());
+        let asked: Vec<u64> = asked.iter().map(|n| n.load(Ordering::Relaxed)).collect();
+        assert_eq!(asked, [1, 1, 1], "each query went to its one task");
+    }
 
     /// A reader's query reaches every live task; the totals it gets are their
     /// answers plus what ended tasks left.

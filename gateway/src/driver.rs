@@ -20,7 +20,9 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::conn::Conn;
-use crate::control::{Capture, Direction, Event as ApiEvent, Inbox, Query, SessionInfo, SessionMeta};
+use crate::control::{
+    owner_of, session_id, Capture, Direction, Event as ApiEvent, Inbox, Query, SessionInfo, SessionMeta,
+};
 use crate::runtime::{random_seed, Plan};
 use crate::transport::Transport;
 use crate::tunnel::{elapsed_ms, run_stream, FromStream, Links, NewStream, WrongKeyWarning};
@@ -65,6 +67,8 @@ pub struct Driver<T: Transport> {
     /// The tunables' session limit (0 for none), kept here off the shared lock.
     max_sessions: u64,
     draining: bool,
+    /// The task's number in the registry: the last part of its sessions' ids.
+    task: usize,
     /// Draining: when the streams still open are closed (`-drain-timeout` after
     /// draining began), so a listener a reload removed ends on time.
     drain_until: Option<Instant>,
@@ -119,6 +123,7 @@ impl<T: Transport> Driver<T> {
             max_datagrams,
             max_sessions: tuning.max_sessions(),
             draining: false,
+            task: 0,
             drain_until: None,
             wrong_key: WrongKeyWarning::default(),
             client: None,
@@ -146,6 +151,7 @@ impl<T: Transport> Driver<T> {
     /// is left; a client's once its session has ended.
     pub async fn run(mut self, mut drain: watch::Receiver<bool>) {
         let mut inbox = self.plan.shared.registry.register(T::KIND);
+        self.task = inbox.task();
         self.set_draining(*drain.borrow());
         loop {
             // Queries first (a busy loop may not reach the select).
@@ -275,7 +281,7 @@ impl<T: Transport> Driver<T> {
         let now = self.now();
         match event {
             Event::SessionOpened { id, remote, conv } => {
-                let meta = self.plan.session_meta(self.now_ms());
+                let meta = self.plan.session_meta(session_id(self.task, id), self.now_ms());
                 let transport = T::KIND;
                 info!(%remote, id = meta.id, conv, transport = transport.name(), "session opened");
                 let remote = T::address(&remote);
@@ -429,6 +435,21 @@ impl<T: Transport> Driver<T> {
         self.plan.shared.registry.retire(inbox, self.endpoint.snmp(), self.endpoint.listener_stats());
     }
 
+    /// The endpoint's id of session `id` (an API id) when this task owns it.
+    fn own(&self, id: u64) -> Option<SessionId> {
+        let (task, session) = owner_of(id);
+        (task == self.task && self.sessions.contains_key(&session)).then_some(session)
+    }
+
+    /// The view of session `id` (an API id), built alone, when this task owns it.
+    fn view(&self, id: u64) -> Option<(SessionId, SessionInfo)> {
+        let sid = self.own(id)?;
+        let (tracked, (addr, session)) = (self.sessions.get(&sid)?, self.endpoint.session(sid)?);
+        let cx = self.plan.view_context(self.local, T::KIND);
+        let view = SessionInfo::new(&cx, T::address(addr), session, &tracked.meta, &tracked.links, self.now_ms());
+        Some((sid, view))
+    }
+
     fn answer(&mut self, query: Query) {
         match query {
             Query::Counters(reply) => {
@@ -450,11 +471,15 @@ impl<T: Transport> Driver<T> {
                     .collect();
                 let _ = reply.send(views);
             }
+            Query::Session { id, done } => {
+                let view = self.view(id);
+                let _ = done.send(view.map(|(_, v)| v));
+            }
             Query::Kick { id, reason, done } => {
-                let found = self.sessions.iter_mut().find(|(_, t)| t.meta.id == id);
+                let found = self.own(id).and_then(|sid| Some((sid, self.sessions.get_mut(&sid)?)));
                 let found = found.map(|(sid, t)| {
                     t.closing_reason = Some(format!("kicked: {reason}"));
-                    *sid
+                    sid
                 });
                 if let Some(session) = found {
                     info!(id, %reason, "session kicked");
@@ -467,13 +492,7 @@ impl<T: Transport> Driver<T> {
                 let _ = done.send(found.is_some());
             }
             Query::Capture { id, capture, done } => {
-                let now = self.now_ms();
-                let cx = self.plan.view_context(self.local, T::KIND);
-                let found = self.sessions.iter().find(|(_, t)| t.meta.id == id);
-                let view = found.and_then(|(sid, t)| {
-                    let (addr, session) = self.endpoint.session(*sid)?;
-                    Some((*sid, SessionInfo::new(&cx, T::address(addr), session, &t.meta, &t.links, now)))
-                });
+                let view = self.view(id);
                 if let Some((sid, _)) = &view {
                     self.captures.push((*sid, capture));
                 }

@@ -224,14 +224,10 @@ impl Plan {
         }
     }
 
-    /// The admin API's record of a session opened at `now_ms` (the owning task's
-    /// clock), with a new process-wide id.
-    pub fn session_meta(&self, now_ms: u64) -> SessionMeta {
-        SessionMeta {
-            id: self.shared.registry.session_id(),
-            opened_ms: now_ms,
-            mode: Profile::of(self.tuning().session().mode),
-        }
+    /// The admin API's record of session `id` opened at `now_ms` (the owning
+    /// task's clock).
+    pub fn session_meta(&self, id: u64, now_ms: u64) -> SessionMeta {
+        SessionMeta { id, opened_ms: now_ms, mode: Profile::of(self.tuning().session().mode) }
     }
 
     /// What the session views of a task on `local` share.

@@ -176,7 +176,7 @@ pub async fn list_sessions(
     get,
     path = "/api/v1/sessions/{id}",
     tag = "sessions",
-    params(("id" = u64, Path, description = "The session's id", minimum = 0, example = 42)),
+    params(("id" = u64, Path, description = "The session's id (from the session list or events)", minimum = 0, example = 42000003)),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The session", body = SessionInfo),
@@ -187,8 +187,7 @@ pub async fn list_sessions(
     )
 )]
 pub async fn get_session(State(state): State<Shared>, ApiPath(id): ApiPath<u64>) -> Result<Json<SessionInfo>, Problem> {
-    let sessions = state.shared.registry.sessions().await;
-    sessions.into_iter().find(|s| s.id == id).map(Json).ok_or_else(|| no_session(id))
+    state.shared.registry.session(id).await.map(Json).ok_or_else(|| no_session(id))
 }
 
 /// Query parameter `name`'s `value` when `range` holds it, else a 400 naming the range.
@@ -224,7 +223,7 @@ pub struct KickQuery {
     delete,
     path = "/api/v1/sessions/{id}",
     tag = "sessions",
-    params(("id" = u64, Path, description = "The session's id", minimum = 0, example = 42), KickQuery),
+    params(("id" = u64, Path, description = "The session's id (from the session list or events)", minimum = 0, example = 42000003), KickQuery),
     security(("bearer" = [])),
     responses(
         (status = 204, description = "The session was closed"),
@@ -298,7 +297,7 @@ pub struct CaptureResult {
     post,
     path = "/api/v1/sessions/{id}/capture",
     tag = "sessions",
-    params(("id" = u64, Path, description = "The session's id", minimum = 0, example = 42), CaptureQuery),
+    params(("id" = u64, Path, description = "The session's id (from the session list or events)", minimum = 0, example = 42000003), CaptureQuery),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The captured datagrams", body = CaptureResult),
