@@ -23,7 +23,9 @@ use utoipa::ToSchema;
 /// Which side of the tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// `kcpgate server`: accepts KCP sessions and dials the target per stream.
     Server,
+    /// `kcpgate client`: accepts TCP connections and carries them to a server.
     Client,
 }
 
@@ -40,6 +42,7 @@ impl Role {
 /// Everything a kcptun server or client is configured with.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
+    /// Server or client.
     pub role: Role,
     /// Server: `-listen`; client: `-localaddr`.
     pub listen: String,
@@ -48,6 +51,7 @@ pub struct Settings {
     pub listen_udp: bool,
     /// Server: `-target`; client: `-remoteaddr`.
     pub target: String,
+    /// `-key`: the pre-shared secret (kcptun's `KCPTUN_KEY`).
     pub key: Secret,
     /// `-key-file`: read into `key` by [`Settings::read_secret_files`].
     pub key_file: String,
@@ -62,22 +66,31 @@ pub struct Settings {
     /// Server: sessions open at most at once; 0 is unlimited (may change while
     /// kcpgate runs).
     pub max_sessions: u64,
+    /// `-dscp`: the DSCP value of outgoing UDP packets.
     pub dscp: u8,
+    /// `-sockbuf`: the UDP socket buffers, bytes.
     pub sockbuf: u32,
+    /// `-snmplog`: kcptun's CSV counters file (a Go time layout); empty for none.
     pub snmplog: String,
     /// Seconds.
     pub snmpperiod: u32,
+    /// `-log`: the file logs are appended to; empty for stderr.
     pub log: String,
     /// `text` or `json`.
     pub log_format: String,
+    /// `-quiet`: no line per stream opened or closed.
     pub quiet: bool,
+    /// `-tcp`: kcptun's TCP emulation (refused: kcpgate speaks UDP).
     pub tcp: bool,
+    /// `-pprof`: kcptun's Go profiler (ignored with a warning).
     pub pprof: bool,
     /// Seconds open streams may run on after SIGTERM/SIGINT.
     pub drain_timeout: u64,
     /// Server: new sessions per second in all, and per source IP address (0: no limit).
     pub open_rate: u32,
+    /// `-open-rate-per-source`: new sessions per second from one source (0: no limit).
     pub open_rate_per_source: u32,
+    /// Client: `-conn`, KCP sessions to spread connections over.
     pub conn: u32,
     /// Seconds.
     pub autoexpire: u64,
@@ -93,6 +106,7 @@ pub struct Settings {
     pub admin_token_file: String,
     /// PEM files that make the admin listener serve HTTPS; empty for HTTP.
     pub admin_cert: String,
+    /// `-admin-key`: the private key of `-admin-cert`.
     pub admin_key: String,
     /// `/metrics` needs the admin token too.
     pub metrics_auth: bool,
@@ -100,6 +114,7 @@ pub struct Settings {
     pub webtransport: String,
     /// Server: PEM files of the WebTransport certificate; empty for a self-signed one.
     pub webtransport_cert: String,
+    /// `-webtransport-key`: the private key of `-webtransport-cert`.
     pub webtransport_key: String,
     /// Server: comma-separated origins allowed; empty allows any.
     pub webtransport_origin: String,
@@ -112,6 +127,7 @@ pub struct Settings {
     pub public: String,
     /// Server: PEM files that make the public listener serve HTTPS; empty for HTTP.
     pub public_cert: String,
+    /// `-public-key`: the private key of `-public-cert`.
     pub public_key: String,
     /// `-c`: kcptun's JSON file, read over the flags.
     pub kcptun_json: Option<PathBuf>,
@@ -190,10 +206,15 @@ impl Tunables {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Profile {
+    /// nodelay 0, interval 40, resend 2, nc 1.
     Normal,
+    /// nodelay 0, interval 30, resend 2, nc 1.
     Fast,
+    /// nodelay 1, interval 20, resend 2, nc 1.
     Fast2,
+    /// nodelay 1, interval 10, resend 2, nc 1.
     Fast3,
+    /// `-nodelay`, `-interval`, `-resend` and `-nc` as given.
     Manual,
 }
 
@@ -370,6 +391,7 @@ pub enum Kind {
     Text(&'static str),
     /// A number: its range and defaults are in [`number_spec`]'s tables.
     Number,
+    /// `true` or `false` (a flag given alone is true).
     Bool,
 }
 

@@ -56,14 +56,18 @@ const LISTENER_ONLY: &[&str] = &["name", "transport", "key-env"];
 /// settings, the process's included.
 #[derive(Debug, Clone)]
 pub struct Listener {
+    /// Its `name`, else `listener N`.
     pub name: String,
+    /// Its settings, the process's included.
     pub settings: Settings,
 }
 
 /// What a file gives.
 #[derive(Debug, Clone)]
 pub struct Loaded {
+    /// Every listener, in the file's order.
     pub listeners: Vec<Listener>,
+    /// What the file says that works but should change.
     pub warnings: Vec<String>,
     /// Secrets written in the file itself (`key`, `admin-token`).
     pub inline_secrets: BTreeSet<&'static str>,

@@ -20,21 +20,27 @@ pub fn is_unix_path(addr: &str) -> bool {
 /// One local connection.
 #[derive(Debug)]
 pub enum Conn {
+    /// A TCP connection.
     Tcp(TcpStream),
+    /// A unix-socket connection.
     Unix(UnixStream),
 }
 
 /// The reading half of a [`Conn`].
 #[derive(Debug)]
 pub enum ConnRead {
+    /// A TCP connection's read half.
     Tcp(tcp::OwnedReadHalf),
+    /// A unix-socket connection's read half.
     Unix(unix::OwnedReadHalf),
 }
 
 /// The writing half of a [`Conn`].
 #[derive(Debug)]
 pub enum ConnWrite {
+    /// A TCP connection's write half.
     Tcp(tcp::OwnedWriteHalf),
+    /// A unix-socket connection's write half.
     Unix(unix::OwnedWriteHalf),
 }
 
@@ -116,6 +122,7 @@ impl AsyncWrite for ConnWrite {
 /// A client's local listener.
 #[derive(Debug)]
 pub enum LocalListener {
+    /// A TCP listener.
     Tcp(TcpListener),
     /// The socket file is removed when the listener is dropped.
     Unix(UnixListener, PathBuf),
@@ -134,6 +141,7 @@ impl LocalListener {
         })
     }
 
+    /// The next connection.
     pub async fn accept(&self) -> io::Result<Conn> {
         match self {
             LocalListener::Tcp(l) => l.accept().await.map(|(s, _)| Conn::Tcp(s)),

@@ -39,13 +39,31 @@ pub enum Query {
     Dropped(oneshot::Sender<ListenerStats>),
     /// A view of every session the task owns.
     Sessions(oneshot::Sender<Vec<SessionInfo>>),
-    /// Close session `id` if the task owns it; answers whether it did.
-    Kick { id: u64, reason: String, done: oneshot::Sender<bool> },
-    /// A view of session `id`, if the task owns it.
-    Session { id: u64, done: oneshot::Sender<Option<SessionInfo>> },
-    /// Copy session `id`'s next datagrams into `capture`, if the task owns it;
-    /// answers the session's view when it does.
-    Capture { id: u64, capture: Arc<Capture>, done: oneshot::Sender<Option<SessionInfo>> },
+    /// Close a session if the task owns it; answers whether it did.
+    Kick {
+        /// The session's API id.
+        id: u64,
+        /// Why, for the closing event and the log.
+        reason: String,
+        /// Whether the task closed it.
+        done: oneshot::Sender<bool>,
+    },
+    /// A view of a session, if the task owns it.
+    Session {
+        /// The session's API id.
+        id: u64,
+        /// The view, or none.
+        done: oneshot::Sender<Option<SessionInfo>>,
+    },
+    /// Copy a session's next datagrams, if the task owns it.
+    Capture {
+        /// The session's API id.
+        id: u64,
+        /// Where the datagrams go.
+        capture: Arc<Capture>,
+        /// The session's view when the task owns it.
+        done: oneshot::Sender<Option<SessionInfo>>,
+    },
     /// The tunables changed: use them for sessions opened from now on.
     Retune(oneshot::Sender<()>),
 }
@@ -181,6 +199,7 @@ impl Registry {
         self.open_sessions.load(Ordering::Relaxed)
     }
 
+    /// Counts a datagram refused because `max_sessions` sessions were open.
     pub fn count_refused_datagram(&self) {
         self.refused_datagrams.fetch_add(1, Ordering::Relaxed);
     }
@@ -195,6 +214,7 @@ impl Registry {
         self.serving.store(true, Ordering::Relaxed);
     }
 
+    /// Whether the data path listens.
     pub fn is_serving(&self) -> bool {
         self.serving.load(Ordering::Relaxed)
     }
@@ -206,6 +226,7 @@ impl Registry {
         }
     }
 
+    /// A receiver of the session events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
     }
@@ -346,6 +367,7 @@ struct Captured {
 }
 
 impl Capture {
+    /// A capture of at most `wanted` datagrams.
     pub fn new(wanted: usize) -> Capture {
         Capture {
             wanted,
@@ -385,20 +407,31 @@ impl Capture {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
+    /// A session opened.
     SessionOpened {
+        /// The session's id.
         id: u64,
+        /// The KCP conversation id.
         conv: u32,
+        /// The peer's address.
         #[schema(value_type = String, example = "203.0.113.7:50812")]
         remote: SocketAddr,
+        /// What carries it.
         transport: TransportKind,
     },
+    /// A session closed.
     SessionClosed {
+        /// The session's id.
         id: u64,
+        /// The KCP conversation id.
         conv: u32,
+        /// The peer's address.
         #[schema(value_type = String, example = "203.0.113.7:50812")]
         remote: SocketAddr,
+        /// Why: `kicked: ...`, `draining: ...`, the peer's reset or timeout, an error.
         #[schema(example = "kicked: cheating")]
         reason: String,
+        /// What carried it.
         transport: TransportKind,
     },
 }
@@ -407,7 +440,9 @@ pub enum Event {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SessionFraming {
+    /// kcptun's stack: snappy and smux streams.
     Streams,
+    /// Plain KCP messages.
     Messages,
 }
 
@@ -423,8 +458,10 @@ pub struct SessionInfo {
     /// The KCP conversation id.
     #[schema(example = 3_541_092_111_u32)]
     pub conv: u32,
+    /// The peer's address.
     #[schema(value_type = String, example = "203.0.113.7:50812")]
     pub remote: SocketAddr,
+    /// The gateway's address the session uses.
     #[schema(value_type = String, example = "[::]:29900")]
     pub local: SocketAddr,
     /// What carries its datagrams: UDP (kcptun clients) or WebTransport (browsers).
@@ -439,22 +476,29 @@ pub struct SessionInfo {
     /// The smux version in use; null while a detecting server has seen no frame,
     /// and for plain KCP.
     pub smux_version: Option<u8>,
+    /// The packet crypto (`-crypt`) the session was opened with.
     #[schema(example = "aes")]
     pub crypt: String,
     /// FEC shards, or null when FEC is off.
     pub fec: Option<FecShards>,
     /// The KCP profile the session was opened with.
     pub mode: Profile,
+    /// The ARQ state.
     pub kcp: KcpInfo,
+    /// Counters since the session opened.
     pub traffic: TrafficInfo,
+    /// Its smux streams and their TCP connections.
     pub streams: Vec<StreamInfo>,
 }
 
+/// FEC shards per group.
 #[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 #[schema(example = json!({"data": 10, "parity": 3}))]
 pub struct FecShards {
+    /// Data shards (`-datashard`).
     #[schema(example = 10)]
     pub data: u32,
+    /// Parity shards (`-parityshard`).
     #[schema(example = 3)]
     pub parity: u32,
 }
@@ -466,12 +510,19 @@ pub struct KcpInfo {
     /// Largest datagram the session sends, headers included: `-mtu`, or less over
     /// WebTransport (the browser's datagram size).
     pub mtu: u32,
+    /// Smoothed round-trip time.
     pub srtt_ms: u32,
+    /// Round-trip time variation.
     pub rttvar_ms: u32,
+    /// Retransmission timeout.
     pub rto_ms: u32,
+    /// Congestion window, segments.
     pub cwnd: u32,
+    /// Slow-start threshold, segments.
     pub ssthresh: u32,
+    /// Send window (`-sndwnd`).
     pub snd_wnd: u32,
+    /// Receive window (`-rcvwnd`).
     pub rcv_wnd: u32,
     /// The peer's last advertised free receive window.
     pub remote_wnd: u32,
@@ -493,16 +544,23 @@ pub struct KcpInfo {
 pub struct TrafficInfo {
     /// UDP payload bytes received and sent.
     pub bytes_in: u64,
+    /// UDP payload bytes sent.
     pub bytes_out: u64,
+    /// Datagrams received.
     pub packets_in: u64,
+    /// Datagrams sent.
     pub packets_out: u64,
     /// Retransmitted segments, all causes.
     pub retrans: u64,
+    /// Segments retransmitted by fast resend.
     pub fast_retrans: u64,
+    /// Segments retransmitted by early resend.
     pub early_retrans: u64,
     /// Segments retransmitted because their timer ran out.
     pub lost: u64,
+    /// Datagrams FEC rebuilt.
     pub fec_recovered: u64,
+    /// FEC groups that could not be decoded.
     pub fec_errors: u64,
 }
 
@@ -510,6 +568,7 @@ pub struct TrafficInfo {
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[schema(example = json!({"id": 3, "tcp_peer": "127.0.0.1:7000", "bytes_to_tcp": 1648002, "bytes_from_tcp": 9801223, "age_ms": 91234}))]
 pub struct StreamInfo {
+    /// The smux stream id.
     #[schema(example = 3)]
     pub id: u32,
     /// The TCP end: the backend the server dialled, or the local application on the
@@ -518,7 +577,9 @@ pub struct StreamInfo {
     pub tcp_peer: Option<SocketAddr>,
     /// Bytes from the tunnel to the TCP end, and from it into the tunnel.
     pub bytes_to_tcp: u64,
+    /// Bytes from the TCP end into the tunnel.
     pub bytes_from_tcp: u64,
+    /// Milliseconds since the stream opened.
     pub age_ms: u64,
 }
 
@@ -526,8 +587,11 @@ pub struct StreamInfo {
 /// with. (When it was last heard from is the core session's own.)
 #[derive(Debug, Clone)]
 pub struct SessionMeta {
+    /// The session's API id.
     pub id: u64,
+    /// When it opened, in the task's clock (ms).
     pub opened_ms: u64,
+    /// The profile it was opened with.
     pub mode: Profile,
 }
 
@@ -535,7 +599,9 @@ pub struct SessionMeta {
 pub struct ViewContext {
     /// The task's UDP socket address.
     pub local: SocketAddr,
+    /// What carries the task's sessions.
     pub transport: TransportKind,
+    /// The FEC of the task's sessions, if on.
     pub fec: Option<FecShards>,
 }
 
@@ -622,28 +688,37 @@ impl SessionInfo {
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"mode": "fast2", "sndwnd": 512}))]
 pub struct TunablesPatch {
+    /// The KCP profile.
     pub mode: Option<Profile>,
+    /// With `manual`: 1 turns nodelay on.
     #[schema(minimum = 0, maximum = 1)]
     #[serde(default, deserialize_with = "whole_number")]
     pub nodelay: Option<i64>,
+    /// With `manual`: the flush interval, ms.
     #[schema(minimum = 10, maximum = 5000)]
     #[serde(default, deserialize_with = "whole_number")]
     pub interval: Option<i64>,
+    /// With `manual`: fast resend after this many skips (0: off).
     #[schema(minimum = 0, maximum = 65535)]
     #[serde(default, deserialize_with = "whole_number")]
     pub resend: Option<i64>,
+    /// With `manual`: 1 turns congestion control off.
     #[schema(minimum = 0, maximum = 1)]
     #[serde(default, deserialize_with = "whole_number")]
     pub nc: Option<i64>,
+    /// Send window, segments.
     #[schema(minimum = 1, maximum = 65535)]
     #[serde(default, deserialize_with = "whole_number")]
     pub sndwnd: Option<i64>,
+    /// Receive window, segments.
     #[schema(minimum = 1, maximum = 65535)]
     #[serde(default, deserialize_with = "whole_number")]
     pub rcvwnd: Option<i64>,
+    /// Outgoing bytes per second per session (0: unlimited).
     #[schema(minimum = 0, maximum = 4_294_967_295_i64)]
     #[serde(default, deserialize_with = "whole_number")]
     pub ratelimit: Option<i64>,
+    /// Sessions open at most (0: unlimited).
     #[schema(minimum = 0, maximum = 10_000_000)]
     #[serde(default, deserialize_with = "whole_number")]
     pub max_sessions: Option<i64>,
@@ -651,7 +726,7 @@ pub struct TunablesPatch {
 
 impl TunablesPatch {
     /// The numbers a change may have: their JSON names and the settings
-    /// table's (the flags'), in the order of [`TunablesPatch::numbers`].
+    /// table's (the flags'), in the order its numbers are read.
     pub const NUMBERS: [(&'static str, &'static str); 8] = [
         ("nodelay", "nodelay"),
         ("interval", "interval"),

@@ -165,13 +165,18 @@ pub async fn run_bot(m: &clap::ArgMatches, stop: impl std::future::Future<Output
 /// Where the demo listens.
 #[derive(Debug, Clone)]
 pub struct Options {
+    /// The aes listener's UDP address (the salsa20 one takes the next port).
     pub listen: SocketAddr,
+    /// The admin API and dashboard.
     pub admin: SocketAddr,
+    /// The WebTransport listener.
     pub webtransport: SocketAddr,
+    /// The public listener for the demo page.
     pub public: SocketAddr,
 }
 
 impl Options {
+    /// The options of the parsed `kcpgate demo` command line.
     pub fn from_matches(m: &clap::ArgMatches) -> Options {
         let get = |name: &str| *m.get_one::<SocketAddr>(name).expect("a default is set");
         Options { listen: get("listen"), admin: get("admin"), webtransport: get("webtransport"), public: get("public") }

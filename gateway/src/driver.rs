@@ -45,7 +45,9 @@ struct Tracked {
 
 /// A client session's extras: where new connections come from, and when it stops.
 pub struct ClientSession {
+    /// The server's address.
     pub remote: SocketAddr,
+    /// Local connections to carry over the session.
     pub connections: mpsc::Receiver<Conn>,
     /// `-autoexpire` + `-scavengettl`: when the session is closed, streams and all.
     pub close_at: Option<Instant>,

@@ -165,17 +165,20 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 
 /// A listener's TCP socket and what it serves.
 pub struct Server {
+    /// The bound socket.
     pub tcp: TcpListener,
     /// TLS, when the listener serves HTTPS.
     pub tls: Option<Arc<Tls>>,
     /// Connections held at once.
     pub cap: usize,
+    /// What the listener counts.
     pub counters: Arc<ListenerCounters>,
     /// For the log: "admin API", "public listener".
     pub name: &'static str,
 }
 
 impl Server {
+    /// The address it listens on.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.tcp.local_addr()
     }
@@ -300,7 +303,9 @@ pub const CERTIFICATE_CHECK: Duration = Duration::from_secs(5);
 /// When a certificate and its key file were last changed, to notice a renewal.
 #[derive(Debug)]
 pub struct CertFiles {
+    /// The certificate's PEM file.
     pub cert: String,
+    /// The private key's PEM file.
     pub key: String,
     seen: Option<[(std::time::SystemTime, u64); 2]>,
 }
@@ -400,7 +405,9 @@ pub struct Problem {
     /// Always `about:blank`: the status says what kind of problem it is.
     #[serde(rename = "type")]
     pub kind: String,
+    /// A short summary of the status.
     pub title: String,
+    /// The HTTP status.
     pub status: u16,
     /// What went wrong, and what to do about it.
     pub detail: String,
@@ -409,15 +416,19 @@ pub struct Problem {
     pub errors: Vec<FieldError>,
 }
 
+/// One wrong field of a request, and why.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct FieldError {
+    /// The field's name.
     #[schema(example = "sndwnd")]
     pub field: String,
+    /// What is wrong with it.
     #[schema(example = "sndwnd must be between 1 and 65535 segments (got 0)")]
     pub message: String,
 }
 
 impl Problem {
+    /// A problem document of `status`, saying `detail`.
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Problem {
         Problem {
             kind: "about:blank".into(),

@@ -1,3 +1,4 @@
+#![deny(missing_docs)]
 //! kcpgate, the native gateway: a drop-in, wire-compatible kcptun server and client
 //! built on the sans-IO core.
 

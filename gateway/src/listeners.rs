@@ -63,6 +63,7 @@ pub struct Reloaded {
     pub replaced: Vec<String>,
     /// Listeners with new settings for sessions and streams opened from now on.
     pub changed: Vec<String>,
+    /// Listeners whose settings are as they were.
     pub unchanged: Vec<String>,
     /// What the file says that is not applied, and the file's own warnings.
     pub warnings: Vec<String>,
@@ -71,7 +72,9 @@ pub struct Reloaded {
 /// Reloads applied and refused since start.
 #[derive(Debug, Default)]
 pub struct ReloadCounters {
+    /// Reloads applied.
     pub applied: AtomicUsize,
+    /// Reloads refused.
     pub refused: AtomicUsize,
     /// Whether the last reload was applied (true before any).
     pub last_failed: std::sync::atomic::AtomicBool,

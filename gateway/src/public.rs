@@ -41,6 +41,7 @@ pub struct WebTransportCertificate {
     pub expires_in_seconds: Option<u64>,
 }
 
+/// A certificate hash as `serverCertificateHashes` takes it.
 #[derive(Debug, Serialize)]
 pub struct CertificateHash {
     /// Always `sha-256`.
@@ -180,6 +181,7 @@ pub struct Listener {
 }
 
 impl Listener {
+    /// The address it listens on.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.server.local_addr()
     }

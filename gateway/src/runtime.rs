@@ -51,9 +51,11 @@ pub struct Plan {
 pub struct Shared {
     /// Every task's inbox, session ids and events.
     pub registry: Arc<Registry>,
+    /// Stream counters of every listener.
     pub streams: Arc<crate::tunnel::StreamCounters>,
     /// The WebTransport listener's port and certificate hashes, for the public listener.
     pub webtransport: RwLock<crate::webtransport_state::Published>,
+    /// WebTransport sessions refused, by reason.
     pub webtransport_refusals: Arc<crate::webtransport_state::Refusals>,
     /// Which datagrams may open sessions, so a copy sent from another address is
     /// refused whichever socket it reaches, and the rates are the gateway's.
@@ -79,7 +81,9 @@ impl Shared {
 /// The HTTP listeners' counters.
 #[derive(Debug, Default)]
 pub struct HttpCounters {
+    /// The admin listener's.
     pub admin: Arc<crate::http::ListenerCounters>,
+    /// The public listener's.
     pub public: Arc<crate::http::ListenerCounters>,
 }
 
@@ -113,8 +117,11 @@ impl Admission for SharedAdmission {
 /// configuration and the crypto they make. Open sessions keep what they opened
 /// with.
 pub struct Tuning {
+    /// The listener's settings now.
     pub settings: Settings,
+    /// The core's configuration they make.
     pub endpoint: EndpointConfig,
+    /// The packet crypto of `settings.key` and `crypt`.
     pub crypto: Arc<PacketCrypto>,
 }
 

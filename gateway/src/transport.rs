@@ -24,8 +24,10 @@ pub enum TransportKind {
 }
 
 impl TransportKind {
+    /// Every transport, in the order of per-transport arrays.
     pub const ALL: [TransportKind; 2] = [TransportKind::Udp, TransportKind::Webtransport];
 
+    /// Its name in logs and the API.
     pub fn name(self) -> &'static str {
         match self {
             TransportKind::Udp => "udp",
@@ -39,6 +41,7 @@ pub trait Transport: Send + 'static {
     /// One peer: the core endpoint's session key.
     type Peer: Clone + Eq + Hash + Display + Send + Sync + 'static;
 
+    /// Which transport this is.
     const KIND: TransportKind;
 
     /// Waits until datagrams arrived ([`Transport::datagrams`]) or a peer left

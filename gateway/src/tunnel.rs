@@ -83,6 +83,7 @@ pub struct WrongKeyWarning {
 }
 
 impl WrongKeyWarning {
+    /// Counts a datagram that could not be sent to `from`, and says so now and then.
     pub fn datagram_failed(&mut self, from: std::net::SocketAddr) {
         self.since_last += 1;
         if self.last.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(10)) {
@@ -101,7 +102,9 @@ impl WrongKeyWarning {
 /// Process-wide stream counters (kcptun's SNMP has none of these).
 #[derive(Debug, Default)]
 pub struct StreamCounters {
+    /// Streams opened.
     pub opened: AtomicU64,
+    /// Streams closed.
     pub closed: AtomicU64,
     /// Server: dials of the target that failed.
     pub dial_failures: AtomicU64,
@@ -151,11 +154,17 @@ struct Link {
 
 /// A new stream the caller must start a task for.
 pub struct NewStream {
+    /// The smux stream id.
     pub sid: u32,
+    /// Bytes from the tunnel for the TCP end.
     pub to_tcp: mpsc::Receiver<Vec<u8>>,
+    /// Bytes the stream may still take from the TCP end.
     pub credit: Arc<Semaphore>,
+    /// Wakes the stream's task to stop.
     pub stop: Arc<Notify>,
+    /// Buffers for the stream's reads.
     pub pool: ChunkPool,
+    /// Whether the session's stream is out of window.
     pub blocked: Arc<AtomicBool>,
 }
 
@@ -169,14 +178,17 @@ pub struct Links {
 }
 
 impl Links {
+    /// Links counted in `counters`.
     pub fn new(counters: Arc<StreamCounters>) -> Links {
         Links { links: HashMap::new(), counters }
     }
 
+    /// Streams linked.
     pub fn len(&self) -> usize {
         self.links.len()
     }
 
+    /// Whether no stream is linked.
     pub fn is_empty(&self) -> bool {
         self.links.is_empty()
     }

@@ -34,6 +34,7 @@ const MAX_DATAGRAM: usize = 2048;
 pub const MAX_BATCH: usize = 32;
 /// Most datagrams per GSO send (the kernel's limit is 64), and most bytes.
 const GSO_SEGMENTS: usize = 64;
+/// Bytes one segmented send (GSO) carries at most.
 pub const GSO_BYTES: usize = 65_000;
 
 /// A UDP socket with receive buffers for one batch.
@@ -166,6 +167,7 @@ impl BatchSocket {
         }
     }
 
+    /// The address it is bound to.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.socket.local_addr()
     }
@@ -186,7 +188,7 @@ impl BatchSocket {
     }
 
     /// The datagrams of the last [`BatchSocket::recv`], with their senders. A
-    /// datagram longer than its buffer (without GRO, [`MAX_DATAGRAM`]) arrives cut:
+    /// datagram longer than its buffer (without GRO, `MAX_DATAGRAM`) arrives cut:
     /// its check fails and it is counted there.
     pub fn datagrams(&mut self) -> impl Iterator<Item = (SocketAddr, &mut [u8])> + '_ {
         self.rx.chunks_mut(self.slot).zip(&self.meta[..self.received]).flat_map(|(buf, meta)| {

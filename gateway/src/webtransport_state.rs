@@ -19,13 +19,21 @@ pub struct Published {
 /// WebTransport sessions refused or closed by the gateway, by reason.
 #[derive(Debug, Default)]
 pub struct Refusals {
+    /// The page's origin is not allowed.
     pub origin: AtomicU64,
+    /// A path other than `/` and `/messages`.
     pub path: AtomicU64,
+    /// At the session limit.
     pub limit: AtomicU64,
+    /// The gateway drains.
     pub draining: AtomicU64,
+    /// Datagrams fail the crypto check.
     pub crypto: AtomicU64,
+    /// Datagrams that are not KCP.
     pub malformed: AtomicU64,
+    /// No KCP session within 30 s.
     pub idle: AtomicU64,
+    /// The handshake timed out.
     pub handshake: AtomicU64,
     /// Refused before the handshake: the source had `-webtransport-per-address`
     /// connections already.

@@ -52,16 +52,21 @@ pub struct AdminState {
     pub shared: Arc<crate::runtime::Shared>,
     /// Every listener, as configured now.
     pub listeners: Arc<Listeners>,
+    /// True once the process drains (`/readyz` answers 503).
     pub drain: watch::Receiver<bool>,
+    /// When the admin API started (the uptime).
     pub started: Instant,
+    /// Earlier counters, for the rates of `/api/v1/stats`.
     pub sampler: Sampler,
     /// Packet captures running now (each holds up to 1,000 datagrams).
     pub captures: AtomicUsize,
     /// Event streams open now (`/api/v1/events`), at most [`MAX_EVENT_STREAMS`].
     pub event_streams: AtomicUsize,
+    /// Wrong tokens per source, for the 429s.
     pub throttle: TokenThrottle,
     /// The last `/metrics` text and when its rendering began.
     pub metrics_snapshot: tokio::sync::Mutex<Option<(Instant, bytes::Bytes)>>,
+    /// How often `/metrics` may be rendered afresh.
     pub scrapes: metrics::ScrapePacer,
 }
 
@@ -250,6 +255,7 @@ pub fn probe(url: &str, timeout: std::time::Duration) -> std::io::Result<u16> {
 pub struct AdminListener(crate::http::Server);
 
 impl AdminListener {
+    /// The address it listens on.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.0.local_addr()
     }
@@ -503,7 +509,9 @@ impl IntoResponse for Unauthorized {
 
 /// axum's extractors, with their rejections turned into problems.
 pub struct ApiQuery<T>(pub T);
+/// A path parameter that answers a problem document when it does not parse.
 pub struct ApiPath<T>(pub T);
+/// A JSON body that answers a problem document when it does not parse.
 pub struct ApiJson<T>(pub T);
 
 impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
