@@ -14,12 +14,15 @@
 //! * [`Kcp::read`] (byte stream) or [`Kcp::recv`] (one message) hands received data
 //!   to the application.
 
+mod flush;
 mod recv_window;
+mod rtt;
 pub mod segment;
 
 use std::collections::VecDeque;
 
 use crate::transmit::TransmitQueue;
+use flush::FlushKind;
 use recv_window::RecvWindow;
 pub use segment::{is_reset, Command, Header, SegmentError, Segments, CMD_RESET, HEADER_LEN};
 
@@ -335,12 +338,6 @@ struct Segment {
     fastack: u32,
     acked: bool,
     data: Vec<u8>,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum FlushKind {
-    Full,
-    AckOnly,
 }
 
 /// One KCP connection. See the module docs for how to drive it.
@@ -914,43 +911,6 @@ impl Kcp {
         reached
     }
 
-    fn update_rtt(&mut self, rtt: i32) {
-        if self.rx_srtt == 0 {
-            self.rx_srtt = rtt;
-            self.rx_rttvar = rtt >> 1;
-        } else {
-            let mut delta = rtt - self.rx_srtt;
-            self.rx_srtt += delta >> 3;
-            delta = delta.abs();
-            if rtt < self.rx_srtt - self.rx_rttvar {
-                self.rx_rttvar += (delta - self.rx_rttvar) >> 5;
-            } else {
-                self.rx_rttvar += (delta - self.rx_rttvar) >> 2;
-            }
-        }
-        let var = (self.rx_rttvar << 2) as u32;
-        let rto = (self.rx_srtt as u32).wrapping_add(self.cfg.interval.max(var));
-        self.rx_rto = rto.clamp(self.rx_minrto, RTO_MAX);
-    }
-
-    fn grow_cwnd(&mut self) {
-        let mss = self.mss as u32;
-        if self.cwnd < self.ssthresh {
-            self.cwnd += 1;
-            self.incr += mss;
-        } else {
-            self.incr = self.incr.max(mss);
-            self.incr += (mss * mss) / self.incr + mss / 16;
-            if (self.cwnd + 1) * mss <= self.incr {
-                self.cwnd = (self.incr + mss - 1) / mss.max(1);
-            }
-        }
-        if self.cwnd > self.rmt_wnd {
-            self.cwnd = self.rmt_wnd;
-            self.incr = self.rmt_wnd * mss;
-        }
-    }
-
     // ------------------------------------------------------------------- flush
 
     /// A FULL flush (kcp-go `flush(false)`): ACKs, probes, new segments and due
@@ -1009,227 +969,5 @@ impl Kcp {
         let interval = self.cfg.interval;
         let elapsed = self.current.wrapping_sub(self.ts_flush);
         self.ts_flush = self.current.wrapping_add(interval - elapsed % interval);
-    }
-
-    fn flush_kind(&mut self, now: u32, kind: FlushKind) -> u32 {
-        let wnd = self.wnd_unused();
-        let mut out = Emitter::start(&mut self.transmits, self.cfg.header_room, self.cfg.mtu);
-        let mut tmpl =
-            Header { conv: self.conv, cmd: Command::Ack as u8, frg: 0, wnd, ts: 0, sn: 0, una: self.rcv_nxt, len: 0 };
-
-        // Phase 1: ACKs. Those below rcv_nxt are implied by una; the last is kept so
-        // that at least one ACK leaves.
-        let acks = self.acklist.len();
-        for (i, &(sn, ts)) in self.acklist.iter().enumerate() {
-            out.reserve(HEADER_LEN);
-            if diff(sn, self.rcv_nxt) >= 0 || i + 1 == acks {
-                tmpl.sn = sn;
-                tmpl.ts = ts;
-                out.write(&tmpl, &[]);
-                self.stats.out_segs += 1;
-            }
-        }
-        self.acklist.clear();
-
-        if kind == FlushKind::AckOnly && self.cfg.compat == Compat::KcpGo561 {
-            out.finish();
-            return self.cfg.interval;
-        }
-
-        // Phase 2: zero-window probing.
-        let probe_init = self.cfg.compat.probe_init();
-        if self.rmt_wnd == 0 {
-            if self.probe_wait == 0 {
-                self.probe_wait = probe_init;
-                self.ts_probe = now.wrapping_add(self.probe_wait);
-            } else if diff(now, self.ts_probe) >= 0 {
-                self.probe_wait = self.probe_wait.max(probe_init);
-                self.probe_wait += self.probe_wait / 2;
-                self.probe_wait = self.probe_wait.min(PROBE_LIMIT);
-                self.ts_probe = now.wrapping_add(self.probe_wait);
-                self.probe |= ASK_SEND;
-            }
-        } else {
-            self.ts_probe = 0;
-            self.probe_wait = 0;
-        }
-
-        // Phase 3: probe commands.
-        for (flag, cmd) in [(ASK_SEND, Command::WindowAsk), (ASK_TELL, Command::WindowTell)] {
-            if self.probe & flag != 0 {
-                tmpl.cmd = cmd as u8;
-                out.reserve(HEADER_LEN);
-                out.write(&tmpl, &[]);
-                self.stats.out_segs += 1;
-            }
-        }
-        self.probe = 0;
-
-        // Phase 4: slide the window.
-        let mut cwnd_eff = self.cfg.snd_wnd.min(self.rmt_wnd);
-        if !self.cfg.no_cwnd {
-            cwnd_eff = cwnd_eff.min(self.cwnd);
-        }
-        let mut new_segs = 0u32;
-        while diff(self.snd_nxt, self.snd_una.wrapping_add(cwnd_eff)) < 0 {
-            let Some(mut seg) = self.snd_queue.pop_front() else { break };
-            seg.sn = self.snd_nxt;
-            self.snd_nxt = self.snd_nxt.wrapping_add(1);
-            self.snd_buf.push_back(seg);
-            new_segs += 1;
-        }
-
-        if kind == FlushKind::AckOnly {
-            out.finish();
-            return self.cfg.interval;
-        }
-
-        // Phase 5: (re)transmission.
-        let resent = if self.cfg.fast_resend > 0 { self.cfg.fast_resend } else { u32::MAX };
-        let fastack_reset = match self.cfg.compat {
-            Compat::Latest => FASTACK_DONE,
-            Compat::KcpGo561 => 0,
-        };
-        let (mut lost, mut fast, mut early) = (0u64, 0u64, 0u64);
-        let mut next = self.cfg.interval;
-        tmpl.cmd = Command::Push as u8;
-        for seg in self.snd_buf.iter_mut() {
-            if seg.acked {
-                continue;
-            }
-            let size = HEADER_LEN + seg.data.len();
-            let maybe_due =
-                seg.xmit == 0 || (seg.fastack > 0 && seg.fastack != FASTACK_DONE) || diff(now, seg.resendts) >= 0;
-            if maybe_due && self.send_budget.is_some_and(|b| b < size) {
-                // Out of budget: this and later segments wait with their state
-                // untouched, for the next flush.
-                break;
-            }
-            let mut send = false;
-            if seg.xmit == 0 {
-                send = true;
-                seg.rto = self.rx_rto;
-                seg.resendts = now.wrapping_add(seg.rto);
-            } else if seg.fastack >= resent && seg.fastack != FASTACK_DONE {
-                send = true;
-                seg.fastack = fastack_reset;
-                seg.rto = self.rx_rto;
-                seg.resendts = now.wrapping_add(seg.rto);
-                fast += 1;
-            } else if seg.fastack > 0 && seg.fastack != FASTACK_DONE && new_segs == 0 {
-                send = true;
-                seg.fastack = fastack_reset;
-                seg.rto = self.rx_rto;
-                seg.resendts = now.wrapping_add(seg.rto);
-                early += 1;
-            } else if diff(now, seg.resendts) >= 0 {
-                send = true;
-                seg.rto = if self.cfg.nodelay {
-                    seg.rto.wrapping_add(self.rx_rto / 2)
-                } else {
-                    seg.rto.wrapping_add(self.rx_rto)
-                };
-                seg.fastack = 0;
-                seg.resendts = now.wrapping_add(seg.rto);
-                lost += 1;
-            }
-            if send {
-                seg.xmit += 1;
-                seg.ts = now;
-                tmpl.frg = seg.frg;
-                tmpl.ts = now;
-                tmpl.sn = seg.sn;
-                tmpl.len = seg.data.len() as u32;
-                out.reserve(size);
-                out.write(&tmpl, &seg.data);
-                self.stats.out_segs += 1;
-                if let Some(b) = &mut self.send_budget {
-                    *b -= size;
-                }
-                if seg.xmit >= DEAD_LINK {
-                    self.dead = true;
-                }
-            }
-            let until = diff(seg.resendts, now);
-            if until > 0 && (until as u32) < next {
-                next = until as u32;
-            }
-        }
-        out.finish();
-
-        // Phase 6: counters and congestion window.
-        self.stats.lost_segs += lost;
-        self.stats.fast_retrans_segs += fast;
-        self.stats.early_retrans_segs += early;
-        self.stats.retrans_segs += lost + fast + early;
-        if !self.cfg.no_cwnd {
-            let mss = self.mss as u32;
-            if fast + early > 0 {
-                let inflight = self.snd_nxt.wrapping_sub(self.snd_una);
-                self.ssthresh = (inflight / 2).max(THRESH_MIN);
-                self.cwnd = self.ssthresh.wrapping_add(resent);
-                self.incr = self.cwnd.wrapping_mul(mss);
-            }
-            if lost > 0 {
-                self.ssthresh = (cwnd_eff / 2).max(THRESH_MIN);
-                self.cwnd = 1;
-                self.incr = mss;
-            }
-            if self.cwnd < 1 {
-                self.cwnd = 1;
-                self.incr = mss;
-            }
-        }
-        next
-    }
-}
-
-/// Packs segments into datagrams of at most `mtu` bytes in a [`TransmitQueue`].
-struct Emitter<'a> {
-    queue: &'a mut TransmitQueue,
-    room: usize,
-    mtu: usize,
-    /// Bytes of KCP data in the datagram being built (slot = last in the queue).
-    fill: usize,
-    open: bool,
-}
-
-impl<'a> Emitter<'a> {
-    fn start(queue: &'a mut TransmitQueue, room: usize, mtu: usize) -> Emitter<'a> {
-        Emitter { queue, room, mtu, fill: 0, open: false }
-    }
-
-    /// Emits the current datagram first if `n` more bytes would overflow it.
-    fn reserve(&mut self, n: usize) {
-        if self.open && self.fill + n > self.mtu {
-            self.close();
-        }
-    }
-
-    fn write(&mut self, header: &Header, payload: &[u8]) {
-        if !self.open {
-            self.queue.push_slot();
-            self.open = true;
-            self.fill = 0;
-        }
-        let i = self.queue.len() - 1;
-        let at = self.room + self.fill;
-        let slot = self.queue.slot_mut(i);
-        header.encode(&mut slot[at..]);
-        slot[at + HEADER_LEN..at + HEADER_LEN + payload.len()].copy_from_slice(payload);
-        self.fill += HEADER_LEN + payload.len();
-    }
-
-    fn close(&mut self) {
-        let i = self.queue.len() - 1;
-        self.queue.set_len(i, self.room + self.fill);
-        self.open = false;
-        self.fill = 0;
-    }
-
-    fn finish(mut self) {
-        if self.open {
-            self.close();
-        }
     }
 }
