@@ -321,7 +321,7 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
     pub fn open_stream(&mut self, now: u32, id: SessionId) -> Result<u32, StreamError> {
         self.clock.set(now);
         let (addr, session) = self.session_of(id)?;
-        let sid = session.open_stream(now).map_err(StreamError::Session)?;
+        let sid = session.open_stream(now).map_err(StreamError::Mux)?;
         self.touch(&addr);
         Ok(sid)
     }

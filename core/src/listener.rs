@@ -32,7 +32,7 @@ const MAX_REFUSED: usize = 65_536;
 /// Why the listener dropped a datagram before any session saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum Drop {
+pub enum DropReason {
     /// Shorter than the crypto header.
     TooShort,
     /// CRC or AEAD check failed: wrong key, forged or corrupt (`InCsumErrors`).
@@ -74,22 +74,22 @@ pub enum Drop {
     NotAccepting,
 }
 
-impl core::fmt::Display for Drop {
+impl core::fmt::Display for DropReason {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(match self {
-            Drop::TooShort => "shorter than the crypto header",
-            Drop::Checksum => "failed the checksum or authentication (check -key and -crypt)",
-            Drop::Runt => "too short for KCP after the crypto header",
-            Drop::NoConv => "from an unknown address and carrying no conversation",
-            Drop::Malformed => "longer than any MTU, or a header no honest peer sends",
-            Drop::ConvMismatch => "another conversation than the address's session",
-            Drop::BacklogFull => "the accept backlog is full",
-            Drop::Replayed => "a copy of a recent datagram (replayed or duplicated)",
-            Drop::MidSession => "from an unknown address and not a session's first datagram",
-            Drop::SourceLimit => "a new session over the source's rate",
-            Drop::OpeningLimit => "a new session over the listener's rate",
-            Drop::Closed => "for a conversation closed a short while ago",
-            Drop::NotAccepting => "a new peer while no sessions are accepted",
+            DropReason::TooShort => "shorter than the crypto header",
+            DropReason::Checksum => "failed the checksum or authentication (check -key and -crypt)",
+            DropReason::Runt => "too short for KCP after the crypto header",
+            DropReason::NoConv => "from an unknown address and carrying no conversation",
+            DropReason::Malformed => "longer than any MTU, or a header no honest peer sends",
+            DropReason::ConvMismatch => "another conversation than the address's session",
+            DropReason::BacklogFull => "the accept backlog is full",
+            DropReason::Replayed => "a copy of a recent datagram (replayed or duplicated)",
+            DropReason::MidSession => "from an unknown address and not a session's first datagram",
+            DropReason::SourceLimit => "a new session over the source's rate",
+            DropReason::OpeningLimit => "a new session over the listener's rate",
+            DropReason::Closed => "for a conversation closed a short while ago",
+            DropReason::NotAccepting => "a new peer while no sessions are accepted",
         })
     }
 }
@@ -108,37 +108,37 @@ pub enum Outcome {
         old_conv: u32,
     },
     /// Dropped, for this reason.
-    Dropped(Drop),
+    Dropped(DropReason),
 }
 
 /// Counters of datagrams the listener dropped before session lookup.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ListenerStats {
-    /// [`Drop::TooShort`].
+    /// [`DropReason::TooShort`].
     pub too_short: u64,
-    /// [`Drop::Checksum`].
+    /// [`DropReason::Checksum`].
     pub checksum: u64,
-    /// [`Drop::Runt`].
+    /// [`DropReason::Runt`].
     pub runt: u64,
-    /// [`Drop::NoConv`].
+    /// [`DropReason::NoConv`].
     pub no_conv: u64,
-    /// [`Drop::Malformed`].
+    /// [`DropReason::Malformed`].
     pub malformed: u64,
-    /// [`Drop::ConvMismatch`].
+    /// [`DropReason::ConvMismatch`].
     pub conv_mismatch: u64,
-    /// [`Drop::BacklogFull`].
+    /// [`DropReason::BacklogFull`].
     pub backlog_full: u64,
-    /// [`Drop::Replayed`].
+    /// [`DropReason::Replayed`].
     pub replayed: u64,
-    /// [`Drop::MidSession`].
+    /// [`DropReason::MidSession`].
     pub mid_session: u64,
-    /// [`Drop::SourceLimit`].
+    /// [`DropReason::SourceLimit`].
     pub source_limit: u64,
-    /// [`Drop::OpeningLimit`].
+    /// [`DropReason::OpeningLimit`].
     pub opening_limit: u64,
-    /// [`Drop::Closed`].
+    /// [`DropReason::Closed`].
     pub closed: u64,
-    /// [`Drop::NotAccepting`].
+    /// [`DropReason::NotAccepting`].
     pub not_accepting: u64,
     /// Sessions created.
     pub created: u64,
@@ -150,21 +150,21 @@ pub struct ListenerStats {
 }
 
 impl ListenerStats {
-    fn count(&mut self, drop: Drop) {
+    fn count(&mut self, drop: DropReason) {
         *match drop {
-            Drop::TooShort => &mut self.too_short,
-            Drop::Checksum => &mut self.checksum,
-            Drop::Runt => &mut self.runt,
-            Drop::NoConv => &mut self.no_conv,
-            Drop::Malformed => &mut self.malformed,
-            Drop::ConvMismatch => &mut self.conv_mismatch,
-            Drop::BacklogFull => &mut self.backlog_full,
-            Drop::Replayed => &mut self.replayed,
-            Drop::MidSession => &mut self.mid_session,
-            Drop::SourceLimit => &mut self.source_limit,
-            Drop::OpeningLimit => &mut self.opening_limit,
-            Drop::Closed => &mut self.closed,
-            Drop::NotAccepting => &mut self.not_accepting,
+            DropReason::TooShort => &mut self.too_short,
+            DropReason::Checksum => &mut self.checksum,
+            DropReason::Runt => &mut self.runt,
+            DropReason::NoConv => &mut self.no_conv,
+            DropReason::Malformed => &mut self.malformed,
+            DropReason::ConvMismatch => &mut self.conv_mismatch,
+            DropReason::BacklogFull => &mut self.backlog_full,
+            DropReason::Replayed => &mut self.replayed,
+            DropReason::MidSession => &mut self.mid_session,
+            DropReason::SourceLimit => &mut self.source_limit,
+            DropReason::OpeningLimit => &mut self.opening_limit,
+            DropReason::Closed => &mut self.closed,
+            DropReason::NotAccepting => &mut self.not_accepting,
         } += 1;
     }
 
@@ -356,7 +356,7 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
     }
 
     /// Whether datagrams from new addresses may open sessions (and a restarted peer
-    /// replace its session). Off, they are dropped as [`Drop::NotAccepting`].
+    /// replace its session). Off, they are dropped as [`DropReason::NotAccepting`].
     pub fn set_accepting(&mut self, accepting: bool) {
         self.accepting = accepting;
     }
@@ -397,7 +397,7 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         make: impl FnOnce(Connection) -> S,
     ) -> Outcome {
         if datagram.len() > crate::pipeline::MTU_LIMIT {
-            return self.drop(Drop::Malformed);
+            return self.drop(DropReason::Malformed);
         }
         // After a key change an older session's datagrams are opened with its own
         // crypto (one more lookup, only then); a restarted peer at its address
@@ -412,26 +412,26 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         };
         let plain = match opened {
             Ok(range) => range,
-            Err(OpenError::TooShort) => return self.drop(Drop::TooShort),
-            Err(OpenError::Checksum) => return self.drop(Drop::Checksum),
+            Err(OpenError::TooShort) => return self.drop(DropReason::TooShort),
+            Err(OpenError::Checksum) => return self.drop(DropReason::Checksum),
         };
         let plain = &datagram[plain];
-        let Ok(datagram) = Datagram::parse(plain) else { return self.drop(Drop::Runt) };
+        let Ok(datagram) = Datagram::parse(plain) else { return self.drop(DropReason::Runt) };
         let announced = datagram.announced();
         let mut outcome = Outcome::Created;
         let mut admitted = false;
         if let Some(session) = self.sessions.get_mut(from) {
             if fingerprint.is_some_and(|f| !session.first_sight(f)) {
-                return self.drop(Drop::Replayed);
+                return self.drop(DropReason::Replayed);
             }
             match announced {
                 Some((conv, _)) if conv != session.conv() => {
                     let starts = datagram.kcp().and_then(|k| k.first_header()).is_some_and(|h| h.starts_session());
                     if !starts || !self.accepting {
-                        return self.drop(Drop::ConvMismatch);
+                        return self.drop(DropReason::ConvMismatch);
                     }
                     if !datagram.may_open_session() {
-                        return self.drop(Drop::Malformed);
+                        return self.drop(DropReason::Malformed);
                     }
                     // A copy of an old first datagram must not replace the live session.
                     if let Err(drop) = self.admit(now, from, fingerprint) {
@@ -455,18 +455,18 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
             if let Some((conv, _)) = announced.filter(|_| self.reset_refused) {
                 self.queue_reset(from, conv);
             }
-            return self.drop(Drop::NotAccepting);
+            return self.drop(DropReason::NotAccepting);
         }
-        let Some((conv, _)) = announced else { return self.drop(Drop::NoConv) };
+        let Some((conv, _)) = announced else { return self.drop(DropReason::NoConv) };
         if let Some(&(closed_conv, until)) = self.refused.get(from) {
             if conv == closed_conv && crate::kcp::diff(now, until) < 0 {
                 self.queue_reset(from, conv);
-                return self.drop(Drop::Closed);
+                return self.drop(DropReason::Closed);
             }
             self.refused.remove(from);
         }
         if !datagram.may_open_session() {
-            return self.drop(Drop::Malformed);
+            return self.drop(DropReason::Malformed);
         }
         let first = datagram.kcp().and_then(|k| k.first_header());
         if !first.is_some_and(|h| h.starts_session()) {
@@ -475,10 +475,10 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
             if first.is_some_and(|h| h.una != 0) {
                 self.queue_reset(from, conv);
             }
-            return self.drop(Drop::MidSession);
+            return self.drop(DropReason::MidSession);
         }
         if self.backlog.len() >= ACCEPT_BACKLOG {
-            return self.drop(Drop::BacklogFull);
+            return self.drop(DropReason::BacklogFull);
         }
         if !admitted {
             if let Err(drop) = self.admit(now, from, fingerprint) {
@@ -546,15 +546,15 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
     }
 
     /// Asks the [`Admission`] whether a datagram may open a session.
-    fn admit(&mut self, now: u32, from: &A, fingerprint: Option<u64>) -> Result<(), Drop> {
+    fn admit(&mut self, now: u32, from: &A, fingerprint: Option<u64>) -> Result<(), DropReason> {
         self.admission.admit(now, (self.source_of)(from), fingerprint).map_err(|refusal| match refusal {
-            Refusal::Replayed => Drop::Replayed,
-            Refusal::Source => Drop::SourceLimit,
-            Refusal::Global => Drop::OpeningLimit,
+            Refusal::Replayed => DropReason::Replayed,
+            Refusal::Source => DropReason::SourceLimit,
+            Refusal::Global => DropReason::OpeningLimit,
         })
     }
 
-    fn drop(&mut self, drop: Drop) -> Outcome {
+    fn drop(&mut self, drop: DropReason) -> Outcome {
         self.stats.count(drop);
         Outcome::Dropped(drop)
     }
@@ -611,7 +611,7 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
 
     /// Closes a session on the application's behalf (an operator's kick). For
     /// `hold_ms` its peer's datagrams with the old conversation id are dropped
-    /// ([`Drop::Closed`]) instead of opening a session that would only hold stale
+    /// ([`DropReason::Closed`]) instead of opening a session that would only hold stale
     /// state; a new conversation from the same address is welcome at once.
     pub fn close(&mut self, addr: &A, now: u32, hold_ms: u32) -> Option<S> {
         let session = self.remove(addr)?;

@@ -1,12 +1,12 @@
 //! smux v1 and v2, the stream multiplexer kcptun runs over each KCP session
 //! (docs/protocol.md §5), as a sans-IO state machine.
 //!
-//! Bytes from the transport go into [`Session::handle_input`], which stops early —
+//! Bytes from the transport go into [`Mux::handle_input`], which stops early —
 //! leaving the rest for later — while the receive budget is spent: that is how
-//! back-pressure reaches KCP. Frames to send come out of [`Session::poll_transmit`]
+//! back-pressure reaches KCP. Frames to send come out of [`Mux::poll_transmit`]
 //! one at a time (kcptun's compression layer flushes each as its own chunk).
-//! Streams are addressed by id; [`Session::poll_event`] says which became readable
-//! or writable, [`Session::accept`] which the peer opened.
+//! Streams are addressed by id; [`Mux::poll_event`] says which became readable
+//! or writable, [`Mux::accept`] which the peer opened.
 
 use std::collections::VecDeque;
 
@@ -45,7 +45,7 @@ pub enum Version {
     Detect,
 }
 
-/// Session settings; [`Config::kcptun`] gives kcptun's defaults.
+/// Mux settings; [`Config::kcptun`] gives kcptun's defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// v1, v2, or (server) take the client's.
@@ -56,7 +56,7 @@ pub struct Config {
     pub keepalive_timeout_ms: u32,
     /// Largest frame payload, bytes.
     pub max_frame_size: usize,
-    /// Session receive budget: bytes buffered for the application over all streams.
+    /// Mux receive budget: bytes buffered for the application over all streams.
     pub max_receive_buffer: usize,
     /// v2 per-stream window announced to the peer.
     pub max_stream_buffer: usize,
@@ -160,7 +160,7 @@ pub enum StreamError {
     /// v2: the peer claims to have consumed more than was sent.
     Consumed,
     /// The session is dead.
-    Session(SmuxError),
+    Mux(SmuxError),
 }
 
 impl core::fmt::Display for StreamError {
@@ -169,14 +169,14 @@ impl core::fmt::Display for StreamError {
             StreamError::NoSuchStream => f.write_str("no such stream (never opened, or already closed)"),
             StreamError::WriteClosed => f.write_str("the stream's write side is closed"),
             StreamError::Consumed => f.write_str("smux v2: the peer claims to have read more than was sent"),
-            StreamError::Session(e) => write!(f, "{e}"),
+            StreamError::Mux(e) => write!(f, "{e}"),
         }
     }
 }
 
 impl std::error::Error for StreamError {}
 
-/// Result of [`Session::stream_read`].
+/// Result of [`Mux::stream_read`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Read {
     /// This many bytes were read.
@@ -232,7 +232,7 @@ enum Rx {
 
 /// One smux session over one transport stream.
 #[derive(Debug)]
-pub struct Session {
+pub struct Mux {
     cfg: Config,
     role: Role,
     version: Option<u8>,
@@ -253,21 +253,21 @@ pub struct Session {
     /// When a check last found that frames had arrived (or the session started).
     last_heard: u32,
     next_ping: u32,
-    /// A keep-alive came from the peer since [`Session::answer_keepalive`] last ran.
+    /// A keep-alive came from the peer since [`Mux::answer_keepalive`] last ran.
     pinged: bool,
     next_check: u32,
     dead: Option<SmuxError>,
 }
 
-impl Session {
+impl Mux {
     /// A session in `role` started at `now` (ms). `cfg` should be validated.
-    pub fn new(role: Role, cfg: Config, now: u32) -> Session {
+    pub fn new(role: Role, cfg: Config, now: u32) -> Mux {
         let version = match cfg.version {
             Version::V1 => Some(1),
             Version::V2 => Some(2),
             Version::Detect => None,
         };
-        Session {
+        Mux {
             budget: cfg.max_receive_buffer as i64,
             next_ping: now.wrapping_add(ping_interval(role, cfg.keepalive_interval_ms)),
             pinged: false,
@@ -554,10 +554,10 @@ impl Session {
         2 * self.cfg.max_frame_size
     }
 
-    /// How many bytes [`Session::stream_write`] would take now.
+    /// How many bytes [`Mux::stream_write`] would take now.
     pub fn stream_write_capacity(&self, sid: u32) -> Result<usize, StreamError> {
         if let Some(e) = self.dead {
-            return Err(StreamError::Session(e));
+            return Err(StreamError::Mux(e));
         }
         let s = self.streams.get(&sid).ok_or(StreamError::NoSuchStream)?;
         if s.write_closed {
@@ -592,7 +592,7 @@ impl Session {
     /// sends the peer a window update.
     pub fn stream_read(&mut self, sid: u32, buf: &mut [u8]) -> Result<Read, StreamError> {
         if let Some(e) = self.dead {
-            return Err(StreamError::Session(e));
+            return Err(StreamError::Mux(e));
         }
         let s = self.streams.get_mut(&sid).ok_or(StreamError::NoSuchStream)?;
         let n = s.buf.len().min(buf.len());
@@ -690,12 +690,12 @@ impl Session {
         true
     }
 
-    /// Whether frames are waiting for [`Session::poll_transmit`].
+    /// Whether frames are waiting for [`Mux::poll_transmit`].
     pub fn has_transmit(&self) -> bool {
         !self.ready.is_empty()
     }
 
-    /// When [`Session::handle_timeout`] wants to run (keep-alive), if ever.
+    /// When [`Mux::handle_timeout`] wants to run (keep-alive), if ever.
     pub fn poll_timeout(&self) -> Option<u32> {
         if self.cfg.keepalive_interval_ms == 0 || self.dead.is_some() {
             return None;

@@ -13,7 +13,7 @@ use foldhash::{HashMap, HashMapExt};
 
 use crate::pipeline::Connection;
 use crate::qpp::{Qpp, QppPrng};
-use crate::smux::{self, Event, Read, Role, Session, SmuxError, StreamError};
+use crate::smux::{self, Event, Mux, Read, Role, SmuxError, StreamError};
 use crate::snappy::{FrameDecoder, FrameEncoder, SnappyError};
 
 /// Bytes taken from KCP per step: small enough that what one read decodes to stays
@@ -87,7 +87,7 @@ impl std::error::Error for StackError {}
 /// snappy + smux + QPP for one session. See the module docs.
 #[derive(Debug)]
 pub struct StreamStack {
-    mux: Session,
+    mux: Mux,
     encoder: Option<FrameEncoder>,
     decoder: Option<FrameDecoder>,
     qpp: Option<QppSetup>,
@@ -108,7 +108,7 @@ impl StreamStack {
     /// A stack in `role`, started at `now`.
     pub fn new(role: Role, cfg: StackConfig, now: u32) -> StreamStack {
         StreamStack {
-            mux: Session::new(role, cfg.smux, now),
+            mux: Mux::new(role, cfg.smux, now),
             encoder: cfg.compression.then(FrameEncoder::new),
             decoder: cfg.compression.then(FrameDecoder::new),
             qpp: cfg.qpp,
@@ -124,7 +124,7 @@ impl StreamStack {
     }
 
     /// The smux session, for inspection.
-    pub fn mux(&self) -> &Session {
+    pub fn mux(&self) -> &Mux {
         &self.mux
     }
 

@@ -423,7 +423,7 @@ fn a_client_takes_datagrams_only_from_the_server_it_dialled() {
     }
     assert!(!captured.is_empty());
     let outcome = pair.client.handle_datagram(now, &3, &mut captured[0].clone());
-    assert_eq!(outcome, kcpgate_core::listener::Outcome::Dropped(kcpgate_core::listener::Drop::NotAccepting));
+    assert_eq!(outcome, kcpgate_core::listener::Outcome::Dropped(kcpgate_core::listener::DropReason::NotAccepting));
     assert_eq!(pair.client.snmp().in_errs, 1, "counted as kcp-go counts it");
     assert_eq!(pair.client.len(), 1, "no session for the stranger");
     let outcome = pair.client.handle_datagram(now, &2, &mut captured[0].clone());

@@ -9,7 +9,7 @@ use kcpgate_core::crypto::Method;
 use kcpgate_core::endpoint::{Endpoint, Event};
 use kcpgate_core::fec::{FecDecoder, FecEncoder, Shards, DATA_HEADER_LEN};
 use kcpgate_core::kcp::{Header, Kcp, Mode, HEADER_LEN};
-use kcpgate_core::listener::{Drop, Outcome};
+use kcpgate_core::listener::{DropReason, Outcome};
 use kcpgate_core::smux::Role;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -223,7 +223,7 @@ fn inject(
         // Where a datagram must be refused: `Some(Some(why))` before the session for
         // that reason, `Some(None)` by the session's KCP, `None` either (random bytes
         // and cuts).
-        let refuse = |ep: &mut Endpoint<u32>, d: &mut [u8], tally: &mut Injected, at: Option<Option<Drop>>| match (
+        let refuse = |ep: &mut Endpoint<u32>, d: &mut [u8], tally: &mut Injected, at: Option<Option<DropReason>>| match (
             ep.handle_datagram(now, &from, d),
             at,
         ) {
@@ -290,7 +290,7 @@ fn inject(
         }
         h.encode(d);
         if kind == 2 {
-            refuse(ep, d, tally, Some(Some(Drop::ConvMismatch)));
+            refuse(ep, d, tally, Some(Some(DropReason::ConvMismatch)));
         } else if kind <= 4 {
             refuse(ep, d, tally, Some(None));
         } else {

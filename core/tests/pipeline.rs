@@ -5,7 +5,7 @@ mod support;
 
 use kcpgate_core::crypto::{Method, PacketCrypto};
 use kcpgate_core::kcp::{Mode, Segments};
-use kcpgate_core::listener::{Drop, Listener, Outcome};
+use kcpgate_core::listener::{DropReason, Listener, Outcome};
 use kcpgate_core::wire::Datagram;
 use serde_json::Value;
 use support::netsim::{Link, LinkConfig, Transfer};
@@ -229,7 +229,7 @@ fn a_key_change_opens_new_sessions_with_the_new_key_while_open_ones_keep_theirs(
     }
 
     let mut late_old = support::dialled(cfg.clone(), old.clone(), 4);
-    assert_eq!(feed(&mut server, 11, sent(&mut late_old, 20, b"x")), [Outcome::Dropped(Drop::Checksum)]);
+    assert_eq!(feed(&mut server, 11, sent(&mut late_old, 20, b"x")), [Outcome::Dropped(DropReason::Checksum)]);
     let mut late_new = support::dialled(cfg.clone(), new.clone(), 5);
     assert_eq!(feed(&mut server, 12, sent(&mut late_new, 20, b"new")), [Outcome::Created]);
     assert_eq!(received(&mut server, 12), b"new");
@@ -237,7 +237,7 @@ fn a_key_change_opens_new_sessions_with_the_new_key_while_open_ones_keep_theirs(
     // Once the old session is gone its address opens sessions with the new key only.
     assert!(server.remove(&10).is_some());
     let mut returning = support::dialled(cfg.clone(), old, 6);
-    assert_eq!(feed(&mut server, 10, sent(&mut returning, 30, b"y")), [Outcome::Dropped(Drop::Checksum)]);
+    assert_eq!(feed(&mut server, 10, sent(&mut returning, 30, b"y")), [Outcome::Dropped(DropReason::Checksum)]);
     let mut returning = support::dialled(cfg, new, 7);
     assert_eq!(feed(&mut server, 10, sent(&mut returning, 30, b"z")), [Outcome::Created]);
 }

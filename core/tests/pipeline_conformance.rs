@@ -7,7 +7,7 @@ use cipher::{BlockCipherEncrypt, KeyInit};
 use kcpgate_core::crypto::{derive_key, Method, PacketCrypto, CFB_IV};
 use kcpgate_core::fec::{self, paws, FecDecoder, FecEncoder, Shards, DATA_HEADER_LEN, TYPE_DATA, TYPE_PARITY};
 use kcpgate_core::kcp::{Header, Mode};
-use kcpgate_core::listener::{Drop, Listener, Outcome, ACCEPT_BACKLOG};
+use kcpgate_core::listener::{DropReason, Listener, Outcome, ACCEPT_BACKLOG};
 use kcpgate_core::pipeline::Connection;
 use kcpgate_core::wire::Datagram;
 use support::netsim::{Link, LinkConfig, Transfer};
@@ -377,8 +377,8 @@ fn conformance_41_crc_mismatch_counted_short_datagram_not() {
         Listener::new(session_config(Mode::Fast, 32, 32, None), c.clone(), [0; 32]).unwrap();
     let mut wire = sealed(Method::Aes256, &derive_key("k"), &[3; 16], &kcp_datagram(1, 0, 40));
     wire[30] ^= 0x40;
-    assert_eq!(listener.handle_datagram(0, &1, &mut wire), Outcome::Dropped(Drop::Checksum));
-    assert_eq!(listener.handle_datagram(0, &1, &mut [0u8; 19]), Outcome::Dropped(Drop::TooShort));
+    assert_eq!(listener.handle_datagram(0, &1, &mut wire), Outcome::Dropped(DropReason::Checksum));
+    assert_eq!(listener.handle_datagram(0, &1, &mut [0u8; 19]), Outcome::Dropped(DropReason::TooShort));
     assert_eq!((listener.stats.checksum, listener.stats.too_short), (1, 1));
     assert_eq!(listener.snmp().in_csum_errors, 1, "only the CRC failure is an InCsumError");
     assert!(listener.is_empty());
@@ -398,7 +398,7 @@ fn datagrams_longer_than_any_mtu_are_refused_before_decryption() {
     let mut longer = sealed(Method::Aes256, &derive_key("k"), &[4; 16], &kcp_datagram(2, 0, 1500 - 20 + 1));
     assert_eq!(longer.len(), 1501);
     let before = longer.clone();
-    assert_eq!(listener.handle_datagram(0, &2, &mut longer), Outcome::Dropped(Drop::Malformed));
+    assert_eq!(listener.handle_datagram(0, &2, &mut longer), Outcome::Dropped(DropReason::Malformed));
     assert_eq!(longer, before, "not decrypted in place");
     assert_eq!(listener.stats.malformed, 1);
 }
@@ -491,7 +491,7 @@ fn conformance_47_aes_128_gcm_layout_and_auth_failure() {
     let mut tampered = wire.clone();
     tampered[20] ^= 1;
     let mut listener: Listener<u32> = Listener::new(session_config(Mode::Fast, 32, 32, None), c, [0; 32]).unwrap();
-    assert_eq!(listener.handle_datagram(0, &1, &mut tampered), Outcome::Dropped(Drop::Checksum));
+    assert_eq!(listener.handle_datagram(0, &1, &mut tampered), Outcome::Dropped(DropReason::Checksum));
     assert_eq!(listener.snmp().in_csum_errors, 1);
     assert_eq!(listener.handle_datagram(0, &1, &mut wire.clone()), Outcome::Created);
 }
@@ -515,7 +515,7 @@ fn conformance_49_dialled_session_random_conv_and_source_check() {
     let mut d = dialled(cfg, c, 1);
     let conv = conv_of(&d);
     let mut wire = sealed(Method::Aes256, &derive_key("k"), &[0; 16], &kcp_datagram(conv, 0, 30));
-    assert_eq!(d.handle_datagram(0, &3, &mut wire.clone()), Outcome::Dropped(Drop::NotAccepting));
+    assert_eq!(d.handle_datagram(0, &3, &mut wire.clone()), Outcome::Dropped(DropReason::NotAccepting));
     assert_eq!((d.stats.not_accepting, d.len()), (1, 1), "counted, and no session for the stranger");
     assert_eq!(d.handle_datagram(0, &2, &mut wire), Outcome::Delivered);
     assert_eq!(d.session(&2).expect("dialled").snmp().in_pkts, 1);
@@ -530,15 +530,18 @@ fn conformance_50_only_datagrams_with_a_conv_create_sessions() {
     for sn in 0..3 {
         parity = encode(&mut enc, sn, &kcp_datagram(1, sn, 40)).1;
     }
-    assert_eq!(l.handle_datagram(0, &10, &mut parity[0].clone()), Outcome::Dropped(Drop::NoConv));
+    assert_eq!(l.handle_datagram(0, &10, &mut parity[0].clone()), Outcome::Dropped(DropReason::NoConv));
     let mut short_data = vec![0u8; 8 + 20];
     short_data[4..6].copy_from_slice(&TYPE_DATA.to_le_bytes());
-    assert_eq!(l.handle_datagram(0, &11, &mut short_data), Outcome::Dropped(Drop::NoConv), "FEC data < 32 bytes");
+    assert_eq!(l.handle_datagram(0, &11, &mut short_data), Outcome::Dropped(DropReason::NoConv), "FEC data < 32 bytes");
     let (data, _) = encode(&mut FecEncoder::new(shards(3, 2)), 0, &kcp_datagram(1, 0, 24));
     assert_eq!(data.len(), 32);
     assert_eq!(l.handle_datagram(0, &12, &mut data.clone()), Outcome::Created, "FEC data with a full KCP header");
     assert_eq!(l.handle_datagram(0, &13, &mut kcp_datagram(2, 0, 24)), Outcome::Created, "bare KCP ≥ 24 bytes");
-    assert_eq!(l.handle_datagram(0, &14, &mut kcp_datagram(2, 0, 24)[..20].to_vec()), Outcome::Dropped(Drop::NoConv));
+    assert_eq!(
+        l.handle_datagram(0, &14, &mut kcp_datagram(2, 0, 24)[..20].to_vec()),
+        Outcome::Dropped(DropReason::NoConv)
+    );
     assert_eq!((l.accept(), l.accept(), l.accept()), (Some(12), Some(13), None));
 }
 
@@ -547,13 +550,13 @@ fn conformance_51_restarted_peer_replaces_its_session_only_at_sn_0() {
     let mut l: Listener<u32> =
         Listener::new(session_config(Mode::Fast, 32, 32, None), crypto(Method::Null, ""), [0; 32]).unwrap();
     assert_eq!(l.handle_datagram(0, &1, &mut kcp_datagram(100, 0, 30)), Outcome::Created);
-    assert_eq!(l.handle_datagram(0, &1, &mut kcp_datagram(200, 5, 30)), Outcome::Dropped(Drop::ConvMismatch));
+    assert_eq!(l.handle_datagram(0, &1, &mut kcp_datagram(200, 5, 30)), Outcome::Dropped(DropReason::ConvMismatch));
     assert_eq!(l.session(&1).unwrap().conv(), 100);
     let mut garbage = kcp_datagram(200, 0, 30);
     garbage[4] = 0x99;
     assert_eq!(
         l.handle_datagram(0, &1, &mut garbage),
-        Outcome::Dropped(Drop::ConvMismatch),
+        Outcome::Dropped(DropReason::ConvMismatch),
         "garbage cannot replace it"
     );
     assert_eq!(l.handle_datagram(0, &1, &mut kcp_datagram(200, 0, 30)), Outcome::Replaced { old_conv: 100 });
@@ -569,7 +572,7 @@ fn conformance_52_accept_backlog_holds_128() {
     for addr in 0..ACCEPT_BACKLOG as u32 {
         assert_eq!(l.handle_datagram(0, &addr, &mut kcp_datagram(addr, 0, 30)), Outcome::Created);
     }
-    assert_eq!(l.handle_datagram(0, &999, &mut kcp_datagram(999, 0, 30)), Outcome::Dropped(Drop::BacklogFull));
+    assert_eq!(l.handle_datagram(0, &999, &mut kcp_datagram(999, 0, 30)), Outcome::Dropped(DropReason::BacklogFull));
     assert_eq!(
         l.handle_datagram(0, &5, &mut kcp_datagram(5, 1, 30)),
         Outcome::Delivered,
@@ -590,13 +593,13 @@ fn a_closed_session_refuses_its_old_conversation_for_the_hold_time() {
     assert_eq!(l.close(&1, 1_000, 60_000).map(|c| c.conv()), Some(100));
     assert_eq!(l.close(&1, 1_000, 60_000).map(|c| c.conv()), None, "already closed");
     assert_eq!(l.accept(), Some(2), "a closed session leaves the backlog");
-    assert_eq!(l.handle_datagram(2_000, &1, &mut kcp_datagram(100, 7, 30)), Outcome::Dropped(Drop::Closed));
+    assert_eq!(l.handle_datagram(2_000, &1, &mut kcp_datagram(100, 7, 30)), Outcome::Dropped(DropReason::Closed));
     assert_eq!(l.stats.closed, 1);
     assert_eq!(l.handle_datagram(2_000, &2, &mut kcp_datagram(300, 1, 30)), Outcome::Delivered, "others unaffected");
-    assert_eq!(l.handle_datagram(60_999, &1, &mut kcp_datagram(100, 8, 30)), Outcome::Dropped(Drop::Closed));
+    assert_eq!(l.handle_datagram(60_999, &1, &mut kcp_datagram(100, 8, 30)), Outcome::Dropped(DropReason::Closed));
     assert_eq!(
         l.handle_datagram(61_000, &1, &mut kcp_datagram(100, 9, 30)),
-        Outcome::Dropped(Drop::MidSession),
+        Outcome::Dropped(DropReason::MidSession),
         "the hold ran out, and the stale conversation still opens nothing"
     );
     assert_eq!(

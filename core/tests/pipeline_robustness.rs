@@ -10,7 +10,7 @@ use kcpgate_core::crypto::{Method, PacketCrypto};
 use kcpgate_core::endpoint::{Endpoint, Event};
 use kcpgate_core::fec::{TYPE_DATA, TYPE_OOB, TYPE_PARITY};
 use kcpgate_core::kcp::Mode;
-use kcpgate_core::listener::{Drop, Outcome};
+use kcpgate_core::listener::{DropReason, Outcome};
 use kcpgate_core::wire::Datagram;
 use rand::{Rng, SeedableRng};
 use rand_xoshiro::Xoshiro256PlusPlus;
@@ -58,10 +58,10 @@ impl Besieged {
         assert_eq!(got, want, "forged datagram from {from}");
         self.expected.total += 1;
         match want {
-            Outcome::Dropped(Drop::TooShort) => self.expected.too_short += 1,
-            Outcome::Dropped(Drop::Checksum) => self.expected.checksum += 1,
-            Outcome::Dropped(Drop::Malformed) => self.expected.malformed += 1,
-            Outcome::Dropped(Drop::NoConv) => self.expected.no_conv += 1,
+            Outcome::Dropped(DropReason::TooShort) => self.expected.too_short += 1,
+            Outcome::Dropped(DropReason::Checksum) => self.expected.checksum += 1,
+            Outcome::Dropped(DropReason::Malformed) => self.expected.malformed += 1,
+            Outcome::Dropped(DropReason::NoConv) => self.expected.no_conv += 1,
             _ => {}
         }
     }
@@ -76,26 +76,29 @@ impl Besieged {
             match self.rng.gen_range(0..10) {
                 0 => {
                     let cut = self.rng.gen_range(0..genuine.len());
-                    let want = if cut < 20 { Drop::TooShort } else { Drop::Checksum };
+                    let want = if cut < 20 { DropReason::TooShort } else { DropReason::Checksum };
                     self.expect(ep, now, from, genuine[..cut].to_vec(), Outcome::Dropped(want));
                 }
                 1 => {
                     let mut d = genuine.to_vec();
                     let bit = self.rng.gen_range(0..d.len() * 8);
                     d[bit / 8] ^= 1 << (bit % 8);
-                    self.expect(ep, now, from, d, Outcome::Dropped(Drop::Checksum));
+                    self.expect(ep, now, from, d, Outcome::Dropped(DropReason::Checksum));
                 }
                 2 => {
                     let d = self.seal(false, &plain);
-                    self.expect(ep, now, from, d, Outcome::Dropped(Drop::Checksum));
+                    self.expect(ep, now, from, d, Outcome::Dropped(DropReason::Checksum));
                 }
                 3 => {
                     let mut d = genuine.to_vec();
                     let extra = self.rng.gen_range(1..8000);
                     d.extend((0..extra).map(|_| self.rng.gen::<u8>()));
                     // Longer than any MTU: refused before decryption.
-                    let want =
-                        if d.len() > kcpgate_core::pipeline::MTU_LIMIT { Drop::Malformed } else { Drop::Checksum };
+                    let want = if d.len() > kcpgate_core::pipeline::MTU_LIMIT {
+                        DropReason::Malformed
+                    } else {
+                        DropReason::Checksum
+                    };
                     self.expect(ep, now, from, d, Outcome::Dropped(want));
                 }
                 4 => {
@@ -104,7 +107,7 @@ impl Besieged {
                     p[4] = self.rng.gen_range(0xF4..=0xFF);
                     p[5] = 0;
                     let d = self.seal(true, &p);
-                    self.expect(ep, now, attacker, d, Outcome::Dropped(Drop::Malformed));
+                    self.expect(ep, now, attacker, d, Outcome::Dropped(DropReason::Malformed));
                 }
                 5 => {
                     // A data shard whose size field is huge.
@@ -116,7 +119,7 @@ impl Besieged {
                     p.resize(p.len().max(40), 0);
                     p[12] = 81;
                     let d = self.seal(true, &p);
-                    self.expect(ep, now, attacker, d, Outcome::Dropped(Drop::Malformed));
+                    self.expect(ep, now, attacker, d, Outcome::Dropped(DropReason::Malformed));
                 }
                 6 => {
                     // A parity shard at the seqid wrap edge from a stranger: no conv.
@@ -124,7 +127,7 @@ impl Besieged {
                     p[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
                     p[4..6].copy_from_slice(&TYPE_PARITY.to_le_bytes());
                     let d = self.seal(true, &p);
-                    self.expect(ep, now, attacker, d, Outcome::Dropped(Drop::NoConv));
+                    self.expect(ep, now, attacker, d, Outcome::Dropped(DropReason::NoConv));
                 }
                 7 if matches!(Datagram::parse(&plain), Ok(Datagram::FecData { .. })) => {
                     // The client's own datagram re-sent at the wrap edge: its KCP part

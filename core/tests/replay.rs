@@ -10,7 +10,7 @@ use kcpgate_core::admission::{Admission, OpeningGate, OpeningLimits, Refusal};
 use kcpgate_core::crypto::Method;
 use kcpgate_core::endpoint::{Endpoint, Event};
 use kcpgate_core::kcp::Mode;
-use kcpgate_core::listener::{Drop, Listener, Outcome};
+use kcpgate_core::listener::{DropReason, Listener, Outcome};
 use kcpgate_core::pipeline::{Connection, SessionConfig, SESSION_NONCES};
 use kcpgate_core::session::{SessionEnd, StreamEvent};
 use kcpgate_core::settings::SessionSettings;
@@ -57,8 +57,8 @@ fn a_copy_is_dropped_and_counted_from_the_same_address_and_from_another() {
     let mut c = client(77);
     let first = next_datagram(&mut c, 0, b"hello");
     assert_eq!(l.handle_datagram(0, &1, &mut first.clone()), Outcome::Created);
-    assert_eq!(l.handle_datagram(5, &1, &mut first.clone()), Outcome::Dropped(Drop::Replayed), "same address");
-    assert_eq!(l.handle_datagram(5, &2, &mut first.clone()), Outcome::Dropped(Drop::Replayed), "another address");
+    assert_eq!(l.handle_datagram(5, &1, &mut first.clone()), Outcome::Dropped(DropReason::Replayed), "same address");
+    assert_eq!(l.handle_datagram(5, &2, &mut first.clone()), Outcome::Dropped(DropReason::Replayed), "another address");
     assert_eq!(l.len(), 1, "the copy opened no session");
 
     let second = next_datagram(&mut c, 10, b"world");
@@ -68,8 +68,8 @@ fn a_copy_is_dropped_and_counted_from_the_same_address_and_from_another() {
         assert_eq!(l.handle_datagram(now, &1, &mut fresh.clone()), Outcome::Delivered);
         ack_back(&mut l, 1, &mut c, now);
     }
-    assert_eq!(l.handle_datagram(200, &1, &mut second.clone()), Outcome::Dropped(Drop::Replayed), "100 later");
-    assert_eq!(l.handle_datagram(200, &3, &mut second.clone()), Outcome::Dropped(Drop::MidSession), "elsewhere");
+    assert_eq!(l.handle_datagram(200, &1, &mut second.clone()), Outcome::Dropped(DropReason::Replayed), "100 later");
+    assert_eq!(l.handle_datagram(200, &3, &mut second.clone()), Outcome::Dropped(DropReason::MidSession), "elsewhere");
     assert_eq!((l.stats.replayed, l.stats.mid_session, l.len()), (3, 1, 1));
     assert_eq!(l.session(&1).expect("open").replays(), 2, "the session counts its own");
     assert_eq!(l.session(&1).expect("open").snmp().in_pkts, 102, "only the originals reached it");
@@ -94,7 +94,7 @@ fn a_copy_of_an_old_first_datagram_cannot_replace_the_live_session() {
     // The peer restarts with a new conversation from the same address.
     let new_first = next_datagram(&mut client(2), 1_000, b"new");
     assert_eq!(l.handle_datagram(1_000, &1, &mut new_first.clone()), Outcome::Replaced { old_conv: 1 });
-    assert_eq!(l.handle_datagram(2_000, &1, &mut old_first.clone()), Outcome::Dropped(Drop::Replayed));
+    assert_eq!(l.handle_datagram(2_000, &1, &mut old_first.clone()), Outcome::Dropped(DropReason::Replayed));
     assert_eq!(l.session(&1).expect("open").conv(), 2, "the live session stays");
 }
 
@@ -115,7 +115,7 @@ fn listeners_sharing_a_gate_refuse_each_others_copies() {
     b.set_admission(Box::new(Shared(gate)));
     let first = next_datagram(&mut client(5), 0, b"hi");
     assert_eq!(a.handle_datagram(0, &1, &mut first.clone()), Outcome::Created);
-    assert_eq!(b.handle_datagram(0, &2, &mut first.clone()), Outcome::Dropped(Drop::Replayed));
+    assert_eq!(b.handle_datagram(0, &2, &mut first.clone()), Outcome::Dropped(DropReason::Replayed));
     assert_eq!(
         server().handle_datagram(0, &2, &mut first.clone()),
         Outcome::Created,
@@ -138,14 +138,14 @@ fn session_floods_are_refused_and_counted_per_source_and_in_all() {
     };
     let from_one_host: Vec<Outcome> = (0..5).map(|port| open(&mut l, 0, 1000 + port)).collect();
     assert_eq!(from_one_host[..3], [Outcome::Created; 3]);
-    assert_eq!(from_one_host[3..], [Outcome::Dropped(Drop::SourceLimit); 2]);
+    assert_eq!(from_one_host[3..], [Outcome::Dropped(DropReason::SourceLimit); 2]);
     let from_many: Vec<Outcome> = (2..20).map(|host| open(&mut l, 0, host * 1000)).collect();
     assert_eq!(from_many.iter().filter(|o| **o == Outcome::Created).count(), 7, "the global burst of 10 in all");
     assert_eq!((l.stats.created, l.stats.source_limit, l.stats.opening_limit), (10, 2, 11));
     while l.accept().is_some() {}
     // Half a second refills one token for the host (2/s) and five in all (10/s).
     assert_eq!(open(&mut l, 500, 1005), Outcome::Created);
-    assert_eq!(open(&mut l, 500, 1006), Outcome::Dropped(Drop::SourceLimit));
+    assert_eq!(open(&mut l, 500, 1006), Outcome::Dropped(DropReason::SourceLimit));
     let later: Vec<Outcome> = (30..40).map(|host| open(&mut l, 500, host * 1000)).collect();
     assert_eq!(later.iter().filter(|o| **o == Outcome::Created).count(), 4);
     // Known peers are never limited.
@@ -238,7 +238,7 @@ fn a_new_peer_whose_first_datagram_was_lost_is_not_reset() {
     let mut c = client(9);
     let _lost = next_datagram(&mut c, 0, b"first");
     let second = next_datagram(&mut c, 10, b"second");
-    assert_eq!(server.handle_datagram(10, &1, &mut second.clone()), Outcome::Dropped(Drop::MidSession));
+    assert_eq!(server.handle_datagram(10, &1, &mut second.clone()), Outcome::Dropped(DropReason::MidSession));
     assert!(server.poll_transmit(10, 1, &mut Vec::new()).is_none(), "no reset");
     assert_eq!(server.listener_stats().resets, 0);
     c.handle_timeout(1_000); // the first segment's retransmission

@@ -4,15 +4,15 @@
 
 mod support;
 
-use kcpgate_core::smux::{Config, Read, Role, Session, Version};
+use kcpgate_core::smux::{Config, Mux, Read, Role, Version};
 use support::vectors::{hex, load, u64_of};
 
-fn drain(s: &mut Session, out: &mut Vec<u8>) {
+fn drain(s: &mut Mux, out: &mut Vec<u8>) {
     while s.poll_transmit(out) {}
 }
 
 /// Reads everything available on `sid` in reads of `chunk` bytes; true at EOF.
-fn read_all(s: &mut Session, sid: u32, chunk: usize, into: &mut Vec<u8>) -> bool {
+fn read_all(s: &mut Mux, sid: u32, chunk: usize, into: &mut Vec<u8>) -> bool {
     let mut buf = vec![0u8; chunk];
     loop {
         match s.stream_read(sid, &mut buf).unwrap() {
@@ -45,7 +45,7 @@ fn recorded_exchanges_are_reproduced_byte_for_byte() {
         let s2c = hex(&case["server_to_client"]["stream_hex"]);
 
         // Client: open, write the three messages.
-        let mut client = Session::new(Role::Client, cfg.clone(), 0);
+        let mut client = Mux::new(Role::Client, cfg.clone(), 0);
         let mut client_out = Vec::new();
         let sid = client.open_stream().unwrap();
         assert_eq!(sid, 3);
@@ -58,7 +58,7 @@ fn recorded_exchanges_are_reproduced_byte_for_byte() {
         }
 
         // Server: the recorded client stream arrives frame by frame; it reads after each.
-        let mut server = Session::new(Role::Server, cfg.clone(), 0);
+        let mut server = Mux::new(Role::Server, cfg.clone(), 0);
         let mut server_out = Vec::new();
         let mut got = Vec::new();
         let mut accepted = None;

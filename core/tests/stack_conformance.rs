@@ -6,7 +6,7 @@ mod support;
 use kcpgate_core::error::ConfigError;
 use kcpgate_core::qpp::{check_parameters, seed_chunks, PadGeneration, Qpp, QppPrng, QppWarning};
 use kcpgate_core::smux::{
-    Config, Read, Role, Session, SmuxError, Version, CMD_FIN, CMD_NOP, CMD_PSH, CMD_SYN, CMD_UPD, INITIAL_PEER_WINDOW,
+    Config, Mux, Read, Role, SmuxError, Version, CMD_FIN, CMD_NOP, CMD_PSH, CMD_SYN, CMD_UPD, INITIAL_PEER_WINDOW,
 };
 use kcpgate_core::snappy::{masked_crc, FrameDecoder, FrameEncoder, SnappyError, STREAM_IDENTIFIER};
 
@@ -23,7 +23,7 @@ fn frame(ver: u8, cmd: u8, sid: u32, payload: &[u8]) -> Vec<u8> {
 }
 
 /// Every frame a session has queued, split into (ver, cmd, len, sid, payload).
-fn frames(s: &mut Session) -> Vec<(u8, u8, u16, u32, Vec<u8>)> {
+fn frames(s: &mut Mux) -> Vec<(u8, u8, u16, u32, Vec<u8>)> {
     let mut out = Vec::new();
     let mut buf = Vec::new();
     while s.poll_transmit(&mut buf) {
@@ -37,7 +37,7 @@ fn frames(s: &mut Session) -> Vec<(u8, u8, u16, u32, Vec<u8>)> {
 #[test]
 fn conformance_57_frame_header_layout_and_commands() {
     assert_eq!([CMD_SYN, CMD_FIN, CMD_PSH, CMD_NOP, CMD_UPD], [0, 1, 2, 3, 4]);
-    let mut c = Session::new(Role::Client, cfg(Version::V2), 0);
+    let mut c = Mux::new(Role::Client, cfg(Version::V2), 0);
     let sid = c.open_stream().unwrap();
     c.stream_write(sid, &[7u8; 300]).unwrap();
     let mut wire = Vec::new();
@@ -49,30 +49,30 @@ fn conformance_57_frame_header_layout_and_commands() {
 
 #[test]
 fn conformance_58_version_mismatch_kills_the_session() {
-    let mut s = Session::new(Role::Server, cfg(Version::V2), 0);
+    let mut s = Mux::new(Role::Server, cfg(Version::V2), 0);
     assert_eq!(s.handle_input(&frame(1, CMD_SYN, 3, &[])), Err(SmuxError::InvalidVersion(1)));
     assert_eq!(s.error(), Some(SmuxError::InvalidVersion(1)));
     assert!(s.handle_input(&frame(2, CMD_NOP, 0, &[])).is_err(), "dead for good");
     // A detecting server takes the first frame's version, then holds the peer to it.
-    let mut s = Session::new(Role::Server, cfg(Version::Detect), 0);
+    let mut s = Mux::new(Role::Server, cfg(Version::Detect), 0);
     s.handle_input(&frame(1, CMD_SYN, 3, &[])).unwrap();
     assert_eq!(s.version(), Some(1));
     assert_eq!(s.handle_input(&frame(2, CMD_NOP, 0, &[])), Err(SmuxError::InvalidVersion(2)));
-    let mut s = Session::new(Role::Server, cfg(Version::Detect), 0);
+    let mut s = Mux::new(Role::Server, cfg(Version::Detect), 0);
     assert_eq!(s.handle_input(&frame(3, CMD_SYN, 3, &[])), Err(SmuxError::InvalidVersion(3)));
 }
 
 #[test]
 fn conformance_59_stream_ids() {
-    let mut c = Session::new(Role::Client, cfg(Version::V2), 0);
+    let mut c = Mux::new(Role::Client, cfg(Version::V2), 0);
     assert_eq!((c.open_stream(), c.open_stream(), c.open_stream()), (Ok(3), Ok(5), Ok(7)));
-    let mut s = Session::new(Role::Server, cfg(Version::V2), 0);
+    let mut s = Mux::new(Role::Server, cfg(Version::V2), 0);
     assert_eq!((s.open_stream(), s.open_stream()), (Ok(2), Ok(4)));
 }
 
 #[test]
 fn conformance_60_keepalive_nops_and_timeout() {
-    let mut s = Session::new(Role::Client, cfg(Version::V2), 1000);
+    let mut s = Mux::new(Role::Client, cfg(Version::V2), 1000);
     assert_eq!(s.poll_timeout(), Some(11_000));
     s.handle_timeout(11_000);
     assert_eq!(frames(&mut s), vec![(2, CMD_NOP, 0, 0, vec![])], "a NOP on sid 0 every 10 s");
@@ -83,7 +83,7 @@ fn conformance_60_keepalive_nops_and_timeout() {
     assert_eq!(s.error(), Some(SmuxError::KeepAliveTimeout), "nothing heard for 30 s");
 
     // Any frame in the period keeps it alive.
-    let mut s = Session::new(Role::Client, cfg(Version::V2), 0);
+    let mut s = Mux::new(Role::Client, cfg(Version::V2), 0);
     s.handle_input(&frame(2, CMD_NOP, 0, &[])).unwrap();
     s.handle_timeout(30_000);
     assert!(s.is_alive());
@@ -92,7 +92,7 @@ fn conformance_60_keepalive_nops_and_timeout() {
 
     // With the receive budget used up the silence is ours, not the peer's.
     let mut s =
-        Session::new(Role::Server, Config { max_receive_buffer: 100, max_stream_buffer: 100, ..cfg(Version::V2) }, 0);
+        Mux::new(Role::Server, Config { max_receive_buffer: 100, max_stream_buffer: 100, ..cfg(Version::V2) }, 0);
     s.handle_input(&[frame(2, CMD_SYN, 3, &[]), frame(2, CMD_PSH, 3, &[1; 100])].concat()).unwrap();
     s.handle_timeout(30_000);
     s.handle_timeout(60_000);
@@ -104,7 +104,7 @@ fn conformance_60_keepalive_nops_and_timeout() {
 /// keep-alive comes 1.125 intervals after its last, so its client's comes first.
 #[test]
 fn conformance_60_keepalive_answered_in_step() {
-    let mut s = Session::new(Role::Server, cfg(Version::V2), 0);
+    let mut s = Mux::new(Role::Server, cfg(Version::V2), 0);
     assert_eq!(s.poll_timeout(), Some(10_000), "the liveness check");
     s.handle_timeout(10_000);
     assert!(frames(&mut s).is_empty(), "a server's own keep-alive is due at 11.25 s");
@@ -124,7 +124,7 @@ fn conformance_60_keepalive_answered_in_step() {
     s.handle_timeout(38_250);
     assert_eq!(s.error(), Some(SmuxError::KeepAliveTimeout), "31.25 s of silence");
     // Without keep-alive there is nothing to answer with.
-    let mut off = Session::new(Role::Server, Config { keepalive_interval_ms: 0, ..cfg(Version::V2) }, 0);
+    let mut off = Mux::new(Role::Server, Config { keepalive_interval_ms: 0, ..cfg(Version::V2) }, 0);
     off.handle_input(&frame(2, CMD_NOP, 0, &[])).unwrap();
     off.answer_keepalive(9_000);
     assert!(frames(&mut off).is_empty());
@@ -133,7 +133,7 @@ fn conformance_60_keepalive_answered_in_step() {
 #[test]
 fn conformance_61_window_updates() {
     let c = Config { max_stream_buffer: 1000, max_receive_buffer: 100_000, ..cfg(Version::V2) };
-    let mut s = Session::new(Role::Server, c, 0);
+    let mut s = Mux::new(Role::Server, c, 0);
     s.handle_input(&[frame(2, CMD_SYN, 3, &[]), frame(2, CMD_PSH, 3, &[9; 2000])].concat()).unwrap();
     let sid = s.accept().unwrap();
     let upd = |consumed: u32| {
@@ -153,7 +153,7 @@ fn conformance_61_window_updates() {
 
 #[test]
 fn conformance_62_writer_respects_the_peer_window() {
-    let mut c = Session::new(Role::Client, Config { max_frame_size: 65535, ..cfg(Version::V2) }, 0);
+    let mut c = Mux::new(Role::Client, Config { max_frame_size: 65535, ..cfg(Version::V2) }, 0);
     let sid = c.open_stream().unwrap();
     let mut written = 0;
     loop {
@@ -178,7 +178,7 @@ fn conformance_62_writer_respects_the_peer_window() {
 
 #[test]
 fn conformance_63_frames_split_at_max_frame_size_and_65535_accepted() {
-    let mut c = Session::new(Role::Client, cfg(Version::V2), 0);
+    let mut c = Mux::new(Role::Client, cfg(Version::V2), 0);
     let sid = c.open_stream().unwrap();
     let (mut n, mut sent) = (0, Vec::new());
     while n < 20_000 {
@@ -187,7 +187,7 @@ fn conformance_63_frames_split_at_max_frame_size_and_65535_accepted() {
     }
     let lens: Vec<u16> = sent.iter().filter(|f| f.1 == CMD_PSH).map(|f| f.2).collect();
     assert_eq!(lens, vec![8192, 8192, 3616]);
-    let mut s = Session::new(Role::Server, cfg(Version::V2), 0);
+    let mut s = Mux::new(Role::Server, cfg(Version::V2), 0);
     s.handle_input(&[frame(2, CMD_SYN, 3, &[]), frame(2, CMD_PSH, 3, &vec![6u8; 65535])].concat()).unwrap();
     assert_eq!(s.stream_readable(3), 65535);
 }
@@ -202,16 +202,16 @@ fn conformance_64_protocol_errors() {
         (Version::V1, frame(1, CMD_NOP, 0, &[1]), SmuxError::InvalidLength { cmd: CMD_NOP, len: 1 }),
     ];
     for (v, f, e) in cases {
-        let mut s = Session::new(Role::Server, cfg(v), 0);
+        let mut s = Mux::new(Role::Server, cfg(v), 0);
         assert_eq!(s.handle_input(&f), Err(e));
     }
-    let mut s = Session::new(Role::Server, cfg(Version::V2), 0);
+    let mut s = Mux::new(Role::Server, cfg(Version::V2), 0);
     assert_eq!(s.handle_input(&frame(2, 9, 3, &[])), Err(SmuxError::InvalidCommand(9)));
 }
 
 #[test]
 fn conformance_65_psh_for_unknown_sid_is_discarded() {
-    let mut s = Session::new(Role::Server, cfg(Version::V2), 0);
+    let mut s = Mux::new(Role::Server, cfg(Version::V2), 0);
     let budget = s.receive_budget();
     let input = [frame(2, CMD_PSH, 77, &[1; 500]), frame(2, CMD_SYN, 3, &[]), frame(2, CMD_PSH, 3, b"ok")].concat();
     assert_eq!(s.handle_input(&input), Ok(input.len()));
@@ -223,7 +223,7 @@ fn conformance_65_psh_for_unknown_sid_is_discarded() {
 
 #[test]
 fn conformance_66_close_sends_exactly_one_fin() {
-    let mut c = Session::new(Role::Client, cfg(Version::V2), 0);
+    let mut c = Mux::new(Role::Client, cfg(Version::V2), 0);
     let sid = c.open_stream().unwrap();
     c.stream_write(sid, b"data").unwrap();
     c.stream_close_write(sid).unwrap();
@@ -300,7 +300,7 @@ fn conformance_69_reader_rejections_and_skips() {
 #[test]
 fn conformance_70_without_compression_the_first_byte_is_the_version() {
     for (v, byte) in [(Version::V1, 1u8), (Version::V2, 2)] {
-        let mut c = Session::new(Role::Client, cfg(v), 0);
+        let mut c = Mux::new(Role::Client, cfg(v), 0);
         c.open_stream().unwrap();
         let mut out = Vec::new();
         c.poll_transmit(&mut out);

@@ -6,7 +6,7 @@ mod support;
 use kcpgate_core::crypto::Method;
 use kcpgate_core::kcp::Mode;
 use kcpgate_core::pipeline::Connection;
-use kcpgate_core::smux::{self, Read, Role, Session, SmuxError, StreamError, Version};
+use kcpgate_core::smux::{self, Mux, Read, Role, SmuxError, StreamError, Version};
 use kcpgate_core::snappy::{masked_crc, SnappyError, STREAM_IDENTIFIER};
 use kcpgate_core::stack::{StackConfig, StackError, StreamStack};
 use rand::{Rng, SeedableRng};
@@ -151,7 +151,7 @@ fn garbage_ends_only_the_offending_session() {
 /// A forged window update that claims more than was sent ends only that stream.
 #[test]
 fn forged_window_update_ends_only_its_stream() {
-    let mut c = Session::new(Role::Client, smux::Config::kcptun(), 0);
+    let mut c = Mux::new(Role::Client, smux::Config::kcptun(), 0);
     let (a, b) = (c.open_stream().unwrap(), c.open_stream().unwrap());
     let mut upd = smux_frame(2, smux::CMD_UPD, 8, a);
     upd.extend_from_slice(&1_000_000u32.to_le_bytes());
@@ -211,7 +211,7 @@ fn random_input_never_panics_or_overruns_the_budget() {
     let mut errors = 0;
     for round in 0..20_000 {
         let cfg = smux::Config { max_receive_buffer: 50_000, max_stream_buffer: 50_000, ..smux::Config::kcptun() };
-        let mut s = Session::new(if round % 2 == 0 { Role::Server } else { Role::Client }, cfg, 0);
+        let mut s = Mux::new(if round % 2 == 0 { Role::Server } else { Role::Client }, cfg, 0);
         let mut input = Vec::new();
         for _ in 0..rng.gen_range(1..40) {
             let mut f = smux_frame(rng.gen_range(1..=3), rng.gen_range(0..6), 0, rng.gen_range(0..6));

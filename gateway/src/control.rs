@@ -3,7 +3,7 @@
 //! Every task that owns sessions (a server socket, a client session) registers an
 //! [`Inbox`]. A reader sends it a [`Query`]; the task answers at its next turn, from
 //! its own state, so no lock is taken on the data path and nothing runs while nobody
-//! asks. Session openings and closings go out as [`Event`]s on a broadcast channel,
+//! asks. Session openings and closings go out as [`SessionEvent`]s on a broadcast channel,
 //! which costs nothing without subscribers.
 
 use std::net::SocketAddr;
@@ -119,7 +119,7 @@ pub struct Registry {
     ended: Mutex<[Snmp; 2]>,
     /// Datagrams the ended tasks dropped.
     ended_dropped: Mutex<ListenerStats>,
-    events: broadcast::Sender<Event>,
+    events: broadcast::Sender<SessionEvent>,
     open_sessions: AtomicU64,
     /// Sessions open now and opened so far, per transport ([`TransportKind::ALL`] order).
     open_by_transport: [AtomicU64; 2],
@@ -167,20 +167,20 @@ impl Registry {
         ended.curr_estab = 0;
     }
 
-    /// A session opened ([`Event::SessionOpened`]).
-    pub fn opened(&self, event: Event) {
+    /// A session opened ([`SessionEvent::SessionOpened`]).
+    pub fn opened(&self, event: SessionEvent) {
         self.open_sessions.fetch_add(1, Ordering::Relaxed);
-        if let Event::SessionOpened { transport, .. } = &event {
+        if let SessionEvent::SessionOpened { transport, .. } = &event {
             self.open_by_transport[*transport as usize].fetch_add(1, Ordering::Relaxed);
             self.opened_by_transport[*transport as usize].fetch_add(1, Ordering::Relaxed);
         }
         self.publish(event);
     }
 
-    /// A session closed ([`Event::SessionClosed`]).
-    pub fn closed(&self, event: Event) {
+    /// A session closed ([`SessionEvent::SessionClosed`]).
+    pub fn closed(&self, event: SessionEvent) {
         self.open_sessions.fetch_sub(1, Ordering::Relaxed);
-        if let Event::SessionClosed { transport, .. } = &event {
+        if let SessionEvent::SessionClosed { transport, .. } = &event {
             self.open_by_transport[*transport as usize].fetch_sub(1, Ordering::Relaxed);
         }
         self.publish(event);
@@ -220,14 +220,14 @@ impl Registry {
     }
 
     /// Announces a session change to event subscribers, if there are any.
-    fn publish(&self, event: Event) {
+    fn publish(&self, event: SessionEvent) {
         if self.events.receiver_count() > 0 {
             let _ = self.events.send(event);
         }
     }
 
     /// A receiver of the session events from now on.
-    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+    pub fn subscribe(&self) -> broadcast::Receiver<SessionEvent> {
         self.events.subscribe()
     }
 
@@ -406,7 +406,8 @@ impl Capture {
 /// A session opened or closed.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
-pub enum Event {
+#[schema(as = Event)]
+pub enum SessionEvent {
     /// A session opened.
     SessionOpened {
         /// The session's id.
@@ -878,8 +879,10 @@ mod tests {
         assert_eq!((first.bytes_sent, first.curr_estab, first.max_conn), (105, 1, 7));
         assert_eq!(registry.counters().await.bytes_sent, 205, "each query is answered afresh");
         registry.retire(task.await.expect("the task"), Snmp::default(), &ListenerStats::default());
-        assert_eq!(registry.register(TransportKind::Udp).slot, 0, "an ended task's slot is reused");
-        assert!(!registry.kick(9, "nobody").await, "a task that does not answer is not waited for forever");
+        let silent = registry.register(TransportKind::Udp);
+        assert_eq!(silent.slot, 2, "task numbers are not reused (session ids name them)");
+        let asked = registry.kick(session_id(silent.slot, SessionId(9)), "nobody");
+        assert!(!asked.await, "a task that does not answer is not waited for forever");
     }
 
     /// More readers at once than an inbox holds: each still gets the task's answer.

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use foldhash::{HashMap, HashMapExt};
 use kcpgate_core::endpoint::{Endpoint, Event, SessionId};
 use kcpgate_core::kcp::diff;
-use kcpgate_core::listener::{Drop, Outcome};
+use kcpgate_core::listener::{DropReason, Outcome};
 use kcpgate_core::pipeline::SessionConfig;
 use kcpgate_core::session::{Framing, SessionEnd, StreamEvent};
 use kcpgate_core::smux::Role;
@@ -20,9 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::conn::Conn;
-use crate::control::{
-    owner_of, session_id, Capture, Direction, Event as ApiEvent, Inbox, Query, SessionInfo, SessionMeta,
-};
+use crate::control::{owner_of, session_id, Capture, Direction, Inbox, Query, SessionEvent, SessionInfo, SessionMeta};
 use crate::runtime::{random_seed, Plan};
 use crate::transport::Transport;
 use crate::tunnel::{elapsed_ms, run_stream, FromStream, Links, NewStream, WrongKeyWarning};
@@ -232,8 +230,8 @@ impl<T: Transport> Driver<T> {
             match outcome {
                 Outcome::Delivered => continue,
                 Outcome::Created | Outcome::Replaced { .. } => {}
-                Outcome::Dropped(Drop::Checksum) => wrong_key.datagram_failed(T::address(&from)),
-                Outcome::Dropped(Drop::NotAccepting) if full && !self.draining => {
+                Outcome::Dropped(DropReason::Checksum) => wrong_key.datagram_failed(T::address(&from)),
+                Outcome::Dropped(DropReason::NotAccepting) if full && !self.draining => {
                     plan.shared.registry.count_refused_datagram();
                 }
                 Outcome::Dropped(reason) => debug!(remote = %from, ?reason, "datagram dropped"),
@@ -287,7 +285,7 @@ impl<T: Transport> Driver<T> {
                 let transport = T::KIND;
                 info!(%remote, id = meta.id, conv, transport = transport.name(), "session opened");
                 let remote = T::address(&remote);
-                self.plan.shared.registry.opened(ApiEvent::SessionOpened { id: meta.id, conv, remote, transport });
+                self.plan.shared.registry.opened(SessionEvent::SessionOpened { id: meta.id, conv, remote, transport });
                 let links = Links::new(self.plan.shared.streams.clone());
                 self.sessions.insert(id, Tracked { meta, links, closing_reason: None });
             }
@@ -306,7 +304,7 @@ impl<T: Transport> Driver<T> {
                 info!(%remote, id = tracked.meta.id, %reason, "session closed");
                 self.transport.session_ended(&remote, &reason);
                 let (remote, transport) = (T::address(&remote), T::KIND);
-                let event = ApiEvent::SessionClosed { id: tracked.meta.id, conv, remote, reason, transport };
+                let event = SessionEvent::SessionClosed { id: tracked.meta.id, conv, remote, reason, transport };
                 self.plan.shared.registry.closed(event);
             }
             Event::Stream { id, event } => {

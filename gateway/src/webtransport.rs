@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use kcpgate_core::listener::{Drop, Outcome};
+use kcpgate_core::listener::{DropReason, Outcome};
 use kcpgate_core::session::Framing;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
@@ -254,15 +254,15 @@ impl Transport for WebTransportPeers {
             // Its opening datagram was lost or overtaken (by later data, or by
             // parity): KCP sends it again, and the 30 s without a session still
             // applies.
-            Outcome::Dropped(Drop::MidSession | Drop::NoConv) => {}
+            Outcome::Dropped(DropReason::MidSession | DropReason::NoConv) => {}
             // Datagrams keep coming while the close notice is on its way: one
             // refusal per session.
-            Outcome::Dropped(Drop::Checksum) => {
+            Outcome::Dropped(DropReason::Checksum) => {
                 if from.close("kcpgate: datagrams fail the crypto check: the key or crypt differ from the gateway's") {
                     count(&self.refusals.crypto);
                 }
             }
-            Outcome::Dropped(Drop::NotAccepting | Drop::SourceLimit | Drop::OpeningLimit) => {
+            Outcome::Dropped(DropReason::NotAccepting | DropReason::SourceLimit | DropReason::OpeningLimit) => {
                 if from.close("kcpgate: at its session limit or draining; try again later") {
                     count(&self.refusals.limit);
                 }
@@ -447,7 +447,7 @@ impl Ticket {
     }
 }
 
-impl std::ops::Drop for Ticket {
+impl Drop for Ticket {
     fn drop(&mut self) {
         self.has_session();
         self.proven();
@@ -513,7 +513,7 @@ pub const MESSAGES_PATH: &str = "/messages";
 /// Who is admitted (pages of these origins; any when empty), and where admitted
 /// sessions' datagrams go: one driver per framing.
 #[derive(Clone)]
-struct Admission {
+struct Intake {
     origins: Arc<[String]>,
     streams: mpsc::Sender<Input>,
     messages: mpsc::Sender<Input>,
@@ -542,7 +542,7 @@ pub async fn serve(mut listener: Listener, plan: Arc<Plan>, mut drain: watch::Re
         tokio::spawn(Driver::server(stream_peers, plan.clone(), Framing::Streams).run(drain.clone())),
         tokio::spawn(Driver::server(message_peers, plan.clone(), Framing::Messages).run(drain.clone())),
     ];
-    let admission = Admission { origins: listener.origins.clone(), streams, messages };
+    let admission = Intake { origins: listener.origins.clone(), streams, messages };
     let gate = Arc::new(Gate::new(&plan));
     let next_id = Arc::new(AtomicU64::new(1));
     let mut rotate = tokio::time::interval_at(tokio::time::Instant::now() + ROTATE_EVERY, ROTATE_EVERY);
@@ -629,7 +629,7 @@ async fn admit(
     id: u64,
     mut ticket: Ticket,
     drain: watch::Receiver<bool>,
-    admission: Admission,
+    admission: Intake,
 ) {
     let plan = ticket.plan.clone();
     let refusals = &plan.shared.webtransport_refusals;

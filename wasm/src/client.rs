@@ -17,7 +17,7 @@ use js_sys::{Array, Function, Promise, Reflect, Uint8Array};
 use kcpgate_core::crypto::PacketCrypto;
 use kcpgate_core::endpoint::{Endpoint, EndpointConfig, Event, SessionId};
 use kcpgate_core::kcp::{diff, Mode};
-use kcpgate_core::listener::{Drop, Outcome};
+use kcpgate_core::listener::{DropReason, Outcome};
 use kcpgate_core::messages::{frame, Deframer, MAX_MESSAGE, STREAM_ID as MESSAGE_STREAM};
 use kcpgate_core::session::{Framing, SessionEnd, StreamEnd, StreamEvent};
 use kcpgate_core::settings::SessionSettings;
@@ -221,7 +221,7 @@ impl Inner {
             Outcome::Delivered | Outcome::Created | Outcome::Replaced { .. } => {}
             Outcome::Dropped(reason) => {
                 self.dropped += 1;
-                if reason == Drop::Checksum {
+                if reason == DropReason::Checksum {
                     self.checksum_failures += 1;
                 }
             }

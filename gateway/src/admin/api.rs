@@ -19,7 +19,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{ApiJson, ApiPath, ApiQuery, FieldError, Problem, Shared, Throttled, Unauthorized};
 use crate::config::Role;
-use crate::control::{Capture, Direction, Event, SessionInfo, Tunables, TunablesPatch};
+use crate::control::{Capture, Direction, SessionEvent, SessionInfo, Tunables, TunablesPatch};
 use crate::transport::TransportKind;
 
 /// Most sessions one page returns.
@@ -990,14 +990,14 @@ impl StreamEventName {
 #[schema(example = json!({"event": "session_opened", "data": "{\"type\":\"session_opened\",\"id\":42,\"conv\":3541092111,\"remote\":\"203.0.113.7:50812\",\"transport\":\"udp\"}"}))]
 pub struct StreamEvent {
     pub event: StreamEventName,
-    /// JSON: a [`Stats`] object for `stats`, an [`Event`] for `session_opened` and
+    /// JSON: a [`Stats`] object for `stats`, an `Event` for `session_opened` and
     /// `session_closed`, `{"missed": n}` for `lagged`.
     #[schema(content_media_type = "application/json")]
     pub data: String,
 }
 
 /// A live stream of Server-Sent Events: `stats` (a [`Stats`] object) at once and then
-/// every `interval_ms`; `session_opened` and `session_closed` ([`Event`]) as they
+/// every `interval_ms`; `session_opened` and `session_closed` (`Event`) as they
 /// happen; `lagged` ({"missed": n}) when a slow reader missed session events. It
 /// never ends unless `max_events` is given. Its size does not grow with the session
 /// count: `stats` are totals, and sessions appear only as they open and close.
@@ -1053,8 +1053,8 @@ pub async fn events(
                 change = changes.recv() => match change {
                     Ok(e) => {
                         let name = match e {
-                            Event::SessionOpened { .. } => StreamEventName::SessionOpened,
-                            Event::SessionClosed { .. } => StreamEventName::SessionClosed,
+                            SessionEvent::SessionOpened { .. } => StreamEventName::SessionOpened,
+                            SessionEvent::SessionClosed { .. } => StreamEventName::SessionClosed,
                         };
                         SseEvent::default().event(name.name()).json_data(e)
                     }
