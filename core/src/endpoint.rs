@@ -369,11 +369,12 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
         self.session(id).map_or(0, |(_, s)| s.readable_bytes(sid))
     }
 
-    /// Closes session `id` (an operator's kick): every stream gets a FIN, sent with
-    /// the next transmits, then the session is gone. With `hold_ms`, datagrams of
-    /// its old conversation are refused that long, so the peer cannot bring it
-    /// back. False if there is no such session.
-    pub fn close_session(&mut self, now: u32, id: SessionId, hold_ms: Option<u32>) -> bool {
+    /// Closes session `id` (an operator's kick, a drain): every stream gets a FIN,
+    /// sent with the next transmits, then the session is gone and its
+    /// [`Event::SessionClosed`] carries `why` ([`SessionEnd::Closed`]). With
+    /// `hold_ms`, datagrams of its old conversation are refused that long, so the
+    /// peer cannot bring it back. False if there is no such session.
+    pub fn close_session(&mut self, now: u32, id: SessionId, hold_ms: Option<u32>, why: impl Into<String>) -> bool {
         self.clock.set(now);
         let Some(addr) = self.ids.get(&id).cloned() else { return false };
         let entry = match hold_ms {
@@ -381,7 +382,7 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
             None => self.listener.remove(&addr),
         };
         let Some(mut entry) = entry else { return false };
-        entry.session.close(now);
+        entry.session.close(now, why.into());
         self.ended(id, addr, entry.session);
         true
     }
@@ -455,7 +456,7 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
             self.events.push_back(Event::Stream { id, event });
         }
         self.retired.accumulate(&session.snmp());
-        let reason = session.ended().unwrap_or(SessionEnd::Closed);
+        let reason = session.ended().cloned().unwrap_or_else(|| SessionEnd::Closed("closed by the application".into()));
         self.events.push_back(Event::SessionClosed { id, remote: addr.clone(), conv: session.conv(), reason });
         if session.peek_transmit_len().is_some() {
             self.closing.push_back((addr, session));

@@ -55,13 +55,13 @@ pub enum StreamEnd {
 }
 
 /// Why a session ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SessionEnd {
     /// The stream layers failed (a protocol error, or the peer went silent).
     Stack(StackError),
-    /// The application closed it.
-    Closed,
+    /// The application closed it, saying why ([`crate::endpoint::Endpoint::close_session`]).
+    Closed(String),
     /// The peer started a new session from the same address.
     Replaced,
     /// Plain KCP: the one stream ended (its application or backend closed it).
@@ -74,7 +74,7 @@ impl core::fmt::Display for SessionEnd {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             SessionEnd::Stack(e) => write!(f, "{e}"),
-            SessionEnd::Closed => f.write_str("closed by the application"),
+            SessionEnd::Closed(why) => f.write_str(why),
             SessionEnd::Replaced => f.write_str("replaced: the peer started a new session"),
             SessionEnd::StreamEnded => f.write_str("the message stream ended: its application or backend closed it"),
             SessionEnd::Reset => f.write_str("the peer has no such session (it restarted, or closed it)"),
@@ -271,8 +271,8 @@ impl Session {
     }
 
     /// Why the session ended, once it has.
-    pub fn ended(&self) -> Option<SessionEnd> {
-        self.ended
+    pub fn ended(&self) -> Option<&SessionEnd> {
+        self.ended.as_ref()
     }
 
     /// Open streams.
@@ -454,8 +454,8 @@ impl Session {
     /// Closes the session on the application's behalf: every stream gets a FIN (the
     /// peer's applications see their connections end), flushed at once. The session
     /// has ended; send its last datagrams, then drop it.
-    pub fn close(&mut self, now: u32) {
-        self.close_with(now, SessionEnd::Closed);
+    pub fn close(&mut self, now: u32, why: String) {
+        self.close_with(now, SessionEnd::Closed(why));
     }
 
     fn close_with(&mut self, now: u32, why: SessionEnd) {

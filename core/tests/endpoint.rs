@@ -283,21 +283,23 @@ fn a_thousand_streams_open_and_close_and_nothing_is_left() {
 fn a_kicked_session_ends_every_stream_and_its_peer_reads_the_end() {
     let (mut pair, mut rec, csid, sess, ssid) = pair_with_stream(&Layers::kcptun());
     let client_session = pair.session;
-    assert!(pair.server.close_session(pair.now(), sess, Some(60_000)));
-    assert!(!pair.server.close_session(pair.now(), sess, None), "closed once");
+    assert!(pair.server.close_session(pair.now(), sess, Some(60_000), "kicked: a test"));
+    assert!(!pair.server.close_session(pair.now(), sess, None, "again"), "closed once");
     pair.advance(&mut rec, 200);
     assert_eq!(rec.closed(Side::Server, ssid), Some(StreamEnd::SessionEnded));
     let closed = rec.events.iter().find_map(|(side, e)| match e {
-        Event::SessionClosed { id, reason, .. } if *side == Side::Server => Some((*id, *reason)),
+        Event::SessionClosed { id, reason, .. } if *side == Side::Server => Some((*id, reason.clone())),
         _ => None,
     });
-    assert_eq!(closed, Some((sess, SessionEnd::Closed)));
+    assert_eq!(closed, Some((sess, SessionEnd::Closed("kicked: a test".into()))), "the reason is carried");
     assert!(pair.server.is_empty());
     // The FIN, then the client's next datagram is refused and answered with a
     // reset: the client's session ends at once rather than at its keep-alive.
     assert!(rec.closed(Side::Client, csid).is_some(), "the client's stream ended");
     let client_end = rec.events.iter().find_map(|(side, e)| match e {
-        Event::SessionClosed { id, reason, .. } if *side == Side::Client && *id == client_session => Some(*reason),
+        Event::SessionClosed { id, reason, .. } if *side == Side::Client && *id == client_session => {
+            Some(reason.clone())
+        }
         _ => None,
     });
     assert_eq!(client_end, Some(SessionEnd::Reset));
@@ -313,7 +315,7 @@ fn a_silent_peer_ends_the_session_with_a_reason_and_every_stream() {
     pair.advance(&mut rec, 45_000);
     assert_eq!(rec.closed(Side::Client, csid), Some(StreamEnd::SessionEnded));
     let reason = rec.events.iter().find_map(|(side, e)| match e {
-        Event::SessionClosed { reason, .. } if *side == Side::Client => Some(*reason),
+        Event::SessionClosed { reason, .. } if *side == Side::Client => Some(reason.clone()),
         _ => None,
     });
     assert_eq!(reason, Some(SessionEnd::Stack(StackError::Smux(SmuxError::KeepAliveTimeout))));

@@ -37,8 +37,6 @@ type StreamMessage = (SessionId, u32, FromStream);
 struct Tracked {
     meta: SessionMeta,
     links: Links,
-    /// Why the driver closed it, for the closing event.
-    closing_reason: Option<String>,
 }
 
 /// A client session's extras: where new connections come from, and when it stops.
@@ -243,10 +241,7 @@ impl<T: Transport> Driver<T> {
         }
         while let Some(peer) = self.transport.take_gone() {
             if let Some(id) = self.endpoint.session_at(&peer) {
-                if let Some(t) = self.sessions.get_mut(&id) {
-                    t.closing_reason.get_or_insert_with(|| "the peer closed its transport session".to_string());
-                }
-                self.endpoint.close_session(now, id, None);
+                self.endpoint.close_session(now, id, None, "the peer closed its transport session");
             }
         }
     }
@@ -287,20 +282,16 @@ impl<T: Transport> Driver<T> {
                 let remote = T::address(&remote);
                 self.plan.shared.registry.opened(SessionEvent::SessionOpened { id: meta.id, conv, remote, transport });
                 let links = Links::new(self.plan.shared.streams.clone());
-                self.sessions.insert(id, Tracked { meta, links, closing_reason: None });
+                self.sessions.insert(id, Tracked { meta, links });
             }
             Event::SessionClosed { id, remote, conv, reason } => {
                 let Some(mut tracked) = self.sessions.remove(&id) else { return };
                 tracked.links.stop_all();
                 self.captures.retain(|(of, _)| *of != id);
-                let reason = match (tracked.closing_reason, reason) {
-                    (Some(why), _) => why,
-                    (None, SessionEnd::Stack(e)) => {
-                        warn!(%remote, "session closed: {e}");
-                        e.to_string()
-                    }
-                    (None, other) => other.to_string(),
-                };
+                if let SessionEnd::Stack(e) = &reason {
+                    warn!(%remote, "session closed: {e}");
+                }
+                let reason = reason.to_string();
                 info!(%remote, id = tracked.meta.id, %reason, "session closed");
                 self.transport.session_ended(&remote, &reason);
                 let (remote, transport) = (T::address(&remote), T::KIND);
@@ -384,11 +375,8 @@ impl<T: Transport> Driver<T> {
         } else {
             return;
         };
-        if let Some(t) = self.sessions.get_mut(&id) {
-            t.closing_reason.get_or_insert_with(|| reason.to_string());
-        }
         let now = self.now();
-        self.endpoint.close_session(now, id, None);
+        self.endpoint.close_session(now, id, None, reason);
     }
 
     /// Server, draining: a session without an open stream is closed at once. No
@@ -399,10 +387,10 @@ impl<T: Transport> Driver<T> {
             return;
         }
         let now = self.now();
-        for (id, tracked) in &mut self.sessions {
-            if tracked.links.is_empty() && tracked.closing_reason.is_none() {
-                tracked.closing_reason = Some("draining: no open stream".to_string());
-                self.endpoint.close_session(now, *id, None);
+        for (id, tracked) in &self.sessions {
+            if tracked.links.is_empty() {
+                // Once closed it is gone from the endpoint, and a second close is a no-op.
+                self.endpoint.close_session(now, *id, None, "draining: no open stream");
             }
         }
     }
@@ -414,11 +402,8 @@ impl<T: Transport> Driver<T> {
             return;
         }
         let now = self.now();
-        for (id, tracked) in &mut self.sessions {
-            if tracked.closing_reason.is_none() {
-                tracked.closing_reason = Some("draining: -drain-timeout reached".to_string());
-                self.endpoint.close_session(now, *id, None);
-            }
+        for id in self.sessions.keys() {
+            self.endpoint.close_session(now, *id, None, "draining: -drain-timeout reached");
         }
     }
 
@@ -476,18 +461,14 @@ impl<T: Transport> Driver<T> {
                 let _ = done.send(view.map(|(_, v)| v));
             }
             Query::Kick { id, reason, done } => {
-                let found = self.own(id).and_then(|sid| Some((sid, self.sessions.get_mut(&sid)?)));
-                let found = found.map(|(sid, t)| {
-                    t.closing_reason = Some(format!("kicked: {reason}"));
-                    sid
-                });
+                let found = self.own(id);
                 if let Some(session) = found {
                     info!(id, %reason, "session kicked");
                     // The peer's applications see their connections end at once; a
                     // server refuses the old conversation for a while.
                     let hold = (self.endpoint.role() == Role::Server).then_some(KICK_HOLD_MS);
                     let now = self.now();
-                    self.endpoint.close_session(now, session, hold);
+                    self.endpoint.close_session(now, session, hold, format!("kicked: {reason}"));
                 }
                 let _ = done.send(found.is_some());
             }

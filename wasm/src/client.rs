@@ -344,7 +344,7 @@ impl Inner {
         match event {
             Event::SessionOpened { .. } => {}
             // A client's session is closed only by the page (`Client::close`).
-            Event::SessionClosed { reason: SessionEnd::Closed, .. } => self.end(CLOSED_BY_PAGE.into()),
+            Event::SessionClosed { reason: SessionEnd::Closed(_), .. } => self.end(CLOSED_BY_PAGE.into()),
             Event::SessionClosed { reason, .. } => self.end(reason.to_string()),
             Event::Stream { event, .. } => match event {
                 // kcptun servers never open streams towards clients.
@@ -822,7 +822,7 @@ impl Client {
         }
         let now = inner.now();
         let id = inner.id;
-        inner.endpoint.close_session(now, id, None);
+        inner.endpoint.close_session(now, id, None, CLOSED_BY_PAGE);
         inner.pump();
         inner.end(CLOSED_BY_PAGE.into());
     }
