@@ -169,6 +169,8 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
         config.streams.stack.smux.validate()?;
         let mut listener = Listener::new(config.session, crypto, seed)?;
         listener.set_accepting(role == Role::Server);
+        // The endpoint takes every new session as it is made: nothing waits to be accepted.
+        listener.set_accept_queue(false);
         Ok(Endpoint {
             role,
             listener,
@@ -245,7 +247,6 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
         let outcome = self.listener.handle_datagram_with(now, from, datagram, make);
         match outcome {
             Outcome::Created | Outcome::Replaced { .. } => {
-                while self.listener.accept().is_some() {}
                 for (addr, old) in self.listener.take_closed() {
                     let mut session = old.session;
                     session.replaced();

@@ -275,6 +275,9 @@ pub struct Listener<A, S = Connection> {
     config: SessionConfig,
     sessions: HashMap<A, S>,
     backlog: VecDeque<A>,
+    /// Whether new sessions wait in `backlog` for [`Listener::accept`] (kcp-go's
+    /// way); an owner that takes every new session at once turns it off.
+    queue_accepts: bool,
     seeds: NonceSource,
     closed: Vec<(A, S)>,
     accepting: bool,
@@ -321,6 +324,7 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
             config,
             sessions: HashMap::new(),
             backlog: VecDeque::new(),
+            queue_accepts: true,
             seeds: NonceSource::from_seed(seed),
             closed: Vec::new(),
             accepting: true,
@@ -342,6 +346,16 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
     /// Settings for sessions created from now on.
     pub fn config_mut(&mut self) -> &mut SessionConfig {
         &mut self.config
+    }
+
+    /// Whether new sessions wait for [`Listener::accept`] (the default, with at
+    /// most [`ACCEPT_BACKLOG`] waiting, as kcp-go) or are the caller's at once
+    /// (nothing to accept, and no [`DropReason::BacklogFull`]).
+    pub fn set_accept_queue(&mut self, queue: bool) {
+        self.queue_accepts = queue;
+        if !queue {
+            self.backlog.clear();
+        }
     }
 
     /// Opens sessions from now on with `crypto` (a new key or crypt); open
@@ -477,7 +491,7 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
             }
             return self.drop(DropReason::MidSession);
         }
-        if self.backlog.len() >= ACCEPT_BACKLOG {
+        if self.queue_accepts && self.backlog.len() >= ACCEPT_BACKLOG {
             return self.drop(DropReason::BacklogFull);
         }
         if !admitted {
@@ -491,7 +505,9 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         }
         session.handle_plain(now, plain);
         self.sessions.insert(from.clone(), session);
-        self.backlog.push_back(from.clone());
+        if self.queue_accepts {
+            self.backlog.push_back(from.clone());
+        }
         self.stats.created += 1;
         outcome
     }

@@ -486,7 +486,7 @@ pub struct TransportStats {
 /// Datagrams dropped before reaching a session, by reason. Each is also
 /// `kcpgate_datagrams_dropped_total{reason}` in `/metrics`.
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"too_short": 0, "checksum": 12, "runt": 0, "no_conv": 0, "malformed": 0, "conv_mismatch": 0, "backlog_full": 0, "replayed": 3, "mid_session": 41, "source_limit": 0, "opening_limit": 0, "closed": 0, "not_accepting": 0}))]
+#[schema(example = json!({"too_short": 0, "checksum": 12, "runt": 0, "no_conv": 0, "malformed": 0, "conv_mismatch": 0, "replayed": 3, "mid_session": 41, "source_limit": 0, "opening_limit": 0, "closed": 0, "not_accepting": 0}))]
 pub struct DroppedDatagrams {
     /// Shorter than the crypto header.
     pub too_short: u64,
@@ -500,8 +500,6 @@ pub struct DroppedDatagrams {
     pub malformed: u64,
     /// Another conversation than the address's session, not a first segment.
     pub conv_mismatch: u64,
-    /// A new peer while 128 sessions waited to be accepted.
-    pub backlog_full: u64,
     /// A copy of a datagram seen recently (replayed or duplicated).
     pub replayed: u64,
     /// From an unknown address and not a session's first datagram (a client of a
@@ -526,7 +524,6 @@ impl From<&ListenerStats> for DroppedDatagrams {
             no_conv: s.no_conv,
             malformed: s.malformed,
             conv_mismatch: s.conv_mismatch,
-            backlog_full: s.backlog_full,
             replayed: s.replayed,
             mid_session: s.mid_session,
             source_limit: s.source_limit,
