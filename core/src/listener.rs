@@ -364,8 +364,11 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
     /// MTU too small for its header).
     pub fn set_crypto(&mut self, crypto: Arc<PacketCrypto>) -> Result<(), ConfigError> {
         self.config.kcp_config(&crypto)?;
-        self.crypto = crypto;
-        self.rotated = self.sessions.values().any(|s| !Arc::ptr_eq(s.crypto(), &self.crypto));
+        // A retune hands over the crypto in use again: nothing to look at then.
+        if !Arc::ptr_eq(&crypto, &self.crypto) {
+            self.crypto = crypto;
+            self.rotated = self.sessions.values().any(|s| !Arc::ptr_eq(s.crypto(), &self.crypto));
+        }
         Ok(())
     }
 
