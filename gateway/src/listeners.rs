@@ -20,7 +20,7 @@ use utoipa::ToSchema;
 
 use crate::config::{ConfigError, Role, Settings};
 use crate::config_file::Loaded;
-use crate::runtime::{Plan, Shared};
+use crate::runtime::{Plan, Shared, Tuning};
 
 /// The listeners of one process. See the module docs.
 pub struct Listeners {
@@ -288,8 +288,8 @@ impl Listeners {
                 |e: ConfigError| ReloadError::Refused(ConfigError(format!("listener {}: {e}", listener.name)));
             match running.iter().find(|p| p.name == listener.name) {
                 Some(plan) if same_place(&plan.settings, &listener.settings) => {
-                    Plan::check(&listener.settings).map_err(refused)?;
-                    let (old, new) = (&plan.tuning().settings, &listener.settings);
+                    let tuning = plan.prepare(listener.settings).map_err(refused)?;
+                    let (old, new) = (&plan.tuning().settings, &tuning.settings);
                     if (old.sockbuf, old.dscp) != (new.sockbuf, new.dscp) {
                         report.warnings.push(format!(
                             "listener {}: sockbuf and dscp apply to its sockets as they open: restart kcpgate to \
@@ -297,7 +297,7 @@ impl Listeners {
                             listener.name
                         ));
                     }
-                    kept.push((plan.clone(), listener.settings));
+                    kept.push((plan.clone(), tuning));
                 }
                 found => {
                     let shared = self.process.shared.clone();
@@ -307,17 +307,17 @@ impl Listeners {
             }
         }
         let mut bound = Vec::new();
-        for (plan, _) in &added {
-            let socket = crate::server::bind(plan).await.map_err(|e| {
+        for (plan, replaced) in added {
+            let sockets = crate::server::bind(&plan).await.map_err(|e| {
                 ReloadError::Refused(ConfigError(format!(
                     "listener {}: {e} (a listener this reload removes or moves keeps its port until it has drained)",
                     plan.name
                 )))
             })?;
-            bound.push(socket);
+            bound.push((plan, replaced, sockets));
         }
 
-        self.apply(kept, added, bound, &mut report);
+        self.apply(kept, bound, &mut report);
         self.process.shared.registry.retune().await;
         tracing::info!(
             added = ?report.added, removed = ?report.removed, replaced = ?report.replaced,
@@ -329,23 +329,19 @@ impl Listeners {
         Ok(report)
     }
 
-    /// Applies a checked reload: `kept` listeners take their settings, the
-    /// others drain, and `added` ones (bound) start.
+    /// Applies a checked reload: `kept` listeners take their prepared tuning,
+    /// the others drain, and `added` ones (bound; replacing one of the same
+    /// name or not) start.
     fn apply(
         &self,
-        kept: Vec<(Arc<Plan>, Settings)>,
-        added: Vec<(Arc<Plan>, bool)>,
-        bound: Vec<crate::server::Bound>,
+        kept: Vec<(Arc<Plan>, Tuning)>,
+        added: Vec<(Arc<Plan>, bool, crate::server::Bound)>,
         report: &mut Reloaded,
     ) {
         let mut running = self.running.lock().expect("listeners lock");
-        for (plan, settings) in kept {
-            let changed = plan.tuning().settings != settings;
-            if let Err(e) = plan.reload(settings) {
-                // Checked above with the same function: not expected.
-                report.warnings.push(format!("listener {}: {e}; it keeps its settings", plan.name));
-                continue;
-            }
+        for (plan, tuning) in kept {
+            let changed = plan.tuning().settings != tuning.settings;
+            plan.install(tuning);
             match changed {
                 true => report.changed.push(plan.name.clone()),
                 false => report.unchanged.push(plan.name.clone()),
@@ -356,13 +352,13 @@ impl Listeners {
             let stays = configured.contains(&r.plan.name);
             if !stays {
                 r.drain.send_replace(true);
-                if !added.iter().any(|(p, replaced)| *replaced && p.name == r.plan.name) {
+                if !added.iter().any(|(p, replaced, _)| *replaced && p.name == r.plan.name) {
                     report.removed.push(r.plan.name.clone());
                 }
             }
             stays
         });
-        for ((plan, replaced), bound) in added.into_iter().zip(bound) {
+        for (plan, replaced, bound) in added {
             match replaced {
                 true => report.replaced.push(plan.name.clone()),
                 false => report.added.push(plan.name.clone()),

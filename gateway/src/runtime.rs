@@ -189,12 +189,6 @@ impl Plan {
         Plan::new(settings.listen.clone(), settings, shared)
     }
 
-    /// Whether `settings` make a listener's tuning (as [`Plan::reload`] would
-    /// take them), changing nothing.
-    pub fn check(settings: &Settings) -> Result<(), ConfigError> {
-        Tuning::of(settings.clone(), None).map(drop)
-    }
-
     /// The current tunables and the configuration of sessions opened now.
     pub fn tuning(&self) -> Arc<Tuning> {
         self.tuning.read().expect("tuning lock").clone()
@@ -213,15 +207,19 @@ impl Plan {
         Ok(tunables)
     }
 
-    /// Takes a reload's settings for this listener: sessions and streams opened
-    /// from now on use them (the caller then has the tasks pick them up, as after
-    /// [`Plan::retune`]); open sessions keep their key, crypt and settings. Its
-    /// addresses and sockets stay as they started. On error nothing changed.
-    pub fn reload(&self, settings: Settings) -> Result<(), ConfigError> {
-        let mut current = self.tuning.write().expect("tuning lock");
-        let next = Tuning::of(settings, Some(&current))?;
-        *current = Arc::new(next);
-        Ok(())
+    /// The tuning a reload's `settings` make for this listener, changing nothing
+    /// yet; refused when they do not make an endpoint configuration. The crypto
+    /// in use is kept when the key and crypt are the same.
+    pub fn prepare(&self, settings: Settings) -> Result<Tuning, ConfigError> {
+        Tuning::of(settings, Some(&self.tuning()))
+    }
+
+    /// Takes a prepared tuning: sessions and streams opened from now on use it
+    /// (the caller then has the tasks pick it up, as after [`Plan::retune`]);
+    /// open sessions keep their key, crypt and settings. Its addresses and
+    /// sockets stay as they started.
+    pub fn install(&self, tuning: Tuning) {
+        *self.tuning.write().expect("tuning lock") = Arc::new(tuning);
     }
 
     /// Applies `-sockbuf` and `-dscp` to a UDP socket, logging what failed.
