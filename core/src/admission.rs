@@ -54,7 +54,7 @@ pub enum Refusal {
 
 /// The decision whether a datagram may open a session.
 pub trait Admission: Send {
-    /// Whether a datagram from `source` (see [`crate::listener::Listener::set_source_key`])
+    /// Whether a datagram from `source` (see `listener::Listener::set_source_key`)
     /// whose nonce has `fingerprint` may open a session at `now`. Only an admitted
     /// datagram's fingerprint is remembered.
     fn admit(&mut self, now: u32, source: u64, fingerprint: Option<u64>) -> Result<(), Refusal>;
@@ -64,7 +64,7 @@ pub trait Admission: Send {
 /// of one cannot open a session again, from any address.
 pub const OPENING_NONCES: usize = 65_536;
 
-/// The listener's default [`Admission`]: the last [`OPENING_NONCES`] opening
+/// The listener's default [`Admission`]: the last `OPENING_NONCES` opening
 /// nonces, and the rate buckets.
 #[derive(Debug, Clone)]
 pub struct OpeningGate {

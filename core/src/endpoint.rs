@@ -30,9 +30,9 @@ use foldhash::{HashMap, HashMapExt};
 
 use crate::admission::Admission;
 use crate::crypto::PacketCrypto;
-use crate::error::ConfigError;
+use crate::error::SettingsError;
 use crate::kcp::diff;
-use crate::listener::{Listener, ListenerStats, Outcome, Routed};
+use crate::listener::{DropReason, Listener, ListenerStats, Outcome, Routed};
 use crate::pipeline::{Connection, SessionConfig};
 use crate::session::{Session, SessionEnd, StreamConfig, StreamEvent};
 use crate::smux::{Read, Role, StreamError};
@@ -125,7 +125,7 @@ impl Routed for Entry {
     }
 
     fn crypto(&self) -> &Arc<PacketCrypto> {
-        self.session.connection().crypto()
+        self.session.crypto()
     }
 
     fn snmp(&self) -> Snmp {
@@ -165,7 +165,7 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
         config: EndpointConfig,
         crypto: Arc<PacketCrypto>,
         seed: [u8; 32],
-    ) -> Result<Endpoint<A>, ConfigError> {
+    ) -> Result<Endpoint<A>, SettingsError> {
         config.streams.stack.smux.validate()?;
         let mut listener = Listener::new(config.session, crypto, seed)?;
         listener.set_accepting(role == Role::Server);
@@ -199,9 +199,9 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
         self.listener.config_mut()
     }
 
-    /// See [`Listener::set_crypto`]: a new key or crypt for sessions opened from
+    /// See `Listener::set_crypto`: a new key or crypt for sessions opened from
     /// now on; open sessions keep theirs.
-    pub fn set_crypto(&mut self, crypto: Arc<PacketCrypto>) -> Result<(), ConfigError> {
+    pub fn set_crypto(&mut self, crypto: Arc<PacketCrypto>) -> Result<(), SettingsError> {
         self.listener.set_crypto(crypto)
     }
 
@@ -211,17 +211,17 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
         self.listener.set_accepting(accepting && self.role == Role::Server);
     }
 
-    /// See [`Listener::set_reset_refused`].
+    /// See `Listener::set_reset_refused`.
     pub fn set_reset_refused(&mut self, reset: bool) {
         self.listener.set_reset_refused(reset);
     }
 
-    /// See [`Listener::set_admission`].
+    /// See `Listener::set_admission`.
     pub fn set_admission(&mut self, admission: Box<dyn Admission>) {
         self.listener.set_admission(admission);
     }
 
-    /// See [`Listener::set_source_key`].
+    /// See `Listener::set_source_key`.
     pub fn set_source_key(&mut self, source_of: fn(&A) -> u64) {
         self.listener.set_source_key(source_of);
     }
@@ -427,7 +427,7 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
             Role::Server => totals.passive_opens = self.opened,
             Role::Client => totals.active_opens = self.opened,
         }
-        totals.in_errs += self.listener.stats.not_accepting;
+        totals.in_errs += self.listener.stats[DropReason::NotAccepting];
         totals.curr_estab = self.listener.len() as u64;
         totals.max_conn = self.most_open;
         totals

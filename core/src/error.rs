@@ -4,7 +4,7 @@
 /// Why a configuration cannot be used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum ConfigError {
+pub enum SettingsError {
     /// A number outside its setting's range ([`crate::settings::NUMBERS`]).
     OutOfRange {
         /// The setting, as kcptun names it.
@@ -49,35 +49,35 @@ pub enum ConfigError {
     QppWrapsToZero(i64),
 }
 
-impl core::fmt::Display for ConfigError {
+impl core::fmt::Display for SettingsError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            ConfigError::OutOfRange { setting, value, min, max, unit } => {
+            SettingsError::OutOfRange { setting, value, min, max, unit } => {
                 let unit = if unit.is_empty() { String::new() } else { format!(" {unit}") };
                 write!(f, "{setting} must be between {min} and {max}{unit} (got {value})")
             }
-            ConfigError::UnknownSetting => f.write_str("no such setting"),
-            ConfigError::TooManyShards { data, parity } => {
+            SettingsError::UnknownSetting => f.write_str("no such setting"),
+            SettingsError::TooManyShards { data, parity } => {
                 write!(f, "datashard and parityshard must add up to at most 255 (got {data}/{parity})")
             }
-            ConfigError::MtuTooSmall { mtu, smallest } => write!(
+            SettingsError::MtuTooSmall { mtu, smallest } => write!(
                 f,
                 "MTU {mtu} is too small: the crypto and FEC headers and a KCP segment need at least {smallest}"
             ),
-            ConfigError::KeepAliveTimeoutBelowInterval => {
+            SettingsError::KeepAliveTimeoutBelowInterval => {
                 f.write_str("smux keep-alive timeout must not be shorter than the keep-alive interval")
             }
-            ConfigError::MaxFrameSize(n) => write!(f, "smux frame size {n} is outside 1..=65535"),
-            ConfigError::MaxReceiveBuffer(n) => write!(f, "smux receive buffer {n} is outside 1..=2147483647"),
-            ConfigError::MaxStreamBuffer(n) => {
+            SettingsError::MaxFrameSize(n) => write!(f, "smux frame size {n} is outside 1..=65535"),
+            SettingsError::MaxReceiveBuffer(n) => write!(f, "smux receive buffer {n} is outside 1..=2147483647"),
+            SettingsError::MaxStreamBuffer(n) => {
                 write!(f, "smux stream buffer {n} must be positive and no larger than the session buffer")
             }
-            ConfigError::QppNoPads(n) => write!(f, "-QPPCount must be greater than 0 when -QPP is on (got {n})"),
-            ConfigError::QppWrapsToZero(n) => {
+            SettingsError::QppNoPads(n) => write!(f, "-QPPCount must be greater than 0 when -QPP is on (got {n})"),
+            SettingsError::QppWrapsToZero(n) => {
                 write!(f, "-QPPCount {n} is taken modulo 65536 and would give 0 pads; pick a smaller prime such as 61")
             }
         }
     }
 }
 
-impl std::error::Error for ConfigError {}
+impl std::error::Error for SettingsError {}

@@ -16,7 +16,7 @@ use foldhash::{HashMap, HashMapExt};
 
 use crate::admission::{Admission, OpeningGate, OpeningLimits, Refusal};
 use crate::crypto::{NonceSource, OpenError, PacketCrypto};
-use crate::error::ConfigError;
+use crate::error::SettingsError;
 use crate::pipeline::{Connection, SessionConfig};
 use crate::replay;
 use crate::snmp::Snmp;
@@ -65,7 +65,7 @@ pub enum DropReason {
     SourceLimit,
     /// A new session while all sources together are over the rate.
     OpeningLimit,
-    /// From a session the application closed ([`Listener::close`]), still carrying
+    /// From a session the application closed (`Listener::close`), still carrying
     /// its old conversation id: the peer has not noticed yet, and its datagrams must
     /// not bring the session back.
     Closed,
@@ -74,27 +74,72 @@ pub enum DropReason {
     NotAccepting,
 }
 
+impl DropReason {
+    /// Every reason, in the order of [`ListenerStats::drops`].
+    pub const ALL: [DropReason; 13] = [
+        DropReason::TooShort,
+        DropReason::Checksum,
+        DropReason::Runt,
+        DropReason::NoConv,
+        DropReason::Malformed,
+        DropReason::ConvMismatch,
+        DropReason::BacklogFull,
+        DropReason::Replayed,
+        DropReason::MidSession,
+        DropReason::SourceLimit,
+        DropReason::OpeningLimit,
+        DropReason::Closed,
+        DropReason::NotAccepting,
+    ];
+
+    /// Its name in counters (`snake_case`), as the admin API and `/metrics` show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::TooShort => "too_short",
+            DropReason::Checksum => "checksum",
+            DropReason::Runt => "runt",
+            DropReason::NoConv => "no_conv",
+            DropReason::Malformed => "malformed",
+            DropReason::ConvMismatch => "conv_mismatch",
+            DropReason::BacklogFull => "backlog_full",
+            DropReason::Replayed => "replayed",
+            DropReason::MidSession => "mid_session",
+            DropReason::SourceLimit => "source_limit",
+            DropReason::OpeningLimit => "opening_limit",
+            DropReason::Closed => "closed",
+            DropReason::NotAccepting => "not_accepting",
+        }
+    }
+}
+
+/// What a datagram dropped for this reason was, in a sentence for operators.
 impl core::fmt::Display for DropReason {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(match self {
-            DropReason::TooShort => "shorter than the crypto header",
-            DropReason::Checksum => "failed the checksum or authentication (check -key and -crypt)",
-            DropReason::Runt => "too short for KCP after the crypto header",
-            DropReason::NoConv => "from an unknown address and carrying no conversation",
-            DropReason::Malformed => "longer than any MTU, or a header no honest peer sends",
-            DropReason::ConvMismatch => "another conversation than the address's session",
-            DropReason::BacklogFull => "the accept backlog is full",
-            DropReason::Replayed => "a copy of a recent datagram (replayed or duplicated)",
-            DropReason::MidSession => "from an unknown address and not a session's first datagram",
-            DropReason::SourceLimit => "a new session over the source's rate",
-            DropReason::OpeningLimit => "a new session over the listener's rate",
-            DropReason::Closed => "for a conversation closed a short while ago",
-            DropReason::NotAccepting => "a new peer while no sessions are accepted",
+            DropReason::TooShort => "Shorter than the crypto header.",
+            DropReason::Checksum => "Failed the checksum or authentication: a wrong key, forged or corrupt.",
+            DropReason::Runt => "Too short for KCP after the crypto header.",
+            DropReason::NoConv => "From an unknown address, with no conversation (FEC parity alone).",
+            DropReason::Malformed => {
+                "Longer than any MTU (1,500 bytes), or a header no honest peer sends in a datagram that would \
+                 open a session."
+            }
+            DropReason::ConvMismatch => "Another conversation than the address's session, not a first segment.",
+            DropReason::BacklogFull => "A new peer while the accept backlog was full.",
+            DropReason::Replayed => "A copy of a datagram seen recently (replayed or duplicated).",
+            DropReason::MidSession => {
+                "From an unknown address and not a session's first datagram (a client of a session this side \
+                 no longer has, or a copy sent from elsewhere)."
+            }
+            DropReason::SourceLimit => "A new session over its source's rate (`open_rate_per_source`).",
+            DropReason::OpeningLimit => "A new session while all sources together were over the rate (`open_rate`).",
+            DropReason::Closed => "For a session closed (kicked) a short while ago.",
+            DropReason::NotAccepting => "A new peer while no sessions were accepted (draining, or at `max_sessions`).",
         })
     }
 }
 
-/// What [`Listener::handle_datagram`] did with a datagram.
+/// What `Listener::handle_datagram` did with a datagram.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Given to the session of that address.
@@ -111,124 +156,53 @@ pub enum Outcome {
     Dropped(DropReason),
 }
 
-/// Counters of datagrams the listener dropped before session lookup.
+/// Counters of datagrams the listener dropped before session lookup, and of the
+/// sessions it made.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ListenerStats {
-    /// [`DropReason::TooShort`].
-    pub too_short: u64,
-    /// [`DropReason::Checksum`].
-    pub checksum: u64,
-    /// [`DropReason::Runt`].
-    pub runt: u64,
-    /// [`DropReason::NoConv`].
-    pub no_conv: u64,
-    /// [`DropReason::Malformed`].
-    pub malformed: u64,
-    /// [`DropReason::ConvMismatch`].
-    pub conv_mismatch: u64,
-    /// [`DropReason::BacklogFull`].
-    pub backlog_full: u64,
-    /// [`DropReason::Replayed`].
-    pub replayed: u64,
-    /// [`DropReason::MidSession`].
-    pub mid_session: u64,
-    /// [`DropReason::SourceLimit`].
-    pub source_limit: u64,
-    /// [`DropReason::OpeningLimit`].
-    pub opening_limit: u64,
-    /// [`DropReason::Closed`].
-    pub closed: u64,
-    /// [`DropReason::NotAccepting`].
-    pub not_accepting: u64,
+    /// By [`DropReason`], in [`DropReason::ALL`] order.
+    drops: [u64; DropReason::ALL.len()],
     /// Sessions created.
     pub created: u64,
     /// Sessions replaced by a restarted peer.
     pub replaced: u64,
     /// Resets sent: to a peer of a session this side does not have (see
-    /// [`crate::kcp::CMD_RESET`]).
+    /// `kcp::CMD_RESET`).
     pub resets: u64,
 }
 
 impl ListenerStats {
     fn count(&mut self, drop: DropReason) {
-        *match drop {
-            DropReason::TooShort => &mut self.too_short,
-            DropReason::Checksum => &mut self.checksum,
-            DropReason::Runt => &mut self.runt,
-            DropReason::NoConv => &mut self.no_conv,
-            DropReason::Malformed => &mut self.malformed,
-            DropReason::ConvMismatch => &mut self.conv_mismatch,
-            DropReason::BacklogFull => &mut self.backlog_full,
-            DropReason::Replayed => &mut self.replayed,
-            DropReason::MidSession => &mut self.mid_session,
-            DropReason::SourceLimit => &mut self.source_limit,
-            DropReason::OpeningLimit => &mut self.opening_limit,
-            DropReason::Closed => &mut self.closed,
-            DropReason::NotAccepting => &mut self.not_accepting,
-        } += 1;
+        self.drops[drop as usize] += 1;
     }
 
-    /// Each reason's count, by name (the field's), in declaration order; sessions
-    /// created and replaced are not drops and are left out.
-    pub fn drops(&self) -> [(&'static str, u64); 13] {
-        [
-            ("too_short", self.too_short),
-            ("checksum", self.checksum),
-            ("runt", self.runt),
-            ("no_conv", self.no_conv),
-            ("malformed", self.malformed),
-            ("conv_mismatch", self.conv_mismatch),
-            ("backlog_full", self.backlog_full),
-            ("replayed", self.replayed),
-            ("mid_session", self.mid_session),
-            ("source_limit", self.source_limit),
-            ("opening_limit", self.opening_limit),
-            ("closed", self.closed),
-            ("not_accepting", self.not_accepting),
-        ]
+    /// Each reason's count, in [`DropReason::ALL`] order.
+    pub fn drops(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL.into_iter().map(|r| (r, self.drops[r as usize]))
     }
 
     /// Adds `other`'s counts to these.
     pub fn accumulate(&mut self, other: &ListenerStats) {
-        let ListenerStats {
-            too_short,
-            checksum,
-            runt,
-            no_conv,
-            malformed,
-            conv_mismatch,
-            backlog_full,
-            replayed,
-            mid_session,
-            source_limit,
-            opening_limit,
-            closed,
-            not_accepting,
-            created,
-            replaced,
-            resets,
-        } = other;
-        self.too_short += too_short;
-        self.checksum += checksum;
-        self.runt += runt;
-        self.no_conv += no_conv;
-        self.malformed += malformed;
-        self.conv_mismatch += conv_mismatch;
-        self.backlog_full += backlog_full;
-        self.replayed += replayed;
-        self.mid_session += mid_session;
-        self.source_limit += source_limit;
-        self.opening_limit += opening_limit;
-        self.closed += closed;
-        self.not_accepting += not_accepting;
-        self.created += created;
-        self.replaced += replaced;
-        self.resets += resets;
+        for (mine, theirs) in self.drops.iter_mut().zip(other.drops) {
+            *mine += theirs;
+        }
+        self.created += other.created;
+        self.replaced += other.replaced;
+        self.resets += other.resets;
     }
 
     /// Datagrams dropped, all reasons.
     pub fn dropped(&self) -> u64 {
-        self.drops().iter().map(|(_, n)| n).sum()
+        self.drops.iter().sum()
+    }
+}
+
+/// A reason's count: `stats[DropReason::Checksum]`.
+impl std::ops::Index<DropReason> for ListenerStats {
+    type Output = u64;
+
+    fn index(&self, reason: DropReason) -> &u64 {
+        &self.drops[reason as usize]
     }
 }
 
@@ -316,7 +290,7 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         config: SessionConfig,
         crypto: Arc<PacketCrypto>,
         seed: [u8; 32],
-    ) -> Result<Listener<A, S>, ConfigError> {
+    ) -> Result<Listener<A, S>, SettingsError> {
         config.kcp_config(&crypto)?;
         let gate_seed = u64::from_le_bytes(seed[..8].try_into().expect("8 of 32 bytes")) ^ 0x6b63_7067_6174_6521;
         Ok(Listener {
@@ -362,7 +336,7 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
     /// sessions keep theirs, and their datagrams are still opened with it.
     /// Refused, changing nothing, when the session settings do not fit it (an
     /// MTU too small for its header).
-    pub fn set_crypto(&mut self, crypto: Arc<PacketCrypto>) -> Result<(), ConfigError> {
+    pub fn set_crypto(&mut self, crypto: Arc<PacketCrypto>) -> Result<(), SettingsError> {
         self.config.kcp_config(&crypto)?;
         // A retune hands over the crypto in use again: nothing to look at then.
         if !Arc::ptr_eq(&crypto, &self.crypto) {
@@ -651,10 +625,35 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
 
     /// Listener drops plus every session's counters, summed.
     pub fn snmp(&self) -> Snmp {
-        let mut total = Snmp { in_csum_errors: self.stats.checksum, ..Snmp::default() };
+        let mut total = Snmp { in_csum_errors: self.stats[DropReason::Checksum], ..Snmp::default() };
         for s in self.sessions.values() {
             total.accumulate(&s.snmp());
         }
         total
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_drop_reason_is_counted_in_its_own_place_under_its_own_name() {
+        let mut stats = ListenerStats::default();
+        for (i, reason) in DropReason::ALL.into_iter().enumerate() {
+            for _ in 0..=i {
+                stats.count(reason);
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, (reason, n)) in stats.drops().enumerate() {
+            assert_eq!((reason, n, stats[reason]), (DropReason::ALL[i], i as u64 + 1, i as u64 + 1));
+            assert!(names.insert(reason.name()), "{} named twice", reason.name());
+            assert!(reason.name().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+        }
+        assert_eq!(stats.dropped(), (1..=13).sum::<u64>());
+        let mut twice = stats;
+        twice.accumulate(&stats);
+        assert_eq!(twice[DropReason::NotAccepting], 26);
     }
 }

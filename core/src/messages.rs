@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 
 use crate::pipeline::Connection;
-use crate::smux::{Event, Read, Role, SmuxError, StreamError};
+use crate::smux::{MuxEvent, Read, Role, SmuxError, StreamError};
 use crate::stack::StackError;
 
 /// The id of the one stream.
@@ -43,7 +43,7 @@ pub struct MessageLink {
     role: Role,
     stream: StreamState,
     to_accept: bool,
-    events: VecDeque<Event>,
+    events: VecDeque<MuxEvent>,
     /// Received messages, framed, not yet read.
     inbox: Vec<u8>,
     inbox_at: usize,
@@ -108,7 +108,7 @@ impl MessageLink {
             }
         }
         if arrived {
-            self.events.push_back(Event::Readable(STREAM_ID));
+            self.events.push_back(MuxEvent::Readable(STREAM_ID));
         }
         Ok(())
     }
@@ -130,7 +130,7 @@ impl MessageLink {
         self.outbox.drain(..at);
         if self.write_refused && self.outbox.len() < WRITE_BUDGET {
             self.write_refused = false;
-            self.events.push_back(Event::Writable(STREAM_ID));
+            self.events.push_back(MuxEvent::Writable(STREAM_ID));
         }
         Ok(())
     }
@@ -151,7 +151,7 @@ impl MessageLink {
     }
 
     /// The next stream event.
-    pub fn poll_event(&mut self) -> Option<Event> {
+    pub fn poll_event(&mut self) -> Option<MuxEvent> {
         self.events.pop_front()
     }
 

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use crate::crypto::{NonceSource, OpenError, PacketCrypto};
-use crate::error::ConfigError;
+use crate::error::SettingsError;
 use crate::fec::{self, FecDecoder, FecEncoder, Shards};
 use crate::kcp::{self, Kcp, HEADER_LEN as KCP_HEADER_LEN};
 use crate::pacer::TokenBucket;
@@ -59,12 +59,12 @@ pub fn min_mtu(method: crate::crypto::Method, fec: bool) -> usize {
 
 impl SessionConfig {
     /// The KCP configuration for this session over `crypto`.
-    pub fn kcp_config(&self, crypto: &PacketCrypto) -> Result<kcp::Config, ConfigError> {
+    pub fn kcp_config(&self, crypto: &PacketCrypto) -> Result<kcp::Config, SettingsError> {
         let room = crypto.header_len() + if self.fec.is_some() { fec::DATA_HEADER_LEN } else { 0 };
         let tail = crypto.tail_len();
         let mtu = self.mtu.min(MTU_LIMIT);
         if mtu <= room + tail + KCP_HEADER_LEN {
-            return Err(ConfigError::MtuTooSmall { mtu, smallest: room + tail + KCP_HEADER_LEN + 1 });
+            return Err(SettingsError::MtuTooSmall { mtu, smallest: room + tail + KCP_HEADER_LEN + 1 });
         }
         Ok(self.kcp.clone().fit_session_mtu(mtu, room, tail))
     }
@@ -117,7 +117,7 @@ impl Connection {
         cfg: &SessionConfig,
         crypto: Arc<PacketCrypto>,
         nonce_seed: [u8; 32],
-    ) -> Result<Connection, ConfigError> {
+    ) -> Result<Connection, SettingsError> {
         let kcp_cfg = cfg.kcp_config(&crypto)?;
         let stride = kcp_cfg.header_room + kcp_cfg.mtu + kcp_cfg.tail_room;
         Ok(Connection {

@@ -252,12 +252,12 @@ pub fn check_parameters(
     key: &[u8],
     count: i64,
     generation: PadGeneration,
-) -> Result<(u16, Vec<QppWarning>), crate::error::ConfigError> {
+) -> Result<(u16, Vec<QppWarning>), crate::error::SettingsError> {
     if count <= 0 {
-        return Err(crate::error::ConfigError::QppNoPads(count));
+        return Err(crate::error::SettingsError::QppNoPads(count));
     }
     if count as u16 == 0 {
-        return Err(crate::error::ConfigError::QppWrapsToZero(count));
+        return Err(crate::error::SettingsError::QppWrapsToZero(count));
     }
     let mut warnings = Vec::new();
     let min_seed = match generation {

@@ -66,7 +66,7 @@ pub enum SessionEnd {
     Replaced,
     /// Plain KCP: the one stream ended (its application or backend closed it).
     StreamEnded,
-    /// The peer has no such session: it restarted, or closed it ([`crate::kcp::CMD_RESET`]).
+    /// The peer has no such session: it restarted, or closed it (`kcp::CMD_RESET`).
     Reset,
 }
 
@@ -86,7 +86,7 @@ impl std::error::Error for SessionEnd {}
 
 /// One stream as the admin API shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct StreamInfo {
+pub struct StreamSnapshot {
     /// The smux stream id.
     pub id: u32,
     /// When it opened (the caller's clock, ms).
@@ -97,6 +97,29 @@ pub struct StreamInfo {
     pub bytes_written: u64,
 }
 
+/// A snapshot of one session ([`Session::stats`]).
+#[derive(Debug, Clone)]
+pub struct SessionSnapshot {
+    /// The conversation id.
+    pub conv: u32,
+    /// What carries the application's bytes.
+    pub framing: Framing,
+    /// The smux version in use, once known (`None` for plain KCP).
+    pub smux_version: Option<u8>,
+    /// The packet crypto's cipher.
+    pub cipher: crate::crypto::Method,
+    /// The largest datagram the session sends, headers included (bytes).
+    pub datagram_size: u32,
+    /// When the session started (the caller's clock, ms).
+    pub opened_at: u32,
+    /// When the peer was last heard from (the caller's clock, ms).
+    pub heard_at: u32,
+    /// The ARQ state.
+    pub kcp: crate::kcp::KcpState,
+    /// The session's counters in kcp-go's SNMP terms.
+    pub traffic: Snmp,
+}
+
 #[derive(Debug)]
 struct StreamState {
     /// Our direction ended: FIN queued after the data.
@@ -105,7 +128,7 @@ struct StreamState {
     eof: bool,
     /// When a half-open stream is closed fully.
     close_by: Option<u32>,
-    info: StreamInfo,
+    info: StreamSnapshot,
 }
 
 /// Settings of the layers above the datagram pipeline, and of the stream lifecycle.
@@ -122,10 +145,10 @@ pub struct StreamConfig {
 /// What carries the application's bytes over KCP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Framing {
-    /// kcptun's stream layers ([`StreamConfig::stack`]): many streams.
+    /// kcptun's stream layers (`StreamConfig::stack`): many streams.
     #[default]
     Streams,
-    /// Plain KCP in message mode ([`crate::messages`]): one stream of
+    /// Plain KCP in message mode (`messages`): one stream of
     /// length-prefixed messages. The session puts KCP in message mode.
     Messages,
 }
@@ -233,21 +256,29 @@ impl Session {
         self.conn.conv()
     }
 
-    /// The datagram pipeline, for inspection and run-time tuning.
-    pub fn connection(&self) -> &Connection {
-        &self.conn
+    /// The crypto this session's datagrams use (it keeps it through a key change).
+    pub(crate) fn crypto(&self) -> &std::sync::Arc<crate::crypto::PacketCrypto> {
+        self.conn.crypto()
     }
 
-    /// The datagram pipeline, to change (run-time tuning).
-    pub fn connection_mut(&mut self) -> &mut Connection {
-        &mut self.conn
-    }
-
-    /// kcptun's stream layers, for inspection; `None` for plain KCP.
-    pub fn stack(&self) -> Option<&StreamStack> {
-        match &self.stack {
-            Layers::Streams(s) => Some(s),
-            Layers::Messages(_) => None,
+    /// A snapshot of the session for views and metrics: its ARQ state, its
+    /// counters and what it is made of.
+    pub fn stats(&self) -> SessionSnapshot {
+        let kcp = self.conn.kcp();
+        let c = kcp.config();
+        SessionSnapshot {
+            conv: self.conn.conv(),
+            framing: self.framing(),
+            smux_version: match &self.stack {
+                Layers::Streams(s) => s.mux().version(),
+                Layers::Messages(_) => None,
+            },
+            cipher: self.conn.crypto().method(),
+            datagram_size: (c.mtu + c.header_room + c.tail_room) as u32,
+            opened_at: self.opened_at,
+            heard_at: self.heard_at,
+            kcp: kcp.state(),
+            traffic: self.conn.snmp(),
         }
     }
 
@@ -281,7 +312,7 @@ impl Session {
     }
 
     /// Every open stream, in no particular order.
-    pub fn streams(&self) -> impl Iterator<Item = StreamInfo> + '_ {
+    pub fn streams(&self) -> impl Iterator<Item = StreamSnapshot> + '_ {
         self.streams.values().map(|s| s.info)
     }
 
@@ -293,7 +324,7 @@ impl Session {
         Ok(())
     }
 
-    /// See [`Connection::first_sight`].
+    /// See `Connection::first_sight`.
     pub fn first_sight(&mut self, fingerprint: u64) -> bool {
         self.conn.first_sight(fingerprint)
     }
@@ -361,8 +392,8 @@ impl Session {
         }
         while let Some(e) = layers!(&mut self.stack, l => l.poll_event()) {
             let (sid, event) = match e {
-                smux::Event::Readable(sid) => (sid, StreamEvent::Readable(sid)),
-                smux::Event::Writable(sid) => (sid, StreamEvent::Writable(sid)),
+                smux::MuxEvent::Readable(sid) => (sid, StreamEvent::Readable(sid)),
+                smux::MuxEvent::Writable(sid) => (sid, StreamEvent::Writable(sid)),
             };
             if self.streams.contains_key(&sid) {
                 self.events.push_back(event);
@@ -540,7 +571,25 @@ impl StreamState {
             finished: false,
             eof: false,
             close_by: None,
-            info: StreamInfo { id, opened_at: now, bytes_read: 0, bytes_written: 0 },
+            info: StreamSnapshot { id, opened_at: now, bytes_read: 0, bytes_written: 0 },
+        }
+    }
+}
+
+/// The layers below the facade, for benchmarks, fuzz targets and tests that forge
+/// or inspect datagrams.
+#[cfg(feature = "layers")]
+impl Session {
+    /// The datagram pipeline.
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// kcptun's stream layers; `None` for plain KCP.
+    pub fn stack(&self) -> Option<&StreamStack> {
+        match &self.stack {
+            Layers::Streams(s) => Some(s),
+            Layers::Messages(_) => None,
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use crate::crypto::Method;
 use crate::endpoint::EndpointConfig;
-use crate::error::ConfigError;
+use crate::error::SettingsError;
 use crate::fec::Shards;
 use crate::kcp::{self, Mode};
 use crate::pipeline::SessionConfig;
@@ -43,11 +43,11 @@ impl Number {
     }
 
     /// `value` when the setting allows it; else why not.
-    pub fn check(&self, value: i64) -> Result<i64, ConfigError> {
+    pub fn check(&self, value: i64) -> Result<i64, SettingsError> {
         if (self.min..=self.max).contains(&value) {
             Ok(value)
         } else {
-            Err(ConfigError::OutOfRange { setting: self.name, value, min: self.min, max: self.max, unit: self.unit })
+            Err(SettingsError::OutOfRange { setting: self.name, value, min: self.min, max: self.max, unit: self.unit })
         }
     }
 }
@@ -91,7 +91,7 @@ macro_rules! numbers {
             }
 
             /// Sets `name` to `value` when its range allows it. `Ok(false)`: no such setting.
-            fn set(&mut self, name: &str, value: i64) -> Result<bool, ConfigError> {
+            fn set(&mut self, name: &str, value: i64) -> Result<bool, SettingsError> {
                 match name {
                     $($name => {
                         let checked = number($name).expect("in the table").check(value)?;
@@ -108,7 +108,7 @@ macro_rules! numbers {
 
 numbers! {
     /// Largest UDP payload, headers included; the crypt and FEC set a floor
-    /// ([`crate::pipeline::min_mtu`]).
+    /// (`pipeline::min_mtu`).
     mtu: u16 = "mtu", 1, 1500, "bytes", 1350, 1350;
     /// KCP send window.
     sndwnd: u32 = "sndwnd", 1, 65535, "segments", 1024, 128;
@@ -188,10 +188,10 @@ impl SessionSettings {
     }
 
     /// Sets the number `name` (as [`NUMBERS`] names it) when its range allows.
-    pub fn set_number(&mut self, name: &str, value: i64) -> Result<(), ConfigError> {
+    pub fn set_number(&mut self, name: &str, value: i64) -> Result<(), SettingsError> {
         match self.numbers.set(name, value)? {
             true => Ok(()),
-            false => Err(ConfigError::UnknownSetting),
+            false => Err(SettingsError::UnknownSetting),
         }
     }
 
@@ -210,20 +210,32 @@ impl SessionSettings {
     /// The settings that depend on each other: the MTU leaves room for the crypt's
     /// and FEC's headers, the shards fit a group of 255, smux's buffers agree, and
     /// QPP's count does not wrap to 0.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub fn validate(&self) -> Result<(), SettingsError> {
         let n = &self.numbers;
         let smallest = crate::pipeline::min_mtu(self.crypt, self.fec());
         if usize::from(n.mtu) < smallest {
-            return Err(ConfigError::MtuTooSmall { mtu: usize::from(n.mtu), smallest });
+            return Err(SettingsError::MtuTooSmall { mtu: usize::from(n.mtu), smallest });
         }
         if u16::from(n.datashard) + u16::from(n.parityshard) > 255 {
-            return Err(ConfigError::TooManyShards { data: n.datashard, parity: n.parityshard });
+            return Err(SettingsError::TooManyShards { data: n.datashard, parity: n.parityshard });
         }
         self.smux_config().validate()?;
         if self.qpp {
             qpp::check_parameters(&[], i64::from(n.qpp_count), PadGeneration::Current)?;
         }
         Ok(())
+    }
+
+    /// What kcptun warns of for these QPP settings with `key` (a short key, few
+    /// pads, an even count); none without QPP or with settings [`Self::validate`]
+    /// refuses.
+    pub fn qpp_warnings(&self, key: &str) -> Vec<qpp::QppWarning> {
+        if !self.qpp {
+            return Vec::new();
+        }
+        qpp::check_parameters(key.as_bytes(), i64::from(self.numbers.qpp_count), PadGeneration::Current)
+            .map(|(_, warnings)| warnings)
+            .unwrap_or_default()
     }
 
     /// The smux settings.
@@ -271,7 +283,7 @@ impl SessionSettings {
     /// The endpoint configuration these settings give, QPP's pads made from `key`:
     /// the one place an [`EndpointConfig`] is made. Refused as [`Self::validate`]
     /// refuses.
-    pub fn endpoint_config(&self, key: &str) -> Result<EndpointConfig, ConfigError> {
+    pub fn endpoint_config(&self, key: &str) -> Result<EndpointConfig, SettingsError> {
         self.validate()?;
         let qpp = self.qpp.then(|| {
             // kcptun uses the count modulo 65536; `validate` refused counts that give 0.
@@ -318,7 +330,7 @@ mod tests {
             "interval must be between 10 and 5000 ms (got 5001)"
         );
         assert_eq!(s.set_number("nodelay", 2).unwrap_err().to_string(), "nodelay must be between 0 and 1 (got 2)");
-        assert_eq!(s.set_number("window", 1), Err(ConfigError::UnknownSetting));
+        assert_eq!(s.set_number("window", 1), Err(SettingsError::UnknownSetting));
         assert_eq!(s, SessionSettings::kcptun(Role::Client), "a refused value changes nothing");
     }
 
@@ -339,18 +351,18 @@ mod tests {
     fn settings_that_depend_on_each_other_are_checked_together() {
         let mut s = SessionSettings::kcptun(Role::Server);
         s.set_number("mtu", 40).unwrap();
-        assert!(matches!(s.endpoint_config("k"), Err(ConfigError::MtuTooSmall { mtu: 40, .. })));
+        assert!(matches!(s.endpoint_config("k"), Err(SettingsError::MtuTooSmall { mtu: 40, .. })));
         s.crypt = Method::Null;
         s.set_number("datashard", 0).unwrap();
         assert!(s.endpoint_config("k").is_ok(), "no crypto header and no FEC leave room");
         let mut shards = SessionSettings::kcptun(Role::Server);
         shards.set_number("datashard", 200).unwrap();
         shards.set_number("parityshard", 100).unwrap();
-        assert_eq!(shards.validate(), Err(ConfigError::TooManyShards { data: 200, parity: 100 }));
+        assert_eq!(shards.validate(), Err(SettingsError::TooManyShards { data: 200, parity: 100 }));
         let mut qpp = SessionSettings::kcptun(Role::Client);
         qpp.qpp = true;
         qpp.set_number("QPPCount", 65536).unwrap();
-        assert_eq!(qpp.validate(), Err(ConfigError::QppWrapsToZero(65536)));
+        assert_eq!(qpp.validate(), Err(SettingsError::QppWrapsToZero(65536)));
         let mut manual = SessionSettings::kcptun(Role::Client);
         manual.mode = None;
         manual.set_number("interval", 25).unwrap();

@@ -77,31 +77,43 @@ impl Config {
     }
 
     /// smux's own validation (kcptun refuses to start on failure).
-    pub fn validate(&self) -> Result<(), crate::error::ConfigError> {
-        use crate::error::ConfigError;
+    pub fn validate(&self) -> Result<(), crate::error::SettingsError> {
+        use crate::error::SettingsError;
         if self.keepalive_interval_ms > 0 && self.keepalive_timeout_ms < self.keepalive_interval_ms {
-            return Err(ConfigError::KeepAliveTimeoutBelowInterval);
+            return Err(SettingsError::KeepAliveTimeoutBelowInterval);
         }
         if !(1..=65535).contains(&self.max_frame_size) {
-            return Err(ConfigError::MaxFrameSize(self.max_frame_size));
+            return Err(SettingsError::MaxFrameSize(self.max_frame_size));
         }
         if !(1..=i32::MAX as usize).contains(&self.max_receive_buffer) {
-            return Err(ConfigError::MaxReceiveBuffer(self.max_receive_buffer));
+            return Err(SettingsError::MaxReceiveBuffer(self.max_receive_buffer));
         }
         if self.max_stream_buffer == 0 || self.max_stream_buffer > self.max_receive_buffer {
-            return Err(ConfigError::MaxStreamBuffer(self.max_stream_buffer));
+            return Err(SettingsError::MaxStreamBuffer(self.max_stream_buffer));
         }
         Ok(())
     }
 }
 
+/// Which side of the tunnel: of the session, of its smux layer, and of the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-/// Which side of the session.
 pub enum Role {
-    /// Opens streams with odd ids.
+    /// Dials the server and opens streams (odd ids); `kcpgate client` carries TCP
+    /// connections to a server this way.
     Client,
-    /// Accepts streams; opens even ids.
+    /// Accepts sessions and streams (and opens even ids); `kcpgate server` dials the
+    /// target once per stream.
     Server,
+}
+
+impl Role {
+    /// The side's name, as the subcommand and the logs spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Server => "server",
+            Role::Client => "client",
+        }
+    }
 }
 
 /// Why a session ended. Protocol errors come from the peer's frames.
@@ -176,7 +188,7 @@ impl core::fmt::Display for StreamError {
 
 impl std::error::Error for StreamError {}
 
-/// Result of [`Mux::stream_read`].
+/// Result of `Mux::stream_read`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Read {
     /// This many bytes were read.
@@ -189,7 +201,7 @@ pub enum Read {
 
 /// Something the application may want to act on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Event {
+pub enum MuxEvent {
     /// Data or end-of-stream can be read.
     Readable(u32),
     /// A write that was refused may now succeed.
@@ -241,7 +253,7 @@ pub struct Mux {
     rx: Rx,
     budget: i64,
     accept_queue: VecDeque<u32>,
-    events: VecDeque<Event>,
+    events: VecDeque<MuxEvent>,
     queues: HashMap<u32, SidQueue>,
     /// Sids with frames waiting, in turn order: one frame each per turn.
     ready: VecDeque<u32>,
@@ -351,17 +363,17 @@ impl Mux {
         e
     }
 
-    fn flag_readable(events: &mut VecDeque<Event>, sid: u32, s: &mut Stream) {
+    fn flag_readable(events: &mut VecDeque<MuxEvent>, sid: u32, s: &mut Stream) {
         if !s.readable_flagged {
             s.readable_flagged = true;
-            events.push_back(Event::Readable(sid));
+            events.push_back(MuxEvent::Readable(sid));
         }
     }
 
-    fn flag_writable(events: &mut VecDeque<Event>, sid: u32, s: &mut Stream) {
+    fn flag_writable(events: &mut VecDeque<MuxEvent>, sid: u32, s: &mut Stream) {
         if !s.writable_flagged {
             s.writable_flagged = true;
-            events.push_back(Event::Writable(sid));
+            events.push_back(MuxEvent::Writable(sid));
         }
     }
 
@@ -480,15 +492,15 @@ impl Mux {
     }
 
     /// The next event, if any. Each stream has at most one of each kind pending.
-    pub fn poll_event(&mut self) -> Option<Event> {
+    pub fn poll_event(&mut self) -> Option<MuxEvent> {
         let e = self.events.pop_front()?;
         match e {
-            Event::Readable(sid) => {
+            MuxEvent::Readable(sid) => {
                 if let Some(s) = self.streams.get_mut(&sid) {
                     s.readable_flagged = false;
                 }
             }
-            Event::Writable(sid) => {
+            MuxEvent::Writable(sid) => {
                 if let Some(s) = self.streams.get_mut(&sid) {
                     s.writable_flagged = false;
                 }
@@ -576,7 +588,7 @@ impl Mux {
     }
 
     /// Writes as much of `data` as flow control allows, as PSH frames of at most
-    /// `max_frame_size`; returns the bytes taken (0: wait for [`Event::Writable`]).
+    /// `max_frame_size`; returns the bytes taken (0: wait for [`MuxEvent::Writable`]).
     pub fn stream_write(&mut self, sid: u32, data: &[u8]) -> Result<usize, StreamError> {
         let n = self.stream_write_capacity(sid)?.min(data.len());
         for piece in data[..n].chunks(self.cfg.max_frame_size) {

@@ -13,7 +13,7 @@ use foldhash::{HashMap, HashMapExt};
 
 use crate::pipeline::Connection;
 use crate::qpp::{Qpp, QppPrng};
-use crate::smux::{self, Event, Mux, Read, Role, SmuxError, StreamError};
+use crate::smux::{self, MuxEvent, Mux, Read, Role, SmuxError, StreamError};
 use crate::snappy::{FrameDecoder, FrameEncoder, SnappyError};
 
 /// Bytes taken from KCP per step: small enough that what one read decodes to stays
@@ -242,7 +242,7 @@ impl StreamStack {
     }
 
     /// The next stream event.
-    pub fn poll_event(&mut self) -> Option<Event> {
+    pub fn poll_event(&mut self) -> Option<MuxEvent> {
         self.mux.poll_event()
     }
 

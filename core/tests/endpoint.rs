@@ -9,6 +9,7 @@ use kcpgate_core::endpoint::{Endpoint, Event, SessionId};
 use kcpgate_core::session::{SessionEnd, StreamEnd, StreamEvent};
 use kcpgate_core::smux::{self, Read, SmuxError};
 use kcpgate_core::stack::StackError;
+use kcpgate_core::DropReason;
 use support::netsim::LinkConfig;
 use support::pair::{App, Layers, Pair, PatternApp, Side};
 
@@ -303,7 +304,7 @@ fn a_kicked_session_ends_every_stream_and_its_peer_reads_the_end() {
         _ => None,
     });
     assert_eq!(client_end, Some(SessionEnd::Reset));
-    assert!(pair.server.listener_stats().closed > 0 && pair.server.listener_stats().resets > 0);
+    assert!(pair.server.listener_stats()[DropReason::Closed] > 0 && pair.server.listener_stats().resets > 0);
     pair.advance(&mut rec, 20_000);
     assert!(pair.server.is_empty(), "the kicked conversation stays out");
 }

@@ -361,15 +361,15 @@ fn a_million_bad_datagrams_mid_transfer_are_dropped_and_counted() {
         assert_eq!(ep.len(), 1, "{side:?}: forged traffic opened or replaced no session");
         assert_eq!(kcp_in_errors(ep), tally.refused, "{side:?}: every datagram refused as KCP is counted");
         let l = ep.listener_stats();
-        let dropped = l.too_short
-            + l.checksum
-            + l.runt
-            + l.no_conv
-            + l.malformed
-            + l.conv_mismatch
-            + l.backlog_full
-            + l.closed
-            + l.not_accepting;
+        let dropped = l[DropReason::TooShort]
+            + l[DropReason::Checksum]
+            + l[DropReason::Runt]
+            + l[DropReason::NoConv]
+            + l[DropReason::Malformed]
+            + l[DropReason::ConvMismatch]
+            + l[DropReason::BacklogFull]
+            + l[DropReason::Closed]
+            + l[DropReason::NotAccepting];
         assert_eq!(dropped, tally.dropped, "{side:?}: every datagram dropped before the session is counted: {l:?}");
         assert_eq!(stats.forged_una, tally.forged_una, "{side:?}: every forged una is counted");
         let window = layers.config(role).session.kcp.rcv_wnd as usize;

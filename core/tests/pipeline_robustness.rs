@@ -208,11 +208,14 @@ fn forged_datagrams_are_counted_and_never_disturb_a_live_session() {
     assert!(e.total > 50_000);
     assert_eq!(pair.server.len(), 1, "no session was created by forged traffic");
     assert_eq!(stats.created, 1);
-    assert_eq!(stats.too_short, e.too_short);
-    assert_eq!(stats.checksum, e.checksum);
-    assert_eq!(stats.malformed, e.malformed);
-    assert_eq!(stats.no_conv, e.no_conv);
-    assert_eq!(stats.conv_mismatch + stats.runt + stats.backlog_full + stats.replaced, 0);
+    assert_eq!(stats[DropReason::TooShort], e.too_short);
+    assert_eq!(stats[DropReason::Checksum], e.checksum);
+    assert_eq!(stats[DropReason::Malformed], e.malformed);
+    assert_eq!(stats[DropReason::NoConv], e.no_conv);
+    assert_eq!(
+        stats[DropReason::ConvMismatch] + stats[DropReason::Runt] + stats[DropReason::BacklogFull] + stats.replaced,
+        0
+    );
     let session = pair.server.sessions().next().expect("the session").2;
     assert_eq!(session.snmp().oob_packets, e.oob, "OOB datagrams are counted and dropped");
     let decoder = session.connection().fec_decoder().expect("a decoder");

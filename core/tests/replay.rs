@@ -70,7 +70,7 @@ fn a_copy_is_dropped_and_counted_from_the_same_address_and_from_another() {
     }
     assert_eq!(l.handle_datagram(200, &1, &mut second.clone()), Outcome::Dropped(DropReason::Replayed), "100 later");
     assert_eq!(l.handle_datagram(200, &3, &mut second.clone()), Outcome::Dropped(DropReason::MidSession), "elsewhere");
-    assert_eq!((l.stats.replayed, l.stats.mid_session, l.len()), (3, 1, 1));
+    assert_eq!((l.stats[DropReason::Replayed], l.stats[DropReason::MidSession], l.len()), (3, 1, 1));
     assert_eq!(l.session(&1).expect("open").replays(), 2, "the session counts its own");
     assert_eq!(l.session(&1).expect("open").snmp().in_pkts, 102, "only the originals reached it");
 
@@ -141,7 +141,7 @@ fn session_floods_are_refused_and_counted_per_source_and_in_all() {
     assert_eq!(from_one_host[3..], [Outcome::Dropped(DropReason::SourceLimit); 2]);
     let from_many: Vec<Outcome> = (2..20).map(|host| open(&mut l, 0, host * 1000)).collect();
     assert_eq!(from_many.iter().filter(|o| **o == Outcome::Created).count(), 7, "the global burst of 10 in all");
-    assert_eq!((l.stats.created, l.stats.source_limit, l.stats.opening_limit), (10, 2, 11));
+    assert_eq!((l.stats.created, l.stats[DropReason::SourceLimit], l.stats[DropReason::OpeningLimit]), (10, 2, 11));
     while l.accept().is_some() {}
     // Half a second refills one token for the host (2/s) and five in all (10/s).
     assert_eq!(open(&mut l, 500, 1005), Outcome::Created);
@@ -219,7 +219,7 @@ fn a_restarted_server_resets_its_old_clients_sessions() {
     assert_eq!(client.write(id, sid, b"are you there?").expect("written"), 14);
     client.handle_timeout(300);
     assert!(pump(300, &mut client, 1, &mut restarted) > 0);
-    assert_eq!((restarted.len(), restarted.listener_stats().mid_session), (0, 1));
+    assert_eq!((restarted.len(), restarted.listener_stats()[DropReason::MidSession]), (0, 1));
     assert_eq!(pump(300, &mut restarted, 2, &mut client), 1, "one reset");
     assert_eq!(restarted.listener_stats().resets, 1);
     let ended = std::iter::from_fn(|| client.poll_event()).find_map(|e| match e {

@@ -3,7 +3,7 @@
 
 mod support;
 
-use kcpgate_core::error::ConfigError;
+use kcpgate_core::error::SettingsError;
 use kcpgate_core::qpp::{check_parameters, seed_chunks, PadGeneration, Qpp, QppPrng, QppWarning};
 use kcpgate_core::smux::{
     Config, Mux, Read, Role, SmuxError, Version, CMD_FIN, CMD_NOP, CMD_PSH, CMD_SYN, CMD_UPD, INITIAL_PEER_WINDOW,
@@ -404,9 +404,9 @@ fn conformance_74_qpp_only_on_stream_payload_with_a_fresh_prng_per_stream() {
 
 #[test]
 fn conformance_75_qpp_count_checks() {
-    assert_eq!(check_parameters(b"k", 0, PadGeneration::Current), Err(ConfigError::QppNoPads(0)));
-    assert_eq!(check_parameters(b"k", -5, PadGeneration::Current), Err(ConfigError::QppNoPads(-5)));
-    assert_eq!(check_parameters(b"k", 65536, PadGeneration::Current), Err(ConfigError::QppWrapsToZero(65536)));
+    assert_eq!(check_parameters(b"k", 0, PadGeneration::Current), Err(SettingsError::QppNoPads(0)));
+    assert_eq!(check_parameters(b"k", -5, PadGeneration::Current), Err(SettingsError::QppNoPads(-5)));
+    assert_eq!(check_parameters(b"k", 65536, PadGeneration::Current), Err(SettingsError::QppWrapsToZero(65536)));
     let (n, w) = check_parameters(b"short", 4, PadGeneration::Current).unwrap();
     assert_eq!(n, 4);
     assert!(w.contains(&QppWarning::ShortKey { len: 5, recommended: 211 }));

@@ -149,8 +149,8 @@ async fn start_session(
     // seconds (the accept loop's slot expires) and is closed, streams and all, once
     // `scavengettl` more seconds have passed (kcptun's scavenger).
     let expire = plan.settings.autoexpire;
-    let close_at =
-        (expire > 0).then(|| Instant::now() + Duration::from_secs(expire.saturating_add(plan.settings.scavengettl)));
+    let close_at = (expire > 0)
+        .then(|| tokio::time::Instant::now() + Duration::from_secs(expire.saturating_add(plan.settings.scavengettl)));
     let socket = BatchSocket::new(socket, SESSION_RECV_SLOTS)?;
     let driver = Driver::client(socket, plan, ClientSession { remote, connections, close_at });
     Ok((tx, tokio::spawn(driver.run(drain))))

@@ -11,33 +11,11 @@ use std::path::PathBuf;
 
 use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, Command};
-use kcpgate_core::crypto::Method;
-use kcpgate_core::error::ConfigError as CoreConfigError;
-use kcpgate_core::kcp::Mode;
-use kcpgate_core::qpp::{self, PadGeneration};
-use kcpgate_core::settings::{self as core_settings, Number, SessionSettings};
-use kcpgate_core::smux;
+use kcpgate_core::settings as core_settings;
+pub use kcpgate_core::Role;
+use kcpgate_core::{Method, Mode, Number, SessionSettings, SettingsError};
 use serde::{Deserialize, Serialize, Serializer};
 use utoipa::ToSchema;
-
-/// Which side of the tunnel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// `kcpgate server`: accepts KCP sessions and dials the target per stream.
-    Server,
-    /// `kcpgate client`: accepts TCP connections and carries them to a server.
-    Client,
-}
-
-impl Role {
-    /// The subcommand's name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Server => "server",
-            Role::Client => "client",
-        }
-    }
-}
 
 /// Everything a kcptun server or client is configured with.
 #[derive(Debug, Clone, PartialEq)]
@@ -426,13 +404,6 @@ pub fn number_spec(name: &str) -> Option<&'static Number> {
 }
 
 /// The core's name for a role.
-fn role_of(role: Role) -> smux::Role {
-    match role {
-        Role::Server => smux::Role::Server,
-        Role::Client => smux::Role::Client,
-    }
-}
-
 /// The environment variable of a flag: `KCPGATE_` and its name in capitals
 /// (`-open-rate` is `KCPGATE_OPEN_RATE`); the key keeps kcptun's `KCPTUN_KEY`.
 pub fn env_var(flag: &str) -> String {
@@ -604,9 +575,7 @@ fn arg(f: &Flag, role: Role) -> Arg {
             }
         }
         Kind::Number => {
-            let d = number_spec(f.name)
-                .expect("every numeric flag is in a table (a test checks)")
-                .default_for(role_of(role));
+            let d = number_spec(f.name).expect("every numeric flag is in a table (a test checks)").default_for(role);
             a.value_name("N")
                 .value_parser(clap::value_parser!(i64))
                 .allow_negative_numbers(true)
@@ -764,7 +733,7 @@ impl Settings {
             Role::Server => (text("listen"), text("target")),
             Role::Client => (text("localaddr"), text("remoteaddr")),
         };
-        let mut session = SessionSettings::kcptun(role_of(role));
+        let mut session = SessionSettings::kcptun(role);
         session.acknodelay = flag("acknodelay");
         session.nocomp = flag("nocomp");
         session.qpp = flag("QPP");
@@ -1125,7 +1094,7 @@ impl Settings {
         let session = &self.session;
         match session.validate() {
             Ok(()) => {}
-            Err(CoreConfigError::MtuTooSmall { mtu, smallest }) => {
+            Err(SettingsError::MtuTooSmall { mtu, smallest }) => {
                 let fec = if session.fec() { "with FEC" } else { "without FEC" };
                 return err(format!(
                     "-mtu must be between {smallest} and 1500 with -crypt {} {fec} (got {mtu}): the crypto and FEC \
@@ -1133,16 +1102,11 @@ impl Settings {
                     session.crypt.name()
                 ));
             }
-            Err(e @ (CoreConfigError::QppNoPads(_) | CoreConfigError::QppWrapsToZero(_))) => return err(e.to_string()),
-            Err(e @ CoreConfigError::TooManyShards { .. }) => return err(format!("-{e}")),
+            Err(e @ (SettingsError::QppNoPads(_) | SettingsError::QppWrapsToZero(_))) => return err(e.to_string()),
+            Err(e @ SettingsError::TooManyShards { .. }) => return err(format!("-{e}")),
             Err(e) => return err(format!("smux settings: {e}")),
         }
-        if session.qpp {
-            let count = i64::from(session.numbers.qpp_count);
-            let (_, w) = qpp::check_parameters(self.key.as_bytes(), count, PadGeneration::Current)
-                .map_err(|e| ConfigError(e.to_string()))?;
-            warnings.extend(w.iter().map(ToString::to_string));
-        }
+        warnings.extend(session.qpp_warnings(&self.key).iter().map(ToString::to_string));
         if let Some(mode) = &self.unknown_mode {
             warnings.push(format!(
                 "unknown -mode {mode:?}: using manual mode (-nodelay, -interval, -resend, -nc), as kcptun does"

@@ -11,12 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kcpgate_core::endpoint::SessionId;
-use kcpgate_core::kcp::diff;
-use kcpgate_core::listener::ListenerStats;
-use kcpgate_core::session::{Framing, Session};
-use kcpgate_core::settings::SessionSettings;
-use kcpgate_core::snmp::Snmp;
+use kcpgate_core::{
+    ms_since, Framing, ListenerStats, Session, SessionId, SessionSettings, SessionSnapshot, Snmp, StreamSnapshot,
+};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use utoipa::ToSchema;
@@ -68,10 +65,75 @@ pub enum Query {
     Retune(oneshot::Sender<()>),
 }
 
+/// What a [`Query`] asks, for the count of queries each task answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueryKind {
+    /// [`Query::Counters`].
+    Counters,
+    /// [`Query::Dropped`].
+    Dropped,
+    /// [`Query::Sessions`].
+    Sessions,
+    /// [`Query::Kick`].
+    Kick,
+    /// [`Query::Session`].
+    Session,
+    /// [`Query::Capture`].
+    Capture,
+    /// [`Query::Retune`].
+    Retune,
+}
+
+impl QueryKind {
+    /// Every kind, in the order of [`Registry::queries_by_task`]'s counts.
+    pub const ALL: [QueryKind; 7] = [
+        QueryKind::Counters,
+        QueryKind::Dropped,
+        QueryKind::Sessions,
+        QueryKind::Kick,
+        QueryKind::Session,
+        QueryKind::Capture,
+        QueryKind::Retune,
+    ];
+
+    /// Its name in `/metrics`.
+    pub fn name(self) -> &'static str {
+        match self {
+            QueryKind::Counters => "counters",
+            QueryKind::Dropped => "dropped",
+            QueryKind::Sessions => "sessions",
+            QueryKind::Kick => "kick",
+            QueryKind::Session => "session",
+            QueryKind::Capture => "capture",
+            QueryKind::Retune => "retune",
+        }
+    }
+}
+
+impl Query {
+    /// What it asks.
+    pub fn kind(&self) -> QueryKind {
+        match self {
+            Query::Counters(_) => QueryKind::Counters,
+            Query::Dropped(_) => QueryKind::Dropped,
+            Query::Sessions(_) => QueryKind::Sessions,
+            Query::Kick { .. } => QueryKind::Kick,
+            Query::Session { .. } => QueryKind::Session,
+            Query::Capture { .. } => QueryKind::Capture,
+            Query::Retune(_) => QueryKind::Retune,
+        }
+    }
+}
+
+/// Queries a task took from its inbox, by [`QueryKind::ALL`] order (a task answers
+/// every query it takes).
+type Answered = Arc<[AtomicU64; 7]>;
+
 /// A task's end of the query channel.
 pub struct Inbox {
     slot: usize,
     queries: mpsc::Receiver<Query>,
+    answered: Answered,
 }
 
 /// A session's id in the API and events: its id in its task's endpoint times
@@ -99,17 +161,28 @@ impl Inbox {
 
     /// The next query, waiting for one.
     pub async fn recv(&mut self) -> Option<Query> {
-        self.queries.recv().await
+        let query = self.queries.recv().await;
+        self.count(query.as_ref());
+        query
     }
 
     /// A query already waiting (a busy loop may not reach its `select!`).
     pub fn try_recv(&mut self) -> Option<Query> {
-        self.queries.try_recv().ok()
+        let query = self.queries.try_recv().ok();
+        self.count(query.as_ref());
+        query
+    }
+
+    fn count(&self, query: Option<&Query>) {
+        if let Some(q) = query {
+            self.answered[q.kind() as usize].fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
-/// A live task's transport and query channel (None once it ended).
-type Task = Option<(TransportKind, mpsc::Sender<Query>)>;
+/// A live task's transport, query channel and count of queries taken (None once
+/// it ended).
+type Task = Option<(TransportKind, mpsc::Sender<Query>, Answered)>;
 
 /// Every task's query channel, the totals of tasks that ended, session ids and the
 /// event channel.
@@ -150,17 +223,18 @@ impl Registry {
     /// task number.
     pub fn register(&self, kind: TransportKind) -> Inbox {
         let (tx, queries) = mpsc::channel(INBOX_DEPTH);
+        let answered = Answered::default();
         let mut tasks = self.tasks.lock().expect("registry lock");
-        tasks.push(Some((kind, tx)));
+        tasks.push(Some((kind, tx, answered.clone())));
         let slot = tasks.len() - 1;
         assert!((slot as u64) < TASK_SPAN, "a process starts fewer than {TASK_SPAN} tasks");
-        Inbox { slot, queries }
+        Inbox { slot, queries, answered }
     }
 
     /// A task ends: its final totals stay in the process totals.
     pub fn retire(&self, inbox: Inbox, totals: Snmp, dropped: &ListenerStats) {
         let mut tasks = self.tasks.lock().expect("registry lock");
-        let Some((kind, _)) = tasks[inbox.slot].take() else { return };
+        let Some((kind, ..)) = tasks[inbox.slot].take() else { return };
         self.ended_dropped.lock().expect("registry lock").accumulate(dropped);
         let ended = &mut self.ended.lock().expect("registry lock")[kind as usize];
         merge(ended, &totals);
@@ -235,7 +309,7 @@ impl Registry {
     /// within [`ANSWER_WAIT`], with the task's transport.
     async fn ask<T>(&self, make: impl Fn(oneshot::Sender<T>) -> Query) -> Vec<(TransportKind, T)> {
         let tasks: Vec<(TransportKind, mpsc::Sender<Query>)> =
-            self.tasks.lock().expect("registry lock").iter().flatten().cloned().collect();
+            self.tasks.lock().expect("registry lock").iter().flatten().map(|(k, tx, _)| (*k, tx.clone())).collect();
         let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
         let mut pending = Vec::with_capacity(tasks.len());
         for (kind, task) in tasks {
@@ -312,6 +386,14 @@ impl Registry {
     /// or None if no task owns it.
     pub async fn capture(&self, id: u64, capture: &Arc<Capture>) -> Option<SessionInfo> {
         self.ask_owner(id, |done| Query::Capture { id, capture: capture.clone(), done }).await.flatten()
+    }
+
+    /// Every live task's number and the queries it has answered, by
+    /// [`QueryKind::ALL`] order.
+    pub fn queries_by_task(&self) -> Vec<(usize, [u64; 7])> {
+        let tasks = self.tasks.lock().expect("registry lock");
+        let counts = |a: &Answered| std::array::from_fn(|i| a[i].load(Ordering::Relaxed));
+        tasks.iter().enumerate().filter_map(|(n, t)| t.as_ref().map(|(_, _, a)| (n, counts(a)))).collect()
     }
 
     /// Has every task pick up new tunables; returns once they all have.
@@ -616,30 +698,26 @@ impl SessionInfo {
         links: &Links,
         now_ms: u64,
     ) -> SessionInfo {
-        let conn = session.connection();
-        let state = conn.kcp().state();
-        let snmp = conn.snmp();
+        let stats: SessionSnapshot = session.stats();
+        let (state, snmp) = (&stats.kcp, &stats.traffic);
         SessionInfo {
             id: meta.id,
-            conv: conn.conv(),
+            conv: stats.conv,
             remote,
             local: cx.local,
             transport: cx.transport,
             age_ms: now_ms.saturating_sub(meta.opened_ms),
-            idle_ms: diff(now_ms as u32, session.heard_at()).max(0) as u64,
-            framing: match session.framing() {
+            idle_ms: u64::from(ms_since(now_ms as u32, stats.heard_at)),
+            framing: match stats.framing {
                 Framing::Streams => SessionFraming::Streams,
                 Framing::Messages => SessionFraming::Messages,
             },
-            smux_version: session.stack().and_then(|s| s.mux().version()),
-            crypt: conn.crypto().method().name().to_string(),
+            smux_version: stats.smux_version,
+            crypt: stats.cipher.name().to_string(),
             fec: cx.fec,
             mode: meta.mode,
             kcp: KcpInfo {
-                mtu: {
-                    let c = conn.kcp().config();
-                    (c.mtu + c.header_room + c.tail_room) as u32
-                },
+                mtu: stats.datagram_size,
                 srtt_ms: state.srtt.max(0) as u32,
                 rttvar_ms: state.rttvar.max(0) as u32,
                 rto_ms: state.rto,
@@ -669,12 +747,12 @@ impl SessionInfo {
             streams: {
                 let mut streams: Vec<StreamInfo> = session
                     .streams()
-                    .map(|s| StreamInfo {
+                    .map(|s: StreamSnapshot| StreamInfo {
                         id: s.id,
                         tcp_peer: links.tcp_peer(s.id),
                         bytes_to_tcp: s.bytes_read,
                         bytes_from_tcp: s.bytes_written,
-                        age_ms: diff(now_ms as u32, s.opened_at).max(0) as u64,
+                        age_ms: u64::from(ms_since(now_ms as u32, s.opened_at)),
                     })
                     .collect();
                 streams.sort_unstable_by_key(|s| s.id);
@@ -937,7 +1015,7 @@ mod tests {
 
     #[test]
     fn a_patch_changes_only_its_fields_and_names_every_bad_one() {
-        let mut session = SessionSettings::kcptun(kcpgate_core::smux::Role::Client);
+        let mut session = SessionSettings::kcptun(kcpgate_core::Role::Client);
         let mut limit = 0;
         let p = TunablesPatch { mode: Some(Profile::Fast3), sndwnd: Some(256), ..TunablesPatch::default() };
         p.apply(&mut session, &mut limit).expect("a valid patch");
@@ -968,7 +1046,7 @@ mod tests {
         assert_eq!(wrong[1].1, "interval must be between 10 and 5000 ms (got 5)", "the settings table's words");
         assert_eq!((session, limit), (before, 0), "nothing changed, the mode neither");
         let too_fast = serde_json::from_str::<TunablesPatch>(r#"{"ratelimit": 4294967296}"#).expect("a whole number");
-        let e = too_fast.apply(&mut SessionSettings::kcptun(kcpgate_core::smux::Role::Server), &mut 0).unwrap_err();
+        let e = too_fast.apply(&mut SessionSettings::kcptun(kcpgate_core::Role::Server), &mut 0).unwrap_err();
         assert_eq!(e[0].1, "ratelimit must be between 0 and 4294967295 bytes per second (got 4294967296)");
         let unknown = serde_json::from_str::<TunablesPatch>(r#"{"mode": "turbo"}"#);
         assert!(unknown.is_err(), "only known profiles");

@@ -7,23 +7,22 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use foldhash::{HashMap, HashMapExt};
-use kcpgate_core::endpoint::{Endpoint, Event, SessionId};
-use kcpgate_core::kcp::diff;
-use kcpgate_core::listener::{DropReason, Outcome};
-use kcpgate_core::pipeline::SessionConfig;
-use kcpgate_core::session::{Framing, SessionEnd, StreamEvent};
-use kcpgate_core::smux::Role;
+use kcpgate_core::{
+    ms_until, DropReason, Endpoint, Event, Framing, Outcome, Role, SessionConfig, SessionEnd, SessionId, StreamEvent,
+};
 use tokio::sync::{mpsc, watch};
+// Tokio's clock, so tests run the driver on a paused (virtual) one.
+use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::conn::Conn;
 use crate::control::{owner_of, session_id, Capture, Direction, Inbox, Query, SessionEvent, SessionInfo, SessionMeta};
 use crate::runtime::{random_seed, Plan};
 use crate::transport::Transport;
-use crate::tunnel::{elapsed_ms, run_stream, FromStream, Links, NewStream, WrongKeyWarning};
+use crate::tunnel::{run_stream, FromStream, Links, NewStream, WrongKeyWarning};
 use crate::udp::{BatchSocket, GSO_BYTES};
 
 /// How long a kicked session's peer is refused with its old conversation: longer
@@ -138,7 +137,7 @@ impl<T: Transport> Driver<T> {
     }
 
     fn now_ms(&self) -> u64 {
-        elapsed_ms(self.start)
+        self.start.elapsed().as_millis() as u64
     }
 
     fn now(&self) -> u32 {
@@ -195,7 +194,7 @@ impl<T: Transport> Driver<T> {
     /// session's forced close.
     fn wait(&mut self) -> Duration {
         let now = self.now();
-        let timer = self.endpoint.poll_timeout().map(|d| diff(d, now).max(0) as u64);
+        let timer = self.endpoint.poll_timeout().map(|d| u64::from(ms_until(d, now)));
         let close = self
             .client
             .as_ref()
@@ -364,8 +363,7 @@ impl<T: Transport> Driver<T> {
         let retired = c.connections.is_closed() && self.sessions.get(&id).is_some_and(|t| t.links.is_empty());
         // Draining, a session that never heard from its server has nothing in
         // flight worth waiting for: the server is unreachable or refuses it.
-        let unanswered =
-            self.draining && self.endpoint.session(id).is_some_and(|(_, s)| s.connection().snmp().in_pkts == 0);
+        let unanswered = self.draining && self.endpoint.session(id).is_some_and(|(_, s)| s.snmp().in_pkts == 0);
         let reason = if expired {
             "expired (-autoexpire, -scavengettl)"
         } else if retired {
@@ -571,7 +569,7 @@ async fn dial(
 #[cfg(test)]
 mod source_tests {
     use super::source_key;
-    use kcpgate_core::admission::{OpeningGuard, OpeningLimits, Refusal};
+    use kcpgate_core::{OpeningGuard, OpeningLimits, Refusal};
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     #[test]
@@ -596,3 +594,7 @@ mod source_tests {
         assert_ne!(source_key(IpAddr::V4(v4)), source_key(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 8))));
     }
 }
+
+#[cfg(test)]
+#[path = "driver_tests.rs"]
+mod driver_tests;

@@ -3,10 +3,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::{Arc, RwLock};
 
-use kcpgate_core::admission::{Admission, OpeningGate, OpeningLimits, Refusal};
-use kcpgate_core::crypto::PacketCrypto;
-use kcpgate_core::endpoint::EndpointConfig;
-use kcpgate_core::settings::SessionSettings;
+use kcpgate_core::{Admission, EndpointConfig, OpeningGate, OpeningLimits, PacketCrypto, Refusal, SessionSettings};
 
 use crate::config::{split_port_range, ConfigError, Settings};
 use crate::control::{FecShards, Profile, Registry, SessionMeta, Tunables, TunablesPatch, ViewContext};

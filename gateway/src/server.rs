@@ -8,7 +8,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tracing::info;
 
-use kcpgate_core::session::Framing;
+use kcpgate_core::Framing;
 
 use crate::driver::Driver;
 use crate::runtime::Plan;

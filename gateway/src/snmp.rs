@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kcpgate_core::snmp::Snmp;
+use kcpgate_core::Snmp;
 use tracing::{info, warn};
 
 use crate::control::Registry;

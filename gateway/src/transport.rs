@@ -7,7 +7,7 @@ use std::future::Future;
 use std::hash::Hash;
 use std::net::SocketAddr;
 
-use kcpgate_core::listener::Outcome;
+use kcpgate_core::{Outcome, MTU_LIMIT};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -67,7 +67,7 @@ pub trait Transport: Send + 'static {
 
     /// The largest datagram it carries; sessions' MTU is clamped to it.
     fn max_datagram(&self) -> usize {
-        kcpgate_core::pipeline::MTU_LIMIT
+        MTU_LIMIT
     }
 
     /// How many datagrams of `size` bytes one [`Transport::send`] should carry.

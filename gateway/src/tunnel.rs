@@ -18,9 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use foldhash::{HashMap, HashMapExt};
-use kcpgate_core::endpoint::{Endpoint, SessionId};
-use kcpgate_core::session::StreamEnd;
-use kcpgate_core::smux::Read;
+use kcpgate_core::{Endpoint, Read, SessionId, StreamEnd};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, Notify, Semaphore};
 
@@ -50,11 +48,6 @@ impl ChunkPool {
             pool.push(buf);
         }
     }
-}
-
-/// Milliseconds since `start`.
-pub fn elapsed_ms(start: Instant) -> u64 {
-    start.elapsed().as_millis() as u64
 }
 
 /// What a stream task tells its session.
@@ -451,9 +444,7 @@ mod tests {
     use super::*;
     use crate::config::{Role as Side, Settings};
     use crate::runtime::{random_seed, Plan};
-    use kcpgate_core::endpoint::Event;
-    use kcpgate_core::session::StreamEvent;
-    use kcpgate_core::smux::Role;
+    use kcpgate_core::{Event, Role, StreamEvent};
     use std::time::Duration;
     use tokio::io::AsyncReadExt;
 

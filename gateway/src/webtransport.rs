@@ -31,8 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use kcpgate_core::listener::{DropReason, Outcome};
-use kcpgate_core::session::Framing;
+use kcpgate_core::{DropReason, Framing, OpeningGuard, Outcome};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 use wtransport::endpoint::endpoint_side::Server;
@@ -336,7 +335,7 @@ struct Gate {
     /// Per source: (connections, of which unproven).
     open: std::sync::Mutex<std::collections::HashMap<u64, (u32, u32)>>,
     unproven: AtomicU64,
-    rates: std::sync::Mutex<kcpgate_core::admission::OpeningGuard>,
+    rates: std::sync::Mutex<OpeningGuard>,
     start: std::time::Instant,
 }
 
@@ -371,11 +370,7 @@ impl Gate {
             per_address: plan.settings.webtransport_per_address,
             open: Default::default(),
             unproven: AtomicU64::new(0),
-            rates: std::sync::Mutex::new(kcpgate_core::admission::OpeningGuard::new(
-                limits,
-                0,
-                crate::runtime::random_u64(),
-            )),
+            rates: std::sync::Mutex::new(OpeningGuard::new(limits, 0, crate::runtime::random_u64())),
             start: std::time::Instant::now(),
         }
     }

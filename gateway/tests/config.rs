@@ -1,8 +1,8 @@
 //! kcptun's command line and JSON configuration (docs/protocol.md §11).
 
 use kcpgate::config::{Role, Settings};
-use kcpgate_core::crypto::Method;
 use kcpgate_core::smux::Version;
+use kcpgate_core::Method;
 
 fn args(line: &str) -> Vec<String> {
     line.split_whitespace().map(str::to_string).collect()
@@ -79,7 +79,7 @@ fn conformance_78_defaults() {
         let n = &x.session.numbers;
         assert_eq!(
             (n.mtu, n.datashard, n.parityshard, x.method(), x.session.mode, n.smuxver),
-            (1350, 10, 3, Method::Aes256, Some(kcpgate_core::kcp::Mode::Fast), 2)
+            (1350, 10, 3, Method::Aes256, Some(kcpgate_core::Mode::Fast), 2)
         );
         assert_eq!(
             (n.framesize, n.smuxbuf, n.streambuf, x.sockbuf, n.keepalive, n.qpp_count, x.snmpperiod),

@@ -10,8 +10,8 @@ use std::process::{Command, Stdio};
 
 use kcpgate::config::{Role, Settings};
 use kcpgate::config_file::parse;
-use kcpgate_core::crypto::Method;
-use kcpgate_core::kcp::Mode;
+use kcpgate_core::Method;
+use kcpgate_core::Mode;
 
 fn flags(line: &str) -> Settings {
     Settings::parse(Role::Server, line.split_whitespace().map(str::to_string)).unwrap_or_else(|e| panic!("{line}: {e}"))

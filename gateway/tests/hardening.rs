@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kcpgate_core::crypto::{Method, PacketCrypto};
 use kcpgate_core::fec::Shards;
 use kcpgate_core::kcp::{self, Mode};
 use kcpgate_core::pipeline::{Connection, SessionConfig};
+use kcpgate_core::{Method, PacketCrypto};
 use serde_json::Value;
 use support::{admin_get, echo_backend, free_tcp_port, free_udp_port, kcpgate, Procs};
 

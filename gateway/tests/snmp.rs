@@ -4,7 +4,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use kcpgate::snmp::{format_path, write_row};
-use kcpgate_core::snmp::Snmp;
+use kcpgate_core::Snmp;
 
 const COLUMNS: &str = "Unix,BytesSent,BytesReceived,MaxConn,ActiveOpens,PassiveOpens,CurrEstab,InErrs,InCsumErrors,KCPInErrors,InPkts,OutPkts,InSegs,OutSegs,InBytes,OutBytes,RetransSegs,FastRetransSegs,EarlyRetransSegs,LostSegs,RepeatSegs,FECFullShards,FECParityShards,FECErrs,FECRecovered,FECShardSet,FECShardMin,RingBufferSndQueue,RingBufferRcvQueue,RingBufferSndBuffer,OOBPackets";
 

@@ -70,7 +70,7 @@ fn an_mtu_too_small_for_the_headers_is_refused_at_startup_naming_the_smallest_th
         let Err(e) = at(smallest - 1) else { panic!("{line}: -mtu {} is refused", smallest - 1) };
         assert!(e.to_string().contains(&format!("between {smallest} and 1500")), "{line}: {e}");
         let s = parse(Role::Server, &format!("{line} -mtu {smallest}"));
-        let crypto = kcpgate_core::crypto::PacketCrypto::from_passphrase(s.method(), "k");
+        let crypto = kcpgate_core::PacketCrypto::from_passphrase(s.method(), "k");
         let plan = kcpgate::runtime::Plan::alone(s).unwrap();
         assert!(plan.tuning().endpoint.session.kcp_config(&crypto).is_ok(), "{line}: the core takes -mtu {smallest}");
     }

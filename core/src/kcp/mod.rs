@@ -286,7 +286,7 @@ pub struct KcpStats {
     pub forged_una: u64,
 }
 
-/// See [`Kcp::state`]. Times in ms, windows and queues in segments.
+/// See `Kcp::state`. Times in ms, windows and queues in segments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KcpState {
     /// Oldest unacknowledged sequence number.

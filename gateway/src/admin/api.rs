@@ -11,8 +11,7 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::Json;
 use futures_util::Stream;
-use kcpgate_core::listener::ListenerStats;
-use kcpgate_core::snmp::Snmp;
+use kcpgate_core::{DropReason, ListenerStats, Snmp};
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use utoipa::{IntoParams, ToSchema};
@@ -483,56 +482,69 @@ pub struct TransportStats {
     pub fec_recovered: u64,
 }
 
-/// Datagrams dropped before reaching a session, by reason. Each is also
-/// `kcpgate_datagrams_dropped_total{reason}` in `/metrics`.
-#[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"too_short": 0, "checksum": 12, "runt": 0, "no_conv": 0, "malformed": 0, "conv_mismatch": 0, "replayed": 3, "mid_session": 41, "source_limit": 0, "opening_limit": 0, "closed": 0, "not_accepting": 0}))]
-pub struct DroppedDatagrams {
-    /// Shorter than the crypto header.
-    pub too_short: u64,
-    /// Failed the checksum or authentication: a wrong key, forged or corrupt.
-    pub checksum: u64,
-    /// Too short for KCP after the crypto header.
-    pub runt: u64,
-    /// From an unknown address, with no conversation (FEC parity alone).
-    pub no_conv: u64,
-    /// Longer than any MTU (1,500 bytes), or a header no honest peer sends in a datagram that would open a session.
-    pub malformed: u64,
-    /// Another conversation than the address's session, not a first segment.
-    pub conv_mismatch: u64,
-    /// A copy of a datagram seen recently (replayed or duplicated).
-    pub replayed: u64,
-    /// From an unknown address and not a session's first datagram (a client of a
-    /// session this gateway no longer has, or a copy sent from elsewhere).
-    pub mid_session: u64,
-    /// A new session over its source's rate (`open_rate_per_source`).
-    pub source_limit: u64,
-    /// A new session over the gateway's rate (`open_rate`).
-    pub opening_limit: u64,
-    /// For a session closed (kicked) a short while ago.
-    pub closed: u64,
-    /// A new peer while no sessions were accepted (draining, or at `max_sessions`).
-    pub not_accepting: u64,
+/// Datagrams dropped before reaching a session, by reason: one count per
+/// [`DropReason`] the gateway can meet, named and described as the core names and
+/// describes them. Each is also `kcpgate_datagrams_dropped_total{reason}` in
+/// `/metrics`.
+#[derive(Debug)]
+pub struct DroppedDatagrams(ListenerStats);
+
+impl DroppedDatagrams {
+    /// The reasons a gateway counts, with their counts: every one but the accept
+    /// backlog's (its endpoints take each new session at once, so no backlog fills).
+    pub fn counts(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        self.0.drops().filter(|(reason, _)| *reason != DropReason::BacklogFull)
+    }
 }
 
 impl From<&ListenerStats> for DroppedDatagrams {
     fn from(s: &ListenerStats) -> DroppedDatagrams {
-        DroppedDatagrams {
-            too_short: s.too_short,
-            checksum: s.checksum,
-            runt: s.runt,
-            no_conv: s.no_conv,
-            malformed: s.malformed,
-            conv_mismatch: s.conv_mismatch,
-            replayed: s.replayed,
-            mid_session: s.mid_session,
-            source_limit: s.source_limit,
-            opening_limit: s.opening_limit,
-            closed: s.closed,
-            not_accepting: s.not_accepting,
-        }
+        DroppedDatagrams(*s)
     }
 }
+
+impl Serialize for DroppedDatagrams {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        for (reason, n) in self.counts() {
+            map.serialize_entry(reason.name(), &n)?;
+        }
+        map.end()
+    }
+}
+
+impl utoipa::PartialSchema for DroppedDatagrams {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        let zero = DroppedDatagrams(ListenerStats::default());
+        let typical = |reason| match reason {
+            DropReason::Checksum => 12,
+            DropReason::Replayed => 3,
+            DropReason::MidSession => 41,
+            _ => 0,
+        };
+        let example: serde_json::Map<String, serde_json::Value> =
+            zero.counts().map(|(reason, _)| (reason.name().to_string(), typical(reason).into())).collect();
+        let mut object = ObjectBuilder::new()
+            .description(Some(
+                "Datagrams dropped before reaching a session, by reason. Each is also\n\
+                 `kcpgate_datagrams_dropped_total{reason}` in `/metrics`.",
+            ))
+            .examples([serde_json::Value::Object(example)]);
+        for (reason, _) in zero.counts() {
+            let count = ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+                .minimum(Some(0))
+                .description(Some(reason.to_string()));
+            object = object.property(reason.name(), count).required(reason.name());
+        }
+        object.into()
+    }
+}
+
+impl ToSchema for DroppedDatagrams {}
 
 /// Everything counted, at once.
 #[derive(Debug, Serialize, ToSchema)]

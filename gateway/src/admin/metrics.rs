@@ -110,14 +110,26 @@ pub(super) async fn render(state: &super::AdminState) -> String {
         stats.sessions.resets_sent,
     );
     let drops: Family<Vec<(String, String)>, Counter> = Family::default();
-    // The gateway's endpoints queue no sessions to accept: no backlog can fill.
-    for (reason, n) in dropped.drops().into_iter().filter(|(reason, _)| *reason != "backlog_full") {
-        drops.get_or_create(&vec![("reason".to_string(), reason.to_string())]).inc_by(n);
+    for (reason, n) in stats.dropped.counts() {
+        drops.get_or_create(&vec![("reason".to_string(), reason.name().to_string())]).inc_by(n);
     }
     registry.register(
         "datagrams_dropped",
         "Datagrams dropped before reaching a session, by reason (as in /api/v1/stats: dropped)",
         drops,
+    );
+    let queries: Family<Vec<(String, String)>, Counter> = Family::default();
+    for (task, counts) in state.shared.registry.queries_by_task() {
+        for (kind, n) in crate::control::QueryKind::ALL.into_iter().zip(counts) {
+            let labels = vec![("task".to_string(), task.to_string()), ("query".to_string(), kind.name().to_string())];
+            queries.get_or_create(&labels).inc_by(n);
+        }
+    }
+    registry.register(
+        "task_queries",
+        "Admin queries each data-path task answered, by task (the last six digits of its sessions' ids) and query: \
+         one session's view, kick and capture go to the owning task alone",
+        queries,
     );
     let open: Family<Vec<(String, String)>, Gauge> = Family::default();
     let opened: Family<Vec<(String, String)>, Counter> = Family::default();

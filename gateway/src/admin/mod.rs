@@ -133,6 +133,9 @@ type Shared = Arc<AdminState>;
                        application/problem+json (RFC 9457).",
         license(name = "MIT", identifier = "MIT")
     ),
+    // The events' object travels inside /api/v1/events' `data`: listed so clients
+    // (the dashboard's generated types) have it.
+    components(schemas(crate::control::SessionEvent)),
     modifiers(&BearerAuth),
     tags(
         (name = "sessions", description = "Live KCP sessions and their streams"),
