@@ -306,10 +306,10 @@ export interface InitOutput {
     readonly stream_reset: (a: number) => void;
     readonly stream_write: (a: number, b: number, c: number) => any;
     readonly wasm_bindgen__convert__closures_____invoke__h146dba2cb6658f18: (a: number, b: number, c: any) => [number, number];
-    readonly wasm_bindgen__convert__closures_____invoke__h2168dc5eb797a543: (a: number, b: number, c: any) => [number, number];
     readonly wasm_bindgen__convert__closures_____invoke__h9dd8cc5d39ef0842: (a: number, b: number, c: any, d: any) => void;
-    readonly wasm_bindgen__convert__closures_____invoke__h5714a8b631a00c56: (a: number, b: number, c: any) => void;
-    readonly wasm_bindgen__convert__closures_____invoke__h74d222a90bb78273: (a: number, b: number) => void;
+    readonly wasm_bindgen__convert__closures_____invoke__hfc22511026a38509: (a: number, b: number, c: any) => [number, number];
+    readonly wasm_bindgen__convert__closures_____invoke__hdd22aa51fb9e3fa8: (a: number, b: number, c: any) => void;
+    readonly wasm_bindgen__convert__closures_____invoke__h84b7bf19dd5cad85: (a: number, b: number) => void;
     readonly __wbindgen_malloc: (a: number, b: number) => number;
     readonly __wbindgen_realloc: (a: number, b: number, c: number, d: number) => number;
     readonly __wbindgen_free: (a: number, b: number, c: number) => void;

@@ -584,23 +584,23 @@ function __wbg_get_imports() {
             return ret;
         },
         __wbindgen_generic_0000000000000001: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 108, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 110, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
             const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h146dba2cb6658f18);
             return ret;
         },
         __wbindgen_generic_0000000000000002: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 2, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h2168dc5eb797a543);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 2, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__hdd22aa51fb9e3fa8);
             return ret;
         },
         __wbindgen_generic_0000000000000003: function(arg0, arg1) {
-            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 4, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h5714a8b631a00c56);
+            // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [Externref], shim_idx: 4, ret: Result(Unit), inner_ret: Some(Result(Unit)) }, mutable: true }) -> Externref`.
+            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__hfc22511026a38509);
             return ret;
         },
         __wbindgen_generic_0000000000000004: function(arg0, arg1) {
             // Cast intrinsic for `Closure(Closure { owned: true, function: Function { arguments: [], shim_idx: 3, ret: Unit, inner_ret: Some(Unit) }, mutable: true }) -> Externref`.
-            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h74d222a90bb78273);
+            const ret = makeMutClosure(arg0, arg1, wasm_bindgen__convert__closures_____invoke__h84b7bf19dd5cad85);
             return ret;
         },
         __wbindgen_generic_0000000000000005: function(arg0) {
@@ -628,12 +628,12 @@ function __wbg_get_imports() {
     };
 }
 
-function wasm_bindgen__convert__closures_____invoke__h74d222a90bb78273(arg0, arg1) {
-    wasm.wasm_bindgen__convert__closures_____invoke__h74d222a90bb78273(arg0, arg1);
+function wasm_bindgen__convert__closures_____invoke__h84b7bf19dd5cad85(arg0, arg1) {
+    wasm.wasm_bindgen__convert__closures_____invoke__h84b7bf19dd5cad85(arg0, arg1);
 }
 
-function wasm_bindgen__convert__closures_____invoke__h5714a8b631a00c56(arg0, arg1, arg2) {
-    wasm.wasm_bindgen__convert__closures_____invoke__h5714a8b631a00c56(arg0, arg1, arg2);
+function wasm_bindgen__convert__closures_____invoke__hdd22aa51fb9e3fa8(arg0, arg1, arg2) {
+    wasm.wasm_bindgen__convert__closures_____invoke__hdd22aa51fb9e3fa8(arg0, arg1, arg2);
 }
 
 function wasm_bindgen__convert__closures_____invoke__h146dba2cb6658f18(arg0, arg1, arg2) {
@@ -643,8 +643,8 @@ function wasm_bindgen__convert__closures_____invoke__h146dba2cb6658f18(arg0, arg
     }
 }
 
-function wasm_bindgen__convert__closures_____invoke__h2168dc5eb797a543(arg0, arg1, arg2) {
-    const ret = wasm.wasm_bindgen__convert__closures_____invoke__h2168dc5eb797a543(arg0, arg1, arg2);
+function wasm_bindgen__convert__closures_____invoke__hfc22511026a38509(arg0, arg1, arg2) {
+    const ret = wasm.wasm_bindgen__convert__closures_____invoke__hfc22511026a38509(arg0, arg1, arg2);
     if (ret[1]) {
         throw takeFromExternrefTable0(ret[0]);
     }
