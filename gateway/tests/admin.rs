@@ -540,7 +540,7 @@ fn the_committed_openapi_document_is_what_kcpgate_prints() {
     assert!(printed.status.success());
     assert!(
         committed == String::from_utf8(printed.stdout).unwrap(),
-        "openapi/openapi.json is stale: run `cargo run -p kcpgate -- openapi > openapi/openapi.json`"
+        "openapi/openapi.json is stale: run `cargo run -p kcpgate -- openapi > openapi/openapi.json`, then `(cd web-ui && npm run types)` for the dashboard's types"
     );
     let spec: Value = serde_json::from_str(&committed).unwrap();
     assert_eq!(spec["openapi"], "3.1.0");

@@ -3,42 +3,10 @@ import { h, setText } from '../dom';
 import { count, hex } from '../format';
 import type { CaptureResult } from '../types';
 import type { Context, View } from '../view';
+import type { Codec, Decoded, Segment, SmuxFrame } from '../../../wasm/pkg/kcpgate_wasm';
 
-// The parts of the browser module's codec the inspector reads (wasm/pkg/kcpgate_wasm.d.ts has all).
-interface SmuxFrame {
-  cmd: string;
-  sid: number;
-  length: number;
-  version: number;
-}
-interface Segment {
-  conv: number;
-  cmd: string | number;
-  frg: number;
-  wnd: number;
-  ts: number;
-  sn: number;
-  una: number;
-  len: number;
-  smux?: SmuxFrame[];
-  snappy?: { type: string; length: number; complete: boolean; crcOk?: boolean; smux: SmuxFrame[] }[];
-}
-interface Decoded {
-  length: number;
-  verdict: 'ok' | 'checksum' | 'too-short';
-  error?: string;
-  fec?: { seqid: number; type: string };
-  segments: Segment[];
-  segmentError?: string;
-}
-interface Codec {
-  decode(datagram: Uint8Array): Decoded;
-  free(): void;
-}
-interface CodecModule {
-  default(): Promise<unknown>;
-  Codec: new (options: { crypt: string; key: string }) => Codec;
-}
+// The browser module's own declarations, as wasm-bindgen writes them with it.
+type CodecModule = typeof import('../../../wasm/pkg/kcpgate_wasm');
 
 /** Where the gateway serves the browser module (the demo page uses it too). */
 const MODULE_URL = '/module/kcpgate_wasm.js';
