@@ -110,6 +110,8 @@ pub struct SessionSnapshot {
     pub cipher: crate::crypto::Method,
     /// The largest datagram the session sends, headers included (bytes).
     pub datagram_size: u32,
+    /// The KCP preset its settings are, or `None` for kcptun's "manual".
+    pub mode: Option<crate::kcp::Mode>,
     /// When the session started (the caller's clock, ms).
     pub opened_at: u32,
     /// When the peer was last heard from (the caller's clock, ms).
@@ -275,6 +277,7 @@ impl Session {
             },
             cipher: self.conn.crypto().method(),
             datagram_size: (c.mtu + c.header_room + c.tail_room) as u32,
+            mode: crate::kcp::Mode::of_config(c),
             opened_at: self.opened_at,
             heard_at: self.heard_at,
             kcp: kcp.state(),

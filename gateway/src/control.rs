@@ -665,19 +665,6 @@ pub struct StreamInfo {
     /// Milliseconds since the stream opened.
     pub age_ms: u64,
 }
-
-/// When a session opened, in the owning task's clock (ms), and what it was opened
-/// with. (When it was last heard from is the core session's own.)
-#[derive(Debug, Clone)]
-pub struct SessionMeta {
-    /// The session's API id.
-    pub id: u64,
-    /// When it opened, in the task's clock (ms).
-    pub opened_ms: u64,
-    /// The profile it was opened with.
-    pub mode: Profile,
-}
-
 /// What the sessions of one task share, for their views.
 pub struct ViewContext {
     /// The task's UDP socket address.
@@ -689,24 +676,26 @@ pub struct ViewContext {
 }
 
 impl SessionInfo {
-    /// The view of one session at `now_ms` (the owning task's clock).
+    /// The view of session `id` (its API id), opened at `opened_ms`, at `now_ms`
+    /// (both the owning task's clock).
     pub fn new(
         cx: &ViewContext,
         remote: SocketAddr,
         session: &Session,
-        meta: &SessionMeta,
+        id: u64,
+        opened_ms: u64,
         links: &Links,
         now_ms: u64,
     ) -> SessionInfo {
         let stats: SessionSnapshot = session.stats();
         let (state, snmp) = (&stats.kcp, &stats.traffic);
         SessionInfo {
-            id: meta.id,
+            id,
             conv: stats.conv,
             remote,
             local: cx.local,
             transport: cx.transport,
-            age_ms: now_ms.saturating_sub(meta.opened_ms),
+            age_ms: now_ms.saturating_sub(opened_ms),
             idle_ms: u64::from(ms_since(now_ms as u32, stats.heard_at)),
             framing: match stats.framing {
                 Framing::Streams => SessionFraming::Streams,
@@ -715,7 +704,7 @@ impl SessionInfo {
             smux_version: stats.smux_version,
             crypt: stats.cipher.name().to_string(),
             fec: cx.fec,
-            mode: meta.mode,
+            mode: Profile::of(stats.mode),
             kcp: KcpInfo {
                 mtu: stats.datagram_size,
                 srtt_ms: state.srtt.max(0) as u32,

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::conn::Conn;
-use crate::control::{owner_of, session_id, Capture, Direction, Inbox, Query, SessionEvent, SessionInfo, SessionMeta};
+use crate::control::{owner_of, session_id, Capture, Direction, Inbox, Query, SessionEvent, SessionInfo};
 use crate::runtime::{random_seed, Plan};
 use crate::transport::Transport;
 use crate::tunnel::{run_stream, FromStream, Links, NewStream, WrongKeyWarning};
@@ -32,9 +32,11 @@ const KICK_HOLD_MS: u32 = 60_000;
 /// What a stream task tells the driver: which session, which stream, what.
 type StreamMessage = (SessionId, u32, FromStream);
 
-/// What the driver keeps of a session besides the core's state.
+/// What the driver holds of a session, keyed by the core's id: the TCP side of its
+/// streams (I/O the sans-IO core cannot own), and when it opened on the task's
+/// 64-bit clock (the core's wrapping one cannot tell an age past 24 days).
 struct Tracked {
-    meta: SessionMeta,
+    opened_ms: u64,
     links: Links,
 }
 
@@ -275,13 +277,12 @@ impl<T: Transport> Driver<T> {
         let now = self.now();
         match event {
             Event::SessionOpened { id, remote, conv } => {
-                let meta = self.plan.session_meta(session_id(self.task, id), self.now_ms());
-                let transport = T::KIND;
-                info!(%remote, id = meta.id, conv, transport = transport.name(), "session opened");
+                let (api_id, transport) = (session_id(self.task, id), T::KIND);
+                info!(%remote, id = api_id, conv, transport = transport.name(), "session opened");
                 let remote = T::address(&remote);
-                self.plan.shared.registry.opened(SessionEvent::SessionOpened { id: meta.id, conv, remote, transport });
+                self.plan.shared.registry.opened(SessionEvent::SessionOpened { id: api_id, conv, remote, transport });
                 let links = Links::new(self.plan.shared.streams.clone());
-                self.sessions.insert(id, Tracked { meta, links });
+                self.sessions.insert(id, Tracked { opened_ms: self.now_ms(), links });
             }
             Event::SessionClosed { id, remote, conv, reason } => {
                 let Some(mut tracked) = self.sessions.remove(&id) else { return };
@@ -291,10 +292,11 @@ impl<T: Transport> Driver<T> {
                     warn!(%remote, "session closed: {e}");
                 }
                 let reason = reason.to_string();
-                info!(%remote, id = tracked.meta.id, %reason, "session closed");
+                let api_id = session_id(self.task, id);
+                info!(%remote, id = api_id, %reason, "session closed");
                 self.transport.session_ended(&remote, &reason);
                 let (remote, transport) = (T::address(&remote), T::KIND);
-                let event = SessionEvent::SessionClosed { id: tracked.meta.id, conv, remote, reason, transport };
+                let event = SessionEvent::SessionClosed { id: api_id, conv, remote, reason, transport };
                 self.plan.shared.registry.closed(event);
             }
             Event::Stream { id, event } => {
@@ -302,7 +304,7 @@ impl<T: Transport> Driver<T> {
                 match event {
                     // Draining takes no new work: the client sees the stream end at once.
                     StreamEvent::Opened(sid) if self.draining => {
-                        info!(id = tracked.meta.id, sid, "stream refused: draining");
+                        info!(id = session_id(self.task, id), sid, "stream refused: draining");
                         let _ = self.endpoint.reset(id, sid);
                     }
                     StreamEvent::Opened(sid) if self.endpoint.role() == Role::Server => {
@@ -429,7 +431,8 @@ impl<T: Transport> Driver<T> {
         let sid = self.own(id)?;
         let (tracked, (addr, session)) = (self.sessions.get(&sid)?, self.endpoint.session(sid)?);
         let cx = self.plan.view_context(self.local, T::KIND);
-        let view = SessionInfo::new(&cx, T::address(addr), session, &tracked.meta, &tracked.links, self.now_ms());
+        let view =
+            SessionInfo::new(&cx, T::address(addr), session, id, tracked.opened_ms, &tracked.links, self.now_ms());
         Some((sid, view))
     }
 
@@ -442,14 +445,22 @@ impl<T: Transport> Driver<T> {
                 let _ = reply.send(*self.endpoint.listener_stats());
             }
             Query::Sessions(reply) => {
-                let now = self.now_ms();
+                let (now, task) = (self.now_ms(), self.task);
                 let cx = self.plan.view_context(self.local, T::KIND);
                 let views = self
                     .endpoint
                     .sessions()
                     .filter_map(|(id, addr, session)| {
                         let t = self.sessions.get(&id)?;
-                        Some(SessionInfo::new(&cx, T::address(addr), session, &t.meta, &t.links, now))
+                        Some(SessionInfo::new(
+                            &cx,
+                            T::address(addr),
+                            session,
+                            session_id(task, id),
+                            t.opened_ms,
+                            &t.links,
+                            now,
+                        ))
                     })
                     .collect();
                 let _ = reply.send(views);

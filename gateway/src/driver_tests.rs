@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::Driver;
 use crate::config::Settings;
-use crate::control::{owner_of, Capture, Direction, QueryKind, SessionEvent, TunablesPatch};
+use crate::control::{owner_of, Capture, Direction, Profile, QueryKind, SessionEvent, TunablesPatch};
 use crate::runtime::Plan;
 use crate::transport::{Transport, TransportKind};
 use kcpgate_core::Framing;
@@ -290,16 +290,19 @@ async fn a_retune_applies_to_new_sessions_and_open_ones_keep_theirs() {
     let mut rig = rig::<false>("-sndwnd 1024");
     rig.players.join("198.51.100.10:7000");
     let old = rig.sessions(1).await[0];
-    let patch = TunablesPatch { sndwnd: Some(300), ..TunablesPatch::default() };
+    let patch = TunablesPatch { sndwnd: Some(300), mode: Some(Profile::Fast3), ..TunablesPatch::default() };
     rig.plan.retune(&patch).expect("a valid change");
     rig.plan.shared.registry.retune().await;
     rig.players.join("198.51.100.11:7000");
     let ids = rig.sessions(2).await;
     let new = ids.into_iter().find(|id| *id != old).unwrap();
     let registry = &rig.plan.shared.registry;
-    let window = |view: Option<crate::control::SessionInfo>| view.expect("a view").kcp.snd_wnd;
-    assert_eq!(window(registry.session(old).await), 1024, "the open session keeps its window");
-    assert_eq!(window(registry.session(new).await), 300, "the new one has the new window");
+    let settings = |view: Option<crate::control::SessionInfo>| {
+        let view = view.expect("a view");
+        (view.kcp.snd_wnd, view.mode)
+    };
+    assert_eq!(settings(registry.session(old).await), (1024, Profile::Fast), "the open session keeps its settings");
+    assert_eq!(settings(registry.session(new).await), (300, Profile::Fast3), "the new one has the new ones");
 }
 
 #[tokio::test(start_paused = true)]

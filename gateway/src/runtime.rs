@@ -6,7 +6,7 @@ use std::sync::{Arc, RwLock};
 use kcpgate_core::{Admission, EndpointConfig, OpeningGate, OpeningLimits, PacketCrypto, Refusal, SessionSettings};
 
 use crate::config::{split_port_range, ConfigError, Settings};
-use crate::control::{FecShards, Profile, Registry, SessionMeta, Tunables, TunablesPatch, ViewContext};
+use crate::control::{FecShards, Registry, Tunables, TunablesPatch, ViewContext};
 use crate::transport::TransportKind;
 
 /// 32 bytes from the OS, to seed the core's CSPRNGs (conv ids, nonces).
@@ -224,12 +224,6 @@ impl Plan {
         for w in tune_udp(socket, self.settings.sockbuf as usize, u32::from(self.settings.dscp)) {
             tracing::warn!("{w}");
         }
-    }
-
-    /// The admin API's record of session `id` opened at `now_ms` (the owning
-    /// task's clock).
-    pub fn session_meta(&self, id: u64, now_ms: u64) -> SessionMeta {
-        SessionMeta { id, opened_ms: now_ms, mode: Profile::of(self.tuning().session().mode) }
     }
 
     /// What the session views of a task on `local` share.

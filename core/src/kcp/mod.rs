@@ -130,6 +130,13 @@ impl Mode {
         }
     }
 
+    /// The preset `cfg` runs with, if its four numbers are one's (else kcptun's
+    /// "manual").
+    pub fn of_config(cfg: &Config) -> Option<Mode> {
+        let params = (cfg.nodelay, cfg.interval, cfg.fast_resend, cfg.no_cwnd);
+        Mode::ALL.into_iter().find(|m| m.params() == params)
+    }
+
     /// Writes the preset into `cfg`.
     pub fn apply(self, cfg: &mut Config) {
         let (nodelay, interval, resend, nc) = self.params();
