@@ -47,7 +47,7 @@ const LONGEST_FLOOD: Duration = Duration::from_secs(120);
 
 /// What the flood process sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum Kind {
+pub enum FloodKind {
     /// Junk of every sort, none of which may open a session.
     Garbage,
     /// Genuine session openings, each new, to exceed the opening limits.
@@ -123,7 +123,7 @@ fn sources(n: u32, ports: u32) -> std::io::Result<Vec<UdpSocket>> {
 
 /// The flood process: sends `kind` datagrams to `target` at `rate` per second for
 /// `seconds` from `from` addresses, then prints one JSON line of what it sent.
-pub fn flood(targets: &[SocketAddr], kind: Kind, rate: u64, seconds: u64, from: u32) -> Result<(), String> {
+pub fn flood(targets: &[SocketAddr], kind: FloodKind, rate: u64, seconds: u64, from: u32) -> Result<(), String> {
     if let Some(t) = targets.iter().find(|t| !t.ip().is_loopback()) {
         return Err(format!("{t} is not a loopback address: floods stay on this machine"));
     }
@@ -133,7 +133,7 @@ pub fn flood(targets: &[SocketAddr], kind: Kind, rate: u64, seconds: u64, from: 
     let mut rng = SmallRng::seed_from_u64(7);
     let crypto = Arc::new(PacketCrypto::from_passphrase(Method::Aes256, KEY));
     let pool: Vec<(&'static str, Vec<u8>)> = match kind {
-        Kind::Garbage => {
+        FloodKind::Garbage => {
             // A genuine client whose traffic the attacker captured: it opens one
             // session, and its datagrams are replayed from everywhere.
             let mut victim = session(rng.random(), crypto.clone(), 1);
@@ -144,7 +144,7 @@ pub fn flood(targets: &[SocketAddr], kind: Kind, rate: u64, seconds: u64, from: 
             }
             garbage_pool(&genuine, &mut rng)
         }
-        Kind::Openings => {
+        FloodKind::Openings => {
             // Each datagram a new session's first; more than the flood can send.
             let n = (rate * length.as_secs()).clamp(1, 400_000) as usize;
             (0..n)
@@ -154,7 +154,7 @@ pub fn flood(targets: &[SocketAddr], kind: Kind, rate: u64, seconds: u64, from: 
     };
     // Openings each come from an address (IP and port) of their own while there
     // are addresses left, as a spoofing attacker's would: each can hold a session.
-    let ports = if kind == Kind::Openings { OPENING_PORTS_PER_SOURCE } else { 1 };
+    let ports = if kind == FloodKind::Openings { OPENING_PORTS_PER_SOURCE } else { 1 };
     let sockets = Arc::new(sources(from, ports).map_err(|e| format!("cannot bind 127.x.y.z sources: {e}"))?);
     let pool = Arc::new(pool);
     let workers = 2u64;
@@ -236,11 +236,11 @@ pub fn flood(targets: &[SocketAddr], kind: Kind, rate: u64, seconds: u64, from: 
 }
 
 /// Runs the flood process to its end and returns its report.
-fn run_flood(targets: &[SocketAddr], kind: Kind, rate: u64, seconds: u64, from: u32) -> Result<Value, String> {
+fn run_flood(targets: &[SocketAddr], kind: FloodKind, rate: u64, seconds: u64, from: u32) -> Result<Value, String> {
     let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let kind = match kind {
-        Kind::Garbage => "garbage",
-        Kind::Openings => "openings",
+        FloodKind::Garbage => "garbage",
+        FloodKind::Openings => "openings",
     };
     let mut cmd = Command::new(me);
     cmd.arg("flood");
@@ -489,7 +489,7 @@ pub fn run(
         let t = Instant::now();
         let flood_report = if flood {
             let browsers = thread::spawn(move || browsers_during(public, wt_target, seconds));
-            let report = run_flood(&[target, wt_target], Kind::Garbage, rate, seconds, from)?;
+            let report = run_flood(&[target, wt_target], FloodKind::Garbage, rate, seconds, from)?;
             Some((report, browsers.join().map_err(|_| "the WebTransport thread panicked")?))
         } else {
             thread::sleep(Duration::from_secs(seconds));
@@ -591,7 +591,7 @@ pub fn run(
         "flood: {opening_rate} new sessions per second from {} addresses ({from} IPs, {OPENING_PORTS_PER_SOURCE} ports each)",
         from * OPENING_PORTS_PER_SOURCE
     );
-    let openings = run_flood(&[target], Kind::Openings, opening_rate, seconds, from)?;
+    let openings = run_flood(&[target], FloodKind::Openings, opening_rate, seconds, from)?;
     thread::sleep(Duration::from_millis(500));
     watching.store(false, Ordering::Relaxed);
     let _ = watcher.join();

@@ -141,7 +141,7 @@ enum Cmd {
         #[arg(long, required = true)]
         target: Vec<SocketAddr>,
         #[arg(long, value_enum)]
-        kind: flood::Kind,
+        kind: flood::FloodKind,
         #[arg(long, default_value_t = 200_000)]
         rate: u64,
         #[arg(long, default_value_t = 10)]
@@ -293,7 +293,7 @@ fn main() -> std::process::ExitCode {
         }
         Cmd::Relay { listen, target, up, down, seed } => {
             let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
-            let stats: Arc<relay::Stats> = Arc::default();
+            let stats: Arc<relay::RelayStats> = Arc::default();
             let report = stats.clone();
             rt.spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(1));

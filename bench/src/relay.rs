@@ -41,7 +41,7 @@ impl Ord for Pending {
 
 /// Both directions' counters, shared with whoever reports them.
 #[derive(Default)]
-pub struct Stats {
+pub struct RelayStats {
     pub up: Mutex<Counters>,
     pub down: Mutex<Counters>,
 }
@@ -50,7 +50,7 @@ pub struct Stats {
 pub type Specs = watch::Receiver<(Spec, Spec)>;
 
 /// One direction: impairs datagrams and sends them when due.
-struct Direction {
+struct RelayDirection {
     impairer: Impairer,
     specs: Specs,
     up: bool,
@@ -61,12 +61,21 @@ struct Direction {
     scratch: Vec<(Duration, Vec<u8>)>,
 }
 
-impl Direction {
-    fn new(mut specs: Specs, up: bool, seed: u64, start: Instant) -> Direction {
+impl RelayDirection {
+    fn new(mut specs: Specs, up: bool, seed: u64, start: Instant) -> RelayDirection {
         let (queue, rx) = mpsc::unbounded_channel();
         tokio::spawn(deliver(rx, start));
         let spec = Self::pick(&mut specs, up);
-        Direction { impairer: Impairer::new(spec, seed), specs, up, seed, start, queue, seq: 0, scratch: Vec::new() }
+        RelayDirection {
+            impairer: Impairer::new(spec, seed),
+            specs,
+            up,
+            seed,
+            start,
+            queue,
+            seq: 0,
+            scratch: Vec::new(),
+        }
     }
 
     fn pick(specs: &mut Specs, up: bool) -> Spec {
@@ -121,7 +130,7 @@ pub async fn run(
     up: Spec,
     down: Spec,
     seed: u64,
-    stats: Arc<Stats>,
+    stats: Arc<RelayStats>,
 ) -> std::io::Result<()> {
     let (_keep, specs) = watch::channel((up, down));
     run_changing(listen, target, specs, seed, stats).await
@@ -133,11 +142,11 @@ pub async fn run_changing(
     target: SocketAddr,
     specs: Specs,
     seed: u64,
-    stats: Arc<Stats>,
+    stats: Arc<RelayStats>,
 ) -> std::io::Result<()> {
     let front = Arc::new(UdpSocket::bind(listen).await?);
     let start = Instant::now();
-    let mut up_dir = Direction::new(specs.clone(), true, seed, start);
+    let mut up_dir = RelayDirection::new(specs.clone(), true, seed, start);
     let mut backs: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
     let mut buf = vec![0u8; 65536];
     let mut clients = 0u64;
@@ -150,7 +159,7 @@ pub async fn run_changing(
                 let back = Arc::new(UdpSocket::bind(bind).await?);
                 clients += 1;
                 let seed = seed ^ clients.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                let down_dir = Direction::new(specs.clone(), false, seed, start);
+                let down_dir = RelayDirection::new(specs.clone(), false, seed, start);
                 tokio::spawn(answers(back.clone(), front.clone(), from, down_dir, stats.clone()));
                 backs.insert(from, back.clone());
                 back
@@ -165,8 +174,8 @@ async fn answers(
     back: Arc<UdpSocket>,
     front: Arc<UdpSocket>,
     client: SocketAddr,
-    mut dir: Direction,
-    stats: Arc<Stats>,
+    mut dir: RelayDirection,
+    stats: Arc<RelayStats>,
 ) {
     let mut buf = vec![0u8; 65536];
     while let Ok((n, _)) = back.recv_from(&mut buf).await {

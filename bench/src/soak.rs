@@ -40,7 +40,7 @@ const WEATHER: [&str; 7] = [
 
 /// What became of one stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Outcome {
+enum SoakOutcome {
     /// The whole reply arrived and matched, then the stream closed.
     Clean,
     /// The stream ended early while its client was being stopped.
@@ -156,7 +156,7 @@ fn stream(local: u16, id: u64, len: usize) -> (bool, u64) {
 }
 
 /// One sample of the server.
-struct Sample {
+struct SoakSample {
     at: f64,
     rss: u64,
     fds: usize,
@@ -166,11 +166,11 @@ struct Sample {
     weather: &'static str,
 }
 
-impl Sample {
+impl SoakSample {
     /// The server (process `pid`, admin API on `admin`) now.
-    fn take(started: Instant, pid: u32, admin: u16, clients: usize, weather: &'static str) -> Sample {
+    fn take(started: Instant, pid: u32, admin: u16, clients: usize, weather: &'static str) -> SoakSample {
         let (sessions, streams) = server_stats(admin);
-        Sample {
+        SoakSample {
             at: started.elapsed().as_secs_f64(),
             rss: crate::harness::rss_bytes(pid),
             fds: fds(pid),
@@ -192,7 +192,7 @@ fn fds(pid: u32) -> usize {
 }
 
 /// A client process and its workers.
-struct Client {
+struct SoakClient {
     proc: Proc,
     stopping: Arc<AtomicBool>,
     workers: Vec<thread::JoinHandle<()>>,
@@ -241,7 +241,7 @@ pub fn run(kcpgate: &Path, minutes: u64, out: &Path) -> Result<Claims, String> {
     let moved = Arc::new(AtomicU64::new(0));
     let next_id = Arc::new(AtomicU64::new(1));
     let mut rng = SmallRng::seed_from_u64(minutes);
-    let mut clients: Vec<Client> = Vec::new();
+    let mut clients: Vec<SoakClient> = Vec::new();
     let mut samples = Vec::new();
     let started = Instant::now();
     let length = Duration::from_secs(minutes * 60);
@@ -262,7 +262,7 @@ pub fn run(kcpgate: &Path, minutes: u64, out: &Path) -> Result<Claims, String> {
             c.stopping.store(true, Ordering::Relaxed);
             let _ = c.proc.0.kill();
         }
-        let (ended, alive): (Vec<Client>, Vec<Client>) = clients.into_iter().partition(|c| c.ends_at <= now);
+        let (ended, alive): (Vec<SoakClient>, Vec<SoakClient>) = clients.into_iter().partition(|c| c.ends_at <= now);
         clients = alive;
         for c in ended {
             for w in c.workers {
@@ -321,10 +321,10 @@ pub fn run(kcpgate: &Path, minutes: u64, out: &Path) -> Result<Claims, String> {
                 })
                 .collect();
             let life = Duration::from_secs(rng.random_range(60..240));
-            clients.push(Client { proc, stopping, workers, ends_at: Instant::now() + life });
+            clients.push(SoakClient { proc, stopping, workers, ends_at: Instant::now() + life });
         }
         if started.elapsed() >= next_sample {
-            let s = Sample::take(started, pid, admin, clients.len(), weather_now);
+            let s = SoakSample::take(started, pid, admin, clients.len(), weather_now);
             eprintln!(
                 "soak: {:>5.0} s  rss {:>6.1} MB  fds {:>4}  sessions {:>3}  streams {:>3}  moved {:>7.1} MB  streams done {:>6}  weather {:?}",
                 s.at,
@@ -358,37 +358,37 @@ pub fn run(kcpgate: &Path, minutes: u64, out: &Path) -> Result<Claims, String> {
         thread::sleep(Duration::from_secs(1));
         (sessions, streams) = server_stats(admin);
     }
-    let end = Sample::take(started, pid, admin, 0, "");
+    let end = SoakSample::take(started, pid, admin, 0, "");
     stop.store(true, Ordering::Relaxed);
     drop(server);
 
     // Every stream's outcome.
     let log = log.lock().expect("log");
-    let mut by_outcome: BTreeMap<(Outcome, &str), u64> = BTreeMap::new();
+    let mut by_outcome: BTreeMap<(SoakOutcome, &str), u64> = BTreeMap::new();
     let mut failed_ids = Vec::new();
     for &(id, kind, clean, stopped, from, to) in outcomes.lock().expect("outcomes").iter() {
         let outcome = if clean {
-            Outcome::Clean
+            SoakOutcome::Clean
         } else if log.refused.contains(&id) || log.down_during(from, to) {
-            Outcome::BackendRefused
+            SoakOutcome::BackendRefused
         } else if stopped {
-            Outcome::ClientStopped
+            SoakOutcome::ClientStopped
         } else {
-            Outcome::Failed
+            SoakOutcome::Failed
         };
-        if outcome == Outcome::Failed {
+        if outcome == SoakOutcome::Failed {
             failed_ids.push(id);
         }
         *by_outcome.entry((outcome, kind)).or_default() += 1;
     }
-    let clean: u64 = by_outcome.iter().filter(|((o, _), _)| *o == Outcome::Clean).map(|(_, n)| n).sum();
+    let clean: u64 = by_outcome.iter().filter(|((o, _), _)| *o == SoakOutcome::Clean).map(|(_, n)| n).sum();
     // Warm-up: the first 5 minutes (or a sixth of a shorter run).
     let warm = samples.iter().position(|s| s.at >= (length.as_secs_f64() / 6.0).min(300.0)).unwrap_or(0);
     let after = &samples[warm..];
     let (rss_lo, rss_hi) = after.iter().fold((u64::MAX, 0), |(lo, hi), s| (lo.min(s.rss), hi.max(s.rss)));
     let first_third = &after[..after.len() / 3];
     let last_third = &after[after.len() * 2 / 3..];
-    let mean = |v: &[Sample]| v.iter().map(|s| s.rss as f64).sum::<f64>() / v.len().max(1) as f64;
+    let mean = |v: &[SoakSample]| v.iter().map(|s| s.rss as f64).sum::<f64>() / v.len().max(1) as f64;
     let growth = mean(last_third) / mean(first_third).max(1.0) - 1.0;
     let fds_start = samples.first().map_or(0, |s| s.fds);
 

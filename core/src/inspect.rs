@@ -89,7 +89,7 @@ pub enum Payload {
 
 /// One KCP segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Segment {
+pub struct SegmentView {
     /// Where its header starts in the KCP datagram.
     pub offset: usize,
     /// The header fields.
@@ -120,7 +120,7 @@ pub struct Inspection {
     /// A parity shard's parity bytes.
     pub parity: Vec<u8>,
     /// Its segments, in order.
-    pub segments: Vec<Segment>,
+    pub segments: Vec<SegmentView>,
     /// Why segment parsing stopped early, if it did.
     pub segment_error: Option<SegmentError>,
 }
@@ -187,7 +187,7 @@ pub fn inspect(crypto: &PacketCrypto, datagram: &[u8]) -> Inspection {
                 let start = data.as_ptr() as usize - base;
                 let payload =
                     if header.cmd == crate::kcp::Command::Push as u8 { payload_of(data) } else { Payload::Opaque };
-                report.segments.push(Segment {
+                report.segments.push(SegmentView {
                     offset: start - KCP_HEADER_LEN,
                     header,
                     data: start..start + data.len(),

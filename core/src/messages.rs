@@ -31,7 +31,7 @@ const READ_BUDGET: usize = 256 * 1024;
 const WRITE_BUDGET: usize = 2 * (LENGTH_BYTES + MAX_MESSAGE);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum StreamState {
+enum MessageState {
     Unopened,
     Open,
     Gone,
@@ -41,7 +41,7 @@ enum StreamState {
 #[derive(Debug)]
 pub struct MessageLink {
     role: Role,
-    stream: StreamState,
+    stream: MessageState,
     to_accept: bool,
     events: VecDeque<MuxEvent>,
     /// Received messages, framed, not yet read.
@@ -59,7 +59,7 @@ impl MessageLink {
     pub fn new(role: Role) -> MessageLink {
         MessageLink {
             role,
-            stream: StreamState::Unopened,
+            stream: MessageState::Unopened,
             to_accept: false,
             events: VecDeque::new(),
             inbox: Vec::new(),
@@ -94,14 +94,14 @@ impl MessageLink {
             if size > MAX_MESSAGE {
                 return Err(StackError::MessageTooLarge { len: size, max: MAX_MESSAGE });
             }
-            if self.role == Role::Server && self.stream == StreamState::Unopened {
-                self.stream = StreamState::Open;
+            if self.role == Role::Server && self.stream == MessageState::Unopened {
+                self.stream = MessageState::Open;
                 self.to_accept = true;
             }
             let at = self.inbox.len();
             self.inbox.extend_from_slice(&(size as u32).to_be_bytes());
             conn.recv_message(&mut self.inbox);
-            if self.stream != StreamState::Open {
+            if self.stream != MessageState::Open {
                 self.inbox.truncate(at); // nobody reads it any more
             } else {
                 arrived = true;
@@ -137,8 +137,8 @@ impl MessageLink {
 
     /// Opens the stream (client side, once).
     pub fn open_stream(&mut self) -> Result<u32, SmuxError> {
-        if self.role == Role::Client && self.stream == StreamState::Unopened {
-            self.stream = StreamState::Open;
+        if self.role == Role::Client && self.stream == MessageState::Unopened {
+            self.stream = MessageState::Open;
             Ok(STREAM_ID)
         } else {
             Err(SmuxError::GoAway)
@@ -156,7 +156,7 @@ impl MessageLink {
     }
 
     fn check(&self, sid: u32) -> Result<(), StreamError> {
-        if sid != STREAM_ID || self.stream != StreamState::Open {
+        if sid != STREAM_ID || self.stream != MessageState::Open {
             return Err(StreamError::NoSuchStream);
         }
         Ok(())
@@ -196,7 +196,7 @@ impl MessageLink {
     /// Ends the stream (the session ends with it).
     pub fn stream_close(&mut self, sid: u32) -> Result<(), StreamError> {
         self.check(sid)?;
-        self.stream = StreamState::Gone;
+        self.stream = MessageState::Gone;
         Ok(())
     }
 }

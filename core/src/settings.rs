@@ -239,14 +239,14 @@ impl SessionSettings {
     }
 
     /// The smux settings.
-    pub fn smux_config(&self) -> smux::Config {
+    pub fn smux_config(&self) -> smux::MuxConfig {
         let n = &self.numbers;
         let version = match (self.smux_detect, n.smuxver) {
             (true, _) => smux::Version::Detect,
             (false, 1) => smux::Version::V1,
             (false, _) => smux::Version::V2,
         };
-        smux::Config {
+        smux::MuxConfig {
             version,
             keepalive_interval_ms: n.keepalive.saturating_mul(1000),
             keepalive_timeout_ms: 30_000,

@@ -45,9 +45,9 @@ pub enum Version {
     Detect,
 }
 
-/// Mux settings; [`Config::kcptun`] gives kcptun's defaults.
+/// Mux settings; [`MuxConfig::kcptun`] gives kcptun's defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Config {
+pub struct MuxConfig {
     /// v1, v2, or (server) take the client's.
     pub version: Version,
     /// NOP every this many ms; 0 turns keep-alive (and its timeout) off.
@@ -62,11 +62,11 @@ pub struct Config {
     pub max_stream_buffer: usize,
 }
 
-impl Config {
+impl MuxConfig {
     /// kcptun's settings: v2, keep-alive 10 s / 30 s, 8 KiB frames, 4 MiB session
     /// buffer, 2 MiB stream window.
-    pub fn kcptun() -> Config {
-        Config {
+    pub fn kcptun() -> MuxConfig {
+        MuxConfig {
             version: Version::V2,
             keepalive_interval_ms: 10_000,
             keepalive_timeout_ms: 30_000,
@@ -209,7 +209,7 @@ pub enum MuxEvent {
 }
 
 #[derive(Debug, Default)]
-struct Stream {
+struct MuxStream {
     buf: VecDeque<u8>,
     fin_received: bool,
     write_closed: bool,
@@ -245,10 +245,10 @@ enum Rx {
 /// One smux session over one transport stream.
 #[derive(Debug)]
 pub struct Mux {
-    cfg: Config,
+    cfg: MuxConfig,
     role: Role,
     version: Option<u8>,
-    streams: HashMap<u32, Stream>,
+    streams: HashMap<u32, MuxStream>,
     next_id: u32,
     rx: Rx,
     budget: i64,
@@ -273,7 +273,7 @@ pub struct Mux {
 
 impl Mux {
     /// A session in `role` started at `now` (ms). `cfg` should be validated.
-    pub fn new(role: Role, cfg: Config, now: u32) -> Mux {
+    pub fn new(role: Role, cfg: MuxConfig, now: u32) -> Mux {
         let version = match cfg.version {
             Version::V1 => Some(1),
             Version::V2 => Some(2),
@@ -306,7 +306,7 @@ impl Mux {
     }
 
     /// The settings in force.
-    pub fn config(&self) -> &Config {
+    pub fn config(&self) -> &MuxConfig {
         &self.cfg
     }
 
@@ -363,14 +363,14 @@ impl Mux {
         e
     }
 
-    fn flag_readable(events: &mut VecDeque<MuxEvent>, sid: u32, s: &mut Stream) {
+    fn flag_readable(events: &mut VecDeque<MuxEvent>, sid: u32, s: &mut MuxStream) {
         if !s.readable_flagged {
             s.readable_flagged = true;
             events.push_back(MuxEvent::Readable(sid));
         }
     }
 
-    fn flag_writable(events: &mut VecDeque<MuxEvent>, sid: u32, s: &mut Stream) {
+    fn flag_writable(events: &mut VecDeque<MuxEvent>, sid: u32, s: &mut MuxStream) {
         if !s.writable_flagged {
             s.writable_flagged = true;
             events.push_back(MuxEvent::Writable(sid));
@@ -456,7 +456,7 @@ impl Mux {
             CMD_SYN => {
                 no_payload(cmd)?;
                 if let std::collections::hash_map::Entry::Vacant(e) = self.streams.entry(sid) {
-                    e.insert(Stream { peer_window: INITIAL_PEER_WINDOW, ..Stream::default() });
+                    e.insert(MuxStream { peer_window: INITIAL_PEER_WINDOW, ..MuxStream::default() });
                     self.accept_queue.push_back(sid);
                 }
             }
@@ -532,7 +532,7 @@ impl Mux {
     }
 
     /// Forgets a stream, and its send queue once nothing is left in it.
-    fn remove_stream(&mut self, sid: u32) -> Option<Stream> {
+    fn remove_stream(&mut self, sid: u32) -> Option<MuxStream> {
         let stream = self.streams.remove(&sid);
         self.drop_idle_queue(sid);
         stream
@@ -556,7 +556,7 @@ impl Mux {
         }
         self.next_id += 2;
         let sid = self.next_id;
-        self.streams.insert(sid, Stream { peer_window: INITIAL_PEER_WINDOW, ..Stream::default() });
+        self.streams.insert(sid, MuxStream { peer_window: INITIAL_PEER_WINDOW, ..MuxStream::default() });
         self.queue_frame(CMD_SYN, sid, &[]);
         Ok(sid)
     }

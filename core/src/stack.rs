@@ -48,7 +48,7 @@ pub struct StackConfig {
     /// snappy framing (kcptun's default; `-nocomp` turns it off).
     pub compression: bool,
     /// smux settings.
-    pub smux: smux::Config,
+    pub smux: smux::MuxConfig,
     /// QPP on stream payloads, or none.
     pub qpp: Option<QppSetup>,
 }

@@ -4,7 +4,7 @@
 
 mod support;
 
-use kcpgate_core::smux::{Config, Mux, Read, Role, Version};
+use kcpgate_core::smux::{Mux, MuxConfig, Read, Role, Version};
 use support::vectors::{hex, load, u64_of};
 
 fn drain(s: &mut Mux, out: &mut Vec<u8>) {
@@ -32,7 +32,7 @@ fn recorded_exchanges_are_reproduced_byte_for_byte() {
     for case in v["cases"].as_array().unwrap() {
         let name = case["name"].as_str().unwrap();
         let c = &case["config"];
-        let cfg = Config {
+        let cfg = MuxConfig {
             version: if u64_of(&case["smux_version"]) == 1 { Version::V1 } else { Version::V2 },
             keepalive_interval_ms: u64_of(&c["KeepAliveInterval_s"]) as u32 * 1000,
             keepalive_timeout_ms: u64_of(&c["KeepAliveTimeout_s"]) as u32 * 1000,

@@ -13,7 +13,7 @@ use support::vectors::{hex, load, u64_of};
 use support::{crypto, session_config};
 
 fn kcptun_stack(compression: bool, version: smux::Version) -> StackConfig {
-    StackConfig { compression, smux: smux::Config { version, ..smux::Config::kcptun() }, qpp: None }
+    StackConfig { compression, smux: smux::MuxConfig { version, ..smux::MuxConfig::kcptun() }, qpp: None }
 }
 
 /// Reads everything a stream has; true once it reached EOF.

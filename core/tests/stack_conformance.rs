@@ -6,12 +6,12 @@ mod support;
 use kcpgate_core::error::SettingsError;
 use kcpgate_core::qpp::{check_parameters, seed_chunks, PadGeneration, Qpp, QppPrng, QppWarning};
 use kcpgate_core::smux::{
-    Config, Mux, Read, Role, SmuxError, Version, CMD_FIN, CMD_NOP, CMD_PSH, CMD_SYN, CMD_UPD, INITIAL_PEER_WINDOW,
+    Mux, MuxConfig, Read, Role, SmuxError, Version, CMD_FIN, CMD_NOP, CMD_PSH, CMD_SYN, CMD_UPD, INITIAL_PEER_WINDOW,
 };
 use kcpgate_core::snappy::{masked_crc, FrameDecoder, FrameEncoder, SnappyError, STREAM_IDENTIFIER};
 
-fn cfg(version: Version) -> Config {
-    Config { version, ..Config::kcptun() }
+fn cfg(version: Version) -> MuxConfig {
+    MuxConfig { version, ..MuxConfig::kcptun() }
 }
 
 fn frame(ver: u8, cmd: u8, sid: u32, payload: &[u8]) -> Vec<u8> {
@@ -92,7 +92,7 @@ fn conformance_60_keepalive_nops_and_timeout() {
 
     // With the receive budget used up the silence is ours, not the peer's.
     let mut s =
-        Mux::new(Role::Server, Config { max_receive_buffer: 100, max_stream_buffer: 100, ..cfg(Version::V2) }, 0);
+        Mux::new(Role::Server, MuxConfig { max_receive_buffer: 100, max_stream_buffer: 100, ..cfg(Version::V2) }, 0);
     s.handle_input(&[frame(2, CMD_SYN, 3, &[]), frame(2, CMD_PSH, 3, &[1; 100])].concat()).unwrap();
     s.handle_timeout(30_000);
     s.handle_timeout(60_000);
@@ -124,7 +124,7 @@ fn conformance_60_keepalive_answered_in_step() {
     s.handle_timeout(38_250);
     assert_eq!(s.error(), Some(SmuxError::KeepAliveTimeout), "31.25 s of silence");
     // Without keep-alive there is nothing to answer with.
-    let mut off = Mux::new(Role::Server, Config { keepalive_interval_ms: 0, ..cfg(Version::V2) }, 0);
+    let mut off = Mux::new(Role::Server, MuxConfig { keepalive_interval_ms: 0, ..cfg(Version::V2) }, 0);
     off.handle_input(&frame(2, CMD_NOP, 0, &[])).unwrap();
     off.answer_keepalive(9_000);
     assert!(frames(&mut off).is_empty());
@@ -132,7 +132,7 @@ fn conformance_60_keepalive_answered_in_step() {
 
 #[test]
 fn conformance_61_window_updates() {
-    let c = Config { max_stream_buffer: 1000, max_receive_buffer: 100_000, ..cfg(Version::V2) };
+    let c = MuxConfig { max_stream_buffer: 1000, max_receive_buffer: 100_000, ..cfg(Version::V2) };
     let mut s = Mux::new(Role::Server, c, 0);
     s.handle_input(&[frame(2, CMD_SYN, 3, &[]), frame(2, CMD_PSH, 3, &[9; 2000])].concat()).unwrap();
     let sid = s.accept().unwrap();
@@ -153,7 +153,7 @@ fn conformance_61_window_updates() {
 
 #[test]
 fn conformance_62_writer_respects_the_peer_window() {
-    let mut c = Mux::new(Role::Client, Config { max_frame_size: 65535, ..cfg(Version::V2) }, 0);
+    let mut c = Mux::new(Role::Client, MuxConfig { max_frame_size: 65535, ..cfg(Version::V2) }, 0);
     let sid = c.open_stream().unwrap();
     let mut written = 0;
     loop {

@@ -31,7 +31,7 @@ impl Pair {
         let stack = |role, version| {
             StreamStack::new(
                 role,
-                StackConfig { compression, smux: smux::Config { version, ..smux::Config::kcptun() }, qpp: None },
+                StackConfig { compression, smux: smux::MuxConfig { version, ..smux::MuxConfig::kcptun() }, qpp: None },
                 0,
             )
         };
@@ -151,7 +151,7 @@ fn garbage_ends_only_the_offending_session() {
 /// A forged window update that claims more than was sent ends only that stream.
 #[test]
 fn forged_window_update_ends_only_its_stream() {
-    let mut c = Mux::new(Role::Client, smux::Config::kcptun(), 0);
+    let mut c = Mux::new(Role::Client, smux::MuxConfig::kcptun(), 0);
     let (a, b) = (c.open_stream().unwrap(), c.open_stream().unwrap());
     let mut upd = smux_frame(2, smux::CMD_UPD, 8, a);
     upd.extend_from_slice(&1_000_000u32.to_le_bytes());
@@ -210,7 +210,8 @@ fn random_input_never_panics_or_overruns_the_budget() {
     let mut rng = Xoshiro256PlusPlus::seed_from_u64(3);
     let mut errors = 0;
     for round in 0..20_000 {
-        let cfg = smux::Config { max_receive_buffer: 50_000, max_stream_buffer: 50_000, ..smux::Config::kcptun() };
+        let cfg =
+            smux::MuxConfig { max_receive_buffer: 50_000, max_stream_buffer: 50_000, ..smux::MuxConfig::kcptun() };
         let mut s = Mux::new(if round % 2 == 0 { Role::Server } else { Role::Client }, cfg, 0);
         let mut input = Vec::new();
         for _ in 0..rng.gen_range(1..40) {

@@ -3,12 +3,12 @@
 //! failed it takes nothing more.
 #![no_main]
 
-use kcpgate_core::smux::{Config, Role, Mux, Version};
+use kcpgate_core::smux::{MuxConfig, Role, Mux, Version};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let [pick, rest @ ..] = data else { return };
-    let mut cfg = Config::kcptun();
+    let mut cfg = MuxConfig::kcptun();
     cfg.version = [Version::Detect, Version::V1, Version::V2][usize::from(pick % 3)];
     let mut s = Mux::new(Role::Server, cfg, 0);
     let mut buf = vec![0u8; 4096];

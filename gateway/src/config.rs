@@ -359,12 +359,12 @@ struct Flag {
     short: Option<char>,
     json: Option<&'static str>,
     help: &'static str,
-    kind: Kind,
+    kind: FlagKind,
 }
 
 /// What a flag takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
+pub enum FlagKind {
     /// Text, with its default.
     Text(&'static str),
     /// A number: its range and defaults are in [`number_spec`]'s tables.
@@ -413,7 +413,7 @@ pub fn env_var(flag: &str) -> String {
     }
 }
 
-const fn flag(name: &'static str, json: Option<&'static str>, kind: Kind, help: &'static str) -> Flag {
+const fn flag(name: &'static str, json: Option<&'static str>, kind: FlagKind, help: &'static str) -> Flag {
     Flag { name, aliases: &[], short: None, json, help, kind }
 }
 
@@ -426,57 +426,57 @@ const MIN_REMOTE_TOKEN: usize = 16;
 
 /// The flags both roles share, in kcptun's order.
 const SHARED: &[Flag] = &[
-    flag("key", Some("key"), Kind::Text(DEFAULT_KEY), "Pre-shared secret between client and server (env KCPTUN_KEY)"),
-    flag("key-file", Some("key-file"), Kind::Text(""), "Read the key from this file (one trailing newline is dropped) instead of -key, which every local user can see in the process list; keep the file chmod 600 (kcpgate only)"),
-    flag("crypt", Some("crypt"), Kind::Text("aes"), "Packet encryption: aes, aes-128, aes-192, aes-128-gcm, sm4, twofish, blowfish, cast5, 3des, tea, xtea, salsa20, xor, none, null; unknown names mean aes"),
-    flag("mode", Some("mode"), Kind::Text("fast"), "KCP profile: normal, fast, fast2, fast3, or manual (then -nodelay, -interval, -resend, -nc apply)"),
-    flag("QPP", Some("qpp"), Kind::Bool, "Quantum Permutation Pads on every stream's payload (both ends must agree)"),
-    flag("QPPCount", Some("qpp-count"), Kind::Number, "Number of QPP pads; a prime is recommended"),
-    flag("mtu", Some("mtu"), Kind::Number, "Largest UDP payload, headers included; the crypt and FEC headers set its floor"),
-    flag("ratelimit", Some("ratelimit"), Kind::Number, "Outgoing bytes per second per KCP session; 0 is unlimited"),
-    flag("sndwnd", Some("sndwnd"), Kind::Number, "KCP send window in segments"),
-    flag("rcvwnd", Some("rcvwnd"), Kind::Number, "KCP receive window in segments"),
-    Flag { aliases: &["ds"], ..flag("datashard", Some("datashard"), Kind::Number, "FEC data shards (0 with -parityshard 0 turns FEC off)") },
-    Flag { aliases: &["ps"], ..flag("parityshard", Some("parityshard"), Kind::Number, "FEC parity shards") },
-    flag("dscp", Some("dscp"), Kind::Number, "DSCP value for outgoing UDP packets (6 bits)"),
-    flag("nocomp", Some("nocomp"), Kind::Bool, "Turn off snappy compression (both ends must agree)"),
-    flag("acknodelay", Some("acknodelay"), Kind::Bool, "Send every ACK at once instead of with the next flush"),
-    flag("nodelay", Some("nodelay"), Kind::Number, "With -mode manual: 1 turns KCP's nodelay on (RTO grows 1.5× instead of 2×)"),
-    flag("interval", Some("interval"), Kind::Number, "With -mode manual: KCP's flush interval, ms"),
-    flag("resend", Some("resend"), Kind::Number, "With -mode manual: resend a segment skipped by this many ACKs (0: off)"),
-    flag("nc", Some("nc"), Kind::Number, "With -mode manual: 1 turns congestion control off"),
-    flag("sockbuf", Some("sockbuf"), Kind::Number, "UDP socket send and receive buffer, bytes"),
-    flag("smuxver", Some("smuxver"), Kind::Number, "smux version, 1 or 2. Debian's kcptun 20210922 defaults to 1, current kcptun to 2. A server given no -smuxver serves both"),
-    flag("smuxbuf", Some("smuxbuf"), Kind::Number, "smux session receive buffer, bytes"),
-    flag("framesize", Some("framesize"), Kind::Number, "smux largest frame, bytes"),
-    flag("streambuf", Some("streambuf"), Kind::Number, "smux v2 per-stream window, bytes"),
-    flag("keepalive", Some("keepalive"), Kind::Number, "Seconds between smux keep-alives (smux closes a session silent for 30 s)"),
-    flag("closewait", Some("closewait"), Kind::Number, "Seconds a connection may stay half-open once one direction has ended; then both ends are closed. 0 keeps it open until the other direction ends too"),
-    flag("snmplog", Some("snmplog"), Kind::Text(""), "Write SNMP counters as CSV to this file; the file name takes Go time layout, e.g. ./snmp-20060102.log"),
-    flag("snmpperiod", Some("snmpperiod"), Kind::Number, "Seconds between SNMP CSV rows"),
-    flag("log", Some("log"), Kind::Text(""), "Append the log to this file instead of stderr"),
-    flag("quiet", Some("quiet"), Kind::Bool, "Do not log each stream's open and close"),
-    flag("log-format", Some("log-format"), Kind::Text("text"), "Log lines as text (coloured only on a terminal, and never with NO_COLOR set) or json, one object per line (kcpgate only)"),
-    flag("tcp", Some("tcp"), Kind::Bool, "kcptun's fake-TCP transport (not supported by kcpgate)"),
-    flag("pprof", Some("pprof"), Kind::Bool, "Go profiler endpoint (not applicable to kcpgate; ignored with a warning)"),
-    flag("drain-timeout", Some("drain-timeout"), Kind::Number, "On SIGTERM or SIGINT, seconds to let open streams finish before exiting (kcpgate only)"),
-    flag("admin-token", Some("admin-token"), Kind::Text(""), "Bearer token the admin API requires on every /api route (env KCPGATE_ADMIN_TOKEN); required when -admin is not a loopback address (kcpgate only)"),
-    flag("admin-token-file", Some("admin-token-file"), Kind::Text(""), "Read the admin token from this file (one trailing newline is dropped) instead of -admin-token, which every local user can see in the process list (kcpgate only)"),
-    flag("admin-cert", Some("admin-cert"), Kind::Text(""), "PEM certificate chain that makes -admin serve HTTPS, for an admin API reached over a network; read again when the file changes (kcpgate only)"),
-    flag("admin-key", Some("admin-key"), Kind::Text(""), "PEM private key of -admin-cert (kcpgate only)"),
-    flag("metrics-auth", Some("metrics-auth"), Kind::Bool, "/metrics needs the admin token too (Prometheus: authorization: {credentials_file: ...}); /livez and /readyz stay open (kcpgate only)"),
+    flag("key", Some("key"), FlagKind::Text(DEFAULT_KEY), "Pre-shared secret between client and server (env KCPTUN_KEY)"),
+    flag("key-file", Some("key-file"), FlagKind::Text(""), "Read the key from this file (one trailing newline is dropped) instead of -key, which every local user can see in the process list; keep the file chmod 600 (kcpgate only)"),
+    flag("crypt", Some("crypt"), FlagKind::Text("aes"), "Packet encryption: aes, aes-128, aes-192, aes-128-gcm, sm4, twofish, blowfish, cast5, 3des, tea, xtea, salsa20, xor, none, null; unknown names mean aes"),
+    flag("mode", Some("mode"), FlagKind::Text("fast"), "KCP profile: normal, fast, fast2, fast3, or manual (then -nodelay, -interval, -resend, -nc apply)"),
+    flag("QPP", Some("qpp"), FlagKind::Bool, "Quantum Permutation Pads on every stream's payload (both ends must agree)"),
+    flag("QPPCount", Some("qpp-count"), FlagKind::Number, "Number of QPP pads; a prime is recommended"),
+    flag("mtu", Some("mtu"), FlagKind::Number, "Largest UDP payload, headers included; the crypt and FEC headers set its floor"),
+    flag("ratelimit", Some("ratelimit"), FlagKind::Number, "Outgoing bytes per second per KCP session; 0 is unlimited"),
+    flag("sndwnd", Some("sndwnd"), FlagKind::Number, "KCP send window in segments"),
+    flag("rcvwnd", Some("rcvwnd"), FlagKind::Number, "KCP receive window in segments"),
+    Flag { aliases: &["ds"], ..flag("datashard", Some("datashard"), FlagKind::Number, "FEC data shards (0 with -parityshard 0 turns FEC off)") },
+    Flag { aliases: &["ps"], ..flag("parityshard", Some("parityshard"), FlagKind::Number, "FEC parity shards") },
+    flag("dscp", Some("dscp"), FlagKind::Number, "DSCP value for outgoing UDP packets (6 bits)"),
+    flag("nocomp", Some("nocomp"), FlagKind::Bool, "Turn off snappy compression (both ends must agree)"),
+    flag("acknodelay", Some("acknodelay"), FlagKind::Bool, "Send every ACK at once instead of with the next flush"),
+    flag("nodelay", Some("nodelay"), FlagKind::Number, "With -mode manual: 1 turns KCP's nodelay on (RTO grows 1.5× instead of 2×)"),
+    flag("interval", Some("interval"), FlagKind::Number, "With -mode manual: KCP's flush interval, ms"),
+    flag("resend", Some("resend"), FlagKind::Number, "With -mode manual: resend a segment skipped by this many ACKs (0: off)"),
+    flag("nc", Some("nc"), FlagKind::Number, "With -mode manual: 1 turns congestion control off"),
+    flag("sockbuf", Some("sockbuf"), FlagKind::Number, "UDP socket send and receive buffer, bytes"),
+    flag("smuxver", Some("smuxver"), FlagKind::Number, "smux version, 1 or 2. Debian's kcptun 20210922 defaults to 1, current kcptun to 2. A server given no -smuxver serves both"),
+    flag("smuxbuf", Some("smuxbuf"), FlagKind::Number, "smux session receive buffer, bytes"),
+    flag("framesize", Some("framesize"), FlagKind::Number, "smux largest frame, bytes"),
+    flag("streambuf", Some("streambuf"), FlagKind::Number, "smux v2 per-stream window, bytes"),
+    flag("keepalive", Some("keepalive"), FlagKind::Number, "Seconds between smux keep-alives (smux closes a session silent for 30 s)"),
+    flag("closewait", Some("closewait"), FlagKind::Number, "Seconds a connection may stay half-open once one direction has ended; then both ends are closed. 0 keeps it open until the other direction ends too"),
+    flag("snmplog", Some("snmplog"), FlagKind::Text(""), "Write SNMP counters as CSV to this file; the file name takes Go time layout, e.g. ./snmp-20060102.log"),
+    flag("snmpperiod", Some("snmpperiod"), FlagKind::Number, "Seconds between SNMP CSV rows"),
+    flag("log", Some("log"), FlagKind::Text(""), "Append the log to this file instead of stderr"),
+    flag("quiet", Some("quiet"), FlagKind::Bool, "Do not log each stream's open and close"),
+    flag("log-format", Some("log-format"), FlagKind::Text("text"), "Log lines as text (coloured only on a terminal, and never with NO_COLOR set) or json, one object per line (kcpgate only)"),
+    flag("tcp", Some("tcp"), FlagKind::Bool, "kcptun's fake-TCP transport (not supported by kcpgate)"),
+    flag("pprof", Some("pprof"), FlagKind::Bool, "Go profiler endpoint (not applicable to kcpgate; ignored with a warning)"),
+    flag("drain-timeout", Some("drain-timeout"), FlagKind::Number, "On SIGTERM or SIGINT, seconds to let open streams finish before exiting (kcpgate only)"),
+    flag("admin-token", Some("admin-token"), FlagKind::Text(""), "Bearer token the admin API requires on every /api route (env KCPGATE_ADMIN_TOKEN); required when -admin is not a loopback address (kcpgate only)"),
+    flag("admin-token-file", Some("admin-token-file"), FlagKind::Text(""), "Read the admin token from this file (one trailing newline is dropped) instead of -admin-token, which every local user can see in the process list (kcpgate only)"),
+    flag("admin-cert", Some("admin-cert"), FlagKind::Text(""), "PEM certificate chain that makes -admin serve HTTPS, for an admin API reached over a network; read again when the file changes (kcpgate only)"),
+    flag("admin-key", Some("admin-key"), FlagKind::Text(""), "PEM private key of -admin-cert (kcpgate only)"),
+    flag("metrics-auth", Some("metrics-auth"), FlagKind::Bool, "/metrics needs the admin token too (Prometheus: authorization: {credentials_file: ...}); /livez and /readyz stay open (kcpgate only)"),
 ];
 
 const ADMIN_HELP: &str = "Admin HTTP API, metrics and health (/api/v1, /metrics, /livez, /readyz): address to listen on, or off (kcpgate only)";
 
 const SERVER: &[Flag] = &[
-    flag("config", None, Kind::Text(""), "kcpgate's TOML configuration: process settings and one or more [[listener]] tables, each with its own address, target, key and session settings (see deploy/kcpgate.example.toml). Flags and KCPGATE_* variables win over it; with several listeners, a flag that sets a listener's setting is refused (kcpgate only)"),
+    flag("config", None, FlagKind::Text(""), "kcpgate's TOML configuration: process settings and one or more [[listener]] tables, each with its own address, target, key and session settings (see deploy/kcpgate.example.toml). Flags and KCPGATE_* variables win over it; with several listeners, a flag that sets a listener's setting is refused (kcpgate only)"),
     Flag {
         short: Some('l'),
         ..flag(
             "listen",
             Some("listen"),
-            Kind::Text(":29900"),
+            FlagKind::Text(":29900"),
             "UDP address to listen on: host:port or host:minport-maxport",
         )
     },
@@ -485,23 +485,23 @@ const SERVER: &[Flag] = &[
         ..flag(
             "target",
             Some("target"),
-            Kind::Text("127.0.0.1:12948"),
+            FlagKind::Text("127.0.0.1:12948"),
             "Backend to dial for every stream: host:port, or a unix socket path (with a /)",
         )
     },
-    flag("admin", Some("admin"), Kind::Text("127.0.0.1:8080"), ADMIN_HELP),
-    flag("max-sessions", Some("max-sessions"), Kind::Number, "Sessions open at most at once; datagrams that would open more are dropped and counted. 0 is unlimited (kcpgate only)"),
-    flag("open-rate", Some("open-rate"), Kind::Number, "New sessions per second from all sources together, with bursts of 5 seconds' worth; more are dropped and counted (opening_limit). 0 is unlimited (kcpgate only)"),
-    flag("open-rate-per-source", Some("open-rate-per-source"), Kind::Number, "New sessions per second from one IP address, with bursts of 10 seconds' worth; more are dropped and counted (source_limit). 0 is unlimited (kcpgate only)"),
-    flag("webtransport", Some("webtransport"), Kind::Text("off"), "WebTransport listener for browsers: UDP host:port (e.g. :4433), or off. Each WebTransport session carries one KCP session in its datagrams, proxied like a UDP one (kcpgate only)"),
-    flag("webtransport-cert", Some("webtransport-cert"), Kind::Text(""), "PEM certificate chain of the WebTransport listener, read again when the file changes. Without it kcpgate makes a self-signed ECDSA P-256 certificate valid 13 days, replaces it every 12, and serves its SHA-256 hash at /webtransport/certificate on the -public listener for serverCertificateHashes (kcpgate only)"),
-    flag("webtransport-key", Some("webtransport-key"), Kind::Text(""), "PEM private key of -webtransport-cert (kcpgate only)"),
-    flag("webtransport-origin", Some("webtransport-origin"), Kind::Text(""), "Comma-separated page origins allowed to open WebTransport sessions and to read the -public listener (CORS), e.g. https://game.example; empty allows every origin (kcpgate only)"),
-    flag("webtransport-per-address", Some("webtransport-per-address"), Kind::Number, "WebTransport connections at once from one IPv4 address or IPv6 /64 (players behind one NAT share it); more are refused before their handshake and counted (reason=\"address\"). 0 is unlimited (kcpgate only)"),
-    flag("webtransport-advertise", Some("webtransport-advertise"), Kind::Text(""), "Where pages are told to connect for WebTransport, host:port or :port, when that differs from -webtransport (a published container port, a DNS name, a balancer); empty: -webtransport's port on the host the page fetched /webtransport/certificate from (kcpgate only)"),
-    flag("public", Some("public"), Kind::Text("off"), "HTTP listener for game pages, apart from the admin API: the WebTransport address and certificate hashes (/webtransport/certificate), the browser module (/module/) and the demo page (/demo/), answering CORS for -webtransport-origin. TCP host:port (e.g. :8090), or off (kcpgate only)"),
-    flag("public-cert", Some("public-cert"), Kind::Text(""), "PEM certificate chain that makes -public serve HTTPS, so that an https game page can fetch from it; read again when the file changes (kcpgate only)"),
-    flag("public-key", Some("public-key"), Kind::Text(""), "PEM private key of -public-cert (kcpgate only)"),
+    flag("admin", Some("admin"), FlagKind::Text("127.0.0.1:8080"), ADMIN_HELP),
+    flag("max-sessions", Some("max-sessions"), FlagKind::Number, "Sessions open at most at once; datagrams that would open more are dropped and counted. 0 is unlimited (kcpgate only)"),
+    flag("open-rate", Some("open-rate"), FlagKind::Number, "New sessions per second from all sources together, with bursts of 5 seconds' worth; more are dropped and counted (opening_limit). 0 is unlimited (kcpgate only)"),
+    flag("open-rate-per-source", Some("open-rate-per-source"), FlagKind::Number, "New sessions per second from one IP address, with bursts of 10 seconds' worth; more are dropped and counted (source_limit). 0 is unlimited (kcpgate only)"),
+    flag("webtransport", Some("webtransport"), FlagKind::Text("off"), "WebTransport listener for browsers: UDP host:port (e.g. :4433), or off. Each WebTransport session carries one KCP session in its datagrams, proxied like a UDP one (kcpgate only)"),
+    flag("webtransport-cert", Some("webtransport-cert"), FlagKind::Text(""), "PEM certificate chain of the WebTransport listener, read again when the file changes. Without it kcpgate makes a self-signed ECDSA P-256 certificate valid 13 days, replaces it every 12, and serves its SHA-256 hash at /webtransport/certificate on the -public listener for serverCertificateHashes (kcpgate only)"),
+    flag("webtransport-key", Some("webtransport-key"), FlagKind::Text(""), "PEM private key of -webtransport-cert (kcpgate only)"),
+    flag("webtransport-origin", Some("webtransport-origin"), FlagKind::Text(""), "Comma-separated page origins allowed to open WebTransport sessions and to read the -public listener (CORS), e.g. https://game.example; empty allows every origin (kcpgate only)"),
+    flag("webtransport-per-address", Some("webtransport-per-address"), FlagKind::Number, "WebTransport connections at once from one IPv4 address or IPv6 /64 (players behind one NAT share it); more are refused before their handshake and counted (reason=\"address\"). 0 is unlimited (kcpgate only)"),
+    flag("webtransport-advertise", Some("webtransport-advertise"), FlagKind::Text(""), "Where pages are told to connect for WebTransport, host:port or :port, when that differs from -webtransport (a published container port, a DNS name, a balancer); empty: -webtransport's port on the host the page fetched /webtransport/certificate from (kcpgate only)"),
+    flag("public", Some("public"), FlagKind::Text("off"), "HTTP listener for game pages, apart from the admin API: the WebTransport address and certificate hashes (/webtransport/certificate), the browser module (/module/) and the demo page (/demo/), answering CORS for -webtransport-origin. TCP host:port (e.g. :8090), or off (kcpgate only)"),
+    flag("public-cert", Some("public-cert"), FlagKind::Text(""), "PEM certificate chain that makes -public serve HTTPS, so that an https game page can fetch from it; read again when the file changes (kcpgate only)"),
+    flag("public-key", Some("public-key"), FlagKind::Text(""), "PEM private key of -public-cert (kcpgate only)"),
 ];
 
 const CLIENT: &[Flag] = &[
@@ -510,7 +510,7 @@ const CLIENT: &[Flag] = &[
         ..flag(
             "localaddr",
             Some("localaddr"),
-            Kind::Text(":12948"),
+            FlagKind::Text(":12948"),
             "Where to accept local connections: TCP host:port (an empty host: every interface), or a unix socket path (with a /)",
         )
     },
@@ -519,24 +519,24 @@ const CLIENT: &[Flag] = &[
         ..flag(
             "remoteaddr",
             Some("remoteaddr"),
-            Kind::Text("vps:29900"),
+            FlagKind::Text("vps:29900"),
             "kcptun server: host:port or host:minport-maxport",
         )
     },
-    flag("conn", Some("conn"), Kind::Number, "Number of KCP sessions to spread connections over"),
+    flag("conn", Some("conn"), FlagKind::Number, "Number of KCP sessions to spread connections over"),
     flag(
         "autoexpire",
         Some("autoexpire"),
-        Kind::Number,
+        FlagKind::Number,
         "Seconds after which a session takes no new connections; 0 is never",
     ),
     flag(
         "scavengettl",
         Some("scavengettl"),
-        Kind::Number,
+        FlagKind::Number,
         "Seconds an expired session may live on before it is closed",
     ),
-    flag("admin", Some("admin"), Kind::Text("off"), ADMIN_HELP),
+    flag("admin", Some("admin"), FlagKind::Text("off"), ADMIN_HELP),
 ];
 
 fn role_flags(role: Role) -> impl Iterator<Item = &'static Flag> {
@@ -549,7 +549,7 @@ fn role_flags(role: Role) -> impl Iterator<Item = &'static Flag> {
 
 fn arg(f: &Flag, role: Role) -> Arg {
     let help = match f.kind {
-        Kind::Number => {
+        FlagKind::Number => {
             let spec = number_spec(f.name).expect("every numeric flag is in a table (a test checks)");
             let unit = if spec.unit.is_empty() { String::new() } else { format!(" {}", spec.unit) };
             format!("{} [range: {} to {}{unit}]", f.help, spec.min, spec.max)
@@ -564,8 +564,8 @@ fn arg(f: &Flag, role: Role) -> Arg {
         a = a.visible_alias(*alias);
     }
     match f.kind {
-        Kind::Bool => a.action(ArgAction::SetTrue),
-        Kind::Text(d) => {
+        FlagKind::Bool => a.action(ArgAction::SetTrue),
+        FlagKind::Text(d) => {
             // As Go's flag package: the word after a text flag is its value, dash or not.
             let a = a.value_name("VALUE").default_value(d).allow_hyphen_values(true);
             match f.name {
@@ -574,7 +574,7 @@ fn arg(f: &Flag, role: Role) -> Arg {
                 _ => a,
             }
         }
-        Kind::Number => {
+        FlagKind::Number => {
             let d = number_spec(f.name).expect("every numeric flag is in a table (a test checks)").default_for(role);
             a.value_name("N")
                 .value_parser(clap::value_parser!(i64))
@@ -588,7 +588,7 @@ fn arg(f: &Flag, role: Role) -> Arg {
 
 /// The flag `name` of `role` (its own name, as `--help` spells it) and what it
 /// takes; `None` for no such flag.
-pub fn flag_kind(role: Role, name: &str) -> Option<(&'static str, Kind)> {
+pub fn flag_kind(role: Role, name: &str) -> Option<(&'static str, FlagKind)> {
     role_flags(role).find(|f| f.name == name).map(|f| (f.name, f.kind))
 }
 
@@ -609,7 +609,10 @@ fn closest(name: &str, known: impl Iterator<Item = &'static str>) -> Option<&'st
 /// Every numeric flag of `role` with its key in kcptun's JSON: the numbers a
 /// user of that role can set.
 pub fn numeric_flags(role: Role) -> Vec<(&'static str, &'static str)> {
-    role_flags(role).filter(|f| matches!(f.kind, Kind::Number)).map(|f| (f.name, f.json.unwrap_or(f.name))).collect()
+    role_flags(role)
+        .filter(|f| matches!(f.kind, FlagKind::Number))
+        .map(|f| (f.name, f.json.unwrap_or(f.name)))
+        .collect()
 }
 
 /// The clap command for one role.
@@ -662,7 +665,7 @@ pub fn normalize_args(role: Role, args: impl IntoIterator<Item = String>) -> Res
         let body = a.strip_prefix('-').filter(|b| !b.starts_with('-') && !takes_value);
         let Some(body) = body else {
             if let Some(f) = a.strip_prefix("--").and_then(&find) {
-                value_next = !matches!(f.kind, Kind::Bool);
+                value_next = !matches!(f.kind, FlagKind::Bool);
             }
             out.push(a);
             continue;
@@ -670,7 +673,7 @@ pub fn normalize_args(role: Role, args: impl IntoIterator<Item = String>) -> Res
         let (name, inline_value) = body.split_once('=').map_or((body, false), |(n, _)| (n, true));
         match find(name) {
             Some(f) if body.len() > 1 => {
-                value_next = !inline_value && !matches!(f.kind, Kind::Bool);
+                value_next = !inline_value && !matches!(f.kind, FlagKind::Bool);
                 out.push(format!("-{a}"));
             }
             None if name.len() > 1 && name.starts_with(|c: char| c.is_ascii_alphabetic()) => {
@@ -786,7 +789,7 @@ impl Settings {
         };
         settings.set_crypt(&text("crypt"));
         settings.set_mode(&text("mode"));
-        for f in role_flags(role).filter(|f| matches!(f.kind, Kind::Number)) {
+        for f in role_flags(role).filter(|f| matches!(f.kind, FlagKind::Number)) {
             let value = m.get_one::<i64>(f.name).copied().unwrap_or_default();
             settings.set_number(f.name, value).map_err(|e| match m.value_source(f.name) {
                 Some(ValueSource::EnvVariable) => ConfigError(format!("{}={value}: {e}", env_var(f.name))),
@@ -816,15 +819,15 @@ impl Settings {
             let name = f.name;
             let mismatch = |want: &str| ConfigError(format!("config file: \"{key}\" must be {want}, found {v}"));
             match f.kind {
-                Kind::Bool => {
+                FlagKind::Bool => {
                     let b = v.as_bool().ok_or_else(|| mismatch("true or false"))?;
                     self.set_bool(name, b)?;
                 }
-                Kind::Text(_) => {
+                FlagKind::Text(_) => {
                     let s = v.as_str().ok_or_else(|| mismatch("a string"))?;
                     self.set_text(name, s)?;
                 }
-                Kind::Number => {
+                FlagKind::Number => {
                     let n = v.as_i64().ok_or_else(|| mismatch("an integer"))?;
                     self.set_number(name, n).map_err(|e| ConfigError(format!("config file: {e}")))?;
                     if name == "smuxver" {

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-use crate::config::{closest_flag, env_var, flag_kind, ConfigError, Kind, Role, Secret, Settings};
+use crate::config::{closest_flag, env_var, flag_kind, ConfigError, FlagKind, Role, Secret, Settings};
 
 /// The settings of one listener; every other setting is the process's.
 pub const LISTENER_KEYS: &[&str] = &[
@@ -55,7 +55,7 @@ const LISTENER_ONLY: &[&str] = &["name", "transport", "key-env"];
 /// One listener of the file: its name (for messages and the API) and its
 /// settings, the process's included.
 #[derive(Debug, Clone)]
-pub struct Listener {
+pub struct ListenerTable {
     /// Its `name`, else `listener N`.
     pub name: String,
     /// Its settings, the process's included.
@@ -66,7 +66,7 @@ pub struct Listener {
 #[derive(Debug, Clone)]
 pub struct Loaded {
     /// Every listener, in the file's order.
-    pub listeners: Vec<Listener>,
+    pub listeners: Vec<ListenerTable>,
     /// What the file says that works but should change.
     pub warnings: Vec<String>,
     /// Secrets written in the file itself (`key`, `admin-token`).
@@ -208,9 +208,9 @@ pub fn parse(origin: &str, text: &str, base: &Settings) -> Result<Loaded, Config
         if !names.insert(name.clone()) {
             return Err(ConfigError(format!("{place}: two listeners are named {name:?}: give each its own name")));
         }
-        listeners.push(Listener { name, settings });
+        listeners.push(ListenerTable { name, settings });
     }
-    let browsers: Vec<&Listener> = listeners.iter().filter(|l| !l.settings.listen_udp).collect();
+    let browsers: Vec<&ListenerTable> = listeners.iter().filter(|l| !l.settings.listen_udp).collect();
     if browsers.len() > 1 {
         return Err(ConfigError(format!(
             "{origin}: listeners {:?} and {:?} both have transport = \"webtransport\": kcpgate runs one WebTransport \
@@ -245,15 +245,15 @@ fn set(settings: &mut Settings, name: &str, value: &Spanned<DeValue<'_>>, place:
     let Some((_, kind)) = flag_kind(Role::Server, name) else { return Err(unknown_key(place, name)) };
     let wrong = |want: &str| ConfigError(format!("{place}: {name} must be {want}"));
     let result = match (kind, value.get_ref()) {
-        (Kind::Text(_), DeValue::String(s)) => settings.set_text(name, s),
-        (Kind::Bool, DeValue::Boolean(b)) => settings.set_bool(name, *b),
-        (Kind::Number, DeValue::Integer(n)) => {
+        (FlagKind::Text(_), DeValue::String(s)) => settings.set_text(name, s),
+        (FlagKind::Bool, DeValue::Boolean(b)) => settings.set_bool(name, *b),
+        (FlagKind::Number, DeValue::Integer(n)) => {
             let number = i64::from_str_radix(n.as_str(), n.radix()).map_err(|_| wrong("a whole number"))?;
             settings.set_number(name, number)
         }
-        (Kind::Text(_), _) => return Err(wrong("a string")),
-        (Kind::Bool, _) => return Err(wrong("true or false")),
-        (Kind::Number, _) => return Err(wrong("a whole number")),
+        (FlagKind::Text(_), _) => return Err(wrong("a string")),
+        (FlagKind::Bool, _) => return Err(wrong("true or false")),
+        (FlagKind::Number, _) => return Err(wrong("a whole number")),
     };
     result.map_err(|e| ConfigError(format!("{place}: {e}")))
 }
@@ -289,7 +289,7 @@ pub fn resolve(mut settings: Settings) -> Result<Loaded, ConfigError> {
     }
     let loaded = if settings.config.is_empty() {
         let (name, base) = (settings.listen.clone(), settings.clone());
-        let listeners = vec![Listener { name, settings }];
+        let listeners = vec![ListenerTable { name, settings }];
         Loaded { listeners, warnings: Vec::new(), inline_secrets: BTreeSet::new(), base }
     } else {
         let path = settings.config.clone();

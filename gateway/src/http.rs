@@ -108,19 +108,19 @@ impl Connections {
 }
 
 /// A stream that notes when it last moved a byte.
-struct Tracked<S> {
+struct TimedStream<S> {
     inner: S,
     open: Arc<Open>,
     connections: Arc<Connections>,
 }
 
-impl<S> Tracked<S> {
+impl<S> TimedStream<S> {
     fn touch(&self) {
         self.open.last.store(self.connections.now(), Ordering::Relaxed);
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+impl<S: AsyncRead + Unpin> AsyncRead for TimedStream<S> {
     fn poll_read(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -135,7 +135,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for TimedStream<S> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
@@ -228,7 +228,7 @@ impl Server {
                 self.name,
             );
             tokio::spawn(async move {
-                let tracked = Tracked { inner: stream, open: open.clone(), connections: connections.clone() };
+                let tracked = TimedStream { inner: stream, open: open.clone(), connections: connections.clone() };
                 let served = async {
                     match tls {
                         None => serve_connection(tracked, remote, app, &counters).await,

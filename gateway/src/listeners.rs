@@ -29,7 +29,7 @@ pub struct Listeners {
     /// The first listener's plan at start: the process's settings, and the
     /// parts every listener shares (session table, counters, opening limits).
     process: Arc<Plan>,
-    running: Mutex<Vec<Running>>,
+    running: Mutex<Vec<RunningListener>>,
     /// Whether this process runs them ([`Listeners::start`]); only then may a
     /// reload change them.
     started: bool,
@@ -45,7 +45,7 @@ pub struct Listeners {
     ended_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<std::io::Result<()>>>,
 }
 
-struct Running {
+struct RunningListener {
     plan: Arc<Plan>,
     drain: watch::Sender<bool>,
 }
@@ -141,7 +141,7 @@ impl Listeners {
             .map(|plan| {
                 let (drain, rx) = watch::channel(false);
                 drains.push(rx);
-                Running { plan, drain }
+                RunningListener { plan, drain }
             })
             .collect::<Vec<_>>();
         let listeners = Listeners {
@@ -364,7 +364,7 @@ impl Listeners {
                 false => report.added.push(plan.name.clone()),
             }
             let (drain, rx) = watch::channel(false);
-            running.push(Running { plan: plan.clone(), drain });
+            running.push(RunningListener { plan: plan.clone(), drain });
             self.spawn(async move {
                 bound.serve(plan, rx).await;
                 Ok(())

@@ -64,10 +64,10 @@ struct PublicState {
     advertised: Option<(String, u16)>,
 }
 
-type Shared = Arc<PublicState>;
+type Public = Arc<PublicState>;
 
 /// The public application.
-fn app(state: Shared) -> Router {
+fn app(state: Public) -> Router {
     Router::new()
         .route("/webtransport/certificate", get(webtransport_certificate))
         .route("/demo", get(|| async { Redirect::permanent("/demo/") }))
@@ -85,7 +85,7 @@ fn app(state: Shared) -> Router {
 /// CORS for every answer: a preflight is answered here; a request from an origin
 /// not allowed is refused with 403 before it reaches a route; an allowed origin
 /// gets `Access-Control-Allow-Origin` (`*` when every origin is).
-async fn cors(State(state): State<Shared>, request: Request, next: Next) -> Response {
+async fn cors(State(state): State<Public>, request: Request, next: Next) -> Response {
     let origin = request.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()).map(str::to_string);
     let allowed = match &origin {
         None => true, // not a cross-origin browser request
@@ -133,7 +133,7 @@ fn allow_origin(headers: &mut HeaderMap, origin: Option<&str>, any: bool) {
 }
 
 /// The WebTransport listener's address and certificate hashes.
-async fn webtransport_certificate(State(state): State<Shared>, headers: HeaderMap) -> Response {
+async fn webtransport_certificate(State(state): State<Public>, headers: HeaderMap) -> Response {
     let published = state.shared.webtransport.read().expect("published lock");
     let Some(port) = published.port else {
         return Problem::new(
@@ -175,12 +175,12 @@ fn demo_file(name: &str) -> Response {
 }
 
 /// A bound public listener: plain TCP, or TCP with TLS, and what it serves from.
-pub struct Listener {
+pub struct PublicListener {
     server: crate::http::Server,
-    state: Shared,
+    state: Public,
 }
 
-impl Listener {
+impl PublicListener {
     /// The address it listens on.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.server.local_addr()
@@ -194,7 +194,7 @@ impl Listener {
 
 /// Binds `-public` (with TLS when `-public-cert` is set) for `plan`; `None` when
 /// it is off.
-pub async fn bind(plan: &Arc<Plan>) -> std::io::Result<Option<Listener>> {
+pub async fn bind(plan: &Arc<Plan>) -> std::io::Result<Option<PublicListener>> {
     let settings = &plan.settings;
     let invalid = |e: crate::config::ConfigError| std::io::Error::other(e.0);
     let Some(addr) = settings.public_addr().map_err(invalid)? else {
@@ -223,17 +223,17 @@ pub async fn bind(plan: &Arc<Plan>) -> std::io::Result<Option<Listener>> {
         counters: plan.shared.http_counters.public.clone(),
         name: "public listener",
     };
-    Ok(Some(Listener { server, state }))
+    Ok(Some(PublicListener { server, state }))
 }
 
 /// Serves game pages on `listener` until the process ends.
-pub async fn serve(listener: Listener) {
+pub async fn serve(listener: PublicListener) {
     let app = app(listener.state);
     listener.server.serve(app).await;
 }
 
 /// Logs where game pages find the gateway.
-pub fn announce(listener: &Listener) {
+pub fn announce(listener: &PublicListener) {
     if let Ok(at) = listener.local_addr() {
         info!("game pages on {}://{at}: /webtransport/certificate, /module/, /demo/", listener.scheme());
     }

@@ -24,7 +24,7 @@ pub async fn run(plan: Arc<Plan>, drain: watch::Receiver<bool>) -> std::io::Resu
 /// A listener's sockets, bound and not yet served.
 pub struct Bound {
     udp: Vec<BatchSocket>,
-    webtransport: Option<crate::webtransport::Listener>,
+    webtransport: Option<crate::webtransport::WebTransportListener>,
 }
 
 /// Binds every port of the listener's `-listen` (and its WebTransport address).

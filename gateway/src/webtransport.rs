@@ -344,7 +344,7 @@ const UNPROVEN_PER_SOURCE: u32 = 8;
 const UNPROVEN_IN_ALL: u64 = 256;
 
 /// What the [`Gate`] says to a connection attempt.
-enum Verdict<'r> {
+enum GateVerdict<'r> {
     Enter(Ticket),
     /// Prove the address first (QUIC Retry).
     Prove,
@@ -383,7 +383,7 @@ impl Gate {
         remote: SocketAddr,
         proven: bool,
         refusals: &'r Refusals,
-    ) -> Verdict<'r> {
+    ) -> GateVerdict<'r> {
         let source = crate::driver::source_key(remote.ip());
         let mut open = self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (count, unproven) = open.get(&source).copied().unwrap_or((0, 0));
@@ -394,7 +394,7 @@ impl Gate {
         } else if !proven
             && (unproven >= UNPROVEN_PER_SOURCE || self.unproven.load(Ordering::Relaxed) >= UNPROVEN_IN_ALL)
         {
-            return Verdict::Prove;
+            return GateVerdict::Prove;
         } else {
             let now = self.start.elapsed().as_millis() as u32;
             let mut rates = self.rates.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -402,15 +402,15 @@ impl Gate {
         };
         match refused {
             // Whoever sent it may not be who the address says.
-            Some(_) if !proven => Verdict::Prove,
-            Some(counter) => Verdict::Refuse(counter),
+            Some(_) if !proven => GateVerdict::Prove,
+            Some(counter) => GateVerdict::Refuse(counter),
             None => {
                 open.insert(source, (count + 1, unproven + u32::from(!proven)));
                 if !proven {
                     self.unproven.fetch_add(1, Ordering::Relaxed);
                 }
                 plan.webtransport_waiting.fetch_add(1, Ordering::Relaxed);
-                Verdict::Enter(Ticket {
+                GateVerdict::Enter(Ticket {
                     gate: self.clone(),
                     plan: plan.clone(),
                     source,
@@ -457,7 +457,7 @@ impl Drop for Ticket {
 }
 
 /// A bound WebTransport listener, ready to serve.
-pub struct Listener {
+pub struct WebTransportListener {
     endpoint: Endpoint<Server>,
     addr: SocketAddr,
     self_signed: bool,
@@ -468,7 +468,7 @@ pub struct Listener {
 
 /// Binds `-webtransport` with its certificate; `None` when it is off. Fails with
 /// a message that says what to fix.
-pub async fn bind(plan: &Plan) -> std::io::Result<Option<Listener>> {
+pub async fn bind(plan: &Plan) -> std::io::Result<Option<WebTransportListener>> {
     let Some(addr) = plan.settings.webtransport_addr().map_err(|e| std::io::Error::other(e.0))? else {
         return Ok(None);
     };
@@ -498,7 +498,13 @@ pub async fn bind(plan: &Plan) -> std::io::Result<Option<Listener>> {
     }
     info!("listening for WebTransport on UDP {local}");
     let operator = expires.is_none().then(|| crate::http::CertFiles::new(&s.webtransport_cert, &s.webtransport_key));
-    Ok(Some(Listener { endpoint, addr: local, self_signed: expires.is_some(), operator, origins: origins.into() }))
+    Ok(Some(WebTransportListener {
+        endpoint,
+        addr: local,
+        self_signed: expires.is_some(),
+        operator,
+        origins: origins.into(),
+    }))
 }
 
 /// The URL path of plain-KCP sessions (message mode, no smux); every other
@@ -530,7 +536,7 @@ fn peers(local: SocketAddr, plan: &Plan) -> (mpsc::Sender<Input>, WebTransportPe
 
 /// Serves WebTransport sessions until `drain` turns true and their streams are
 /// done: kcptun's stream stack at `/`, plain KCP at [`MESSAGES_PATH`].
-pub async fn serve(mut listener: Listener, plan: Arc<Plan>, mut drain: watch::Receiver<bool>) {
+pub async fn serve(mut listener: WebTransportListener, plan: Arc<Plan>, mut drain: watch::Receiver<bool>) {
     let (streams, stream_peers) = peers(listener.addr, &plan);
     let (messages, message_peers) = peers(listener.addr, &plan);
     let drivers = [
@@ -548,12 +554,12 @@ pub async fn serve(mut listener: Listener, plan: Arc<Plan>, mut drain: watch::Re
                 let remote = incoming.remote_address();
                 let proven = incoming.remote_address_validated();
                 match gate.enter(&plan, remote, proven, &plan.shared.webtransport_refusals) {
-                    Verdict::Enter(ticket) => {
+                    GateVerdict::Enter(ticket) => {
                         let id = next_id.fetch_add(1, Ordering::Relaxed);
                         tokio::spawn(admit(incoming, id, ticket, drain.clone(), admission.clone()));
                     }
-                    Verdict::Prove => incoming.retry(),
-                    Verdict::Refuse(counter) => {
+                    GateVerdict::Prove => incoming.retry(),
+                    GateVerdict::Refuse(counter) => {
                         count(counter);
                         debug!(%remote, "WebTransport connection refused before its handshake");
                         incoming.refuse();
@@ -581,7 +587,7 @@ pub async fn serve(mut listener: Listener, plan: Arc<Plan>, mut drain: watch::Re
 /// Reads the operator's certificate files again if they changed (a renewal): new
 /// sessions get the new certificate, open ones keep theirs. A pair that does not
 /// load is logged, and the certificate in use stays.
-async fn reload_operator_certificate(listener: &mut Listener) {
+async fn reload_operator_certificate(listener: &mut WebTransportListener) {
     let Some(files) = listener.operator.as_mut() else { return };
     if !files.changed() {
         return;
@@ -601,7 +607,7 @@ async fn reload_operator_certificate(listener: &mut Listener) {
 
 /// Replaces the self-signed certificate; the old one's hash stays published
 /// (sessions that use it carry on).
-fn rotate_certificate(listener: &Listener, plan: &Plan) {
+fn rotate_certificate(listener: &WebTransportListener, plan: &Plan) {
     let (identity, expires) = match self_signed() {
         Ok(new) => new,
         Err(e) => return warn!("WebTransport certificate not replaced: {e}"),
@@ -742,24 +748,26 @@ mod tests {
         let mut tickets = Vec::new();
         // Forged first packets with the player's address take at most 8 places.
         for _ in 0..UNPROVEN_PER_SOURCE {
-            let Verdict::Enter(t) = gate.enter(&plan, player, false, &refusals) else { panic!("an unproven place") };
+            let GateVerdict::Enter(t) = gate.enter(&plan, player, false, &refusals) else {
+                panic!("an unproven place")
+            };
             tickets.push(t);
         }
-        assert!(matches!(gate.enter(&plan, player, false, &refusals), Verdict::Prove));
+        assert!(matches!(gate.enter(&plan, player, false, &refusals), GateVerdict::Prove));
         // The player, proven by a Retry, still gets the other 12.
         for _ in 0..12 {
-            let Verdict::Enter(t) = gate.enter(&plan, player, true, &refusals) else { panic!("a proven place") };
+            let GateVerdict::Enter(t) = gate.enter(&plan, player, true, &refusals) else { panic!("a proven place") };
             tickets.push(t);
         }
         assert!(
-            matches!(gate.enter(&plan, player, true, &refusals), Verdict::Refuse(c) if std::ptr::eq(c, &refusals.address))
+            matches!(gate.enter(&plan, player, true, &refusals), GateVerdict::Refuse(c) if std::ptr::eq(c, &refusals.address))
         );
-        assert!(matches!(gate.enter(&plan, player, false, &refusals), Verdict::Prove), "never refused unproven");
+        assert!(matches!(gate.enter(&plan, player, false, &refusals), GateVerdict::Prove), "never refused unproven");
         assert_eq!(plan.webtransport_waiting.load(Ordering::Relaxed), 20);
         // A handshake that completes proves its address: an unproven place frees.
         tickets[0].proven();
         tickets.pop();
-        let Verdict::Enter(_t) = gate.enter(&plan, player, false, &refusals) else { panic!("a place freed") };
+        let GateVerdict::Enter(_t) = gate.enter(&plan, player, false, &refusals) else { panic!("a place freed") };
         drop(tickets);
         assert_eq!(gate.unproven.load(Ordering::Relaxed), 1, "the one still held");
         assert_eq!(plan.webtransport_waiting.load(Ordering::Relaxed), 1);

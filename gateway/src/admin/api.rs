@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 use utoipa::{IntoParams, ToSchema};
 
-use super::{ApiJson, ApiPath, ApiQuery, FieldError, Problem, Shared, Throttled, Unauthorized};
+use super::{Admin, ApiJson, ApiPath, ApiQuery, FieldError, Problem, Throttled, Unauthorized};
 use crate::config::Role;
 use crate::control::{Capture, Direction, SessionEvent, SessionInfo, Tunables, TunablesPatch};
 use crate::transport::TransportKind;
@@ -145,7 +145,7 @@ pub struct SessionPage {
     )
 )]
 pub async fn list_sessions(
-    State(state): State<Shared>,
+    State(state): State<Admin>,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<SessionPage>, Problem> {
     let limit = within("limit", q.limit.unwrap_or(100), 1..=MAX_PAGE)?;
@@ -185,7 +185,7 @@ pub async fn list_sessions(
         Throttled,
     )
 )]
-pub async fn get_session(State(state): State<Shared>, ApiPath(id): ApiPath<u64>) -> Result<Json<SessionInfo>, Problem> {
+pub async fn get_session(State(state): State<Admin>, ApiPath(id): ApiPath<u64>) -> Result<Json<SessionInfo>, Problem> {
     state.shared.registry.session(id).await.map(Json).ok_or_else(|| no_session(id))
 }
 
@@ -233,7 +233,7 @@ pub struct KickQuery {
     )
 )]
 pub async fn kick_session(
-    State(state): State<Shared>,
+    State(state): State<Admin>,
     ApiPath(id): ApiPath<u64>,
     ApiQuery(q): ApiQuery<KickQuery>,
 ) -> Result<StatusCode, Problem> {
@@ -308,7 +308,7 @@ pub struct CaptureResult {
     )
 )]
 pub async fn capture_session(
-    State(state): State<Shared>,
+    State(state): State<Admin>,
     ApiPath(id): ApiPath<u64>,
     ApiQuery(q): ApiQuery<CaptureQuery>,
 ) -> Result<Json<CaptureResult>, Problem> {
@@ -324,13 +324,13 @@ pub async fn capture_session(
         ));
     }
     // Counted down however the request ends (a client that hangs up included).
-    struct Running<'a>(&'a std::sync::atomic::AtomicUsize);
-    impl Drop for Running<'_> {
+    struct CaptureSlot<'a>(&'a std::sync::atomic::AtomicUsize);
+    impl Drop for CaptureSlot<'_> {
         fn drop(&mut self) {
             self.0.fetch_sub(1, Ordering::Relaxed);
         }
     }
-    let _running = Running(running);
+    let _running = CaptureSlot(running);
     let capture = std::sync::Arc::new(Capture::new(count as usize));
     let session = state.shared.registry.capture(id, &capture).await.ok_or_else(|| no_session(id))?;
     let taken = capture.finish(Duration::from_millis(timeout_ms)).await;
@@ -571,7 +571,7 @@ pub struct Stats {
         Throttled,
     )
 )]
-pub async fn get_stats(State(state): State<Shared>) -> Json<Stats> {
+pub async fn get_stats(State(state): State<Admin>) -> Json<Stats> {
     Json(stats(&state).await)
 }
 
@@ -856,7 +856,7 @@ fn running_config(state: &super::AdminState) -> RunningConfig {
         Throttled,
     )
 )]
-pub async fn get_config(State(state): State<Shared>) -> Json<RunningConfig> {
+pub async fn get_config(State(state): State<Admin>) -> Json<RunningConfig> {
     Json(running_config(&state))
 }
 
@@ -890,7 +890,7 @@ pub struct PatchQuery {
     )
 )]
 pub async fn patch_config(
-    State(state): State<Shared>,
+    State(state): State<Admin>,
     ApiQuery(q): ApiQuery<PatchQuery>,
     ApiJson(body): ApiJson<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Json<RunningConfig>, Problem> {
@@ -996,8 +996,8 @@ impl StreamEventName {
 /// One Server-Sent Event of `/api/v1/events` (each event of the stream, not the
 /// stream: the OpenAPI 3.1 reading of `text/event-stream`).
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"event": "session_opened", "data": "{\"type\":\"session_opened\",\"id\":42,\"conv\":3541092111,\"remote\":\"203.0.113.7:50812\",\"transport\":\"udp\"}"}))]
-pub struct StreamEvent {
+#[schema(as = StreamEvent, example = json!({"event": "session_opened", "data": "{\"type\":\"session_opened\",\"id\":42,\"conv\":3541092111,\"remote\":\"203.0.113.7:50812\",\"transport\":\"udp\"}"}))]
+pub struct EventMessage {
     pub event: StreamEventName,
     /// JSON: a [`Stats`] object for `stats`, an `Event` for `session_opened` and
     /// `session_closed`, `{"missed": n}` for `lagged`.
@@ -1021,7 +1021,7 @@ pub struct StreamEvent {
             status = 200,
             description = "The event stream (endless without max_events)",
             content_type = "text/event-stream",
-            body = StreamEvent,
+            body = EventMessage,
             example = "event: session_opened\ndata: {\"type\":\"session_opened\",\"id\":42,\"conv\":3541092111,\"remote\":\"203.0.113.7:50812\"}\n\n"
         ),
         (status = 400, description = "A bad query parameter", content_type = "application/problem+json", body = Problem),
@@ -1031,7 +1031,7 @@ pub struct StreamEvent {
     )
 )]
 pub async fn events(
-    State(state): State<Shared>,
+    State(state): State<Admin>,
     ApiQuery(q): ApiQuery<EventsQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Problem> {
     let interval_ms = within("interval_ms", q.interval_ms.unwrap_or(1000), 100..=60_000)?;
@@ -1082,10 +1082,10 @@ pub async fn events(
 
 /// One of the [`super::MAX_EVENT_STREAMS`] places for event streams, given back
 /// when its stream ends.
-struct EventStreamSlot(Shared);
+struct EventStreamSlot(Admin);
 
 impl EventStreamSlot {
-    fn take(state: &Shared) -> Option<EventStreamSlot> {
+    fn take(state: &Admin) -> Option<EventStreamSlot> {
         let open = &state.event_streams;
         open.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| (n < super::MAX_EVENT_STREAMS).then_some(n + 1))
             .ok()
@@ -1184,7 +1184,7 @@ pub struct ReloadAnswer {
         Throttled,
     )
 )]
-pub async fn put_config(State(state): State<Shared>, body: axum::body::Bytes) -> Result<Json<ReloadAnswer>, Problem> {
+pub async fn put_config(State(state): State<Admin>, body: axum::body::Bytes) -> Result<Json<ReloadAnswer>, Problem> {
     let text = std::str::from_utf8(&body)
         .map_err(|e| Problem::new(StatusCode::BAD_REQUEST, format!("the body is not UTF-8 text: {e}")))?;
     match state.listeners.reload_text("PUT /api/v1/config", text).await {

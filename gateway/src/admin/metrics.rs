@@ -12,48 +12,60 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::{Problem, Shared};
+use super::{Admin, Problem};
 
 /// Whether a figure only grows (a counter) or goes up and down (a gauge).
 #[derive(Clone, Copy)]
-enum Kind {
+enum MetricKind {
     Counter,
     Gauge,
 }
 
 /// Each SNMP field (kcp-go's name) as a metric: name after the `kcpgate_` prefix,
 /// help, kind, and whether it counts bytes.
-const SNMP_METRICS: [(&str, &str, &str, Kind, bool); 30] = [
-    ("BytesSent", "session_written", "Bytes the applications wrote into sessions", Kind::Counter, true),
-    ("BytesReceived", "session_read", "Bytes the applications read from sessions", Kind::Counter, true),
-    ("MaxConn", "sessions_max", "Most sessions open at once (per socket task)", Kind::Gauge, false),
-    ("ActiveOpens", "sessions_dialed", "Sessions this process opened as a client", Kind::Counter, false),
-    ("PassiveOpens", "sessions_accepted", "Sessions peers opened to this server", Kind::Counter, false),
-    ("CurrEstab", "sessions_open", "Sessions open now", Kind::Gauge, false),
-    ("InErrs", "input_errors", "Datagrams that failed input", Kind::Counter, false),
-    ("InCsumErrors", "checksum_errors", "Datagrams whose checksum or authentication failed", Kind::Counter, false),
-    ("KCPInErrors", "kcp_input_errors", "Datagrams KCP rejected", Kind::Counter, false),
-    ("InPkts", "udp_received_packets", "UDP datagrams received", Kind::Counter, false),
-    ("OutPkts", "udp_sent_packets", "UDP datagrams sent", Kind::Counter, false),
-    ("InSegs", "kcp_received_segments", "KCP segments received", Kind::Counter, false),
-    ("OutSegs", "kcp_sent_segments", "KCP segments sent", Kind::Counter, false),
-    ("InBytes", "udp_received", "UDP payload bytes received", Kind::Counter, true),
-    ("OutBytes", "udp_sent", "UDP payload bytes sent", Kind::Counter, true),
-    ("RetransSegs", "kcp_retransmitted_segments", "KCP segments retransmitted, all causes", Kind::Counter, false),
-    ("FastRetransSegs", "kcp_fast_retransmitted_segments", "KCP fast retransmissions", Kind::Counter, false),
-    ("EarlyRetransSegs", "kcp_early_retransmitted_segments", "KCP early retransmissions", Kind::Counter, false),
-    ("LostSegs", "kcp_lost_segments", "KCP retransmissions after a timeout", Kind::Counter, false),
-    ("RepeatSegs", "kcp_duplicate_segments", "KCP segments received twice or out of window", Kind::Counter, false),
-    ("FECFullShardSet", "fec_full_shard_sets", "FEC groups received complete", Kind::Counter, false),
-    ("FECRecovered", "fec_recovered_packets", "Datagrams FEC recovered", Kind::Counter, false),
-    ("FECErrs", "fec_errors", "FEC decoding errors", Kind::Counter, false),
-    ("FECParityShards", "fec_parity_shards", "FEC parity shards received", Kind::Counter, false),
-    ("FECShardSet", "fec_groups_held", "FEC groups held for decoding", Kind::Gauge, false),
-    ("FECShardMin", "fec_newest_group", "Newest FEC group held (largest over sessions)", Kind::Gauge, false),
-    ("RingBufferSndQueue", "kcp_send_queue_segments", "KCP segments waiting to be sent", Kind::Gauge, false),
-    ("RingBufferRcvQueue", "kcp_receive_queue_segments", "KCP segments waiting to be read", Kind::Gauge, false),
-    ("RingBufferSndBuffer", "kcp_in_flight_segments", "KCP segments in flight", Kind::Gauge, false),
-    ("OOBPackets", "oob_packets", "Out-of-band datagrams received", Kind::Counter, false),
+const SNMP_METRICS: [(&str, &str, &str, MetricKind, bool); 30] = [
+    ("BytesSent", "session_written", "Bytes the applications wrote into sessions", MetricKind::Counter, true),
+    ("BytesReceived", "session_read", "Bytes the applications read from sessions", MetricKind::Counter, true),
+    ("MaxConn", "sessions_max", "Most sessions open at once (per socket task)", MetricKind::Gauge, false),
+    ("ActiveOpens", "sessions_dialed", "Sessions this process opened as a client", MetricKind::Counter, false),
+    ("PassiveOpens", "sessions_accepted", "Sessions peers opened to this server", MetricKind::Counter, false),
+    ("CurrEstab", "sessions_open", "Sessions open now", MetricKind::Gauge, false),
+    ("InErrs", "input_errors", "Datagrams that failed input", MetricKind::Counter, false),
+    (
+        "InCsumErrors",
+        "checksum_errors",
+        "Datagrams whose checksum or authentication failed",
+        MetricKind::Counter,
+        false,
+    ),
+    ("KCPInErrors", "kcp_input_errors", "Datagrams KCP rejected", MetricKind::Counter, false),
+    ("InPkts", "udp_received_packets", "UDP datagrams received", MetricKind::Counter, false),
+    ("OutPkts", "udp_sent_packets", "UDP datagrams sent", MetricKind::Counter, false),
+    ("InSegs", "kcp_received_segments", "KCP segments received", MetricKind::Counter, false),
+    ("OutSegs", "kcp_sent_segments", "KCP segments sent", MetricKind::Counter, false),
+    ("InBytes", "udp_received", "UDP payload bytes received", MetricKind::Counter, true),
+    ("OutBytes", "udp_sent", "UDP payload bytes sent", MetricKind::Counter, true),
+    ("RetransSegs", "kcp_retransmitted_segments", "KCP segments retransmitted, all causes", MetricKind::Counter, false),
+    ("FastRetransSegs", "kcp_fast_retransmitted_segments", "KCP fast retransmissions", MetricKind::Counter, false),
+    ("EarlyRetransSegs", "kcp_early_retransmitted_segments", "KCP early retransmissions", MetricKind::Counter, false),
+    ("LostSegs", "kcp_lost_segments", "KCP retransmissions after a timeout", MetricKind::Counter, false),
+    (
+        "RepeatSegs",
+        "kcp_duplicate_segments",
+        "KCP segments received twice or out of window",
+        MetricKind::Counter,
+        false,
+    ),
+    ("FECFullShardSet", "fec_full_shard_sets", "FEC groups received complete", MetricKind::Counter, false),
+    ("FECRecovered", "fec_recovered_packets", "Datagrams FEC recovered", MetricKind::Counter, false),
+    ("FECErrs", "fec_errors", "FEC decoding errors", MetricKind::Counter, false),
+    ("FECParityShards", "fec_parity_shards", "FEC parity shards received", MetricKind::Counter, false),
+    ("FECShardSet", "fec_groups_held", "FEC groups held for decoding", MetricKind::Gauge, false),
+    ("FECShardMin", "fec_newest_group", "Newest FEC group held (largest over sessions)", MetricKind::Gauge, false),
+    ("RingBufferSndQueue", "kcp_send_queue_segments", "KCP segments waiting to be sent", MetricKind::Gauge, false),
+    ("RingBufferRcvQueue", "kcp_receive_queue_segments", "KCP segments waiting to be read", MetricKind::Gauge, false),
+    ("RingBufferSndBuffer", "kcp_in_flight_segments", "KCP segments in flight", MetricKind::Gauge, false),
+    ("OOBPackets", "oob_packets", "Out-of-band datagrams received", MetricKind::Counter, false),
 ];
 
 fn counter(registry: &mut Registry, name: &str, help: &str, unit: Option<Unit>, value: u64) {
@@ -85,8 +97,8 @@ pub(super) async fn render(state: &super::AdminState) -> String {
         debug_assert_eq!(go, name_go, "SNMP_METRICS follows Snmp's field order");
         let unit = bytes.then_some(Unit::Bytes);
         match kind {
-            Kind::Counter => counter(&mut registry, name, help, unit, value),
-            Kind::Gauge => gauge(&mut registry, name, help, unit, value as f64),
+            MetricKind::Counter => counter(&mut registry, name, help, unit, value),
+            MetricKind::Gauge => gauge(&mut registry, name, help, unit, value as f64),
         }
     }
     let s = &stats.streams;
@@ -229,7 +241,7 @@ pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; char
         body = Problem
     ))
 )]
-pub async fn metrics(State(state): State<Shared>, request: axum::extract::Request) -> Response {
+pub async fn metrics(State(state): State<Admin>, request: axum::extract::Request) -> Response {
     let arrived = Instant::now();
     if !state.scrapes.wait_turn(super::source_key(&request)).await {
         let mut refused = Problem::new(
@@ -249,7 +261,7 @@ pub async fn metrics(State(state): State<Shared>, request: axum::extract::Reques
 
 /// The metrics text as of after `arrived` (so a scrape never reads figures older
 /// than itself), rendered once for every scrape that was waiting when it began.
-async fn snapshot(state: &Shared, arrived: Instant) -> bytes::Bytes {
+async fn snapshot(state: &Admin, arrived: Instant) -> bytes::Bytes {
     let mut last = state.metrics_snapshot.lock().await;
     if let Some((began, text)) = last.as_ref() {
         if *began >= arrived {
@@ -349,7 +361,7 @@ pub async fn livez() -> &'static str {
         (status = 503, description = "Draining or not listening yet", content_type = "text/plain", body = String, example = "draining"),
     )
 )]
-pub async fn readyz(State(state): State<Shared>) -> Response {
+pub async fn readyz(State(state): State<Admin>) -> Response {
     if *state.drain.borrow() {
         (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
     } else if !state.shared.registry.is_serving() {

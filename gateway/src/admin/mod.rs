@@ -121,7 +121,7 @@ impl TokenThrottle {
     }
 }
 
-type Shared = Arc<AdminState>;
+type Admin = Arc<AdminState>;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -166,7 +166,7 @@ impl utoipa::Modify for BearerAuth {
 
 /// The routes that need the token, `/metrics` (which needs it with
 /// `-metrics-auth`), and the public ones.
-fn routes() -> (OpenApiRouter<Shared>, OpenApiRouter<Shared>, OpenApiRouter<Shared>) {
+fn routes() -> (OpenApiRouter<Admin>, OpenApiRouter<Admin>, OpenApiRouter<Admin>) {
     let guarded = OpenApiRouter::new()
         .routes(routes!(api::list_sessions))
         .routes(routes!(api::get_session, api::kick_session))
@@ -352,7 +352,7 @@ fn check_token(state: &AdminState, request: &Request) -> Result<(), Box<Response
     }
 }
 
-async fn require_token(State(state): State<Shared>, request: Request, next: Next) -> Response {
+async fn require_token(State(state): State<Admin>, request: Request, next: Next) -> Response {
     match check_token(&state, &request) {
         Ok(()) => next.run(request).await,
         Err(refused) => *refused,
@@ -360,7 +360,7 @@ async fn require_token(State(state): State<Shared>, request: Request, next: Next
 }
 
 /// `/metrics` with `-metrics-auth`: the token, as for /api.
-async fn require_token_for_metrics(State(state): State<Shared>, request: Request, next: Next) -> Response {
+async fn require_token_for_metrics(State(state): State<Admin>, request: Request, next: Next) -> Response {
     if !state.process.metrics_auth {
         return next.run(request).await;
     }
@@ -383,7 +383,7 @@ fn is_loopback_host(host: &str) -> bool {
 ///   loopback one (DNS rebinding: a page whose name resolves to 127.0.0.1);
 /// - a change (POST, PATCH, DELETE, ...) sent from another origin (a form or a
 ///   `text/plain` fetch needs no preflight).
-async fn same_site_only(State(state): State<Shared>, request: Request, next: Next) -> Response {
+async fn same_site_only(State(state): State<Admin>, request: Request, next: Next) -> Response {
     let headers = request.headers();
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     if state.process.admin_token.is_empty() {
@@ -422,7 +422,7 @@ async fn same_site_only(State(state): State<Shared>, request: Request, next: Nex
 }
 
 /// Unknown paths: 401 under /api without the token (routes are not revealed), else 404.
-async fn fallback(State(state): State<Shared>, request: Request) -> Response {
+async fn fallback(State(state): State<Admin>, request: Request) -> Response {
     if request.uri().path().starts_with("/api") {
         if let Err(refused) = check_token(&state, &request) {
             return *refused;
@@ -455,7 +455,7 @@ pub struct AuthInfo {
     tag = "operations",
     responses((status = 200, description = "Whether a token is needed", body = AuthInfo))
 )]
-async fn auth(State(state): State<Shared>) -> axum::Json<AuthInfo> {
+async fn auth(State(state): State<Admin>) -> axum::Json<AuthInfo> {
     axum::Json(AuthInfo { token_required: !state.process.admin_token.is_empty() })
 }
 

@@ -8,7 +8,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 
-use super::Shared;
+use super::Admin;
 use crate::assets::{self, DASHBOARD};
 
 /// What the dashboard's pages may load: only their own files and the same
@@ -17,7 +17,7 @@ const DASHBOARD_CSP: &str = "default-src 'none'; script-src 'self' 'wasm-unsafe-
     img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// The dashboard and its files, and the browser module, outside the API document.
-pub fn browser_routes() -> Router<Shared> {
+pub fn browser_routes() -> Router<Admin> {
     Router::new()
         .route("/", get(|| async { dashboard_file("index.html") }))
         .route(

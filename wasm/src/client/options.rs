@@ -10,7 +10,7 @@ use crate::codec::method_of;
 use crate::js;
 
 /// Client-side settings, read from a page's options.
-pub(super) struct Settings {
+pub(super) struct ClientSettings {
     pub(super) endpoint: EndpointConfig,
     pub(super) crypto: PacketCrypto,
     pub(super) hashes: Vec<Vec<u8>>,
@@ -30,7 +30,7 @@ pub(super) const NUMBER_OPTIONS: [(&str, &str); 8] = [
     ("qppCount", "QPPCount"),
 ];
 
-pub(super) fn settings(options: &JsValue) -> Result<Settings, JsValue> {
+pub(super) fn settings(options: &JsValue) -> Result<ClientSettings, JsValue> {
     let key = js::string(options, "key")?.ok_or_else(|| js::bad_option("key", "given (kcptun's -key)"))?;
     let crypt = js::string(options, "crypt")?.unwrap_or_else(|| "aes".into());
     let mut session = SessionSettings::kcptun(Role::Client);
@@ -55,7 +55,7 @@ pub(super) fn settings(options: &JsValue) -> Result<Settings, JsValue> {
         None => Vec::new(),
         Some(list) => Array::from(&list).iter().map(|h| certificate_hash(&h)).collect::<Result<_, _>>()?,
     };
-    Ok(Settings {
+    Ok(ClientSettings {
         endpoint,
         crypto: PacketCrypto::from_passphrase(session.crypt, &key),
         hashes,
