@@ -112,8 +112,6 @@ pub struct SessionSnapshot {
     pub datagram_size: u32,
     /// The KCP preset its settings are, or `None` for kcptun's "manual".
     pub mode: Option<crate::kcp::Mode>,
-    /// When the session started (the caller's clock, ms).
-    pub opened_at: u32,
     /// When the peer was last heard from (the caller's clock, ms).
     pub heard_at: u32,
     /// The ARQ state.
@@ -218,7 +216,6 @@ pub struct Session {
     ended: Option<SessionEnd>,
     /// Datagrams of the transmit queue already handed out by [`Session::next_transmit`].
     taken: usize,
-    opened_at: u32,
     /// When a datagram of the peer last passed the crypto check.
     heard_at: u32,
 }
@@ -248,7 +245,6 @@ impl Session {
             events: VecDeque::new(),
             ended: None,
             taken: 0,
-            opened_at: now,
             heard_at: now,
         }
     }
@@ -278,7 +274,6 @@ impl Session {
             cipher: self.conn.crypto().method(),
             datagram_size: (c.mtu + c.header_room + c.tail_room) as u32,
             mode: crate::kcp::Mode::of_config(c),
-            opened_at: self.opened_at,
             heard_at: self.heard_at,
             kcp: kcp.state(),
             traffic: self.conn.snmp(),
@@ -291,11 +286,6 @@ impl Session {
             Layers::Streams(_) => Framing::Streams,
             Layers::Messages(_) => Framing::Messages,
         }
-    }
-
-    /// When the session started (the caller's clock, ms).
-    pub fn opened_at(&self) -> u32 {
-        self.opened_at
     }
 
     /// When the peer was last heard from: its last datagram that passed the crypto

@@ -127,7 +127,7 @@ impl Query {
 
 /// Queries a task took from its inbox, by [`QueryKind::ALL`] order (a task answers
 /// every query it takes).
-type Answered = Arc<[AtomicU64; 7]>;
+type Answered = Arc<[AtomicU64; QueryKind::ALL.len()]>;
 
 /// A task's end of the query channel.
 pub struct Inbox {
@@ -313,11 +313,7 @@ impl Registry {
         let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
         let mut pending = Vec::with_capacity(tasks.len());
         for (kind, task) in tasks {
-            let (tx, rx) = oneshot::channel();
-            // A full inbox (many readers at once) is waited for: a retune or a kick
-            // must not be lost. A task gone or stuck past the deadline is skipped.
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if task.send_timeout(make(tx), left).await.is_ok() {
+            if let Some(rx) = post(&task, &make, deadline).await {
                 pending.push((kind, rx));
             }
         }
@@ -366,8 +362,7 @@ impl Registry {
         let (task, _) = owner_of(id);
         let inbox = self.tasks.lock().expect("registry lock").get(task).cloned().flatten()?.1;
         let deadline = tokio::time::Instant::now() + ANSWER_WAIT;
-        let (tx, rx) = oneshot::channel();
-        inbox.send_timeout(make(tx), ANSWER_WAIT).await.ok()?;
+        let rx = post(&inbox, make, deadline).await?;
         tokio::time::timeout_at(deadline, rx).await.ok()?.ok()
     }
 
@@ -390,7 +385,7 @@ impl Registry {
 
     /// Every live task's number and the queries it has answered, by
     /// [`QueryKind::ALL`] order.
-    pub fn queries_by_task(&self) -> Vec<(usize, [u64; 7])> {
+    pub fn queries_by_task(&self) -> Vec<(usize, [u64; QueryKind::ALL.len()])> {
         let tasks = self.tasks.lock().expect("registry lock");
         let counts = |a: &Answered| std::array::from_fn(|i| a[i].load(Ordering::Relaxed));
         tasks.iter().enumerate().filter_map(|(n, t)| t.as_ref().map(|(_, _, a)| (n, counts(a)))).collect()
@@ -400,6 +395,20 @@ impl Registry {
     pub async fn retune(&self) {
         self.ask(Query::Retune).await;
     }
+}
+
+/// Puts the query `make` builds in a task's `inbox`; the receiver of its answer, or
+/// None when the task is gone or its inbox stays full past `deadline`. A full inbox
+/// (many readers at once) is waited for: a retune or a kick must not be lost.
+async fn post<T>(
+    inbox: &mpsc::Sender<Query>,
+    make: impl FnOnce(oneshot::Sender<T>) -> Query,
+    deadline: tokio::time::Instant,
+) -> Option<oneshot::Receiver<T>> {
+    let (tx, rx) = oneshot::channel();
+    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+    inbox.send_timeout(make(tx), left).await.ok()?;
+    Some(rx)
 }
 
 /// The process totals from [`Registry::counters_by_transport`]'s.

@@ -248,7 +248,7 @@ async fn a_kick_asks_the_owning_task_alone_and_the_peer_cannot_come_back() {
     assert!(registry.session(cheater_id).await.is_none(), "the kicked session is gone");
     assert!(!registry.kick(cheater_id, "again").await, "a second kick finds nothing");
     let after = registry.queries_by_task();
-    let asked = |counts: &[(usize, [u64; 7])], kind: QueryKind| {
+    let asked = |counts: &[(usize, [u64; QueryKind::ALL.len()])], kind: QueryKind| {
         counts.iter().find(|(t, _)| *t == task).unwrap().1[kind as usize]
     };
     assert_eq!(asked(&after, QueryKind::Kick) - asked(&before, QueryKind::Kick), 2, "both kicks went to the owner");

@@ -490,10 +490,15 @@ pub struct TransportStats {
 pub struct DroppedDatagrams(ListenerStats);
 
 impl DroppedDatagrams {
-    /// The reasons a gateway counts, with their counts: every one but the accept
-    /// backlog's (its endpoints take each new session at once, so no backlog fills).
+    /// The reasons a gateway counts: every one but the accept backlog's (its
+    /// endpoints take each new session at once, so no backlog fills).
+    fn reasons() -> impl Iterator<Item = DropReason> {
+        DropReason::ALL.into_iter().filter(|reason| *reason != DropReason::BacklogFull)
+    }
+
+    /// The reasons a gateway counts, with their counts.
     pub fn counts(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
-        self.0.drops().filter(|(reason, _)| *reason != DropReason::BacklogFull)
+        DroppedDatagrams::reasons().map(|reason| (reason, self.0[reason]))
     }
 }
 
@@ -517,7 +522,6 @@ impl Serialize for DroppedDatagrams {
 impl utoipa::PartialSchema for DroppedDatagrams {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
-        let zero = DroppedDatagrams(ListenerStats::default());
         let typical = |reason| match reason {
             DropReason::Checksum => 12,
             DropReason::Replayed => 3,
@@ -525,14 +529,14 @@ impl utoipa::PartialSchema for DroppedDatagrams {
             _ => 0,
         };
         let example: serde_json::Map<String, serde_json::Value> =
-            zero.counts().map(|(reason, _)| (reason.name().to_string(), typical(reason).into())).collect();
+            DroppedDatagrams::reasons().map(|reason| (reason.name().to_string(), typical(reason).into())).collect();
         let mut object = ObjectBuilder::new()
             .description(Some(
                 "Datagrams dropped before reaching a session, by reason. Each is also\n\
                  `kcpgate_datagrams_dropped_total{reason}` in `/metrics`.",
             ))
             .examples([serde_json::Value::Object(example)]);
-        for (reason, _) in zero.counts() {
+        for reason in DroppedDatagrams::reasons() {
             let count = ObjectBuilder::new()
                 .schema_type(Type::Integer)
                 .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
