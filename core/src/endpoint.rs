@@ -33,20 +33,11 @@ use crate::crypto::PacketCrypto;
 use crate::error::SettingsError;
 use crate::kcp::diff;
 use crate::listener::{DropReason, Listener, ListenerStats, Outcome, Routed};
+pub use crate::listener::SessionId;
 use crate::pipeline::{Connection, SessionConfig};
 use crate::session::{Session, SessionEnd, StreamConfig, StreamEvent};
 use crate::smux::{Read, Role, StreamError};
 use crate::snmp::Snmp;
-
-/// An endpoint's name for one of its sessions; never reused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SessionId(pub u64);
-
-impl core::fmt::Display for SessionId {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
 
 /// Settings of every session an endpoint makes.
 #[derive(Debug, Clone)]
@@ -60,7 +51,8 @@ pub struct EndpointConfig {
 /// What the application should act on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event<A> {
-    /// A session opened: a peer's first datagram (server), or [`Endpoint::connect`].
+    /// A session opened: a peer's first datagram (server; with address proof,
+    /// once the peer has proven its address), or [`Endpoint::connect`].
     SessionOpened {
         /// The endpoint's name for it.
         id: SessionId,
@@ -79,6 +71,15 @@ pub enum Event<A> {
         conv: u32,
         /// Why it ended.
         reason: SessionEnd,
+    },
+    /// A peer opened a session but never proved its address (see
+    /// [`Endpoint::set_address_proof`]): the session was forgotten unannounced,
+    /// and nothing at `remote` is held for it any more.
+    Unproven {
+        /// The address it came from.
+        remote: A,
+        /// Its KCP conversation id.
+        conv: u32,
     },
     /// Something about one of a session's streams.
     Stream {
@@ -103,7 +104,6 @@ pub struct Transmit<A> {
 }
 
 struct Entry {
-    id: SessionId,
     session: Session,
     /// In the endpoint's work list.
     queued: bool,
@@ -131,6 +131,18 @@ impl Routed for Entry {
     fn snmp(&self) -> Snmp {
         self.session.snmp()
     }
+
+    fn probe_address(&mut self, ts_base: u32) -> bool {
+        self.session.probe_address(ts_base)
+    }
+
+    fn echoed_by(&self, plain: &[u8]) -> bool {
+        self.session.echoed_by(plain)
+    }
+
+    fn keep_probing(&mut self) {
+        self.session.keep_probing();
+    }
 }
 
 /// Sessions of one datagram source. See the module docs.
@@ -138,16 +150,14 @@ pub struct Endpoint<A> {
     role: Role,
     listener: Listener<A, Entry>,
     streams: StreamConfig,
-    ids: HashMap<SessionId, A>,
-    next_id: u64,
     /// Sessions touched since they were last driven.
-    work: Vec<A>,
+    work: Vec<SessionId>,
     /// Sessions that may have datagrams to send, in turn.
-    sending: VecDeque<A>,
+    sending: VecDeque<SessionId>,
     /// Ended sessions whose last datagrams were not all taken yet.
     closing: VecDeque<(A, Session)>,
     events: VecDeque<Event<A>>,
-    schedule: Schedule<A>,
+    schedule: Schedule<SessionId>,
     clock: Clock,
     /// Counters of sessions already gone.
     retired: Snmp,
@@ -169,14 +179,14 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
         config.streams.stack.smux.validate()?;
         let mut listener = Listener::new(config.session, crypto, seed)?;
         listener.set_accepting(role == Role::Server);
+        let probes = config.streams.framing == crate::session::Framing::Streams;
+        listener.set_address_proof(role == Role::Server && probes, crate::listener::DEFAULT_MAX_UNPROVEN);
         // The endpoint takes every new session as it is made: nothing waits to be accepted.
         listener.set_accept_queue(false);
         Ok(Endpoint {
             role,
             listener,
             streams: config.streams,
-            ids: HashMap::new(),
-            next_id: 1,
             work: Vec::new(),
             sending: VecDeque::new(),
             closing: VecDeque::new(),
@@ -221,6 +231,15 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
         self.listener.set_admission(admission);
     }
 
+    /// Whether a new session must prove its peer's address before it is announced
+    /// and may send more than three times what it received, and how many may be
+    /// waiting to at once: see `Listener::set_address_proof`. On by default for a
+    /// server with smux framing, where the proof is an smux NOP the peer's KCP
+    /// acknowledges; turn it off where the transport proved the address (QUIC).
+    pub fn set_address_proof(&mut self, prove: bool, max_unproven: usize) {
+        self.listener.set_address_proof(prove && self.role == Role::Server, max_unproven);
+    }
+
     /// See `Listener::set_source_key`.
     pub fn set_source_key(&mut self, source_of: fn(&A) -> u64) {
         self.listener.set_source_key(source_of);
@@ -229,11 +248,8 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
     /// Opens a session to `remote` at `now`; `None` when one to `remote` is open.
     pub fn connect(&mut self, now: u32, remote: A) -> Option<SessionId> {
         self.clock.set(now);
-        let id = SessionId(self.next_id);
-        let make = new_entry(id, self.role, &self.streams, now);
-        if !self.listener.dial(remote.clone(), make) {
-            return None;
-        }
+        let make = new_entry(self.role, &self.streams, now);
+        let id = self.listener.dial(remote.clone(), make)?;
         self.opened(id, remote);
         Some(id)
     }
@@ -242,20 +258,22 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
     /// became of it (bad datagrams are dropped and counted).
     pub fn handle_datagram(&mut self, now: u32, from: &A, datagram: &mut [u8]) -> Outcome {
         self.clock.set(now);
-        let id = SessionId(self.next_id);
-        let make = new_entry(id, self.role, &self.streams, now);
+        let make = new_entry(self.role, &self.streams, now);
         let outcome = self.listener.handle_datagram_with(now, from, datagram, make);
         match outcome {
             Outcome::Created | Outcome::Replaced { .. } => {
-                for (addr, old) in self.listener.take_closed() {
+                for (old_id, addr, old) in self.listener.take_closed() {
                     let mut session = old.session;
                     session.replaced();
                     session.clear_transmits(); // for a conversation the peer abandoned
-                    self.ended(old.id, addr, session);
+                    self.ended(old_id, addr, session);
                 }
+                let id = self.listener.id_at(from).expect("the address's new session");
                 self.opened(id, from.clone());
             }
-            Outcome::Delivered => self.touch(from),
+            // The datagram went to the proven session of its address, or to one
+            // still proving it: both have work now.
+            Outcome::Delivered | Outcome::Unproven => self.touch_at(from),
             Outcome::Dropped(_) => {}
         }
         outcome
@@ -265,13 +283,15 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
     pub fn handle_timeout(&mut self, now: u32) {
         self.clock.set(now);
         let now_abs = self.clock.abs(now);
-        while let Some(addr) = self.schedule.pop_due(now_abs) {
-            if let Some(entry) = self.listener.session_mut(&addr) {
+        while let Some(id) = self.schedule.pop_due(now_abs) {
+            if let Some((remote, entry)) = self.listener.expire(id, now) {
+                self.retired.accumulate(&entry.session.snmp());
+                self.events.push_back(Event::Unproven { remote, conv: entry.session.conv() });
+                continue;
+            }
+            if let Some((_, entry)) = self.listener.get_mut(id) {
                 entry.session.handle_timeout(now);
-                if !entry.queued {
-                    entry.queued = true;
-                    self.work.push(addr);
-                }
+                self.touch(id);
             }
         }
     }
@@ -305,12 +325,31 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
             }
             self.closing.pop_front();
         }
-        while let Some(addr) = self.sending.front() {
-            if let Some(entry) = self.listener.session_mut(addr) {
-                if let Some(t) = fill(&mut entry.session, addr, max_datagrams, buf) {
+        while let Some(&id) = self.sending.front() {
+            let allowance = self.listener.send_allowance(id);
+            if let Some((addr, entry)) = self.listener.get_mut(id) {
+                let (max, mut held) = (max_datagrams, 0);
+                let transmit = match allowance {
+                    None => fill(&mut entry.session, addr, max, buf),
+                    // One datagram at a time, each within what the session may send.
+                    Some(left) => {
+                        while entry.session.peek_transmit_len().is_some_and(|len| len > left) {
+                            entry.session.next_transmit();
+                            held += 1;
+                        }
+                        fill(&mut entry.session, addr, 1, buf)
+                    }
+                };
+                if allowance.is_some() {
+                    let size = transmit.as_ref().map_or(0, |t| t.size);
+                    self.listener.count_sent(id, size, held);
+                }
+                if let Some(t) = transmit {
                     return Some(t);
                 }
-                entry.sending = false;
+                if let Some((_, entry)) = self.listener.get_mut(id) {
+                    entry.sending = false;
+                }
             }
             self.sending.pop_front();
         }
@@ -321,29 +360,29 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
     /// written at once.
     pub fn open_stream(&mut self, now: u32, id: SessionId) -> Result<u32, StreamError> {
         self.clock.set(now);
-        let (addr, session) = self.session_of(id)?;
+        let session = self.session_of(id)?;
         let sid = session.open_stream(now).map_err(StreamError::Mux)?;
-        self.touch(&addr);
+        self.touch(id);
         Ok(sid)
     }
 
     /// Reads from a stream: see [`Session::read`].
     pub fn read(&mut self, now: u32, id: SessionId, sid: u32, buf: &mut [u8]) -> Result<Read, StreamError> {
         self.clock.set(now);
-        let (addr, session) = self.session_of(id)?;
+        let session = self.session_of(id)?;
         let read = session.read(now, sid, buf);
         if matches!(read, Ok(Read::Data(_) | Read::Eof)) {
-            self.touch(&addr);
+            self.touch(id);
         }
         read
     }
 
     /// Writes to a stream: see [`Session::write`].
     pub fn write(&mut self, id: SessionId, sid: u32, data: &[u8]) -> Result<usize, StreamError> {
-        let (addr, session) = self.session_of(id)?;
+        let session = self.session_of(id)?;
         let n = session.write(sid, data)?;
         if n > 0 {
-            self.touch(&addr);
+            self.touch(id);
         }
         Ok(n)
     }
@@ -351,17 +390,17 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
     /// Ends our direction of a stream: see [`Session::finish`].
     pub fn finish(&mut self, now: u32, id: SessionId, sid: u32) -> Result<(), StreamError> {
         self.clock.set(now);
-        let (addr, session) = self.session_of(id)?;
+        let session = self.session_of(id)?;
         session.finish(now, sid)?;
-        self.touch(&addr);
+        self.touch(id);
         Ok(())
     }
 
     /// Ends a stream at once: see [`Session::reset`].
     pub fn reset(&mut self, id: SessionId, sid: u32) -> Result<(), StreamError> {
-        let (addr, session) = self.session_of(id)?;
+        let session = self.session_of(id)?;
         session.reset(sid)?;
-        self.touch(&addr);
+        self.touch(id);
         Ok(())
     }
 
@@ -377,12 +416,14 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
     /// peer cannot bring it back. False if there is no such session.
     pub fn close_session(&mut self, now: u32, id: SessionId, hold_ms: Option<u32>, why: impl Into<String>) -> bool {
         self.clock.set(now);
-        let Some(addr) = self.ids.get(&id).cloned() else { return false };
+        if !self.listener.is_proven(id) {
+            return false;
+        }
         let entry = match hold_ms {
-            Some(hold) => self.listener.close(&addr, now, hold),
-            None => self.listener.remove(&addr),
+            Some(hold) => self.listener.close(id, now, hold),
+            None => self.listener.remove(id),
         };
-        let Some(mut entry) = entry else { return false };
+        let Some((addr, mut entry)) = entry else { return false };
         entry.session.close(now, why.into());
         self.ended(id, addr, entry.session);
         true
@@ -390,18 +431,31 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
 
     /// The open session of the peer at `addr`, if it has one.
     pub fn session_at(&self, addr: &A) -> Option<SessionId> {
-        self.listener.session(addr).map(|e| e.id)
+        self.listener.id_at(addr)
     }
 
-    /// One session and its peer's address.
+    /// Whether anything is held for `addr`: an open session, or one still proving
+    /// its address.
+    pub fn knows(&self, addr: &A) -> bool {
+        self.listener.knows(addr)
+    }
+
+    /// One open session and its peer's address.
     pub fn session(&self, id: SessionId) -> Option<(&A, &Session)> {
-        let addr = self.ids.get(&id)?;
-        Some((addr, &self.listener.session(addr)?.session))
+        if !self.listener.is_proven(id) {
+            return None;
+        }
+        self.listener.get(id).map(|(addr, e)| (addr, &e.session))
     }
 
     /// Every open session, in no particular order.
     pub fn sessions(&self) -> impl Iterator<Item = (SessionId, &A, &Session)> + '_ {
-        self.listener.sessions().map(|(addr, e)| (e.id, addr, &e.session))
+        self.listener.sessions().map(|(id, addr, e)| (id, addr, &e.session))
+    }
+
+    /// Sessions waiting to prove their peer's address.
+    pub fn unproven_len(&self) -> usize {
+        self.listener.unproven_len()
     }
 
     /// Open sessions.
@@ -433,26 +487,25 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
         totals
     }
 
-    fn session_of(&mut self, id: SessionId) -> Result<(A, &mut Session), StreamError> {
-        let addr = self.ids.get(&id).ok_or(StreamError::NoSuchStream)?;
-        let entry = self.listener.session_mut(addr).ok_or(StreamError::NoSuchStream)?;
-        Ok((addr.clone(), &mut entry.session))
+    fn session_of(&mut self, id: SessionId) -> Result<&mut Session, StreamError> {
+        if !self.listener.is_proven(id) {
+            return Err(StreamError::NoSuchStream);
+        }
+        let (_, entry) = self.listener.get_mut(id).ok_or(StreamError::NoSuchStream)?;
+        Ok(&mut entry.session)
     }
 
     fn opened(&mut self, id: SessionId, remote: A) {
-        self.next_id += 1;
         self.opened += 1;
         self.most_open = self.most_open.max(self.listener.len() as u64);
-        self.ids.insert(id, remote.clone());
-        let conv = self.listener.session(&remote).map_or(0, Routed::conv);
-        self.events.push_back(Event::SessionOpened { id, remote: remote.clone(), conv });
-        self.touch(&remote);
+        let conv = self.listener.get(id).map_or(0, |(_, e)| e.conv());
+        self.events.push_back(Event::SessionOpened { id, remote, conv });
+        self.touch(id);
     }
 
     /// A session is over: its events go out, its last datagrams wait in `closing`.
     fn ended(&mut self, id: SessionId, addr: A, mut session: Session) {
-        self.ids.remove(&id);
-        self.schedule.forget(&addr);
+        self.schedule.forget(&id);
         while let Some(event) = session.poll_event() {
             self.events.push_back(Event::Stream { id, event });
         }
@@ -465,12 +518,20 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
     }
 
     /// Notes that a session has work to do before events or transmits are taken.
-    fn touch(&mut self, addr: &A) {
-        if let Some(entry) = self.listener.session_mut(addr) {
+    fn touch(&mut self, id: SessionId) {
+        if let Some((_, entry)) = self.listener.get_mut(id) {
             if !entry.queued {
                 entry.queued = true;
-                self.work.push(addr.clone());
+                self.work.push(id);
             }
+        }
+    }
+
+    /// [`Endpoint::touch`] for the sessions at `addr` (the proven one, and one
+    /// proving its address).
+    fn touch_at(&mut self, addr: &A) {
+        for id in self.listener.ids_at(addr) {
+            self.touch(id);
         }
     }
 
@@ -478,33 +539,43 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
     /// its datagrams, schedules its next timer, and retires it if it ended.
     fn settle(&mut self) {
         let now = self.clock.now;
-        while let Some(addr) = self.work.pop() {
-            let Some(entry) = self.listener.session_mut(&addr) else { continue };
+        while let Some(id) = self.work.pop() {
+            let proven = self.listener.is_proven(id);
+            let deadline = self.listener.proof_deadline(id);
+            let Some((_, entry)) = self.listener.get_mut(id) else { continue };
             entry.queued = false;
             entry.session.drive(now);
-            let id = entry.id;
-            while let Some(event) = entry.session.poll_event() {
+            // A session still proving its address keeps its stream events: nothing
+            // is dialled or answered for a peer that may not be there.
+            while let Some(event) = proven.then(|| entry.session.poll_event()).flatten() {
                 self.events.push_back(Event::Stream { id, event });
             }
             if !entry.sending && entry.session.peek_transmit_len().is_some() {
                 entry.sending = true;
-                self.sending.push_back(addr.clone());
+                self.sending.push_back(id);
             }
             if entry.session.ended().is_some() {
-                let entry = self.listener.remove(&addr).expect("present");
-                self.ended(id, addr, entry.session);
+                let (addr, entry) = self.listener.remove(id).expect("present");
+                match proven {
+                    true => self.ended(id, addr, entry.session),
+                    false => {
+                        self.schedule.forget(&id);
+                        self.retired.accumulate(&entry.session.snmp());
+                        self.events.push_back(Event::Unproven { remote: addr, conv: entry.session.conv() });
+                    }
+                }
                 continue;
             }
-            let due = entry.session.poll_timeout().map(|d| self.clock.abs(d));
-            self.schedule.set(addr, due);
+            let due = entry.session.poll_timeout().into_iter().chain(deadline).reduce(crate::kcp::earliest);
+            self.schedule.set(id, due.map(|d| self.clock.abs(d)));
         }
     }
 }
 
 /// How a connection the listener makes becomes session `id`. The stream settings
 /// are copied only when a session is really made, not for every datagram.
-fn new_entry(id: SessionId, role: Role, streams: &StreamConfig, now: u32) -> impl FnOnce(Connection) -> Entry + '_ {
-    move |conn| Entry { id, session: Session::new(conn, role, streams.clone(), now), queued: false, sending: false }
+fn new_entry(role: Role, streams: &StreamConfig, now: u32) -> impl FnOnce(Connection) -> Entry + '_ {
+    move |conn| Entry { session: Session::new(conn, role, streams.clone(), now), queued: false, sending: false }
 }
 
 /// Copies a session's next datagrams for `addr` into `buf` (see

@@ -66,7 +66,7 @@ pub use crypto::{Method, OpenError, PacketCrypto};
 pub use endpoint::{Endpoint, EndpointConfig, Event, SessionId, Transmit};
 pub use error::SettingsError;
 pub use kcp::{KcpState, Mode};
-pub use listener::{DropReason, ListenerStats, Outcome};
+pub use listener::{DropReason, ListenerStats, Outcome, DEFAULT_MAX_UNPROVEN};
 pub use pipeline::{SessionConfig, MTU_LIMIT};
 pub use qpp::QppWarning;
 pub use session::{Framing, Session, SessionEnd, SessionSnapshot, StreamEnd, StreamEvent, StreamSnapshot};

@@ -2,8 +2,9 @@
 //!
 //! [`Listener`] is kcp-go's listener without the socket: one table from remote
 //! address to session (a bare [`Connection`], or anything built around one, see
-//! [`Routed`]), the rule for which datagram may create a session, and the accept
-//! backlog. A listener that does not accept holds dialled sessions only: the
+//! [`Routed`]), the rule for which datagram may create a session, the proof
+//! that a new session's peer receives at its address (when asked for, see
+//! [`Listener::set_address_proof`]), and the accept backlog. A listener that does not accept holds dialled sessions only: the
 //! client side, which takes datagrams from the addresses it dialled and drops, and
 //! counts, any other. Addresses are any hashable type (a `SocketAddr` in the
 //! gateway), so the rules can be driven and tested without sockets.
@@ -72,11 +73,17 @@ pub enum DropReason {
     /// From an address with no session while the listener takes no new ones (a
     /// client, or a server that is draining or at its session limit).
     NotAccepting,
+    /// A new session while as many as allowed were waiting to prove their
+    /// address (see `Listener::set_address_proof`).
+    UnprovenLimit,
+    /// For a session that has not proven its address, past the bytes such a
+    /// session takes ([`UNPROVEN_INPUT`]).
+    UnprovenInput,
 }
 
 impl DropReason {
     /// Every reason, in the order of [`ListenerStats::drops`].
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 15] = [
         DropReason::TooShort,
         DropReason::Checksum,
         DropReason::Runt,
@@ -90,6 +97,8 @@ impl DropReason {
         DropReason::OpeningLimit,
         DropReason::Closed,
         DropReason::NotAccepting,
+        DropReason::UnprovenLimit,
+        DropReason::UnprovenInput,
     ];
 
     /// Its name in counters (`snake_case`), as the admin API and `/metrics` show it.
@@ -108,6 +117,8 @@ impl DropReason {
             DropReason::OpeningLimit => "opening_limit",
             DropReason::Closed => "closed",
             DropReason::NotAccepting => "not_accepting",
+            DropReason::UnprovenLimit => "unproven_limit",
+            DropReason::UnprovenInput => "unproven_input",
         }
     }
 }
@@ -135,6 +146,13 @@ impl core::fmt::Display for DropReason {
             DropReason::OpeningLimit => "A new session while all sources together were over the rate (`open_rate`).",
             DropReason::Closed => "For a session closed (kicked) a short while ago.",
             DropReason::NotAccepting => "A new peer while no sessions were accepted (draining, or at `max_sessions`).",
+            DropReason::UnprovenLimit => {
+                "A new session while too many waited to prove their address (`max_unproven`): a flood of openings \
+                 from addresses that do not answer."
+            }
+            DropReason::UnprovenInput => {
+                "More than 48 KiB for a session that had not yet proven its address (it may send again once it has)."
+            }
         })
     }
 }
@@ -144,10 +162,14 @@ impl core::fmt::Display for DropReason {
 pub enum Outcome {
     /// Given to the session of that address.
     Delivered,
-    /// A new session was created for the address and queued for accept.
+    /// A session of the address counts from now on: new, or, with address proof,
+    /// one that has just proven its address. It is queued for accept.
     Created,
-    /// The peer restarted (new conv, sn 0): its old session was closed and a new one
-    /// created in its place.
+    /// A new session began that counts only once it proves its peer's address
+    /// (see `Listener::set_address_proof`).
+    Unproven,
+    /// The peer restarted (new conv, sn 0): its old session was closed and the new
+    /// one counts in its place (with address proof, once it has proven it).
     Replaced {
         /// The conversation that was replaced.
         old_conv: u32,
@@ -169,6 +191,13 @@ pub struct ListenerStats {
     /// Resets sent: to a peer of a session this side does not have (see
     /// `kcp::CMD_RESET`).
     pub resets: u64,
+    /// Sessions that proved their peer's address.
+    pub proven: u64,
+    /// Sessions forgotten because their peer did not prove its address in time.
+    pub unproven_expired: u64,
+    /// Datagrams not sent because a session that had not proven its address had
+    /// sent [`AMPLIFICATION_FACTOR`] times what it received.
+    pub amplification_held: u64,
 }
 
 impl ListenerStats {
@@ -189,6 +218,9 @@ impl ListenerStats {
         self.created += other.created;
         self.replaced += other.replaced;
         self.resets += other.resets;
+        self.proven += other.proven;
+        self.unproven_expired += other.unproven_expired;
+        self.amplification_held += other.amplification_held;
     }
 
     /// Datagrams dropped, all reasons.
@@ -219,6 +251,18 @@ pub trait Routed {
     fn crypto(&self) -> &Arc<PacketCrypto>;
     /// The session's counters.
     fn snmp(&self) -> Snmp;
+    /// Starts a proof of the peer's address: `ts_base` goes into the session's
+    /// KCP (`Kcp::set_ts_base`) and a segment the peer must acknowledge is sent.
+    /// False if the session has nothing to send that its peer would not take for
+    /// application data (then its address cannot be proven this way).
+    fn probe_address(&mut self, ts_base: u32) -> bool;
+    /// Whether `plain`, not yet handled, carries evidence from the session's
+    /// real peer: see `Connection::echoed_by`.
+    fn echoed_by(&self, plain: &[u8]) -> bool;
+    /// Called after each datagram while the address is unproven: probes again
+    /// once nothing the peer could echo is in flight (a later segment's `una`
+    /// retired the probe when the ACK that echoed it was lost).
+    fn keep_probing(&mut self);
 }
 
 impl Routed for Connection {
@@ -241,19 +285,88 @@ impl Routed for Connection {
     fn snmp(&self) -> Snmp {
         Connection::snmp(self)
     }
+
+    /// A bare connection carries only the application's bytes: it sends no probe.
+    fn probe_address(&mut self, ts_base: u32) -> bool {
+        self.kcp_mut().set_ts_base(ts_base);
+        false
+    }
+
+    fn echoed_by(&self, plain: &[u8]) -> bool {
+        Connection::echoed_by(self, plain)
+    }
+
+    fn keep_probing(&mut self) {}
+}
+
+/// A listener's name for one of its sessions; never reused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+impl core::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// How long a new session may take to prove its peer's address before it is
+/// forgotten. An honest peer proves it one round trip and one flush interval
+/// after its first datagram; the rest is room for a lost datagram or two.
+pub const PROOF_TIMEOUT_MS: u32 = 5_000;
+
+/// A session that has not proven its address sends at most this many times the
+/// bytes it received (QUIC's anti-amplification factor, RFC 9000 §8).
+pub const AMPLIFICATION_FACTOR: usize = 3;
+
+/// Bytes a session takes from its peer before it proves its address; later
+/// datagrams are dropped ([`DropReason::UnprovenInput`]) until it has. A kcp-go
+/// peer sends at most 32 segments (its initial view of the receive window) before
+/// it hears from this side: 48 KiB lets an honest first burst through whole.
+pub const UNPROVEN_INPUT: usize = 48 * 1024;
+
+/// Sessions waiting to prove their address at once, unless set
+/// ([`Listener::set_address_proof`]).
+pub const DEFAULT_MAX_UNPROVEN: usize = 10_000;
+
+/// Where a session stands with its peer's address.
+#[derive(Debug, Clone, Copy)]
+enum Proof {
+    /// The peer receives at the session's address (or the transport vouched for it,
+    /// or the listener does not ask).
+    Proven,
+    /// Not yet: the session is not announced, sends at most
+    /// [`AMPLIFICATION_FACTOR`] times what it received, and is forgotten at `until`.
+    Unproven { received: usize, sent: usize, until: u32 },
+}
+
+/// A session and where it stands. The session is boxed: it is kilobytes, and the
+/// table moves its slots when it grows.
+struct Slot<A, S> {
+    addr: A,
+    session: Box<S>,
+    proof: Proof,
 }
 
 /// The server side's session table. See the module docs.
 pub struct Listener<A, S = Connection> {
     crypto: Arc<PacketCrypto>,
     config: SessionConfig,
-    sessions: HashMap<A, S>,
-    backlog: VecDeque<A>,
+    slots: HashMap<SessionId, Slot<A, S>>,
+    /// Each address's proven session.
+    by_addr: HashMap<A, SessionId>,
+    /// Each address's session that has not proven it yet (beside a proven one, a
+    /// peer that restarted: it replaces that one once it has).
+    unproven: HashMap<A, SessionId>,
+    next_id: u64,
+    backlog: VecDeque<SessionId>,
     /// Whether new sessions wait in `backlog` for [`Listener::accept`] (kcp-go's
     /// way); an owner that takes every new session at once turns it off.
     queue_accepts: bool,
+    /// Whether new sessions must prove their address, and how many may wait.
+    prove: bool,
+    max_unproven: usize,
     seeds: NonceSource,
-    closed: Vec<(A, S)>,
+    closed: Vec<(SessionId, A, S)>,
     accepting: bool,
     /// While not accepting, answer a refused opening with a reset.
     reset_refused: bool,
@@ -296,9 +409,14 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         Ok(Listener {
             crypto,
             config,
-            sessions: HashMap::new(),
+            slots: HashMap::new(),
+            by_addr: HashMap::new(),
+            unproven: HashMap::new(),
+            next_id: 1,
             backlog: VecDeque::new(),
             queue_accepts: true,
+            prove: false,
+            max_unproven: DEFAULT_MAX_UNPROVEN,
             seeds: NonceSource::from_seed(seed),
             closed: Vec::new(),
             accepting: true,
@@ -332,6 +450,21 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         }
     }
 
+    /// Whether a new session must prove that its peer receives at its address
+    /// before it counts (off by default: kcp-go's listener takes the key as
+    /// enough), and how many may be waiting to at once; more openings are dropped
+    /// ([`DropReason::UnprovenLimit`]). A session proves it when the peer
+    /// acknowledges the probe [`Routed::probe_address`] sent, echoing the random
+    /// `ts` only a receiver of the probe knows. Until then it is not accepted or
+    /// listed, sends at most [`AMPLIFICATION_FACTOR`] times the bytes it received,
+    /// takes at most [`UNPROVEN_INPUT`] bytes, is forgotten after
+    /// [`PROOF_TIMEOUT_MS`], and a new conversation from a proven session's
+    /// address replaces that session only once it has proven itself.
+    pub fn set_address_proof(&mut self, prove: bool, max_unproven: usize) {
+        self.prove = prove;
+        self.max_unproven = max_unproven;
+    }
+
     /// Opens sessions from now on with `crypto` (a new key or crypt); open
     /// sessions keep theirs, and their datagrams are still opened with it.
     /// Refused, changing nothing, when the session settings do not fit it (an
@@ -341,9 +474,13 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         // A retune hands over the crypto in use again: nothing to look at then.
         if !Arc::ptr_eq(&crypto, &self.crypto) {
             self.crypto = crypto;
-            self.rotated = self.sessions.values().any(|s| !Arc::ptr_eq(s.crypto(), &self.crypto));
+            self.update_rotated();
         }
         Ok(())
+    }
+
+    fn update_rotated(&mut self) {
+        self.rotated = self.slots.values().any(|s| !Arc::ptr_eq(s.session.crypto(), &self.crypto));
     }
 
     /// Whether datagrams from new addresses may open sessions (and a restarted peer
@@ -387,15 +524,18 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         datagram: &mut [u8],
         make: impl FnOnce(Connection) -> S,
     ) -> Outcome {
-        if datagram.len() > crate::pipeline::MTU_LIMIT {
+        let wire_len = datagram.len();
+        if wire_len > crate::pipeline::MTU_LIMIT {
             return self.drop(DropReason::Malformed);
         }
+        let proven = self.by_addr.get(from).copied();
+        let unproven = self.unproven.get(from).copied();
         // After a key change an older session's datagrams are opened with its own
         // crypto (one more lookup, only then); a restarted peer at its address
         // is heard once that session has ended.
         let (opened, fingerprint) = {
             let crypto = match self.rotated {
-                true => self.sessions.get(from).map_or(&self.crypto, |s| s.crypto()),
+                true => proven.or(unproven).and_then(|id| self.slots.get(&id)).map_or(&self.crypto, |s| s.session.crypto()),
                 false => &self.crypto,
             };
             let opened = crypto.open(datagram);
@@ -409,37 +549,19 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         let plain = &datagram[plain];
         let Ok(datagram) = Datagram::parse(plain) else { return self.drop(DropReason::Runt) };
         let announced = datagram.announced();
-        let mut outcome = Outcome::Created;
-        let mut admitted = false;
-        if let Some(session) = self.sessions.get_mut(from) {
-            if fingerprint.is_some_and(|f| !session.first_sight(f)) {
-                return self.drop(DropReason::Replayed);
-            }
-            match announced {
-                Some((conv, _)) if conv != session.conv() => {
-                    let starts = datagram.kcp().and_then(|k| k.first_header()).is_some_and(|h| h.starts_session());
-                    if !starts || !self.accepting {
-                        return self.drop(DropReason::ConvMismatch);
-                    }
-                    if !datagram.may_open_session() {
-                        return self.drop(DropReason::Malformed);
-                    }
-                    // A copy of an old first datagram must not replace the live session.
-                    if let Err(drop) = self.admit(now, from, fingerprint) {
-                        return self.drop(drop);
-                    }
-                    admitted = true;
-                    let session = self.sessions.get_mut(from).expect("present");
-                    outcome = Outcome::Replaced { old_conv: session.conv() };
-                    let old = self.sessions.remove(from).expect("present");
-                    self.backlog.retain(|a| a != from);
-                    self.closed.push((from.clone(), old));
-                    self.stats.replaced += 1;
-                }
-                _ => {
-                    session.handle_plain(now, plain);
-                    return Outcome::Delivered;
-                }
+        // The address's session of this conversation; parity alone goes to the
+        // proven one.
+        let target = [proven, unproven].into_iter().flatten().find(|id| match announced {
+            Some((conv, _)) => self.slots.get(id).is_some_and(|s| s.session.conv() == conv),
+            None => true,
+        });
+        if let Some(id) = target {
+            return self.deliver(now, id, plain, wire_len, fingerprint);
+        }
+        if proven.is_some() || unproven.is_some() {
+            let starts = datagram.kcp().and_then(|k| k.first_header()).is_some_and(|h| h.starts_session());
+            if !starts || !self.accepting {
+                return self.drop(DropReason::ConvMismatch);
             }
         }
         if !self.accepting {
@@ -471,21 +593,88 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         if self.queue_accepts && self.backlog.len() >= ACCEPT_BACKLOG {
             return self.drop(DropReason::BacklogFull);
         }
-        if !admitted {
-            if let Err(drop) = self.admit(now, from, fingerprint) {
-                return self.drop(drop);
-            }
+        // A new session in place of the address's unproven one adds none.
+        if self.prove && unproven.is_none() && self.unproven.len() >= self.max_unproven {
+            return self.drop(DropReason::UnprovenLimit);
         }
+        // A copy of an old first datagram must not open or replace a session.
+        if let Err(drop) = self.admit(now, from, fingerprint) {
+            return self.drop(drop);
+        }
+        let id = SessionId(self.next_id);
+        self.next_id += 1;
         let mut session = make(self.new_connection(conv));
         if let Some(f) = fingerprint {
             session.first_sight(f);
         }
+        let probing = self.prove && {
+            let mut base = [0u8; 4];
+            self.seeds.fill(&mut base);
+            session.probe_address(u32::from_le_bytes(base))
+        };
         session.handle_plain(now, plain);
-        self.sessions.insert(from.clone(), session);
-        if self.queue_accepts {
-            self.backlog.push_back(from.clone());
-        }
         self.stats.created += 1;
+        if probing {
+            if let Some(old) = unproven {
+                // The newest conversation of an address is the one worth proving.
+                self.slots.remove(&old);
+            }
+            let until = now.wrapping_add(PROOF_TIMEOUT_MS);
+            let proof = Proof::Unproven { received: wire_len, sent: 0, until };
+            self.slots.insert(id, Slot { addr: from.clone(), session: Box::new(session), proof });
+            self.unproven.insert(from.clone(), id);
+            return Outcome::Unproven;
+        }
+        self.slots.insert(id, Slot { addr: from.clone(), session: Box::new(session), proof: Proof::Proven });
+        self.unproven.remove(from).and_then(|old| self.slots.remove(&old));
+        self.take_address(id, from.clone())
+    }
+
+    /// Hands a datagram to session `id` (at the datagram's address, with its
+    /// conversation).
+    fn deliver(&mut self, now: u32, id: SessionId, plain: &[u8], wire_len: usize, fingerprint: Option<u64>) -> Outcome {
+        let slot = self.slots.get_mut(&id).expect("the address's session");
+        if fingerprint.is_some_and(|f| !slot.session.first_sight(f)) {
+            return self.drop(DropReason::Replayed);
+        }
+        let Proof::Unproven { received, .. } = &mut slot.proof else {
+            slot.session.handle_plain(now, plain);
+            return Outcome::Delivered;
+        };
+        // The proof is looked for before the input limit: an honest peer's burst
+        // may have used it up by the time its ACK of the probe comes.
+        let proves = slot.session.echoed_by(plain);
+        if !proves && *received >= UNPROVEN_INPUT {
+            return self.drop(DropReason::UnprovenInput);
+        }
+        *received += wire_len;
+        slot.session.handle_plain(now, plain);
+        if !proves {
+            slot.session.keep_probing();
+            return Outcome::Delivered;
+        }
+        slot.proof = Proof::Proven;
+        let addr = slot.addr.clone();
+        self.unproven.remove(&addr);
+        self.stats.proven += 1;
+        self.take_address(id, addr)
+    }
+
+    /// Makes session `id` its address's proven session, replacing the one there.
+    fn take_address(&mut self, id: SessionId, addr: A) -> Outcome {
+        let mut outcome = Outcome::Created;
+        if let Some(old) = self.by_addr.insert(addr.clone(), id) {
+            let old = self.slots.remove(&old).map(|s| (old, s));
+            if let Some((old, slot)) = old {
+                outcome = Outcome::Replaced { old_conv: slot.session.conv() };
+                self.backlog.retain(|&b| b != old);
+                self.closed.push((old, addr, *slot.session));
+                self.stats.replaced += 1;
+            }
+        }
+        if self.queue_accepts {
+            self.backlog.push_back(id);
+        }
         outcome
     }
 
@@ -497,16 +686,19 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
 
     /// Dials `remote`: a session with a random conversation id, built by `make` and
     /// held in the table like an accepted one (but never in the accept backlog).
-    /// Returns false, and makes nothing, when `remote` has a session already.
-    pub fn dial(&mut self, remote: A, make: impl FnOnce(Connection) -> S) -> bool {
-        if self.sessions.contains_key(&remote) {
-            return false;
+    /// `None`, and nothing made, when `remote` has a session already.
+    pub fn dial(&mut self, remote: A, make: impl FnOnce(Connection) -> S) -> Option<SessionId> {
+        if self.by_addr.contains_key(&remote) {
+            return None;
         }
         let mut conv = [0u8; 4];
         self.seeds.fill(&mut conv);
         let session = make(self.new_connection(u32::from_le_bytes(conv)));
-        self.sessions.insert(remote, session);
-        true
+        let id = SessionId(self.next_id);
+        self.next_id += 1;
+        self.slots.insert(id, Slot { addr: remote.clone(), session: Box::new(session), proof: Proof::Proven });
+        self.by_addr.insert(remote, id);
+        Some(id)
     }
 
     /// Resets waiting at most; more are not sent (the peer sends again, and is
@@ -554,7 +746,8 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
 
     /// The next new session's address, oldest first (kcp-go `Accept`).
     pub fn accept(&mut self) -> Option<A> {
-        self.backlog.pop_front()
+        let id = self.backlog.pop_front()?;
+        self.slots.get(&id).map(|s| s.addr.clone())
     }
 
     /// Sessions waiting for [`Listener::accept`].
@@ -562,72 +755,159 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         self.backlog.len()
     }
 
-    /// The session of `addr`.
+    /// The proven session of `addr`.
+    pub fn id_at(&self, addr: &A) -> Option<SessionId> {
+        self.by_addr.get(addr).copied()
+    }
+
+    /// The sessions of `addr`: its proven one, and one proving its address.
+    pub fn ids_at(&self, addr: &A) -> impl Iterator<Item = SessionId> {
+        [self.by_addr.get(addr).copied(), self.unproven.get(addr).copied()].into_iter().flatten()
+    }
+
+    /// Whether `addr` has a session, proven or not.
+    pub fn knows(&self, addr: &A) -> bool {
+        self.by_addr.contains_key(addr) || self.unproven.contains_key(addr)
+    }
+
+    /// The proven session of `addr`.
     pub fn session(&self, addr: &A) -> Option<&S> {
-        self.sessions.get(addr)
+        self.get(self.id_at(addr)?).map(|(_, s)| s)
     }
 
-    /// The session of `addr`, to change.
+    /// The proven session of `addr`, to change.
     pub fn session_mut(&mut self, addr: &A) -> Option<&mut S> {
-        self.sessions.get_mut(addr)
+        self.get_mut(self.id_at(addr)?).map(|(_, s)| s)
     }
 
-    /// Every session with its address.
-    pub fn sessions(&self) -> impl Iterator<Item = (&A, &S)> {
-        self.sessions.iter()
+    /// Session `id`, proven or not, and its address.
+    pub fn get(&self, id: SessionId) -> Option<(&A, &S)> {
+        self.slots.get(&id).map(|s| (&s.addr, &*s.session))
     }
 
-    /// Every session with its address, to change.
-    pub fn sessions_mut(&mut self) -> impl Iterator<Item = (&A, &mut S)> {
-        self.sessions.iter_mut()
+    /// Session `id`, proven or not, and its address, to change.
+    pub fn get_mut(&mut self, id: SessionId) -> Option<(&A, &mut S)> {
+        self.slots.get_mut(&id).map(|s| (&s.addr, &mut *s.session))
     }
 
-    /// Open sessions.
-    pub fn len(&self) -> usize {
-        self.sessions.len()
+    /// Whether session `id` has proven its address (see
+    /// [`Listener::set_address_proof`]).
+    pub fn is_proven(&self, id: SessionId) -> bool {
+        self.slots.get(&id).is_some_and(|s| matches!(s.proof, Proof::Proven))
     }
 
-    /// Whether no session is open.
-    pub fn is_empty(&self) -> bool {
-        self.sessions.is_empty()
-    }
-
-    /// Removes a session (the application closed it). Nothing is sent to the peer.
-    pub fn remove(&mut self, addr: &A) -> Option<S> {
-        self.backlog.retain(|a| a != addr);
-        let removed = self.sessions.remove(addr);
-        if self.rotated && removed.is_some() {
-            self.rotated = self.sessions.values().any(|s| !Arc::ptr_eq(s.crypto(), &self.crypto));
+    /// When unproven session `id` is to be forgotten.
+    pub fn proof_deadline(&self, id: SessionId) -> Option<u32> {
+        match self.slots.get(&id)?.proof {
+            Proof::Unproven { until, .. } => Some(until),
+            Proof::Proven => None,
         }
-        removed
     }
 
-    /// Closes a session on the application's behalf (an operator's kick). For
+    /// Bytes session `id` may send now: `None` without limit, else what the
+    /// anti-amplification rule leaves of [`AMPLIFICATION_FACTOR`] times what it
+    /// received.
+    pub fn send_allowance(&self, id: SessionId) -> Option<usize> {
+        match self.slots.get(&id)?.proof {
+            Proof::Unproven { received, sent, .. } => Some((AMPLIFICATION_FACTOR * received).saturating_sub(sent)),
+            Proof::Proven => None,
+        }
+    }
+
+    /// Counts `bytes` sent by session `id` against its allowance, and `held`
+    /// datagrams it could not send ([`ListenerStats::amplification_held`]).
+    pub fn count_sent(&mut self, id: SessionId, bytes: usize, held: u64) {
+        self.stats.amplification_held += held;
+        if let Some(Slot { proof: Proof::Unproven { sent, .. }, .. }) = self.slots.get_mut(&id) {
+            *sent += bytes;
+        }
+    }
+
+    /// Every proven session with its name and address.
+    pub fn sessions(&self) -> impl Iterator<Item = (SessionId, &A, &S)> {
+        self.slots.iter().filter(|(_, s)| matches!(s.proof, Proof::Proven)).map(|(&id, s)| (id, &s.addr, &*s.session))
+    }
+
+    /// Every session, proven or not, to change.
+    pub fn sessions_mut(&mut self) -> impl Iterator<Item = (SessionId, &A, &mut S)> {
+        self.slots.iter_mut().map(|(&id, s)| (id, &s.addr, &mut *s.session))
+    }
+
+    /// Proven sessions.
+    pub fn len(&self) -> usize {
+        self.by_addr.len()
+    }
+
+    /// Whether no session is proven.
+    pub fn is_empty(&self) -> bool {
+        self.by_addr.is_empty()
+    }
+
+    /// Sessions waiting to prove their address.
+    pub fn unproven_len(&self) -> usize {
+        self.unproven.len()
+    }
+
+    /// Removes session `id`, proven or not (the application closed it, or an
+    /// unproven one timed out). Nothing is sent to the peer.
+    pub fn remove(&mut self, id: SessionId) -> Option<(A, S)> {
+        let slot = self.slots.remove(&id)?;
+        match slot.proof {
+            Proof::Proven => {
+                if self.by_addr.get(&slot.addr) == Some(&id) {
+                    self.by_addr.remove(&slot.addr);
+                }
+                self.backlog.retain(|&b| b != id);
+            }
+            Proof::Unproven { .. } => {
+                if self.unproven.get(&slot.addr) == Some(&id) {
+                    self.unproven.remove(&slot.addr);
+                }
+            }
+        }
+        if self.rotated {
+            self.update_rotated();
+        }
+        Some((slot.addr, *slot.session))
+    }
+
+    /// Forgets unproven session `id` once its time to prove its address is over;
+    /// `None` if it is not due (or proven, or gone).
+    pub fn expire(&mut self, id: SessionId, now: u32) -> Option<(A, S)> {
+        let until = self.proof_deadline(id)?;
+        if crate::kcp::diff(now, until) < 0 {
+            return None;
+        }
+        self.stats.unproven_expired += 1;
+        self.remove(id)
+    }
+
+    /// Closes session `id` on the application's behalf (an operator's kick). For
     /// `hold_ms` its peer's datagrams with the old conversation id are dropped
     /// ([`DropReason::Closed`]) instead of opening a session that would only hold stale
     /// state; a new conversation from the same address is welcome at once.
-    pub fn close(&mut self, addr: &A, now: u32, hold_ms: u32) -> Option<S> {
-        let session = self.remove(addr)?;
+    pub fn close(&mut self, id: SessionId, now: u32, hold_ms: u32) -> Option<(A, S)> {
+        let (addr, session) = self.remove(id)?;
         if self.refused.len() >= MAX_REFUSED {
             self.refused.retain(|_, &mut (_, until)| crate::kcp::diff(now, until) < 0);
         }
         if self.refused.len() < MAX_REFUSED {
             self.refused.insert(addr.clone(), (session.conv(), now.wrapping_add(hold_ms)));
         }
-        Some(session)
+        Some((addr, session))
     }
 
     /// Sessions replaced by a restarted peer since the last call, for the caller to
     /// tear down (their streams end).
-    pub fn take_closed(&mut self) -> Vec<(A, S)> {
+    pub fn take_closed(&mut self) -> Vec<(SessionId, A, S)> {
         core::mem::take(&mut self.closed)
     }
 
     /// Listener drops plus every session's counters, summed.
     pub fn snmp(&self) -> Snmp {
         let mut total = Snmp { in_csum_errors: self.stats[DropReason::Checksum], ..Snmp::default() };
-        for s in self.sessions.values() {
-            total.accumulate(&s.snmp());
+        for s in self.slots.values() {
+            total.accumulate(&s.session.snmp());
         }
         total
     }
@@ -651,9 +931,10 @@ mod tests {
             assert!(names.insert(reason.name()), "{} named twice", reason.name());
             assert!(reason.name().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
         }
-        assert_eq!(stats.dropped(), (1..=13).sum::<u64>());
+        assert_eq!(stats.dropped(), (1..=DropReason::ALL.len() as u64).sum::<u64>());
         let mut twice = stats;
         twice.accumulate(&stats);
         assert_eq!(twice[DropReason::NotAccepting], 26);
+        assert_eq!(twice[DropReason::UnprovenInput], 30);
     }
 }

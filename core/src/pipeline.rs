@@ -287,6 +287,13 @@ impl Connection {
         self.replays
     }
 
+    /// Whether `plain` (a datagram whose crypto layer was removed, not yet
+    /// handled) proves that its sender received this side's segments: see
+    /// `Kcp::echoed_by`.
+    pub fn echoed_by(&self, plain: &[u8]) -> bool {
+        Datagram::parse(plain).ok().and_then(|d| d.kcp()).is_some_and(|k| self.kcp.echoed_by(k.bytes()))
+    }
+
     /// Takes one datagram whose crypto layer was already removed (the listener opens
     /// datagrams before it knows the session).
     pub fn handle_plain(&mut self, now: u32, plain: &[u8]) {

@@ -495,6 +495,33 @@ impl Session {
         self.end(why);
     }
 
+    /// Starts a proof of the peer's address (see `Routed::probe_address`): a random
+    /// `ts` base, and an smux NOP, which every smux reads and ignores, as soon as
+    /// the version is known. False for message framing, which has no such frame.
+    pub(crate) fn probe_address(&mut self, ts_base: u32) -> bool {
+        self.conn.kcp_mut().set_ts_base(ts_base);
+        match &mut self.stack {
+            Layers::Streams(s) => {
+                s.ping_soon();
+                true
+            }
+            Layers::Messages(_) => false,
+        }
+    }
+
+    /// See `Routed::keep_probing`.
+    pub(crate) fn keep_probing(&mut self) {
+        let kcp = self.conn.kcp().state();
+        if let (Layers::Streams(s), 0, 0) = (&mut self.stack, kcp.snd_buf, kcp.snd_queue) {
+            s.ping_soon();
+        }
+    }
+
+    /// See `Connection::echoed_by`.
+    pub(crate) fn echoed_by(&self, plain: &[u8]) -> bool {
+        self.conn.echoed_by(plain)
+    }
+
     /// Ends the session from outside (its peer replaced it).
     pub(crate) fn replaced(&mut self) {
         if self.ended.is_none() {

@@ -743,6 +743,18 @@ impl Mux {
         }
     }
 
+    /// Queues a NOP now, outside the keep-alive schedule; false while a detecting
+    /// server knows no version yet (a NOP of the wrong version would end the
+    /// peer's session). No smux reads a NOP, so it is the frame to send when only
+    /// the KCP segment carrying it matters.
+    pub fn ping(&mut self) -> bool {
+        if self.version.is_none() || self.dead.is_some() {
+            return false;
+        }
+        self.queue_frame(CMD_NOP, 0, &[]);
+        true
+    }
+
     /// Answers the peer's keep-alive with ours when ours is due within half an
     /// interval anyway. Ours then leaves with the ACK for the peer's, in one
     /// datagram: three datagrams per interval instead of four. Ours only ever goes

@@ -102,6 +102,8 @@ pub struct StreamStack {
     frame: Vec<u8>,
     scratch: Vec<u8>,
     error: Option<StackError>,
+    /// A NOP is to be sent as soon as the smux version is known.
+    ping_wanted: bool,
 }
 
 impl StreamStack {
@@ -120,7 +122,14 @@ impl StreamStack {
             frame: Vec::new(),
             scratch: Vec::new(),
             error: None,
+            ping_wanted: false,
         }
+    }
+
+    /// Sends an smux NOP as soon as it can (see `Mux::ping`): at once, or once a
+    /// detecting server has seen the peer's first frame.
+    pub fn ping_soon(&mut self) {
+        self.ping_wanted = true;
     }
 
     /// The smux session, for inspection.
@@ -148,6 +157,9 @@ impl StreamStack {
             return Err(e);
         }
         let result = self.pump_in(conn).map(|()| {
+            if self.ping_wanted && self.mux.ping() {
+                self.ping_wanted = false;
+            }
             self.mux.answer_keepalive(now);
             self.pump_out(now, conn)
         });

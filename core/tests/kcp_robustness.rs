@@ -320,7 +320,10 @@ impl App for Attacked {
             inject(ep, now, from, datagram, &mut self.rng[i], self.per_datagram, &mut self.tally[i]);
         }
         ep.handle_datagram(now, &from, datagram);
-        self.peak_rcv_buf[i] = self.peak_rcv_buf[i].max(kcp(ep).state().rcv_buf);
+        // The server's session counts once its peer proved its address.
+        if let Some((_, _, session)) = ep.sessions().next() {
+            self.peak_rcv_buf[i] = self.peak_rcv_buf[i].max(session.connection().kcp().state().rcv_buf);
+        }
     }
 
     fn next_wakeup_us(&self, now_us: u64) -> Option<u64> {

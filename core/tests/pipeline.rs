@@ -235,7 +235,7 @@ fn a_key_change_opens_new_sessions_with_the_new_key_while_open_ones_keep_theirs(
     assert_eq!(received(&mut server, 12), b"new");
 
     // Once the old session is gone its address opens sessions with the new key only.
-    assert!(server.remove(&10).is_some());
+    assert!(server.remove(server.id_at(&10).expect("a session")).is_some());
     let mut returning = support::dialled(cfg.clone(), old, 6);
     assert_eq!(feed(&mut server, 10, sent(&mut returning, 30, b"y")), [Outcome::Dropped(DropReason::Checksum)]);
     let mut returning = support::dialled(cfg, new, 7);

@@ -562,7 +562,7 @@ fn conformance_51_restarted_peer_replaces_its_session_only_at_sn_0() {
     assert_eq!(l.handle_datagram(0, &1, &mut kcp_datagram(200, 0, 30)), Outcome::Replaced { old_conv: 100 });
     assert_eq!(l.session(&1).unwrap().conv(), 200);
     let closed = l.take_closed();
-    assert_eq!((closed.len(), closed[0].1.conv()), (1, 100));
+    assert_eq!((closed.len(), closed[0].2.conv()), (1, 100));
 }
 
 #[test]
@@ -590,8 +590,9 @@ fn a_closed_session_refuses_its_old_conversation_for_the_hold_time() {
         Listener::new(session_config(Mode::Fast, 32, 32, None), crypto(Method::Null, ""), [0; 32]).unwrap();
     assert_eq!(l.handle_datagram(0, &1, &mut kcp_datagram(100, 0, 30)), Outcome::Created);
     assert_eq!(l.handle_datagram(0, &2, &mut kcp_datagram(300, 0, 30)), Outcome::Created);
-    assert_eq!(l.close(&1, 1_000, 60_000).map(|c| c.conv()), Some(100));
-    assert_eq!(l.close(&1, 1_000, 60_000).map(|c| c.conv()), None, "already closed");
+    let id = l.id_at(&1).expect("a session");
+    assert_eq!(l.close(id, 1_000, 60_000).map(|(_, c)| c.conv()), Some(100));
+    assert_eq!(l.close(id, 1_000, 60_000).map(|(_, c)| c.conv()), None, "already closed");
     assert_eq!(l.accept(), Some(2), "a closed session leaves the backlog");
     assert_eq!(l.handle_datagram(2_000, &1, &mut kcp_datagram(100, 7, 30)), Outcome::Dropped(DropReason::Closed));
     assert_eq!(l.stats[DropReason::Closed], 1);
@@ -608,7 +609,7 @@ fn a_closed_session_refuses_its_old_conversation_for_the_hold_time() {
         "its first segment does"
     );
 
-    l.close(&1, 70_000, 60_000);
+    l.close(l.id_at(&1).expect("a session"), 70_000, 60_000);
     assert_eq!(l.handle_datagram(70_001, &1, &mut kcp_datagram(101, 0, 30)), Outcome::Created, "a new conversation");
     assert_eq!(l.handle_datagram(70_002, &1, &mut kcp_datagram(100, 0, 30)), Outcome::Replaced { old_conv: 101 });
 }

@@ -107,6 +107,9 @@ impl<T: Transport> Driver<T> {
         if role == Role::Server {
             endpoint.set_admission(Box::new(plan.shared.admission.clone()));
             endpoint.set_source_key(source_ip::<T>);
+            // A WebTransport peer proved its address in the QUIC handshake.
+            let prove = T::KIND == crate::transport::TransportKind::Udp;
+            endpoint.set_address_proof(prove, kcpgate_core::DEFAULT_MAX_UNPROVEN);
         }
         let local = transport.local_addr();
         let (to_driver, from_streams) = mpsc::channel(4096);
@@ -228,7 +231,7 @@ impl<T: Transport> Driver<T> {
             let outcome = endpoint.handle_datagram(now, &from, datagram);
             match outcome {
                 Outcome::Delivered => continue,
-                Outcome::Created | Outcome::Replaced { .. } => {}
+                Outcome::Created | Outcome::Replaced { .. } | Outcome::Unproven => {}
                 Outcome::Dropped(DropReason::Checksum) => wrong_key.datagram_failed(T::address(&from)),
                 Outcome::Dropped(DropReason::NotAccepting) if full && !self.draining => {
                     plan.shared.registry.count_refused_datagram();
@@ -298,6 +301,14 @@ impl<T: Transport> Driver<T> {
                 let (remote, transport) = (T::address(&remote), T::KIND);
                 let event = SessionEvent::SessionClosed { id: api_id, conv, remote, reason, transport };
                 self.plan.shared.registry.closed(event);
+            }
+            Event::Unproven { remote, conv } => {
+                debug!(%remote, conv, "a session that never proved its address was forgotten");
+                // A proven session at the address still needs what the transport
+                // keeps for it.
+                if !self.endpoint.knows(&remote) {
+                    self.transport.session_ended(&remote, "it never proved its address");
+                }
             }
             Event::Stream { id, event } => {
                 let Some(tracked) = self.sessions.get_mut(&id) else { return };

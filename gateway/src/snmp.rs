@@ -1,4 +1,4 @@
-//! kcptun's SNMP CSV log (`-snmplog`) and the `SIGUSR1` dump (docs/protocol.md §8.5).
+//! kcptun's SNMP CSV log (`-snmplog`) and the `SIGUSR1` dump (docs/protocol.md §8.6).
 
 use std::io::Write;
 use std::path::Path;

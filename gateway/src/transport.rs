@@ -123,7 +123,8 @@ impl Transport for BatchSocket {
     }
 
     fn observed(&mut self, from: &SocketAddr, outcome: &Outcome) {
-        if matches!(outcome, Outcome::Created | Outcome::Replaced { .. }) {
+        // A session still proving its address answers its peer too.
+        if matches!(outcome, Outcome::Created | Outcome::Replaced { .. } | Outcome::Unproven) {
             self.session_started(from);
         }
     }

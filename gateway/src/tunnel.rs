@@ -480,6 +480,7 @@ mod tests {
                         StreamEvent::Closed(sid, why) => self.links.closed(sid, why),
                     },
                     Event::SessionClosed { .. } => panic!("the session ended"),
+                    Event::Unproven { .. } => panic!("the client proves its address at once"),
                 }
             }
             while let Some(t) = self.ep.poll_transmit(now, 16, &mut self.out) {

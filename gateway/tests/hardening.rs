@@ -84,6 +84,7 @@ fn copies_of_genuine_datagrams_open_nothing_and_are_counted() {
     let later = next_datagram(&mut c, 20, &NOP);
     let (owner, stranger, third) = (socket("127.0.0.1"), socket("127.0.0.1"), socket("127.0.0.2"));
     owner.send_to(&first, ("127.0.0.1", udp)).unwrap();
+    assert!(support::prove_address(&mut c, &owner, 10, Duration::from_secs(5)), "the gateway's probe");
     until_stats(admin, "the session opens", |s| s["sessions"]["open"] == 1);
     owner.send_to(&first, ("127.0.0.1", udp)).unwrap(); // the same address
     stranger.send_to(&first, ("127.0.0.1", udp)).unwrap(); // another port
@@ -94,20 +95,21 @@ fn copies_of_genuine_datagrams_open_nothing_and_are_counted() {
     });
     assert_eq!(s["sessions"]["open"], 1, "no session for any copy");
     owner.send_to(&later, ("127.0.0.1", udp)).unwrap();
-    until_stats(admin, "the original still reaches its session", |s| s["snmp"]["InPkts"] == 2);
+    // Its own datagrams so far: the opening, the ACK of the probe, and this one.
+    until_stats(admin, "the original still reaches its session", |s| s["snmp"]["InPkts"] == 3);
     // The session moves on; a second later the captured datagram comes back from
     // its own address, and from another host again.
     for i in 0..30 {
         owner.send_to(&next_datagram(&mut c, 40 + i * 20, &NOP), ("127.0.0.1", udp)).unwrap();
     }
-    until_stats(admin, "the session's own datagrams arrive", |s| s["snmp"]["InPkts"] == 32);
+    until_stats(admin, "the session's own datagrams arrive", |s| s["snmp"]["InPkts"] == 33);
     thread::sleep(Duration::from_secs(1));
     owner.send_to(&later, ("127.0.0.1", udp)).unwrap();
     third.send_to(&later, ("127.0.0.1", udp)).unwrap();
     let s = until_stats(admin, "the late copies counted", |s| {
         s["dropped"]["replayed"] == 4 && s["dropped"]["mid_session"] == 2
     });
-    assert_eq!(s["snmp"]["InPkts"], 32, "no late copy reached the session");
+    assert_eq!(s["snmp"]["InPkts"], 33, "no late copy reached the session");
     let (_, metrics) = admin_get(admin, "/metrics").expect("metrics");
     assert!(metrics.contains("kcpgate_datagrams_dropped_total{reason=\"replayed\"} 4"), "{metrics}");
     assert!(metrics.contains("kcpgate_datagrams_dropped_total{reason=\"mid_session\"} 2"), "{metrics}");
@@ -119,23 +121,39 @@ fn new_sessions_over_the_rates_are_refused_and_counted() {
     let udp = free_udp_port("127.0.0.1");
     let (_procs, admin) = server(udp, "-open-rate-per-source 1 -open-rate 0");
     let sockets: Vec<UdpSocket> = (0..16).map(|_| socket("127.0.0.1")).collect();
-    for (i, s) in sockets.iter().take(15).enumerate() {
-        s.send_to(&next_datagram(&mut client(100 + i as u32), 0, &NOP), ("127.0.0.1", udp)).unwrap();
+    let mut clients: Vec<Connection> = (0..15).map(|i| client(100 + i)).collect();
+    for (s, c) in sockets.iter().zip(&mut clients) {
+        s.send_to(&next_datagram(c, 0, &NOP), ("127.0.0.1", udp)).unwrap();
     }
-    let st = until_stats(admin, "10 sessions, 5 refused", |s| s["dropped"]["source_limit"] == 5);
-    assert_eq!(st["sessions"]["open"], 10);
+    // Each admitted session proves its address; the refused hear nothing.
+    let proven =
+        sockets.iter().zip(&mut clients).map(|(s, c)| support::prove_address(c, s, 10, Duration::from_millis(300)));
+    assert_eq!(proven.filter(|&p| p).count(), 10);
+    let st = until_stats(admin, "10 sessions, 5 refused", |s| {
+        s["dropped"]["source_limit"] == 5 && s["sessions"]["open"] == 10
+    });
+    assert_eq!(st["sessions"]["proven"], 10);
     // Another host has its own bucket.
-    socket("127.0.0.3").send_to(&next_datagram(&mut client(200), 0, &NOP), ("127.0.0.1", udp)).unwrap();
+    let (other, mut c) = (socket("127.0.0.3"), client(200));
+    other.send_to(&next_datagram(&mut c, 0, &NOP), ("127.0.0.1", udp)).unwrap();
+    assert!(support::prove_address(&mut c, &other, 10, Duration::from_secs(5)));
     until_stats(admin, "another host's session", |s| s["sessions"]["open"] == 11);
 
     // In all: 2/s with a burst of 10; 20 hosts open 10 sessions.
     let udp = free_udp_port("127.0.0.1");
     let (_procs, admin) = server(udp, "-open-rate 2");
+    let mut hosts = Vec::new();
     for host in 0..20u32 {
         let s = socket(&format!("127.0.1.{}", host + 1));
-        s.send_to(&next_datagram(&mut client(300 + host), 0, &NOP), ("127.0.0.1", udp)).unwrap();
+        let mut c = client(300 + host);
+        s.send_to(&next_datagram(&mut c, 0, &NOP), ("127.0.0.1", udp)).unwrap();
+        hosts.push((s, c));
     }
-    let st = until_stats(admin, "10 sessions, 10 refused", |s| s["dropped"]["opening_limit"] == 10);
+    let proven = hosts.iter_mut().map(|(s, c)| support::prove_address(c, s, 10, Duration::from_millis(300)));
+    assert_eq!(proven.filter(|&p| p).count(), 10);
+    let st = until_stats(admin, "10 sessions, 10 refused", |s| {
+        s["dropped"]["opening_limit"] == 10 && s["sessions"]["open"] == 10
+    });
     assert_eq!(st["sessions"]["open"], 10);
     let (_, config) = admin_get(admin, "/api/v1/config").expect("config");
     let config: Value = serde_json::from_str(&config).unwrap();

@@ -294,7 +294,9 @@ export interface components {
          *       "replayed": 3,
          *       "runt": 0,
          *       "source_limit": 0,
-         *       "too_short": 0
+         *       "too_short": 0,
+         *       "unproven_input": 0,
+         *       "unproven_limit": 0
          *     }
          */
         DroppedDatagrams: {
@@ -358,6 +360,16 @@ export interface components {
              * @description Shorter than the crypto header.
              */
             too_short: number;
+            /**
+             * Format: int64
+             * @description More than 48 KiB for a session that had not yet proven its address (it may send again once it has).
+             */
+            unproven_input: number;
+            /**
+             * Format: int64
+             * @description A new session while too many waited to prove their address (`max_unproven`): a flood of openings from addresses that do not answer.
+             */
+            unproven_limit: number;
         };
         /** @description A session opened or closed. */
         Event: {
@@ -899,14 +911,31 @@ export interface components {
         };
         /**
          * @example {
+         *       "amplification_held": 7,
          *       "open": 10,
+         *       "proven": 12,
          *       "refused_datagrams": 0,
-         *       "resets_sent": 2
+         *       "replaced": 1,
+         *       "resets_sent": 2,
+         *       "unproven_expired": 3
          *     }
          */
         SessionStats: {
+            /**
+             * Format: int64
+             * @description Datagrams not sent because a session that had not proven its address had
+             *     already sent three times the bytes it received.
+             */
+            amplification_held: number;
             /** Format: int64 */
             open: number;
+            /**
+             * Format: int64
+             * @description UDP sessions whose peer proved it receives at its address (it acknowledged
+             *     the gateway's first segment, echoing its random timestamp); only then is a
+             *     session listed and its streams dialled.
+             */
+            proven: number;
             /**
              * Format: int64
              * @description Datagrams dropped because `max_sessions` sessions were open.
@@ -914,13 +943,25 @@ export interface components {
             refused_datagrams: number;
             /**
              * Format: int64
+             * @description Sessions replaced by a new conversation from the same address (a client
+             *     that restarted, once its new session proved its address).
+             */
+            replaced: number;
+            /**
+             * Format: int64
              * @description Resets sent to peers of sessions this gateway does not have (after a
              *     restart, or a kick): a kcpgate client opens a new session at once.
              */
             resets_sent: number;
+            /**
+             * Format: int64
+             * @description New UDP sessions forgotten because their peer did not prove its address
+             *     within 5 s: forged openings, or a client that went away at once.
+             */
+            unproven_expired: number;
         };
         /**
-         * @description kcp-go's SNMP counters (docs/protocol.md §8.5), summed over every session, with
+         * @description kcp-go's SNMP counters (docs/protocol.md §8.6), summed over every session, with
          *     kcp-go's names.
          * @example {
          *       "ActiveOpens": 0,

@@ -175,10 +175,13 @@ impl Kcp {
                 resent.lost += 1;
             }
             if send {
+                if seg.xmit == 0 {
+                    seg.first_ts = now;
+                }
                 seg.xmit += 1;
                 seg.ts = now;
                 tmpl.frg = seg.frg;
-                tmpl.ts = now;
+                tmpl.ts = now.wrapping_add(self.ts_base);
                 tmpl.sn = seg.sn;
                 tmpl.len = seg.data.len() as u32;
                 out.reserve(&mut self.transmits, size);

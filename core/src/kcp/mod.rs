@@ -338,7 +338,10 @@ pub struct KcpState {
 struct Segment {
     sn: u32,
     frg: u8,
+    /// When it was last sent, and first sent (this side's clock, without the
+    /// `ts` base): an ACK echoing either proves the peer received it.
     ts: u32,
+    first_ts: u32,
     xmit: u32,
     rto: u32,
     resendts: u32,
@@ -359,6 +362,10 @@ pub struct Kcp {
     /// limiter above sets it; segments it holds back keep their state and go out at
     /// a later flush, so their timers start when they are really sent.
     send_budget: Option<usize>,
+    /// Added to every `ts` this side writes in a data segment, and taken from every
+    /// `ts` an ACK echoes. The peer only echoes `ts`, so a random base makes the
+    /// echo something only a receiver of the segment can know.
+    ts_base: u32,
 
     snd_una: u32,
     snd_nxt: u32,
@@ -409,6 +416,7 @@ impl Kcp {
             rx_minrto: if cfg.nodelay { RTO_NODELAY_MIN } else { RTO_MIN },
             dead: false,
             send_budget: None,
+            ts_base: 0,
             snd_una: 0,
             snd_nxt: 0,
             rcv_nxt: 0,
@@ -555,6 +563,26 @@ impl Kcp {
     /// not limited. Each flush takes what it emits from the budget.
     pub fn set_send_budget(&mut self, bytes: Option<usize>) {
         self.send_budget = bytes;
+    }
+
+    /// Sets the base added to the `ts` of every data segment sent from now on (see
+    /// [`Kcp::echoes`]); 0, kcp-go's, writes this side's clock as it is. Set it
+    /// before the first segment is sent.
+    pub fn set_ts_base(&mut self, base: u32) {
+        self.ts_base = base;
+    }
+
+    /// Whether the KCP segments `data` (a datagram's KCP part, not yet input)
+    /// hold an ACK that echoes the exact `ts` a segment in flight was sent with.
+    /// With a random [`Kcp::set_ts_base`], nobody who did not receive that segment
+    /// can forge one, so it is evidence that the sender of the datagram is the
+    /// peer that received this side's segments. Changes nothing.
+    pub fn echoed_by(&self, data: &[u8]) -> bool {
+        Segments::new(data).map_while(Result::ok).any(|(h, _)| {
+            h.conv == self.conv
+                && h.command() == Some(Command::Ack)
+                && self.echoes_segment_in_flight(h.sn, h.ts.wrapping_sub(self.ts_base))
+        })
     }
 
     /// Datagrams waiting to be sent. Each starts with `header_room` free bytes.
@@ -791,6 +819,7 @@ impl Kcp {
             self.shrink_buf();
             match cmd {
                 Command::Ack => {
+                    let ts = h.ts.wrapping_sub(self.ts_base);
                     // Only an ACK of a segment still unacknowledged when the datagram
                     // came in measures a round trip. kcp-go samples every ACK, and a
                     // segment that FEC recovers after its retransmission was acknowledged
@@ -800,11 +829,11 @@ impl Kcp {
                         && diff(h.sn, self.snd_nxt) < 0
                         && self.snd_buf_index(h.sn).is_none_or(|i| !self.snd_buf[i].acked);
                     self.parse_ack(h.sn);
-                    if self.parse_fastack(h.sn, h.ts) && self.cfg.compat == Compat::Latest {
+                    if self.parse_fastack(h.sn, ts) && self.cfg.compat == Compat::Latest {
                         want_full_flush = true;
                     }
                     if in_flight {
-                        latest_ack_ts = Some(h.ts);
+                        latest_ack_ts = Some(ts);
                     }
                 }
                 Command::Push => {
@@ -887,6 +916,15 @@ impl Kcp {
             return None;
         }
         Some(sn.wrapping_sub(self.snd_una) as usize)
+    }
+
+    /// Whether an ACK of `sn` echoing `ts` (this side's clock) names a segment in
+    /// flight exactly as it was first or last sent.
+    fn echoes_segment_in_flight(&self, sn: u32, ts: u32) -> bool {
+        self.snd_buf_index(sn).is_some_and(|i| {
+            let seg = &self.snd_buf[i];
+            !seg.acked && seg.xmit > 0 && (seg.ts == ts || seg.first_ts == ts)
+        })
     }
 
     fn parse_ack(&mut self, sn: u32) {

@@ -480,6 +480,7 @@ impl App for PatternApp {
                 }
             }
             Event::SessionClosed { reason, .. } => self.session_closed.push((side, reason.to_string())),
+            Event::Unproven { .. } => {}
         }
     }
 }

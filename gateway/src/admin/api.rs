@@ -347,7 +347,7 @@ pub async fn capture_session(
 
 macro_rules! snmp_counters {
     ($($go:tt $field:ident),* $(,)?) => {
-        /// kcp-go's SNMP counters (docs/protocol.md §8.5), summed over every session, with
+        /// kcp-go's SNMP counters (docs/protocol.md §8.6), summed over every session, with
         /// kcp-go's names.
         #[derive(Debug, Serialize, ToSchema)]
         #[schema(example = json!({
@@ -433,7 +433,7 @@ pub struct StreamStats {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"open": 10, "refused_datagrams": 0, "resets_sent": 2}))]
+#[schema(example = json!({"open": 10, "refused_datagrams": 0, "resets_sent": 2, "proven": 12, "unproven_expired": 3, "amplification_held": 7, "replaced": 1}))]
 pub struct SessionStats {
     pub open: u64,
     /// Datagrams dropped because `max_sessions` sessions were open.
@@ -441,6 +441,19 @@ pub struct SessionStats {
     /// Resets sent to peers of sessions this gateway does not have (after a
     /// restart, or a kick): a kcpgate client opens a new session at once.
     pub resets_sent: u64,
+    /// UDP sessions whose peer proved it receives at its address (it acknowledged
+    /// the gateway's first segment, echoing its random timestamp); only then is a
+    /// session listed and its streams dialled.
+    pub proven: u64,
+    /// New UDP sessions forgotten because their peer did not prove its address
+    /// within 5 s: forged openings, or a client that went away at once.
+    pub unproven_expired: u64,
+    /// Datagrams not sent because a session that had not proven its address had
+    /// already sent three times the bytes it received.
+    pub amplification_held: u64,
+    /// Sessions replaced by a new conversation from the same address (a client
+    /// that restarted, once its new session proved its address).
+    pub replaced: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -603,6 +616,10 @@ pub(super) fn stats_of(
             open: state.shared.registry.open_sessions(),
             refused_datagrams: state.shared.registry.refused_datagrams(),
             resets_sent: dropped.resets,
+            proven: dropped.proven,
+            unproven_expired: dropped.unproven_expired,
+            amplification_held: dropped.amplification_held,
+            replaced: dropped.replaced,
         },
         streams: StreamStats {
             open: opened.saturating_sub(closed),

@@ -121,6 +121,23 @@ pub(super) async fn render(state: &super::AdminState) -> String {
         None,
         stats.sessions.resets_sent,
     );
+    let sessions = &stats.sessions;
+    for (name, help, value) in [
+        ("sessions_proven", "UDP sessions whose peer proved it receives at its address", sessions.proven),
+        (
+            "sessions_unproven_expired",
+            "New UDP sessions forgotten because their peer did not prove its address in time",
+            sessions.unproven_expired,
+        ),
+        (
+            "datagrams_amplification_held",
+            "Datagrams not sent because an unproven session had sent three times what it received",
+            sessions.amplification_held,
+        ),
+        ("sessions_replaced", "Sessions replaced by a new conversation from the same address", sessions.replaced),
+    ] {
+        counter(&mut registry, name, help, None, value);
+    }
     let drops: Family<Vec<(String, String)>, Counter> = Family::default();
     for (reason, n) in stats.dropped.counts() {
         drops.get_or_create(&vec![("reason".to_string(), reason.name().to_string())]).inc_by(n);

@@ -168,3 +168,30 @@ pub fn wait_ready(port: u16) {
     }
     panic!("the admin API never became ready");
 }
+
+/// Answers the gateway's proof of address as a kcp-go client does: takes the
+/// gateway's first datagrams on `socket` into `c` until its probe (the first
+/// segment) is in, and sends what `c`'s next flush puts out, whose ACK echoes the
+/// probe's timestamp. False if nothing came within `wait` (a refused opening).
+#[allow(dead_code)]
+pub fn prove_address(
+    c: &mut kcpgate_core::pipeline::Connection,
+    socket: &UdpSocket,
+    now: u32,
+    wait: std::time::Duration,
+) -> bool {
+    socket.set_read_timeout(Some(wait)).expect("a timeout");
+    let mut buf = [0u8; 2048];
+    let mut gateway = None;
+    while c.kcp().state().rcv_nxt == 0 {
+        let Ok((n, from)) = socket.recv_from(&mut buf) else { return false };
+        let _ = c.handle_datagram(now, &mut buf[..n]);
+        gateway = Some(from);
+    }
+    c.flush(now);
+    for d in c.transmits() {
+        socket.send_to(d, gateway.expect("heard")).expect("sent");
+    }
+    c.clear_transmits();
+    true
+}
