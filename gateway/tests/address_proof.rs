@@ -1,0 +1,158 @@
+//! Proof of address on a real server (docs/protocol.md §8.4): openings from
+//! sockets that never answer draw at most three times their bytes, dial no backend
+//! and cost a bounded amount of memory; a peer that answers the probe is served.
+
+mod support;
+
+use std::io::ErrorKind;
+use std::net::{TcpListener, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use kcpgate_core::fec::Shards;
+use kcpgate_core::kcp::{self, Mode};
+use kcpgate_core::pipeline::{Connection, SessionConfig};
+use kcpgate_core::{Method, PacketCrypto};
+use serde_json::Value;
+use support::{admin_get, free_tcp_port, free_udp_port, kcpgate, Procs};
+
+const KEY: &str = "address-proof";
+
+/// A kcptun client's session (fast3, FEC 10/3, aes) with conversation `conv`.
+fn client(conv: u32) -> Connection {
+    let mut kcp = kcp::Config { mtu: 1350, snd_wnd: 128, rcv_wnd: 512, stream: true, ..kcp::Config::default() };
+    Mode::Fast3.apply(&mut kcp);
+    let cfg = SessionConfig { mtu: 1350, kcp, fec: Shards::new(10, 3), write_delay: false, rate_limit: 0 };
+    let crypto = Arc::new(PacketCrypto::from_passphrase(Method::Aes256, KEY));
+    let mut seed = [7u8; 32];
+    seed[..4].copy_from_slice(&conv.to_le_bytes());
+    Connection::new(conv, &cfg, crypto, seed).expect("valid settings")
+}
+
+/// An smux v1 SYN for stream 3 and 64 bytes on it: a kcptun client's first write.
+fn syn_and_data() -> Vec<u8> {
+    let mut frames = vec![1, 0, 0, 0, 3, 0, 0, 0];
+    frames.extend_from_slice(&[1, 2, 64, 0, 3, 0, 0, 0]);
+    frames.extend_from_slice(&[0x5a; 64]);
+    frames
+}
+
+/// The datagrams `c`'s first flush sends after writing `data`.
+fn opening(c: &mut Connection, data: &[u8]) -> Vec<Vec<u8>> {
+    c.write(0, data);
+    c.flush(0);
+    let out = c.transmits().map(<[u8]>::to_vec).collect();
+    c.clear_transmits();
+    out
+}
+
+/// A backend that counts the connections made to it (and echoes nothing).
+fn counting_backend() -> (u16, Arc<AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("a backend");
+    let port = listener.local_addr().unwrap().port();
+    let dialled = Arc::new(AtomicU64::new(0));
+    let count = dialled.clone();
+    thread::spawn(move || {
+        let mut held = Vec::new();
+        for c in listener.incoming().flatten() {
+            count.fetch_add(1, Ordering::Relaxed);
+            held.push(c);
+        }
+    });
+    (port, dialled)
+}
+
+fn stats(admin: u16) -> Value {
+    let (status, body) = admin_get(admin, "/api/v1/stats").expect("the admin API answers");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+/// Must-show 1: 1,001 key-valid openings, each an smux SYN with 64 bytes of data,
+/// from sockets that read but never answer: over 40 s each gets back at most three
+/// times its bytes, no backend connection is made, and the server's memory grows
+/// by at most 40 MB while they wait (stated bound: 32 KiB a session). Then a
+/// client that answers the probe is served: the same test would see its dial.
+#[test]
+fn forged_openings_draw_at_most_three_times_their_bytes_and_dial_nothing() {
+    let udp = free_udp_port("127.0.0.1");
+    let admin = free_tcp_port();
+    let (backend, dialled) = counting_backend();
+    let _procs = Procs(vec![kcpgate(&format!(
+        "server -l 127.0.0.1:{udp} -t 127.0.0.1:{backend} -key {KEY} -crypt aes -mode fast3 -nocomp \
+         -open-rate 0 -open-rate-per-source 0 -admin 127.0.0.1:{admin}"
+    ))]);
+    support::wait_ready(admin);
+    let rss_before = stats(admin)["process"]["rss_bytes"].as_u64().expect("rss");
+
+    // 1,001 sockets on 127.3.x.y, one opening each.
+    let mut sockets = Vec::new();
+    for i in 0..1_001u32 {
+        let socket = UdpSocket::bind((format!("127.3.{}.{}", i / 250, i % 250 + 1).as_str(), 0)).expect("a socket");
+        socket.set_nonblocking(true).unwrap();
+        let mut sent = 0;
+        for d in opening(&mut client(1_000 + i), &syn_and_data()) {
+            sent += d.len();
+            socket.send_to(&d, ("127.0.0.1", udp)).unwrap();
+        }
+        sockets.push((socket, sent, 0usize, 0usize));
+    }
+    let started = Instant::now();
+    let mut rss_peak = 0;
+    let mut buf = [0u8; 2048];
+    while started.elapsed() < Duration::from_secs(40) {
+        for (socket, _, got, datagrams) in &mut sockets {
+            loop {
+                match socket.recv_from(&mut buf) {
+                    Ok((n, _)) => {
+                        *got += n;
+                        *datagrams += 1;
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        if started.elapsed() < Duration::from_secs(4) {
+            rss_peak = rss_peak.max(stats(admin)["process"]["rss_bytes"].as_u64().expect("rss"));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    let (sent, got): (usize, usize) = sockets.iter().fold((0, 0), |(s, g), x| (s + x.1, g + x.2));
+    let worst = sockets.iter().map(|x| x.2 as f64 / x.1 as f64).fold(0.0, f64::max);
+    let grown = rss_peak.saturating_sub(rss_before);
+    let s = stats(admin);
+    eprintln!(
+        "1,001 forged openings: {sent} B sent, {got} B back in 40 s (at most {worst:.2}x for one socket, {} datagrams \
+         at most); RSS grew {:.1} MB ({:.1} KiB a session); {} backend connections; {}",
+        sockets.iter().map(|x| x.3).max().unwrap_or(0),
+        grown as f64 / 1e6,
+        grown as f64 / 1024.0 / 1001.0,
+        dialled.load(Ordering::Relaxed),
+        s["sessions"]
+    );
+    for (socket, sent, got, _) in &sockets {
+        assert!(*got <= 3 * sent, "{} got {got} B for {sent} B", socket.local_addr().unwrap());
+    }
+    assert!(got > 0, "the probes went out");
+    assert_eq!(dialled.load(Ordering::Relaxed), 0, "no backend connection for an unproven session");
+    assert_eq!((s["sessions"]["open"].as_u64(), s["sessions"]["unproven_expired"].as_u64()), (Some(0), Some(1_001)));
+    assert!(grown <= 40_000_000, "RSS grew {grown} B for 1,001 unproven sessions");
+
+    // A client that answers the probe is served, and only then dialled.
+    let (socket, mut c) = (UdpSocket::bind("127.0.0.1:0").unwrap(), client(9));
+    for d in opening(&mut c, &syn_and_data()) {
+        socket.send_to(&d, ("127.0.0.1", udp)).unwrap();
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(dialled.load(Ordering::Relaxed), 0, "not before the proof");
+    assert!(support::prove_address(&mut c, &socket, 400, Duration::from_secs(5)), "the probe");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while dialled.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "the proven session's stream was dialled");
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(stats(admin)["sessions"]["proven"], 1);
+}
