@@ -539,3 +539,49 @@ pub fn listening(port: u16) -> bool {
         })
     })
 }
+
+/// Time to first byte of a new session, as Debian's kcptun client sees it: a fresh
+/// client process per sample (a new KCP session, opened by the stream's SYN), one
+/// 64-byte echo timed from the write to the last byte back. Alternates the kcpgate
+/// server `after`, the kcpgate server `before` and kcptun's own, on loopback and
+/// through the relay at 20 ms each way; prints each sample and returns a table of
+/// medians, with after − before.
+pub fn first_byte(after: &Path, before: &Path, runs: usize) -> Result<String, String> {
+    let client = vec!["kcptun-client".to_string()];
+    let with_kcptun_client = |name: &'static str, binary: &Path| Implementation {
+        name,
+        client: client.clone(),
+        ..Implementation::kcpgate(binary)
+    };
+    let servers =
+        [with_kcptun_client("kcpgate", after), with_kcptun_client("kcpgate-before", before), Implementation::kcptun()];
+    // kcptun's defaults (mode fast: a 20 ms flush interval, no ackNoDelay).
+    let flags = "-key bench -crypt aes -nocomp";
+    let backend = traffic::echo_backend().map_err(|e| e.to_string())?;
+    let mut table = String::from("| path | server | median ms | min–max ms |\n|---|---|---|---|\n");
+    let mut medians = BTreeMap::new();
+    for (path, impair) in [("loopback", None), ("20 ms each way", Some("delay=20ms"))] {
+        let mut samples: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        for run in 0..runs {
+            for imp in &servers {
+                let spec = impair.map(|s| s.parse::<Spec>()).transpose()?;
+                let tunnel = Tunnel::start(imp, flags, "", backend, spec.map(|s| (s.clone(), s, run as u64)));
+                let times = traffic::ping_pong(tunnel.local, 1, 64, Duration::from_secs(10))
+                    .map_err(|e| format!("{}: first byte: {e}", imp.name))?;
+                let ms = times[0].as_secs_f64() * 1000.0;
+                println!("run {}/{runs}: first byte, {path}: {} {ms:.1} ms", run + 1, imp.name);
+                samples.entry(imp.name).or_default().push(ms);
+            }
+        }
+        for imp in &servers {
+            let v = samples.remove(imp.name).unwrap_or_default();
+            let (lo, hi) = v.iter().fold((f64::MAX, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+            let m = median(v);
+            medians.insert((path, imp.name), m);
+            table += &format!("| {path} | {} | {m:.1} | {lo:.1}–{hi:.1} |\n", imp.name);
+        }
+        let added = medians[&(path, "kcpgate")] - medians[&(path, "kcpgate-before")];
+        table += &format!("| {path} | kcpgate − kcpgate-before | {added:+.1} | |\n");
+    }
+    Ok(table)
+}

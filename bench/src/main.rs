@@ -168,6 +168,19 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Time to first byte of a new session from Debian's kcptun client: the kcpgate
+    /// server against an earlier build of it (to measure what a change adds) and
+    /// kcptun's server, alternating, on loopback and at 20 ms each way.
+    FirstByte {
+        #[arg(long, default_value = "target/release/kcpgate")]
+        kcpgate: PathBuf,
+        /// The earlier kcpgate binary to compare with.
+        #[arg(long)]
+        before: PathBuf,
+        /// Samples per server and path.
+        #[arg(long, default_value_t = 15)]
+        runs: usize,
+    },
     /// A TCP echo backend: every connection's bytes come back to it.
     Echo {
         #[arg(long, default_value = "127.0.0.1:7000")]
@@ -205,6 +218,16 @@ fn conclude(checked: Result<local::Claims, String>) -> std::process::ExitCode {
 
 fn main() -> std::process::ExitCode {
     match Cli::parse().command {
+        Cmd::FirstByte { kcpgate, before, runs } => match harness::first_byte(&kcpgate, &before, runs) {
+            Ok(table) => {
+                print!("{table}");
+                std::process::ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("kcpgate-bench: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        },
         Cmd::FloodTest { kcpgate, sessions, stream_rate, seconds, rate, from } => {
             if !kcpgate.exists() {
                 eprintln!(

@@ -156,3 +156,146 @@ fn forged_openings_draw_at_most_three_times_their_bytes_and_dial_nothing() {
     }
     assert_eq!(stats(admin)["sessions"]["proven"], 1);
 }
+
+fn kcptun_client(args: &str) -> std::process::Child {
+    std::process::Command::new("kcptun-client")
+        .args(args.split_whitespace())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("kcptun-client starts (Debian's kcptun: apt-get install -y kcptun)")
+}
+
+/// Echoes `what` through `conn`; true if it came back whole.
+fn echo(conn: &mut std::net::TcpStream, what: &[u8]) -> bool {
+    use std::io::{Read, Write};
+    let mut got = vec![0; what.len()];
+    conn.write_all(what).is_ok() && conn.read_exact(&mut got).is_ok() && got == what
+}
+
+/// The open sessions: (id, remote).
+fn sessions(admin: u16) -> Vec<(u64, String)> {
+    let (_, body) = admin_get(admin, "/api/v1/sessions").expect("the session list");
+    let list: Value = serde_json::from_str(&body).expect("JSON");
+    let of = |s: &Value| (s["id"].as_u64().unwrap(), s["remote"].as_str().unwrap().to_string());
+    list["sessions"].as_array().expect("sessions").iter().map(of).collect()
+}
+
+/// One UDP datagram from `from` to `to` with any source address, through a raw
+/// socket (the kernel fills in the IP checksum and length; UDP's checksum is
+/// optional over IPv4).
+fn send_spoofed(from: std::net::SocketAddrV4, to: std::net::SocketAddrV4, payload: &[u8]) {
+    use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+    let raw = Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::UDP)).expect("a raw socket (needs CAP_NET_RAW)");
+    raw.set_header_included_v4(true).expect("IP_HDRINCL");
+    let udp_len = 8 + payload.len();
+    let mut packet = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    packet.extend_from_slice(&from.ip().octets());
+    packet.extend_from_slice(&to.ip().octets());
+    packet.extend_from_slice(&from.port().to_be_bytes());
+    packet.extend_from_slice(&to.port().to_be_bytes());
+    packet.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    packet.extend_from_slice(&[0, 0]);
+    packet.extend_from_slice(payload);
+    raw.send_to(&packet, &SockAddr::from(to)).expect("sent");
+}
+
+/// Must-show 2: an opening with a new conversation, spoofed with a raw socket from
+/// a live kcptun client's address and port, leaves its session and stream as they
+/// were; the spoofed session is forgotten unproven.
+#[test]
+fn a_spoofed_opening_from_a_live_kcptun_clients_address_breaks_nothing() {
+    let udp = free_udp_port("127.0.0.1");
+    let (admin, local) = (free_tcp_port(), free_tcp_port());
+    let backend = support::echo_backend();
+    let flags = format!("-key {KEY} -crypt aes -mode fast3 -nocomp");
+    let mut procs = Procs(vec![kcpgate(&format!(
+        "server -l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags} -admin 127.0.0.1:{admin}"
+    ))]);
+    support::wait_ready(admin);
+    procs.0.push(kcptun_client(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags}")));
+    let mut conn = support::connect_when_listening(local);
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(echo(&mut conn, b"before the spoof"));
+    let live = sessions(admin);
+    assert_eq!(live.len(), 1);
+    let victim: std::net::SocketAddrV4 = live[0].1.parse().expect("an IPv4 address");
+    let gateway: std::net::SocketAddrV4 = format!("127.0.0.1:{udp}").parse().unwrap();
+    for d in opening(&mut client(0xbad), &syn_and_data()) {
+        send_spoofed(victim, gateway, &d);
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert!(echo(&mut conn, b"while the spoofed session waits"), "the live stream carries on");
+    thread::sleep(Duration::from_secs(5));
+    assert!(echo(&mut conn, b"after it was forgotten"), "the live stream carries on");
+    assert_eq!(sessions(admin), live, "the same session, at the same address");
+    let s = stats(admin);
+    eprintln!("after the spoofed opening: {}", s["sessions"]);
+    assert_eq!((s["sessions"]["replaced"].as_u64(), s["sessions"]["unproven_expired"].as_u64()), (Some(0), Some(1)));
+    let mut fresh = support::connect_when_listening(local);
+    fresh.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(echo(&mut fresh, b"and a new stream"), "new streams open on it");
+}
+
+/// A NAT-like relay: whoever last sent to `front` is the client; everything goes
+/// to `target` from one socket, so the gateway sees one address and port whatever
+/// client is behind.
+fn nat(target: u16) -> u16 {
+    let front = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let back = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = front.local_addr().unwrap().port();
+    let client = Arc::new(std::sync::Mutex::new(None));
+    let (f, b, c) = (front.try_clone().unwrap(), back.try_clone().unwrap(), client.clone());
+    thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = f.recv_from(&mut buf) {
+            *c.lock().unwrap() = Some(from);
+            let _ = b.send_to(&buf[..n], ("127.0.0.1", target));
+        }
+    });
+    thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, _)) = back.recv_from(&mut buf) {
+            if let Some(to) = *client.lock().unwrap() {
+                let _ = front.send_to(&buf[..n], to);
+            }
+        }
+    });
+    port
+}
+
+/// Must-show 2: Debian's kcptun client killed and started again behind a NAT that
+/// keeps its one address and port toward the gateway: the new conversation proves
+/// its address and replaces the old session, and the new client's streams flow.
+#[test]
+fn a_kcptun_client_restarted_behind_the_same_nat_port_gets_its_new_session() {
+    let udp = free_udp_port("127.0.0.1");
+    let (admin, local) = (free_tcp_port(), free_tcp_port());
+    let backend = support::echo_backend();
+    let flags = format!("-key {KEY} -crypt aes -mode fast3 -nocomp");
+    let mut procs = Procs(vec![kcpgate(&format!(
+        "server -l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags} -admin 127.0.0.1:{admin}"
+    ))]);
+    support::wait_ready(admin);
+    let relay = nat(udp);
+    let start = || kcptun_client(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{relay} {flags}"));
+    procs.0.push(start());
+    let mut conn = support::connect_when_listening(local);
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert!(echo(&mut conn, b"before the restart"));
+    let before = sessions(admin);
+    procs.0[1].kill().unwrap();
+    procs.0[1].wait().unwrap();
+    procs.0[1] = start();
+    let restarted = Instant::now();
+    let mut conn = support::connect_when_listening(local);
+    conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    assert!(echo(&mut conn, b"after the restart"), "the restarted client's stream flows");
+    let back_in = restarted.elapsed();
+    let after = sessions(admin);
+    eprintln!("kcptun restarted behind the same NAT port: echo {back_in:?} after the restart; {before:?} -> {after:?}");
+    assert_eq!(after.len(), 1, "one session: {after:?}");
+    assert_eq!(after[0].1, before[0].1, "the same address");
+    assert_ne!(after[0].0, before[0].0, "a new session");
+    assert_eq!(stats(admin)["sessions"]["replaced"], 1);
+}
