@@ -72,6 +72,16 @@ pub enum Event<A> {
         /// Why it ended.
         reason: SessionEnd,
     },
+    /// A session's peer moved to another address (see
+    /// [`Endpoint::set_address_changes`]); its datagrams go there from now on.
+    SessionMoved {
+        /// The endpoint's name for it.
+        id: SessionId,
+        /// Where the peer was.
+        from: A,
+        /// Where it is now.
+        to: A,
+    },
     /// A peer opened a session but never proved its address (see
     /// [`Endpoint::set_address_proof`]): the session was forgotten unannounced,
     /// and nothing at `remote` is held for it any more.
@@ -136,8 +146,12 @@ impl Routed for Entry {
         self.session.probe_address(ts_base)
     }
 
-    fn echoed_by(&self, plain: &[u8]) -> bool {
-        self.session.echoed_by(plain)
+    fn evidence(&self, plain: &[u8]) -> Option<u32> {
+        self.session.evidence(plain)
+    }
+
+    fn latest_echo(&self) -> u32 {
+        self.session.latest_echo()
     }
 
     fn keep_probing(&mut self) {
@@ -240,6 +254,13 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
         self.listener.set_address_proof(prove && self.role == Role::Server, max_unproven);
     }
 
+    /// Whether a session may follow its peer to a new address, on evidence of
+    /// that session alone: see `Listener::set_address_changes`. Off by default
+    /// (kcp-go keys sessions by address).
+    pub fn set_address_changes(&mut self, roam: bool) {
+        self.listener.set_address_changes(roam && self.role == Role::Server);
+    }
+
     /// See `Listener::set_source_key`.
     pub fn set_source_key(&mut self, source_of: fn(&A) -> u64) {
         self.listener.set_source_key(source_of);
@@ -271,12 +292,33 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
                 let id = self.listener.id_at(from).expect("the address's new session");
                 self.opened(id, from.clone());
             }
-            // The datagram went to the proven session of its address, or to one
-            // still proving it: both have work now.
-            Outcome::Delivered | Outcome::Unproven => self.touch_at(from),
+            Outcome::Moved => {
+                for (id, old, new) in self.listener.take_moved() {
+                    self.events.push_back(Event::SessionMoved { id, from: old, to: new });
+                    self.touch(id);
+                }
+            }
+            Outcome::Delivered | Outcome::Unproven => {
+                if let Some(id) = self.listener.handed_to() {
+                    self.touch(id);
+                }
+            }
             Outcome::Dropped(_) => {}
         }
         outcome
+    }
+
+    /// The conversation a datagram names once [`Endpoint::handle_datagram`] has
+    /// opened it in place: for a driver that hands a stray datagram to the
+    /// endpoint that has that conversation (see [`Endpoint::set_address_changes`]).
+    pub fn conv_of_opened(&self, datagram: &[u8]) -> Option<u32> {
+        self.listener.conv_of_opened(datagram)
+    }
+
+    /// Takes back the resets waiting for `to`: its datagram, dropped here, went
+    /// to the endpoint that has its session.
+    pub fn withdraw_resets(&mut self, to: &A) {
+        self.listener.withdraw_resets(to);
     }
 
     /// Runs every timer due at `now`.
@@ -527,13 +569,6 @@ impl<A: Clone + Eq + Hash> Endpoint<A> {
         }
     }
 
-    /// [`Endpoint::touch`] for the sessions at `addr` (the proven one, and one
-    /// proving its address).
-    fn touch_at(&mut self, addr: &A) {
-        for id in self.listener.ids_at(addr) {
-            self.touch(id);
-        }
-    }
 
     /// Drives every touched session: moves its bytes, collects its events, queues
     /// its datagrams, schedules its next timer, and retires it if it ended.

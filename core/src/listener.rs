@@ -77,13 +77,17 @@ pub enum DropReason {
     /// address (see `Listener::set_address_proof`).
     UnprovenLimit,
     /// For a session that has not proven its address, past the bytes such a
-    /// session takes ([`UNPROVEN_INPUT`]).
+    /// session takes (48 KiB, `UNPROVEN_INPUT`).
     UnprovenInput,
+    /// With address changes on: the conversation of a session at another address,
+    /// but no evidence from that session's peer (no ACK echoing a recent `ts` of
+    /// this side's), so the session did not move.
+    NoEvidence,
 }
 
 impl DropReason {
     /// Every reason, in the order of [`ListenerStats::drops`].
-    pub const ALL: [DropReason; 15] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::TooShort,
         DropReason::Checksum,
         DropReason::Runt,
@@ -99,6 +103,7 @@ impl DropReason {
         DropReason::NotAccepting,
         DropReason::UnprovenLimit,
         DropReason::UnprovenInput,
+        DropReason::NoEvidence,
     ];
 
     /// Its name in counters (`snake_case`), as the admin API and `/metrics` show it.
@@ -119,6 +124,7 @@ impl DropReason {
             DropReason::NotAccepting => "not_accepting",
             DropReason::UnprovenLimit => "unproven_limit",
             DropReason::UnprovenInput => "unproven_input",
+            DropReason::NoEvidence => "no_evidence",
         }
     }
 }
@@ -153,6 +159,10 @@ impl core::fmt::Display for DropReason {
             DropReason::UnprovenInput => {
                 "More than 48 KiB for a session that had not yet proven its address (it may send again once it has)."
             }
+            DropReason::NoEvidence => {
+                "A live session's conversation from another address, without evidence that it came from the \
+                 session's peer: the session did not move."
+            }
         })
     }
 }
@@ -168,6 +178,9 @@ pub enum Outcome {
     /// A new session began that counts only once it proves its peer's address
     /// (see `Listener::set_address_proof`).
     Unproven,
+    /// The datagram's session moved to its address (see
+    /// `Listener::set_address_changes`).
+    Moved,
     /// The peer restarted (new conv, sn 0): its old session was closed and the new
     /// one counts in its place (with address proof, once it has proven it).
     Replaced {
@@ -196,8 +209,10 @@ pub struct ListenerStats {
     /// Sessions forgotten because their peer did not prove its address in time.
     pub unproven_expired: u64,
     /// Datagrams not sent because a session that had not proven its address had
-    /// sent [`AMPLIFICATION_FACTOR`] times what it received.
+    /// sent three times what it received (`AMPLIFICATION_FACTOR`).
     pub amplification_held: u64,
+    /// Sessions that moved to a new address.
+    pub moved: u64,
 }
 
 impl ListenerStats {
@@ -221,6 +236,7 @@ impl ListenerStats {
         self.proven += other.proven;
         self.unproven_expired += other.unproven_expired;
         self.amplification_held += other.amplification_held;
+        self.moved += other.moved;
     }
 
     /// Datagrams dropped, all reasons.
@@ -256,9 +272,11 @@ pub trait Routed {
     /// False if the session has nothing to send that its peer would not take for
     /// application data (then its address cannot be proven this way).
     fn probe_address(&mut self, ts_base: u32) -> bool;
-    /// Whether `plain`, not yet handled, carries evidence from the session's
-    /// real peer: see `Connection::echoed_by`.
-    fn echoed_by(&self, plain: &[u8]) -> bool;
+    /// The evidence in `plain`, not yet handled, that it comes from the session's
+    /// real peer: see `Connection::evidence`.
+    fn evidence(&self, plain: &[u8]) -> Option<u32>;
+    /// See `Kcp::latest_echo`.
+    fn latest_echo(&self) -> u32;
     /// Called after each datagram while the address is unproven: probes again
     /// once nothing the peer could echo is in flight (a later segment's `una`
     /// retired the probe when the ACK that echoed it was lost).
@@ -288,12 +306,16 @@ impl Routed for Connection {
 
     /// A bare connection carries only the application's bytes: it sends no probe.
     fn probe_address(&mut self, ts_base: u32) -> bool {
-        self.kcp_mut().set_ts_base(ts_base);
+        self.kcp_mut().set_ts_base(ts_base | 1);
         false
     }
 
-    fn echoed_by(&self, plain: &[u8]) -> bool {
-        Connection::echoed_by(self, plain)
+    fn evidence(&self, plain: &[u8]) -> Option<u32> {
+        Connection::evidence(self, plain)
+    }
+
+    fn latest_echo(&self) -> u32 {
+        self.kcp().latest_echo()
     }
 
     fn keep_probing(&mut self) {}
@@ -325,7 +347,7 @@ pub const AMPLIFICATION_FACTOR: usize = 3;
 pub const UNPROVEN_INPUT: usize = 48 * 1024;
 
 /// Sessions waiting to prove their address at once, unless set
-/// ([`Listener::set_address_proof`]).
+/// (`Listener::set_address_proof`).
 pub const DEFAULT_MAX_UNPROVEN: usize = 10_000;
 
 /// Where a session stands with its peer's address.
@@ -365,6 +387,13 @@ pub struct Listener<A, S = Connection> {
     /// Whether new sessions must prove their address, and how many may wait.
     prove: bool,
     max_unproven: usize,
+    /// Whether a session may move to a new address, and each proven session by
+    /// its conversation (the latest, if two share one), to find it from there.
+    roam: bool,
+    by_conv: HashMap<u32, SessionId>,
+    moved: Vec<(SessionId, A, A)>,
+    /// The session the last datagram was handed to.
+    handed: Option<SessionId>,
     seeds: NonceSource,
     closed: Vec<(SessionId, A, S)>,
     accepting: bool,
@@ -417,6 +446,10 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
             queue_accepts: true,
             prove: false,
             max_unproven: DEFAULT_MAX_UNPROVEN,
+            roam: false,
+            by_conv: HashMap::new(),
+            moved: Vec::new(),
+            handed: None,
             seeds: NonceSource::from_seed(seed),
             closed: Vec::new(),
             accepting: true,
@@ -463,6 +496,23 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
     pub fn set_address_proof(&mut self, prove: bool, max_unproven: usize) {
         self.prove = prove;
         self.max_unproven = max_unproven;
+    }
+
+    /// Whether a proven session may move to a new address (off by default, as in
+    /// kcp-go, which keys sessions by address). It moves on evidence from its own
+    /// peer only: a datagram from the new address, seen for the first time, whose
+    /// ACK echoes a `ts` this side sent the session's peer recently, as no one
+    /// else can (see `Kcp::evidence`), and no older than the newest echo heard so
+    /// far (a late datagram from the old address does not move it back). Without
+    /// evidence the datagram is dropped ([`DropReason::NoEvidence`]). Until the
+    /// move the old address keeps working.
+    pub fn set_address_changes(&mut self, roam: bool) {
+        self.roam = roam;
+        self.by_conv.clear();
+        if roam {
+            let proven = self.slots.iter().filter(|(_, s)| matches!(s.proof, Proof::Proven));
+            self.by_conv.extend(proven.map(|(&id, s)| (s.session.conv(), id)));
+        }
     }
 
     /// Opens sessions from now on with `crypto` (a new key or crypt); open
@@ -524,6 +574,7 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         datagram: &mut [u8],
         make: impl FnOnce(Connection) -> S,
     ) -> Outcome {
+        self.handed = None;
         let wire_len = datagram.len();
         if wire_len > crate::pipeline::MTU_LIMIT {
             return self.drop(DropReason::Malformed);
@@ -557,6 +608,17 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         });
         if let Some(id) = target {
             return self.deliver(now, id, plain, wire_len, fingerprint);
+        }
+        let elsewhere = match (self.roam, announced) {
+            (true, Some((conv, _))) => self.by_conv.get(&conv).copied().filter(|&id| proven != Some(id)),
+            _ => None,
+        };
+        if let Some(id) = elsewhere {
+            let starts = datagram.kcp().and_then(|k| k.first_header()).is_some_and(|h| h.starts_session());
+            // A new peer whose random conversation is another's opens its own.
+            if !starts {
+                return self.move_to(now, id, from, proven.is_some(), plain, fingerprint);
+            }
         }
         if proven.is_some() || unproven.is_some() {
             let starts = datagram.kcp().and_then(|k| k.first_header()).is_some_and(|h| h.starts_session());
@@ -613,6 +675,7 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
             session.probe_address(u32::from_le_bytes(base))
         };
         session.handle_plain(now, plain);
+        self.handed = Some(id);
         self.stats.created += 1;
         if probing {
             if let Some(old) = unproven {
@@ -637,13 +700,14 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         if fingerprint.is_some_and(|f| !slot.session.first_sight(f)) {
             return self.drop(DropReason::Replayed);
         }
+        self.handed = Some(id);
         let Proof::Unproven { received, .. } = &mut slot.proof else {
             slot.session.handle_plain(now, plain);
             return Outcome::Delivered;
         };
         // The proof is looked for before the input limit: an honest peer's burst
         // may have used it up by the time its ACK of the probe comes.
-        let proves = slot.session.echoed_by(plain);
+        let proves = slot.session.evidence(plain).is_some();
         if !proves && *received >= UNPROVEN_INPUT {
             return self.drop(DropReason::UnprovenInput);
         }
@@ -660,12 +724,66 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         self.take_address(id, addr)
     }
 
+    /// Session `id`'s conversation came from `from`, another address: moves the
+    /// session there on evidence (see [`Listener::set_address_changes`]).
+    fn move_to(
+        &mut self,
+        now: u32,
+        id: SessionId,
+        from: &A,
+        occupied: bool,
+        plain: &[u8],
+        fingerprint: Option<u64>,
+    ) -> Outcome {
+        let slot = self.slots.get_mut(&id).expect("indexed by conversation");
+        let Some(echo) = slot.session.evidence(plain) else { return self.drop(DropReason::NoEvidence) };
+        // A copy of a datagram the session saw moves nothing.
+        if fingerprint.is_some_and(|f| !slot.session.first_sight(f)) {
+            return self.drop(DropReason::Replayed);
+        }
+        // A late datagram from an address the peer left: taken, the session stays.
+        let stale = crate::kcp::diff(echo, slot.session.latest_echo()) < 0;
+        slot.session.handle_plain(now, plain);
+        self.handed = Some(id);
+        if stale || occupied {
+            return Outcome::Delivered;
+        }
+        let old = core::mem::replace(&mut slot.addr, from.clone());
+        if self.by_addr.get(&old) == Some(&id) {
+            self.by_addr.remove(&old);
+        }
+        self.by_addr.insert(from.clone(), id);
+        self.moved.push((id, old, from.clone()));
+        self.stats.moved += 1;
+        Outcome::Moved
+    }
+
+    /// The session the last datagram went to, if it went to one (whatever the
+    /// outcome says: a late datagram from an address its session left is
+    /// [`Outcome::Delivered`] to a session elsewhere).
+    pub fn handed_to(&self) -> Option<SessionId> {
+        self.handed
+    }
+
+    /// Sessions that moved since the last call: (session, old address, new one).
+    pub fn take_moved(&mut self) -> Vec<(SessionId, A, A)> {
+        core::mem::take(&mut self.moved)
+    }
+
     /// Makes session `id` its address's proven session, replacing the one there.
     fn take_address(&mut self, id: SessionId, addr: A) -> Outcome {
+        if self.roam {
+            if let Some(slot) = self.slots.get(&id) {
+                self.by_conv.insert(slot.session.conv(), id);
+            }
+        }
         let mut outcome = Outcome::Created;
         if let Some(old) = self.by_addr.insert(addr.clone(), id) {
             let old = self.slots.remove(&old).map(|s| (old, s));
             if let Some((old, slot)) = old {
+                if self.by_conv.get(&slot.session.conv()) == Some(&old) {
+                    self.by_conv.remove(&slot.session.conv());
+                }
                 outcome = Outcome::Replaced { old_conv: slot.session.conv() };
                 self.backlog.retain(|&b| b != old);
                 self.closed.push((old, addr, *slot.session));
@@ -709,6 +827,20 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         if self.resets.len() < Self::MAX_RESETS && !self.resets.iter().any(|(a, c)| a == to && *c == conv) {
             self.resets.push_back((to.clone(), conv));
         }
+    }
+
+    /// Takes back the resets waiting for `to` (its datagram went to a session
+    /// elsewhere after all).
+    pub fn withdraw_resets(&mut self, to: &A) {
+        self.resets.retain(|(a, _)| a != to);
+    }
+
+    /// The conversation a datagram names once [`Listener::handle_datagram_with`]
+    /// has opened it in place (with the crypto new sessions use).
+    pub fn conv_of_opened(&self, datagram: &[u8]) -> Option<u32> {
+        let (head, tail) = (self.crypto.header_len(), self.crypto.tail_len());
+        let plain = datagram.get(head..datagram.len().checked_sub(tail)?)?;
+        Datagram::parse(plain).ok()?.announced().map(|(conv, _)| conv)
     }
 
     /// Writes the next waiting reset, sealed, into `buf` (cleared first) and
@@ -758,11 +890,6 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
     /// The proven session of `addr`.
     pub fn id_at(&self, addr: &A) -> Option<SessionId> {
         self.by_addr.get(addr).copied()
-    }
-
-    /// The sessions of `addr`: its proven one, and one proving its address.
-    pub fn ids_at(&self, addr: &A) -> impl Iterator<Item = SessionId> {
-        [self.by_addr.get(addr).copied(), self.unproven.get(addr).copied()].into_iter().flatten()
     }
 
     /// Whether `addr` has a session, proven or not.
@@ -852,6 +979,9 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
     /// unproven one timed out). Nothing is sent to the peer.
     pub fn remove(&mut self, id: SessionId) -> Option<(A, S)> {
         let slot = self.slots.remove(&id)?;
+        if self.by_conv.get(&slot.session.conv()) == Some(&id) {
+            self.by_conv.remove(&slot.session.conv());
+        }
         match slot.proof {
             Proof::Proven => {
                 if self.by_addr.get(&slot.addr) == Some(&id) {

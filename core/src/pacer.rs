@@ -1,5 +1,5 @@
 //! A token bucket for a session's outgoing datagram bytes (kcp-go's `SetRateLimit`,
-//! docs/protocol.md §8.7): `rate` bytes per second, up to [`BURST`] bytes at once.
+//! docs/protocol.md §8.8): `rate` bytes per second, up to [`BURST`] bytes at once.
 //!
 //! Bytes are charged after they are sent, so the bucket may go into debt by what
 //! one flush overshot; nothing more is sent until the debt is paid off. Time comes

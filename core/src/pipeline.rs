@@ -287,11 +287,11 @@ impl Connection {
         self.replays
     }
 
-    /// Whether `plain` (a datagram whose crypto layer was removed, not yet
-    /// handled) proves that its sender received this side's segments: see
-    /// `Kcp::echoed_by`.
-    pub fn echoed_by(&self, plain: &[u8]) -> bool {
-        Datagram::parse(plain).ok().and_then(|d| d.kcp()).is_some_and(|k| self.kcp.echoed_by(k.bytes()))
+    /// The evidence in `plain` (a datagram whose crypto layer was removed, not yet
+    /// handled) that its sender received this side's segments: see
+    /// `Kcp::evidence`.
+    pub fn evidence(&self, plain: &[u8]) -> Option<u32> {
+        Datagram::parse(plain).ok().and_then(|d| d.kcp()).and_then(|k| self.kcp.evidence(k.bytes()))
     }
 
     /// Takes one datagram whose crypto layer was already removed (the listener opens

@@ -229,6 +229,8 @@ impl core::fmt::Debug for Session {
 impl Session {
     /// A session over `conn`, in `role`, started at `now`.
     pub fn new(mut conn: Connection, role: Role, cfg: StreamConfig, now: u32) -> Session {
+        // A client may move (a NAT rebinding): see `Kcp::set_reacknowledge`.
+        conn.kcp_mut().set_reacknowledge(role == Role::Client);
         let stack = match cfg.framing {
             Framing::Streams => Layers::Streams(StreamStack::new(role, cfg.stack, now)),
             Framing::Messages => {
@@ -499,7 +501,7 @@ impl Session {
     /// `ts` base, and an smux NOP, which every smux reads and ignores, as soon as
     /// the version is known. False for message framing, which has no such frame.
     pub(crate) fn probe_address(&mut self, ts_base: u32) -> bool {
-        self.conn.kcp_mut().set_ts_base(ts_base);
+        self.conn.kcp_mut().set_ts_base(ts_base | 1);
         match &mut self.stack {
             Layers::Streams(s) => {
                 s.ping_soon();
@@ -517,9 +519,14 @@ impl Session {
         }
     }
 
-    /// See `Connection::echoed_by`.
-    pub(crate) fn echoed_by(&self, plain: &[u8]) -> bool {
-        self.conn.echoed_by(plain)
+    /// See `Connection::evidence`.
+    pub(crate) fn evidence(&self, plain: &[u8]) -> Option<u32> {
+        self.conn.evidence(plain)
+    }
+
+    /// See `Kcp::latest_echo`.
+    pub(crate) fn latest_echo(&self) -> u32 {
+        self.conn.kcp().latest_echo()
     }
 
     /// Ends the session from outside (its peer replaced it).

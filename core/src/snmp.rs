@@ -1,4 +1,4 @@
-//! kcp-go's SNMP counters (docs/protocol.md §8.6), per connection and summed.
+//! kcp-go's SNMP counters (docs/protocol.md §8.7), per connection and summed.
 
 /// Counter set in kcp-go's struct order (v5.6.72). Gauges are marked.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -88,6 +88,9 @@ pub struct Settings {
     pub admin_key: String,
     /// `/metrics` needs the admin token too.
     pub metrics_auth: bool,
+    /// Server: `-address-change`, sessions may follow their players to a new
+    /// address (on evidence of the session itself).
+    pub address_change: bool,
     /// Server: the WebTransport listener's address, or `off`.
     pub webtransport: String,
     /// Server: PEM files of the WebTransport certificate; empty for a self-signed one.
@@ -456,6 +459,7 @@ const SHARED: &[Flag] = &[
     flag("snmpperiod", Some("snmpperiod"), FlagKind::Number, "Seconds between SNMP CSV rows"),
     flag("log", Some("log"), FlagKind::Text(""), "Append the log to this file instead of stderr"),
     flag("quiet", Some("quiet"), FlagKind::Bool, "Do not log each stream's open and close"),
+    flag("address-change", Some("address-change"), FlagKind::Bool, "Server: let a session follow its player to a new address (Wi-Fi to mobile data, a NAT that rebinds its port); it moves only on evidence of the session itself, an ACK echoing a recent random timestamp the gateway sent. Off, as kcptun, which keys sessions by address (kcpgate only)"),
     flag("log-format", Some("log-format"), FlagKind::Text("text"), "Log lines as text (coloured only on a terminal, and never with NO_COLOR set) or json, one object per line (kcpgate only)"),
     flag("tcp", Some("tcp"), FlagKind::Bool, "kcptun's fake-TCP transport (not supported by kcpgate)"),
     flag("pprof", Some("pprof"), FlagKind::Bool, "Go profiler endpoint (not applicable to kcpgate; ignored with a warning)"),
@@ -774,6 +778,7 @@ impl Settings {
             admin_cert: text("admin-cert"),
             admin_key: text("admin-key"),
             metrics_auth: flag("metrics-auth"),
+            address_change: flag("address-change"),
             webtransport: text_or_empty("webtransport"),
             webtransport_cert: text_or_empty("webtransport-cert"),
             webtransport_key: text_or_empty("webtransport-key"),
@@ -898,6 +903,7 @@ impl Settings {
             "acknodelay" => &mut self.session.acknodelay,
             "quiet" => &mut self.quiet,
             "metrics-auth" => &mut self.metrics_auth,
+            "address-change" => &mut self.address_change,
             "tcp" => &mut self.tcp,
             "pprof" => &mut self.pprof,
             other => return err(format!("{other} is no boolean setting")),

@@ -46,6 +46,7 @@ pub const LISTENER_KEYS: &[&str] = &[
     "sockbuf",
     "dscp",
     "max-sessions",
+    "address-change",
 ];
 
 /// Keys only a listener table has: its name, its transport (`udp`, the default,

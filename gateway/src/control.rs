@@ -251,6 +251,11 @@ impl Registry {
         self.publish(event);
     }
 
+    /// A session moved ([`SessionEvent::SessionMoved`]).
+    pub fn moved(&self, event: SessionEvent) {
+        self.publish(event);
+    }
+
     /// A session closed ([`SessionEvent::SessionClosed`]).
     pub fn closed(&self, event: SessionEvent) {
         self.open_sessions.fetch_sub(1, Ordering::Relaxed);
@@ -524,6 +529,21 @@ pub enum SessionEvent {
         #[schema(example = "kicked: cheating")]
         reason: String,
         /// What carried it.
+        transport: TransportKind,
+    },
+    /// A session's player moved to a new address (`-address-change`).
+    SessionMoved {
+        /// The session's id.
+        id: u64,
+        /// The KCP conversation id.
+        conv: u32,
+        /// Where the player was.
+        #[schema(value_type = String, example = "203.0.113.7:50812")]
+        from: SocketAddr,
+        /// Where it is now.
+        #[schema(value_type = String, example = "198.51.100.23:61002")]
+        to: SocketAddr,
+        /// What carries it.
         transport: TransportKind,
     },
 }

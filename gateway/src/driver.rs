@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::conn::Conn;
 use crate::control::{owner_of, session_id, Capture, Direction, Inbox, Query, SessionEvent, SessionInfo};
+use crate::handoff::Handed;
 use crate::runtime::{random_seed, Plan};
 use crate::transport::Transport;
 use crate::tunnel::{run_stream, FromStream, Links, NewStream, WrongKeyWarning};
@@ -79,6 +80,28 @@ pub struct Driver<T: Transport> {
     outcomes: Vec<(T::Peer, Outcome)>,
     /// Sessions whose datagrams the packet inspector is copying (almost always none).
     captures: Vec<(SessionId, Arc<Capture>)>,
+    /// `-address-change` on a UDP server: sessions follow their players, and
+    /// datagrams of another task's sessions are handed to it.
+    roaming: bool,
+    /// Datagrams other tasks hand to this one.
+    handed: Option<mpsc::Receiver<Handed>>,
+    /// Addresses whose datagrams go to another task (a player that moved and
+    /// whose new address reaches this socket), with that task.
+    forwarded: HashMap<SocketAddr, usize>,
+    /// A datagram as it came, kept while the endpoint opens it in place.
+    unopened: Vec<u8>,
+}
+
+/// Addresses remembered as another task's at most; past it the memory starts
+/// over (a forwarded peer's next datagram finds its owner again).
+const FORWARDED: usize = 4096;
+
+/// The next datagram another task hands over, if this task takes part.
+async fn next_handed(handed: &mut Option<mpsc::Receiver<Handed>>) -> Option<Handed> {
+    match handed {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// The per-source limit's key of a peer: its IPv4 address whatever the port, or
@@ -108,8 +131,9 @@ impl<T: Transport> Driver<T> {
             endpoint.set_admission(Box::new(plan.shared.admission.clone()));
             endpoint.set_source_key(source_ip::<T>);
             // A WebTransport peer proved its address in the QUIC handshake.
-            let prove = T::KIND == crate::transport::TransportKind::Udp;
-            endpoint.set_address_proof(prove, kcpgate_core::DEFAULT_MAX_UNPROVEN);
+            let udp = T::KIND == crate::transport::TransportKind::Udp;
+            endpoint.set_address_proof(udp, kcpgate_core::DEFAULT_MAX_UNPROVEN);
+            endpoint.set_address_changes(udp && tuning.settings.address_change);
         }
         let local = transport.local_addr();
         let (to_driver, from_streams) = mpsc::channel(4096);
@@ -131,6 +155,12 @@ impl<T: Transport> Driver<T> {
             client: None,
             outcomes: Vec::new(),
             captures: Vec::new(),
+            roaming: role == Role::Server
+                && T::KIND == crate::transport::TransportKind::Udp
+                && tuning.settings.address_change,
+            handed: None,
+            forwarded: HashMap::new(),
+            unopened: Vec::new(),
             plan,
         }
     }
@@ -154,6 +184,9 @@ impl<T: Transport> Driver<T> {
     pub async fn run(mut self, mut drain: watch::Receiver<bool>) {
         let mut inbox = self.plan.shared.registry.register(T::KIND);
         self.task = inbox.task();
+        if self.endpoint.role() == Role::Server && T::KIND == crate::transport::TransportKind::Udp {
+            self.handed = Some(self.plan.handoff.join(self.task));
+        }
         self.set_draining(*drain.borrow());
         loop {
             // Queries first (a busy loop may not reach the select).
@@ -182,6 +215,7 @@ impl<T: Transport> Driver<T> {
                     Err(e) => debug!("receive failed: {e}"),
                 },
                 Some((id, sid, msg)) = self.from_streams.recv() => self.on_stream_message(id, sid, msg),
+                Some(handed) = next_handed(&mut self.handed) => self.take_handed(handed),
                 tcp = next_connection(&mut self.client), if accepting => {
                     if let Some(conn) = tcp {
                         self.open_stream(conn);
@@ -223,15 +257,42 @@ impl<T: Transport> Driver<T> {
         let full = limit > 0 && self.plan.shared.registry.open_sessions() >= limit;
         self.endpoint.set_accepting(!self.draining && !full);
         self.endpoint.set_reset_refused(self.draining);
-        let Driver { endpoint, transport, wrong_key, plan, outcomes, captures, .. } = self;
+        let Driver {
+            endpoint, transport, wrong_key, plan, outcomes, captures, roaming, forwarded, unopened, task, ..
+        } = self;
         for (from, datagram) in transport.datagrams() {
             if !captures.is_empty() {
                 copy_captured(captures, endpoint.session_at(&from), Direction::In, datagram, datagram.len());
             }
+            // A stray may be a moved player of another task's: keep it as it came.
+            let stray = *roaming && !endpoint.knows(&from);
+            if stray {
+                let addr = T::address(&from);
+                if let Some(&owner) = forwarded.get(&addr) {
+                    if plan.handoff.hand(owner, addr, datagram) {
+                        continue;
+                    }
+                    forwarded.remove(&addr);
+                }
+                unopened.clear();
+                unopened.extend_from_slice(datagram);
+            }
             let outcome = endpoint.handle_datagram(now, &from, datagram);
+            if stray && outcome == Outcome::Dropped(DropReason::MidSession) {
+                let addr = T::address(&from);
+                let owner = endpoint.conv_of_opened(datagram).and_then(|conv| plan.handoff.owner(conv, *task));
+                if let Some(owner) = owner.filter(|&o| plan.handoff.hand(o, addr, unopened)) {
+                    endpoint.withdraw_resets(&from);
+                    if forwarded.len() >= FORWARDED {
+                        forwarded.clear();
+                    }
+                    forwarded.insert(addr, owner);
+                    continue;
+                }
+            }
             match outcome {
                 Outcome::Delivered => continue,
-                Outcome::Created | Outcome::Replaced { .. } | Outcome::Unproven => {}
+                Outcome::Created | Outcome::Replaced { .. } | Outcome::Unproven | Outcome::Moved => {}
                 Outcome::Dropped(DropReason::Checksum) => wrong_key.datagram_failed(T::address(&from)),
                 Outcome::Dropped(DropReason::NotAccepting) if full && !self.draining => {
                     plan.shared.registry.count_refused_datagram();
@@ -286,10 +347,14 @@ impl<T: Transport> Driver<T> {
                 self.plan.shared.registry.opened(SessionEvent::SessionOpened { id: api_id, conv, remote, transport });
                 let links = Links::new(self.plan.shared.streams.clone());
                 self.sessions.insert(id, Tracked { opened_ms: self.now_ms(), links });
+                if self.roaming {
+                    self.plan.handoff.owns(conv, self.task);
+                }
             }
             Event::SessionClosed { id, remote, conv, reason } => {
                 let Some(mut tracked) = self.sessions.remove(&id) else { return };
                 tracked.links.stop_all();
+                self.plan.handoff.released(conv, self.task);
                 self.captures.retain(|(of, _)| *of != id);
                 if let SessionEnd::Stack(e) = &reason {
                     warn!(%remote, "session closed: {e}");
@@ -301,6 +366,16 @@ impl<T: Transport> Driver<T> {
                 let (remote, transport) = (T::address(&remote), T::KIND);
                 let event = SessionEvent::SessionClosed { id: api_id, conv, remote, reason, transport };
                 self.plan.shared.registry.closed(event);
+            }
+            Event::SessionMoved { id, from, to } => {
+                let (api_id, conv) =
+                    (session_id(self.task, id), self.endpoint.session(id).map_or(0, |(_, s)| s.conv()));
+                info!(id = api_id, conv, from = %T::address(&from), to = %T::address(&to), "session moved");
+                if !self.endpoint.knows(&from) {
+                    self.transport.session_ended(&from, "its player moved");
+                }
+                let (from, to, transport) = (T::address(&from), T::address(&to), T::KIND);
+                self.plan.shared.registry.moved(SessionEvent::SessionMoved { id: api_id, conv, from, to, transport });
             }
             Event::Unproven { remote, conv } => {
                 debug!(%remote, conv, "a session that never proved its address was forgotten");
@@ -427,7 +502,21 @@ impl<T: Transport> Driver<T> {
         self.draining && self.sessions.values().all(|t| t.links.is_empty())
     }
 
+    /// A datagram another task received for a session of this one.
+    fn take_handed(&mut self, handed: Handed) {
+        let Some(from) = T::peer_at(handed.from) else { return };
+        let mut datagram = handed.datagram;
+        let now = self.now();
+        let outcome = self.endpoint.handle_datagram(now, &from, &mut datagram);
+        if outcome != Outcome::Delivered {
+            debug!(remote = %handed.from, ?outcome, "handed-over datagram");
+        }
+    }
+
     fn retire(self, inbox: Inbox) {
+        if self.handed.is_some() {
+            self.plan.handoff.leave(self.task);
+        }
         self.plan.shared.registry.retire(inbox, self.endpoint.snmp(), self.endpoint.listener_stats());
     }
 
@@ -507,6 +596,10 @@ impl<T: Transport> Driver<T> {
                     warn!("the new crypt does not fit the session settings, sessions keep the old one: {e}");
                 }
                 self.max_sessions = tuning.max_sessions();
+                if self.endpoint.role() == Role::Server && T::KIND == crate::transport::TransportKind::Udp {
+                    self.roaming = tuning.settings.address_change;
+                    self.endpoint.set_address_changes(self.roaming);
+                }
                 let _ = done.send(());
             }
         }

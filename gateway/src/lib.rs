@@ -11,6 +11,7 @@ pub mod conn;
 pub mod control;
 pub mod demo;
 pub mod driver;
+pub mod handoff;
 pub mod http;
 pub mod listeners;
 pub mod public;

@@ -40,6 +40,9 @@ pub struct Plan {
     /// WebTransport sessions that have no KCP session yet (they count against
     /// the session limit).
     pub webtransport_waiting: std::sync::atomic::AtomicU64,
+    /// Which UDP task owns which conversation, for players whose new address
+    /// reaches another task (`-address-change`).
+    pub handoff: crate::handoff::Handoff,
     tuning: RwLock<Arc<Tuning>>,
 }
 
@@ -176,6 +179,7 @@ impl Plan {
             settings,
             shared,
             webtransport_waiting: Default::default(),
+            handoff: Default::default(),
             tuning: RwLock::new(Arc::new(tuning)),
         })
     }

@@ -1,4 +1,4 @@
-//! kcptun's SNMP CSV log (`-snmplog`) and the `SIGUSR1` dump (docs/protocol.md §8.6).
+//! kcptun's SNMP CSV log (`-snmplog`) and the `SIGUSR1` dump (docs/protocol.md §8.7).
 
 use std::io::Write;
 use std::path::Path;

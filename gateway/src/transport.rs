@@ -79,6 +79,13 @@ pub trait Transport: Send + 'static {
     /// A peer's network address, for logs and the API.
     fn address(peer: &Self::Peer) -> SocketAddr;
 
+    /// The peer at a network address, where a transport's peers are just that
+    /// (UDP): for datagrams another task hands over.
+    fn peer_at(addr: SocketAddr) -> Option<Self::Peer> {
+        let _ = addr;
+        None
+    }
+
     /// What the endpoint did with a peer's datagram, for transports that act on
     /// it (WebTransport closes a browser session whose datagrams fail the
     /// crypto check, or that arrives past the session limit).
@@ -122,9 +129,13 @@ impl Transport for BatchSocket {
         *peer
     }
 
+    fn peer_at(addr: SocketAddr) -> Option<SocketAddr> {
+        Some(addr)
+    }
+
     fn observed(&mut self, from: &SocketAddr, outcome: &Outcome) {
         // A session still proving its address answers its peer too.
-        if matches!(outcome, Outcome::Created | Outcome::Replaced { .. } | Outcome::Unproven) {
+        if matches!(outcome, Outcome::Created | Outcome::Replaced { .. } | Outcome::Unproven | Outcome::Moved) {
             self.session_started(from);
         }
     }

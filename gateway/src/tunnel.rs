@@ -481,6 +481,7 @@ mod tests {
                     },
                     Event::SessionClosed { .. } => panic!("the session ended"),
                     Event::Unproven { .. } => panic!("the client proves its address at once"),
+                    Event::SessionMoved { .. } => panic!("address changes are off"),
                 }
             }
             while let Some(t) = self.ep.poll_transmit(now, 16, &mut self.out) {

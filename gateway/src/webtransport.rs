@@ -244,7 +244,7 @@ impl Transport for WebTransportPeers {
 
     fn observed(&mut self, from: &WtPeer, outcome: &Outcome) {
         match outcome {
-            Outcome::Created | Outcome::Replaced { .. } | Outcome::Delivered | Outcome::Unproven => {
+            Outcome::Created | Outcome::Replaced { .. } | Outcome::Delivered | Outcome::Unproven | Outcome::Moved => {
                 from.0.has_session.store(true, Ordering::Relaxed);
             }
             // A peer with a session may send a stray datagram; one without has

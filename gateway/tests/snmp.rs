@@ -1,4 +1,4 @@
-//! SNMP counters: kcptun's CSV log and SIGUSR1 dump (docs/protocol.md §8.6).
+//! SNMP counters: kcptun's CSV log and SIGUSR1 dump (docs/protocol.md §8.7).
 
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -42,8 +42,8 @@ export interface paths {
         };
         /**
          * A live stream of Server-Sent Events: `stats` (a [`Stats`] object) at once and then
-         *     every `interval_ms`; `session_opened` and `session_closed` (`Event`) as they
-         *     happen; `lagged` ({"missed": n}) when a slow reader missed session events. It
+         *     every `interval_ms`; `session_opened`, `session_closed` and `session_moved`
+         *     (`Event`) as they happen; `lagged` ({"missed": n}) when a slow reader missed session events. It
          *     never ends unless `max_events` is given. Its size does not grow with the session
          *     count: `stats` are totals, and sessions appear only as they open and close.
          */
@@ -289,6 +289,7 @@ export interface components {
          *       "malformed": 0,
          *       "mid_session": 41,
          *       "no_conv": 0,
+         *       "no_evidence": 0,
          *       "not_accepting": 0,
          *       "opening_limit": 0,
          *       "replayed": 3,
@@ -330,6 +331,11 @@ export interface components {
              * @description From an unknown address, with no conversation (FEC parity alone).
              */
             no_conv: number;
+            /**
+             * Format: int64
+             * @description A live session's conversation from another address, without evidence that it came from the session's peer: the session did not move.
+             */
+            no_evidence: number;
             /**
              * Format: int64
              * @description A new peer while no sessions were accepted (draining, or at `max_sessions`).
@@ -417,6 +423,31 @@ export interface components {
             transport: components["schemas"]["TransportKind"];
             /** @enum {string} */
             type: "session_closed";
+        } | {
+            /**
+             * Format: int32
+             * @description The KCP conversation id.
+             */
+            conv: number;
+            /**
+             * @description Where the player was.
+             * @example 203.0.113.7:50812
+             */
+            from: string;
+            /**
+             * Format: int64
+             * @description The session's id.
+             */
+            id: number;
+            /**
+             * @description Where it is now.
+             * @example 198.51.100.23:61002
+             */
+            to: string;
+            /** @description What carries it. */
+            transport: components["schemas"]["TransportKind"];
+            /** @enum {string} */
+            type: "session_moved";
         };
         /**
          * @description FEC shards per group.
@@ -912,6 +943,7 @@ export interface components {
         /**
          * @example {
          *       "amplification_held": 7,
+         *       "moved": 0,
          *       "open": 10,
          *       "proven": 12,
          *       "refused_datagrams": 0,
@@ -927,6 +959,11 @@ export interface components {
              *     already sent three times the bytes it received.
              */
             amplification_held: number;
+            /**
+             * Format: int64
+             * @description Sessions that followed their player to a new address (`-address-change`).
+             */
+            moved: number;
             /** Format: int64 */
             open: number;
             /**
@@ -961,7 +998,7 @@ export interface components {
             unproven_expired: number;
         };
         /**
-         * @description kcp-go's SNMP counters (docs/protocol.md §8.6), summed over every session, with
+         * @description kcp-go's SNMP counters (docs/protocol.md §8.7), summed over every session, with
          *     kcp-go's names.
          * @example {
          *       "ActiveOpens": 0,
@@ -1079,8 +1116,8 @@ export interface components {
          */
         StreamEvent: {
             /**
-             * @description JSON: a [`Stats`] object for `stats`, an `Event` for `session_opened` and
-             *     `session_closed`, `{"missed": n}` for `lagged`.
+             * @description JSON: a [`Stats`] object for `stats`, an `Event` for `session_opened`,
+             *     `session_closed` and `session_moved`, `{"missed": n}` for `lagged`.
              */
             data: string;
             event: components["schemas"]["StreamEventName"];
@@ -1089,7 +1126,7 @@ export interface components {
          * @description What an event is named.
          * @enum {string}
          */
-        StreamEventName: "stats" | "session_opened" | "session_closed" | "lagged";
+        StreamEventName: "stats" | "session_opened" | "session_closed" | "session_moved" | "lagged";
         /**
          * @description One smux stream and its TCP connection.
          * @example {

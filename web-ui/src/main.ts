@@ -76,7 +76,9 @@ function startEvents(): void {
       try {
         const data = JSON.parse(e.data);
         if (e.event === 'stats') model.onStats(data as Stats, Date.now());
-        else if (e.event === 'session_opened' || e.event === 'session_closed') model.onSession(data as SessionEvent, Date.now());
+        else if (e.event === 'session_opened' || e.event === 'session_closed' || e.event === 'session_moved') {
+          model.onSession(data as SessionEvent, Date.now());
+        }
       } catch {
         // an event that is not JSON is not ours to show
       }

@@ -82,7 +82,7 @@ export class Model {
     for (const l of this.listeners) l();
   }
 
-  /** A `session_opened` or `session_closed` event. */
+  /** A `session_opened`, `session_closed` or `session_moved` event. */
   onSession(event: SessionEvent, at: number): void {
     this.recent.unshift({ ...event, at });
     if (this.recent.length > 50) this.recent.length = 50;

@@ -37,6 +37,7 @@ impl Kcp {
             una: self.rcv_nxt,
             len: 0,
         };
+        let acked = !self.acklist.is_empty();
         self.emit_acks(&mut out, &mut tmpl);
         if kind == FlushKind::AckOnly && self.cfg.compat == Compat::KcpGo561 {
             out.finish(&mut self.transmits);
@@ -49,7 +50,17 @@ impl Kcp {
             out.finish(&mut self.transmits);
             return self.cfg.interval;
         }
+        let sent_before = self.stats.out_segs;
         let (resent, next) = self.emit_segments(now, &mut out, &mut tmpl, new_segs);
+        let silent = diff(now, self.last_input) >= self.rx_rto.max(2 * self.cfg.interval) as i32;
+        if let Some((sn, ts)) = self.last_push.filter(|_| self.reack && !acked && silent) {
+            if self.stats.out_segs > sent_before {
+                (tmpl.cmd, tmpl.frg, tmpl.sn, tmpl.ts, tmpl.len) = (Command::Ack as u8, 0, sn, ts, 0);
+                out.reserve(&mut self.transmits, HEADER_LEN);
+                out.write(&mut self.transmits, &tmpl, &[]);
+                self.stats.out_segs += 1;
+            }
+        }
         out.finish(&mut self.transmits);
         self.count_and_adjust_cwnd(&resent, cwnd_eff);
         next
@@ -133,6 +144,7 @@ impl Kcp {
         };
         let mut resent = Resent::default();
         let mut next = self.cfg.interval;
+        let mut sent_any = false;
         tmpl.cmd = Command::Push as u8;
         for seg in self.snd_buf.iter_mut() {
             if seg.acked {
@@ -175,6 +187,7 @@ impl Kcp {
                 resent.lost += 1;
             }
             if send {
+                sent_any = true;
                 if seg.xmit == 0 {
                     seg.first_ts = now;
                 }
@@ -198,6 +211,10 @@ impl Kcp {
             if until > 0 && (until as u32) < next {
                 next = until as u32;
             }
+        }
+        if sent_any && self.recent_ts[self.recent_at] != now {
+            self.recent_at = (self.recent_at + 1) % super::RECENT_TS;
+            self.recent_ts[self.recent_at] = now;
         }
         (resent, next)
     }

@@ -34,6 +34,10 @@ pub const RTO_MIN: u32 = 100;
 pub const RTO_DEFAULT: u32 = 200;
 /// RTO cap (ms).
 pub const RTO_MAX: u32 = 60_000;
+/// Flushes whose `ts` an ACK may echo as evidence after its segment was
+/// acknowledged.
+const RECENT_TS: usize = 32;
+
 /// Transmissions of one segment after which the link counts as dead.
 pub const DEAD_LINK: u32 = 20;
 /// Zero-window probe back-off cap (ms).
@@ -366,6 +370,19 @@ pub struct Kcp {
     /// `ts` an ACK echoes. The peer only echoes `ts`, so a random base makes the
     /// echo something only a receiver of the segment can know.
     ts_base: u32,
+    /// The `ts` (this side's clock) of the last flushes that sent data, so an ACK
+    /// of a segment already acknowledged (a peer that moved, acknowledging again
+    /// what it last received) is still evidence.
+    recent_ts: [u32; RECENT_TS],
+    recent_at: usize,
+    /// The newest `ts` an ACK echoed as evidence (see [`Kcp::evidence`]).
+    latest_echo: u32,
+    /// Acknowledge the latest segment received again while nothing comes back
+    /// (see [`Kcp::set_reacknowledge`]), and that segment: (sn, ts).
+    reack: bool,
+    last_push: Option<(u32, u32)>,
+    /// When a datagram last came in.
+    last_input: u32,
 
     snd_una: u32,
     snd_nxt: u32,
@@ -417,6 +434,12 @@ impl Kcp {
             dead: false,
             send_budget: None,
             ts_base: 0,
+            recent_ts: [0; RECENT_TS],
+            recent_at: 0,
+            latest_echo: 0,
+            reack: false,
+            last_push: None,
+            last_input: 0,
             snd_una: 0,
             snd_nxt: 0,
             rcv_nxt: 0,
@@ -570,19 +593,41 @@ impl Kcp {
     /// before the first segment is sent.
     pub fn set_ts_base(&mut self, base: u32) {
         self.ts_base = base;
+        self.latest_echo = self.current;
     }
 
-    /// Whether the KCP segments `data` (a datagram's KCP part, not yet input)
-    /// hold an ACK that echoes the exact `ts` a segment in flight was sent with.
-    /// With a random [`Kcp::set_ts_base`], nobody who did not receive that segment
-    /// can forge one, so it is evidence that the sender of the datagram is the
-    /// peer that received this side's segments. Changes nothing.
-    pub fn echoed_by(&self, data: &[u8]) -> bool {
-        Segments::new(data).map_while(Result::ok).any(|(h, _)| {
-            h.conv == self.conv
-                && h.command() == Some(Command::Ack)
-                && self.echoes_segment_in_flight(h.sn, h.ts.wrapping_sub(self.ts_base))
-        })
+    /// The newest `ts` (this side's clock) that an ACK in the KCP segments `data`
+    /// (a datagram's KCP part, not yet input) echoes exactly as this side sent it:
+    /// a segment in flight's first or last send, or one of the last flushes that
+    /// sent data. With a random [`Kcp::set_ts_base`] nobody who did not receive
+    /// those segments can forge one, so it is evidence that the datagram's sender
+    /// is the peer that did; without a base there is no evidence. Changes nothing.
+    pub fn evidence(&self, data: &[u8]) -> Option<u32> {
+        if self.ts_base == 0 {
+            return None;
+        }
+        let echoes = Segments::new(data).map_while(Result::ok).filter_map(|(h, _)| {
+            let ts = h.ts.wrapping_sub(self.ts_base);
+            let is_ack = h.conv == self.conv && h.command() == Some(Command::Ack);
+            (is_ack && (self.echoes_segment_in_flight(h.sn, ts) || self.recent_ts.contains(&ts))).then_some(ts)
+        });
+        echoes.reduce(|a, b| if diff(a, b) >= 0 { a } else { b })
+    }
+
+    /// Whether a flush that sends data, while nothing has come in for an RTO,
+    /// acknowledges the newest segment received once more. A peer that moved
+    /// (a NAT that rebound its port) hears nothing from this side, so it has
+    /// nothing new to acknowledge; this ACK is the evidence a kcpgate server
+    /// with address changes needs to follow it. kcp-go ignores a repeated ACK
+    /// but for its RTT, sampled only while the path is silent anyway. Off by
+    /// default; kcpgate's clients turn it on.
+    pub fn set_reacknowledge(&mut self, reack: bool) {
+        self.reack = reack;
+    }
+
+    /// The newest `ts` an input ACK echoed as evidence (see [`Kcp::evidence`]).
+    pub fn latest_echo(&self) -> u32 {
+        self.latest_echo
     }
 
     /// Datagrams waiting to be sent. Each starts with `header_room` free bytes.
@@ -789,6 +834,7 @@ impl Kcp {
     /// counted in [`KcpStats::in_errors`].
     pub fn input(&mut self, now: u32, data: &[u8], regular: bool) -> Result<(), SegmentError> {
         self.current = now;
+        self.last_input = now;
         let result = self.input_segments(data, regular);
         if result.is_err() {
             self.stats.in_errors += 1;
@@ -812,6 +858,13 @@ impl Kcp {
             let cmd = h.command().ok_or(SegmentError::UnknownCommand)?;
             if regular {
                 self.rmt_wnd = u32::from(h.wnd);
+            }
+            if cmd == Command::Ack && self.ts_base != 0 {
+                let ts = h.ts.wrapping_sub(self.ts_base);
+                let echoed = self.echoes_segment_in_flight(h.sn, ts) || self.recent_ts.contains(&ts);
+                if echoed && diff(ts, self.latest_echo) > 0 {
+                    self.latest_echo = ts;
+                }
             }
             if self.parse_una(h.una) > 0 {
                 want_full_flush = true;
@@ -877,6 +930,10 @@ impl Kcp {
             return false;
         }
         self.acklist.push((h.sn, h.ts));
+        // The newest by `ts`: what the peer sent last, retransmissions included.
+        if self.last_push.is_none_or(|(_, ts)| diff(h.ts, ts) >= 0) {
+            self.last_push = Some((h.sn, h.ts));
+        }
         if diff(h.sn, self.rcv_nxt) < 0 || self.rcv_buf.contains(h.sn) {
             return false;
         }

@@ -347,7 +347,7 @@ pub async fn capture_session(
 
 macro_rules! snmp_counters {
     ($($go:tt $field:ident),* $(,)?) => {
-        /// kcp-go's SNMP counters (docs/protocol.md §8.6), summed over every session, with
+        /// kcp-go's SNMP counters (docs/protocol.md §8.7), summed over every session, with
         /// kcp-go's names.
         #[derive(Debug, Serialize, ToSchema)]
         #[schema(example = json!({
@@ -433,7 +433,7 @@ pub struct StreamStats {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-#[schema(example = json!({"open": 10, "refused_datagrams": 0, "resets_sent": 2, "proven": 12, "unproven_expired": 3, "amplification_held": 7, "replaced": 1}))]
+#[schema(example = json!({"open": 10, "refused_datagrams": 0, "resets_sent": 2, "proven": 12, "unproven_expired": 3, "amplification_held": 7, "replaced": 1, "moved": 0}))]
 pub struct SessionStats {
     pub open: u64,
     /// Datagrams dropped because `max_sessions` sessions were open.
@@ -454,6 +454,8 @@ pub struct SessionStats {
     /// Sessions replaced by a new conversation from the same address (a client
     /// that restarted, once its new session proved its address).
     pub replaced: u64,
+    /// Sessions that followed their player to a new address (`-address-change`).
+    pub moved: u64,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -620,6 +622,7 @@ pub(super) fn stats_of(
             unproven_expired: dropped.unproven_expired,
             amplification_held: dropped.amplification_held,
             replaced: dropped.replaced,
+            moved: dropped.moved,
         },
         streams: StreamStats {
             open: opened.saturating_sub(closed),
@@ -1000,6 +1003,7 @@ pub enum StreamEventName {
     Stats,
     SessionOpened,
     SessionClosed,
+    SessionMoved,
     Lagged,
 }
 
@@ -1009,6 +1013,7 @@ impl StreamEventName {
             StreamEventName::Stats => "stats",
             StreamEventName::SessionOpened => "session_opened",
             StreamEventName::SessionClosed => "session_closed",
+            StreamEventName::SessionMoved => "session_moved",
             StreamEventName::Lagged => "lagged",
         }
     }
@@ -1020,15 +1025,15 @@ impl StreamEventName {
 #[schema(as = StreamEvent, example = json!({"event": "session_opened", "data": "{\"type\":\"session_opened\",\"id\":42,\"conv\":3541092111,\"remote\":\"203.0.113.7:50812\",\"transport\":\"udp\"}"}))]
 pub struct EventMessage {
     pub event: StreamEventName,
-    /// JSON: a [`Stats`] object for `stats`, an `Event` for `session_opened` and
-    /// `session_closed`, `{"missed": n}` for `lagged`.
+    /// JSON: a [`Stats`] object for `stats`, an `Event` for `session_opened`,
+    /// `session_closed` and `session_moved`, `{"missed": n}` for `lagged`.
     #[schema(content_media_type = "application/json")]
     pub data: String,
 }
 
 /// A live stream of Server-Sent Events: `stats` (a [`Stats`] object) at once and then
-/// every `interval_ms`; `session_opened` and `session_closed` (`Event`) as they
-/// happen; `lagged` ({"missed": n}) when a slow reader missed session events. It
+/// every `interval_ms`; `session_opened`, `session_closed` and `session_moved`
+/// (`Event`) as they happen; `lagged` ({"missed": n}) when a slow reader missed session events. It
 /// never ends unless `max_events` is given. Its size does not grow with the session
 /// count: `stats` are totals, and sessions appear only as they open and close.
 #[utoipa::path(
@@ -1085,6 +1090,7 @@ pub async fn events(
                         let name = match e {
                             SessionEvent::SessionOpened { .. } => StreamEventName::SessionOpened,
                             SessionEvent::SessionClosed { .. } => StreamEventName::SessionClosed,
+                            SessionEvent::SessionMoved { .. } => StreamEventName::SessionMoved,
                         };
                         SseEvent::default().event(name.name()).json_data(e)
                     }

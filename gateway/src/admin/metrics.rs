@@ -135,6 +135,7 @@ pub(super) async fn render(state: &super::AdminState) -> String {
             sessions.amplification_held,
         ),
         ("sessions_replaced", "Sessions replaced by a new conversation from the same address", sessions.replaced),
+        ("sessions_moved", "Sessions that followed their player to a new address (-address-change)", sessions.moved),
     ] {
         counter(&mut registry, name, help, None, value);
     }

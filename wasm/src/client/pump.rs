@@ -199,7 +199,7 @@ impl Inner {
         datagram.copy_to(&mut self.inbound);
         let now = self.now();
         match self.endpoint.handle_datagram(now, &(), &mut self.inbound) {
-            Outcome::Delivered | Outcome::Created | Outcome::Replaced { .. } | Outcome::Unproven => {}
+            Outcome::Delivered | Outcome::Created | Outcome::Replaced { .. } | Outcome::Unproven | Outcome::Moved => {}
             Outcome::Dropped(reason) => {
                 self.dropped += 1;
                 if reason == DropReason::Checksum {
@@ -324,7 +324,8 @@ impl Inner {
     pub(super) fn on_event(&mut self, now: u32, event: Event<()>) {
         match event {
             // A client's only session is the one it dialled: proven from the start.
-            Event::SessionOpened { .. } | Event::Unproven { .. } => {}
+            // and a client does not follow its server to other addresses.
+            Event::SessionOpened { .. } | Event::Unproven { .. } | Event::SessionMoved { .. } => {}
             // A client's session is closed only by the page (`Client::close`).
             Event::SessionClosed { reason: SessionEnd::Closed(_), .. } => self.end(CLOSED_BY_PAGE.into()),
             Event::SessionClosed { reason, .. } => self.end(reason.to_string()),

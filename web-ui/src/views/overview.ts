@@ -92,7 +92,12 @@ export class OverviewView implements View {
     const items = this.cx.model.recent.slice(0, 12).map((e) => {
       const when = clock(e.at);
       const link = h('a', { href: `#/sessions/${e.id}` }, `session ${e.id}`);
-      const what = e.type === 'session_opened' ? ` opened from ${e.remote} (${e.transport})` : ` closed: ${e.reason}`;
+      const what =
+        e.type === 'session_opened'
+          ? ` opened from ${e.remote} (${e.transport})`
+          : e.type === 'session_moved'
+            ? ` moved from ${e.from} to ${e.to}`
+            : ` closed: ${e.reason}`;
       return h('li', { class: e.type }, h('time', {}, when), ' ', link, what);
     });
     this.log.replaceChildren(...(items.length ? items : [h('li', { class: 'muted' }, 'No session opened or closed since this page loaded.')]));
