@@ -251,3 +251,13 @@ fn a_bad_file_stops_the_start_with_status_2_and_says_where() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn address_changes_are_a_listeners_own_choice_off_by_default() {
+    let text = "[[listener]]\nlisten = \":29900\"\naddress-change = true\n\n[[listener]]\nlisten = \":30000\"\n";
+    let loaded = parse("kcpgate.toml", text, &flags("")).unwrap_or_else(|e| panic!("{e}"));
+    let chosen: Vec<bool> = loaded.listeners.iter().map(|l| l.settings.address_change).collect();
+    assert_eq!(chosen, [true, false]);
+    assert!(flags("-address-change").address_change);
+    assert!(!flags("").address_change);
+}
