@@ -31,9 +31,13 @@ struct Api {
 
 impl Api {
     fn new(port: u16) -> Api {
+        // A fresh connection per request: the server closes one whose request body
+        // it refused unread (a 401 to a PATCH), and a pooled one could be reused
+        // in the moment before the client sees it closed.
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(10)))
+            .max_idle_connections(0)
             .build()
             .into();
         Api { port, base: format!("http://127.0.0.1:{port}"), agent }
