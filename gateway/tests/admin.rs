@@ -31,9 +31,8 @@ struct Api {
 
 impl Api {
     fn new(port: u16) -> Api {
-        // A fresh connection per request: the server closes one whose request body
-        // it refused unread (a 401 to a PATCH), and a pooled one could be reused
-        // in the moment before the client sees it closed.
+        // A fresh connection per request: a pooled one, reused in the moment the
+        // server closed it, once failed a run with "Peer disconnected".
         let agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(Duration::from_secs(10)))
