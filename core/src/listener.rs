@@ -609,22 +609,22 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         if let Some(id) = target {
             return self.deliver(now, id, plain, wire_len, fingerprint);
         }
+        // Past here the datagram is no session's: whether it starts one decides.
+        let first = datagram.kcp().and_then(|k| k.first_header());
+        let starts = first.is_some_and(|h| h.starts_session());
         let elsewhere = match (self.roam, announced) {
             (true, Some((conv, _))) => self.by_conv.get(&conv).copied().filter(|&id| proven != Some(id)),
             _ => None,
         };
         if let Some(id) = elsewhere {
-            let starts = datagram.kcp().and_then(|k| k.first_header()).is_some_and(|h| h.starts_session());
             // A new peer whose random conversation is another's opens its own.
             if !starts {
                 return self.move_to(now, id, from, proven.is_some(), plain, fingerprint);
             }
         }
-        if proven.is_some() || unproven.is_some() {
-            let starts = datagram.kcp().and_then(|k| k.first_header()).is_some_and(|h| h.starts_session());
-            if !starts || !self.accepting {
-                return self.drop(DropReason::ConvMismatch);
-            }
+        let occupied = proven.is_some() || unproven.is_some();
+        if occupied && (!starts || !self.accepting) {
+            return self.drop(DropReason::ConvMismatch);
         }
         if !self.accepting {
             if let Some((conv, _)) = announced.filter(|_| self.reset_refused) {
@@ -643,8 +643,7 @@ impl<A: Clone + Eq + Hash, S: Routed> Listener<A, S> {
         if !datagram.may_open_session() {
             return self.drop(DropReason::Malformed);
         }
-        let first = datagram.kcp().and_then(|k| k.first_header());
-        if !first.is_some_and(|h| h.starts_session()) {
+        if !starts {
             // The sender has had data from a session here: tell it the session is
             // gone. A new peer whose first datagram was lost is told nothing.
             if first.is_some_and(|h| h.una != 0) {

@@ -187,20 +187,8 @@ fn a_session_follows_its_player_to_a_new_port_then_a_new_address_and_another_tas
 
 /// A datagram of conversation `conv` at sn 1 (data, no ACK), sealed with the key.
 fn without_evidence(conv: u32) -> Vec<u8> {
-    use kcpgate_core::kcp::{self, Mode};
-    use kcpgate_core::pipeline::{Connection, SessionConfig};
-    use kcpgate_core::{Method, PacketCrypto};
-    let mut kcp = kcp::Config { mtu: 1350, snd_wnd: 128, rcv_wnd: 512, stream: true, ..kcp::Config::default() };
-    Mode::Fast3.apply(&mut kcp);
-    let fec = kcpgate_core::fec::Shards::new(10, 3);
-    let cfg = SessionConfig { mtu: 1350, kcp, fec, write_delay: false, rate_limit: 0 };
-    let crypto = Arc::new(PacketCrypto::from_passphrase(Method::Aes256, KEY));
-    let mut c = Connection::new(conv, &cfg, crypto, [3; 32]).expect("valid settings");
-    c.write(0, &[1, 3, 0, 0, 0, 0, 0, 0]);
-    c.flush(0);
-    c.clear_transmits();
-    c.write(10, &[1, 3, 0, 0, 0, 0, 0, 0]);
-    c.flush(10);
-    let d = c.transmits().next().expect("a datagram").to_vec();
-    d
+    let mut c = support::kcptun_connection(KEY, conv, true);
+    let nop = [1, 3, 0, 0, 0, 0, 0, 0];
+    support::flushed(&mut c, 0, &nop);
+    support::flushed(&mut c, 10, &nop).remove(0)
 }

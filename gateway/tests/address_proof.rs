@@ -11,10 +11,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kcpgate_core::fec::Shards;
-use kcpgate_core::kcp::{self, Mode};
-use kcpgate_core::pipeline::{Connection, SessionConfig};
-use kcpgate_core::{Method, PacketCrypto};
+use kcpgate_core::pipeline::Connection;
 use serde_json::Value;
 use support::{admin_get, free_tcp_port, free_udp_port, kcpgate, Procs};
 
@@ -22,13 +19,7 @@ const KEY: &str = "address-proof";
 
 /// A kcptun client's session (fast3, FEC 10/3, aes) with conversation `conv`.
 fn client(conv: u32) -> Connection {
-    let mut kcp = kcp::Config { mtu: 1350, snd_wnd: 128, rcv_wnd: 512, stream: true, ..kcp::Config::default() };
-    Mode::Fast3.apply(&mut kcp);
-    let cfg = SessionConfig { mtu: 1350, kcp, fec: Shards::new(10, 3), write_delay: false, rate_limit: 0 };
-    let crypto = Arc::new(PacketCrypto::from_passphrase(Method::Aes256, KEY));
-    let mut seed = [7u8; 32];
-    seed[..4].copy_from_slice(&conv.to_le_bytes());
-    Connection::new(conv, &cfg, crypto, seed).expect("valid settings")
+    support::kcptun_connection(KEY, conv, true)
 }
 
 /// An smux v1 SYN for stream 3 and 64 bytes on it: a kcptun client's first write.
@@ -41,11 +32,7 @@ fn syn_and_data() -> Vec<u8> {
 
 /// The datagrams `c`'s first flush sends after writing `data`.
 fn opening(c: &mut Connection, data: &[u8]) -> Vec<Vec<u8>> {
-    c.write(0, data);
-    c.flush(0);
-    let out = c.transmits().map(<[u8]>::to_vec).collect();
-    c.clear_transmits();
-    out
+    support::flushed(c, 0, data)
 }
 
 /// A backend that counts the connections made to it (and echoes nothing).
@@ -166,6 +153,20 @@ fn kcptun_client(args: &str) -> std::process::Child {
         .expect("kcptun-client starts (Debian's kcptun: apt-get install -y kcptun)")
 }
 
+/// A server in front of an echo backend, for a kcptun client: its processes, UDP
+/// port and admin port, a free local port for the client, and the flags both use.
+fn server_for_kcptun() -> (Procs, u16, u16, u16, String) {
+    let udp = free_udp_port("127.0.0.1");
+    let (admin, local) = (free_tcp_port(), free_tcp_port());
+    let backend = support::echo_backend();
+    let flags = format!("-key {KEY} -crypt aes -mode fast3 -nocomp");
+    let procs = Procs(vec![kcpgate(&format!(
+        "server -l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags} -admin 127.0.0.1:{admin}"
+    ))]);
+    support::wait_ready(admin);
+    (procs, udp, admin, local, flags)
+}
+
 /// Echoes `what` through `conn`; true if it came back whole.
 fn echo(conn: &mut std::net::TcpStream, what: &[u8]) -> bool {
     use std::io::{Read, Write};
@@ -205,14 +206,7 @@ fn send_spoofed(from: std::net::SocketAddrV4, to: std::net::SocketAddrV4, payloa
 /// were; the spoofed session is forgotten unproven.
 #[test]
 fn a_spoofed_opening_from_a_live_kcptun_clients_address_breaks_nothing() {
-    let udp = free_udp_port("127.0.0.1");
-    let (admin, local) = (free_tcp_port(), free_tcp_port());
-    let backend = support::echo_backend();
-    let flags = format!("-key {KEY} -crypt aes -mode fast3 -nocomp");
-    let mut procs = Procs(vec![kcpgate(&format!(
-        "server -l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags} -admin 127.0.0.1:{admin}"
-    ))]);
-    support::wait_ready(admin);
+    let (mut procs, udp, admin, local, flags) = server_for_kcptun();
     procs.0.push(kcptun_client(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{udp} {flags}")));
     let mut conn = support::connect_when_listening(local);
     conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -269,14 +263,7 @@ fn nat(target: u16) -> u16 {
 /// its address and replaces the old session, and the new client's streams flow.
 #[test]
 fn a_kcptun_client_restarted_behind_the_same_nat_port_gets_its_new_session() {
-    let udp = free_udp_port("127.0.0.1");
-    let (admin, local) = (free_tcp_port(), free_tcp_port());
-    let backend = support::echo_backend();
-    let flags = format!("-key {KEY} -crypt aes -mode fast3 -nocomp");
-    let mut procs = Procs(vec![kcpgate(&format!(
-        "server -l 127.0.0.1:{udp} -t 127.0.0.1:{backend} {flags} -admin 127.0.0.1:{admin}"
-    ))]);
-    support::wait_ready(admin);
+    let (mut procs, udp, admin, local, flags) = server_for_kcptun();
     let relay = nat(udp);
     let start = || kcptun_client(&format!("-l 127.0.0.1:{local} -r 127.0.0.1:{relay} {flags}"));
     procs.0.push(start());

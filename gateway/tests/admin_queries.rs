@@ -8,13 +8,10 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::UdpSocket;
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kcpgate_core::kcp::{self, Mode};
-use kcpgate_core::pipeline::{Connection, SessionConfig};
-use kcpgate_core::{Method, PacketCrypto};
+use kcpgate_core::pipeline::Connection;
 use serde_json::Value;
 use support::{admin_get, echo_backend, free_tcp_port, free_udp_port, kcpgate, Procs};
 
@@ -25,17 +22,10 @@ const SAMPLES: usize = 40;
 
 /// A kcptun client's first datagram of conversation `conv` (fast3, no FEC): an
 /// smux keep-alive (NOP) frame, which opens a session on the server.
-fn first_datagram(crypto: &Arc<PacketCrypto>, conv: u32) -> (Connection, Vec<u8>) {
-    let mut kcp = kcp::Config { mtu: 1350, snd_wnd: 128, rcv_wnd: 512, stream: true, ..kcp::Config::default() };
-    Mode::Fast3.apply(&mut kcp);
-    let cfg = SessionConfig { mtu: 1350, kcp, fec: None, write_delay: false, rate_limit: 0 };
-    let mut c = Connection::new(conv, &cfg, crypto.clone(), conv.to_le_bytes().repeat(8).try_into().unwrap())
-        .expect("valid settings");
-    c.write(0, &[1, 3, 0, 0, 0, 0, 0, 0]);
-    c.flush(0);
-    let d = c.transmits().next().expect("a datagram").to_vec();
-    c.clear_transmits();
-    (c, d)
+fn first_datagram(conv: u32) -> (Connection, Vec<u8>) {
+    let mut c = support::kcptun_connection(KEY, conv, false);
+    let first = support::flushed(&mut c, 0, &[1, 3, 0, 0, 0, 0, 0, 0]).remove(0);
+    (c, first)
 }
 
 /// The server's ports: every port has a socket (and task) per core, so one port
@@ -95,7 +85,6 @@ fn one_sessions_queries_go_to_its_task_alone() {
     // 20,000 peers, each its own address (127.1.x.y), each sending one genuine
     // datagram and falling silent: idle sessions. The sockets close at once.
     let started = Instant::now();
-    let crypto = Arc::new(PacketCrypto::from_passphrase(Method::Aes256, KEY));
     let open = |admin| {
         let (_, body) = admin_get(admin, "/api/v1/stats").expect("stats");
         serde_json::from_str::<Value>(&body).unwrap()["sessions"]["open"].as_u64().unwrap()
@@ -107,7 +96,7 @@ fn one_sessions_queries_go_to_its_task_alone() {
             .map(|&conv| {
                 let ip = format!("127.1.{}.{}", conv / 250, conv % 250 + 1);
                 let socket = UdpSocket::bind((ip.as_str(), 0)).expect("a UDP socket");
-                let (c, first) = first_datagram(&crypto, conv);
+                let (c, first) = first_datagram(conv);
                 socket.send_to(&first, ("127.0.0.1", ports[conv as usize % ports.len()])).unwrap();
                 (socket, c)
             })

@@ -6,26 +6,18 @@
 mod support;
 
 use std::net::UdpSocket;
-use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use kcpgate_core::fec::Shards;
-use kcpgate_core::kcp::{self, Mode};
-use kcpgate_core::pipeline::{Connection, SessionConfig};
-use kcpgate_core::{Method, PacketCrypto};
+use kcpgate_core::pipeline::Connection;
 use serde_json::Value;
 use support::{admin_get, echo_backend, free_tcp_port, free_udp_port, kcpgate, Procs};
 
 const KEY: &str = "hardening";
 
-/// A kcptun client's session settings (fast3, FEC 10/3), to make genuine datagrams.
+/// A kcptun client's session (fast3, FEC 10/3), to make genuine datagrams.
 fn client(conv: u32) -> Connection {
-    let mut kcp = kcp::Config { mtu: 1350, snd_wnd: 128, rcv_wnd: 512, stream: true, ..kcp::Config::default() };
-    Mode::Fast3.apply(&mut kcp);
-    let cfg = SessionConfig { mtu: 1350, kcp, fec: Shards::new(10, 3), write_delay: false, rate_limit: 0 };
-    let crypto = Arc::new(PacketCrypto::from_passphrase(Method::Aes256, KEY));
-    Connection::new(conv, &cfg, crypto, [conv as u8; 32]).expect("valid settings")
+    support::kcptun_connection(KEY, conv, true)
 }
 
 /// An smux v1 keep-alive (NOP) frame: what the datagrams carry, so the sessions
@@ -34,11 +26,7 @@ const NOP: [u8; 8] = [1, 3, 0, 0, 0, 0, 0, 0];
 
 /// The next datagram `c` sends after writing `data`.
 fn next_datagram(c: &mut Connection, now: u32, data: &[u8]) -> Vec<u8> {
-    c.write(now, data);
-    c.flush(now);
-    let d = c.transmits().next().expect("a datagram").to_vec();
-    c.clear_transmits();
-    d
+    support::flushed(c, now, data).remove(0)
 }
 
 /// A server on `udp` with an admin listener; returns the admin port.

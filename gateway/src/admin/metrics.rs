@@ -107,22 +107,18 @@ pub(super) async fn render(state: &super::AdminState) -> String {
     gauge(&mut registry, "streams_open", "smux streams open now", None, s.open as f64);
     counter(&mut registry, "stream_dial_failures", "Dials of the backend that failed", None, s.dial_failures);
     counter(&mut registry, "stream_tcp_failures", "TCP connections that failed mid-stream", None, s.tcp_failures);
-    counter(
-        &mut registry,
-        "sessions_refused_datagrams",
-        "Datagrams dropped because max_sessions sessions were open",
-        None,
-        stats.sessions.refused_datagrams,
-    );
-    counter(
-        &mut registry,
-        "sessions_resets_sent",
-        "Resets sent to peers of sessions the gateway does not have (after a restart, or a kick)",
-        None,
-        stats.sessions.resets_sent,
-    );
     let sessions = &stats.sessions;
     for (name, help, value) in [
+        (
+            "sessions_refused_datagrams",
+            "Datagrams dropped because max_sessions sessions were open",
+            sessions.refused_datagrams,
+        ),
+        (
+            "sessions_resets_sent",
+            "Resets sent to peers of sessions the gateway does not have (after a restart, or a kick)",
+            sessions.resets_sent,
+        ),
         ("sessions_proven", "UDP sessions whose peer proved it receives at its address", sessions.proven),
         (
             "sessions_unproven_expired",

@@ -195,3 +195,43 @@ pub fn prove_address(
     c.clear_transmits();
     true
 }
+
+/// A kcptun client's KCP connection made by hand, to send genuine datagrams:
+/// fast3, MTU 1350, aes with `key`, FEC 10/3 unless `fec` is false, conversation
+/// `conv` (its nonces seeded from `conv`, so two conversations never share one).
+#[allow(dead_code)]
+pub fn kcptun_connection(key: &str, conv: u32, fec: bool) -> kcpgate_core::pipeline::Connection {
+    use kcpgate_core::kcp::{self, Mode};
+    use kcpgate_core::pipeline::{Connection, SessionConfig};
+    let mut kcp = kcp::Config { mtu: 1350, snd_wnd: 128, rcv_wnd: 512, stream: true, ..kcp::Config::default() };
+    Mode::Fast3.apply(&mut kcp);
+    let fec = fec.then(|| kcpgate_core::fec::Shards::new(10, 3)).flatten();
+    let cfg = SessionConfig { mtu: 1350, kcp, fec, write_delay: false, rate_limit: 0 };
+    let crypto = aes_crypto(key);
+    let seed = conv.to_le_bytes().repeat(8).try_into().expect("32 bytes");
+    Connection::new(conv, &cfg, crypto, seed).expect("valid settings")
+}
+
+/// The aes crypto of `key`, derived once per key: the derivation (PBKDF2) is slow
+/// enough that 20,000 connections would wait half a minute for it.
+fn aes_crypto(key: &str) -> std::sync::Arc<kcpgate_core::PacketCrypto> {
+    use std::sync::{Arc, Mutex};
+    static MADE: Mutex<Vec<(String, Arc<kcpgate_core::PacketCrypto>)>> = Mutex::new(Vec::new());
+    let mut made = MADE.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some((_, crypto)) = made.iter().find(|(k, _)| k == key) {
+        return crypto.clone();
+    }
+    let crypto = Arc::new(kcpgate_core::PacketCrypto::from_passphrase(kcpgate_core::Method::Aes256, key));
+    made.push((key.to_string(), crypto.clone()));
+    crypto
+}
+
+/// The datagrams `c`'s flush at `now` sends after writing `data`.
+#[allow(dead_code)]
+pub fn flushed(c: &mut kcpgate_core::pipeline::Connection, now: u32, data: &[u8]) -> Vec<Vec<u8>> {
+    c.write(now, data);
+    c.flush(now);
+    let out = c.transmits().map(<[u8]>::to_vec).collect();
+    c.clear_transmits();
+    out
+}
